@@ -1,0 +1,575 @@
+//! The command line: argument parsing, a small HTTP/1.1 client for the
+//! daemon's unix socket, and tables that read like `virsh` and `brctl`.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+/// Default API socket.
+pub const DEFAULT_SOCKET: &str = "/run/lanyard/lanyard.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanyard";
+
+/// lanyard: virtual networks for virtual machines.
+#[derive(Debug, Parser)]
+#[command(name = "lanyard", version, about)]
+pub struct Cli {
+    /// The daemon's API socket.
+    #[arg(long, global = true, env = "LANYARD_SOCKET", default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Output {
+    /// Aligned table.
+    #[default]
+    Table,
+    /// JSON.
+    Json,
+}
+
+/// The `-o/--output` flag shared by listings and creates.
+#[derive(Debug, Args)]
+pub struct OutputArg {
+    /// Output format.
+    #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+    pub output: Output,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon in the current network namespace.
+    Daemon {
+        /// Where the state database lives.
+        #[arg(long, default_value = DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+    },
+    /// Networks.
+    #[command(subcommand)]
+    Net(NetCommand),
+    /// VM ports (TAP or veth) on networks.
+    #[command(subcommand)]
+    Port(PortCommand),
+    /// DHCP leases.
+    #[command(subcommand)]
+    Lease(LeaseCommand),
+    /// lanyard's bridges, as `brctl show` prints them.
+    Bridges(OutputArg),
+}
+
+/// `lanyard net ...`
+#[derive(Debug, Subcommand)]
+pub enum NetCommand {
+    /// Define and start a network.
+    Create {
+        /// Network name (1-15 of letters, digits, '-', '_', '.').
+        name: String,
+        /// nat, route, host-only, isolated, bridge or open.
+        #[arg(long)]
+        mode: String,
+        /// IPv4 subnet, e.g. 192.168.122.0/24.
+        #[arg(long)]
+        subnet: String,
+        /// Host's address on the bridge (default: first host address).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Dynamic DHCP pool, FIRST-LAST.
+        #[arg(long)]
+        dhcp_range: Option<String>,
+        /// Bridge name (default lybrN).
+        #[arg(long)]
+        bridge: Option<String>,
+        /// MTU of the bridge and ports.
+        #[arg(long)]
+        mtu: Option<u32>,
+        /// DNS domain for guests (default: the network name).
+        #[arg(long)]
+        domain: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List networks.
+    List {
+        /// Also inactive ones (all are listed; accepted for virsh habits).
+        #[arg(long)]
+        all: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show one network.
+    Show {
+        /// Network name.
+        name: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Stop and delete a network, its ports and leases.
+    Delete {
+        /// Network name.
+        name: String,
+    },
+}
+
+/// `lanyard port ...`
+#[derive(Debug, Subcommand)]
+pub enum PortCommand {
+    /// Create a port for a VM.
+    Create {
+        /// Network to attach to.
+        #[arg(long)]
+        net: String,
+        /// VM name (becomes its DHCP host name).
+        #[arg(long)]
+        vm: String,
+        /// tap (for QEMU & co) or veth (for namespaces and containers).
+        #[arg(long = "type", default_value = "tap")]
+        port_type: String,
+        /// veth: namespace that receives the peer.
+        #[arg(long)]
+        netns: Option<String>,
+        /// veth: the peer's name in that namespace.
+        #[arg(long)]
+        ifname: Option<String>,
+        /// Guest MAC (default: random in 52:54:00).
+        #[arg(long)]
+        mac: Option<String>,
+        /// Fixed IP (default: lowest free).
+        #[arg(long)]
+        ip: Option<String>,
+        /// tap: user allowed to open the device.
+        #[arg(long)]
+        owner: Option<String>,
+        /// tap: group allowed to open the device.
+        #[arg(long)]
+        group: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List ports.
+    List {
+        /// Only this VM's ports.
+        #[arg(long)]
+        vm: Option<String>,
+        /// Only this network's ports.
+        #[arg(long)]
+        net: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a port.
+    Delete {
+        /// Port id (see `lanyard port list`).
+        id: String,
+    },
+}
+
+/// `lanyard lease ...`
+#[derive(Debug, Subcommand)]
+pub enum LeaseCommand {
+    /// List a network's leases.
+    List {
+        /// Network name.
+        net: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+}
+
+/// A CLI failure: one line for the user and an exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The daemon refused the request.
+    #[error("{message}")]
+    Refused {
+        /// Its message.
+        message: String,
+        /// Its error kind.
+        kind: String,
+    },
+    /// The daemon could not be reached.
+    #[error("cannot reach the lanyard daemon at {path}: {source} (is `lanyard daemon` running? set --socket or LANYARD_SOCKET)")]
+    Unreachable {
+        /// Socket path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The daemon's answer made no sense.
+    #[error("unexpected answer from the daemon: {0}")]
+    Protocol(String),
+}
+
+impl CliError {
+    /// Exit code: 2 bad input, 3 not found, 4 conflict, 5 daemon unreachable, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Refused { kind, .. } => match kind.as_str() {
+                "invalid" => 2,
+                "not_found" => 3,
+                "conflict" => 4,
+                _ => 1,
+            },
+            CliError::Unreachable { .. } => 5,
+            CliError::Protocol(_) => 1,
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 client over the daemon's unix socket.
+pub struct Client {
+    socket: PathBuf,
+}
+
+impl Client {
+    /// A client for `socket`.
+    pub fn new(socket: PathBuf) -> Self {
+        Client { socket }
+    }
+
+    /// Sends one request and returns the decoded JSON body (Null for 204).
+    pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let unreachable = |source| CliError::Unreachable { path: self.socket.display().to_string(), source };
+        let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
+        stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(unreachable)?;
+        let payload = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: lanyard\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            payload.len()
+        );
+        stream.write_all(req.as_bytes()).map_err(unreachable)?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).map_err(unreachable)?;
+        let (status, body) = parse_response(&raw)?;
+        let value: Value = if body.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&body).map_err(|e| CliError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))))?
+        };
+        if (200..300).contains(&status) {
+            Ok(value)
+        } else {
+            Err(CliError::Refused {
+                message: value["error"].as_str().map(String::from).unwrap_or_else(|| format!("HTTP {status}: {value}")),
+                kind: value["kind"].as_str().unwrap_or("internal").to_string(),
+            })
+        }
+    }
+}
+
+fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CliError> {
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| CliError::Protocol("no HTTP header".into()))?;
+    let head = String::from_utf8_lossy(&raw[..split]);
+    let mut body = raw[split + 4..].to_vec();
+    let status: u16 = head
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| CliError::Protocol(format!("bad status line in {head:?}")))?;
+    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
+        body = dechunk(&body).ok_or_else(|| CliError::Protocol("bad chunked body".into()))?;
+    }
+    Ok((status, body))
+}
+
+fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let eol = b.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        b = &b[eol + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(b.get(..size)?);
+        b = b.get(size + 2..)?;
+    }
+}
+
+/// Prints rows as an aligned table in the style of `virsh net-list`.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(&format!(" {c}"));
+            } else {
+                s.push_str(&format!(" {c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    };
+    let body: Vec<String> = rows.iter().map(|r| line(r.iter().map(String::as_str).collect())).collect();
+    let head = line(headers.to_vec());
+    let width = body.iter().chain([&head]).map(String::len).max().unwrap_or(0);
+    let mut out = format!("{head}\n{}\n", "-".repeat(width));
+    for l in body {
+        out.push_str(&l);
+        out.push('\n');
+    }
+    out
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Formats unix seconds as UTC "YYYY-MM-DD HH:MM:SS".
+pub fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn print(out: Output, value: &Value, render: impl FnOnce(&Value) -> String) {
+    match out {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value).expect("a Value serializes")),
+        Output::Table => print!("{}", render(value)),
+    }
+}
+
+fn network_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            vec![
+                s(&n["name"]),
+                s(&n["state"]),
+                if n["autostart"] == true { "yes".into() } else { "no".into() },
+                s(&n["mode"]),
+                s(&n["bridge"]),
+                s(&n["subnet"]),
+            ]
+        })
+        .collect();
+    table(&["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"], &rows)
+}
+
+fn network_detail(n: &Value) -> String {
+    let range = format!("{}-{}", s(&n["dhcp_range"]["first"]), s(&n["dhcp_range"]["last"]));
+    let fields = [
+        ("Name", s(&n["name"])),
+        ("State", s(&n["state"])),
+        ("Autostart", if n["autostart"] == true { "yes".into() } else { "no".into() }),
+        ("Mode", s(&n["mode"])),
+        ("Bridge", s(&n["bridge"])),
+        ("Subnet", s(&n["subnet"])),
+        ("Gateway", s(&n["gateway"])),
+        ("DHCP range", range),
+        ("Domain", s(&n["domain"])),
+        ("MTU", s(&n["mtu"])),
+    ];
+    fields.iter().map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:"))).collect()
+}
+
+fn port_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let model = if p["type"] == "tap" { "virtio" } else { "-" };
+            vec![
+                s(&p["id"]),
+                s(&p["vm"]),
+                s(&p["ifname"]),
+                s(&p["type"]),
+                s(&p["net"]),
+                model.into(),
+                s(&p["mac"]),
+                s(&p["ip"]),
+            ]
+        })
+        .collect();
+    table(&["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP"], &rows)
+}
+
+fn lease_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| {
+            vec![
+                l["expiry"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
+                s(&l["mac"]),
+                s(&l["ip"]),
+                s(&l["hostname"]),
+                s(&l["client_id"]),
+                s(&l["kind"]),
+            ]
+        })
+        .collect();
+    table(&["Expiry (UTC)", "MAC", "IP", "Hostname", "Client-ID", "Kind"], &rows)
+}
+
+fn bridge_rows(v: &Value) -> String {
+    // brctl show: bridge name, bridge id, STP enabled, interfaces (one per line).
+    let mut rows = Vec::new();
+    for b in v.as_array().into_iter().flatten() {
+        let ifs: Vec<String> = b["interfaces"].as_array().into_iter().flatten().map(s).collect();
+        let first = ifs.first().cloned().unwrap_or_default();
+        rows.push(vec![s(&b["name"]), s(&b["bridge_id"]), s(&b["stp"]), first]);
+        for i in ifs.iter().skip(1) {
+            rows.push(vec![String::new(), String::new(), String::new(), i.clone()]);
+        }
+    }
+    let mut out = String::new();
+    let headers = ["bridge name", "bridge id", "STP enabled", "interfaces"];
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (i, c) in r.iter().enumerate() {
+            widths[i] = widths[i].max(c.len());
+        }
+    }
+    let fmt = |cells: &[&str]| {
+        let mut l = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            l.push_str(&format!("{c:<w$}\t", w = widths[i]));
+        }
+        l.trim_end().to_string() + "\n"
+    };
+    out.push_str(&fmt(&headers));
+    for r in &rows {
+        out.push_str(&fmt(&r.iter().map(String::as_str).collect::<Vec<_>>()));
+    }
+    out
+}
+
+fn pct(s: &str) -> String {
+    // Path segments are validated names, but encode the few characters that
+    // would change the request's meaning anyway.
+    s.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23").replace(' ', "%20")
+}
+
+/// Runs a client command against the daemon.
+pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
+    let c = Client::new(socket);
+    match cmd {
+        Command::Daemon { .. } => unreachable!("handled by main"),
+        Command::Net(NetCommand::Create { name, mode, subnet, gateway, dhcp_range, bridge, mtu, domain, out }) => {
+            let body = json!({
+                "name": name, "mode": mode, "subnet": subnet, "gateway": gateway,
+                "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
+            });
+            let v = c.call("POST", "/v1/networks", Some(&body))?;
+            print(out.output, &v, network_detail);
+        }
+        Command::Net(NetCommand::List { all: _, out }) => {
+            let v = c.call("GET", "/v1/networks", None)?;
+            print(out.output, &v, network_rows);
+        }
+        Command::Net(NetCommand::Show { name, out }) => {
+            let v = c.call("GET", &format!("/v1/networks/{}", pct(&name)), None)?;
+            print(out.output, &v, network_detail);
+        }
+        Command::Net(NetCommand::Delete { name }) => {
+            c.call("DELETE", &format!("/v1/networks/{}", pct(&name)), None)?;
+            println!("Network {name} deleted");
+        }
+        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out }) => {
+            let body = json!({
+                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
+                "mac": mac, "ip": ip, "owner": owner, "group": group,
+            });
+            let v = c.call("POST", "/v1/ports", Some(&body))?;
+            print(out.output, &v, |p| {
+                let mut t = port_rows(&Value::Array(vec![p.clone()]));
+                if let Some(q) = p["qemu_args"].as_str() {
+                    t.push_str(&format!("\nQEMU: {q}\n"));
+                }
+                t
+            });
+        }
+        Command::Port(PortCommand::List { vm, net, out }) => {
+            let mut q = Vec::new();
+            if let Some(v) = vm {
+                q.push(format!("vm={}", pct(&v)));
+            }
+            if let Some(n) = net {
+                q.push(format!("net={}", pct(&n)));
+            }
+            let path = if q.is_empty() { "/v1/ports".to_string() } else { format!("/v1/ports?{}", q.join("&")) };
+            let v = c.call("GET", &path, None)?;
+            print(out.output, &v, port_rows);
+        }
+        Command::Port(PortCommand::Delete { id }) => {
+            c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
+            println!("Port {id} deleted");
+        }
+        Command::Lease(LeaseCommand::List { net, out }) => {
+            let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
+            print(out.output, &v, lease_rows);
+        }
+        Command::Bridges(out) => {
+            let v = c.call("GET", "/v1/bridges", None)?;
+            print(out.output, &v, bridge_rows);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align() {
+        let t = table(&["Name", "State"], &[vec!["default".into(), "active".into()]]);
+        assert_eq!(t, " Name      State\n-----------------\n default   active\n");
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00");
+        assert_eq!(utc(1_795_305_600), "2026-11-22 00:00:00");
+    }
+
+    #[test]
+    fn http_parsing() {
+        let (st, body) = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        assert_eq!((st, body.as_slice()), (201, &b"{}"[..]));
+        let (_, body) = parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, b"[]");
+    }
+}

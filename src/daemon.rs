@@ -1,0 +1,81 @@
+//! Daemon start-up and shutdown: open the store, reconcile the kernel of the
+//! namespace the process runs in, serve the API until SIGTERM/SIGINT.
+//! Shutdown leaves every kernel object in place, so VMs keep their network
+//! while the daemon restarts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::net::UnixListener;
+
+use crate::dataplane::linux::LinuxDataplane;
+use crate::engine::{Engine, EngineError};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Store, StoreError};
+
+/// The daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A directory or the socket could not be prepared.
+    #[error("{what} {path}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// Path involved.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("another lanyard daemon is already serving {0}; stop it first or pick another --socket")]
+    AlreadyRunning(String),
+    /// The state database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Loading state failed.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
+    move |source| DaemonError::Io { what, path: path.display().to_string(), source }
+}
+
+/// Runs the daemon until a termination signal.
+pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
+    std::fs::create_dir_all(state_dir).map_err(io_err("cannot create state directory", state_dir))?;
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
+    }
+    if socket.exists() {
+        if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+            return Err(DaemonError::AlreadyRunning(socket.display().to_string()));
+        }
+        std::fs::remove_file(socket).map_err(io_err("cannot remove stale socket", socket))?;
+    }
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(state_dir)?);
+    let rt = tokio::runtime::Handle::current();
+    let engine = tokio::task::spawn_blocking(move || Engine::start(store, Box::new(LinuxDataplane), rt))
+        .await
+        .expect("engine start-up does not panic")?;
+    let shared = Arc::new(Mutex::new(engine));
+    let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io_err("cannot set mode of", socket))?;
+    tracing::info!(socket = %socket.display(), "lanyard daemon ready");
+    let app = crate::api::router(shared.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = tokio::signal::ctrl_c() => {},
+            }
+            tracing::info!("shutting down; kernel state is left in place");
+        })
+        .await
+        .map_err(io_err("serving API on", socket))?;
+    shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+    let _ = std::fs::remove_file(socket);
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! The Linux driver: iproute2 for links and addresses, nft for the firewall,
+//! /proc/sys for the forwarding sysctl.
+//!
+//! Why iproute2 and not a netlink crate: one `ip -batch` process applies a
+//! whole plan (thousands of operations) with the kernel's own error text and
+//! the line it failed on, `ip tuntap` already does the /dev/net/tun ioctls
+//! that rtnetlink cannot, and `ip -n`-free batches run in whatever namespace
+//! the daemon lives in. The driver is behind [`Dataplane`], so a netlink
+//! implementation can replace it without touching the planner.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use ipnet::Ipv4Net;
+use serde_json::Value;
+
+use super::{Dataplane, DataplaneError, OpsResult};
+use crate::planner::{Observed, ObservedLink, Op};
+
+/// Drives the kernel of the namespace the daemon runs in.
+#[derive(Debug, Default)]
+pub struct LinuxDataplane;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// The `ip -batch` lines that perform `op` (empty for non-iproute2 ops).
+pub fn batch_lines(op: &Op) -> Vec<String> {
+    let mtu = |m: &Option<u32>| m.map(|m| format!(" mtu {m}")).unwrap_or_default();
+    match op {
+        Op::CreateBridge { name, mtu: m, alias } => vec![
+            format!("link add name {name}{} type bridge stp_state 0", mtu(m)),
+            format!("link set dev {name} alias {alias}"),
+        ],
+        Op::CreateTap { name, mac, owner, group, mtu: m, alias } => {
+            let mut add = format!("tuntap add dev {name} mode tap");
+            if let Some(u) = owner {
+                add.push_str(&format!(" user {u}"));
+            }
+            if let Some(g) = group {
+                add.push_str(&format!(" group {g}"));
+            }
+            vec![add, format!("link set dev {name} address {mac}{} alias {alias}", mtu(m))]
+        }
+        Op::CreateVeth { name, peer_netns, peer_name, peer_mac, mtu: m, alias } => vec![
+            format!(
+                "link add name {name}{mt} type veth peer name {peer_name} address {peer_mac}{mt} netns {peer_netns}",
+                mt = mtu(m)
+            ),
+            format!("link set dev {name} alias {alias}"),
+        ],
+        Op::AddAddress { link, addr } => vec![format!("address add {addr} dev {link}")],
+        Op::DelAddress { link, addr } => vec![format!("address del {addr} dev {link}")],
+        Op::SetMaster { link, master } => vec![format!("link set dev {link} master {master}")],
+        Op::NoMaster { link } => vec![format!("link set dev {link} nomaster")],
+        Op::SetMtu { link, mtu } => vec![format!("link set dev {link} mtu {mtu}")],
+        Op::SetUp { link } => vec![format!("link set dev {link} up")],
+        Op::DeleteLink { name } => vec![format!("link del dev {name}")],
+        Op::PeerUp { .. } | Op::EnableForwarding => vec![],
+    }
+}
+
+/// Runs an op that `ip -batch` cannot express.
+fn run_single(op: &Op) -> Result<(), DataplaneError> {
+    match op {
+        Op::EnableForwarding => {
+            std::fs::write(IP_FORWARD, "1").map_err(|source| DataplaneError::Sysctl { key: "net.ipv4.ip_forward", source })
+        }
+        Op::PeerUp { netns, name } => {
+            let (ok, _, err) = run_capture("ip", &["-n", netns, "link", "set", "dev", name, "up"], None)?;
+            if ok {
+                Ok(())
+            } else {
+                Err(DataplaneError::Op { op: format!("ip -n {netns} link set dev {name} up"), message: err.trim().to_string() })
+            }
+        }
+        _ => unreachable!("only non-batch ops are run singly"),
+    }
+}
+
+fn is_single(op: &Op) -> bool {
+    matches!(op, Op::EnableForwarding | Op::PeerUp { .. })
+}
+
+fn run_capture(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String), DataplaneError> {
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| DataplaneError::Spawn { program, source })?;
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin was piped");
+        // A write error means the child exited early; its status says why.
+        let _ = pipe.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().map_err(|source| DataplaneError::Spawn { program, source })?;
+    Ok((
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Runs iproute2 ops in one batch; returns how many ops completed.
+fn run_batch(ops: &[Op]) -> OpsResult {
+    let mut script = String::new();
+    let mut line_to_op = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        for line in batch_lines(op) {
+            script.push_str(&line);
+            script.push('\n');
+            line_to_op.push(i);
+        }
+    }
+    if script.is_empty() {
+        return (ops.len(), None);
+    }
+    match run_capture("ip", &["-batch", "-"], Some(&script)) {
+        Err(e) => (0, Some(e)),
+        Ok((true, _, _)) => (ops.len(), None),
+        Ok((false, _, stderr)) => {
+            // iproute2 reports "Command failed -:N" with the 1-based line.
+            let failed_line = stderr
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Command failed -:"))
+                .and_then(|n| n.trim().parse::<usize>().ok())
+                .unwrap_or(1);
+            let op_index = line_to_op.get(failed_line.saturating_sub(1)).copied().unwrap_or(0);
+            let op_text = script.lines().nth(failed_line.saturating_sub(1)).unwrap_or("").to_string();
+            let message = stderr
+                .lines()
+                .filter(|l| !l.starts_with("Command failed"))
+                .collect::<Vec<_>>()
+                .join("; ");
+            (op_index, Some(DataplaneError::Op { op: format!("ip {op_text}"), message }))
+        }
+    }
+}
+
+/// iproute2 prints "8000.3a:22:d0:c6:46:9"; brctl prints "8000.3a22d0c64609".
+fn brctl_bridge_id(id: &str) -> String {
+    let (prio, mac) = id.split_once('.').unwrap_or(("8000", id));
+    let hex: String = mac.split(':').map(|b| format!("{:0>2}", b)).collect();
+    format!("{prio}.{hex}")
+}
+
+fn parse_links(json: &str) -> Result<Vec<ObservedLink>, DataplaneError> {
+    let bad = |m: String| DataplaneError::Observe { what: "links (ip -j -d addr)", message: m };
+    let v: Value = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
+    let arr = v.as_array().ok_or_else(|| bad("not a JSON array".into()))?;
+    let mut out = Vec::new();
+    for l in arr {
+        let name = l["ifname"].as_str().ok_or_else(|| bad("link without ifname".into()))?.to_string();
+        let up = l["flags"].as_array().is_some_and(|f| f.iter().any(|x| x == "UP"));
+        let addrs = l["addr_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|x| x["family"] == "inet")
+                    .filter_map(|x| {
+                        let ip = x["local"].as_str()?.parse().ok()?;
+                        let len = u8::try_from(x["prefixlen"].as_u64()?).ok()?;
+                        Ipv4Net::new(ip, len).ok()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(ObservedLink {
+            name,
+            kind: l["linkinfo"]["info_kind"].as_str().map(String::from),
+            master: l["master"].as_str().map(String::from),
+            up,
+            mtu: l["mtu"].as_u64().and_then(|m| u32::try_from(m).ok()).unwrap_or(0),
+            addrs,
+            alias: l["ifalias"].as_str().map(String::from),
+            bridge_id: l["linkinfo"]["info_data"]["bridge_id"].as_str().map(brctl_bridge_id),
+            stp: l["linkinfo"]["info_data"]["stp_state"].as_u64().map(|s| s != 0),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_routes(json: &str) -> Result<Vec<Ipv4Net>, DataplaneError> {
+    let v: Value = serde_json::from_str(json)
+        .map_err(|e| DataplaneError::Observe { what: "routes (ip -j route)", message: e.to_string() })?;
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|r| {
+                    let dst = r["dst"].as_str()?;
+                    if dst == "default" {
+                        return None;
+                    }
+                    dst.parse::<Ipv4Net>().ok().or_else(|| dst.parse().ok().map(|ip| Ipv4Net::new(ip, 32).unwrap()))
+                })
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+impl Dataplane for LinuxDataplane {
+    fn observe(&self) -> Result<Observed, DataplaneError> {
+        let (ok, links, err) = run_capture("ip", &["-j", "-d", "addr", "show"], None)?;
+        if !ok {
+            return Err(DataplaneError::Observe { what: "links (ip -j -d addr)", message: err });
+        }
+        let (ok, routes, err) = run_capture("ip", &["-j", "-4", "route", "show"], None)?;
+        if !ok {
+            return Err(DataplaneError::Observe { what: "routes (ip -j route)", message: err });
+        }
+        let ip_forward = std::fs::read_to_string(IP_FORWARD).map(|s| s.trim() == "1").unwrap_or(false);
+        Ok(Observed {
+            links: parse_links(&links)?.into_iter().map(|l| (l.name.clone(), l)).collect(),
+            routes: parse_routes(&routes)?,
+            ip_forward,
+        })
+    }
+
+    fn run(&self, ops: &[Op]) -> OpsResult {
+        // Batches run between the ops iproute2 batches cannot hold, keeping
+        // the plan's order.
+        let mut done = 0;
+        for chunk in ops.split_inclusive(is_single) {
+            let (batch, single) = match chunk.split_last() {
+                Some((last, rest)) if is_single(last) => (rest, Some(last)),
+                _ => (chunk, None),
+            };
+            let (n, err) = run_batch(batch);
+            done += n;
+            if err.is_some() {
+                return (done, err);
+            }
+            if let Some(op) = single {
+                if let Err(e) = run_single(op) {
+                    return (done, Some(e));
+                }
+                done += 1;
+            }
+        }
+        (done, None)
+    }
+
+    fn apply_firewall(&self, script: &str) -> Result<(), DataplaneError> {
+        let (ok, _, err) = run_capture("nft", &["-f", "-"], Some(script))?;
+        if ok {
+            Ok(())
+        } else {
+            Err(DataplaneError::Firewall(err.trim().replace('\n', "; ")))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ip_json() {
+        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
+        {"ifindex":5,"ifname":"lybr0","flags":["BROADCAST","MULTICAST","UP"],"mtu":1500,"ifalias":"lanyard:net:default","linkinfo":{"info_kind":"bridge"},"addr_info":[{"family":"inet","local":"192.168.122.1","prefixlen":24},{"family":"inet6","local":"fe80::1","prefixlen":64}]},
+        {"ifindex":6,"ifname":"lyab","flags":["BROADCAST"],"mtu":1500,"master":"lybr0","linkinfo":{"info_kind":"tun"},"addr_info":[]}]"#;
+        let links = parse_links(json).unwrap();
+        assert_eq!(links.len(), 3);
+        assert!(links[1].owned() && links[1].up && links[1].kind.as_deref() == Some("bridge"));
+        assert_eq!(links[1].addrs, vec!["192.168.122.1/24".parse::<Ipv4Net>().unwrap()]);
+        assert_eq!(links[2].master.as_deref(), Some("lybr0"));
+        assert!(!links[2].up);
+        let routes = parse_routes(r#"[{"dst":"default"},{"dst":"10.0.0.0/8"},{"dst":"10.1.2.3"}]"#).unwrap();
+        assert_eq!(brctl_bridge_id("8000.3a:22:d0:c6:46:9"), "8000.3a22d0c64609");
+        assert_eq!(routes, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap(), "10.1.2.3/32".parse().unwrap()]);
+    }
+
+    #[test]
+    fn batch_lines_are_plain_iproute2() {
+        let op = Op::CreateVeth {
+            name: "lyab".into(),
+            peer_netns: "vm1".into(),
+            peer_name: "eth0".into(),
+            peer_mac: "52:54:00:00:00:01".parse().unwrap(),
+            mtu: None,
+            alias: "lanyard:port:ab".into(),
+        };
+        assert_eq!(
+            batch_lines(&op),
+            vec![
+                "link add name lyab type veth peer name eth0 address 52:54:00:00:00:01 netns vm1",
+                "link set dev lyab alias lanyard:port:ab"
+            ]
+        );
+    }
+}

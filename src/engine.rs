@@ -1,0 +1,510 @@
+//! The control plane: turns API requests into validated records, plans,
+//! kernel changes and stored state, in that order, so a request that fails
+//! at any step leaves both the store and the kernel as they were.
+//!
+//! The engine is synchronous (it runs on blocking threads, behind one lock);
+//! the only async pieces it starts are the per-network DHCP servers.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use crate::dataplane::{self, ApplyError, Dataplane, DataplaneError};
+use crate::dhcp::server::now;
+use crate::dhcp::writer::LeaseWriter;
+use crate::dhcp::{self, DhcpConfig};
+use crate::ipam::{AddressBook, IpamError};
+use crate::model::{Lease, Mac, ModelError, NetState, Network, NetworkSpec, Port, PortSpec, PortType};
+use crate::planner::{self, Observed};
+use crate::store::{Store, StoreError};
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request itself is wrong.
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    /// The request is well formed but clashes with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The kernel refused a change; everything done so far was rolled back.
+    #[error("kernel change failed and was rolled back: {0}")]
+    Apply(#[from] ApplyError),
+    /// The kernel could not be read.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The state database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<IpamError> for EngineError {
+    fn from(e: IpamError) -> Self {
+        match e {
+            IpamError::OutsideSubnet { ref ip, .. } => {
+                EngineError::Invalid(ModelError::Invalid { what: "ip", value: ip.to_string(), why: e.to_string() })
+            }
+            other => EngineError::Conflict(other.to_string()),
+        }
+    }
+}
+
+/// Where the daemon keeps network namespaces that `--netns` names.
+const NETNS_DIR: &str = "/run/netns";
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PortView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub port: Port,
+    /// QEMU arguments for tap ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_args: Option<String>,
+}
+
+impl From<Port> for PortView {
+    fn from(port: Port) -> Self {
+        PortView { qemu_args: port.qemu_args(), port }
+    }
+}
+
+/// One bridge as `brctl show` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BridgeView {
+    /// Bridge name.
+    pub name: String,
+    /// Network it serves.
+    pub net: String,
+    /// Bridge id (priority.MAC).
+    pub bridge_id: String,
+    /// "yes" or "no".
+    pub stp: String,
+    /// Ports enslaved to it.
+    pub interfaces: Vec<String>,
+}
+
+/// The control plane of one daemon.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    dp: Box<dyn Dataplane>,
+    rt: Handle,
+    writer: LeaseWriter,
+    networks: Vec<Network>,
+    ports: Vec<Port>,
+    books: HashMap<String, Arc<Mutex<AddressBook>>>,
+    dhcp: HashMap<String, JoinHandle<()>>,
+    firewall: Option<String>,
+}
+
+fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
+    book.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Loads the stored state and reconciles the kernel with it.
+    pub fn start(store: Arc<dyn Store>, dp: Box<dyn Dataplane>, rt: Handle) -> Result<Self, EngineError> {
+        let writer = LeaseWriter::start(store.clone());
+        let networks = store.networks()?;
+        let ports = store.ports()?;
+        let leases = store.leases()?;
+        let mut engine = Engine {
+            store,
+            dp,
+            rt,
+            writer,
+            networks,
+            ports,
+            books: HashMap::new(),
+            dhcp: HashMap::new(),
+            firewall: None,
+        };
+        for net in engine.networks.clone() {
+            engine.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net))));
+        }
+        for p in &engine.ports {
+            if let Some(b) = engine.books.get(&p.net) {
+                let mut b = lock(b);
+                b.add_static(p.mac, p.ip);
+                b.set_name(p.mac, &p.vm);
+            }
+        }
+        for l in leases {
+            if let Some(b) = engine.books.get(&l.net) {
+                lock(b).restore_lease(l);
+            }
+        }
+        if let Err(e) = engine.reconcile() {
+            // The daemon still serves its API and the networks that work;
+            // the error names what the operator has to look at.
+            tracing::error!("reconcile incomplete: {e}");
+        }
+        Ok(engine)
+    }
+
+    /// Ports whose veth peer namespace is gone cannot be re-created; they
+    /// are left out of the plan (and logged) instead of failing everything.
+    fn plannable_ports(&self) -> Vec<Port> {
+        self.ports
+            .iter()
+            .filter(|p| match (&p.port_type, &p.netns) {
+                (PortType::Veth, Some(ns)) => {
+                    let ok = Path::new(NETNS_DIR).join(ns).exists();
+                    if !ok {
+                        tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
+                    }
+                    ok
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Brings the kernel to the stored state and starts missing DHCP servers.
+    pub fn reconcile(&mut self) -> Result<(), EngineError> {
+        let observed = self.dp.observe()?;
+        let ports = self.plannable_ports();
+        let plan = planner::plan(&self.networks, &ports, &observed);
+        tracing::info!(ops = plan.ops.len(), "reconciling");
+        dataplane::apply(self.dp.as_ref(), &plan, None)?;
+        self.firewall = Some(plan.firewall);
+        for net in self.networks.clone() {
+            self.ensure_dhcp(&net);
+        }
+        Ok(())
+    }
+
+    fn ensure_dhcp(&mut self, net: &Network) {
+        if net.state != NetState::Active || !net.mode.serves_dhcp() {
+            return;
+        }
+        if self.dhcp.get(&net.name).is_some_and(|h| !h.is_finished()) {
+            return;
+        }
+        let Some(book) = self.books.get(&net.name).cloned() else { return };
+        let socket = {
+            let _guard = self.rt.enter();
+            dhcp::server::bind(&net.bridge)
+        };
+        match socket {
+            Ok(socket) => {
+                let cfg = DhcpConfig::for_network(net, None);
+                let task = self.rt.spawn(dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone()));
+                self.dhcp.insert(net.name.clone(), task);
+                tracing::info!(net = net.name, bridge = net.bridge, "dhcp server started");
+            }
+            Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {}: {e}", net.bridge),
+        }
+    }
+
+    fn stop_dhcp(&mut self, name: &str) {
+        if let Some(h) = self.dhcp.remove(name) {
+            h.abort();
+        }
+    }
+
+    /// Applies the plan for `networks` + `ports`; on success they become the
+    /// engine's state.
+    fn apply_state(&mut self, networks: Vec<Network>, ports: Vec<Port>, observed: &Observed) -> Result<(), EngineError> {
+        let plan = planner::plan(&networks, &ports, observed);
+        dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
+        self.firewall = Some(plan.firewall);
+        self.networks = networks;
+        self.ports = ports;
+        Ok(())
+    }
+
+    /// All networks.
+    pub fn networks(&self) -> Vec<Network> {
+        self.networks.clone()
+    }
+
+    /// One network.
+    pub fn network(&self, name: &str) -> Result<Network, EngineError> {
+        self.networks
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no network named {name:?} (see `lanyard net list`)")))
+    }
+
+    /// Defines and starts a network.
+    pub fn create_network(&mut self, spec: NetworkSpec) -> Result<Network, EngineError> {
+        if self.networks.iter().any(|n| n.name == spec.name) {
+            return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
+        }
+        let observed = self.dp.observe()?;
+        let taken: BTreeSet<&str> = self
+            .networks
+            .iter()
+            .map(|n| n.bridge.as_str())
+            .chain(observed.links.keys().map(String::as_str))
+            .collect();
+        let default_bridge = || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
+        let net = spec.validate(default_bridge)?;
+        if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
+            return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
+        }
+        if observed.links.contains_key(&net.bridge) {
+            return Err(EngineError::Conflict(format!("an interface named {} already exists on this host", net.bridge)));
+        }
+        if let Some(other) = self.networks.iter().find(|n| n.subnet.contains(&net.subnet.network()) || net.subnet.contains(&n.subnet.network())) {
+            return Err(EngineError::Conflict(format!(
+                "subnet {} overlaps {} of network {:?}",
+                net.subnet, other.subnet, other.name
+            )));
+        }
+        if let Some(route) = observed.routes.iter().find(|r| r.contains(&net.subnet.network()) || net.subnet.contains(&r.network())) {
+            return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {route}", net.subnet)));
+        }
+        let mut networks = self.networks.clone();
+        networks.push(net.clone());
+        self.apply_state(networks, self.ports.clone(), &observed)?;
+        if let Err(e) = self.store.put_network(&net) {
+            self.networks.retain(|n| n.name != net.name);
+            self.rollback_to_state();
+            return Err(e.into());
+        }
+        self.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        self.ensure_dhcp(&net);
+        tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
+        Ok(net)
+    }
+
+    /// After a store failure: bring the kernel back to the engine's state.
+    fn rollback_to_state(&mut self) {
+        let result = self.dp.observe().map_err(EngineError::from).and_then(|o| {
+            let plan = planner::plan(&self.networks, &self.plannable_ports(), &o);
+            dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref()).map_err(EngineError::from)?;
+            self.firewall = Some(plan.firewall);
+            Ok(())
+        });
+        if let Err(e) = result {
+            tracing::error!("rollback after a store failure incomplete: {e}");
+        }
+    }
+
+    /// Stops and deletes a network with its ports and leases.
+    pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
+        self.network(name)?;
+        let observed = self.dp.observe()?;
+        let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
+        let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
+        self.stop_dhcp(name);
+        if let Err(e) = self.apply_state(networks, ports, &observed) {
+            let net = self.network(name)?;
+            self.ensure_dhcp(&net);
+            return Err(e);
+        }
+        self.store.delete_network(name)?;
+        self.books.remove(name);
+        tracing::info!(net = name, "network deleted");
+        Ok(())
+    }
+
+    /// Ports, optionally filtered.
+    pub fn ports(&self, vm: Option<&str>, net: Option<&str>) -> Vec<Port> {
+        self.ports
+            .iter()
+            .filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n))
+            .cloned()
+            .collect()
+    }
+
+    /// Creates a port: its device, bridge membership and fixed IP.
+    pub fn create_port(&mut self, spec: PortSpec) -> Result<Port, EngineError> {
+        let checked = spec.check()?;
+        let net = self.network(&spec.net)?;
+        if let Some((ns, _)) = &checked.peer {
+            if !Path::new(NETNS_DIR).join(ns).exists() {
+                return Err(EngineError::NotFound(format!(
+                    "no network namespace named {ns:?} (create it with `ip netns add {ns}`)"
+                )));
+            }
+        }
+        let mac = match checked.mac {
+            Some(mac) => {
+                if let Some(p) = self.ports.iter().find(|p| p.mac == mac) {
+                    return Err(EngineError::Conflict(format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm)));
+                }
+                mac
+            }
+            None => loop {
+                let m = Mac::random_qemu();
+                if !self.ports.iter().any(|p| p.mac == m) {
+                    break m;
+                }
+            },
+        };
+        let id = loop {
+            let id = format!("{:08x}", rand::random::<u32>());
+            if !self.ports.iter().any(|p| p.id == id) {
+                break id;
+            }
+        };
+        let book = self.books.get(&net.name).cloned().expect("every network has an address book");
+        let ip = lock(&book).reserve_fixed(mac, checked.ip, now())?;
+        let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let port = Port {
+            ifname: Port::ifname_for(&id),
+            id,
+            net: net.name.clone(),
+            vm: spec.vm.clone(),
+            port_type: checked.port_type,
+            mac,
+            ip,
+            netns,
+            peer_ifname,
+            owner: spec.owner.clone(),
+            group: spec.group.clone(),
+        };
+        let result = self.dp.observe().map_err(EngineError::from).and_then(|observed| {
+            let mut ports = self.ports.clone();
+            ports.push(port.clone());
+            self.apply_state(self.networks.clone(), ports, &observed)
+        });
+        if let Err(e) = result {
+            lock(&book).remove_static(mac);
+            return Err(e);
+        }
+        if let Err(e) = self.store.put_port(&port) {
+            lock(&book).remove_static(mac);
+            self.ports.retain(|p| p.id != port.id);
+            self.rollback_to_state();
+            return Err(e.into());
+        }
+        lock(&book).set_name(mac, &port.vm);
+        tracing::info!(port = port.id, vm = port.vm, net = port.net, %ip, %mac, "port created");
+        Ok(port)
+    }
+
+    /// Deletes a port: its device goes, its IP is free again.
+    pub fn delete_port(&mut self, id: &str) -> Result<(), EngineError> {
+        let port = self
+            .ports
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
+        let observed = self.dp.observe()?;
+        let ports: Vec<Port> = self.ports.iter().filter(|p| p.id != id).cloned().collect();
+        self.apply_state(self.networks.clone(), ports, &observed)?;
+        self.store.delete_port(&port)?;
+        if let Some(book) = self.books.get(&port.net) {
+            lock(book).remove_static(port.mac);
+        }
+        tracing::info!(port = id, "port deleted");
+        Ok(())
+    }
+
+    /// Leases of a network, ordered by address.
+    pub fn leases(&self, net: &str) -> Result<Vec<Lease>, EngineError> {
+        self.network(net)?;
+        let mut v: Vec<Lease> = self.books.get(net).map(|b| lock(b).leases().cloned().collect()).unwrap_or_default();
+        v.sort_by_key(|l| l.ip);
+        Ok(v)
+    }
+
+    /// lanyard's bridges and their interfaces.
+    pub fn bridges(&self) -> Result<Vec<BridgeView>, EngineError> {
+        let observed = self.dp.observe()?;
+        Ok(self
+            .networks
+            .iter()
+            .filter(|n| observed.links.contains_key(&n.bridge))
+            .map(|n| BridgeView {
+                bridge_id: observed.links[&n.bridge].bridge_id.clone().unwrap_or_default(),
+                stp: if observed.links[&n.bridge].stp == Some(true) { "yes" } else { "no" }.into(),
+                name: n.bridge.clone(),
+                net: n.name.clone(),
+                interfaces: observed
+                    .links
+                    .values()
+                    .filter(|l| l.master.as_deref() == Some(n.bridge.as_str()))
+                    .map(|l| l.name.clone())
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Stops the DHCP servers (the kernel state stays: VMs keep running).
+    pub fn shutdown(&mut self) {
+        for (_, h) in self.dhcp.drain() {
+            h.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use crate::dataplane::fake::FakeDataplane;
+    use crate::store::sqlite::SqliteStore;
+
+    fn engine(dp: FakeDataplane) -> (Engine, tokio::runtime::Runtime) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+        let e = Engine::start(store, Box::new(dp), rt.handle().clone()).unwrap();
+        (e, rt)
+    }
+
+    fn spec(name: &str, subnet: &str) -> NetworkSpec {
+        NetworkSpec { name: name.into(), mode: "bridge".into(), subnet: subnet.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn conflicts_are_refused_before_any_kernel_change() {
+        let (mut e, _rt) = engine(FakeDataplane::default());
+        e.create_network(spec("a", "10.1.0.0/24")).unwrap();
+        let before = e.networks();
+        for bad in [spec("a", "10.2.0.0/24"), spec("b", "10.1.0.128/25"), spec("c", "10.0.0.0/8")] {
+            assert!(matches!(e.create_network(bad), Err(EngineError::Conflict(_))));
+        }
+        let mut s = spec("d", "10.3.0.0/24");
+        s.bridge = Some("lybr0".into());
+        assert!(matches!(e.create_network(s), Err(EngineError::Conflict(_))));
+        assert_eq!(e.networks(), before);
+    }
+
+    #[test]
+    fn a_failed_apply_leaves_state_unchanged() {
+        let dp = FakeDataplane::default();
+        dp.fail_on("SetUp lybr0");
+        let (mut e, _rt) = engine(dp);
+        let err = e.create_network(spec("a", "10.1.0.0/24")).unwrap_err();
+        assert!(matches!(err, EngineError::Apply(_)), "{err}");
+        assert!(e.networks().is_empty());
+        assert!(e.store.networks().unwrap().is_empty());
+    }
+
+    #[test]
+    fn ports_get_unique_macs_and_ips() {
+        let (mut e, _rt) = engine(FakeDataplane::default());
+        e.create_network(spec("a", "10.1.0.0/29")).unwrap();
+        let p = |ip: Option<&str>, mac: Option<&str>| PortSpec {
+            net: "a".into(),
+            vm: "vm".into(),
+            ip: ip.map(Into::into),
+            mac: mac.map(Into::into),
+            ..Default::default()
+        };
+        let a = e.create_port(p(None, Some("52:54:00:00:00:01"))).unwrap();
+        assert!(matches!(e.create_port(p(None, Some("52:54:00:00:00:01"))), Err(EngineError::Conflict(_))));
+        assert!(matches!(e.create_port(p(Some(&a.ip.to_string()), None)), Err(EngineError::Conflict(_))));
+        assert!(matches!(e.create_port(p(Some("10.9.0.1"), None)), Err(EngineError::Invalid(_))));
+        let ips: BTreeSet<Ipv4Addr> = (0..4).map(|_| e.create_port(p(None, None)).unwrap().ip).chain([a.ip]).collect();
+        assert_eq!(ips.len(), 5, "a /29 has 5 guest addresses");
+        assert!(matches!(e.create_port(p(None, None)), Err(EngineError::Conflict(_))));
+        e.delete_port(&a.id).unwrap();
+        assert_eq!(e.create_port(p(None, None)).unwrap().ip, a.ip);
+        assert_eq!(e.store.ports().unwrap().len(), 5);
+    }
+}

@@ -1,0 +1,468 @@
+//! IP address management for one network: who holds which address.
+//!
+//! [`AddressBook`] is the single in-memory authority for a network's
+//! addresses. Ports' fixed IPs (static leases) and dynamic leases live in one
+//! table, so the same address can never be handed to two clients, whichever
+//! path asks. It is pure (time is passed in), so it is unit-tested without
+//! sockets; the DHCP server and the control plane both call it under one lock
+//! and persist what it decides.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use crate::model::{Lease, LeaseKind, Mac, Network};
+
+/// Why an address could not be given.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IpamError {
+    /// {ip} is not a usable address of {subnet}
+    #[error("{ip} is not a usable guest address of {subnet} (network, broadcast and gateway addresses are reserved)")]
+    OutsideSubnet {
+        /// Requested address.
+        ip: Ipv4Addr,
+        /// The network's subnet.
+        subnet: String,
+    },
+    /// The address is held by another client.
+    #[error("{ip} is already in use by {holder}")]
+    InUse {
+        /// Requested address.
+        ip: Ipv4Addr,
+        /// Who holds it.
+        holder: String,
+    },
+    /// No address left.
+    #[error("no free address left in {0}")]
+    Exhausted(String),
+}
+
+/// How long an OFFER reserves its address for the client it was made to.
+pub const OFFER_HOLD_SECS: u64 = 30;
+/// How long a DECLINEd address is kept out of the pool.
+pub const DECLINE_HOLD_SECS: u64 = 600;
+
+#[derive(Debug, Clone)]
+struct Offer {
+    ip: Ipv4Addr,
+    until: u64,
+}
+
+/// The address table of one network.
+#[derive(Debug)]
+pub struct AddressBook {
+    net: Network,
+    statics: HashMap<Mac, Ipv4Addr>,
+    names: HashMap<Mac, String>,
+    static_owner: HashMap<Ipv4Addr, Mac>,
+    leases: HashMap<Mac, Lease>,
+    lease_owner: HashMap<Ipv4Addr, Mac>,
+    offers: HashMap<Mac, Offer>,
+    declined: HashMap<Ipv4Addr, u64>,
+    /// Where the next search for a free pool address starts, so allocation
+    /// stays O(1) amortised instead of rescanning from the bottom each time.
+    cursor: u32,
+}
+
+impl AddressBook {
+    /// An empty table for `net`.
+    pub fn new(net: Network) -> Self {
+        let cursor = u32::from(net.dhcp_range.first);
+        AddressBook {
+            net,
+            statics: HashMap::new(),
+            names: HashMap::new(),
+            static_owner: HashMap::new(),
+            leases: HashMap::new(),
+            lease_owner: HashMap::new(),
+            offers: HashMap::new(),
+            declined: HashMap::new(),
+            cursor,
+        }
+    }
+
+    /// The network this table serves.
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Loads a lease read back from the store.
+    pub fn restore_lease(&mut self, lease: Lease) {
+        if lease.kind == LeaseKind::Static && self.statics.get(&lease.mac) != Some(&lease.ip) {
+            // The port it belonged to is gone or has another address now.
+            return;
+        }
+        self.drop_lease(lease.mac);
+        if let Some(prev) = self.lease_owner.insert(lease.ip, lease.mac) {
+            if prev != lease.mac {
+                self.leases.remove(&prev);
+            }
+        }
+        self.leases.insert(lease.mac, lease);
+    }
+
+    /// Who holds `ip` at time `now`, if anyone.
+    fn holder(&self, ip: Ipv4Addr, now: u64) -> Option<String> {
+        if ip == self.net.gateway {
+            return Some("the gateway".into());
+        }
+        if let Some(m) = self.static_owner.get(&ip) {
+            return Some(format!("port with MAC {m}"));
+        }
+        if let Some(m) = self.lease_owner.get(&ip) {
+            if self.leases.get(m).is_some_and(|l| l.expiry > now) {
+                return Some(format!("a dynamic lease of {m}"));
+            }
+        }
+        if let Some((m, _)) = self.offers.iter().find(|(_, o)| o.ip == ip && o.until > now) {
+            return Some(format!("an offer to {m}"));
+        }
+        if self.declined.get(&ip).is_some_and(|&t| t > now) {
+            return Some("a client that declined it (address conflict)".into());
+        }
+        None
+    }
+
+    fn free_for(&self, ip: Ipv4Addr, mac: Mac, now: u64) -> bool {
+        if !self.net.is_assignable(ip) {
+            return false;
+        }
+        if self.static_owner.get(&ip).is_some_and(|m| *m != mac) {
+            return false;
+        }
+        if self.lease_owner.get(&ip).is_some_and(|m| *m != mac && self.leases.get(m).is_some_and(|l| l.expiry > now)) {
+            return false;
+        }
+        if self.offers.iter().any(|(m, o)| *m != mac && o.ip == ip && o.until > now) {
+            return false;
+        }
+        self.declined.get(&ip).is_none_or(|&t| t <= now)
+    }
+
+    /// Reserves a fixed IP for a new port with `mac`: `requested` if it is
+    /// valid and free, else the lowest free address, preferring addresses
+    /// outside the dynamic range. A dynamic lease the same MAC held is dropped.
+    pub fn reserve_fixed(&mut self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Result<Ipv4Addr, IpamError> {
+        let ip = match requested {
+            Some(ip) => {
+                if !self.net.is_assignable(ip) {
+                    return Err(IpamError::OutsideSubnet { ip, subnet: self.net.subnet.to_string() });
+                }
+                if !self.free_for(ip, mac, now) {
+                    let holder = self.holder(ip, now).unwrap_or_else(|| "another client".into());
+                    return Err(IpamError::InUse { ip, holder });
+                }
+                ip
+            }
+            None => self.lowest_free_fixed(mac, now)?,
+        };
+        self.drop_lease(mac);
+        self.add_static(mac, ip);
+        Ok(ip)
+    }
+
+    fn lowest_free_fixed(&self, mac: Mac, now: u64) -> Result<Ipv4Addr, IpamError> {
+        let first = u32::from(self.net.subnet.network()) + 1;
+        let last = u32::from(self.net.subnet.broadcast()) - 1;
+        let range = self.net.dhcp_range;
+        let outside = (first..=last).map(Ipv4Addr::from).filter(|ip| !range.contains(*ip));
+        let inside = (u32::from(range.first)..=u32::from(range.last)).map(Ipv4Addr::from);
+        outside
+            .chain(inside)
+            .find(|ip| self.free_for(*ip, mac, now))
+            .ok_or_else(|| IpamError::Exhausted(self.net.subnet.to_string()))
+    }
+
+    /// Records a port's fixed IP (at start-up, from the store).
+    pub fn add_static(&mut self, mac: Mac, ip: Ipv4Addr) {
+        self.statics.insert(mac, ip);
+        self.static_owner.insert(ip, mac);
+    }
+
+    /// Records the VM name of the port with `mac` (sent as its host name).
+    pub fn set_name(&mut self, mac: Mac, name: &str) {
+        self.names.insert(mac, name.to_string());
+    }
+
+    /// The VM name of the port with `mac`.
+    pub fn name_of(&self, mac: Mac) -> Option<&str> {
+        self.names.get(&mac).map(String::as_str)
+    }
+
+    /// Forgets a port's fixed IP: the address is free again.
+    pub fn remove_static(&mut self, mac: Mac) {
+        if let Some(ip) = self.statics.remove(&mac) {
+            self.static_owner.remove(&ip);
+        }
+        self.names.remove(&mac);
+        self.drop_lease(mac);
+    }
+
+    fn drop_lease(&mut self, mac: Mac) -> Option<Lease> {
+        let l = self.leases.remove(&mac)?;
+        if self.lease_owner.get(&l.ip) == Some(&mac) {
+            self.lease_owner.remove(&l.ip);
+        }
+        self.offers.remove(&mac);
+        Some(l)
+    }
+
+    /// The fixed IP of the port with `mac`, if it is a port.
+    pub fn static_ip(&self, mac: Mac) -> Option<Ipv4Addr> {
+        self.statics.get(&mac).copied()
+    }
+
+    /// Chooses the address to OFFER to `mac`: its fixed IP; else its current
+    /// lease; else `requested` if free in the pool; else the next free pool
+    /// address. The choice is held for [`OFFER_HOLD_SECS`].
+    pub fn offer(&mut self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Result<Ipv4Addr, IpamError> {
+        if let Some(ip) = self.static_ip(mac) {
+            return Ok(ip);
+        }
+        let range = self.net.dhcp_range;
+        let pool_ok = |s: &Self, ip: Ipv4Addr| range.contains(ip) && s.free_for(ip, mac, now);
+        let candidate = [
+            self.offers.get(&mac).filter(|o| o.until > now).map(|o| o.ip),
+            self.leases.get(&mac).map(|l| l.ip),
+            requested,
+        ]
+        .into_iter()
+        .flatten()
+        .find(|ip| pool_ok(self, *ip));
+        let ip = match candidate {
+            Some(ip) => ip,
+            None => self.next_free_in_pool(mac, now)?,
+        };
+        self.offers.insert(mac, Offer { ip, until: now + OFFER_HOLD_SECS });
+        Ok(ip)
+    }
+
+    fn next_free_in_pool(&mut self, mac: Mac, now: u64) -> Result<Ipv4Addr, IpamError> {
+        let first = u32::from(self.net.dhcp_range.first);
+        let last = u32::from(self.net.dhcp_range.last);
+        let size = last - first + 1;
+        let start = self.cursor.clamp(first, last);
+        for i in 0..size {
+            let n = first + (start - first + i) % size;
+            let ip = Ipv4Addr::from(n);
+            if self.free_for(ip, mac, now) {
+                self.cursor = if n == last { first } else { n + 1 };
+                return Ok(ip);
+            }
+        }
+        Err(IpamError::Exhausted(format!("{}-{}", self.net.dhcp_range.first, self.net.dhcp_range.last)))
+    }
+
+    /// Commits `ip` to `mac` (a REQUEST): returns the lease to persist before
+    /// the ACK is sent, or an error that becomes a NAK.
+    pub fn ack(
+        &mut self,
+        mac: Mac,
+        ip: Ipv4Addr,
+        now: u64,
+        lease_secs: u32,
+        hostname: Option<String>,
+        client_id: Option<String>,
+    ) -> Result<Lease, IpamError> {
+        let kind = match self.static_ip(mac) {
+            Some(fixed) if fixed == ip => LeaseKind::Static,
+            Some(fixed) => {
+                return Err(IpamError::InUse { ip, holder: format!("nobody; this client's fixed address is {fixed}") });
+            }
+            None => {
+                if !self.net.dhcp_range.contains(ip) {
+                    return Err(IpamError::OutsideSubnet { ip, subnet: self.net.subnet.to_string() });
+                }
+                if !self.free_for(ip, mac, now) {
+                    let holder = self.holder(ip, now).unwrap_or_else(|| "another client".into());
+                    return Err(IpamError::InUse { ip, holder });
+                }
+                LeaseKind::Dynamic
+            }
+        };
+        self.offers.remove(&mac);
+        let lease = Lease {
+            net: self.net.name.clone(),
+            expiry: now + u64::from(lease_secs),
+            mac,
+            ip,
+            hostname,
+            client_id,
+            kind,
+        };
+        {
+            if let Some(old) = self.leases.get(&mac) {
+                if old.ip != ip && self.lease_owner.get(&old.ip) == Some(&mac) {
+                    self.lease_owner.remove(&old.ip);
+                }
+            }
+            if let Some(prev_mac) = self.lease_owner.insert(ip, mac) {
+                if prev_mac != mac {
+                    // An expired lease of another client gave way.
+                    self.leases.remove(&prev_mac);
+                }
+            }
+            self.leases.insert(mac, lease.clone());
+        }
+        Ok(lease)
+    }
+
+    /// A RELEASE: the client gives `ip` back. Returns the dropped lease.
+    pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) -> Option<Lease> {
+        self.offers.remove(&mac);
+        match self.leases.get(&mac) {
+            Some(l) if l.ip == ip => self.drop_lease(mac),
+            _ => None,
+        }
+    }
+
+    /// A DECLINE: the client found `ip` in use on the wire. The address is
+    /// kept out of the pool for a while. Returns the dropped lease.
+    pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) -> Option<Lease> {
+        self.offers.remove(&mac);
+        if self.static_ip(mac) == Some(ip) {
+            // A port's fixed IP is never taken from it; the conflict is the
+            // other machine's, and the operator sees it in the log.
+            return None;
+        }
+        self.declined.insert(ip, now + DECLINE_HOLD_SECS);
+        match self.leases.get(&mac) {
+            Some(l) if l.ip == ip => self.drop_lease(mac),
+            _ => None,
+        }
+    }
+
+    /// Every lease a client holds or held (expired ones stay until reused).
+    pub fn leases(&self) -> impl Iterator<Item = &Lease> {
+        self.leases.values()
+    }
+
+    /// Drops expired offers and declines (housekeeping).
+    pub fn expire(&mut self, now: u64) {
+        self.offers.retain(|_, o| o.until > now);
+        self.declined.retain(|_, t| *t > now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NetworkSpec;
+    use std::collections::HashSet;
+
+    fn net(subnet: &str, range: Option<&str>) -> Network {
+        NetworkSpec {
+            name: "n".into(),
+            mode: "nat".into(),
+            subnet: subnet.into(),
+            dhcp_range: range.map(Into::into),
+            ..Default::default()
+        }
+        .validate(|| "b".into())
+        .unwrap()
+    }
+
+    fn mac(i: u32) -> Mac {
+        let b = i.to_be_bytes();
+        Mac([0x52, 0x54, 0x00, b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn fixed_ips_prefer_outside_the_pool_and_never_repeat() {
+        let mut book = AddressBook::new(net("10.0.0.0/28", Some("10.0.0.8-10.0.0.14")));
+        let ips: Vec<_> = (0..13).map(|i| book.reserve_fixed(mac(i), None, 0).unwrap()).collect();
+        assert_eq!(ips[0], Ipv4Addr::new(10, 0, 0, 2));
+        assert_eq!(ips[5], Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!(ips[6], Ipv4Addr::new(10, 0, 0, 8));
+        assert_eq!(ips.iter().collect::<HashSet<_>>().len(), ips.len());
+        assert!(matches!(book.reserve_fixed(mac(99), None, 0), Err(IpamError::Exhausted(_))));
+        book.remove_static(mac(3));
+        assert_eq!(book.reserve_fixed(mac(99), None, 0).unwrap(), ips[3]);
+    }
+
+    #[test]
+    fn requested_fixed_ip_must_be_valid_and_free() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", None));
+        let gw = Ipv4Addr::new(10, 0, 0, 1);
+        assert!(matches!(book.reserve_fixed(mac(1), Some(gw), 0), Err(IpamError::OutsideSubnet { .. })));
+        assert!(book.reserve_fixed(mac(1), Some(Ipv4Addr::new(10, 0, 1, 5)), 0).is_err());
+        assert!(book.reserve_fixed(mac(1), Some(Ipv4Addr::new(10, 0, 0, 255)), 0).is_err());
+        book.reserve_fixed(mac(1), Some(Ipv4Addr::new(10, 0, 0, 9)), 0).unwrap();
+        let e = book.reserve_fixed(mac(2), Some(Ipv4Addr::new(10, 0, 0, 9)), 0).unwrap_err();
+        assert!(matches!(e, IpamError::InUse { .. }), "{e}");
+    }
+
+    #[test]
+    fn a_port_cannot_take_a_live_dynamic_lease() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", None));
+        let ip = book.offer(mac(1), None, 0).unwrap();
+        book.ack(mac(1), ip, 0, 3600, None, None).unwrap();
+        assert!(book.reserve_fixed(mac(2), Some(ip), 10).is_err());
+        // Once expired, it can.
+        assert_eq!(book.reserve_fixed(mac(2), Some(ip), 4000).unwrap(), ip);
+    }
+
+    #[test]
+    fn ports_get_their_fixed_ip_by_dhcp() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", None));
+        let fixed = book.reserve_fixed(mac(7), Some(Ipv4Addr::new(10, 0, 0, 77)), 0).unwrap();
+        assert_eq!(book.offer(mac(7), Some(Ipv4Addr::new(10, 0, 0, 5)), 0).unwrap(), fixed);
+        let l = book.ack(mac(7), fixed, 0, 60, Some("vm".into()), None).unwrap();
+        assert_eq!(l.kind, LeaseKind::Static);
+        assert!(book.ack(mac(7), Ipv4Addr::new(10, 0, 0, 5), 0, 60, None, None).is_err());
+    }
+
+    #[test]
+    fn dynamic_clients_never_share_an_address() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", Some("10.0.0.10-10.0.0.20")));
+        book.reserve_fixed(mac(1000), Some(Ipv4Addr::new(10, 0, 0, 12)), 0).unwrap();
+        let mut seen = HashSet::new();
+        for i in 0..10 {
+            let ip = book.offer(mac(i), None, 0).unwrap();
+            book.ack(mac(i), ip, 0, 3600, None, None).unwrap();
+            assert!(seen.insert(ip), "{ip} handed out twice");
+            assert_ne!(ip, Ipv4Addr::new(10, 0, 0, 12));
+        }
+        assert!(book.offer(mac(50), None, 0).is_err(), "pool of 11 minus 1 static is full");
+        // Another client asking for a held address is refused.
+        let taken = *seen.iter().next().unwrap();
+        assert!(book.ack(mac(51), taken, 0, 3600, None, None).is_err());
+        // A released address comes back.
+        let ip0 = book.leases().find(|l| l.mac == mac(0)).unwrap().ip;
+        book.release(mac(0), ip0);
+        assert!(book.offer(mac(50), None, 0).is_ok());
+    }
+
+    #[test]
+    fn offers_hold_their_address_and_clients_keep_theirs() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", None));
+        let a = book.offer(mac(1), None, 0).unwrap();
+        let b = book.offer(mac(2), Some(a), 0).unwrap();
+        assert_ne!(a, b, "an outstanding offer is not given away");
+        book.ack(mac(1), a, 0, 100, None, None).unwrap();
+        assert_eq!(book.offer(mac(1), None, 50).unwrap(), a, "a client gets its own lease back");
+    }
+
+    #[test]
+    fn restored_leases_block_reuse_after_restart() {
+        let n = net("10.0.0.0/24", Some("10.0.0.10-10.0.0.11"));
+        let mut book = AddressBook::new(n.clone());
+        let ip = book.offer(mac(1), None, 0).unwrap();
+        let lease = book.ack(mac(1), ip, 0, 3600, None, None).unwrap();
+        let mut after = AddressBook::new(n);
+        after.restore_lease(lease);
+        let other = after.offer(mac(2), Some(ip), 10).unwrap();
+        assert_ne!(other, ip);
+        assert!(after.offer(mac(3), None, 10).is_err());
+        assert_eq!(after.offer(mac(1), None, 10).unwrap(), ip);
+    }
+
+    #[test]
+    fn declined_addresses_rest() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", Some("10.0.0.10-10.0.0.11")));
+        let ip = book.offer(mac(1), None, 0).unwrap();
+        book.ack(mac(1), ip, 0, 3600, None, None).unwrap();
+        book.decline(mac(1), ip, 0);
+        assert_ne!(book.offer(mac(2), None, 1).unwrap(), ip);
+        book.expire(DECLINE_HOLD_SECS + 1);
+    }
+}

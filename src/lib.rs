@@ -1,0 +1,25 @@
+//! lanyard: virtual networks for virtual machines on Linux hosts.
+//!
+//! The layers, from the user down to the kernel:
+//! - [`cli`]: the command line and its client of the daemon's API;
+//! - [`api`]: the daemon's REST API on a unix socket;
+//! - [`engine`]: the control plane that validates, plans, applies, stores;
+//! - [`model`]: networks, ports, leases and their validation;
+//! - [`store`]: persistence behind a trait (embedded SQLite by default);
+//! - [`ipam`]: who holds which address;
+//! - [`planner`]: pure desired-state -> kernel-operations planning;
+//! - [`dataplane`]: the drivers that change the kernel (iproute2, nft);
+//! - [`dhcp`]: the built-in DHCPv4 server;
+//! - [`daemon`]: process start-up and shutdown.
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod cli;
+pub mod daemon;
+pub mod dataplane;
+pub mod dhcp;
+pub mod engine;
+pub mod ipam;
+pub mod model;
+pub mod planner;
+pub mod store;

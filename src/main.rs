@@ -1,0 +1,42 @@
+//! The `lanyard` binary: the daemon and its command-line client.
+
+use clap::Parser;
+use lanyard::cli::{run_client, Cli, Command};
+
+fn main() {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+                e.exit();
+            }
+            // One line, not clap's multi-line usage block.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
+            eprintln!("error: {first} (see `lanyard --help`)");
+            std::process::exit(2);
+        }
+    };
+    match cli.command {
+        Command::Daemon { state_dir } => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+            if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir)) {
+                eprintln!("error: {e}");
+                std::process::exit(1);
+            }
+        }
+        cmd => {
+            if let Err(e) = run_client(cli.socket, cmd) {
+                eprintln!("error: {e}");
+                std::process::exit(e.exit_code());
+            }
+        }
+    }
+}

@@ -1,0 +1,718 @@
+//! The model: what a network and a port are, and the validation that every
+//! request passes before anything is stored or planned.
+//!
+//! Everything here is pure. A [`NetworkSpec`] or [`PortSpec`] is what a user
+//! asked for; [`Network`] and [`Port`] are the validated, fully defaulted
+//! records the store keeps and the planner reads.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use ipnet::Ipv4Net;
+use serde::{Deserialize, Serialize};
+
+/// A request that can never succeed as written; the message says what to change.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ModelError {
+    /// invalid {what} {value:?}: {why}
+    #[error("invalid {what} {value:?}: {why}")]
+    Invalid {
+        /// Which field.
+        what: &'static str,
+        /// What was given.
+        value: String,
+        /// Why it is refused and what would be accepted.
+        why: String,
+    },
+}
+
+fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ModelError {
+    ModelError::Invalid {
+        what,
+        value: value.to_string(),
+        why: why.into(),
+    }
+}
+
+/// How a network reaches (or does not reach) the world beyond its bridge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Private subnet, masqueraded to the outside; outside cannot connect in.
+    Nat,
+    /// Subnet routed by the host without NAT.
+    Route,
+    /// VMs and the host only.
+    HostOnly,
+    /// VMs reach each other only; the host serves DHCP and DNS, nothing else.
+    Isolated,
+    /// An uplink NIC joins the bridge; VMs sit on the physical LAN.
+    Bridge,
+    /// Like route, with no firewall rules at all.
+    Open,
+}
+
+impl Mode {
+    /// Every mode, in the order the docs present them.
+    pub const ALL: [Mode; 6] = [
+        Mode::Nat,
+        Mode::Route,
+        Mode::HostOnly,
+        Mode::Isolated,
+        Mode::Bridge,
+        Mode::Open,
+    ];
+
+    /// The name used on the command line and in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Nat => "nat",
+            Mode::Route => "route",
+            Mode::HostOnly => "host-only",
+            Mode::Isolated => "isolated",
+            Mode::Bridge => "bridge",
+            Mode::Open => "open",
+        }
+    }
+
+    /// Whether lanyard's own DHCP server runs on networks of this mode.
+    /// Bridge networks take their leases from the physical LAN.
+    pub fn serves_dhcp(self) -> bool {
+        !matches!(self, Mode::Bridge)
+    }
+
+    /// Whether the host routes for this network, so IPv4 forwarding must be on.
+    pub fn forwards(self) -> bool {
+        matches!(self, Mode::Nat | Mode::Route | Mode::Open)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Mode::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                let known: Vec<_> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+                invalid("mode", s, format!("use one of {}", known.join(", ")))
+            })
+    }
+}
+
+/// The addresses a network's DHCP server hands to clients that are not ports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpRange {
+    /// First address of the pool.
+    pub first: Ipv4Addr,
+    /// Last address of the pool (inclusive).
+    pub last: Ipv4Addr,
+}
+
+impl DhcpRange {
+    /// Whether `ip` lies in the pool.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.first <= ip && ip <= self.last
+    }
+}
+
+impl FromStr for DhcpRange {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || invalid("dhcp range", s, "write it as FIRST-LAST, e.g. 192.168.122.2-192.168.122.254");
+        let (a, b) = s.split_once('-').ok_or_else(bad)?;
+        let first = a.trim().parse().map_err(|_| bad())?;
+        let last = b.trim().parse().map_err(|_| bad())?;
+        Ok(DhcpRange { first, last })
+    }
+}
+
+/// A network as the user asked for it; fields left out get defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// Network name (also used as the default DNS domain).
+    pub name: String,
+    /// Mode name, e.g. "nat".
+    pub mode: String,
+    /// IPv4 subnet in CIDR form.
+    pub subnet: String,
+    /// Host's address on the bridge; default first host address.
+    #[serde(default)]
+    pub gateway: Option<String>,
+    /// Dynamic pool, "FIRST-LAST"; default every host address but the gateway.
+    #[serde(default)]
+    pub dhcp_range: Option<String>,
+    /// Bridge interface name; default `lybrN`.
+    #[serde(default)]
+    pub bridge: Option<String>,
+    /// MTU of the bridge and its ports.
+    #[serde(default)]
+    pub mtu: Option<u32>,
+    /// DNS domain served to guests; default the network name.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Start the network whenever the daemon starts (default true).
+    #[serde(default)]
+    pub autostart: Option<bool>,
+}
+
+/// Whether a network's kernel objects exist and its DHCP server runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetState {
+    /// Bridge, rules and DHCP are up.
+    Active,
+    /// Defined only.
+    Inactive,
+}
+
+/// A validated network record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Network {
+    /// Unique name.
+    pub name: String,
+    /// How the network reaches the world.
+    pub mode: Mode,
+    /// IPv4 subnet.
+    pub subnet: Ipv4Net,
+    /// Host's address on the bridge.
+    pub gateway: Ipv4Addr,
+    /// Dynamic DHCP pool.
+    pub dhcp_range: DhcpRange,
+    /// Bridge interface name.
+    pub bridge: String,
+    /// MTU, when set.
+    pub mtu: Option<u32>,
+    /// DNS domain for guest names.
+    pub domain: String,
+    /// Start with the daemon.
+    pub autostart: bool,
+    /// Desired state.
+    pub state: NetState,
+}
+
+impl Network {
+    /// The gateway as an interface address, e.g. 192.168.122.1/24.
+    pub fn gateway_cidr(&self) -> Ipv4Net {
+        Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix came from a valid subnet")
+    }
+
+    /// Whether `ip` may be given to a guest: inside the subnet and neither
+    /// the network address, the broadcast address nor the gateway.
+    pub fn is_assignable(&self, ip: Ipv4Addr) -> bool {
+        self.subnet.contains(&ip)
+            && ip != self.subnet.network()
+            && ip != self.subnet.broadcast()
+            && ip != self.gateway
+    }
+}
+
+/// Longest interface name the kernel accepts (IFNAMSIZ - 1).
+pub const IFNAME_MAX: usize = 15;
+
+/// Checks that `name` is safe as an interface name and in commands:
+/// 1..=15 bytes of letters, digits, `-`, `_` and `.`.
+pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError> {
+    if name.is_empty() {
+        return Err(invalid(what, name, "must not be empty"));
+    }
+    if name.len() > IFNAME_MAX {
+        return Err(invalid(what, name, format!("is {} bytes, at most {IFNAME_MAX} are allowed", name.len())));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid(what, name, "is not a usable name"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(invalid(what, name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    Ok(())
+}
+
+/// Checks a VM name: same alphabet as interface names but up to 63 bytes
+/// (a DNS label), since it becomes the guest's host name.
+pub fn validate_vm_name(name: &str) -> Result<(), ModelError> {
+    if name.is_empty() || name.len() > 63 {
+        return Err(invalid("vm name", name, "must be 1 to 63 bytes"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(invalid("vm name", name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    Ok(())
+}
+
+fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
+    let net: Ipv4Net = s
+        .parse()
+        .map_err(|_| invalid("subnet", s, "write an IPv4 CIDR such as 192.168.122.0/24"))?;
+    if net.prefix_len() > 30 {
+        return Err(invalid("subnet", s, "needs a prefix of /30 or shorter to hold a gateway and a guest"));
+    }
+    if net.prefix_len() < 8 {
+        return Err(invalid("subnet", s, "a prefix shorter than /8 is not a VM network"));
+    }
+    if net != net.trunc() {
+        return Err(invalid("subnet", s, format!("has host bits set; did you mean {}?", net.trunc())));
+    }
+    let a = net.network();
+    if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.octets()[0] >= 240 {
+        return Err(invalid("subnet", s, "is not a unicast range usable for guests"));
+    }
+    Ok(net)
+}
+
+fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
+    s.parse().map_err(|_| invalid(what, s, "write an IPv4 address such as 192.168.122.1"))
+}
+
+impl NetworkSpec {
+    /// Validates the spec on its own and fills in defaults.
+    /// `default_bridge` is used when no bridge was named.
+    pub fn validate(&self, default_bridge: impl FnOnce() -> String) -> Result<Network, ModelError> {
+        validate_ifname("network name", &self.name)?;
+        let mode: Mode = self.mode.parse()?;
+        let subnet = parse_subnet(&self.subnet)?;
+        let first_host = u32::from(subnet.network()) + 1;
+        let last_host = u32::from(subnet.broadcast()) - 1;
+        let gateway = match &self.gateway {
+            Some(g) => parse_ip("gateway", g)?,
+            None => Ipv4Addr::from(first_host),
+        };
+        let in_hosts = |ip: Ipv4Addr| (first_host..=last_host).contains(&u32::from(ip));
+        if !in_hosts(gateway) {
+            return Err(invalid("gateway", gateway, format!("is not a host address of {subnet}")));
+        }
+        let dhcp_range = match &self.dhcp_range {
+            Some(r) => {
+                let r: DhcpRange = r.parse()?;
+                if !in_hosts(r.first) || !in_hosts(r.last) {
+                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), format!("must lie within the host addresses of {subnet}")));
+                }
+                if r.first > r.last {
+                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "first address is after the last"));
+                }
+                if r.first == gateway && r.last == gateway {
+                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "holds only the gateway"));
+                }
+                r
+            }
+            None => {
+                // Like libvirt's default (.2-.254): every host address but the gateway.
+                let (first, last) = if u32::from(gateway) == first_host {
+                    (first_host + 1, last_host)
+                } else {
+                    (first_host, last_host)
+                };
+                DhcpRange { first: first.into(), last: last.into() }
+            }
+        };
+        let bridge = match &self.bridge {
+            Some(b) => {
+                validate_ifname("bridge name", b)?;
+                b.clone()
+            }
+            None => default_bridge(),
+        };
+        if let Some(mtu) = self.mtu {
+            if !(576..=65535).contains(&mtu) {
+                return Err(invalid("mtu", mtu, "must be between 576 and 65535"));
+            }
+        }
+        let domain = self.domain.clone().unwrap_or_else(|| self.name.clone());
+        validate_domain(&domain)?;
+        Ok(Network {
+            name: self.name.clone(),
+            mode,
+            subnet,
+            gateway,
+            dhcp_range,
+            bridge,
+            mtu: self.mtu,
+            domain,
+            autostart: self.autostart.unwrap_or(true),
+            state: NetState::Active,
+        })
+    }
+}
+
+fn validate_domain(d: &str) -> Result<(), ModelError> {
+    let ok = !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| {
+            !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid("domain", d, "must be a DNS name made of labels of letters, digits and '-'"))
+    }
+}
+
+/// A 48-bit Ethernet address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// QEMU's locally administered prefix, used for every generated address.
+    pub const QEMU_OUI: [u8; 3] = [0x52, 0x54, 0x00];
+
+    /// A random address in 52:54:00:xx:xx:xx.
+    pub fn random_qemu() -> Mac {
+        let tail: [u8; 3] = rand::random();
+        Mac([0x52, 0x54, 0x00, tail[0], tail[1], tail[2]])
+    }
+
+    /// The MAC given to the host side of a TAP: libvirt's convention of
+    /// replacing the first byte with 0xfe, so the bridge never picks the
+    /// guest's address as its own and the two never collide.
+    pub fn host_side(self) -> Mac {
+        let mut b = self.0;
+        b[0] = 0xfe;
+        Mac(b)
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+    }
+}
+
+impl FromStr for Mac {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = |why: &str| invalid("mac", s, why);
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(bad("write six hex bytes separated by ':', e.g. 52:54:00:12:34:56"));
+        }
+        let mut b = [0u8; 6];
+        for (i, p) in parts.iter().enumerate() {
+            if p.len() != 2 {
+                return Err(bad("each byte is two hex digits"));
+            }
+            b[i] = u8::from_str_radix(p, 16).map_err(|_| bad("each byte is two hex digits"))?;
+        }
+        if b[0] & 1 == 1 {
+            return Err(bad("is a multicast address; a NIC needs a unicast one"));
+        }
+        if b == [0; 6] {
+            return Err(bad("is all zeros"));
+        }
+        Ok(Mac(b))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// What kind of device a port's host side is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PortType {
+    /// A persistent TAP that QEMU, Cloud Hypervisor or Firecracker opens.
+    Tap,
+    /// A veth pair whose peer lives in another network namespace.
+    Veth,
+}
+
+impl fmt::Display for PortType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PortType::Tap => "tap",
+            PortType::Veth => "veth",
+        })
+    }
+}
+
+impl FromStr for PortType {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "tap" => Ok(PortType::Tap),
+            "veth" => Ok(PortType::Veth),
+            _ => Err(invalid("port type", s, "use tap or veth")),
+        }
+    }
+}
+
+/// A port as the user asked for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Network to attach to.
+    pub net: String,
+    /// Name of the VM that owns the port.
+    pub vm: String,
+    /// "tap" (default) or "veth".
+    #[serde(default, rename = "type")]
+    pub port_type: Option<String>,
+    /// For veth: namespace the peer moves into.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// For veth: the peer's name inside `netns`.
+    #[serde(default)]
+    pub ifname: Option<String>,
+    /// Guest MAC; default random in 52:54:00.
+    #[serde(default)]
+    pub mac: Option<String>,
+    /// Fixed IP; default the lowest free address.
+    #[serde(default)]
+    pub ip: Option<String>,
+    /// For tap: user allowed to open the TAP.
+    #[serde(default)]
+    pub owner: Option<String>,
+    /// For tap: group allowed to open the TAP.
+    #[serde(default)]
+    pub group: Option<String>,
+}
+
+/// The parts of a port request that can be checked without any state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedPortSpec {
+    /// Device kind.
+    pub port_type: PortType,
+    /// Requested MAC.
+    pub mac: Option<Mac>,
+    /// Requested fixed IP.
+    pub ip: Option<Ipv4Addr>,
+    /// Veth peer placement.
+    pub peer: Option<(String, String)>,
+}
+
+impl PortSpec {
+    /// Validates the spec's own fields.
+    pub fn check(&self) -> Result<CheckedPortSpec, ModelError> {
+        validate_ifname("network name", &self.net)?;
+        validate_vm_name(&self.vm)?;
+        let port_type = match &self.port_type {
+            Some(t) => t.parse()?,
+            None => PortType::Tap,
+        };
+        let mac = self.mac.as_deref().map(str::parse).transpose()?;
+        let ip = self.ip.as_deref().map(|s| parse_ip("ip", s)).transpose()?;
+        let peer = match (port_type, &self.netns, &self.ifname) {
+            (PortType::Veth, Some(ns), Some(ifn)) => {
+                validate_ifname("netns", ns)?;
+                validate_ifname("ifname", ifn)?;
+                Some((ns.clone(), ifn.clone()))
+            }
+            (PortType::Veth, _, _) => {
+                return Err(invalid("port", "veth", "a veth port needs --netns NS and --ifname IF"));
+            }
+            (PortType::Tap, None, None) => None,
+            (PortType::Tap, _, _) => {
+                return Err(invalid("port", "tap", "--netns/--ifname apply to veth ports only"));
+            }
+        };
+        if port_type == PortType::Veth && (self.owner.is_some() || self.group.is_some()) {
+            return Err(invalid("port", "veth", "--owner/--group apply to tap ports only"));
+        }
+        for (what, v) in [("owner", &self.owner), ("group", &self.group)] {
+            if let Some(v) = v {
+                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+                    return Err(invalid(what, v, "must be a user/group name or number"));
+                }
+            }
+        }
+        Ok(CheckedPortSpec { port_type, mac, ip, peer })
+    }
+}
+
+/// A VM's attachment to a network, with its fixed address for life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Port {
+    /// Short unique id (8 hex digits).
+    pub id: String,
+    /// Network it belongs to.
+    pub net: String,
+    /// Owning VM's name.
+    pub vm: String,
+    /// Device kind.
+    #[serde(rename = "type")]
+    pub port_type: PortType,
+    /// Host-side interface name (`ly` + id), a port of the bridge.
+    pub ifname: String,
+    /// Guest MAC.
+    pub mac: Mac,
+    /// Fixed IP, served as a static DHCP lease.
+    pub ip: Ipv4Addr,
+    /// Veth only: namespace of the peer.
+    pub netns: Option<String>,
+    /// Veth only: the peer's name in `netns`.
+    pub peer_ifname: Option<String>,
+    /// Tap only: owner allowed to open it.
+    pub owner: Option<String>,
+    /// Tap only: group allowed to open it.
+    pub group: Option<String>,
+}
+
+impl Port {
+    /// Host-side interface name for a port id.
+    pub fn ifname_for(id: &str) -> String {
+        format!("ly{id}")
+    }
+
+    /// The QEMU arguments that attach a guest NIC to this (tap) port.
+    pub fn qemu_args(&self) -> Option<String> {
+        (self.port_type == PortType::Tap).then(|| {
+            format!(
+                "-netdev tap,id=net-{id},ifname={ifn},script=no,downscript=no -device virtio-net-pci,netdev=net-{id},mac={mac}",
+                id = self.id,
+                ifn = self.ifname,
+                mac = self.mac
+            )
+        })
+    }
+}
+
+/// One DHCP lease, in the shape of dnsmasq's lease file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Network the lease belongs to.
+    pub net: String,
+    /// Unix time the lease ends.
+    pub expiry: u64,
+    /// Client MAC.
+    pub mac: Mac,
+    /// Leased address.
+    pub ip: Ipv4Addr,
+    /// Host name the client sent, if any.
+    pub hostname: Option<String>,
+    /// Client identifier (option 61), hex.
+    pub client_id: Option<String>,
+    /// "static" when the address is a port's fixed IP.
+    pub kind: LeaseKind,
+}
+
+/// Whether a lease holds a port's fixed IP or a pool address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LeaseKind {
+    /// A port's fixed IP.
+    Static,
+    /// From the dynamic range.
+    Dynamic,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(subnet: &str) -> NetworkSpec {
+        NetworkSpec { name: "default".into(), mode: "nat".into(), subnet: subnet.into(), ..Default::default() }
+    }
+
+    #[test]
+    fn defaults_follow_libvirt() {
+        let n = spec("192.168.122.0/24").validate(|| "lybr0".into()).unwrap();
+        assert_eq!(n.gateway, Ipv4Addr::new(192, 168, 122, 1));
+        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(192, 168, 122, 2));
+        assert_eq!(n.dhcp_range.last, Ipv4Addr::new(192, 168, 122, 254));
+        assert_eq!(n.bridge, "lybr0");
+        assert_eq!(n.domain, "default");
+        assert_eq!(n.gateway_cidr().to_string(), "192.168.122.1/24");
+    }
+
+    #[test]
+    fn rejects_bad_subnets() {
+        for s in ["banana", "10.0.0.0/33", "10.0.0.1/24", "127.0.0.0/8", "224.0.0.0/24", "10.0.0.0/31", "", "10.0.0.0"] {
+            assert!(spec(s).validate(|| "b".into()).is_err(), "{s} accepted");
+        }
+    }
+
+    #[test]
+    fn gateway_and_range_must_be_inside() {
+        let mut s = spec("10.1.0.0/24");
+        s.gateway = Some("10.2.0.1".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        s.gateway = Some("10.1.0.0".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        s.gateway = Some("10.1.0.255".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        let mut s = spec("10.1.0.0/24");
+        s.dhcp_range = Some("10.1.0.50-10.1.1.10".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        s.dhcp_range = Some("10.1.0.60-10.1.0.50".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        s.dhcp_range = Some("10.1.0.50".into());
+        assert!(s.validate(|| "b".into()).is_err());
+        s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
+        assert!(s.validate(|| "b".into()).is_ok());
+    }
+
+    #[test]
+    fn gateway_elsewhere_moves_default_range() {
+        let mut s = spec("10.1.0.0/24");
+        s.gateway = Some("10.1.0.254".into());
+        let n = s.validate(|| "b".into()).unwrap();
+        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(10, 1, 0, 1));
+        assert_eq!(n.dhcp_range.last, Ipv4Addr::new(10, 1, 0, 254));
+    }
+
+    #[test]
+    fn interface_names() {
+        for ok in ["default", "br0", "a-b_c.d", "fifteen-bytes-x"] {
+            validate_ifname("n", ok).unwrap();
+        }
+        for bad in ["", "sixteen-bytes-xx", "a/b", "a b", "a;b", "a'b", "a\"b", "a\tb", "..", "ü"] {
+            assert!(validate_ifname("n", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn modes_parse_and_unknown_is_refused() {
+        for m in Mode::ALL {
+            assert_eq!(m.as_str().parse::<Mode>().unwrap(), m);
+        }
+        let e = "wifi".parse::<Mode>().unwrap_err().to_string();
+        assert!(e.contains("wifi") && e.contains("nat"), "{e}");
+    }
+
+    #[test]
+    fn macs() {
+        let m: Mac = "52:54:00:AB:cd:01".parse().unwrap();
+        assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
+        assert_eq!(m.host_side().to_string(), "fe:54:00:ab:cd:01");
+        for bad in ["", "52:54:00:ab:cd", "52-54-00-ab-cd-01", "01:00:5e:00:00:01", "00:00:00:00:00:00", "52:54:00:ab:cd:0g", "52:54:00:ab:cd:001"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad} accepted");
+        }
+        let r = Mac::random_qemu();
+        assert_eq!(&r.0[..3], &Mac::QEMU_OUI);
+    }
+
+    #[test]
+    fn port_spec_checks() {
+        let mut p = PortSpec { net: "default".into(), vm: "vm1".into(), ..Default::default() };
+        assert_eq!(p.check().unwrap().port_type, PortType::Tap);
+        p.port_type = Some("veth".into());
+        assert!(p.check().is_err(), "veth without netns");
+        p.netns = Some("ns1".into());
+        p.ifname = Some("eth0".into());
+        assert!(p.check().is_ok());
+        p.ip = Some("10.0.0.300".into());
+        assert!(p.check().is_err());
+        p.ip = None;
+        p.mac = Some("zz".into());
+        assert!(p.check().is_err());
+        p.mac = None;
+        p.vm = "a b".into();
+        assert!(p.check().is_err());
+    }
+}

@@ -1,0 +1,529 @@
+//! The planner: desired state + what the kernel has now -> a plan of kernel
+//! operations and the firewall ruleset.
+//!
+//! Pure code: no syscalls, no clock. The plan holds only the differences, so
+//! applying it to a kernel that already matches does nothing, which is what
+//! lets a restarted daemon reconcile without disturbing running VMs.
+//! lanyard marks every link it creates with an alias (`lanyard:...`) and only
+//! ever deletes links that carry that mark.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use ipnet::Ipv4Net;
+
+use crate::model::{Mac, Mode, NetState, Network, Port, PortType};
+
+/// Prefix of the alias lanyard sets on the links it owns.
+pub const OWNER_ALIAS_PREFIX: &str = "lanyard:";
+/// Name of lanyard's nftables table (family inet).
+pub const NFT_TABLE: &str = "lanyard";
+
+/// One link as the kernel reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedLink {
+    /// Interface name.
+    pub name: String,
+    /// Link kind (bridge, tun, veth, ...), if any.
+    pub kind: Option<String>,
+    /// Bridge it is enslaved to.
+    pub master: Option<String>,
+    /// Administratively up.
+    pub up: bool,
+    /// Current MTU.
+    pub mtu: u32,
+    /// IPv4 addresses with prefix.
+    pub addrs: Vec<Ipv4Net>,
+    /// ifalias.
+    pub alias: Option<String>,
+    /// Bridges only: the bridge id, as `brctl show` prints it.
+    pub bridge_id: Option<String>,
+    /// Bridges only: whether STP is on.
+    pub stp: Option<bool>,
+}
+
+impl ObservedLink {
+    /// Whether lanyard created this link.
+    pub fn owned(&self) -> bool {
+        self.alias.as_deref().is_some_and(|a| a.starts_with(OWNER_ALIAS_PREFIX))
+    }
+}
+
+/// What the kernel has in the namespace lanyard manages.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Links by name.
+    pub links: BTreeMap<String, ObservedLink>,
+    /// IPv4 routes of the main table (destination prefixes), for overlap checks.
+    pub routes: Vec<Ipv4Net>,
+    /// net.ipv4.ip_forward.
+    pub ip_forward: bool,
+}
+
+/// One kernel operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Create a bridge (STP off) marked with `alias`.
+    CreateBridge {
+        /// Name.
+        name: String,
+        /// MTU.
+        mtu: Option<u32>,
+        /// Ownership mark.
+        alias: String,
+    },
+    /// Create a persistent TAP.
+    CreateTap {
+        /// Name.
+        name: String,
+        /// Host-side MAC.
+        mac: Mac,
+        /// User allowed to open it.
+        owner: Option<String>,
+        /// Group allowed to open it.
+        group: Option<String>,
+        /// MTU.
+        mtu: Option<u32>,
+        /// Ownership mark.
+        alias: String,
+    },
+    /// Create a veth pair whose peer moves into a namespace.
+    CreateVeth {
+        /// Host-side name.
+        name: String,
+        /// Namespace of the peer.
+        peer_netns: String,
+        /// Peer's name there.
+        peer_name: String,
+        /// Peer's (the guest's) MAC.
+        peer_mac: Mac,
+        /// MTU of both ends.
+        mtu: Option<u32>,
+        /// Ownership mark.
+        alias: String,
+    },
+    /// Add an IPv4 address.
+    AddAddress {
+        /// Link.
+        link: String,
+        /// Address with prefix.
+        addr: Ipv4Net,
+    },
+    /// Remove an IPv4 address.
+    DelAddress {
+        /// Link.
+        link: String,
+        /// Address with prefix.
+        addr: Ipv4Net,
+    },
+    /// Enslave a link to a bridge.
+    SetMaster {
+        /// Link.
+        link: String,
+        /// Bridge.
+        master: String,
+    },
+    /// Release a link from its bridge.
+    NoMaster {
+        /// Link.
+        link: String,
+    },
+    /// Set the MTU.
+    SetMtu {
+        /// Link.
+        link: String,
+        /// MTU.
+        mtu: u32,
+    },
+    /// Bring a link up.
+    SetUp {
+        /// Link.
+        link: String,
+    },
+    /// Delete a link.
+    DeleteLink {
+        /// Link.
+        name: String,
+    },
+    /// Bring a veth peer up inside its namespace, so the guest side is
+    /// ready as soon as the port exists (a moved link arrives down).
+    PeerUp {
+        /// Namespace.
+        netns: String,
+        /// Link name there.
+        name: String,
+    },
+    /// Turn on net.ipv4.ip_forward in this namespace.
+    EnableForwarding,
+}
+
+impl Op {
+    /// The operation that undoes this one, for rollback of a half-applied plan.
+    /// Deletions and sysctls have none: a plan deletes only what is unwanted.
+    pub fn undo(&self) -> Option<Op> {
+        match self {
+            Op::CreateBridge { name, .. } | Op::CreateTap { name, .. } | Op::CreateVeth { name, .. } => {
+                Some(Op::DeleteLink { name: name.clone() })
+            }
+            Op::AddAddress { link, addr } => Some(Op::DelAddress { link: link.clone(), addr: *addr }),
+            Op::SetMaster { link, .. } => Some(Op::NoMaster { link: link.clone() }),
+            _ => None,
+        }
+    }
+}
+
+/// What to do to bring the kernel to the desired state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Link operations, in order.
+    pub ops: Vec<Op>,
+    /// The complete nftables script for lanyard's table.
+    pub firewall: String,
+}
+
+/// Ownership mark of a network's bridge.
+pub fn bridge_alias(net: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}net:{net}")
+}
+
+/// Ownership mark of a port's host-side link.
+pub fn port_alias(id: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}port:{id}")
+}
+
+/// Plans the changes that bring `observed` to `networks` + `ports`.
+/// Ports of networks that are not active are left detached from any bridge
+/// (their TAPs persist so VMs keep their file descriptors).
+pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
+    let mut ops = Vec::new();
+    let active: BTreeMap<&str, &Network> = networks
+        .iter()
+        .filter(|n| n.state == NetState::Active)
+        .map(|n| (n.name.as_str(), n))
+        .collect();
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+
+    for net in active.values() {
+        wanted.insert(&net.bridge);
+        match observed.links.get(&net.bridge) {
+            None => {
+                ops.push(Op::CreateBridge { name: net.bridge.clone(), mtu: net.mtu, alias: bridge_alias(&net.name) });
+                ops.push(Op::AddAddress { link: net.bridge.clone(), addr: net.gateway_cidr() });
+                ops.push(Op::SetUp { link: net.bridge.clone() });
+            }
+            Some(link) => {
+                if !link.addrs.contains(&net.gateway_cidr()) {
+                    ops.push(Op::AddAddress { link: net.bridge.clone(), addr: net.gateway_cidr() });
+                }
+                if let Some(mtu) = net.mtu.filter(|m| *m != link.mtu) {
+                    ops.push(Op::SetMtu { link: net.bridge.clone(), mtu });
+                }
+                if !link.up {
+                    ops.push(Op::SetUp { link: net.bridge.clone() });
+                }
+            }
+        }
+    }
+
+    for port in ports {
+        wanted.insert(&port.ifname);
+        let net = active.get(port.net.as_str());
+        let existing = observed.links.get(&port.ifname);
+        if existing.is_none() {
+            let mtu = net.and_then(|n| n.mtu);
+            let alias = port_alias(&port.id);
+            match (port.port_type, &port.netns, &port.peer_ifname) {
+                (PortType::Veth, Some(ns), Some(peer)) => {
+                    ops.push(Op::CreateVeth {
+                        name: port.ifname.clone(),
+                        peer_netns: ns.clone(),
+                        peer_name: peer.clone(),
+                        peer_mac: port.mac,
+                        mtu,
+                        alias,
+                    });
+                    ops.push(Op::PeerUp { netns: ns.clone(), name: peer.clone() });
+                }
+                _ => ops.push(Op::CreateTap {
+                    name: port.ifname.clone(),
+                    mac: port.mac.host_side(),
+                    owner: port.owner.clone(),
+                    group: port.group.clone(),
+                    mtu,
+                    alias,
+                }),
+            }
+        }
+        match net {
+            Some(net) => {
+                if existing.and_then(|l| l.master.as_deref()) != Some(net.bridge.as_str()) {
+                    ops.push(Op::SetMaster { link: port.ifname.clone(), master: net.bridge.clone() });
+                }
+                if !existing.is_some_and(|l| l.up) {
+                    ops.push(Op::SetUp { link: port.ifname.clone() });
+                }
+            }
+            None => {
+                if existing.is_some_and(|l| l.master.is_some()) {
+                    ops.push(Op::NoMaster { link: port.ifname.clone() });
+                }
+            }
+        }
+    }
+
+    // Owned links nobody wants any more: ports before bridges, so no bridge
+    // is deleted while it still carries a VM's link.
+    let mut stale: Vec<&ObservedLink> = observed
+        .links
+        .values()
+        .filter(|l| l.owned() && !wanted.contains(l.name.as_str()))
+        .collect();
+    stale.sort_by_key(|l| (l.kind.as_deref() == Some("bridge"), l.name.clone()));
+    ops.extend(stale.into_iter().map(|l| Op::DeleteLink { name: l.name.clone() }));
+
+    if active.values().any(|n| n.mode.forwards()) && !observed.ip_forward {
+        ops.push(Op::EnableForwarding);
+    }
+
+    Plan { ops, firewall: firewall(active.values().copied()) }
+}
+
+fn quoted_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
+    let v: Vec<String> = names.into_iter().map(|n| format!("\"{n}\"")).collect();
+    format!("{{ {} }}", v.join(", "))
+}
+
+/// Renders lanyard's whole nftables table for the active networks, as one
+/// script that atomically replaces the previous table (create-if-missing,
+/// delete, re-create in one transaction). Conntrack state is untouched, so
+/// established flows survive a re-apply. Nothing outside the table is named.
+pub fn firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
+    let nets: Vec<&Network> = networks.into_iter().filter(|n| n.mode != Mode::Open).collect();
+    let mut s = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n");
+    if nets.is_empty() {
+        return s;
+    }
+    let bridges = quoted_set(nets.iter().map(|n| n.bridge.as_str()));
+    let _ = writeln!(s, "table inet {NFT_TABLE} {{");
+
+    // input: what guests may ask of the host itself.
+    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
+    for n in &nets {
+        if n.mode == Mode::Isolated {
+            let b = &n.bridge;
+            let _ = writeln!(s, "\t\tiifname \"{b}\" udp dport {{ 53, 67 }} accept");
+            let _ = writeln!(s, "\t\tiifname \"{b}\" tcp dport 53 accept");
+            let _ = writeln!(s, "\t\tiifname \"{b}\" drop");
+        }
+    }
+    s.push_str("\t}\n");
+
+    // output: isolated networks get no traffic from the host but replies.
+    s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
+    for n in &nets {
+        if n.mode == Mode::Isolated {
+            let b = &n.bridge;
+            let _ = writeln!(s, "\t\toifname \"{b}\" udp sport {{ 53, 67 }} accept");
+            let _ = writeln!(s, "\t\toifname \"{b}\" tcp sport 53 accept");
+            let _ = writeln!(s, "\t\toifname \"{b}\" drop");
+        }
+    }
+    s.push_str("\t}\n");
+
+    // forward: the policy stays accept so traffic lanyard does not own is
+    // left to whoever owns it; every rule names a lanyard bridge.
+    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
+    for n in &nets {
+        let _ = writeln!(s, "\t\tiifname \"{b}\" oifname \"{b}\" accept", b = n.bridge);
+    }
+    let _ = writeln!(s, "\t\tiifname {bridges} oifname {bridges} reject with icmpx admin-prohibited");
+    for n in &nets {
+        let (b, sub) = (&n.bridge, n.subnet);
+        match n.mode {
+            Mode::Nat => {
+                let _ = writeln!(s, "\t\toifname \"{b}\" ip daddr {sub} ct state established,related accept");
+                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
+                let _ = writeln!(s, "\t\tiifname \"{b}\" ip saddr {sub} accept");
+                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
+            }
+            Mode::Route => {
+                let _ = writeln!(s, "\t\toifname \"{b}\" ip daddr {sub} accept");
+                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
+                let _ = writeln!(s, "\t\tiifname \"{b}\" ip saddr {sub} accept");
+                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
+            }
+            Mode::HostOnly | Mode::Isolated => {
+                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
+                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
+            }
+            Mode::Bridge | Mode::Open => {}
+        }
+    }
+    s.push_str("\t}\n");
+
+    // postrouting: masquerade what leaves a NAT network by another interface.
+    s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
+    for n in nets.iter().filter(|n| n.mode == Mode::Nat) {
+        let (b, sub) = (&n.bridge, n.subnet);
+        let _ = writeln!(s, "\t\tip saddr {sub} ip daddr {{ 224.0.0.0/24, 255.255.255.255 }} return");
+        let _ = writeln!(s, "\t\tip saddr {sub} oifname != \"{b}\" masquerade");
+    }
+    s.push_str("\t}\n}\n");
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::NetworkSpec;
+
+    fn net(name: &str, subnet: &str, bridge: &str) -> Network {
+        NetworkSpec { name: name.into(), mode: "nat".into(), subnet: subnet.into(), ..Default::default() }
+            .validate(|| bridge.into())
+            .unwrap()
+    }
+
+    fn port(id: &str, net: &str, ty: PortType) -> Port {
+        Port {
+            id: id.into(),
+            net: net.into(),
+            vm: "vm".into(),
+            port_type: ty,
+            ifname: Port::ifname_for(id),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: "192.168.122.2".parse().unwrap(),
+            netns: (ty == PortType::Veth).then(|| "ns1".into()),
+            peer_ifname: (ty == PortType::Veth).then(|| "eth0".into()),
+            owner: None,
+            group: None,
+        }
+    }
+
+    /// The kernel state a fully applied plan leaves behind.
+    fn converged(nets: &[Network], ports: &[Port]) -> Observed {
+        let mut o = Observed { ip_forward: true, ..Default::default() };
+        for n in nets {
+            o.links.insert(
+                n.bridge.clone(),
+                ObservedLink {
+                    name: n.bridge.clone(),
+                    kind: Some("bridge".into()),
+                    up: true,
+                    mtu: 1500,
+                    addrs: vec![n.gateway_cidr()],
+                    alias: Some(bridge_alias(&n.name)),
+                    ..Default::default()
+                },
+            );
+        }
+        for p in ports {
+            let bridge = nets.iter().find(|n| n.name == p.net).unwrap().bridge.clone();
+            o.links.insert(
+                p.ifname.clone(),
+                ObservedLink {
+                    name: p.ifname.clone(),
+                    master: Some(bridge),
+                    up: true,
+                    mtu: 1500,
+                    alias: Some(port_alias(&p.id)),
+                    ..Default::default()
+                },
+            );
+        }
+        o
+    }
+
+    #[test]
+    fn fresh_kernel_gets_everything_in_order() {
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let ports = [port("aa", "default", PortType::Tap), port("bb", "default", PortType::Veth)];
+        let p = plan(std::slice::from_ref(&n), &ports, &Observed::default());
+        let kinds: Vec<String> = p.ops.iter().map(|o| format!("{o:?}").split([' ', '{']).next().unwrap().to_string()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "CreateBridge", "AddAddress", "SetUp", "CreateTap", "SetMaster", "SetUp", "CreateVeth", "PeerUp", "SetMaster",
+                "SetUp",
+                "EnableForwarding"
+            ]
+        );
+        assert!(matches!(&p.ops[3], Op::CreateTap { mac, .. } if mac.to_string() == "fe:54:00:00:00:01"));
+    }
+
+    #[test]
+    fn converged_kernel_needs_nothing() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0"), net("b", "10.9.0.0/24", "lybr1")];
+        let ports = vec![port("aa", "default", PortType::Tap), port("bb", "b", PortType::Veth)];
+        let p = plan(&n, &ports, &converged(&n, &ports));
+        assert!(p.ops.is_empty(), "{:?}", p.ops);
+    }
+
+    #[test]
+    fn drift_is_repaired_and_only_owned_links_are_removed() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0")];
+        let ports = vec![port("aa", "default", PortType::Tap)];
+        let mut o = converged(&n, &ports);
+        o.links.get_mut("lyaa").unwrap().master = None;
+        o.links.get_mut("lybr0").unwrap().addrs.clear();
+        o.links.insert("lyzz".into(), ObservedLink { name: "lyzz".into(), alias: Some(port_alias("zz")), ..Default::default() });
+        o.links.insert(
+            "lybr9".into(),
+            ObservedLink { name: "lybr9".into(), kind: Some("bridge".into()), alias: Some(bridge_alias("gone")), ..Default::default() },
+        );
+        o.links.insert("docker0".into(), ObservedLink { name: "docker0".into(), kind: Some("bridge".into()), ..Default::default() });
+        let p = plan(&n, &ports, &o);
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::AddAddress { link: "lybr0".into(), addr: "192.168.122.1/24".parse().unwrap() },
+                Op::SetMaster { link: "lyaa".into(), master: "lybr0".into() },
+                Op::DeleteLink { name: "lyzz".into() },
+                Op::DeleteLink { name: "lybr9".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn undo_reverses_creations() {
+        let op = Op::AddAddress { link: "b".into(), addr: "10.0.0.1/24".parse().unwrap() };
+        assert_eq!(op.undo(), Some(Op::DelAddress { link: "b".into(), addr: "10.0.0.1/24".parse().unwrap() }));
+        assert_eq!(Op::DeleteLink { name: "x".into() }.undo(), None);
+    }
+
+    #[test]
+    fn nat_firewall_golden() {
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let fw = firewall([&n]);
+        let expected = "table inet lanyard {}
+delete table inet lanyard
+table inet lanyard {
+\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname \"lybr0\" oifname \"lybr0\" accept
+\t\tiifname { \"lybr0\" } oifname { \"lybr0\" } reject with icmpx admin-prohibited
+\t\toifname \"lybr0\" ip daddr 192.168.122.0/24 ct state established,related accept
+\t\toifname \"lybr0\" reject with icmpx admin-prohibited
+\t\tiifname \"lybr0\" ip saddr 192.168.122.0/24 accept
+\t\tiifname \"lybr0\" reject with icmpx admin-prohibited
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\tip saddr 192.168.122.0/24 ip daddr { 224.0.0.0/24, 255.255.255.255 } return
+\t\tip saddr 192.168.122.0/24 oifname != \"lybr0\" masquerade
+\t}
+}
+";
+        assert_eq!(fw, expected);
+    }
+
+    #[test]
+    fn no_networks_removes_the_table() {
+        assert_eq!(firewall([]), "table inet lanyard {}\ndelete table inet lanyard\n");
+    }
+}

@@ -1,0 +1,71 @@
+//! The store: where desired state (networks, ports) and leases are kept.
+//!
+//! [`Store`] is the seam between lanyard and its database. The single-host
+//! default is [`sqlite::SqliteStore`], an embedded SQLite file in WAL mode with
+//! one transaction per change; a multi-host store (etcd) implements the same
+//! trait. Nothing above this module knows which one it talks to.
+
+pub mod sqlite;
+
+use std::net::Ipv4Addr;
+
+use crate::model::{Lease, Network, Port};
+
+/// A store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open the state database {path}: {source}")]
+    Open {
+        /// Database path.
+        path: String,
+        /// Cause.
+        source: rusqlite::Error,
+    },
+    /// A query or commit failed.
+    #[error("state database: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A stored record could not be decoded (written by an incompatible version?).
+    #[error("stored record {key} is unreadable: {source}")]
+    Corrupt {
+        /// Record key.
+        key: String,
+        /// Cause.
+        source: serde_json::Error,
+    },
+}
+
+/// One change to the lease table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseChange {
+    /// Insert or replace the lease for its address (and drop any other row of the same client).
+    Upsert(Lease),
+    /// Remove the lease on `ip` in `net`.
+    Remove {
+        /// Network name.
+        net: String,
+        /// Address.
+        ip: Ipv4Addr,
+    },
+}
+
+/// Persistent state. Implementations must make each call atomic.
+pub trait Store: Send + Sync {
+    /// All networks.
+    fn networks(&self) -> Result<Vec<Network>, StoreError>;
+    /// Inserts or replaces a network.
+    fn put_network(&self, net: &Network) -> Result<(), StoreError>;
+    /// Deletes a network with its ports and leases.
+    fn delete_network(&self, name: &str) -> Result<(), StoreError>;
+    /// All ports.
+    fn ports(&self) -> Result<Vec<Port>, StoreError>;
+    /// Inserts or replaces a port.
+    fn put_port(&self, port: &Port) -> Result<(), StoreError>;
+    /// Deletes a port and its lease.
+    fn delete_port(&self, port: &Port) -> Result<(), StoreError>;
+    /// All leases of all networks.
+    fn leases(&self) -> Result<Vec<Lease>, StoreError>;
+    /// Applies a batch of lease changes in one durable transaction
+    /// (the DHCP server's group commit).
+    fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError>;
+}
