@@ -96,7 +96,9 @@ pub fn router(state: Shared) -> Router {
             "/v1/ports",
             get(|State(s): State<Shared>, Query(f): Query<PortFilter>| async move {
                 with_engine(s, move |e| {
-                    Ok(Json(e.ports(f.vm.as_deref(), f.net.as_deref()).into_iter().map(PortView::from).collect::<Vec<_>>()))
+                    Ok(Json(
+                        e.ports(f.vm.as_deref(), f.net.as_deref()).into_iter().map(PortView::from).collect::<Vec<_>>(),
+                    ))
                 })
                 .await
             })

@@ -258,7 +258,8 @@ impl Client {
         let value: Value = if body.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&body).map_err(|e| CliError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))))?
+            serde_json::from_slice(&body)
+                .map_err(|e| CliError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))))?
         };
         if (200..300).contains(&status) {
             Ok(value)
@@ -272,10 +273,8 @@ impl Client {
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CliError> {
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| CliError::Protocol("no HTTP header".into()))?;
+    let split =
+        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| CliError::Protocol("no HTTP header".into()))?;
     let head = String::from_utf8_lossy(&raw[..split]);
     let mut body = raw[split + 4..].to_vec();
     let status: u16 = head
@@ -284,7 +283,10 @@ fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CliError> {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| CliError::Protocol(format!("bad status line in {head:?}")))?;
-    if head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked")) {
+    if head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"))
+    {
         body = dechunk(&body).ok_or_else(|| CliError::Protocol("bad chunked body".into()))?;
     }
     Ok((status, body))
@@ -569,7 +571,8 @@ mod tests {
     fn http_parsing() {
         let (st, body) = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}").unwrap();
         assert_eq!((st, body.as_slice()), (201, &b"{}"[..]));
-        let (_, body) = parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n").unwrap();
+        let (_, body) =
+            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n").unwrap();
         assert_eq!(body, b"[]");
     }
 }

@@ -61,12 +61,14 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
         .expect("engine start-up does not panic")?;
     let shared = Arc::new(Mutex::new(engine));
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660)).map_err(io_err("cannot set mode of", socket))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+        .map_err(io_err("cannot set mode of", socket))?;
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
     let app = crate::api::router(shared.clone());
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("signal handler");
             tokio::select! {
                 _ = term.recv() => {},
                 _ = tokio::signal::ctrl_c() => {},

@@ -212,7 +212,12 @@ impl Engine {
 
     /// Applies the plan for `networks` + `ports`; on success they become the
     /// engine's state.
-    fn apply_state(&mut self, networks: Vec<Network>, ports: Vec<Port>, observed: &Observed) -> Result<(), EngineError> {
+    fn apply_state(
+        &mut self,
+        networks: Vec<Network>,
+        ports: Vec<Port>,
+        observed: &Observed,
+    ) -> Result<(), EngineError> {
         let plan = planner::plan(&networks, &ports, observed);
         dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
         self.firewall = Some(plan.firewall);
@@ -241,27 +246,33 @@ impl Engine {
             return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
         }
         let observed = self.dp.observe()?;
-        let taken: BTreeSet<&str> = self
-            .networks
-            .iter()
-            .map(|n| n.bridge.as_str())
-            .chain(observed.links.keys().map(String::as_str))
-            .collect();
-        let default_bridge = || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
+        let taken: BTreeSet<&str> =
+            self.networks.iter().map(|n| n.bridge.as_str()).chain(observed.links.keys().map(String::as_str)).collect();
+        let default_bridge =
+            || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
         let net = spec.validate(default_bridge)?;
         if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
             return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
         }
         if observed.links.contains_key(&net.bridge) {
-            return Err(EngineError::Conflict(format!("an interface named {} already exists on this host", net.bridge)));
+            return Err(EngineError::Conflict(format!(
+                "an interface named {} already exists on this host",
+                net.bridge
+            )));
         }
-        if let Some(other) = self.networks.iter().find(|n| n.subnet.contains(&net.subnet.network()) || net.subnet.contains(&n.subnet.network())) {
+        if let Some(other) = self
+            .networks
+            .iter()
+            .find(|n| n.subnet.contains(&net.subnet.network()) || net.subnet.contains(&n.subnet.network()))
+        {
             return Err(EngineError::Conflict(format!(
                 "subnet {} overlaps {} of network {:?}",
                 net.subnet, other.subnet, other.name
             )));
         }
-        if let Some(route) = observed.routes.iter().find(|r| r.contains(&net.subnet.network()) || net.subnet.contains(&r.network())) {
+        if let Some(route) =
+            observed.routes.iter().find(|r| r.contains(&net.subnet.network()) || net.subnet.contains(&r.network()))
+        {
             return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {route}", net.subnet)));
         }
         let mut networks = self.networks.clone();
@@ -311,11 +322,7 @@ impl Engine {
 
     /// Ports, optionally filtered.
     pub fn ports(&self, vm: Option<&str>, net: Option<&str>) -> Vec<Port> {
-        self.ports
-            .iter()
-            .filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n))
-            .cloned()
-            .collect()
+        self.ports.iter().filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n)).cloned().collect()
     }
 
     /// Creates a port: its device, bridge membership and fixed IP.
@@ -445,9 +452,9 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
     use crate::dataplane::fake::FakeDataplane;
     use crate::store::sqlite::SqliteStore;
+    use std::net::Ipv4Addr;
 
     fn engine(dp: FakeDataplane) -> (Engine, tokio::runtime::Runtime) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -28,11 +28,7 @@ pub enum ModelError {
 }
 
 fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ModelError {
-    ModelError::Invalid {
-        what,
-        value: value.to_string(),
-        why: why.into(),
-    }
+    ModelError::Invalid { what, value: value.to_string(), why: why.into() }
 }
 
 /// How a network reaches (or does not reach) the world beyond its bridge.
@@ -55,14 +51,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in the order the docs present them.
-    pub const ALL: [Mode; 6] = [
-        Mode::Nat,
-        Mode::Route,
-        Mode::HostOnly,
-        Mode::Isolated,
-        Mode::Bridge,
-        Mode::Open,
-    ];
+    pub const ALL: [Mode; 6] = [Mode::Nat, Mode::Route, Mode::HostOnly, Mode::Isolated, Mode::Bridge, Mode::Open];
 
     /// The name used on the command line and in the API.
     pub fn as_str(self) -> &'static str {
@@ -97,13 +86,10 @@ impl fmt::Display for Mode {
 impl FromStr for Mode {
     type Err = ModelError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Mode::ALL
-            .into_iter()
-            .find(|m| m.as_str() == s)
-            .ok_or_else(|| {
-                let known: Vec<_> = Mode::ALL.iter().map(|m| m.as_str()).collect();
-                invalid("mode", s, format!("use one of {}", known.join(", ")))
-            })
+        Mode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| {
+            let known: Vec<_> = Mode::ALL.iter().map(|m| m.as_str()).collect();
+            invalid("mode", s, format!("use one of {}", known.join(", ")))
+        })
     }
 }
 
@@ -207,10 +193,7 @@ impl Network {
     /// Whether `ip` may be given to a guest: inside the subnet and neither
     /// the network address, the broadcast address nor the gateway.
     pub fn is_assignable(&self, ip: Ipv4Addr) -> bool {
-        self.subnet.contains(&ip)
-            && ip != self.subnet.network()
-            && ip != self.subnet.broadcast()
-            && ip != self.gateway
+        self.subnet.contains(&ip) && ip != self.subnet.network() && ip != self.subnet.broadcast() && ip != self.gateway
     }
 }
 
@@ -248,9 +231,7 @@ pub fn validate_vm_name(name: &str) -> Result<(), ModelError> {
 }
 
 fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
-    let net: Ipv4Net = s
-        .parse()
-        .map_err(|_| invalid("subnet", s, "write an IPv4 CIDR such as 192.168.122.0/24"))?;
+    let net: Ipv4Net = s.parse().map_err(|_| invalid("subnet", s, "write an IPv4 CIDR such as 192.168.122.0/24"))?;
     if net.prefix_len() > 30 {
         return Err(invalid("subnet", s, "needs a prefix of /30 or shorter to hold a gateway and a guest"));
     }
@@ -292,10 +273,18 @@ impl NetworkSpec {
             Some(r) => {
                 let r: DhcpRange = r.parse()?;
                 if !in_hosts(r.first) || !in_hosts(r.last) {
-                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), format!("must lie within the host addresses of {subnet}")));
+                    return Err(invalid(
+                        "dhcp range",
+                        format!("{}-{}", r.first, r.last),
+                        format!("must lie within the host addresses of {subnet}"),
+                    ));
                 }
                 if r.first > r.last {
-                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "first address is after the last"));
+                    return Err(invalid(
+                        "dhcp range",
+                        format!("{}-{}", r.first, r.last),
+                        "first address is after the last",
+                    ));
                 }
                 if r.first == gateway && r.last == gateway {
                     return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "holds only the gateway"));
@@ -632,7 +621,8 @@ mod tests {
 
     #[test]
     fn rejects_bad_subnets() {
-        for s in ["banana", "10.0.0.0/33", "10.0.0.1/24", "127.0.0.0/8", "224.0.0.0/24", "10.0.0.0/31", "", "10.0.0.0"] {
+        for s in ["banana", "10.0.0.0/33", "10.0.0.1/24", "127.0.0.0/8", "224.0.0.0/24", "10.0.0.0/31", "", "10.0.0.0"]
+        {
             assert!(spec(s).validate(|| "b".into()).is_err(), "{s} accepted");
         }
     }
@@ -690,7 +680,15 @@ mod tests {
         let m: Mac = "52:54:00:AB:cd:01".parse().unwrap();
         assert_eq!(m.to_string(), "52:54:00:ab:cd:01");
         assert_eq!(m.host_side().to_string(), "fe:54:00:ab:cd:01");
-        for bad in ["", "52:54:00:ab:cd", "52-54-00-ab-cd-01", "01:00:5e:00:00:01", "00:00:00:00:00:00", "52:54:00:ab:cd:0g", "52:54:00:ab:cd:001"] {
+        for bad in [
+            "",
+            "52:54:00:ab:cd",
+            "52-54-00-ab-cd-01",
+            "01:00:5e:00:00:01",
+            "00:00:00:00:00:00",
+            "52:54:00:ab:cd:0g",
+            "52:54:00:ab:cd:001",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad} accepted");
         }
         let r = Mac::random_qemu();

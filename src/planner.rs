@@ -196,11 +196,8 @@ pub fn port_alias(id: &str) -> String {
 /// (their TAPs persist so VMs keep their file descriptors).
 pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
     let mut ops = Vec::new();
-    let active: BTreeMap<&str, &Network> = networks
-        .iter()
-        .filter(|n| n.state == NetState::Active)
-        .map(|n| (n.name.as_str(), n))
-        .collect();
+    let active: BTreeMap<&str, &Network> =
+        networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
 
     for net in active.values() {
@@ -273,11 +270,8 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
 
     // Owned links nobody wants any more: ports before bridges, so no bridge
     // is deleted while it still carries a VM's link.
-    let mut stale: Vec<&ObservedLink> = observed
-        .links
-        .values()
-        .filter(|l| l.owned() && !wanted.contains(l.name.as_str()))
-        .collect();
+    let mut stale: Vec<&ObservedLink> =
+        observed.links.values().filter(|l| l.owned() && !wanted.contains(l.name.as_str())).collect();
     stale.sort_by_key(|l| (l.kind.as_deref() == Some("bridge"), l.name.clone()));
     ops.extend(stale.into_iter().map(|l| Op::DeleteLink { name: l.name.clone() }));
 
@@ -438,11 +432,20 @@ mod tests {
         let n = net("default", "192.168.122.0/24", "lybr0");
         let ports = [port("aa", "default", PortType::Tap), port("bb", "default", PortType::Veth)];
         let p = plan(std::slice::from_ref(&n), &ports, &Observed::default());
-        let kinds: Vec<String> = p.ops.iter().map(|o| format!("{o:?}").split([' ', '{']).next().unwrap().to_string()).collect();
+        let kinds: Vec<String> =
+            p.ops.iter().map(|o| format!("{o:?}").split([' ', '{']).next().unwrap().to_string()).collect();
         assert_eq!(
             kinds,
             [
-                "CreateBridge", "AddAddress", "SetUp", "CreateTap", "SetMaster", "SetUp", "CreateVeth", "PeerUp", "SetMaster",
+                "CreateBridge",
+                "AddAddress",
+                "SetUp",
+                "CreateTap",
+                "SetMaster",
+                "SetUp",
+                "CreateVeth",
+                "PeerUp",
+                "SetMaster",
                 "SetUp",
                 "EnableForwarding"
             ]
@@ -465,12 +468,23 @@ mod tests {
         let mut o = converged(&n, &ports);
         o.links.get_mut("lyaa").unwrap().master = None;
         o.links.get_mut("lybr0").unwrap().addrs.clear();
-        o.links.insert("lyzz".into(), ObservedLink { name: "lyzz".into(), alias: Some(port_alias("zz")), ..Default::default() });
+        o.links.insert(
+            "lyzz".into(),
+            ObservedLink { name: "lyzz".into(), alias: Some(port_alias("zz")), ..Default::default() },
+        );
         o.links.insert(
             "lybr9".into(),
-            ObservedLink { name: "lybr9".into(), kind: Some("bridge".into()), alias: Some(bridge_alias("gone")), ..Default::default() },
+            ObservedLink {
+                name: "lybr9".into(),
+                kind: Some("bridge".into()),
+                alias: Some(bridge_alias("gone")),
+                ..Default::default()
+            },
         );
-        o.links.insert("docker0".into(), ObservedLink { name: "docker0".into(), kind: Some("bridge".into()), ..Default::default() });
+        o.links.insert(
+            "docker0".into(),
+            ObservedLink { name: "docker0".into(), kind: Some("bridge".into()), ..Default::default() },
+        );
         let p = plan(&n, &ports, &o);
         assert_eq!(
             p.ops,

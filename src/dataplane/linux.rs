@@ -62,15 +62,17 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
 /// Runs an op that `ip -batch` cannot express.
 fn run_single(op: &Op) -> Result<(), DataplaneError> {
     match op {
-        Op::EnableForwarding => {
-            std::fs::write(IP_FORWARD, "1").map_err(|source| DataplaneError::Sysctl { key: "net.ipv4.ip_forward", source })
-        }
+        Op::EnableForwarding => std::fs::write(IP_FORWARD, "1")
+            .map_err(|source| DataplaneError::Sysctl { key: "net.ipv4.ip_forward", source }),
         Op::PeerUp { netns, name } => {
             let (ok, _, err) = run_capture("ip", &["-n", netns, "link", "set", "dev", name, "up"], None)?;
             if ok {
                 Ok(())
             } else {
-                Err(DataplaneError::Op { op: format!("ip -n {netns} link set dev {name} up"), message: err.trim().to_string() })
+                Err(DataplaneError::Op {
+                    op: format!("ip -n {netns} link set dev {name} up"),
+                    message: err.trim().to_string(),
+                })
             }
         }
         _ => unreachable!("only non-batch ops are run singly"),
@@ -81,7 +83,11 @@ fn is_single(op: &Op) -> bool {
     matches!(op, Op::EnableForwarding | Op::PeerUp { .. })
 }
 
-fn run_capture(program: &'static str, args: &[&str], stdin: Option<&str>) -> Result<(bool, String, String), DataplaneError> {
+fn run_capture(
+    program: &'static str,
+    args: &[&str],
+    stdin: Option<&str>,
+) -> Result<(bool, String, String), DataplaneError> {
     let mut child = Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
@@ -128,11 +134,7 @@ fn run_batch(ops: &[Op]) -> OpsResult {
                 .unwrap_or(1);
             let op_index = line_to_op.get(failed_line.saturating_sub(1)).copied().unwrap_or(0);
             let op_text = script.lines().nth(failed_line.saturating_sub(1)).unwrap_or("").to_string();
-            let message = stderr
-                .lines()
-                .filter(|l| !l.starts_with("Command failed"))
-                .collect::<Vec<_>>()
-                .join("; ");
+            let message = stderr.lines().filter(|l| !l.starts_with("Command failed")).collect::<Vec<_>>().join("; ");
             (op_index, Some(DataplaneError::Op { op: format!("ip {op_text}"), message }))
         }
     }

@@ -112,7 +112,9 @@ fn client_hostname(msg: &Message) -> Option<String> {
 
 fn client_id(msg: &Message) -> Option<String> {
     match msg.opts().get(OptionCode::ClientIdentifier) {
-        Some(DhcpOption::ClientIdentifier(id)) => Some(id.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")),
+        Some(DhcpOption::ClientIdentifier(id)) => {
+            Some(id.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
+        }
         _ => None,
     }
 }
@@ -208,7 +210,8 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
                     return Decision::silent();
                 }
             }
-            let Some(ip) = requested_ip(req).or_else(|| (!req.ciaddr().is_unspecified()).then_some(req.ciaddr())) else {
+            let Some(ip) = requested_ip(req).or_else(|| (!req.ciaddr().is_unspecified()).then_some(req.ciaddr()))
+            else {
                 return nak(req, cfg, "no address requested");
             };
             match book.ack(mac, ip, now, cfg.lease_secs, name_for_client(book), client_id(req)) {
@@ -256,9 +259,14 @@ mod tests {
     use crate::model::{LeaseKind, NetworkSpec};
 
     fn setup() -> (AddressBook, DhcpConfig) {
-        let net = NetworkSpec { name: "default".into(), mode: "nat".into(), subnet: "192.168.122.0/24".into(), ..Default::default() }
-            .validate(|| "lybr0".into())
-            .unwrap();
+        let net = NetworkSpec {
+            name: "default".into(),
+            mode: "nat".into(),
+            subnet: "192.168.122.0/24".into(),
+            ..Default::default()
+        }
+        .validate(|| "lybr0".into())
+        .unwrap();
         let cfg = DhcpConfig::for_network(&net, None);
         (AddressBook::new(net), cfg)
     }
@@ -289,18 +297,31 @@ mod tests {
         let req = msg(
             MessageType::Request,
             MAC,
-            vec![DhcpOption::RequestedIpAddress(ip), DhcpOption::ServerIdentifier(cfg.server_ip), DhcpOption::Hostname("guest".into())],
+            vec![
+                DhcpOption::RequestedIpAddress(ip),
+                DhcpOption::ServerIdentifier(cfg.server_ip),
+                DhcpOption::Hostname("guest".into()),
+            ],
         );
         let d = handle(&mut book, &cfg, &req, 1);
         let (ack, _) = d.reply.unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(ack.yiaddr(), ip);
-        assert_eq!(ack.opts().get(OptionCode::Router), Some(&DhcpOption::Router(vec![Ipv4Addr::new(192, 168, 122, 1)])));
-        assert_eq!(ack.opts().get(OptionCode::SubnetMask), Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0))));
+        assert_eq!(
+            ack.opts().get(OptionCode::Router),
+            Some(&DhcpOption::Router(vec![Ipv4Addr::new(192, 168, 122, 1)]))
+        );
+        assert_eq!(
+            ack.opts().get(OptionCode::SubnetMask),
+            Some(&DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)))
+        );
         assert_eq!(ack.opts().get(OptionCode::AddressLeaseTime), Some(&DhcpOption::AddressLeaseTime(3600)));
         match &d.persist[..] {
             [LeaseChange::Upsert(l)] => {
-                assert_eq!((l.ip, l.hostname.as_deref(), l.kind, l.expiry), (ip, Some("guest"), LeaseKind::Dynamic, 3601))
+                assert_eq!(
+                    (l.ip, l.hostname.as_deref(), l.kind, l.expiry),
+                    (ip, Some("guest"), LeaseKind::Dynamic, 3601)
+                )
             }
             other => panic!("{other:?}"),
         }
@@ -320,7 +341,11 @@ mod tests {
         let (nak, dest) = handle(&mut book, &cfg, &other, 10).reply.unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         assert_eq!(dest, Destination::Broadcast);
-        let wrong_net = msg(MessageType::Request, [0x52, 0x54, 0, 9, 9, 9], vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 5))]);
+        let wrong_net = msg(
+            MessageType::Request,
+            [0x52, 0x54, 0, 9, 9, 9],
+            vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 5))],
+        );
         assert_eq!(handle(&mut book, &cfg, &wrong_net, 10).reply.unwrap().0.opts().msg_type(), Some(MessageType::Nak));
     }
 
@@ -330,7 +355,10 @@ mod tests {
         let req = msg(
             MessageType::Request,
             MAC,
-            vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 122, 9)), DhcpOption::ServerIdentifier(Ipv4Addr::new(192, 168, 122, 254))],
+            vec![
+                DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 122, 9)),
+                DhcpOption::ServerIdentifier(Ipv4Addr::new(192, 168, 122, 254)),
+            ],
         );
         assert_eq!(handle(&mut book, &cfg, &req, 0), Decision::silent());
     }

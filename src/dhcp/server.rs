@@ -11,7 +11,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::writer::LeaseWriter;
-use super::{handle, DhcpConfig, Destination};
+use super::{handle, Destination, DhcpConfig};
 use crate::ipam::AddressBook;
 
 /// Seconds since the epoch.
@@ -31,7 +31,13 @@ pub fn bind(bridge: &str) -> std::io::Result<UdpSocket> {
 }
 
 /// Serves DHCP on `socket` until the task is aborted.
-pub async fn serve(net: String, socket: UdpSocket, book: Arc<Mutex<AddressBook>>, cfg: DhcpConfig, writer: LeaseWriter) {
+pub async fn serve(
+    net: String,
+    socket: UdpSocket,
+    book: Arc<Mutex<AddressBook>>,
+    cfg: DhcpConfig,
+    writer: LeaseWriter,
+) {
     let mut buf = vec![0u8; 1500];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {

@@ -139,7 +139,8 @@ impl Store for SqliteStore {
 
     fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         let c = self.conn();
-        let mut st = c.prepare("SELECT net, ip, mac, expiry, hostname, client_id, kind FROM leases ORDER BY net, ip")?;
+        let mut st =
+            c.prepare("SELECT net, ip, mac, expiry, hostname, client_id, kind FROM leases ORDER BY net, ip")?;
         let rows = st.query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -210,9 +211,14 @@ mod tests {
     use crate::model::{Mac, NetworkSpec, PortType};
 
     fn net() -> Network {
-        NetworkSpec { name: "default".into(), mode: "nat".into(), subnet: "192.168.122.0/24".into(), ..Default::default() }
-            .validate(|| "lybr0".into())
-            .unwrap()
+        NetworkSpec {
+            name: "default".into(),
+            mode: "nat".into(),
+            subnet: "192.168.122.0/24".into(),
+            ..Default::default()
+        }
+        .validate(|| "lybr0".into())
+        .unwrap()
     }
 
     fn lease(ip: &str, mac: &str) -> Lease {
