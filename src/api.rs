@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
@@ -61,6 +61,11 @@ async fn with_engine<T: Send + 'static>(
 }
 
 #[derive(Deserialize)]
+struct Autostart {
+    enabled: bool,
+}
+
+#[derive(Deserialize)]
 struct PortFilter {
     vm: Option<String>,
     net: Option<String>,
@@ -84,6 +89,24 @@ pub fn router(state: Shared) -> Router {
             })
             .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
                 with_engine(s, move |e| e.delete_network(&name)).await.map(|()| StatusCode::NO_CONTENT)
+            }),
+        )
+        .route(
+            "/v1/networks/{name}/start",
+            post(|State(s): State<Shared>, Path(name): Path<String>| async move {
+                with_engine(s, move |e| e.set_active(&name, true)).await.map(Json)
+            }),
+        )
+        .route(
+            "/v1/networks/{name}/stop",
+            post(|State(s): State<Shared>, Path(name): Path<String>| async move {
+                with_engine(s, move |e| e.set_active(&name, false)).await.map(Json)
+            }),
+        )
+        .route(
+            "/v1/networks/{name}/autostart",
+            post(|State(s): State<Shared>, Path(name): Path<String>, Json(a): Json<Autostart>| async move {
+                with_engine(s, move |e| e.set_autostart(&name, a.enabled)).await.map(Json)
             }),
         )
         .route(

@@ -94,13 +94,16 @@ pub enum NetCommand {
         /// DNS domain for guests (default: the network name).
         #[arg(long)]
         domain: Option<String>,
+        /// Start the network at boot.
+        #[arg(long)]
+        autostart: bool,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
     },
-    /// List networks.
+    /// List active networks (like `virsh net-list`).
     List {
-        /// Also inactive ones (all are listed; accepted for virsh habits).
+        /// Also inactive ones.
         #[arg(long)]
         all: bool,
         /// Output format.
@@ -119,6 +122,24 @@ pub enum NetCommand {
     Delete {
         /// Network name.
         name: String,
+    },
+    /// Start a stopped network.
+    Start {
+        /// Network name.
+        name: String,
+    },
+    /// Stop a network: bridge, rules and DHCP go; ports and leases stay.
+    Stop {
+        /// Network name.
+        name: String,
+    },
+    /// Mark a network to start at boot.
+    Autostart {
+        /// Network name.
+        name: String,
+        /// Unmark it instead.
+        #[arg(long)]
+        disable: bool,
     },
 }
 
@@ -489,16 +510,31 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
     let c = Client::new(socket);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),
-        Command::Net(NetCommand::Create { name, mode, subnet, gateway, dhcp_range, bridge, mtu, domain, out }) => {
+        Command::Net(NetCommand::Create {
+            name,
+            mode,
+            subnet,
+            gateway,
+            dhcp_range,
+            bridge,
+            mtu,
+            domain,
+            autostart,
+            out,
+        }) => {
             let body = json!({
                 "name": name, "mode": mode, "subnet": subnet, "gateway": gateway,
                 "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
+                "autostart": autostart,
             });
             let v = c.call("POST", "/v1/networks", Some(&body))?;
             print(out.output, &v, network_detail);
         }
-        Command::Net(NetCommand::List { all: _, out }) => {
-            let v = c.call("GET", "/v1/networks", None)?;
+        Command::Net(NetCommand::List { all, out }) => {
+            let mut v = c.call("GET", "/v1/networks", None)?;
+            if let (false, Some(list)) = (all, v.as_array_mut()) {
+                list.retain(|n| n["state"] == "active");
+            }
             print(out.output, &v, network_rows);
         }
         Command::Net(NetCommand::Show { name, out }) => {
@@ -508,6 +544,18 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         Command::Net(NetCommand::Delete { name }) => {
             c.call("DELETE", &format!("/v1/networks/{}", pct(&name)), None)?;
             println!("Network {name} deleted");
+        }
+        Command::Net(NetCommand::Start { name }) => {
+            c.call("POST", &format!("/v1/networks/{}/start", pct(&name)), None)?;
+            println!("Network {name} started");
+        }
+        Command::Net(NetCommand::Stop { name }) => {
+            c.call("POST", &format!("/v1/networks/{}/stop", pct(&name)), None)?;
+            println!("Network {name} stopped");
+        }
+        Command::Net(NetCommand::Autostart { name, disable }) => {
+            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), Some(&json!({ "enabled": !disable })))?;
+            println!("Network {name} {} autostarted", if disable { "unmarked as" } else { "marked as" });
         }
         Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out }) => {
             let body = json!({

@@ -16,8 +16,9 @@ use crate::dataplane::{self, ApplyError, Dataplane, DataplaneError};
 use crate::dhcp::server::now;
 use crate::dhcp::writer::LeaseWriter;
 use crate::dhcp::{self, DhcpConfig};
+use crate::dns;
 use crate::ipam::{AddressBook, IpamError};
-use crate::model::{Lease, Mac, ModelError, NetState, Network, NetworkSpec, Port, PortSpec, PortType};
+use crate::model::{Lease, Mac, Mode, ModelError, NetState, Network, NetworkSpec, Port, PortSpec, PortType};
 use crate::planner::{self, Observed};
 use crate::store::{Store, StoreError};
 
@@ -90,6 +91,25 @@ pub struct BridgeView {
     pub interfaces: Vec<String>,
 }
 
+/// Ports whose veth peer namespace is gone cannot be re-created; they
+/// are left out of the plan (and logged) instead of failing everything.
+fn plannable(ports: &[Port]) -> Vec<Port> {
+    ports
+        .iter()
+        .filter(|p| match (&p.port_type, &p.netns) {
+            (PortType::Veth, Some(ns)) => {
+                let ok = Path::new(NETNS_DIR).join(ns).exists();
+                if !ok {
+                    tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
+                }
+                ok
+            }
+            _ => true,
+        })
+        .cloned()
+        .collect()
+}
+
 /// The control plane of one daemon.
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -99,7 +119,8 @@ pub struct Engine {
     networks: Vec<Network>,
     ports: Vec<Port>,
     books: HashMap<String, Arc<Mutex<AddressBook>>>,
-    dhcp: HashMap<String, JoinHandle<()>>,
+    /// Per network: its DHCP and DNS server tasks.
+    services: HashMap<String, Vec<JoinHandle<()>>>,
     firewall: Option<String>,
 }
 
@@ -122,7 +143,7 @@ impl Engine {
             networks,
             ports,
             books: HashMap::new(),
-            dhcp: HashMap::new(),
+            services: HashMap::new(),
             firewall: None,
         };
         for net in engine.networks.clone() {
@@ -140,6 +161,7 @@ impl Engine {
                 lock(b).restore_lease(l);
             }
         }
+        engine.boot_states()?;
         if let Err(e) = engine.reconcile() {
             // The daemon still serves its API and the networks that work;
             // the error names what the operator has to look at.
@@ -148,64 +170,85 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Ports whose veth peer namespace is gone cannot be re-created; they
-    /// are left out of the plan (and logged) instead of failing everything.
-    fn plannable_ports(&self) -> Vec<Port> {
-        self.ports
-            .iter()
-            .filter(|p| match (&p.port_type, &p.netns) {
-                (PortType::Veth, Some(ns)) => {
-                    let ok = Path::new(NETNS_DIR).join(ns).exists();
-                    if !ok {
-                        tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
-                    }
-                    ok
-                }
-                _ => true,
-            })
-            .cloned()
-            .collect()
+    /// After a host reboot the kernel has none of lanyard's bridges: like
+    /// libvirt, networks come back only if they are marked autostart. A
+    /// daemon restart finds the bridges in place and keeps networks active.
+    fn boot_states(&mut self) -> Result<(), EngineError> {
+        let observed = self.dp.observe()?;
+        for net in &mut self.networks {
+            let present = observed.links.contains_key(&net.bridge);
+            let want = if net.autostart {
+                NetState::Active
+            } else if present {
+                net.state
+            } else {
+                NetState::Inactive
+            };
+            if want != net.state {
+                net.state = want;
+                self.store.put_network(net)?;
+                tracing::info!(net = net.name, state = ?want, "boot state");
+            }
+        }
+        Ok(())
     }
 
     /// Brings the kernel to the stored state and starts missing DHCP servers.
     pub fn reconcile(&mut self) -> Result<(), EngineError> {
         let observed = self.dp.observe()?;
-        let ports = self.plannable_ports();
+        let ports = plannable(&self.ports);
         let plan = planner::plan(&self.networks, &ports, &observed);
         tracing::info!(ops = plan.ops.len(), "reconciling");
         dataplane::apply(self.dp.as_ref(), &plan, None)?;
         self.firewall = Some(plan.firewall);
         for net in self.networks.clone() {
-            self.ensure_dhcp(&net);
+            self.ensure_services(&net);
         }
         Ok(())
     }
 
-    fn ensure_dhcp(&mut self, net: &Network) {
+    /// Starts the DHCP and DNS servers of an active network that has none
+    /// running. A server that cannot start is logged; the network stays up.
+    fn ensure_services(&mut self, net: &Network) {
         if net.state != NetState::Active || !net.mode.serves_dhcp() {
             return;
         }
-        if self.dhcp.get(&net.name).is_some_and(|h| !h.is_finished()) {
+        if self.services.get(&net.name).is_some_and(|v| v.iter().any(|h| !h.is_finished())) {
             return;
         }
         let Some(book) = self.books.get(&net.name).cloned() else { return };
-        let socket = {
-            let _guard = self.rt.enter();
-            dhcp::server::bind(&net.bridge)
-        };
-        match socket {
+        let _guard = self.rt.enter();
+        let mut tasks = Vec::new();
+        let dns_socket = dns::bind(net.gateway);
+        let dns_addr = dns_socket.is_ok().then_some(net.gateway);
+        match dns_socket {
             Ok(socket) => {
-                let cfg = DhcpConfig::for_network(net, None);
-                let task = self.rt.spawn(dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone()));
-                self.dhcp.insert(net.name.clone(), task);
-                tracing::info!(net = net.name, bridge = net.bridge, "dhcp server started");
+                let forwards = net.mode != Mode::Isolated;
+                let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+                let upstreams = dns::upstreams(&resolv, net.gateway);
+                tasks.push(self.rt.spawn(dns::serve(net.name.clone(), socket, book.clone(), forwards, upstreams)));
+            }
+            Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
+        }
+        match dhcp::server::bind(&net.bridge) {
+            Ok(socket) => {
+                let cfg = DhcpConfig::for_network(net, dns_addr);
+                tasks.push(self.rt.spawn(dhcp::server::serve(
+                    net.name.clone(),
+                    socket,
+                    book,
+                    cfg,
+                    self.writer.clone(),
+                )));
             }
             Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {}: {e}", net.bridge),
         }
+        tracing::info!(net = net.name, bridge = net.bridge, dns = ?dns_addr, "dhcp and dns servers started");
+        self.services.insert(net.name.clone(), tasks);
     }
 
-    fn stop_dhcp(&mut self, name: &str) {
-        if let Some(h) = self.dhcp.remove(name) {
+    fn stop_services(&mut self, name: &str) {
+        for h in self.services.remove(name).into_iter().flatten() {
             h.abort();
         }
     }
@@ -218,7 +261,7 @@ impl Engine {
         ports: Vec<Port>,
         observed: &Observed,
     ) -> Result<(), EngineError> {
-        let plan = planner::plan(&networks, &ports, observed);
+        let plan = planner::plan(&networks, &plannable(&ports), observed);
         dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
         self.firewall = Some(plan.firewall);
         self.networks = networks;
@@ -284,7 +327,7 @@ impl Engine {
             return Err(e.into());
         }
         self.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
-        self.ensure_dhcp(&net);
+        self.ensure_services(&net);
         tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
         Ok(net)
     }
@@ -292,7 +335,7 @@ impl Engine {
     /// After a store failure: bring the kernel back to the engine's state.
     fn rollback_to_state(&mut self) {
         let result = self.dp.observe().map_err(EngineError::from).and_then(|o| {
-            let plan = planner::plan(&self.networks, &self.plannable_ports(), &o);
+            let plan = planner::plan(&self.networks, &plannable(&self.ports), &o);
             dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref()).map_err(EngineError::from)?;
             self.firewall = Some(plan.firewall);
             Ok(())
@@ -302,16 +345,69 @@ impl Engine {
         }
     }
 
+    /// Starts (`active = true`) or stops a defined network. Stopping removes
+    /// its bridge and rules and stops its DHCP server; ports and leases stay.
+    pub fn set_active(&mut self, name: &str, active: bool) -> Result<Network, EngineError> {
+        let mut net = self.network(name)?;
+        let state = if active { NetState::Active } else { NetState::Inactive };
+        if net.state == state {
+            return Err(EngineError::Conflict(format!(
+                "network {name:?} is already {}",
+                if active { "active" } else { "inactive" }
+            )));
+        }
+        let observed = self.dp.observe()?;
+        if active {
+            if let Some(other) =
+                self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.subnet_overlaps(&net))
+            {
+                return Err(EngineError::Conflict(format!(
+                    "subnet {} overlaps active network {:?}",
+                    net.subnet, other.name
+                )));
+            }
+        } else {
+            self.stop_services(name);
+        }
+        net.state = state;
+        let networks: Vec<Network> =
+            self.networks.iter().map(|n| if n.name == name { net.clone() } else { n.clone() }).collect();
+        if let Err(e) = self.apply_state(networks, self.ports.clone(), &observed) {
+            if !active {
+                let old = self.network(name)?;
+                self.ensure_services(&old);
+            }
+            return Err(e);
+        }
+        self.store.put_network(&net)?;
+        if active {
+            self.ensure_services(&net);
+        }
+        tracing::info!(net = name, active, "network state changed");
+        Ok(net)
+    }
+
+    /// Marks a network to start (or not) at boot.
+    pub fn set_autostart(&mut self, name: &str, autostart: bool) -> Result<Network, EngineError> {
+        let mut net = self.network(name)?;
+        net.autostart = autostart;
+        self.store.put_network(&net)?;
+        if let Some(n) = self.networks.iter_mut().find(|n| n.name == name) {
+            n.autostart = autostart;
+        }
+        Ok(net)
+    }
+
     /// Stops and deletes a network with its ports and leases.
     pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
         self.network(name)?;
         let observed = self.dp.observe()?;
         let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
         let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
-        self.stop_dhcp(name);
+        self.stop_services(name);
         if let Err(e) = self.apply_state(networks, ports, &observed) {
             let net = self.network(name)?;
-            self.ensure_dhcp(&net);
+            self.ensure_services(&net);
             return Err(e);
         }
         self.store.delete_network(name)?;
@@ -441,9 +537,9 @@ impl Engine {
             .collect())
     }
 
-    /// Stops the DHCP servers (the kernel state stays: VMs keep running).
+    /// Stops the DHCP and DNS servers (the kernel state stays: VMs keep running).
     pub fn shutdown(&mut self) {
-        for (_, h) in self.dhcp.drain() {
+        for h in self.services.drain().flat_map(|(_, v)| v) {
             h.abort();
         }
     }

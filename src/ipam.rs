@@ -188,6 +188,29 @@ impl AddressBook {
         self.names.get(&mac).map(String::as_str)
     }
 
+    /// The address of guest `host` (case-insensitive): a port's VM name
+    /// first, then the host name a client with a live lease sent.
+    pub fn resolve(&self, host: &str, now: u64) -> Option<Ipv4Addr> {
+        let by_port =
+            self.names.iter().find(|(_, n)| n.eq_ignore_ascii_case(host)).and_then(|(m, _)| self.statics.get(m));
+        by_port.copied().or_else(|| {
+            self.leases
+                .values()
+                .filter(|l| l.expiry > now && l.hostname.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(host)))
+                .max_by_key(|l| l.expiry)
+                .map(|l| l.ip)
+        })
+    }
+
+    /// The guest name for `ip`, if a port or a live lease holds it.
+    pub fn reverse(&self, ip: Ipv4Addr, now: u64) -> Option<String> {
+        if let Some(name) = self.static_owner.get(&ip).and_then(|m| self.names.get(m)) {
+            return Some(name.clone());
+        }
+        let mac = self.lease_owner.get(&ip)?;
+        self.leases.get(mac).filter(|l| l.expiry > now).and_then(|l| l.hostname.clone())
+    }
+
     /// Forgets a port's fixed IP: the address is free again.
     pub fn remove_static(&mut self, mac: Mac) {
         if let Some(ip) = self.statics.remove(&mac) {

@@ -10,6 +10,7 @@
 //! - [`planner`]: pure desired-state -> kernel-operations planning;
 //! - [`dataplane`]: the drivers that change the kernel (iproute2, nft);
 //! - [`dhcp`]: the built-in DHCPv4 server;
+//! - [`dns`]: the built-in DNS server for guest names;
 //! - [`daemon`]: process start-up and shutdown.
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dataplane;
 pub mod dhcp;
+pub mod dns;
 pub mod engine;
 pub mod ipam;
 pub mod model;

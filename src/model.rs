@@ -144,7 +144,7 @@ pub struct NetworkSpec {
     /// DNS domain served to guests; default the network name.
     #[serde(default)]
     pub domain: Option<String>,
-    /// Start the network whenever the daemon starts (default true).
+    /// Start the network when the host boots (default false, as `virsh net-define`).
     #[serde(default)]
     pub autostart: Option<bool>,
 }
@@ -178,7 +178,7 @@ pub struct Network {
     pub mtu: Option<u32>,
     /// DNS domain for guest names.
     pub domain: String,
-    /// Start with the daemon.
+    /// Start at boot (when the daemon starts and finds the bridge missing).
     pub autostart: bool,
     /// Desired state.
     pub state: NetState,
@@ -188,6 +188,11 @@ impl Network {
     /// The gateway as an interface address, e.g. 192.168.122.1/24.
     pub fn gateway_cidr(&self) -> Ipv4Net {
         Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix came from a valid subnet")
+    }
+
+    /// Whether the two networks' subnets share any address.
+    pub fn subnet_overlaps(&self, other: &Network) -> bool {
+        self.subnet.contains(&other.subnet.network()) || other.subnet.contains(&self.subnet.network())
     }
 
     /// Whether `ip` may be given to a guest: inside the subnet and neither
@@ -324,7 +329,7 @@ impl NetworkSpec {
             bridge,
             mtu: self.mtu,
             domain,
-            autostart: self.autostart.unwrap_or(true),
+            autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
         })
     }
