@@ -76,9 +76,12 @@ pub enum NetCommand {
         /// nat, route, host-only, isolated, bridge or open.
         #[arg(long)]
         mode: String,
-        /// IPv4 subnet, e.g. 192.168.122.0/24.
+        /// IPv4 subnet, e.g. 192.168.122.0/24 (bridge mode: default the uplink's).
         #[arg(long)]
-        subnet: String,
+        subnet: Option<String>,
+        /// Bridge mode: the NIC that joins the bridge (its addresses move to the bridge).
+        #[arg(long)]
+        uplink: Option<String>,
         /// Host's address on the bridge (default: first host address).
         #[arg(long)]
         gateway: Option<String>,
@@ -421,6 +424,7 @@ fn network_detail(n: &Value) -> String {
         ("DHCP range", range),
         ("Domain", s(&n["domain"])),
         ("MTU", s(&n["mtu"])),
+        ("Uplink", s(&n["uplink"])),
     ];
     fields.iter().map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:"))).collect()
 }
@@ -514,6 +518,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             name,
             mode,
             subnet,
+            uplink,
             gateway,
             dhcp_range,
             bridge,
@@ -523,7 +528,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             out,
         }) => {
             let body = json!({
-                "name": name, "mode": mode, "subnet": subnet, "gateway": gateway,
+                "name": name, "mode": mode, "subnet": subnet.unwrap_or_default(), "uplink": uplink, "gateway": gateway,
                 "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
                 "autostart": autostart,
             });

@@ -152,7 +152,9 @@ impl Engine {
         for p in &engine.ports {
             if let Some(b) = engine.books.get(&p.net) {
                 let mut b = lock(b);
-                b.add_static(p.mac, p.ip);
+                if let Some(ip) = p.ip {
+                    b.add_static(p.mac, ip);
+                }
                 b.set_name(p.mac, &p.vm);
             }
         }
@@ -293,6 +295,23 @@ impl Engine {
             self.networks.iter().map(|n| n.bridge.as_str()).chain(observed.links.keys().map(String::as_str)).collect();
         let default_bridge =
             || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
+        let mut spec = spec;
+        if let (Some(uplink), "bridge") = (spec.uplink.as_deref(), spec.mode.as_str()) {
+            crate::model::validate_ifname("uplink", uplink)?;
+            self.check_uplink(uplink, &observed)?;
+            if spec.subnet.is_empty() {
+                // The LAN's subnet, as the uplink is configured now.
+                let Some(addr) = observed.links.get(uplink).and_then(|l| l.addrs.first()) else {
+                    return Err(EngineError::Invalid(ModelError::Invalid {
+                        what: "subnet",
+                        value: String::new(),
+                        why: format!("uplink {uplink} has no IPv4 address to take the LAN's subnet from; give --subnet"),
+                    }));
+                };
+                spec.subnet = addr.trunc().to_string();
+                spec.gateway.get_or_insert_with(|| addr.addr().to_string());
+            }
+        }
         let net = spec.validate(default_bridge)?;
         if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
             return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
@@ -303,21 +322,23 @@ impl Engine {
                 net.bridge
             )));
         }
-        if let Some(other) = self
-            .networks
-            .iter()
-            .find(|n| n.subnet.contains(&net.subnet.network()) || net.subnet.contains(&n.subnet.network()))
-        {
+        if let Some(other) = self.networks.iter().find(|n| n.subnet_overlaps(&net)) {
             return Err(EngineError::Conflict(format!(
                 "subnet {} overlaps {} of network {:?}",
                 net.subnet, other.subnet, other.name
             )));
         }
-        if let Some(route) =
-            observed.routes.iter().find(|r| r.contains(&net.subnet.network()) || net.subnet.contains(&r.network()))
-        {
-            return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {route}", net.subnet)));
+        // A bridge-mode network's subnet is the LAN the uplink already
+        // routes to: only other interfaces' routes count as a clash.
+        let clash = observed
+            .routes
+            .iter()
+            .filter(|r| r.dev.is_none() || r.dev != net.uplink)
+            .find_map(|r| r.dst.filter(|d| d.contains(&net.subnet.network()) || net.subnet.contains(&d.network())));
+        if let Some(dst) = clash {
+            return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {dst}", net.subnet)));
         }
+
         let mut networks = self.networks.clone();
         networks.push(net.clone());
         self.apply_state(networks, self.ports.clone(), &observed)?;
@@ -330,6 +351,22 @@ impl Engine {
         self.ensure_services(&net);
         tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
         Ok(net)
+    }
+
+    fn check_uplink(&self, uplink: &str, observed: &Observed) -> Result<(), EngineError> {
+        let Some(link) = observed.links.get(uplink) else {
+            return Err(EngineError::NotFound(format!("no interface named {uplink} to use as uplink (see `ip link`)")));
+        };
+        if let Some(master) = &link.master {
+            return Err(EngineError::Conflict(format!("uplink {uplink} is already a port of bridge {master}")));
+        }
+        if link.owned() || link.kind.as_deref() == Some("bridge") {
+            return Err(EngineError::Conflict(format!("{uplink} is a bridge or a lanyard port, not a NIC to uplink")));
+        }
+        if let Some(other) = self.networks.iter().find(|n| n.uplink.as_deref() == Some(uplink)) {
+            return Err(EngineError::Conflict(format!("uplink {uplink} is in use by network {:?}", other.name)));
+        }
+        Ok(())
     }
 
     /// After a store failure: bring the kernel back to the engine's state.
@@ -453,7 +490,18 @@ impl Engine {
             }
         };
         let book = self.books.get(&net.name).cloned().expect("every network has an address book");
-        let ip = lock(&book).reserve_fixed(mac, checked.ip, now())?;
+        // On a bridge-mode network the LAN's DHCP server assigns addresses.
+        let ip = if net.mode.serves_dhcp() {
+            Some(lock(&book).reserve_fixed(mac, checked.ip, now())?)
+        } else if checked.ip.is_some() {
+            return Err(EngineError::Invalid(ModelError::Invalid {
+                what: "ip",
+                value: checked.ip.map(|i| i.to_string()).unwrap_or_default(),
+                why: "a bridge-mode network's addresses come from the LAN's DHCP server; leave out --ip".into(),
+            }));
+        } else {
+            None
+        };
         let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
         let port = Port {
             ifname: Port::ifname_for(&id),
@@ -484,7 +532,7 @@ impl Engine {
             return Err(e.into());
         }
         lock(&book).set_name(mac, &port.vm);
-        tracing::info!(port = port.id, vm = port.vm, net = port.net, %ip, %mac, "port created");
+        tracing::info!(port = port.id, vm = port.vm, net = port.net, ip = ?ip, %mac, "port created");
         Ok(port)
     }
 
@@ -560,7 +608,7 @@ mod tests {
     }
 
     fn spec(name: &str, subnet: &str) -> NetworkSpec {
-        NetworkSpec { name: name.into(), mode: "bridge".into(), subnet: subnet.into(), ..Default::default() }
+        NetworkSpec { name: name.into(), mode: "open".into(), subnet: subnet.into(), ..Default::default() }
     }
 
     #[test]
@@ -601,9 +649,10 @@ mod tests {
         };
         let a = e.create_port(p(None, Some("52:54:00:00:00:01"))).unwrap();
         assert!(matches!(e.create_port(p(None, Some("52:54:00:00:00:01"))), Err(EngineError::Conflict(_))));
-        assert!(matches!(e.create_port(p(Some(&a.ip.to_string()), None)), Err(EngineError::Conflict(_))));
+        assert!(matches!(e.create_port(p(Some(&a.ip.unwrap().to_string()), None)), Err(EngineError::Conflict(_))));
         assert!(matches!(e.create_port(p(Some("10.9.0.1"), None)), Err(EngineError::Invalid(_))));
-        let ips: BTreeSet<Ipv4Addr> = (0..4).map(|_| e.create_port(p(None, None)).unwrap().ip).chain([a.ip]).collect();
+        let ips: BTreeSet<Option<Ipv4Addr>> =
+            (0..4).map(|_| e.create_port(p(None, None)).unwrap().ip).chain([a.ip]).collect();
         assert_eq!(ips.len(), 5, "a /29 has 5 guest addresses");
         assert!(matches!(e.create_port(p(None, None)), Err(EngineError::Conflict(_))));
         e.delete_port(&a.id).unwrap();

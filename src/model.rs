@@ -147,6 +147,9 @@ pub struct NetworkSpec {
     /// Start the network when the host boots (default false, as `virsh net-define`).
     #[serde(default)]
     pub autostart: Option<bool>,
+    /// Bridge mode: the physical NIC that joins the bridge.
+    #[serde(default)]
+    pub uplink: Option<String>,
 }
 
 /// Whether a network's kernel objects exist and its DHCP server runs.
@@ -182,6 +185,9 @@ pub struct Network {
     pub autostart: bool,
     /// Desired state.
     pub state: NetState,
+    /// Bridge mode: the physical NIC in the bridge.
+    #[serde(default)]
+    pub uplink: Option<String>,
 }
 
 impl Network {
@@ -263,6 +269,9 @@ impl NetworkSpec {
     pub fn validate(&self, default_bridge: impl FnOnce() -> String) -> Result<Network, ModelError> {
         validate_ifname("network name", &self.name)?;
         let mode: Mode = self.mode.parse()?;
+        if mode == Mode::Bridge && self.uplink.is_none() {
+            return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"));
+        }
         let subnet = parse_subnet(&self.subnet)?;
         let first_host = u32::from(subnet.network()) + 1;
         let last_host = u32::from(subnet.broadcast()) - 1;
@@ -320,6 +329,17 @@ impl NetworkSpec {
         }
         let domain = self.domain.clone().unwrap_or_else(|| self.name.clone());
         validate_domain(&domain)?;
+        let uplink = match (&self.uplink, mode) {
+            (Some(u), Mode::Bridge) => {
+                validate_ifname("uplink", u)?;
+                Some(u.clone())
+            }
+            (None, Mode::Bridge) => {
+                return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"))
+            }
+            (Some(u), _) => return Err(invalid("uplink", u, "--uplink applies to bridge mode only")),
+            (None, _) => None,
+        };
         Ok(Network {
             name: self.name.clone(),
             mode,
@@ -331,6 +351,7 @@ impl NetworkSpec {
             domain,
             autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
+            uplink,
         })
     }
 }
@@ -545,8 +566,9 @@ pub struct Port {
     pub ifname: String,
     /// Guest MAC.
     pub mac: Mac,
-    /// Fixed IP, served as a static DHCP lease.
-    pub ip: Ipv4Addr,
+    /// Fixed IP, served as a static DHCP lease; none on bridge-mode
+    /// networks, where the LAN's DHCP server decides.
+    pub ip: Option<Ipv4Addr>,
     /// Veth only: namespace of the peer.
     pub netns: Option<String>,
     /// Veth only: the peer's name in `netns`.

@@ -12,6 +12,8 @@ use std::fmt::Write as _;
 
 use ipnet::Ipv4Net;
 
+use std::net::Ipv4Addr;
+
 use crate::model::{Mac, Mode, NetState, Network, Port, PortType};
 
 /// Prefix of the alias lanyard sets on the links it owns.
@@ -40,6 +42,25 @@ pub struct ObservedLink {
     pub bridge_id: Option<String>,
     /// Bridges only: whether STP is on.
     pub stp: Option<bool>,
+    /// Hardware address.
+    pub mac: Option<Mac>,
+}
+
+/// An IPv4 route of the main table.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Route {
+    /// Destination; None for the default route.
+    pub dst: Option<Ipv4Net>,
+    /// Next hop.
+    pub gateway: Option<Ipv4Addr>,
+    /// Output device.
+    pub dev: Option<String>,
+    /// Metric.
+    pub metric: Option<u32>,
+    /// Preferred source address.
+    pub prefsrc: Option<Ipv4Addr>,
+    /// Who installed it ("kernel" routes follow their address).
+    pub proto: Option<String>,
 }
 
 impl ObservedLink {
@@ -54,8 +75,8 @@ impl ObservedLink {
 pub struct Observed {
     /// Links by name.
     pub links: BTreeMap<String, ObservedLink>,
-    /// IPv4 routes of the main table (destination prefixes), for overlap checks.
-    pub routes: Vec<Ipv4Net>,
+    /// IPv4 routes of the main table.
+    pub routes: Vec<Route>,
     /// net.ipv4.ip_forward.
     pub ip_forward: bool,
 }
@@ -67,6 +88,9 @@ pub enum Op {
     CreateBridge {
         /// Name.
         name: String,
+        /// Hardware address (bridge mode: the uplink's, so the host keeps
+        /// its identity on the LAN).
+        mac: Option<Mac>,
         /// MTU.
         mtu: Option<u32>,
         /// Ownership mark.
@@ -123,6 +147,13 @@ pub enum Op {
         /// Bridge.
         master: String,
     },
+    /// Add or replace a route through `link`.
+    ReplaceRoute {
+        /// Link.
+        link: String,
+        /// The route (its `dev` is ignored).
+        route: Route,
+    },
     /// Release a link from its bridge.
     NoMaster {
         /// Link.
@@ -166,6 +197,7 @@ impl Op {
                 Some(Op::DeleteLink { name: name.clone() })
             }
             Op::AddAddress { link, addr } => Some(Op::DelAddress { link: link.clone(), addr: *addr }),
+            Op::DelAddress { link, addr } => Some(Op::AddAddress { link: link.clone(), addr: *addr }),
             Op::SetMaster { link, .. } => Some(Op::NoMaster { link: link.clone() }),
             _ => None,
         }
@@ -181,9 +213,40 @@ pub struct Plan {
     pub firewall: String,
 }
 
-/// Ownership mark of a network's bridge.
-pub fn bridge_alias(net: &str) -> String {
-    format!("{OWNER_ALIAS_PREFIX}net:{net}")
+/// Ownership mark of a network's bridge. A bridge-mode bridge also names
+/// its uplink, so the host's addresses can be given back even if the
+/// network's record is gone.
+pub fn bridge_alias(net: &str, uplink: Option<&str>) -> String {
+    match uplink {
+        Some(u) => format!("{OWNER_ALIAS_PREFIX}net:{net}{UPLINK_MARK}{u}"),
+        None => format!("{OWNER_ALIAS_PREFIX}net:{net}"),
+    }
+}
+
+const UPLINK_MARK: &str = ":uplink:";
+
+/// The uplink named in a bridge's ownership mark.
+pub fn alias_uplink(alias: &str) -> Option<&str> {
+    alias.split_once(UPLINK_MARK).map(|(_, u)| u)
+}
+
+/// Moves the host's IPv4 configuration from `from` to `to`: addresses
+/// first added on `to` then removed from `from` (no moment without them),
+/// then the routes that are not the kernel's own prefix routes.
+fn move_config(from: &ObservedLink, to: &str, routes: &[Route]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for a in &from.addrs {
+        ops.push(Op::AddAddress { link: to.to_string(), addr: *a });
+    }
+    for a in &from.addrs {
+        ops.push(Op::DelAddress { link: from.name.clone(), addr: *a });
+    }
+    for r in
+        routes.iter().filter(|r| r.dev.as_deref() == Some(from.name.as_str()) && r.proto.as_deref() != Some("kernel"))
+    {
+        ops.push(Op::ReplaceRoute { link: to.to_string(), route: r.clone() });
+    }
+    ops
 }
 
 /// Ownership mark of a port's host-side link.
@@ -202,9 +265,18 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
 
     for net in active.values() {
         wanted.insert(&net.bridge);
+        if let Some(uplink) = net.uplink.as_deref() {
+            plan_uplinked_bridge(net, uplink, observed, &mut ops);
+            continue;
+        }
         match observed.links.get(&net.bridge) {
             None => {
-                ops.push(Op::CreateBridge { name: net.bridge.clone(), mtu: net.mtu, alias: bridge_alias(&net.name) });
+                ops.push(Op::CreateBridge {
+                    name: net.bridge.clone(),
+                    mac: None,
+                    mtu: net.mtu,
+                    alias: bridge_alias(&net.name, None),
+                });
                 ops.push(Op::AddAddress { link: net.bridge.clone(), addr: net.gateway_cidr() });
                 ops.push(Op::SetUp { link: net.bridge.clone() });
             }
@@ -273,13 +345,43 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
     let mut stale: Vec<&ObservedLink> =
         observed.links.values().filter(|l| l.owned() && !wanted.contains(l.name.as_str())).collect();
     stale.sort_by_key(|l| (l.kind.as_deref() == Some("bridge"), l.name.clone()));
-    ops.extend(stale.into_iter().map(|l| Op::DeleteLink { name: l.name.clone() }));
+    for link in stale {
+        let uplink = link.alias.as_deref().and_then(alias_uplink).and_then(|u| observed.links.get(u));
+        if let Some(uplink) = uplink {
+            // Give the host its configuration back before the bridge goes.
+            ops.extend(move_config(link, &uplink.name, &observed.routes));
+            ops.push(Op::NoMaster { link: uplink.name.clone() });
+        }
+        ops.push(Op::DeleteLink { name: link.name.clone() });
+    }
 
     if active.values().any(|n| n.mode.forwards()) && !observed.ip_forward {
         ops.push(Op::EnableForwarding);
     }
 
     Plan { ops, firewall: firewall(active.values().copied()) }
+}
+
+/// A bridge-mode network: the uplink NIC joins the bridge and the host's
+/// addresses and routes move from the NIC to the bridge.
+fn plan_uplinked_bridge(net: &Network, uplink: &str, observed: &Observed, ops: &mut Vec<Op>) {
+    let up = observed.links.get(uplink);
+    if !observed.links.contains_key(&net.bridge) {
+        ops.push(Op::CreateBridge {
+            name: net.bridge.clone(),
+            mac: up.and_then(|u| u.mac),
+            mtu: net.mtu,
+            alias: bridge_alias(&net.name, Some(uplink)),
+        });
+        ops.push(Op::SetUp { link: net.bridge.clone() });
+    } else if !observed.links[&net.bridge].up {
+        ops.push(Op::SetUp { link: net.bridge.clone() });
+    }
+    let Some(up) = up else { return };
+    if up.master.as_deref() != Some(net.bridge.as_str()) {
+        ops.push(Op::SetMaster { link: uplink.to_string(), master: net.bridge.clone() });
+    }
+    ops.extend(move_config(up, &net.bridge, &observed.routes));
 }
 
 fn quoted_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
@@ -292,7 +394,9 @@ fn quoted_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 /// delete, re-create in one transaction). Conntrack state is untouched, so
 /// established flows survive a re-apply. Nothing outside the table is named.
 pub fn firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
-    let nets: Vec<&Network> = networks.into_iter().filter(|n| n.mode != Mode::Open).collect();
+    // Open networks ask for no rules; bridge-mode bridges are the physical
+    // LAN (the host's own uplink), not a private network to wall off.
+    let nets: Vec<&Network> = networks.into_iter().filter(|n| !matches!(n.mode, Mode::Open | Mode::Bridge)).collect();
     let mut s = format!("table inet {NFT_TABLE} {{}}\ndelete table inet {NFT_TABLE}\n");
     if nets.is_empty() {
         return s;
@@ -385,7 +489,7 @@ mod tests {
             port_type: ty,
             ifname: Port::ifname_for(id),
             mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
-            ip: "192.168.122.2".parse().unwrap(),
+            ip: Some("192.168.122.2".parse().unwrap()),
             netns: (ty == PortType::Veth).then(|| "ns1".into()),
             peer_ifname: (ty == PortType::Veth).then(|| "eth0".into()),
             owner: None,
@@ -405,7 +509,7 @@ mod tests {
                     up: true,
                     mtu: 1500,
                     addrs: vec![n.gateway_cidr()],
-                    alias: Some(bridge_alias(&n.name)),
+                    alias: Some(bridge_alias(&n.name, None)),
                     ..Default::default()
                 },
             );
@@ -477,7 +581,7 @@ mod tests {
             ObservedLink {
                 name: "lybr9".into(),
                 kind: Some("bridge".into()),
-                alias: Some(bridge_alias("gone")),
+                alias: Some(bridge_alias("gone", None)),
                 ..Default::default()
             },
         );

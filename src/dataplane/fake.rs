@@ -45,6 +45,7 @@ pub fn describe(op: &Op) -> String {
         Op::DelAddress { link, addr } => format!("DelAddress {link} {addr}"),
         Op::SetMaster { link, master } => format!("SetMaster {link} {master}"),
         Op::NoMaster { link } => format!("NoMaster {link}"),
+        Op::ReplaceRoute { link, route } => format!("ReplaceRoute {link} {:?} via {:?}", route.dst, route.gateway),
         Op::SetMtu { link, mtu } => format!("SetMtu {link} {mtu}"),
         Op::SetUp { link } => format!("SetUp {link}"),
         Op::DeleteLink { name } => format!("DeleteLink {name}"),

@@ -15,7 +15,7 @@ use ipnet::Ipv4Net;
 use serde_json::Value;
 
 use super::{Dataplane, DataplaneError, OpsResult};
-use crate::planner::{Observed, ObservedLink, Op};
+use crate::planner::{Observed, ObservedLink, Op, Route};
 
 /// Drives the kernel of the namespace the daemon runs in.
 #[derive(Debug, Default)]
@@ -27,10 +27,13 @@ const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
 pub fn batch_lines(op: &Op) -> Vec<String> {
     let mtu = |m: &Option<u32>| m.map(|m| format!(" mtu {m}")).unwrap_or_default();
     match op {
-        Op::CreateBridge { name, mtu: m, alias } => vec![
-            format!("link add name {name}{} type bridge stp_state 0", mtu(m)),
-            format!("link set dev {name} alias {alias}"),
-        ],
+        Op::CreateBridge { name, mac, mtu: m, alias } => {
+            let address = mac.map(|a| format!(" address {a}")).unwrap_or_default();
+            vec![
+                format!("link add name {name}{address}{} type bridge stp_state 0", mtu(m)),
+                format!("link set dev {name} alias {alias}"),
+            ]
+        }
         Op::CreateTap { name, mac, owner, group, mtu: m, alias } => {
             let mut add = format!("tuntap add dev {name} mode tap");
             if let Some(u) = owner {
@@ -52,6 +55,23 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
         Op::DelAddress { link, addr } => vec![format!("address del {addr} dev {link}")],
         Op::SetMaster { link, master } => vec![format!("link set dev {link} master {master}")],
         Op::NoMaster { link } => vec![format!("link set dev {link} nomaster")],
+        Op::ReplaceRoute { link, route } => {
+            let mut l = format!("route replace {}", route.dst.map_or("default".to_string(), |d| d.to_string()));
+            if let Some(gw) = route.gateway {
+                l.push_str(&format!(" via {gw}"));
+            }
+            l.push_str(&format!(" dev {link}"));
+            if let Some(m) = route.metric {
+                l.push_str(&format!(" metric {m}"));
+            }
+            if let Some(src) = route.prefsrc {
+                l.push_str(&format!(" src {src}"));
+            }
+            if let Some(p) = route.proto.as_deref().filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric())) {
+                l.push_str(&format!(" proto {p}"));
+            }
+            vec![l]
+        }
         Op::SetMtu { link, mtu } => vec![format!("link set dev {link} mtu {mtu}")],
         Op::SetUp { link } => vec![format!("link set dev {link} up")],
         Op::DeleteLink { name } => vec![format!("link del dev {name}")],
@@ -178,23 +198,35 @@ fn parse_links(json: &str) -> Result<Vec<ObservedLink>, DataplaneError> {
             alias: l["ifalias"].as_str().map(String::from),
             bridge_id: l["linkinfo"]["info_data"]["bridge_id"].as_str().map(brctl_bridge_id),
             stp: l["linkinfo"]["info_data"]["stp_state"].as_u64().map(|s| s != 0),
+            mac: l["address"].as_str().and_then(|a| a.parse().ok()),
         });
     }
     Ok(out)
 }
 
-fn parse_routes(json: &str) -> Result<Vec<Ipv4Net>, DataplaneError> {
+fn parse_routes(json: &str) -> Result<Vec<Route>, DataplaneError> {
     let v: Value = serde_json::from_str(json)
         .map_err(|e| DataplaneError::Observe { what: "routes (ip -j route)", message: e.to_string() })?;
     Ok(v.as_array()
         .map(|a| {
             a.iter()
                 .filter_map(|r| {
-                    let dst = r["dst"].as_str()?;
-                    if dst == "default" {
-                        return None;
-                    }
-                    dst.parse::<Ipv4Net>().ok().or_else(|| dst.parse().ok().map(|ip| Ipv4Net::new(ip, 32).unwrap()))
+                    let dst = match r["dst"].as_str()? {
+                        "default" => None,
+                        d => Some(
+                            d.parse::<Ipv4Net>()
+                                .ok()
+                                .or_else(|| d.parse().ok().and_then(|ip| Ipv4Net::new(ip, 32).ok()))?,
+                        ),
+                    };
+                    Some(Route {
+                        dst,
+                        gateway: r["gateway"].as_str().and_then(|g| g.parse().ok()),
+                        dev: r["dev"].as_str().map(String::from),
+                        metric: r["metric"].as_u64().and_then(|m| u32::try_from(m).ok()),
+                        prefsrc: r["prefsrc"].as_str().and_then(|g| g.parse().ok()),
+                        proto: r["protocol"].as_str().map(String::from),
+                    })
                 })
                 .collect()
         })
@@ -268,7 +300,17 @@ mod tests {
         assert_eq!(links[1].addrs, vec!["192.168.122.1/24".parse::<Ipv4Net>().unwrap()]);
         assert_eq!(links[2].master.as_deref(), Some("lybr0"));
         assert!(!links[2].up);
-        let routes = parse_routes(r#"[{"dst":"default"},{"dst":"10.0.0.0/8"},{"dst":"10.1.2.3"}]"#).unwrap();
+        let routes = parse_routes(
+            r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0","protocol":"dhcp","metric":100},{"dst":"10.0.0.0/8"},{"dst":"10.1.2.3"}]"#,
+        )
+        .unwrap();
+        assert_eq!(routes[0].dst, None);
+        assert_eq!(routes[0].gateway, Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(
+            batch_lines(&Op::ReplaceRoute { link: "br0".into(), route: routes[0].clone() }),
+            vec!["route replace default via 10.0.0.1 dev br0 metric 100 proto dhcp"]
+        );
+        let routes: Vec<_> = routes.into_iter().skip(1).map(|r| r.dst.unwrap()).collect();
         assert_eq!(brctl_bridge_id("8000.3a:22:d0:c6:46:9"), "8000.3a22d0c64609");
         assert_eq!(routes, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap(), "10.1.2.3/32".parse().unwrap()]);
     }

@@ -122,7 +122,7 @@ mod tests {
         dp.fail_on("SetUp lybr0");
         let plan = Plan {
             ops: vec![
-                Op::CreateBridge { name: "lybr0".into(), mtu: None, alias: "lanyard:net:x".into() },
+                Op::CreateBridge { name: "lybr0".into(), mac: None, mtu: None, alias: "lanyard:net:x".into() },
                 Op::AddAddress { link: "lybr0".into(), addr: "10.0.0.1/24".parse().unwrap() },
                 Op::SetUp { link: "lybr0".into() },
             ],
@@ -147,7 +147,7 @@ mod tests {
         let dp = FakeDataplane::default();
         dp.fail_on("firewall new");
         let plan = Plan {
-            ops: vec![Op::CreateBridge { name: "b".into(), mtu: None, alias: "lanyard:net:x".into() }],
+            ops: vec![Op::CreateBridge { name: "b".into(), mac: None, mtu: None, alias: "lanyard:net:x".into() }],
             firewall: "new".into(),
         };
         assert!(apply(&dp, &plan, None).is_err());

@@ -247,7 +247,7 @@ mod tests {
                 port_type: PortType::Tap,
                 ifname: "ly0011aabb".into(),
                 mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
-                ip: "192.168.122.2".parse().unwrap(),
+                ip: Some("192.168.122.2".parse().unwrap()),
                 netns: None,
                 peer_ifname: None,
                 owner: None,
