@@ -64,6 +64,26 @@ pub enum Command {
     Lease(LeaseCommand),
     /// lanyard's bridges, as `brctl show` prints them.
     Bridges(OutputArg),
+    /// QEMU `script=`: attach the TAP QEMU just created to a network and
+    /// register it as a port (also run as `lanyard-ifup` through a symlink).
+    QemuIfup {
+        /// The TAP QEMU created (QEMU passes it as the only argument).
+        ifname: String,
+        /// Network (default: $LANYARD_NET, else "default").
+        #[arg(long, env = "LANYARD_NET", default_value = "default")]
+        net: String,
+        /// VM name (default: $LANYARD_VM, else QEMU's -name, else the TAP's name).
+        #[arg(long, env = "LANYARD_VM")]
+        vm: Option<String>,
+        /// Guest MAC (default: $LANYARD_MAC, else the mac= of QEMU's NIC on this TAP).
+        #[arg(long, env = "LANYARD_MAC")]
+        mac: Option<String>,
+    },
+    /// QEMU `downscript=`: unregister the port on this TAP.
+    QemuIfdown {
+        /// The TAP QEMU is closing.
+        ifname: String,
+    },
 }
 
 /// `lanyard net ...`
@@ -596,6 +616,43 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
             print(out.output, &v, lease_rows);
         }
+        Command::QemuIfup { ifname, net, vm, mac } => {
+            let qemu_args = parent_cmdline();
+            let mac =
+                mac.or_else(|| guest_mac_from_qemu_args(&qemu_args, &ifname)).ok_or_else(|| CliError::Refused {
+                    message: format!(
+                        "cannot tell the guest MAC on {ifname}: give mac= on QEMU's NIC, or set LANYARD_MAC"
+                    ),
+                    kind: "invalid".into(),
+                })?;
+            let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
+            let body = json!({ "net": net, "vm": vm, "type": "tap", "adopt": ifname, "mac": mac });
+            let v = c.call("POST", "/v1/ports", Some(&body))?;
+            eprintln!(
+                "lanyard: {} attached to {} as port {} ({} {})",
+                ifname,
+                net,
+                s(&v["id"]),
+                s(&v["mac"]),
+                s(&v["ip"])
+            );
+        }
+        Command::QemuIfdown { ifname } => {
+            let ports = c.call("GET", "/v1/ports", None)?;
+            let id = ports
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["ifname"] == ifname.as_str())
+                .and_then(|p| p["id"].as_str().map(String::from));
+            match id {
+                Some(id) => {
+                    c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
+                    eprintln!("lanyard: port {id} on {ifname} removed");
+                }
+                None => eprintln!("lanyard: no port on {ifname}; nothing to do"),
+            }
+        }
         Command::Bridges(out) => {
             let v = c.call("GET", "/v1/bridges", None)?;
             print(out.output, &v, bridge_rows);
@@ -604,9 +661,83 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
     Ok(())
 }
 
+/// The command line of the process that ran us (QEMU, for `qemu-ifup`).
+fn parent_cmdline() -> Vec<String> {
+    let ppid = std::os::unix::process::parent_id();
+    std::fs::read(format!("/proc/{ppid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+        })
+        .unwrap_or_default()
+}
+
+fn opts_of(arg: &str) -> Vec<(&str, &str)> {
+    arg.split(',').map(|kv| kv.split_once('=').unwrap_or((kv, ""))).collect()
+}
+
+fn opt<'a>(opts: &[(&'a str, &'a str)], key: &str) -> Option<&'a str> {
+    opts.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+}
+
+/// Finds the guest MAC of the NIC that uses TAP `ifname` in QEMU's
+/// arguments: `-nic tap,...,mac=M` or `-netdev tap,id=X,...` with
+/// `-device ...,netdev=X,mac=M`. A netdev without `ifname=` matches when it
+/// is the only tap netdev (the kernel then picked the name).
+pub fn guest_mac_from_qemu_args(args: &[String], ifname: &str) -> Option<String> {
+    let values = |flag: &str| -> Vec<&str> {
+        args.windows(2).filter(|w| w[0] == flag || w[0] == format!("-{flag}")).map(|w| w[1].as_str()).collect()
+    };
+    let taps: Vec<Vec<(&str, &str)>> = values("-netdev")
+        .into_iter()
+        .chain(values("-nic"))
+        .map(opts_of)
+        .filter(|o| o.first().is_some_and(|(k, _)| *k == "tap"))
+        .collect();
+    let tap = taps.iter().find(|o| opt(o, "ifname") == Some(ifname)).or_else(|| {
+        if taps.len() == 1 && opt(&taps[0], "ifname").is_none() {
+            taps.first()
+        } else {
+            None
+        }
+    })?;
+    if let Some(mac) = opt(tap, "mac") {
+        return Some(mac.to_string());
+    }
+    let id = opt(tap, "id")?;
+    values("-device")
+        .into_iter()
+        .map(opts_of)
+        .find(|d| opt(d, "netdev") == Some(id))
+        .and_then(|d| opt(&d, "mac").map(String::from))
+}
+
+/// QEMU's `-name NAME` or `-name guest=NAME,...`.
+pub fn vm_name_from_qemu_args(args: &[String]) -> Option<String> {
+    let v = args.windows(2).find(|w| w[0] == "-name" || w[0] == "--name")?[1].as_str();
+    let o = opts_of(v);
+    opt(&o, "guest").or_else(|| o.first().map(|(k, _)| *k)).filter(|n| !n.is_empty()).map(String::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn finds_guest_mac_in_qemu_args() {
+        let a = args("qemu -name guest=web1,debug-threads=on -netdev tap,id=n0,ifname=tap7,script=/x -device virtio-net-pci,netdev=n0,mac=52:54:00:aa:bb:cc");
+        assert_eq!(guest_mac_from_qemu_args(&a, "tap7").as_deref(), Some("52:54:00:aa:bb:cc"));
+        assert_eq!(guest_mac_from_qemu_args(&a, "tap8"), None);
+        assert_eq!(vm_name_from_qemu_args(&a).as_deref(), Some("web1"));
+        let a = args("qemu -name db -netdev tap,id=x,script=/x -device e1000,netdev=x,mac=52:54:00:00:00:09");
+        assert_eq!(guest_mac_from_qemu_args(&a, "tap0").as_deref(), Some("52:54:00:00:00:09"));
+        assert_eq!(vm_name_from_qemu_args(&a).as_deref(), Some("db"));
+        let a = args("qemu -nic tap,ifname=t1,mac=52:54:00:00:00:01,model=virtio");
+        assert_eq!(guest_mac_from_qemu_args(&a, "t1").as_deref(), Some("52:54:00:00:00:01"));
+    }
 
     #[test]
     fn tables_align() {

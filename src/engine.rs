@@ -305,7 +305,9 @@ impl Engine {
                     return Err(EngineError::Invalid(ModelError::Invalid {
                         what: "subnet",
                         value: String::new(),
-                        why: format!("uplink {uplink} has no IPv4 address to take the LAN's subnet from; give --subnet"),
+                        why: format!(
+                            "uplink {uplink} has no IPv4 address to take the LAN's subnet from; give --subnet"
+                        ),
                     }));
                 };
                 spec.subnet = addr.trunc().to_string();
@@ -351,6 +353,24 @@ impl Engine {
         self.ensure_services(&net);
         tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
         Ok(net)
+    }
+
+    fn check_adoptable(&self, tap: &str) -> Result<(), EngineError> {
+        if let Some(p) = self.ports.iter().find(|p| p.ifname == tap) {
+            return Err(EngineError::Conflict(format!("{tap} is already port {} (vm {})", p.id, p.vm)));
+        }
+        let observed = self.dp.observe()?;
+        match observed.links.get(tap) {
+            None => Err(EngineError::NotFound(format!("no interface named {tap} to adopt"))),
+            Some(l) if l.kind.as_deref() != Some("tun") => {
+                Err(EngineError::Conflict(format!("{tap} is not a TAP device; only TAPs can be adopted")))
+            }
+            Some(l) if l.master.is_some() => Err(EngineError::Conflict(format!(
+                "{tap} is already a port of bridge {}",
+                l.master.as_deref().unwrap_or_default()
+            ))),
+            Some(_) => Ok(()),
+        }
     }
 
     fn check_uplink(&self, uplink: &str, observed: &Observed) -> Result<(), EngineError> {
@@ -469,6 +489,9 @@ impl Engine {
                 )));
             }
         }
+        if let Some(tap) = &checked.adopt {
+            self.check_adoptable(tap)?;
+        }
         let mac = match checked.mac {
             Some(mac) => {
                 if let Some(p) = self.ports.iter().find(|p| p.mac == mac) {
@@ -503,8 +526,10 @@ impl Engine {
             None
         };
         let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let ifname = checked.adopt.clone().unwrap_or_else(|| Port::ifname_for(&id));
         let port = Port {
-            ifname: Port::ifname_for(&id),
+            adopted: checked.adopt.is_some(),
+            ifname,
             id,
             net: net.name.clone(),
             vm: spec.vm.clone(),

@@ -3,8 +3,27 @@
 use clap::Parser;
 use lanyard::cli::{run_client, Cli, Command};
 
+/// `lanyard-ifup` / `lanyard-ifdown` symlinks stand for `lanyard qemu-ifup` /
+/// `lanyard qemu-ifdown`, because QEMU's `script=` takes a path, no arguments.
+fn args() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let name =
+        args.first().map(std::path::Path::new).and_then(|p| p.file_name()).and_then(|n| n.to_str()).unwrap_or("");
+    let sub = if name.ends_with("-ifup") {
+        Some("qemu-ifup")
+    } else if name.ends_with("-ifdown") {
+        Some("qemu-ifdown")
+    } else {
+        None
+    };
+    if let Some(sub) = sub {
+        args.insert(1, sub.into());
+    }
+    args
+}
+
 fn main() {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::try_parse_from(args()) {
         Ok(c) => c,
         Err(e) => {
             use clap::error::ErrorKind;

@@ -496,6 +496,10 @@ pub struct PortSpec {
     /// For tap: group allowed to open the TAP.
     #[serde(default)]
     pub group: Option<String>,
+    /// For tap: adopt this existing TAP (one QEMU created, via `qemu-ifup`)
+    /// instead of creating one.
+    #[serde(default)]
+    pub adopt: Option<String>,
 }
 
 /// The parts of a port request that can be checked without any state.
@@ -509,6 +513,8 @@ pub struct CheckedPortSpec {
     pub ip: Option<Ipv4Addr>,
     /// Veth peer placement.
     pub peer: Option<(String, String)>,
+    /// Existing TAP to adopt.
+    pub adopt: Option<String>,
 }
 
 impl PortSpec {
@@ -546,7 +552,15 @@ impl PortSpec {
                 }
             }
         }
-        Ok(CheckedPortSpec { port_type, mac, ip, peer })
+        let adopt = match (&self.adopt, port_type) {
+            (Some(a), PortType::Tap) => {
+                validate_ifname("tap", a)?;
+                Some(a.clone())
+            }
+            (Some(a), PortType::Veth) => return Err(invalid("tap", a, "only a tap can be adopted")),
+            (None, _) => None,
+        };
+        Ok(CheckedPortSpec { port_type, mac, ip, peer, adopt })
     }
 }
 
@@ -577,6 +591,10 @@ pub struct Port {
     pub owner: Option<String>,
     /// Tap only: group allowed to open it.
     pub group: Option<String>,
+    /// A TAP lanyard did not create (QEMU's, via `qemu-ifup`): lanyard
+    /// attaches it but never creates or deletes it.
+    #[serde(default)]
+    pub adopted: bool,
 }
 
 impl Port {

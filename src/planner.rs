@@ -298,6 +298,11 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
         wanted.insert(&port.ifname);
         let net = active.get(port.net.as_str());
         let existing = observed.links.get(&port.ifname);
+        if existing.is_none() && port.adopted {
+            // Its owner (QEMU) is gone; the port waits for `qemu-ifdown`
+            // or `port delete`.
+            continue;
+        }
         if existing.is_none() {
             let mtu = net.and_then(|n| n.mtu);
             let alias = port_alias(&port.id);
@@ -494,6 +499,7 @@ mod tests {
             peer_ifname: (ty == PortType::Veth).then(|| "eth0".into()),
             owner: None,
             group: None,
+            adopted: false,
         }
     }
 
@@ -598,6 +604,21 @@ mod tests {
                 Op::DeleteLink { name: "lyzz".into() },
                 Op::DeleteLink { name: "lybr9".into() },
             ]
+        );
+    }
+
+    #[test]
+    fn adopted_taps_are_attached_never_created() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0")];
+        let mut p = port("aa", "default", PortType::Tap);
+        p.adopted = true;
+        p.ifname = "tap0".into();
+        assert!(plan(&n, std::slice::from_ref(&p), &converged(&n, &[])).ops.is_empty());
+        let mut o = converged(&n, &[]);
+        o.links.insert("tap0".into(), ObservedLink { name: "tap0".into(), ..Default::default() });
+        assert_eq!(
+            plan(&n, &[p], &o).ops,
+            vec![Op::SetMaster { link: "tap0".into(), master: "lybr0".into() }, Op::SetUp { link: "tap0".into() }]
         );
     }
 

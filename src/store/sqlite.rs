@@ -252,6 +252,7 @@ mod tests {
                 peer_ifname: None,
                 owner: None,
                 group: None,
+                adopted: false,
             };
             s.put_port(&port).unwrap();
             s.write_leases(&[LeaseChange::Upsert(lease("192.168.122.50", "52:54:00:00:00:01"))]).unwrap();
