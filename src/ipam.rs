@@ -57,6 +57,8 @@ pub struct AddressBook {
     leases: HashMap<Mac, Lease>,
     lease_owner: HashMap<Ipv4Addr, Mac>,
     offers: HashMap<Mac, Offer>,
+    /// Index of `offers` by address, so checks stay O(1) with many clients.
+    offered: HashMap<Ipv4Addr, Mac>,
     declined: HashMap<Ipv4Addr, u64>,
     /// Where the next search for a free pool address starts, so allocation
     /// stays O(1) amortised instead of rescanning from the bottom each time.
@@ -75,6 +77,7 @@ impl AddressBook {
             leases: HashMap::new(),
             lease_owner: HashMap::new(),
             offers: HashMap::new(),
+            offered: HashMap::new(),
             declined: HashMap::new(),
             cursor,
         }
@@ -113,7 +116,7 @@ impl AddressBook {
                 return Some(format!("a dynamic lease of {m}"));
             }
         }
-        if let Some((m, _)) = self.offers.iter().find(|(_, o)| o.ip == ip && o.until > now) {
+        if let Some(m) = self.offered.get(&ip).filter(|m| self.offers.get(m).is_some_and(|o| o.until > now)) {
             return Some(format!("an offer to {m}"));
         }
         if self.declined.get(&ip).is_some_and(|&t| t > now) {
@@ -132,7 +135,7 @@ impl AddressBook {
         if self.lease_owner.get(&ip).is_some_and(|m| *m != mac && self.leases.get(m).is_some_and(|l| l.expiry > now)) {
             return false;
         }
-        if self.offers.iter().any(|(m, o)| *m != mac && o.ip == ip && o.until > now) {
+        if self.offered.get(&ip).is_some_and(|m| *m != mac && self.offers.get(m).is_some_and(|o| o.until > now)) {
             return false;
         }
         self.declined.get(&ip).is_none_or(|&t| t <= now)
@@ -176,6 +179,14 @@ impl AddressBook {
     pub fn add_static(&mut self, mac: Mac, ip: Ipv4Addr) {
         self.statics.insert(mac, ip);
         self.static_owner.insert(ip, mac);
+    }
+
+    fn withdraw_offer(&mut self, mac: Mac) {
+        if let Some(o) = self.offers.remove(&mac) {
+            if self.offered.get(&o.ip) == Some(&mac) {
+                self.offered.remove(&o.ip);
+            }
+        }
     }
 
     /// Records the VM name of the port with `mac` (sent as its host name).
@@ -225,7 +236,7 @@ impl AddressBook {
         if self.lease_owner.get(&l.ip) == Some(&mac) {
             self.lease_owner.remove(&l.ip);
         }
-        self.offers.remove(&mac);
+        self.withdraw_offer(mac);
         Some(l)
     }
 
@@ -255,7 +266,9 @@ impl AddressBook {
             Some(ip) => ip,
             None => self.next_free_in_pool(mac, now)?,
         };
+        self.withdraw_offer(mac);
         self.offers.insert(mac, Offer { ip, until: now + OFFER_HOLD_SECS });
+        self.offered.insert(ip, mac);
         Ok(ip)
     }
 
@@ -302,7 +315,7 @@ impl AddressBook {
                 LeaseKind::Dynamic
             }
         };
-        self.offers.remove(&mac);
+        self.withdraw_offer(mac);
         let lease = Lease {
             net: self.net.name.clone(),
             expiry: now + u64::from(lease_secs),
@@ -331,7 +344,7 @@ impl AddressBook {
 
     /// A RELEASE: the client gives `ip` back. Returns the dropped lease.
     pub fn release(&mut self, mac: Mac, ip: Ipv4Addr) -> Option<Lease> {
-        self.offers.remove(&mac);
+        self.withdraw_offer(mac);
         match self.leases.get(&mac) {
             Some(l) if l.ip == ip => self.drop_lease(mac),
             _ => None,
@@ -341,7 +354,7 @@ impl AddressBook {
     /// A DECLINE: the client found `ip` in use on the wire. The address is
     /// kept out of the pool for a while. Returns the dropped lease.
     pub fn decline(&mut self, mac: Mac, ip: Ipv4Addr, now: u64) -> Option<Lease> {
-        self.offers.remove(&mac);
+        self.withdraw_offer(mac);
         if self.static_ip(mac) == Some(ip) {
             // A port's fixed IP is never taken from it; the conflict is the
             // other machine's, and the operator sees it in the log.
@@ -362,6 +375,8 @@ impl AddressBook {
     /// Drops expired offers and declines (housekeeping).
     pub fn expire(&mut self, now: u64) {
         self.offers.retain(|_, o| o.until > now);
+        let offers = &self.offers;
+        self.offered.retain(|ip, m| offers.get(m).is_some_and(|o| o.ip == *ip));
         self.declined.retain(|_, t| *t > now);
     }
 }

@@ -31,6 +31,11 @@ pub fn bind(bridge: &str) -> std::io::Result<UdpSocket> {
 }
 
 /// Serves DHCP on `socket` until the task is aborted.
+///
+/// A reply that depends on a lease change is sent by its own task once the
+/// lease writer has committed, while this loop goes on receiving: requests
+/// that arrive during one commit share the next one (group commit), instead
+/// of each waiting for a commit of its own.
 pub async fn serve(
     net: String,
     socket: UdpSocket,
@@ -38,7 +43,9 @@ pub async fn serve(
     cfg: DhcpConfig,
     writer: LeaseWriter,
 ) {
+    let socket = Arc::new(socket);
     let mut buf = vec![0u8; 1500];
+    let mut last_expire = now();
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
@@ -52,28 +59,48 @@ pub async fn serve(
             tracing::debug!(net, %peer, "ignoring a malformed DHCP packet");
             continue;
         };
+        let t = now();
         let decision = {
             let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
-            handle(&mut book, &cfg, &req, now())
+            if t > last_expire + 60 {
+                book.expire(t);
+                last_expire = t;
+            }
+            handle(&mut book, &cfg, &req, t)
         };
-        if let Err(e) = writer.commit(decision.persist).await {
-            // No ACK for a lease that is not durable; the client retries.
-            tracing::error!(net, "lease not saved, reply withheld: {e}");
+        let Some((reply, dest)) = decision.reply else {
+            if let Err(e) = writer.commit(decision.persist).await {
+                tracing::error!(net, "lease change not saved: {e}");
+            }
             continue;
-        }
-        let Some((reply, dest)) = decision.reply else { continue };
-        let mut out = Vec::with_capacity(400);
-        if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
-            tracing::error!(net, "cannot encode reply: {e}");
-            continue;
-        }
-        let to = match dest {
-            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-            Destination::Client(ip) => SocketAddrV4::new(ip, 68),
-            Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
         };
-        if let Err(e) = socket.send_to(&out, to).await {
-            tracing::warn!(net, %to, "dhcp send failed: {e}");
+        if decision.persist.is_empty() {
+            send(&net, &socket, &reply, dest).await;
+        } else {
+            let (net, socket, writer) = (net.clone(), socket.clone(), writer.clone());
+            tokio::spawn(async move {
+                match writer.commit(decision.persist).await {
+                    Ok(()) => send(&net, &socket, &reply, dest).await,
+                    // No ACK for a lease that is not durable; the client retries.
+                    Err(e) => tracing::error!(net, "lease not saved, reply withheld: {e}"),
+                }
+            });
         }
+    }
+}
+
+async fn send(net: &str, socket: &UdpSocket, reply: &dhcproto::v4::Message, dest: Destination) {
+    let mut out = Vec::with_capacity(400);
+    if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
+        tracing::error!(net, "cannot encode reply: {e}");
+        return;
+    }
+    let to = match dest {
+        Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+        Destination::Client(ip) => SocketAddrV4::new(ip, 68),
+        Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
+    };
+    if let Err(e) = socket.send_to(&out, to).await {
+        tracing::warn!(net, %to, "dhcp send failed: {e}");
     }
 }
