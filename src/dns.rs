@@ -126,13 +126,16 @@ pub fn upstreams(resolv_conf: &str, own: Ipv4Addr) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Opens the DNS socket on the gateway address.
+/// Opens the DNS socket on the gateway address, answering only queries
+/// that arrive on the network's bridge (like libvirt's dnsmasq, which answers
+/// on virbr0 only): guests' names are not the outside's business.
 /// SO_REUSEADDR lets a restarted network bind while the old, aborted task
 /// is still dropping its socket.
-pub fn bind(gateway: Ipv4Addr) -> std::io::Result<UdpSocket> {
+pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_address(true)?;
+    s.bind_device(Some(bridge.as_bytes()))?;
     s.set_nonblocking(true)?;
     s.bind(&SocketAddr::from((gateway, 53)).into())?;
     UdpSocket::from_std(s.into())

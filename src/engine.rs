@@ -221,7 +221,7 @@ impl Engine {
         let Some(book) = self.books.get(&net.name).cloned() else { return };
         let _guard = self.rt.enter();
         let mut tasks = Vec::new();
-        let dns_socket = dns::bind(net.gateway);
+        let dns_socket = dns::bind(net.gateway, &net.bridge);
         let dns_addr = dns_socket.is_ok().then_some(net.gateway);
         match dns_socket {
             Ok(socket) => {

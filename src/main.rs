@@ -49,6 +49,7 @@ fn main() {
                     tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
                 )
                 .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
             if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir)) {

@@ -229,6 +229,18 @@ pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError>
     Ok(())
 }
 
+/// Checks a network namespace name: a file name under /run/netns (CNI and
+/// podman use names like `cni-<uuid>`), so up to 255 bytes of the safe alphabet.
+pub fn validate_netns(name: &str) -> Result<(), ModelError> {
+    if name.is_empty() || name.len() > 255 || name == "." || name == ".." {
+        return Err(invalid("netns", name, "must be 1 to 255 bytes and not . or .."));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(invalid("netns", name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    Ok(())
+}
+
 /// Checks a VM name: same alphabet as interface names but up to 63 bytes
 /// (a DNS label), since it becomes the guest's host name.
 pub fn validate_vm_name(name: &str) -> Result<(), ModelError> {
@@ -530,7 +542,7 @@ impl PortSpec {
         let ip = self.ip.as_deref().map(|s| parse_ip("ip", s)).transpose()?;
         let peer = match (port_type, &self.netns, &self.ifname) {
             (PortType::Veth, Some(ns), Some(ifn)) => {
-                validate_ifname("netns", ns)?;
+                validate_netns(ns)?;
                 validate_ifname("ifname", ifn)?;
                 Some((ns.clone(), ifn.clone()))
             }

@@ -439,7 +439,9 @@ pub fn firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
     for n in &nets {
         let _ = writeln!(s, "\t\tiifname \"{b}\" oifname \"{b}\" accept", b = n.bridge);
     }
-    let _ = writeln!(s, "\t\tiifname {bridges} oifname {bridges} reject with icmpx admin-prohibited");
+    if nets.len() > 1 {
+        let _ = writeln!(s, "\t\tiifname {bridges} oifname {bridges} reject with icmpx admin-prohibited");
+    }
     for n in &nets {
         let (b, sub) = (&n.bridge, n.subnet);
         match n.mode {
@@ -645,7 +647,6 @@ table inet lanyard {
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
 \t\tiifname \"lybr0\" oifname \"lybr0\" accept
-\t\tiifname { \"lybr0\" } oifname { \"lybr0\" } reject with icmpx admin-prohibited
 \t\toifname \"lybr0\" ip daddr 192.168.122.0/24 ct state established,related accept
 \t\toifname \"lybr0\" reject with icmpx admin-prohibited
 \t\tiifname \"lybr0\" ip saddr 192.168.122.0/24 accept
@@ -659,6 +660,28 @@ table inet lanyard {
 }
 ";
         assert_eq!(fw, expected);
+    }
+
+    #[test]
+    fn modes_get_their_rules_and_networks_are_walled_off() {
+        let mut iso = net("iso", "10.7.0.0/24", "lybr1");
+        iso.mode = Mode::Isolated;
+        let mut open = net("o", "10.8.0.0/24", "lybr2");
+        open.mode = Mode::Open;
+        let mut host = net("h", "10.9.0.0/24", "lybr3");
+        host.mode = Mode::HostOnly;
+        let fw = firewall([&net("default", "192.168.122.0/24", "lybr0"), &iso, &open, &host]);
+        for line in [
+            "iifname { \"lybr0\", \"lybr1\", \"lybr3\" } oifname { \"lybr0\", \"lybr1\", \"lybr3\" } reject",
+            "iifname \"lybr1\" udp dport { 53, 67 } accept",
+            "iifname \"lybr1\" drop",
+            "oifname \"lybr1\" udp sport { 53, 67 } accept",
+            "oifname \"lybr3\" reject with icmpx admin-prohibited",
+        ] {
+            assert!(fw.contains(line), "missing {line:?} in\n{fw}");
+        }
+        assert!(!fw.contains("lybr2"), "open networks get no rules");
+        assert_eq!(fw.matches("masquerade").count(), 1, "only the nat network masquerades");
     }
 
     #[test]

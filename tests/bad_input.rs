@@ -1,0 +1,387 @@
+//! Wrong input is refused cleanly: non-zero exit, exactly one line on stderr
+//! beginning "error:" that names the problem, nothing on stdout, and no
+//! change to lanyard's state or to the kernel (links, nft ruleset) of the
+//! namespace the daemon runs in. Needs root; see `common::privileged`.
+
+mod common;
+
+use std::fmt::Write as _;
+use std::thread::sleep;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const NET: &str = "default";
+const SUBNET: &str = "192.168.122.0/24";
+/// The valid port's fixed MAC and IP, for the duplicate cases.
+const MAC: &str = "52:54:00:aa:bb:01";
+const IP: &str = "192.168.122.10";
+/// A link in the host namespace that lanyard does not own.
+const TAKEN: &str = "taken0";
+
+/// Everything that must not change when a request is refused.
+#[derive(Debug, PartialEq)]
+struct Snapshot {
+    nets: Value,
+    ports: Value,
+    leases: Value,
+    links: Value,
+    ruleset: String,
+}
+
+/// `ip -j link` of the host namespace, minus `operstate`, which the kernel
+/// moves on its own (a new bridge goes UNKNOWN -> UP when carrier settles).
+fn links_without_operstate(host: &Host) -> Value {
+    let mut links = host.ns.ip_json(&["link", "show"]);
+    for l in links.as_array_mut().into_iter().flatten() {
+        if let Some(o) = l.as_object_mut() {
+            o.remove("operstate");
+        }
+    }
+    links
+}
+
+fn snapshot(host: &Host) -> Snapshot {
+    Snapshot {
+        nets: host.cli_json(&["net", "list"]),
+        ports: host.cli_json(&["port", "list"]),
+        leases: host.cli_json(&["lease", "list", NET]),
+        links: links_without_operstate(host),
+        ruleset: host.ns.nft_ruleset(),
+    }
+}
+
+/// What differs between two snapshots, element by element.
+fn diff(before: &Snapshot, after: &Snapshot) -> String {
+    fn items(v: &Value) -> Vec<String> {
+        match v {
+            Value::Array(a) => a.iter().map(Value::to_string).collect(),
+            other => vec![other.to_string()],
+        }
+    }
+    fn lines(s: &str) -> Vec<String> {
+        s.lines().map(str::to_string).collect()
+    }
+    let mut out = String::new();
+    let mut part = |name: &str, a: Vec<String>, b: Vec<String>| {
+        if a == b {
+            return;
+        }
+        let _ = write!(out, "\n      {name} changed:");
+        for gone in a.iter().filter(|x| !b.contains(x)) {
+            let _ = write!(out, "\n        - {gone}");
+        }
+        for new in b.iter().filter(|x| !a.contains(x)) {
+            let _ = write!(out, "\n        + {new}");
+        }
+    };
+    part("net list", items(&before.nets), items(&after.nets));
+    part("port list", items(&before.ports), items(&after.ports));
+    part("lease list", items(&before.leases), items(&after.leases));
+    part("ip -j link (host ns)", items(&before.links), items(&after.links));
+    part("nft list ruleset (host ns)", lines(&before.ruleset), lines(&after.ruleset));
+    out
+}
+
+/// Exit codes from the README: 2 bad input, 3 not found, 4 conflict.
+const INVALID: Option<i32> = Some(2);
+const NOT_FOUND: Option<i32> = Some(3);
+const CONFLICT: Option<i32> = Some(4);
+/// Any non-zero code (the README's classes do not decide it).
+const ANY: Option<i32> = None;
+
+struct Case {
+    what: &'static str,
+    args: Vec<String>,
+    /// Expected exit code, or None for any non-zero one.
+    code: Option<i32>,
+    /// The message must contain at least one of these (case-insensitive).
+    mentions: Vec<String>,
+}
+
+fn case(what: &'static str, args: Vec<String>, code: Option<i32>, mentions: &[&str]) -> Case {
+    Case { what, args, code, mentions: mentions.iter().map(|m| m.to_string()).collect() }
+}
+
+fn argv(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+/// `net create NAME --mode nat --subnet SUBNET EXTRA...`
+fn net_create(name: &str, subnet: &str, extra: &[&str]) -> Vec<String> {
+    let mut v = argv(&["net", "create", name, "--mode", "nat", "--subnet", subnet]);
+    v.extend(argv(extra));
+    v
+}
+
+/// `port create --net NET --vm vmx --type veth --netns NS --ifname IF EXTRA...`
+fn port_create(net: &str, vmns: &str, ifname: &str, extra: &[&str]) -> Vec<String> {
+    let mut v =
+        argv(&["port", "create", "--net", net, "--vm", "vmx", "--type", "veth", "--netns", vmns, "--ifname", ifname]);
+    v.extend(argv(extra));
+    v
+}
+
+#[test]
+fn wrong_input_is_refused_without_side_effects() {
+    if !privileged("wrong_input_is_refused_without_side_effects", &["ip", "nft", "kill"]) {
+        return;
+    }
+    let host = Host::start();
+    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let bridge = field(&net, "bridge").to_string();
+    let vm = Netns::new("vm");
+    let spare = Netns::new("spare");
+    let port = host.cli_json(&[
+        "port",
+        "create",
+        "--net",
+        NET,
+        "--vm",
+        "vm1",
+        "--type",
+        "veth",
+        "--netns",
+        vm.name(),
+        "--ifname",
+        "eth0",
+        "--mac",
+        MAC,
+        "--ip",
+        IP,
+    ]);
+    assert_eq!((port["mac"].as_str(), port["ip"].as_str()), (Some(MAC), Some(IP)), "the valid port: {port}");
+    host.ns.ip_ok(&["link", "add", "name", TAKEN, "type", "veth", "peer", "name", "taken1"]);
+    let spare_ns = spare.name().to_string();
+    let missing_ns = unique("miss"); // never created
+
+    let cases = vec![
+        // Subnets, gateway, range, mode.
+        case("malformed subnet /33", net_create("n1", "10.0.0.0/33", &[]), INVALID, &["10.0.0.0/33", "prefix"]),
+        case("malformed subnet banana", net_create("n1", "banana", &[]), INVALID, &["banana"]),
+        case(
+            "subnet overlapping default (inside)",
+            net_create("n1", "192.168.122.128/25", &[]),
+            CONFLICT,
+            &["overlap"],
+        ),
+        case("subnet overlapping default (around)", net_create("n1", "192.168.0.0/16", &[]), CONFLICT, &["overlap"]),
+        case("subnet equal to default's", net_create("n1", SUBNET, &[]), CONFLICT, &["overlap"]),
+        case(
+            "gateway outside subnet",
+            net_create("n1", "10.10.0.0/24", &["--gateway", "10.20.0.1"]),
+            INVALID,
+            &["gateway", "10.20.0.1"],
+        ),
+        case(
+            "dhcp range outside subnet",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.1.10-10.10.1.20"]),
+            INVALID,
+            &["range"],
+        ),
+        case(
+            "dhcp range half outside subnet",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.0.10-10.10.1.20"]),
+            INVALID,
+            &["range"],
+        ),
+        case(
+            "dhcp range reversed",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.0.200-10.10.0.100"]),
+            INVALID,
+            &["range"],
+        ),
+        case(
+            "dhcp range malformed",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.0.100"]),
+            INVALID,
+            &["range"],
+        ),
+        case(
+            "unknown mode",
+            argv(&["net", "create", "n1", "--mode", "wifi", "--subnet", "10.10.0.0/24"]),
+            INVALID,
+            &["wifi", "mode"],
+        ),
+        case("mtu not a number", net_create("n1", "10.10.0.0/24", &["--mtu", "abc"]), INVALID, &["mtu", "abc"]),
+        // Network names.
+        case("network name of 17 bytes", net_create("abcdefghijklmnopq", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("network name with /", net_create("a/b", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("network name with space", net_create("a b", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("network name with ;", net_create("a;b", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("network name with '", net_create("a'b", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("empty network name", net_create("", "10.10.0.0/24", &[]), INVALID, &["name"]),
+        case("duplicate network name", net_create(NET, "10.10.0.0/24", &[]), CONFLICT, &["default", "exists"]),
+        // Bridge names.
+        case(
+            "bridge name of another network",
+            net_create("n1", "10.10.0.0/24", &["--bridge", &bridge]),
+            CONFLICT,
+            &[&bridge, "bridge"],
+        ),
+        case(
+            "bridge name of an existing kernel link",
+            net_create("n1", "10.10.0.0/24", &["--bridge", TAKEN]),
+            CONFLICT,
+            &[TAKEN, "bridge"],
+        ),
+        case(
+            "bridge name of 16 bytes",
+            net_create("n1", "10.10.0.0/24", &["--bridge", "abcdefghijklmnop"]),
+            INVALID,
+            &["bridge", "name"],
+        ),
+        case(
+            "bridge name with /",
+            net_create("n1", "10.10.0.0/24", &["--bridge", "a/b"]),
+            INVALID,
+            &["bridge", "name"],
+        ),
+        // Ports.
+        case("port on unknown network", port_create("nosuchnet", &spare_ns, "eth0", &[]), NOT_FOUND, &["nosuchnet"]),
+        case("duplicate MAC", port_create(NET, &spare_ns, "eth0", &["--mac", MAC]), CONFLICT, &[MAC, "mac"]),
+        case(
+            "duplicate MAC, upper case",
+            port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:AA:BB:01"]),
+            CONFLICT,
+            &["mac"],
+        ),
+        case("malformed MAC", port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:zz:00:01"]), INVALID, &["mac"]),
+        case(
+            "MAC of five octets",
+            port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:00:01"]),
+            INVALID,
+            &["mac"],
+        ),
+        case("duplicate IP", port_create(NET, &spare_ns, "eth0", &["--ip", IP]), CONFLICT, &[IP]),
+        case(
+            "IP of the gateway",
+            port_create(NET, &spare_ns, "eth0", &["--ip", "192.168.122.1"]),
+            ANY,
+            &["192.168.122.1", "gateway"],
+        ),
+        case(
+            "IP outside subnet",
+            port_create(NET, &spare_ns, "eth0", &["--ip", "10.1.2.3"]),
+            INVALID,
+            &["10.1.2.3", "subnet"],
+        ),
+        case(
+            "IP is the network address",
+            port_create(NET, &spare_ns, "eth0", &["--ip", "192.168.122.0"]),
+            INVALID,
+            &["192.168.122.0"],
+        ),
+        case(
+            "IP is the broadcast address",
+            port_create(NET, &spare_ns, "eth0", &["--ip", "192.168.122.255"]),
+            INVALID,
+            &["192.168.122.255"],
+        ),
+        case(
+            "IP malformed",
+            port_create(NET, &spare_ns, "eth0", &["--ip", "192.168.122.300"]),
+            INVALID,
+            &["192.168.122.300"],
+        ),
+        case(
+            "unknown port type",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--type", "wlan"]),
+            INVALID,
+            &["wlan", "type"],
+        ),
+        case(
+            "veth into a namespace that does not exist",
+            port_create(NET, &missing_ns, "eth0", &[]),
+            NOT_FOUND,
+            &["namespace", "netns", &missing_ns],
+        ),
+        case("veth peer name taken in the namespace", port_create(NET, &spare_ns, "lo", &[]), ANY, &["lo", "exists"]),
+        // Unknown objects.
+        case("delete unknown network", argv(&["net", "delete", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case("leases of unknown network", argv(&["lease", "list", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
+    ];
+
+    // Let the kernel settle (bridge carrier etc.) before taking the baseline.
+    let mut before = snapshot(&host);
+    for i in 0..20 {
+        sleep(Duration::from_millis(500));
+        let again = snapshot(&host);
+        if again == before {
+            eprintln!("baseline settled after {} checks", i + 1);
+            break;
+        }
+        before = again;
+    }
+
+    let mut failures = Vec::new();
+    for c in &cases {
+        let args: Vec<&str> = c.args.iter().map(String::as_str).collect();
+        let o = host.cli(&args);
+        let err = stderr(&o);
+        let lines: Vec<&str> = err.lines().collect();
+        let mut problems = Vec::new();
+        match (o.status.code(), c.code) {
+            (Some(0), _) => problems.push("exited 0".to_string()),
+            (got, Some(want)) if got != Some(want) => problems.push(format!("exit code {got:?}, want {want}")),
+            _ => {}
+        }
+        if lines.len() != 1 {
+            problems.push(format!("{} stderr lines instead of 1", lines.len()));
+        }
+        if !lines.first().is_some_and(|l| l.starts_with("error: ")) {
+            problems.push("stderr does not begin with \"error: \"".to_string());
+        }
+        let lower = err.to_lowercase();
+        if !c.mentions.iter().any(|m| lower.contains(&m.to_lowercase())) {
+            problems.push(format!("message mentions none of {:?}", c.mentions));
+        }
+        if !o.stdout.is_empty() {
+            problems.push(format!("stdout not empty: {:?}", stdout(&o)));
+        }
+        let after = snapshot(&host);
+        let changed = diff(&before, &after);
+        if !changed.is_empty() {
+            problems.push(format!("state changed:{changed}"));
+            before = after; // judge the next case on its own
+        }
+        eprintln!(
+            "[{}] {}: {} stderr={:?}",
+            if problems.is_empty() { "ok" } else { "FAIL" },
+            c.what,
+            o.status,
+            err.trim_end()
+        );
+        for p in &problems {
+            eprintln!("       - {p}");
+        }
+        if !problems.is_empty() {
+            failures.push(format!(
+                "{}: `lanyard {}` ({}, stderr {:?}):\n  - {}",
+                c.what,
+                args.join(" "),
+                o.status,
+                err,
+                problems.join("\n  - ")
+            ));
+        }
+    }
+
+    // The daemon is still healthy and the valid network still usable.
+    let port2 = host.cli_json(&[
+        "port", "create", "--net", NET, "--vm", "vm2", "--type", "veth", "--netns", &spare_ns, "--ifname", "eth0",
+    ]);
+    assert_eq!(port2["net"], NET, "valid port create after the bad inputs: {port2}");
+    assert!(spare.link("eth0").is_some(), "valid port after the bad inputs has no eth0 in its namespace");
+
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad inputs were not refused cleanly:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
