@@ -77,6 +77,8 @@ pub struct Observed {
     pub links: BTreeMap<String, ObservedLink>,
     /// IPv4 routes of the main table.
     pub routes: Vec<Route>,
+    /// The fingerprint comment on lanyard's nftables table, if it exists.
+    pub firewall_fingerprint: Option<String>,
     /// net.ipv4.ip_forward.
     pub ip_forward: bool,
 }
@@ -211,6 +213,8 @@ pub struct Plan {
     pub ops: Vec<Op>,
     /// The complete nftables script for lanyard's table.
     pub firewall: String,
+    /// The kernel already has exactly this table: nothing to apply.
+    pub firewall_current: bool,
 }
 
 /// Ownership mark of a network's bridge. A bridge-mode bridge also names
@@ -364,7 +368,9 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed) -> Plan {
         ops.push(Op::EnableForwarding);
     }
 
-    Plan { ops, firewall: firewall(active.values().copied()) }
+    let firewall = firewall(active.values().copied());
+    let firewall_current = fingerprint(&firewall) == observed.firewall_fingerprint;
+    Plan { ops, firewall, firewall_current }
 }
 
 /// A bridge-mode network: the uplink NIC joins the bridge and the host's
@@ -398,7 +404,38 @@ fn quoted_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 /// script that atomically replaces the previous table (create-if-missing,
 /// delete, re-create in one transaction). Conntrack state is untouched, so
 /// established flows survive a re-apply. Nothing outside the table is named.
+///
+/// The table carries a comment with a fingerprint of its rules, so a
+/// restarted daemon can tell that the kernel already has exactly this
+/// table and leave it alone instead of rebuilding it.
 pub fn firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
+    let script = render_firewall(networks);
+    let open = format!("table inet {NFT_TABLE} {{\n");
+    match script.rfind(&open) {
+        Some(i) => {
+            let fp = fnv1a(script.as_bytes());
+            let at = i + open.len();
+            format!("{}\tcomment \"{FINGERPRINT_PREFIX}{fp:016x}\"\n{}", &script[..at], &script[at..])
+        }
+        None => script,
+    }
+}
+
+const FINGERPRINT_PREFIX: &str = "lanyard:";
+
+/// The fingerprint a firewall script stamps on its table, if it creates one.
+pub fn fingerprint(script: &str) -> Option<String> {
+    let start = script.find(&format!("comment \"{FINGERPRINT_PREFIX}"))? + "comment \"".len();
+    let len = script[start..].find('"')?;
+    Some(script[start..start + len].to_string())
+}
+
+/// FNV-1a: a hash that is the same on every build, unlike std's hasher.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn render_firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
     // Open networks ask for no rules; bridge-mode bridges are the physical
     // LAN (the host's own uplink), not a private network to wall off.
     let nets: Vec<&Network> = networks.into_iter().filter(|n| !matches!(n.mode, Mode::Open | Mode::Bridge)).collect();
@@ -638,6 +675,7 @@ mod tests {
         let expected = "table inet lanyard {}
 delete table inet lanyard
 table inet lanyard {
+\tcomment \"lanyard:FP\"
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
 \t}
@@ -659,7 +697,8 @@ table inet lanyard {
 \t}
 }
 ";
-        assert_eq!(fw, expected);
+        let fp = fingerprint(&fw).unwrap();
+        assert_eq!(fw, expected.replace("lanyard:FP", &fp));
     }
 
     #[test]
@@ -682,6 +721,20 @@ table inet lanyard {
         }
         assert!(!fw.contains("lybr2"), "open networks get no rules");
         assert_eq!(fw.matches("masquerade").count(), 1, "only the nat network masquerades");
+    }
+
+    #[test]
+    fn an_identical_table_is_left_alone() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0")];
+        let mut o = converged(&n, &[]);
+        let p = plan(&n, &[], &o);
+        assert!(!p.firewall_current);
+        o.firewall_fingerprint = fingerprint(&p.firewall);
+        assert!(plan(&n, &[], &o).firewall_current);
+        let mut other = n.clone();
+        other[0].mode = Mode::Route;
+        assert!(!plan(&other, &[], &o).firewall_current, "a changed ruleset has another fingerprint");
+        assert!(plan(&[], &[], &Observed::default()).firewall_current, "no table wanted, none there");
     }
 
     #[test]

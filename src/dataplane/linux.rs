@@ -244,10 +244,15 @@ impl Dataplane for LinuxDataplane {
             return Err(DataplaneError::Observe { what: "routes (ip -j route)", message: err });
         }
         let ip_forward = std::fs::read_to_string(IP_FORWARD).map(|s| s.trim() == "1").unwrap_or(false);
+        // No table (nft exits non-zero) simply means no fingerprint. The
+        // text listing, because nft 1.0.6's JSON leaves table comments out.
+        let (ok, table, _) = run_capture("nft", &["list", "table", "inet", crate::planner::NFT_TABLE], None)?;
+        let firewall_fingerprint = if ok { crate::planner::fingerprint(&table) } else { None };
         Ok(Observed {
             links: parse_links(&links)?.into_iter().map(|l| (l.name.clone(), l)).collect(),
             routes: parse_routes(&routes)?,
             ip_forward,
+            firewall_fingerprint,
         })
     }
 
@@ -313,6 +318,12 @@ mod tests {
         let routes: Vec<_> = routes.into_iter().skip(1).map(|r| r.dst.unwrap()).collect();
         assert_eq!(brctl_bridge_id("8000.3a:22:d0:c6:46:9"), "8000.3a22d0c64609");
         assert_eq!(routes, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap(), "10.1.2.3/32".parse().unwrap()]);
+    }
+
+    #[test]
+    fn reads_the_table_fingerprint_from_the_listing() {
+        let listing = "table inet lanyard {\n\tcomment \"lanyard:00ff\"\n\tchain input {\n\t}\n}\n";
+        assert_eq!(crate::planner::fingerprint(listing).as_deref(), Some("lanyard:00ff"));
     }
 
     #[test]

@@ -90,6 +90,7 @@ pub fn apply(dp: &dyn Dataplane, plan: &Plan, previous_firewall: Option<&str>) -
     let (done, err) = dp.run(&plan.ops);
     let cause = match err {
         Some(e) => e,
+        None if plan.firewall_current => return Ok(()),
         None => match dp.apply_firewall(&plan.firewall) {
             Ok(()) => return Ok(()),
             Err(e) => e,
@@ -127,6 +128,7 @@ mod tests {
                 Op::SetUp { link: "lybr0".into() },
             ],
             firewall: "new".into(),
+            firewall_current: false,
         };
         let err = apply(&dp, &plan, Some("old")).unwrap_err();
         assert!(err.rollback_errors.is_empty());
@@ -149,6 +151,7 @@ mod tests {
         let plan = Plan {
             ops: vec![Op::CreateBridge { name: "b".into(), mac: None, mtu: None, alias: "lanyard:net:x".into() }],
             firewall: "new".into(),
+            firewall_current: false,
         };
         assert!(apply(&dp, &plan, None).is_err());
         assert_eq!(dp.log(), vec!["CreateBridge b", "DeleteLink b"]);
