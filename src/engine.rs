@@ -19,7 +19,7 @@ use crate::dhcp::{self, DhcpConfig};
 use crate::dns;
 use crate::ipam::{AddressBook, IpamError};
 use crate::model::{Lease, Mac, Mode, ModelError, NetState, Network, NetworkSpec, Port, PortSpec, PortType};
-use crate::planner::{self, Observed};
+use crate::planner::{self, Observed, Op};
 use crate::store::{Store, StoreError};
 
 /// Why a request was refused or failed.
@@ -268,6 +268,13 @@ impl Engine {
         self.firewall = Some(plan.firewall);
         self.networks = networks;
         self.ports = ports;
+        Ok(())
+    }
+
+    /// Runs link operations that leave the firewall as it is.
+    fn apply_ops(&self, ops: Vec<Op>) -> Result<(), EngineError> {
+        let plan = planner::Plan { ops, firewall: String::new(), firewall_current: true };
+        dataplane::apply(self.dp.as_ref(), &plan, None)?;
         Ok(())
     }
 
@@ -541,10 +548,12 @@ impl Engine {
             owner: spec.owner.clone(),
             group: spec.group.clone(),
         };
-        let result = self.dp.observe().map_err(EngineError::from).and_then(|observed| {
-            let mut ports = self.ports.clone();
-            ports.push(port.clone());
-            self.apply_state(self.networks.clone(), ports, &observed)
+        // Only this port's link is looked at and changed: the cost of a
+        // port does not grow with the number of ports.
+        let active = (net.state == NetState::Active).then_some(&net);
+        let result = self.dp.observe_links(&[&port.ifname]).map_err(EngineError::from).and_then(|links| {
+            let ops = planner::port_ops(&port, active, links.get(&port.ifname));
+            self.apply_ops(ops)
         });
         if let Err(e) = result {
             lock(&book).remove_static(mac);
@@ -552,11 +561,14 @@ impl Engine {
         }
         if let Err(e) = self.store.put_port(&port) {
             lock(&book).remove_static(mac);
-            self.ports.retain(|p| p.id != port.id);
-            self.rollback_to_state();
+            let undo = planner::port_ops(&port, None, None).iter().filter_map(Op::undo).collect();
+            if let Err(re) = self.apply_ops(undo) {
+                tracing::error!(port = port.id, "rollback after a store failure incomplete: {re}");
+            }
             return Err(e.into());
         }
         lock(&book).set_name(mac, &port.vm);
+        self.ports.push(port.clone());
         tracing::info!(port = port.id, vm = port.vm, net = port.net, ip = ?ip, %mac, "port created");
         Ok(port)
     }
@@ -569,9 +581,12 @@ impl Engine {
             .find(|p| p.id == id)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
-        let observed = self.dp.observe()?;
-        let ports: Vec<Port> = self.ports.iter().filter(|p| p.id != id).cloned().collect();
-        self.apply_state(self.networks.clone(), ports, &observed)?;
+        let links = self.dp.observe_links(&[&port.ifname])?;
+        // lanyard deletes only what it created; an adopted TAP is QEMU's.
+        if links.get(&port.ifname).is_some_and(|l| l.owned()) {
+            self.apply_ops(vec![Op::DeleteLink { name: port.ifname.clone() }])?;
+        }
+        self.ports.retain(|p| p.id != id);
         self.store.delete_port(&port)?;
         if let Some(book) = self.books.get(&port.net) {
             lock(book).remove_static(port.mac);

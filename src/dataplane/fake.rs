@@ -4,7 +4,9 @@
 use std::sync::Mutex;
 
 use super::{Dataplane, DataplaneError, OpsResult};
-use crate::planner::{Observed, Op};
+use std::collections::BTreeMap;
+
+use crate::planner::{Observed, ObservedLink, Op};
 
 /// Records operations instead of performing them.
 #[derive(Debug, Default)]
@@ -57,6 +59,11 @@ pub fn describe(op: &Op) -> String {
 impl Dataplane for FakeDataplane {
     fn observe(&self) -> Result<Observed, DataplaneError> {
         Ok(self.observed.lock().unwrap().clone())
+    }
+
+    fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, DataplaneError> {
+        let o = self.observed.lock().unwrap();
+        Ok(o.links.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn run(&self, ops: &[Op]) -> OpsResult {

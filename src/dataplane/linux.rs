@@ -8,6 +8,7 @@
 //! the daemon lives in. The driver is behind [`Dataplane`], so a netlink
 //! implementation can replace it without touching the planner.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
@@ -254,6 +255,20 @@ impl Dataplane for LinuxDataplane {
             ip_forward,
             firewall_fingerprint,
         })
+    }
+
+    fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, DataplaneError> {
+        let mut out = BTreeMap::new();
+        for name in names {
+            // Exit status 1 with "does not exist" is an answer, not an error.
+            let (ok, json, err) = run_capture("ip", &["-j", "-d", "addr", "show", "dev", name], None)?;
+            if ok {
+                out.extend(parse_links(&json)?.into_iter().map(|l| (l.name.clone(), l)));
+            } else if !err.contains("does not exist") {
+                return Err(DataplaneError::Observe { what: "links (ip -j -d addr)", message: err });
+            }
+        }
+        Ok(out)
     }
 
     fn run(&self, ops: &[Op]) -> OpsResult {

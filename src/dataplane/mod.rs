@@ -8,7 +8,9 @@
 pub mod fake;
 pub mod linux;
 
-use crate::planner::{Observed, Op, Plan};
+use std::collections::BTreeMap;
+
+use crate::planner::{Observed, ObservedLink, Op, Plan};
 
 /// A kernel operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +60,8 @@ pub type OpsResult = (usize, Option<DataplaneError>);
 pub trait Dataplane: Send + Sync {
     /// Reads links, addresses, routes and ip_forward.
     fn observe(&self) -> Result<Observed, DataplaneError>;
+    /// Reads just the named links (absent ones are left out).
+    fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, DataplaneError>;
     /// Runs operations in order, stopping at the first failure.
     fn run(&self, ops: &[Op]) -> OpsResult;
     /// Atomically replaces lanyard's nftables table with `script`.
