@@ -132,6 +132,14 @@ pub fn router(state: Shared) -> Router {
             }),
         )
         .route(
+            "/v1/ports/batch",
+            post(|State(s): State<Shared>, Json(specs): Json<Vec<PortSpec>>| async move {
+                with_engine(s, move |e| e.create_ports(specs))
+                    .await
+                    .map(|ports| (StatusCode::CREATED, Json(ports.into_iter().map(PortView::from).collect::<Vec<_>>())))
+            }),
+        )
+        .route(
             "/v1/ports/{id}",
             axum::routing::delete(|State(s): State<Shared>, Path(id): Path<String>| async move {
                 with_engine(s, move |e| e.delete_port(&id)).await.map(|()| StatusCode::NO_CONTENT)

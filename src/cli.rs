@@ -202,6 +202,15 @@ pub enum PortCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Create many ports at once, all or nothing, from a JSON array of
+    /// port specs (`[{"net": "default", "vm": "vm1", "type": "tap"}, ...]`).
+    CreateBatch {
+        /// File with the array, or - for standard input.
+        file: PathBuf,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// List ports.
     List {
         /// Only this VM's ports.
@@ -595,6 +604,24 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                 }
                 t
             });
+        }
+        Command::Port(PortCommand::CreateBatch { file, out }) => {
+            let text = if file.as_os_str() == "-" {
+                let mut t = String::new();
+                std::io::stdin().read_to_string(&mut t).map(|_| t)
+            } else {
+                std::fs::read_to_string(&file)
+            }
+            .map_err(|e| CliError::Refused {
+                message: format!("cannot read {}: {e}", file.display()),
+                kind: "invalid".into(),
+            })?;
+            let specs: Value = serde_json::from_str(&text).map_err(|e| CliError::Refused {
+                message: format!("{} is not a JSON array of port specs: {e}", file.display()),
+                kind: "invalid".into(),
+            })?;
+            let v = c.call("POST", "/v1/ports/batch", Some(&specs))?;
+            print(out.output, &v, port_rows);
         }
         Command::Port(PortCommand::List { vm, net, out }) => {
             let mut q = Vec::new();

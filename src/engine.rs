@@ -5,7 +5,7 @@
 //! The engine is synchronous (it runs on blocking threads, behind one lock);
 //! the only async pieces it starts are the per-network DHCP servers.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -43,6 +43,18 @@ pub enum EngineError {
     /// The state database failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Names the failing entry of a batch request.
+fn in_batch(i: usize, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Conflict(m) => EngineError::Conflict(format!("port #{i}: {m}")),
+        EngineError::NotFound(m) => EngineError::NotFound(format!("port #{i}: {m}")),
+        EngineError::Invalid(ModelError::Invalid { what, value, why }) => {
+            EngineError::Invalid(ModelError::Invalid { what, value, why: format!("{why} (port #{i})") })
+        }
+        other => other,
+    }
 }
 
 impl From<IpamError> for EngineError {
@@ -163,8 +175,9 @@ impl Engine {
                 lock(b).restore_lease(l);
             }
         }
-        engine.boot_states()?;
-        if let Err(e) = engine.reconcile() {
+        let observed = engine.dp.observe()?;
+        engine.boot_states(&observed)?;
+        if let Err(e) = engine.reconcile_with(&observed) {
             // The daemon still serves its API and the networks that work;
             // the error names what the operator has to look at.
             tracing::error!("reconcile incomplete: {e}");
@@ -175,8 +188,7 @@ impl Engine {
     /// After a host reboot the kernel has none of lanyard's bridges: like
     /// libvirt, networks come back only if they are marked autostart. A
     /// daemon restart finds the bridges in place and keeps networks active.
-    fn boot_states(&mut self) -> Result<(), EngineError> {
-        let observed = self.dp.observe()?;
+    fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
             let want = if net.autostart {
@@ -198,8 +210,12 @@ impl Engine {
     /// Brings the kernel to the stored state and starts missing DHCP servers.
     pub fn reconcile(&mut self) -> Result<(), EngineError> {
         let observed = self.dp.observe()?;
+        self.reconcile_with(&observed)
+    }
+
+    fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let ports = plannable(&self.ports);
-        let plan = planner::plan(&self.networks, &ports, &observed);
+        let plan = planner::plan(&self.networks, &ports, observed);
         tracing::info!(ops = plan.ops.len(), "reconciling");
         dataplane::apply(self.dp.as_ref(), &plan, None)?;
         self.firewall = Some(plan.firewall);
@@ -487,6 +503,74 @@ impl Engine {
 
     /// Creates a port: its device, bridge membership and fixed IP.
     pub fn create_port(&mut self, spec: PortSpec) -> Result<Port, EngineError> {
+        Ok(self.create_ports(vec![spec])?.remove(0))
+    }
+
+    /// Creates several ports all or nothing: one pass over the kernel (one
+    /// `ip -batch`), one store transaction. The bulk path for provisioning.
+    pub fn create_ports(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
+        let mut macs: HashSet<Mac> = self.ports.iter().map(|p| p.mac).collect();
+        let mut ids: HashSet<String> = self.ports.iter().map(|p| p.id.clone()).collect();
+        let mut ifnames: HashSet<String> = self.ports.iter().map(|p| p.ifname.clone()).collect();
+        let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
+        let release = |engine: &Self, ports: &[Port]| {
+            for p in ports {
+                if let Some(book) = engine.books.get(&p.net) {
+                    lock(book).remove_static(p.mac);
+                }
+            }
+        };
+        for (i, spec) in specs.iter().enumerate() {
+            match self.prepare_port(spec, &mut macs, &mut ids, &mut ifnames) {
+                Ok(p) => ports.push(p),
+                Err(e) => {
+                    release(self, &ports);
+                    return Err(if specs.len() > 1 { in_batch(i, e) } else { e });
+                }
+            }
+        }
+        // Only these ports' links are looked at and changed: the cost of a
+        // port does not grow with the number of ports already there.
+        let names: Vec<&str> = ports.iter().map(|p| p.ifname.as_str()).collect();
+        let result = self.dp.observe_links(&names).map_err(EngineError::from).and_then(|links| {
+            let mut ops = Vec::new();
+            for p in &ports {
+                let net = self.networks.iter().find(|n| n.name == p.net && n.state == NetState::Active);
+                ops.extend(planner::port_ops(p, net, links.get(&p.ifname)));
+            }
+            self.apply_ops(ops)
+        });
+        if let Err(e) = result {
+            release(self, &ports);
+            return Err(e);
+        }
+        if let Err(e) = self.store.put_ports(&ports) {
+            release(self, &ports);
+            let undo = ports.iter().flat_map(|p| planner::port_ops(p, None, None)).filter_map(|op| op.undo()).collect();
+            if let Err(re) = self.apply_ops(undo) {
+                tracing::error!("rollback after a store failure incomplete: {re}");
+            }
+            return Err(e.into());
+        }
+        for p in &ports {
+            if let Some(book) = self.books.get(&p.net) {
+                lock(book).set_name(p.mac, &p.vm);
+            }
+            tracing::info!(port = p.id, vm = p.vm, net = p.net, ip = ?p.ip, mac = %p.mac, "port created");
+        }
+        self.ports.extend(ports.iter().cloned());
+        Ok(ports)
+    }
+
+    /// Validates one port request against the state (and the ports earlier
+    /// in the same batch) and reserves its MAC, id and fixed IP.
+    fn prepare_port(
+        &self,
+        spec: &PortSpec,
+        macs: &mut HashSet<Mac>,
+        ids: &mut HashSet<String>,
+        ifnames: &mut HashSet<String>,
+    ) -> Result<Port, EngineError> {
         let checked = spec.check()?;
         let net = self.network(&spec.net)?;
         if let Some((ns, _)) = &checked.peer {
@@ -497,25 +581,32 @@ impl Engine {
             }
         }
         if let Some(tap) = &checked.adopt {
+            if ifnames.contains(tap) {
+                return Err(EngineError::Conflict(format!("{tap} is already a port")));
+            }
             self.check_adoptable(tap)?;
         }
         let mac = match checked.mac {
             Some(mac) => {
-                if let Some(p) = self.ports.iter().find(|p| p.mac == mac) {
-                    return Err(EngineError::Conflict(format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm)));
+                if macs.contains(&mac) {
+                    let holder = self.ports.iter().find(|p| p.mac == mac);
+                    return Err(EngineError::Conflict(match holder {
+                        Some(p) => format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm),
+                        None => format!("MAC {mac} is given twice"),
+                    }));
                 }
                 mac
             }
             None => loop {
                 let m = Mac::random_qemu();
-                if !self.ports.iter().any(|p| p.mac == m) {
+                if !macs.contains(&m) {
                     break m;
                 }
             },
         };
         let id = loop {
             let id = format!("{:08x}", rand::random::<u32>());
-            if !self.ports.iter().any(|p| p.id == id) {
+            if !ids.contains(&id) && !ifnames.contains(&Port::ifname_for(&id)) {
                 break id;
             }
         };
@@ -523,10 +614,10 @@ impl Engine {
         // On a bridge-mode network the LAN's DHCP server assigns addresses.
         let ip = if net.mode.serves_dhcp() {
             Some(lock(&book).reserve_fixed(mac, checked.ip, now())?)
-        } else if checked.ip.is_some() {
+        } else if let Some(ip) = checked.ip {
             return Err(EngineError::Invalid(ModelError::Invalid {
                 what: "ip",
-                value: checked.ip.map(|i| i.to_string()).unwrap_or_default(),
+                value: ip.to_string(),
                 why: "a bridge-mode network's addresses come from the LAN's DHCP server; leave out --ip".into(),
             }));
         } else {
@@ -534,7 +625,10 @@ impl Engine {
         };
         let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
         let ifname = checked.adopt.clone().unwrap_or_else(|| Port::ifname_for(&id));
-        let port = Port {
+        macs.insert(mac);
+        ids.insert(id.clone());
+        ifnames.insert(ifname.clone());
+        Ok(Port {
             adopted: checked.adopt.is_some(),
             ifname,
             id,
@@ -547,30 +641,7 @@ impl Engine {
             peer_ifname,
             owner: spec.owner.clone(),
             group: spec.group.clone(),
-        };
-        // Only this port's link is looked at and changed: the cost of a
-        // port does not grow with the number of ports.
-        let active = (net.state == NetState::Active).then_some(&net);
-        let result = self.dp.observe_links(&[&port.ifname]).map_err(EngineError::from).and_then(|links| {
-            let ops = planner::port_ops(&port, active, links.get(&port.ifname));
-            self.apply_ops(ops)
-        });
-        if let Err(e) = result {
-            lock(&book).remove_static(mac);
-            return Err(e);
-        }
-        if let Err(e) = self.store.put_port(&port) {
-            lock(&book).remove_static(mac);
-            let undo = planner::port_ops(&port, None, None).iter().filter_map(Op::undo).collect();
-            if let Err(re) = self.apply_ops(undo) {
-                tracing::error!(port = port.id, "rollback after a store failure incomplete: {re}");
-            }
-            return Err(e.into());
-        }
-        lock(&book).set_name(mac, &port.vm);
-        self.ports.push(port.clone());
-        tracing::info!(port = port.id, vm = port.vm, net = port.net, ip = ?ip, %mac, "port created");
-        Ok(port)
+        })
     }
 
     /// Deletes a port: its device goes, its IP is free again.
@@ -696,7 +767,28 @@ mod tests {
         assert_eq!(ips.len(), 5, "a /29 has 5 guest addresses");
         assert!(matches!(e.create_port(p(None, None)), Err(EngineError::Conflict(_))));
         e.delete_port(&a.id).unwrap();
+
         assert_eq!(e.create_port(p(None, None)).unwrap().ip, a.ip);
         assert_eq!(e.store.ports().unwrap().len(), 5);
+    }
+
+    #[test]
+    fn a_batch_is_all_or_nothing() {
+        let (mut e, _rt) = engine(FakeDataplane::default());
+        e.create_network(spec("a", "10.1.0.0/24")).unwrap();
+        let p = |mac: Option<&str>| PortSpec {
+            net: "a".into(),
+            vm: "vm".into(),
+            mac: mac.map(Into::into),
+            ..Default::default()
+        };
+        let err =
+            e.create_ports(vec![p(None), p(Some("52:54:00:00:00:07")), p(Some("52:54:00:00:00:07"))]).unwrap_err();
+        assert!(err.to_string().contains("port #2"), "{err}");
+        assert!(e.ports(None, None).is_empty());
+        assert!(e.store.ports().unwrap().is_empty());
+        let made = e.create_ports(vec![p(None), p(None), p(None)]).unwrap();
+        assert_eq!(made[0].ip, Some("10.1.0.2".parse().unwrap()), "addresses released by the failed batch are reused");
+        assert_eq!(e.store.ports().unwrap().len(), 3);
     }
 }

@@ -59,8 +59,8 @@ pub trait Store: Send + Sync {
     fn delete_network(&self, name: &str) -> Result<(), StoreError>;
     /// All ports.
     fn ports(&self) -> Result<Vec<Port>, StoreError>;
-    /// Inserts or replaces a port.
-    fn put_port(&self, port: &Port) -> Result<(), StoreError>;
+    /// Inserts or replaces ports, in one transaction.
+    fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError>;
     /// Deletes a port and its lease.
     fn delete_port(&self, port: &Port) -> Result<(), StoreError>;
     /// All leases of all networks.

@@ -120,11 +120,18 @@ impl Store for SqliteStore {
         .collect()
     }
 
-    fn put_port(&self, port: &Port) -> Result<(), StoreError> {
-        self.conn().execute(
-            "INSERT INTO ports (id, net, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET net = excluded.net, body = excluded.body",
-            params![port.id, port.net, encode(port)],
-        )?;
+    fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        {
+            let mut st = tx.prepare_cached(
+                "INSERT INTO ports (id, net, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET net = excluded.net, body = excluded.body",
+            )?;
+            for port in ports {
+                st.execute(params![port.id, port.net, encode(port)])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -254,7 +261,7 @@ mod tests {
                 group: None,
                 adopted: false,
             };
-            s.put_port(&port).unwrap();
+            s.put_ports(std::slice::from_ref(&port)).unwrap();
             s.write_leases(&[LeaseChange::Upsert(lease("192.168.122.50", "52:54:00:00:00:01"))]).unwrap();
         }
         let s = SqliteStore::open(&dir).unwrap();

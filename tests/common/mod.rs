@@ -1070,3 +1070,157 @@ pub fn is_mac(s: &str) -> bool {
     let parts: Vec<&str> = s.split(':').collect();
     parts.len() == 6 && parts.iter().all(|p| p.len() == 2 && p.chars().all(|c| c.is_ascii_hexdigit()))
 }
+
+// ---------------------------------------------------------------------------
+// More topology and tools: second uplinks, DNS queries, a LAN DHCP server
+// ---------------------------------------------------------------------------
+
+impl Host {
+    /// Like [`add_outside`](Self::add_outside), with the host side named
+    /// `host_if` (for hosts with several uplinks): `host_if` in the host with
+    /// `host_cidr`, `eth0` in a new outside namespace with `outside_cidr`.
+    /// No routes beyond the connected ones.
+    pub fn add_outside_on(&self, host_if: &str, host_cidr: &str, outside_cidr: &str) -> Netns {
+        let out = Netns::new("out");
+        self.ns.ip_ok(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", out.name()]);
+        self.ns.ip_ok(&["addr", "add", host_cidr, "dev", host_if]);
+        self.ns.ip_ok(&["link", "set", "dev", host_if, "up"]);
+        out.ip_ok(&["addr", "add", outside_cidr, "dev", "eth0"]);
+        out.ip_ok(&["link", "set", "dev", "eth0", "up"]);
+        out
+    }
+}
+
+impl Netns {
+    /// Sets `net.ipv4.ip_forward` in this namespace (never the root one:
+    /// the write happens under `ip netns exec`).
+    pub fn set_ip_forward(&self, on: bool) {
+        self.exec_ok("sysctl", &["-qw", if on { "net.ipv4.ip_forward=1" } else { "net.ipv4.ip_forward=0" }]);
+    }
+
+    /// `net.ipv4.ip_forward` of this namespace.
+    pub fn ip_forward(&self) -> bool {
+        self.exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"]).trim() == "1"
+    }
+}
+
+/// What one `dig` query got.
+#[derive(Debug, Clone)]
+pub struct Dig {
+    /// The header's status (NOERROR, NXDOMAIN, REFUSED, ...); empty if no
+    /// answer came back at all.
+    pub status: String,
+    /// A records of the answer section.
+    pub answers: Vec<Ipv4Addr>,
+    /// dig's whole output, for messages.
+    pub output: String,
+}
+
+/// `dig +time=2 +tries=2 @SERVER NAME A` in `ns`: a real resolver query
+/// to one server (a lanyard gateway) and nothing else.
+pub fn dig(ns: &Netns, server: &str, name: &str) -> Dig {
+    let at = format!("@{server}");
+    let o = run(&mut ns.command("dig", &["+time=2", "+tries=2", &at, name, "A"]), Duration::from_secs(15));
+    let output = format!("{}{}", stdout(&o), stderr(&o));
+    let status = output
+        .lines()
+        .find_map(|l| l.split_once("status: "))
+        .map(|(_, rest)| rest.split(',').next().unwrap_or_default().trim().to_string())
+        .unwrap_or_default();
+    let mut answers = Vec::new();
+    let mut in_answer = false;
+    for line in output.lines() {
+        if line.starts_with(";; ANSWER SECTION") {
+            in_answer = true;
+        } else if line.trim().is_empty() {
+            in_answer = false;
+        } else if in_answer {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() >= 5 && f[2] == "IN" && f[3] == "A" {
+                if let Ok(ip) = f[4].parse() {
+                    answers.push(ip);
+                }
+            }
+        }
+    }
+    Dig { status, answers, output }
+}
+
+/// dnsmasq as the DHCP server of a LAN, in a namespace that plays the LAN
+/// (never anywhere else): DHCP only (`--port=0`, no DNS), no resolv.conf,
+/// no hosts file, no config file, bound to `ifname` only, with its lease,
+/// pid and log files in the namespace's scratch directory. Drop kills it by
+/// pid.
+pub struct Dnsmasq {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Dnsmasq {
+    /// Starts dnsmasq in `ns` on `ifname`, leasing `first`..`last` (a /24
+    /// with `mask`) with `router` as option 3; waits until it listens.
+    pub fn start(ns: &Netns, ifname: &str, first: &str, last: &str, mask: &str, router: &str) -> Dnsmasq {
+        let dir = ns.dir();
+        let (leases, pid, log) = (dir.join("dnsmasq.leases"), dir.join("dnsmasq.pid"), dir.join("dnsmasq.log"));
+        let err_file = dir.join("dnsmasq.stderr");
+        let args: Vec<String> = vec![
+            "--keep-in-foreground".into(),
+            "--conf-file=/dev/null".into(),
+            "--no-resolv".into(),
+            "--no-hosts".into(),
+            "--port=0".into(),
+            "--bind-interfaces".into(),
+            format!("--interface={ifname}"),
+            "--except-interface=lo".into(),
+            format!("--dhcp-range={first},{last},{mask},1h"),
+            format!("--dhcp-option=option:router,{router}"),
+            "--dhcp-authoritative".into(),
+            // No ping before an offer: the test's LAN has no strangers, and
+            // the probe would add seconds to every lease.
+            "--no-ping".into(),
+            format!("--dhcp-leasefile={}", leases.display()),
+            format!("--pid-file={}", pid.display()),
+            format!("--log-facility={}", log.display()),
+            "--log-dhcp".into(),
+            "--user=root".into(),
+        ];
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut cmd = ns.command("dnsmasq", &a);
+        let desc = show(&cmd);
+        let err = File::create(&err_file).expect("dnsmasq stderr file");
+        cmd.env_clear().env("PATH", CLIENT_PATH).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(err));
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{desc}`: {e}"));
+        let mut d = Dnsmasq { child: None, log: log.clone() };
+        // Listening once its pid file exists (written after the sockets are bound).
+        let ready = poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            if let Ok(Some(status)) = child.try_wait() {
+                let err = fs::read_to_string(&err_file).unwrap_or_default();
+                panic!("`{desc}` exited at start ({status}): {err}\n{}", fs::read_to_string(&log).unwrap_or_default());
+            }
+            pid.exists().then_some(())
+        });
+        d.child = Some(child);
+        assert!(ready.is_some(), "`{desc}` wrote no pid file within 10 s:\n{}", d.log());
+        d
+    }
+
+    /// dnsmasq's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            signal(c.id(), "TERM");
+            if wait_timeout(&mut c, Duration::from_secs(5)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        if std::thread::panicking() {
+            eprintln!("--- dnsmasq log ({}) ---\n{}--- end of dnsmasq log ---", self.log.display(), self.log());
+        }
+    }
+}
