@@ -175,7 +175,8 @@ impl Engine {
                 lock(b).restore_lease(l);
             }
         }
-        let observed = engine.dp.observe()?;
+        let mut observed = engine.dp.observe()?;
+        observed.firewall_fingerprint = engine.dp.firewall_fingerprint()?;
         engine.boot_states(&observed)?;
         if let Err(e) = engine.reconcile_with(&observed) {
             // The daemon still serves its API and the networks that work;
@@ -208,11 +209,6 @@ impl Engine {
     }
 
     /// Brings the kernel to the stored state and starts missing DHCP servers.
-    pub fn reconcile(&mut self) -> Result<(), EngineError> {
-        let observed = self.dp.observe()?;
-        self.reconcile_with(&observed)
-    }
-
     fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let ports = plannable(&self.ports);
         let plan = planner::plan(&self.networks, &ports, observed);
@@ -279,12 +275,21 @@ impl Engine {
         ports: Vec<Port>,
         observed: &Observed,
     ) -> Result<(), EngineError> {
-        let plan = planner::plan(&networks, &plannable(&ports), observed);
+        let observed = self.with_known_firewall(observed);
+        let plan = planner::plan(&networks, &plannable(&ports), &observed);
         dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
         self.firewall = Some(plan.firewall);
         self.networks = networks;
         self.ports = ports;
         Ok(())
+    }
+
+    /// `observed` completed with the fingerprint of the table this engine
+    /// last applied (it is the only writer of that table).
+    fn with_known_firewall(&self, observed: &Observed) -> Observed {
+        let mut o = observed.clone();
+        o.firewall_fingerprint = self.firewall.as_deref().and_then(planner::fingerprint);
+        o
     }
 
     /// Runs link operations that leave the firewall as it is.
@@ -415,7 +420,7 @@ impl Engine {
     /// After a store failure: bring the kernel back to the engine's state.
     fn rollback_to_state(&mut self) {
         let result = self.dp.observe().map_err(EngineError::from).and_then(|o| {
-            let plan = planner::plan(&self.networks, &plannable(&self.ports), &o);
+            let plan = planner::plan(&self.networks, &plannable(&self.ports), &self.with_known_firewall(&o));
             dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref()).map_err(EngineError::from)?;
             self.firewall = Some(plan.firewall);
             Ok(())

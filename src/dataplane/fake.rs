@@ -66,6 +66,10 @@ impl Dataplane for FakeDataplane {
         Ok(o.links.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
+    fn firewall_fingerprint(&self) -> Result<Option<String>, DataplaneError> {
+        Ok(self.observed.lock().unwrap().firewall_fingerprint.clone())
+    }
+
     fn run(&self, ops: &[Op]) -> OpsResult {
         for (i, op) in ops.iter().enumerate() {
             if let Err(e) = self.record(describe(op)) {

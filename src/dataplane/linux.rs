@@ -279,15 +279,11 @@ impl Dataplane for LinuxDataplane {
             return Err(DataplaneError::Observe { what: "routes (ip -j route)", message: err });
         }
         let ip_forward = std::fs::read_to_string(IP_FORWARD).map(|s| s.trim() == "1").unwrap_or(false);
-        // No table (nft exits non-zero) simply means no fingerprint. The
-        // text listing, because nft 1.0.6's JSON leaves table comments out.
-        let (ok, table, _) = run_capture("nft", &["list", "table", "inet", crate::planner::NFT_TABLE], None)?;
-        let firewall_fingerprint = if ok { crate::planner::fingerprint(&table) } else { None };
         Ok(Observed {
             links: parse_links(&links)?.into_iter().map(|l| (l.name.clone(), l)).collect(),
             routes: parse_routes(&routes)?,
             ip_forward,
-            firewall_fingerprint,
+            firewall_fingerprint: None,
         })
     }
 
@@ -310,6 +306,13 @@ impl Dataplane for LinuxDataplane {
             }
         }
         Ok(out)
+    }
+
+    fn firewall_fingerprint(&self) -> Result<Option<String>, DataplaneError> {
+        // No table (nft exits non-zero) simply means no fingerprint. The
+        // text listing, because nft 1.0.6's JSON leaves table comments out.
+        let (ok, table, _) = run_capture("nft", &["list", "table", "inet", crate::planner::NFT_TABLE], None)?;
+        Ok(if ok { crate::planner::fingerprint(&table) } else { None })
     }
 
     fn run(&self, ops: &[Op]) -> OpsResult {

@@ -58,8 +58,12 @@ pub type OpsResult = (usize, Option<DataplaneError>);
 
 /// Access to the kernel of one network namespace.
 pub trait Dataplane: Send + Sync {
-    /// Reads links, addresses, routes and ip_forward.
+    /// Reads links, addresses, routes and ip_forward (not the firewall:
+    /// see [`Dataplane::firewall_fingerprint`]).
     fn observe(&self) -> Result<Observed, DataplaneError>;
+    /// The fingerprint on lanyard's nftables table, if the table exists.
+    /// Read once at start-up; afterwards the engine knows what it applied.
+    fn firewall_fingerprint(&self) -> Result<Option<String>, DataplaneError>;
     /// Reads just the named links (absent ones are left out).
     fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, DataplaneError>;
     /// Runs operations in order, stopping at the first failure.
