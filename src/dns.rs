@@ -4,7 +4,8 @@
 //! except on isolated networks, which reach nothing beyond themselves.
 //!
 //! [`answer`] is pure (message in, decision out) so it is unit-tested
-//! without sockets; [`serve`] owns the UDP socket on the gateway address.
+//! without sockets; [`serve_udp`] and [`serve_tcp`] own the sockets on the
+//! gateway address.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,8 @@ use std::time::Duration;
 use hickory_proto::op::{Message, ResponseCode};
 use hickory_proto::rr::rdata::{A, PTR};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use tokio::net::UdpSocket;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
 
 use crate::dhcp::server::now;
 use crate::ipam::AddressBook;
@@ -126,86 +128,136 @@ pub fn upstreams(resolv_conf: &str, own: Ipv4Addr) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// Opens the DNS socket on the gateway address, answering only queries
-/// that arrive on the network's bridge (like libvirt's dnsmasq, which answers
-/// on virbr0 only): guests' names are not the outside's business.
-/// SO_REUSEADDR lets a restarted network bind while the old, aborted task
-/// is still dropping its socket.
-pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<UdpSocket> {
+/// Opens the DNS sockets (UDP and TCP) on the gateway address, answering
+/// only queries that arrive on the network's bridge (like libvirt's
+/// dnsmasq, which answers on virbr0 only): guests' names are not the
+/// outside's business. SO_REUSEADDR lets a restarted network bind while the
+/// old, aborted task is still dropping its sockets.
+pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
     use socket2::{Domain, Protocol, Socket, Type};
-    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
-    s.set_reuse_address(true)?;
-    s.bind_device(Some(bridge.as_bytes()))?;
-    s.set_nonblocking(true)?;
-    s.bind(&SocketAddr::from((gateway, 53)).into())?;
-    UdpSocket::from_std(s.into())
+    let addr = SocketAddr::from((gateway, 53)).into();
+    let udp = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
+    udp.set_reuse_address(true)?;
+    udp.bind_device(Some(bridge.as_bytes()))?;
+    udp.set_nonblocking(true)?;
+    udp.bind(&addr)?;
+    let tcp = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
+    tcp.set_reuse_address(true)?;
+    tcp.bind_device(Some(bridge.as_bytes()))?;
+    tcp.set_nonblocking(true)?;
+    tcp.bind(&addr)?;
+    tcp.listen(64)?;
+    Ok((UdpSocket::from_std(udp.into())?, TcpListener::from_std(tcp.into())?))
 }
 
-async fn forward(query: Vec<u8>, upstreams: Arc<Vec<SocketAddr>>) -> Option<Vec<u8>> {
-    for up in upstreams.iter() {
-        let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
-        let Ok(sock) = UdpSocket::bind(local).await else { continue };
-        if sock.send_to(&query, up).await.is_err() {
-            continue;
-        }
-        let mut buf = vec![0u8; 4096];
-        if let Ok(Ok((n, _))) = tokio::time::timeout(FORWARD_TIMEOUT, sock.recv_from(&mut buf)).await {
-            buf.truncate(n);
-            return Some(buf);
-        }
-    }
-    None
-}
-
-/// Serves DNS on `socket` until the task is aborted.
-pub async fn serve(
+/// Answers queries for one network: locally, or through the upstreams.
+pub struct Resolver {
     net: String,
-    socket: UdpSocket,
     book: Arc<Mutex<AddressBook>>,
     forwards: bool,
     upstreams: Vec<SocketAddr>,
-) {
+}
+
+impl Resolver {
+    /// A resolver over `book`'s names; `forwards` is false on isolated networks.
+    pub fn new(net: String, book: Arc<Mutex<AddressBook>>, forwards: bool, upstreams: Vec<SocketAddr>) -> Self {
+        Resolver { net, book, forwards, upstreams }
+    }
+
+    /// The reply to `query`, if it deserves one.
+    async fn resolve(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let decision = {
+            let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
+            answer(query, &book, self.forwards, now())
+        };
+        match decision {
+            Decision::Reply(bytes) => Some(bytes),
+            Decision::Drop => None,
+            Decision::Forward => match self.forward(query).await {
+                Some(r) => Some(r),
+                None => {
+                    let req = Message::from_vec(query).ok()?;
+                    match reply_with(&req, ResponseCode::ServFail, vec![], false, true) {
+                        Decision::Reply(b) => Some(b),
+                        _ => None,
+                    }
+                }
+            },
+        }
+    }
+
+    async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        for up in &self.upstreams {
+            let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
+            let Ok(sock) = UdpSocket::bind(local).await else { continue };
+            if sock.send_to(query, up).await.is_err() {
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            if let Ok(Ok((n, _))) = tokio::time::timeout(FORWARD_TIMEOUT, sock.recv_from(&mut buf)).await {
+                buf.truncate(n);
+                return Some(buf);
+            }
+        }
+        tracing::debug!(net = self.net, "no upstream resolver answered");
+        None
+    }
+}
+
+/// Serves DNS over UDP on `socket` until the task is aborted. Local answers
+/// are sent inline; forwarded queries get a task each, so a slow upstream
+/// never holds up guests' names.
+pub async fn serve_udp(socket: UdpSocket, resolver: Arc<Resolver>) {
     let socket = Arc::new(socket);
-    let upstreams = Arc::new(upstreams);
     let mut buf = vec![0u8; 4096];
     loop {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(net, "dns receive failed: {e}");
+                tracing::warn!(net = resolver.net, "dns receive failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
         let query = buf[..len].to_vec();
-        let decision = {
-            let book = book.lock().unwrap_or_else(|p| p.into_inner());
-            answer(&query, &book, forwards, now())
+        let (socket, resolver) = (socket.clone(), resolver.clone());
+        tokio::spawn(async move {
+            if let Some(reply) = resolver.resolve(&query).await {
+                let _ = socket.send_to(&reply, peer).await;
+            }
+        });
+    }
+}
+
+/// How long an idle DNS-over-TCP connection is kept.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Serves DNS over TCP (RFC 7766: two-byte length before each message).
+pub async fn serve_tcp(listener: TcpListener, resolver: Arc<Resolver>) {
+    loop {
+        let Ok((mut stream, _)) = listener.accept().await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         };
-        match decision {
-            Decision::Reply(bytes) => {
-                let _ = socket.send_to(&bytes, peer).await;
+        let resolver = resolver.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut len = [0u8; 2];
+                match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
+                    Ok(Ok(_)) => {}
+                    _ => return,
+                }
+                let mut query = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                if stream.read_exact(&mut query).await.is_err() {
+                    return;
+                }
+                let Some(reply) = resolver.resolve(&query).await else { return };
+                let Ok(n) = u16::try_from(reply.len()) else { return };
+                if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&reply).await.is_err() {
+                    return;
+                }
             }
-            Decision::Forward => {
-                let (socket, upstreams) = (socket.clone(), upstreams.clone());
-                tokio::spawn(async move {
-                    let reply = match forward(query.clone(), upstreams).await {
-                        Some(r) => Some(r),
-                        None => match Message::from_vec(&query) {
-                            Ok(req) => match reply_with(&req, ResponseCode::ServFail, vec![], false, true) {
-                                Decision::Reply(b) => Some(b),
-                                _ => None,
-                            },
-                            Err(_) => None,
-                        },
-                    };
-                    if let Some(r) = reply {
-                        let _ = socket.send_to(&r, peer).await;
-                    }
-                });
-            }
-            Decision::Drop => {}
-        }
+        });
     }
 }
 

@@ -236,11 +236,13 @@ impl Engine {
         let dns_socket = dns::bind(net.gateway, &net.bridge);
         let dns_addr = dns_socket.is_ok().then_some(net.gateway);
         match dns_socket {
-            Ok(socket) => {
+            Ok((udp, tcp)) => {
                 let forwards = net.mode != Mode::Isolated;
                 let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
                 let upstreams = dns::upstreams(&resolv, net.gateway);
-                tasks.push(self.rt.spawn(dns::serve(net.name.clone(), socket, book.clone(), forwards, upstreams)));
+                let resolver = Arc::new(dns::Resolver::new(net.name.clone(), book.clone(), forwards, upstreams));
+                tasks.push(self.rt.spawn(dns::serve_udp(udp, resolver.clone())));
+                tasks.push(self.rt.spawn(dns::serve_tcp(tcp, resolver)));
             }
             Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
         }
