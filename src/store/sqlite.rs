@@ -181,7 +181,11 @@ impl Store for SqliteStore {
         let mut c = self.conn();
         let tx = c.transaction()?;
         {
-            let mut del = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND (ip = ?2 OR mac = ?3)")?;
+            // Two statements, not one with OR: each uses an index (the
+            // primary key, leases_by_mac), where `ip = ? OR mac = ?` scans
+            // the table once per lease.
+            let mut del_ip = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND ip = ?2")?;
+            let mut del_mac = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND mac = ?2")?;
             let mut ins = tx.prepare_cached(
                 "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
@@ -190,7 +194,8 @@ impl Store for SqliteStore {
                 match ch {
                     LeaseChange::Upsert(l) => {
                         let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
-                        del.execute(params![l.net, ip, mac])?;
+                        del_ip.execute(params![l.net, ip])?;
+                        del_mac.execute(params![l.net, mac])?;
                         ins.execute(params![
                             l.net,
                             ip,
