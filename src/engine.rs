@@ -122,6 +122,35 @@ fn plannable(ports: &[Port]) -> Vec<Port> {
         .collect()
 }
 
+/// The keys that must be unique across ports, kept alongside the port list
+/// so a new port is checked in O(1), not by scanning ten thousand ports.
+#[derive(Debug, Default)]
+struct PortIndex {
+    macs: HashSet<Mac>,
+    ids: HashSet<String>,
+    ifnames: HashSet<String>,
+}
+
+impl PortIndex {
+    fn of(ports: &[Port]) -> Self {
+        let mut index = PortIndex::default();
+        ports.iter().for_each(|p| index.insert(p));
+        index
+    }
+
+    fn insert(&mut self, p: &Port) {
+        self.macs.insert(p.mac);
+        self.ids.insert(p.id.clone());
+        self.ifnames.insert(p.ifname.clone());
+    }
+
+    fn remove(&mut self, p: &Port) {
+        self.macs.remove(&p.mac);
+        self.ids.remove(&p.id);
+        self.ifnames.remove(&p.ifname);
+    }
+}
+
 /// The control plane of one daemon.
 pub struct Engine {
     store: Arc<dyn Store>,
@@ -130,6 +159,7 @@ pub struct Engine {
     writer: LeaseWriter,
     networks: Vec<Network>,
     ports: Vec<Port>,
+    index: PortIndex,
     books: HashMap<String, Arc<Mutex<AddressBook>>>,
     /// Per network: its DHCP and DNS server tasks.
     services: HashMap<String, Vec<JoinHandle<()>>>,
@@ -152,6 +182,7 @@ impl Engine {
             dp,
             rt,
             writer,
+            index: PortIndex::of(&ports),
             networks,
             ports,
             books: HashMap::new(),
@@ -282,6 +313,7 @@ impl Engine {
         dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
         self.firewall = Some(plan.firewall);
         self.networks = networks;
+        self.index = PortIndex::of(&ports);
         self.ports = ports;
         Ok(())
     }
@@ -516,9 +548,7 @@ impl Engine {
     /// Creates several ports all or nothing: one pass over the kernel (one
     /// `ip -batch`), one store transaction. The bulk path for provisioning.
     pub fn create_ports(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
-        let mut macs: HashSet<Mac> = self.ports.iter().map(|p| p.mac).collect();
-        let mut ids: HashSet<String> = self.ports.iter().map(|p| p.id.clone()).collect();
-        let mut ifnames: HashSet<String> = self.ports.iter().map(|p| p.ifname.clone()).collect();
+        let mut batch = PortIndex::default();
         let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
         let release = |engine: &Self, ports: &[Port]| {
             for p in ports {
@@ -528,7 +558,7 @@ impl Engine {
             }
         };
         for (i, spec) in specs.iter().enumerate() {
-            match self.prepare_port(spec, &mut macs, &mut ids, &mut ifnames) {
+            match self.prepare_port(spec, &mut batch) {
                 Ok(p) => ports.push(p),
                 Err(e) => {
                     release(self, &ports);
@@ -565,19 +595,17 @@ impl Engine {
             }
             tracing::info!(port = p.id, vm = p.vm, net = p.net, ip = ?p.ip, mac = %p.mac, "port created");
         }
+        ports.iter().for_each(|p| self.index.insert(p));
         self.ports.extend(ports.iter().cloned());
         Ok(ports)
     }
 
     /// Validates one port request against the state (and the ports earlier
     /// in the same batch) and reserves its MAC, id and fixed IP.
-    fn prepare_port(
-        &self,
-        spec: &PortSpec,
-        macs: &mut HashSet<Mac>,
-        ids: &mut HashSet<String>,
-        ifnames: &mut HashSet<String>,
-    ) -> Result<Port, EngineError> {
+    fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex) -> Result<Port, EngineError> {
+        let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m);
+        let taken_ifname = |n: &str| self.index.ifnames.contains(n) || batch.ifnames.contains(n);
+        let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
         let checked = spec.check()?;
         let net = self.network(&spec.net)?;
         if let Some((ns, _)) = &checked.peer {
@@ -588,14 +616,14 @@ impl Engine {
             }
         }
         if let Some(tap) = &checked.adopt {
-            if ifnames.contains(tap) {
+            if taken_ifname(tap) {
                 return Err(EngineError::Conflict(format!("{tap} is already a port")));
             }
             self.check_adoptable(tap)?;
         }
         let mac = match checked.mac {
             Some(mac) => {
-                if macs.contains(&mac) {
+                if taken_mac(&mac) {
                     let holder = self.ports.iter().find(|p| p.mac == mac);
                     return Err(EngineError::Conflict(match holder {
                         Some(p) => format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm),
@@ -606,14 +634,14 @@ impl Engine {
             }
             None => loop {
                 let m = Mac::random_qemu();
-                if !macs.contains(&m) {
+                if !taken_mac(&m) {
                     break m;
                 }
             },
         };
         let id = loop {
             let id = format!("{:08x}", rand::random::<u32>());
-            if !ids.contains(&id) && !ifnames.contains(&Port::ifname_for(&id)) {
+            if !taken_id(&id) && !taken_ifname(&Port::ifname_for(&id)) {
                 break id;
             }
         };
@@ -632,10 +660,7 @@ impl Engine {
         };
         let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
         let ifname = checked.adopt.clone().unwrap_or_else(|| Port::ifname_for(&id));
-        macs.insert(mac);
-        ids.insert(id.clone());
-        ifnames.insert(ifname.clone());
-        Ok(Port {
+        let port = Port {
             adopted: checked.adopt.is_some(),
             ifname,
             id,
@@ -648,7 +673,9 @@ impl Engine {
             peer_ifname,
             owner: spec.owner.clone(),
             group: spec.group.clone(),
-        })
+        };
+        batch.insert(&port);
+        Ok(port)
     }
 
     /// Deletes a port: its device goes, its IP is free again.
@@ -665,6 +692,7 @@ impl Engine {
             self.apply_ops(vec![Op::DeleteLink { name: port.ifname.clone() }])?;
         }
         self.ports.retain(|p| p.id != id);
+        self.index.remove(&port);
         self.store.delete_port(&port)?;
         if let Some(book) = self.books.get(&port.net) {
             lock(book).remove_static(port.mac);

@@ -5,7 +5,9 @@
 //! server writes them in batches and the CLI lists them.
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
@@ -16,7 +18,18 @@ use crate::model::{Lease, LeaseKind, Network, Port};
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Tells the checkpointer thread to stop when the store goes.
+    stop: Arc<AtomicBool>,
 }
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// How often the WAL is folded back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, body TEXT NOT NULL);
@@ -45,16 +58,40 @@ impl SqliteStore {
         // that depends on it is sent. Group commit amortises the fsync.
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
         conn.execute_batch(SCHEMA).map_err(open_err)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        // Checkpoints run on their own connection and thread: left to
+        // SQLite's auto-checkpoint they would run inside a lease commit and
+        // hold up every ACK queued behind it.
+        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(open_err)?;
+        let checkpointer = Connection::open(&path).map_err(open_err)?;
+        checkpointer.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("wal-checkpoint".into())
+            .spawn(move || {
+                while !flag.load(Ordering::Relaxed) {
+                    std::thread::sleep(CHECKPOINT_EVERY);
+                    // PASSIVE never waits for writers; a busy moment is
+                    // simply caught up on the next round.
+                    if let Err(e) = checkpointer.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+                        tracing::debug!("wal checkpoint: {e}");
+                    }
+                }
+            })
+            .map_err(|e| StoreError::Open {
+                path: path.display().to_string(),
+                source: rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+            })?;
+        Ok(SqliteStore { conn: Mutex::new(conn), stop })
     }
 
     /// An in-memory store for tests.
     pub fn in_memory() -> Result<Self, StoreError> {
         let conn = Connection::open_in_memory()?;
         conn.execute_batch(SCHEMA)?;
-        Ok(SqliteStore { conn: Mutex::new(conn) })
+        Ok(SqliteStore { conn: Mutex::new(conn), stop: Arc::new(AtomicBool::new(true)) })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
