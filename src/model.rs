@@ -211,14 +211,15 @@ impl Network {
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const IFNAME_MAX: usize = 15;
 
-/// Checks that `name` is safe as an interface name and in commands:
-/// 1..=15 bytes of letters, digits, `-`, `_` and `.`.
-pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError> {
+/// Checks that `name` is 1..=`max` bytes of letters, digits, `-`, `_` and
+/// `.` (and not `.` or `..`): safe as an interface name, a file name and an
+/// argument, whatever it is used for.
+fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), ModelError> {
     if name.is_empty() {
         return Err(invalid(what, name, "must not be empty"));
     }
-    if name.len() > IFNAME_MAX {
-        return Err(invalid(what, name, format!("is {} bytes, at most {IFNAME_MAX} are allowed", name.len())));
+    if name.len() > max {
+        return Err(invalid(what, name, format!("is {} bytes, at most {max} are allowed", name.len())));
     }
     if name == "." || name == ".." {
         return Err(invalid(what, name, "is not a usable name"));
@@ -229,28 +230,21 @@ pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError>
     Ok(())
 }
 
-/// Checks a network namespace name: a file name under /run/netns (CNI and
-/// podman use names like `cni-<uuid>`), so up to 255 bytes of the safe alphabet.
-pub fn validate_netns(name: &str) -> Result<(), ModelError> {
-    if name.is_empty() || name.len() > 255 || name == "." || name == ".." {
-        return Err(invalid("netns", name, "must be 1 to 255 bytes and not . or .."));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(invalid("netns", name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
-    }
-    Ok(())
+/// Checks an interface name (the kernel's limit is 15 bytes).
+pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError> {
+    validate_name(what, name, IFNAME_MAX)
 }
 
-/// Checks a VM name: same alphabet as interface names but up to 63 bytes
-/// (a DNS label), since it becomes the guest's host name.
+/// Checks a network namespace name: a file name under /run/netns (CNI and
+/// podman use names like `cni-<uuid>`), so up to 255 bytes.
+pub fn validate_netns(name: &str) -> Result<(), ModelError> {
+    validate_name("netns", name, 255)
+}
+
+/// Checks a VM name: up to 63 bytes (a DNS label), since it becomes the
+/// guest's host name.
 pub fn validate_vm_name(name: &str) -> Result<(), ModelError> {
-    if name.is_empty() || name.len() > 63 {
-        return Err(invalid("vm name", name, "must be 1 to 63 bytes"));
-    }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
-        return Err(invalid("vm name", name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
-    }
-    Ok(())
+    validate_name("vm name", name, 63)
 }
 
 fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
@@ -559,9 +553,8 @@ impl PortSpec {
         }
         for (what, v) in [("owner", &self.owner), ("group", &self.group)] {
             if let Some(v) = v {
-                if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-                    return Err(invalid(what, v, "must be a user/group name or number"));
-                }
+                // Linux user and group names are at most 32 bytes.
+                validate_name(what, v, 32)?;
             }
         }
         let adopt = match (&self.adopt, port_type) {
