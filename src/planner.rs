@@ -445,6 +445,18 @@ fn fnv1a(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
+/// Elements of a named set, as nft syntax (empty when there are none).
+fn elements(items: &[String]) -> String {
+    if items.is_empty() {
+        String::new()
+    } else {
+        format!(" elements = {{ {} }};", items.join(", "))
+    }
+}
+
+/// The table as sets of per-network facts and a fixed list of rules that
+/// look them up: the number of rules (and the work per packet) does not grow
+/// with the number of networks, and adding a network only adds elements.
 fn render_firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> String {
     // Open networks ask for no rules; bridge-mode bridges are the physical
     // LAN (the host's own uplink), not a private network to wall off.
@@ -453,74 +465,69 @@ fn render_firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> Strin
     if nets.is_empty() {
         return s;
     }
-    let bridges = quoted_set(nets.iter().map(|n| n.bridge.as_str()));
+    let q = |b: &str| format!("\"{b}\"");
+    let pair = |n: &Network| format!("\"{}\" . {}", n.bridge, n.subnet);
+    let of = |modes: &[Mode]| nets.iter().filter(|n| modes.contains(&n.mode)).copied().collect::<Vec<_>>();
+    let bridges: Vec<String> = nets.iter().map(|n| q(&n.bridge)).collect();
+    let same: Vec<String> = nets.iter().map(|n| format!("{} . {}", q(&n.bridge), q(&n.bridge))).collect();
+    let isolated: Vec<String> = of(&[Mode::Isolated]).iter().map(|n| q(&n.bridge)).collect();
+    let nat: Vec<String> = of(&[Mode::Nat]).iter().map(|n| pair(n)).collect();
+    let routed: Vec<String> = of(&[Mode::Route]).iter().map(|n| pair(n)).collect();
+    let outbound: Vec<String> = of(&[Mode::Nat, Mode::Route]).iter().map(|n| pair(n)).collect();
+    let masq: Vec<String> = of(&[Mode::Nat]).iter().map(|n| n.subnet.to_string()).collect();
+
     let _ = writeln!(s, "table inet {NFT_TABLE} {{");
-
-    // input: what guests may ask of the host itself.
-    s.push_str("\tchain input {\n\t\ttype filter hook input priority filter; policy accept;\n");
-    for n in &nets {
-        if n.mode == Mode::Isolated {
-            let b = &n.bridge;
-            let _ = writeln!(s, "\t\tiifname \"{b}\" udp dport {{ 53, 67 }} accept");
-            let _ = writeln!(s, "\t\tiifname \"{b}\" tcp dport 53 accept");
-            let _ = writeln!(s, "\t\tiifname \"{b}\" drop");
-        }
+    let sets = [
+        // Every walled-off network's bridge.
+        ("bridges", "ifname", false, &bridges),
+        // Bridge to itself (routed hairpin within one network).
+        ("same_bridge", "ifname . ifname", false, &same),
+        // Isolated networks: the host answers DHCP and DNS only.
+        ("isolated", "ifname", false, &isolated),
+        // NAT networks: replies may come in, new connections may not.
+        ("nat_nets", "ifname . ipv4_addr", true, &nat),
+        // Routed networks: the outside may connect in.
+        ("routed_nets", "ifname . ipv4_addr", true, &routed),
+        // Networks whose guests may go out (with their own source address).
+        ("outbound", "ifname . ipv4_addr", true, &outbound),
+        // Subnets masqueraded on the way out.
+        ("masq_nets", "ipv4_addr", true, &masq),
+    ];
+    for (name, ty, interval, items) in sets {
+        let flags = if interval { " flags interval;" } else { "" };
+        let _ = writeln!(s, "\tset {name} {{ type {ty};{flags}{} }}", elements(items));
     }
-    s.push_str("\t}\n");
-
-    // output: isolated networks get no traffic from the host but replies.
-    s.push_str("\tchain output {\n\t\ttype filter hook output priority filter; policy accept;\n");
-    for n in &nets {
-        if n.mode == Mode::Isolated {
-            let b = &n.bridge;
-            let _ = writeln!(s, "\t\toifname \"{b}\" udp sport {{ 53, 67 }} accept");
-            let _ = writeln!(s, "\t\toifname \"{b}\" tcp sport 53 accept");
-            let _ = writeln!(s, "\t\toifname \"{b}\" drop");
-        }
-    }
-    s.push_str("\t}\n");
-
-    // forward: the policy stays accept so traffic lanyard does not own is
-    // left to whoever owns it; every rule names a lanyard bridge.
-    s.push_str("\tchain forward {\n\t\ttype filter hook forward priority filter; policy accept;\n");
-    for n in &nets {
-        let _ = writeln!(s, "\t\tiifname \"{b}\" oifname \"{b}\" accept", b = n.bridge);
-    }
-    if nets.len() > 1 {
-        let _ = writeln!(s, "\t\tiifname {bridges} oifname {bridges} reject with icmpx admin-prohibited");
-    }
-    for n in &nets {
-        let (b, sub) = (&n.bridge, n.subnet);
-        match n.mode {
-            Mode::Nat => {
-                let _ = writeln!(s, "\t\toifname \"{b}\" ip daddr {sub} ct state established,related accept");
-                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
-                let _ = writeln!(s, "\t\tiifname \"{b}\" ip saddr {sub} accept");
-                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
-            }
-            Mode::Route => {
-                let _ = writeln!(s, "\t\toifname \"{b}\" ip daddr {sub} accept");
-                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
-                let _ = writeln!(s, "\t\tiifname \"{b}\" ip saddr {sub} accept");
-                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
-            }
-            Mode::HostOnly | Mode::Isolated => {
-                let _ = writeln!(s, "\t\toifname \"{b}\" reject with icmpx admin-prohibited");
-                let _ = writeln!(s, "\t\tiifname \"{b}\" reject with icmpx admin-prohibited");
-            }
-            Mode::Bridge | Mode::Open => {}
-        }
-    }
-    s.push_str("\t}\n");
-
-    // postrouting: masquerade what leaves a NAT network by another interface.
-    s.push_str("\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n");
-    for n in nets.iter().filter(|n| n.mode == Mode::Nat) {
-        let (b, sub) = (&n.bridge, n.subnet);
-        let _ = writeln!(s, "\t\tip saddr {sub} ip daddr {{ 224.0.0.0/24, 255.255.255.255 }} return");
-        let _ = writeln!(s, "\t\tip saddr {sub} oifname != \"{b}\" masquerade");
-    }
-    s.push_str("\t}\n}\n");
+    s.push_str(
+        "\tchain input {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tiifname @isolated udp dport { 53, 67 } accept
+\t\tiifname @isolated tcp dport 53 accept
+\t\tiifname @isolated drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority filter; policy accept;
+\t\toifname @isolated udp sport { 53, 67 } accept
+\t\toifname @isolated tcp sport 53 accept
+\t\toifname @isolated drop
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority filter; policy accept;
+\t\tiifname . oifname @same_bridge accept
+\t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
+\t\tct state established,related oifname . ip daddr @nat_nets accept
+\t\toifname . ip daddr @routed_nets accept
+\t\tiifname . ip saddr @outbound accept
+\t\toifname @bridges reject with icmpx admin-prohibited
+\t\tiifname @bridges reject with icmpx admin-prohibited
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority srcnat; policy accept;
+\t\toifname . ip saddr @nat_nets return
+\t\tip saddr @masq_nets ip daddr != { 224.0.0.0/24, 255.255.255.255 } masquerade
+\t}
+}
+",
+    );
     s
 }
 
@@ -686,24 +693,39 @@ mod tests {
 delete table inet lanyard
 table inet lanyard {
 \tcomment \"lanyard:FP\"
+\tset bridges { type ifname; elements = { \"lybr0\" }; }
+\tset same_bridge { type ifname . ifname; elements = { \"lybr0\" . \"lybr0\" }; }
+\tset isolated { type ifname; }
+\tset nat_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
+\tset routed_nets { type ifname . ipv4_addr; flags interval; }
+\tset outbound { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
+\tset masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }
 \tchain input {
 \t\ttype filter hook input priority filter; policy accept;
+\t\tiifname @isolated udp dport { 53, 67 } accept
+\t\tiifname @isolated tcp dport 53 accept
+\t\tiifname @isolated drop
 \t}
 \tchain output {
 \t\ttype filter hook output priority filter; policy accept;
+\t\toifname @isolated udp sport { 53, 67 } accept
+\t\toifname @isolated tcp sport 53 accept
+\t\toifname @isolated drop
 \t}
 \tchain forward {
 \t\ttype filter hook forward priority filter; policy accept;
-\t\tiifname \"lybr0\" oifname \"lybr0\" accept
-\t\toifname \"lybr0\" ip daddr 192.168.122.0/24 ct state established,related accept
-\t\toifname \"lybr0\" reject with icmpx admin-prohibited
-\t\tiifname \"lybr0\" ip saddr 192.168.122.0/24 accept
-\t\tiifname \"lybr0\" reject with icmpx admin-prohibited
+\t\tiifname . oifname @same_bridge accept
+\t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
+\t\tct state established,related oifname . ip daddr @nat_nets accept
+\t\toifname . ip daddr @routed_nets accept
+\t\tiifname . ip saddr @outbound accept
+\t\toifname @bridges reject with icmpx admin-prohibited
+\t\tiifname @bridges reject with icmpx admin-prohibited
 \t}
 \tchain postrouting {
 \t\ttype nat hook postrouting priority srcnat; policy accept;
-\t\tip saddr 192.168.122.0/24 ip daddr { 224.0.0.0/24, 255.255.255.255 } return
-\t\tip saddr 192.168.122.0/24 oifname != \"lybr0\" masquerade
+\t\toifname . ip saddr @nat_nets return
+\t\tip saddr @masq_nets ip daddr != { 224.0.0.0/24, 255.255.255.255 } masquerade
 \t}
 }
 ";
@@ -712,25 +734,30 @@ table inet lanyard {
     }
 
     #[test]
-    fn modes_get_their_rules_and_networks_are_walled_off() {
+    fn modes_land_in_their_sets_and_the_rules_stay_fixed() {
         let mut iso = net("iso", "10.7.0.0/24", "lybr1");
         iso.mode = Mode::Isolated;
         let mut open = net("o", "10.8.0.0/24", "lybr2");
         open.mode = Mode::Open;
         let mut host = net("h", "10.9.0.0/24", "lybr3");
         host.mode = Mode::HostOnly;
-        let fw = firewall([&net("default", "192.168.122.0/24", "lybr0"), &iso, &open, &host]);
+        let mut routed = net("r", "10.10.0.0/24", "lybr4");
+        routed.mode = Mode::Route;
+        let one = firewall([&net("default", "192.168.122.0/24", "lybr0")]);
+        let fw = firewall([&net("default", "192.168.122.0/24", "lybr0"), &iso, &open, &host, &routed]);
         for line in [
-            "iifname { \"lybr0\", \"lybr1\", \"lybr3\" } oifname { \"lybr0\", \"lybr1\", \"lybr3\" } reject",
-            "iifname \"lybr1\" udp dport { 53, 67 } accept",
-            "iifname \"lybr1\" drop",
-            "oifname \"lybr1\" udp sport { 53, 67 } accept",
-            "oifname \"lybr3\" reject with icmpx admin-prohibited",
+            "set bridges { type ifname; elements = { \"lybr0\", \"lybr1\", \"lybr3\", \"lybr4\" }; }",
+            "set isolated { type ifname; elements = { \"lybr1\" }; }",
+            "set nat_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }",
+            "set routed_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr4\" . 10.10.0.0/24 }; }",
+            "elements = { \"lybr0\" . 192.168.122.0/24, \"lybr4\" . 10.10.0.0/24 }",
+            "set masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }",
         ] {
             assert!(fw.contains(line), "missing {line:?} in\n{fw}");
         }
         assert!(!fw.contains("lybr2"), "open networks get no rules");
-        assert_eq!(fw.matches("masquerade").count(), 1, "only the nat network masquerades");
+        let rules = |f: &str| f.lines().filter(|l| l.starts_with("\t\t") && !l.contains("type ")).count();
+        assert_eq!(rules(&one), rules(&fw), "more networks add set elements, not rules");
     }
 
     #[test]

@@ -277,9 +277,17 @@ fn kernel_state_matches_the_network() {
     let o = lab.host.ns.exec("nft", &["list", "table", "inet", "lanyard"]);
     assert!(o.status.success(), "no `inet lanyard` table in the host namespace: {}", stderr(&o));
     let table = stdout(&o);
+    // The subnet is an element of the masqueraded set, and a rule
+    // masquerades what that set matches.
+    let masq_set = table
+        .split("set masq_nets {")
+        .nth(1)
+        .and_then(|rest| rest.split('}').next())
+        .unwrap_or_else(|| panic!("no set masq_nets in table inet lanyard:\n{table}"));
+    assert!(masq_set.contains(SUBNET), "{SUBNET} is not in set masq_nets:\n{table}");
     assert!(
-        table.lines().any(|l| l.contains("masquerade") && l.contains(SUBNET)),
-        "no masquerade rule for {SUBNET} in table inet lanyard:\n{table}"
+        table.lines().any(|l| l.contains("@masq_nets") && l.trim_end().ends_with("masquerade")),
+        "no masquerade rule on @masq_nets in table inet lanyard:\n{table}"
     );
     let fwd = lab.host.ns.exec_ok("cat", &["/proc/sys/net/ipv4/ip_forward"]);
     assert_eq!(fwd.trim(), "1", "IPv4 forwarding is off in the host namespace");
