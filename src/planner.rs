@@ -405,11 +405,6 @@ fn plan_uplinked_bridge(net: &Network, uplink: &str, observed: &Observed, ops: &
     ops.extend(move_config(up, &net.bridge, &observed.routes));
 }
 
-fn quoted_set<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
-    let v: Vec<String> = names.into_iter().map(|n| format!("\"{n}\"")).collect();
-    format!("{{ {} }}", v.join(", "))
-}
-
 /// Renders lanyard's whole nftables table for the active networks, as one
 /// script that atomically replaces the previous table (create-if-missing,
 /// delete, re-create in one transaction). Conntrack state is untouched, so
