@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# Comparison 1: DHCPv4 throughput and latency: lanyard's built-in server vs
+# dnsmasq vs Kea, measured with perfdhcp (Kea's load generator).
+#
+# Every server gets the same subnet (10.20.0.0/16, server 10.20.0.1), the
+# same pool (10.20.0.2-10.20.255.253), one-hour leases, and durable leases:
+#   lanyard  SQLite WAL, synchronous=FULL (fsync before the ACK; group commit)
+#   dnsmasq  --dhcp-leasefile (rewritten and fsync'd after changes)
+#   Kea      memfile, persist: true (CSV appended before the ACK)
+# Topology per step, all in namespaces of this run:
+#   [cli: c0 10.20.255.254/16] --veth-- [srv: bridge 10.20.0.1/16 + server]
+# lanyard makes its own bridge (`net create`); the client veth is put into
+# it by hand. dnsmasq and Kea get a plain bridge made with `ip link`.
+#
+# Each step starts a fresh server (empty lease store), runs
+#   perfdhcp -4 -l c0 -B -r RATE -p PERIOD -R CLIENTS -x t
+# and tears everything down. The knee is the highest rate whose exchanges
+# complete (drops <= DROP_OK of the DISCOVERs sent, achieved >= 90% of the
+# asked rate); rates double until a step fails, then bisect.
+set -euo pipefail
+source "$BENCH_DIR/lib.sh"
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+if [ "$BENCH_QUICK" = 1 ]; then
+    PERIOD=3; CLIENTS=10000; BISECT=1; MAX_STEPS=9
+else
+    PERIOD=5; CLIENTS=50000; BISECT=3; MAX_STEPS=12
+fi
+DROP_OK=0.01
+START_RATE=200
+MAX_RATE=64000
+OUT="$BENCH_RUN/dhcp"
+mkdir -p "$OUT"
+STEP=0
+
+# --- one server per step ---------------------------------------------------
+
+SRV= CLI= SRV_PID= LEASES=
+
+topology() { # BRIDGE_IN_SRV: client namespace + veth into the bridge
+    local br=$1
+    ip -n "$SRV" link add name bcl0 type veth peer name c0 netns "$CLI"
+    ip -n "$SRV" link set dev bcl0 master "$br"
+    ip -n "$SRV" link set dev bcl0 up
+    ip -n "$CLI" addr add 10.20.255.254/16 dev c0
+    ip -n "$CLI" link set dev c0 up
+}
+
+plain_bridge() {
+    ip -n "$SRV" link add name br0 type bridge stp_state 0
+    ip -n "$SRV" addr add 10.20.0.1/16 dev br0
+    ip -n "$SRV" link set dev br0 up
+}
+
+start_lanyard_dhcp() {
+    local d=$1
+    LY_SOCK="$d/ly.sock"
+    SRV_PID=$(start_lanyard "$SRV" "$LY_SOCK" "$d/state" "$d/daemon.log")
+    ly net create bench --mode nat --subnet 10.20.0.0/16 --dhcp-range 10.20.0.2-10.20.255.253 >/dev/null
+    local br
+    br=$(ly net show bench -o json | jq -r .bridge)
+    topology "$br"
+    LEASES() { sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
+}
+
+start_dnsmasq() {
+    local d=$1
+    plain_bridge
+    topology br0
+    ip netns exec "$SRV" dnsmasq --keep-in-foreground --port=0 --no-resolv --no-hosts \
+        --bind-interfaces --interface=br0 --except-interface=lo \
+        --dhcp-range=10.20.0.2,10.20.255.253,255.255.0.0,1h --dhcp-lease-max=70000 \
+        --dhcp-leasefile="$d/dnsmasq.leases" --no-ping --dhcp-authoritative --quiet-dhcp \
+        --pid-file="$d/dnsmasq.pid" --log-facility="$d/dnsmasq.log" >"$d/dnsmasq.out" 2>&1 &
+    SRV_PID=$!
+    track "$SRV_PID"
+    LEASES() { wc -l <"$d/dnsmasq.leases" 2>/dev/null || echo "?"; }
+}
+
+start_kea() {
+    local d=$1
+    plain_bridge
+    topology br0
+    cat >"$d/kea.json" <<EOF
+{"Dhcp4": {
+  "interfaces-config": {"interfaces": ["br0"], "dhcp-socket-type": "raw"},
+  "lease-database": {"type": "memfile", "persist": true, "name": "$d/leases4.csv", "lfc-interval": 0},
+  "valid-lifetime": 3600, "renew-timer": 1800, "rebind-timer": 3150,
+  "subnet4": [{"id": 1, "subnet": "10.20.0.0/16",
+               "pools": [{"pool": "10.20.0.2 - 10.20.255.253"}],
+               "option-data": [{"name": "routers", "data": "10.20.0.1"}]}],
+  "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "$d/kea.log"}], "severity": "WARN"}]
+}}
+EOF
+    KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
+    SRV_PID=$!
+    track "$SRV_PID"
+    LEASES() { echo $(($(wc -l <"$d/leases4.csv" 2>/dev/null || echo 1) - 1)); }
+}
+
+# step SERVER RATE -> prints "rate achieved drop p50 p99 p99do p99ra leases"
+step() {
+    local server=$1 rate=$2 d i
+    STEP=$((STEP + 1))
+    d="$OUT/$server-$rate"
+    rm -rf "$d"; mkdir -p "$d"
+    SRV=$(mkns "d${STEP}s"); CLI=$(mkns "d${STEP}c")
+    case $server in
+        lanyard) start_lanyard_dhcp "$d" ;;
+        dnsmasq) start_dnsmasq "$d" ;;
+        kea) start_kea "$d" ;;
+    esac
+    # Ready when one exchange completes (max 10 s).
+    for ((i = 0; i < 20; i++)); do
+        ip netns exec "$CLI" timeout 5 perfdhcp -4 -l c0 -B -n 1 -b mac=02:00:00:00:00:01 >"$d/probe.out" 2>&1 && break
+        alive "$SRV_PID" || { cat "$d"/*.out "$d"/*.log 2>/dev/null | tail -20 >&2; die "$server exited"; }
+        sleep 0.5
+    done
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
+        perfdhcp -4 -l c0 -B -r "$rate" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
+    local s
+    s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out")
+    sleep 0.3
+    local leases
+    leases=$(LEASES)
+    stop_pid "$SRV_PID" 10
+    delns "$CLI"; delns "$SRV"
+    # shellcheck disable=SC2086
+    set -- $s
+    local sent_do=${1:-0} recv_ra=${4:-0}
+    local achieved drop
+    achieved=$(awk -v r="$recv_ra" -v p="$PERIOD" 'BEGIN{printf "%.0f", r / p}')
+    drop=$(awk -v s="$sent_do" -v r="$recv_ra" 'BEGIN{ if (s == 0) print 1; else printf "%.4f", 1 - r / s }')
+    echo "$rate $achieved $drop ${5:-} ${6:-} ${7:-} ${8:-} $leases"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" >>"$OUT/steps.tsv"
+    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s' \
+        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases")"
+}
+
+ok() { # "rate achieved drop ..." -> 1 if the step kept up
+    awk -v r="$1" -v a="$2" -v d="$3" -v lim="$DROP_OK" 'BEGIN{print (d <= lim && a >= 0.9 * r) ? 1 : 0}'
+}
+
+# knee SERVER -> sets KNEE (the "step" line of the knee) and PEAK (best achieved)
+knee() {
+    local server=$1 rate=$START_RATE good="" bad="" line n=0 best=0
+    KNEE="" PEAK=0
+    while [ "$n" -lt "$MAX_STEPS" ]; do
+        n=$((n + 1))
+        line=$(step "$server" "$rate")
+        # shellcheck disable=SC2086
+        set -- $line
+        [ "$2" -gt "$best" ] && best=$2
+        if [ "$(ok "$1" "$2" "$3")" = 1 ]; then
+            good=$rate; KNEE=$line
+            [ -n "$bad" ] && break
+            [ "$rate" -ge "$MAX_RATE" ] && break
+            rate=$((rate * 2))
+        else
+            bad=$rate
+            [ -n "$good" ] && break
+            [ "$rate" -le 25 ] && break
+            rate=$((rate / 2))
+        fi
+    done
+    local b=0
+    while [ -n "$good" ] && [ -n "$bad" ] && [ "$b" -lt "$BISECT" ] && [ "$n" -lt "$MAX_STEPS" ]; do
+        b=$((b + 1)); n=$((n + 1))
+        rate=$(((good + bad) / 2))
+        [ $((bad - good)) -le $((good / 10 + 1)) ] && break
+        line=$(step "$server" "$rate")
+        # shellcheck disable=SC2086
+        set -- $line
+        [ "$2" -gt "$best" ] && best=$2
+        if [ "$(ok "$1" "$2" "$3")" = 1 ]; then good=$rate; KNEE=$line; else bad=$rate; fi
+    done
+    PEAK=$best
+}
+
+say "DHCP: perfdhcp, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
+: >"$OUT/steps.tsv"
+declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE
+for server in lanyard kea dnsmasq; do
+    knee "$server"
+    if [ -n "$KNEE" ]; then
+        # shellcheck disable=SC2086
+        set -- $KNEE
+        K_RATE[$server]=$1 K_X[$server]=$2 K_D[$server]=$3 K_P50[$server]=$4 K_P99[$server]=$5
+    else
+        K_RATE[$server]="" K_X[$server]="" K_D[$server]="" K_P50[$server]="" K_P99[$server]=""
+    fi
+    K_PEAK[$server]=$PEAK
+    note "$server: knee at -r ${K_RATE[$server]:-none} (${K_X[$server]:-?} exchanges/s), peak ${PEAK} exchanges/s"
+done
+
+pct() { [ -n "$1" ] && calc "$1*100" | awk '{printf "%.2f %%", $1}'; }
+lx=${K_X[lanyard]}
+rd=$(ratio "$lx" "${K_X[dnsmasq]}")
+rk=$(ratio "$lx" "${K_X[kea]}")
+row "DHCP" "exchanges/s at the knee: lanyard vs dnsmasq" "$lx" "${K_X[dnsmasq]}" "${rd:+${rd}x}" ">= 25x" "$(verdict "$(ge "$rd" 25)")"
+row "DHCP" "exchanges/s at the knee: lanyard vs Kea" "$lx" "${K_X[kea]}" "${rk:+${rk}x}" ">= 4x" "$(verdict "$(ge "$rk" 4)")"
+row "DHCP" "p99 reply delay at the knee (ms): lanyard / Kea" "${K_P99[lanyard]}" "${K_P99[kea]}" "" "< 5 ms" "$(verdict "$(lt "${K_P99[lanyard]}" 5)")"
+row "DHCP" "p99 reply delay at the knee (ms): lanyard / dnsmasq" "${K_P99[lanyard]}" "${K_P99[dnsmasq]}" "" "" ""
+row "DHCP" "p50 reply delay at the knee (ms): lanyard / Kea / dnsmasq" "${K_P50[lanyard]}" "${K_P50[kea]} / ${K_P50[dnsmasq]}" "" "" ""
+row "DHCP" "drop ratio at the knee: lanyard / Kea / dnsmasq" "$(pct "${K_D[lanyard]}")" "$(pct "${K_D[kea]}") / $(pct "${K_D[dnsmasq]}")" "" "" ""
+rpk=$(ratio "${K_PEAK[lanyard]}" "${K_PEAK[kea]}")
+row "DHCP" "peak completed exchanges/s (any drops): lanyard / Kea / dnsmasq" "${K_PEAK[lanyard]}" "${K_PEAK[kea]} / ${K_PEAK[dnsmasq]}" "${rpk:+${rpk}x Kea}" "" ""
+bench_note "DHCP: knee = highest perfdhcp -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled. Steps: bench/results/dhcp-steps.tsv."
+cp "$OUT/steps.tsv" "$BENCH_DIR/results/dhcp-steps.tsv" 2>/dev/null || true
