@@ -181,7 +181,7 @@ knee() {
 say "DHCP: perfdhcp, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
 : >"$OUT/steps.tsv"
 declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE
-for server in lanyard kea dnsmasq; do
+for server in ${BENCH_DHCP_SERVERS:-lanyard kea dnsmasq}; do
     knee "$server"
     if [ -n "$KNEE" ]; then
         # shellcheck disable=SC2086

@@ -22,9 +22,6 @@ pub enum StoreError {
         /// Cause.
         source: rusqlite::Error,
     },
-    /// A helper thread could not be started.
-    #[error("cannot start the store's checkpoint thread: {0}")]
-    Thread(std::io::Error),
     /// A query or commit failed.
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),
