@@ -264,18 +264,11 @@ pub async fn serve_tcp(listener: TcpListener, resolver: Arc<Resolver>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Mac, NetworkSpec};
+    use crate::model::Mac;
     use hickory_proto::op::{MessageType, OpCode, Query};
 
     fn book() -> AddressBook {
-        let net = NetworkSpec {
-            name: "default".into(),
-            mode: "nat".into(),
-            subnet: "192.168.122.0/24".into(),
-            ..Default::default()
-        }
-        .validate(|| "lybr0".into())
-        .unwrap();
+        let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
         let mut b = AddressBook::new(net);
         let mac = Mac([0x52, 0x54, 0, 0, 0, 1]);
         b.reserve_fixed(mac, Some("192.168.122.10".parse().unwrap()), 0).unwrap();

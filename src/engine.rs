@@ -308,8 +308,7 @@ impl Engine {
         ports: Vec<Port>,
         observed: &Observed,
     ) -> Result<(), EngineError> {
-        let observed = self.with_known_firewall(observed);
-        let plan = planner::plan(&networks, &plannable(&ports), &observed);
+        let plan = planner::plan(&networks, &plannable(&ports), observed);
         dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref())?;
         self.firewall = Some(plan.firewall);
         self.networks = networks;
@@ -318,12 +317,13 @@ impl Engine {
         Ok(())
     }
 
-    /// `observed` completed with the fingerprint of the table this engine
-    /// last applied (it is the only writer of that table).
-    fn with_known_firewall(&self, observed: &Observed) -> Observed {
-        let mut o = observed.clone();
+    /// The kernel as the planner needs it: links and routes read now, and
+    /// the firewall's fingerprint taken from the table this engine last
+    /// applied (it is the only writer of that table, so it need not ask nft).
+    fn observe(&self) -> Result<Observed, EngineError> {
+        let mut o = self.dp.observe()?;
         o.firewall_fingerprint = self.firewall.as_deref().and_then(planner::fingerprint);
-        o
+        Ok(o)
     }
 
     /// Runs link operations that leave the firewall as it is.
@@ -352,7 +352,7 @@ impl Engine {
         if self.networks.iter().any(|n| n.name == spec.name) {
             return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
         }
-        let observed = self.dp.observe()?;
+        let observed = self.observe()?;
         let taken: BTreeSet<&str> =
             self.networks.iter().map(|n| n.bridge.as_str()).chain(observed.links.keys().map(String::as_str)).collect();
         let default_bridge =
@@ -421,8 +421,9 @@ impl Engine {
         if let Some(p) = self.ports.iter().find(|p| p.ifname == tap) {
             return Err(EngineError::Conflict(format!("{tap} is already port {} (vm {})", p.id, p.vm)));
         }
-        let observed = self.dp.observe()?;
-        match observed.links.get(tap) {
+        // Only this one link matters: no full observation of the host.
+        let links = self.dp.observe_links(&[tap])?;
+        match links.get(tap) {
             None => Err(EngineError::NotFound(format!("no interface named {tap} to adopt"))),
             Some(l) if l.kind.as_deref() != Some("tun") => {
                 Err(EngineError::Conflict(format!("{tap} is not a TAP device; only TAPs can be adopted")))
@@ -453,8 +454,8 @@ impl Engine {
 
     /// After a store failure: bring the kernel back to the engine's state.
     fn rollback_to_state(&mut self) {
-        let result = self.dp.observe().map_err(EngineError::from).and_then(|o| {
-            let plan = planner::plan(&self.networks, &plannable(&self.ports), &self.with_known_firewall(&o));
+        let result = self.observe().and_then(|o| {
+            let plan = planner::plan(&self.networks, &plannable(&self.ports), &o);
             dataplane::apply(self.dp.as_ref(), &plan, self.firewall.as_deref()).map_err(EngineError::from)?;
             self.firewall = Some(plan.firewall);
             Ok(())
@@ -475,7 +476,7 @@ impl Engine {
                 if active { "active" } else { "inactive" }
             )));
         }
-        let observed = self.dp.observe()?;
+        let observed = self.observe()?;
         if active {
             if let Some(other) =
                 self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.subnet_overlaps(&net))
@@ -520,7 +521,7 @@ impl Engine {
     /// Stops and deletes a network with its ports and leases.
     pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
         self.network(name)?;
-        let observed = self.dp.observe()?;
+        let observed = self.observe()?;
         let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
         let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
         self.stop_services(name);

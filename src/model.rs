@@ -650,6 +650,14 @@ pub enum LeaseKind {
     Dynamic,
 }
 
+/// A valid NAT network for unit tests across modules.
+#[cfg(test)]
+pub(crate) fn test_network(name: &str, subnet: &str, bridge: &str) -> Network {
+    NetworkSpec { name: name.into(), mode: "nat".into(), subnet: subnet.into(), ..Default::default() }
+        .validate(|| bridge.into())
+        .expect("a valid test network")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

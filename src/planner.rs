@@ -529,13 +529,7 @@ fn render_firewall<'a>(networks: impl IntoIterator<Item = &'a Network>) -> Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::NetworkSpec;
-
-    fn net(name: &str, subnet: &str, bridge: &str) -> Network {
-        NetworkSpec { name: name.into(), mode: "nat".into(), subnet: subnet.into(), ..Default::default() }
-            .validate(|| bridge.into())
-            .unwrap()
-    }
+    use crate::model::test_network as net;
 
     fn port(id: &str, net: &str, ty: PortType) -> Port {
         Port {

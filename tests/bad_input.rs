@@ -133,24 +133,7 @@ fn wrong_input_is_refused_without_side_effects() {
     let bridge = field(&net, "bridge").to_string();
     let vm = Netns::new("vm");
     let spare = Netns::new("spare");
-    let port = host.cli_json(&[
-        "port",
-        "create",
-        "--net",
-        NET,
-        "--vm",
-        "vm1",
-        "--type",
-        "veth",
-        "--netns",
-        vm.name(),
-        "--ifname",
-        "eth0",
-        "--mac",
-        MAC,
-        "--ip",
-        IP,
-    ]);
+    let port = host.veth_port(NET, "vm1", &vm, &["--mac", MAC, "--ip", IP]);
     assert_eq!((port["mac"].as_str(), port["ip"].as_str()), (Some(MAC), Some(IP)), "the valid port: {port}");
     host.ns.ip_ok(&["link", "add", "name", TAKEN, "type", "veth", "peer", "name", "taken1"]);
     let spare_ns = spare.name().to_string();

@@ -419,20 +419,7 @@ fn veth_port_into_a_namespace_with_a_long_name() {
     host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
     let ns = Netns::named(format!("{}-0123456789abcdef0123456789", unique("long")));
     assert!(ns.name().len() > 15);
-    let port = host.cli_json(&[
-        "port",
-        "create",
-        "--net",
-        NET,
-        "--vm",
-        "vmlong",
-        "--type",
-        "veth",
-        "--netns",
-        ns.name(),
-        "--ifname",
-        "eth0",
-    ]);
+    let port = host.veth_port(NET, "vmlong", &ns, &[]);
     assert_eq!(port["netns"], ns.name(), "port create: netns in {port}");
     let guest = ns.link("eth0").unwrap_or_else(|| panic!("no eth0 in {} after port create", ns.name()));
     assert_eq!(guest["address"], port["mac"], "guest eth0 MAC differs from the port's");

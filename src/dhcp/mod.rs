@@ -256,17 +256,10 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{LeaseKind, NetworkSpec};
+    use crate::model::LeaseKind;
 
     fn setup() -> (AddressBook, DhcpConfig) {
-        let net = NetworkSpec {
-            name: "default".into(),
-            mode: "nat".into(),
-            subnet: "192.168.122.0/24".into(),
-            ..Default::default()
-        }
-        .validate(|| "lybr0".into())
-        .unwrap();
+        let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
         let cfg = DhcpConfig::for_network(&net, None);
         (AddressBook::new(net), cfg)
     }

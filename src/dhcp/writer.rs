@@ -64,14 +64,4 @@ impl LeaseWriter {
         self.tx.send((changes, done_tx)).map_err(|_| "lease writer stopped".to_string())?;
         done_rx.await.map_err(|_| "lease writer stopped".to_string())?
     }
-
-    /// Persists `changes` from blocking (non-async) code.
-    pub fn commit_blocking(&self, changes: Vec<LeaseChange>) -> Result<(), String> {
-        if changes.is_empty() {
-            return Ok(());
-        }
-        let (done_tx, done_rx) = oneshot::channel();
-        self.tx.send((changes, done_tx)).map_err(|_| "lease writer stopped".to_string())?;
-        done_rx.blocking_recv().map_err(|_| "lease writer stopped".to_string())?
-    }
 }

@@ -226,17 +226,10 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Mac, NetworkSpec, PortType};
+    use crate::model::{Mac, PortType};
 
     fn net() -> Network {
-        NetworkSpec {
-            name: "default".into(),
-            mode: "nat".into(),
-            subnet: "192.168.122.0/24".into(),
-            ..Default::default()
-        }
-        .validate(|| "lybr0".into())
-        .unwrap()
+        crate::model::test_network("default", "192.168.122.0/24", "lybr0")
     }
 
     fn lease(ip: &str, mac: &str) -> Lease {

@@ -640,6 +640,13 @@ impl Host {
     /// `lanyard port create --net NET --vm VM --type veth --netns NS --ifname eth0 EXTRA -o json`.
     pub fn attach_vm(&self, net: &str, vm: &str, extra: &[&str]) -> Vm {
         let ns = Netns::new(vm);
+        let port = self.veth_port(net, vm, &ns, extra);
+        Vm { name: vm.to_string(), ifname: "eth0".to_string(), port, ns }
+    }
+
+    /// `lanyard port create --net NET --vm VM --type veth --netns NS --ifname eth0 EXTRA -o json`
+    /// into an existing namespace; the port as JSON.
+    pub fn veth_port(&self, net: &str, vm: &str, ns: &Netns, extra: &[&str]) -> Value {
         let mut args = vec![
             "port",
             "create",
@@ -655,8 +662,7 @@ impl Host {
             "eth0",
         ];
         args.extend_from_slice(extra);
-        let port = self.cli_json(&args);
-        Vm { name: vm.to_string(), ifname: "eth0".to_string(), port, ns }
+        self.cli_json(&args)
     }
 
     /// A namespace plugged into `bridge` by hand (a veth lanyard knows
