@@ -7,15 +7,17 @@
 //! database round trip per packet.
 
 pub mod server;
+pub mod wire;
 pub mod writer;
 
 use std::net::Ipv4Addr;
 
-use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
+use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 
 use crate::ipam::AddressBook;
-use crate::model::{Mac, Mode, Network};
+use crate::model::{Mode, Network};
 use crate::store::LeaseChange;
+use wire::Request;
 
 /// Lease time handed to clients (libvirt's dnsmasq default is one hour too).
 pub const DEFAULT_LEASE_SECS: u32 = 3600;
@@ -84,48 +86,17 @@ impl Decision {
     }
 }
 
-fn client_mac(msg: &Message) -> Option<Mac> {
-    let c = msg.chaddr();
-    (c.len() >= 6).then(|| Mac([c[0], c[1], c[2], c[3], c[4], c[5]]))
+fn client_id(req: &Request) -> Option<String> {
+    req.client_id.as_ref().map(|id| id.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
 }
 
-fn requested_ip(msg: &Message) -> Option<Ipv4Addr> {
-    match msg.opts().get(OptionCode::RequestedIpAddress) {
-        Some(DhcpOption::RequestedIpAddress(ip)) => Some(*ip),
-        _ => None,
-    }
-}
-
-fn server_id(msg: &Message) -> Option<Ipv4Addr> {
-    match msg.opts().get(OptionCode::ServerIdentifier) {
-        Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
-        _ => None,
-    }
-}
-
-fn client_hostname(msg: &Message) -> Option<String> {
-    match msg.opts().get(OptionCode::Hostname) {
-        Some(DhcpOption::Hostname(h)) if !h.is_empty() => Some(h.clone()),
-        _ => None,
-    }
-}
-
-fn client_id(msg: &Message) -> Option<String> {
-    match msg.opts().get(OptionCode::ClientIdentifier) {
-        Some(DhcpOption::ClientIdentifier(id)) => {
-            Some(id.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":"))
-        }
-        _ => None,
-    }
-}
-
-fn reply_to(req: &Message, kind: MessageType, cfg: &DhcpConfig) -> Message {
+fn reply_to(req: &Request, kind: MessageType, cfg: &DhcpConfig) -> Message {
     let mut m = Message::default();
     m.set_opcode(Opcode::BootReply)
-        .set_xid(req.xid())
-        .set_flags(req.flags())
-        .set_giaddr(req.giaddr())
-        .set_chaddr(req.chaddr())
+        .set_xid(req.xid)
+        .set_flags(Flags::from(req.flags))
+        .set_giaddr(req.giaddr)
+        .set_chaddr(&req.mac.0)
         .set_siaddr(cfg.server_ip);
     let opts = m.opts_mut();
     opts.insert(DhcpOption::MessageType(kind));
@@ -157,15 +128,15 @@ fn add_config(m: &mut Message, cfg: &DhcpConfig, hostname: Option<&str>, with_le
     }
 }
 
-fn destination(req: &Message, reply_kind: MessageType) -> Destination {
-    if !req.giaddr().is_unspecified() {
-        return Destination::Relay(req.giaddr());
+fn destination(req: &Request, reply_kind: MessageType) -> Destination {
+    if !req.giaddr.is_unspecified() {
+        return Destination::Relay(req.giaddr);
     }
     if reply_kind == MessageType::Nak {
         return Destination::Broadcast;
     }
-    if !req.ciaddr().is_unspecified() {
-        return Destination::Client(req.ciaddr());
+    if !req.ciaddr.is_unspecified() {
+        return Destination::Client(req.ciaddr);
     }
     // A client without an address cannot answer ARP, so unless an ARP entry
     // is planted (not done here) the only reliable way to reach it is
@@ -173,7 +144,7 @@ fn destination(req: &Message, reply_kind: MessageType) -> Destination {
     Destination::Broadcast
 }
 
-fn nak(req: &Message, cfg: &DhcpConfig, why: &str) -> Decision {
+fn nak(req: &Request, cfg: &DhcpConfig, why: &str) -> Decision {
     let mut m = reply_to(req, MessageType::Nak, cfg);
     m.set_flags(Flags::default().set_broadcast());
     m.opts_mut().insert(DhcpOption::Message(why.to_string()));
@@ -181,17 +152,12 @@ fn nak(req: &Message, cfg: &DhcpConfig, why: &str) -> Decision {
 }
 
 /// Answers one client message at time `now` (unix seconds).
-pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64) -> Decision {
-    if req.opcode() != Opcode::BootRequest {
-        return Decision::silent();
-    }
-    let (Some(mac), Some(kind)) = (client_mac(req), req.opts().msg_type()) else {
-        return Decision::silent();
-    };
-    let hostname = client_hostname(req);
+pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64) -> Decision {
+    let (mac, kind) = (req.mac, req.kind);
+    let hostname = req.hostname.clone();
     let name_for_client = |book: &AddressBook| hostname.clone().or_else(|| book.name_of(mac).map(String::from));
     match kind {
-        MessageType::Discover => match book.offer(mac, requested_ip(req), now) {
+        MessageType::Discover => match book.offer(mac, req.requested_ip, now) {
             Ok(ip) => {
                 let mut m = reply_to(req, MessageType::Offer, cfg);
                 m.set_yiaddr(ip);
@@ -204,20 +170,19 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
             }
         },
         MessageType::Request => {
-            if let Some(sid) = server_id(req) {
+            if let Some(sid) = req.server_id {
                 if sid != cfg.server_ip {
                     // The client chose another server's offer.
                     return Decision::silent();
                 }
             }
-            let Some(ip) = requested_ip(req).or_else(|| (!req.ciaddr().is_unspecified()).then_some(req.ciaddr()))
-            else {
+            let Some(ip) = req.requested_ip.or_else(|| (!req.ciaddr.is_unspecified()).then_some(req.ciaddr)) else {
                 return nak(req, cfg, "no address requested");
             };
             match book.ack(mac, ip, now, cfg.lease_secs, name_for_client(book), client_id(req)) {
                 Ok(lease) => {
                     let mut m = reply_to(req, MessageType::Ack, cfg);
-                    m.set_yiaddr(ip).set_ciaddr(req.ciaddr());
+                    m.set_yiaddr(ip).set_ciaddr(req.ciaddr);
                     add_config(&mut m, cfg, book.name_of(mac), true);
                     Decision {
                         reply: Some((m, destination(req, MessageType::Ack))),
@@ -229,14 +194,14 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
         }
         MessageType::Release => {
             let net = book.network().name.clone();
-            match book.release(mac, req.ciaddr()) {
+            match book.release(mac, req.ciaddr) {
                 Some(l) => Decision { reply: None, persist: vec![LeaseChange::Remove { net, ip: l.ip }] },
                 None => Decision::silent(),
             }
         }
         MessageType::Decline => {
             let net = book.network().name.clone();
-            let Some(ip) = requested_ip(req) else { return Decision::silent() };
+            let Some(ip) = req.requested_ip else { return Decision::silent() };
             tracing::warn!(%mac, %ip, "client declined its address: another host is using it");
             match book.decline(mac, ip, now) {
                 Some(l) => Decision { reply: None, persist: vec![LeaseChange::Remove { net, ip: l.ip }] },
@@ -245,7 +210,7 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
         }
         MessageType::Inform => {
             let mut m = reply_to(req, MessageType::Ack, cfg);
-            m.set_ciaddr(req.ciaddr());
+            m.set_ciaddr(req.ciaddr);
             add_config(&mut m, cfg, None, false);
             Decision { reply: Some((m, destination(req, MessageType::Ack))), persist: Vec::new() }
         }
@@ -256,7 +221,16 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Message, now: u64)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::LeaseKind;
+    use crate::model::{LeaseKind, Mac};
+    use dhcproto::v4::OptionCode;
+    use dhcproto::{Encodable, Encoder};
+
+    /// Puts `m` on the wire and reads it back as the server does.
+    fn wire(m: &Message) -> Request {
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        Request::parse(&b).unwrap()
+    }
 
     fn setup() -> (AddressBook, DhcpConfig) {
         let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
@@ -279,7 +253,7 @@ mod tests {
     #[test]
     fn full_exchange_gives_a_lease_with_options() {
         let (mut book, cfg) = setup();
-        let d = handle(&mut book, &cfg, &msg(MessageType::Discover, MAC, vec![]), 0);
+        let d = handle(&mut book, &cfg, &wire(&msg(MessageType::Discover, MAC, vec![])), 0);
         let (offer, dest) = d.reply.unwrap();
         assert_eq!(dest, Destination::Broadcast);
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
@@ -296,7 +270,7 @@ mod tests {
                 DhcpOption::Hostname("guest".into()),
             ],
         );
-        let d = handle(&mut book, &cfg, &req, 1);
+        let d = handle(&mut book, &cfg, &wire(&req), 1);
         let (ack, _) = d.reply.unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(ack.yiaddr(), ip);
@@ -327,11 +301,11 @@ mod tests {
         book.ack(Mac(MAC), ip, 0, 3600, None, None).unwrap();
         let mut renew = msg(MessageType::Request, MAC, vec![]);
         renew.set_ciaddr(ip);
-        let (ack, dest) = handle(&mut book, &cfg, &renew, 10).reply.unwrap();
+        let (ack, dest) = handle(&mut book, &cfg, &wire(&renew), 10).reply.unwrap();
         assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
         assert_eq!(dest, Destination::Client(ip));
         let other = msg(MessageType::Request, [0x52, 0x54, 0, 9, 9, 9], vec![DhcpOption::RequestedIpAddress(ip)]);
-        let (nak, dest) = handle(&mut book, &cfg, &other, 10).reply.unwrap();
+        let (nak, dest) = handle(&mut book, &cfg, &wire(&other), 10).reply.unwrap();
         assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
         assert_eq!(dest, Destination::Broadcast);
         let wrong_net = msg(
@@ -339,7 +313,10 @@ mod tests {
             [0x52, 0x54, 0, 9, 9, 9],
             vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(10, 0, 0, 5))],
         );
-        assert_eq!(handle(&mut book, &cfg, &wrong_net, 10).reply.unwrap().0.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(
+            handle(&mut book, &cfg, &wire(&wrong_net), 10).reply.unwrap().0.opts().msg_type(),
+            Some(MessageType::Nak)
+        );
     }
 
     #[test]
@@ -353,7 +330,7 @@ mod tests {
                 DhcpOption::ServerIdentifier(Ipv4Addr::new(192, 168, 122, 254)),
             ],
         );
-        assert_eq!(handle(&mut book, &cfg, &req, 0), Decision::silent());
+        assert_eq!(handle(&mut book, &cfg, &wire(&req), 0), Decision::silent());
     }
 
     #[test]
@@ -361,7 +338,7 @@ mod tests {
         let (mut book, cfg) = setup();
         let fixed = book.reserve_fixed(Mac(MAC), Some(Ipv4Addr::new(192, 168, 122, 50)), 0).unwrap();
         book.set_name(Mac(MAC), "vm1");
-        let (offer, _) = handle(&mut book, &cfg, &msg(MessageType::Discover, MAC, vec![]), 0).reply.unwrap();
+        let (offer, _) = handle(&mut book, &cfg, &wire(&msg(MessageType::Discover, MAC, vec![])), 0).reply.unwrap();
         assert_eq!(offer.yiaddr(), fixed);
         assert_eq!(offer.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("vm1".into())));
     }
@@ -373,13 +350,13 @@ mod tests {
         book.ack(Mac(MAC), ip, 0, 3600, None, None).unwrap();
         let mut rel = msg(MessageType::Release, MAC, vec![]);
         rel.set_ciaddr(ip);
-        let d = handle(&mut book, &cfg, &rel, 1);
+        let d = handle(&mut book, &cfg, &wire(&rel), 1);
         assert_eq!(d.persist, vec![LeaseChange::Remove { net: "default".into(), ip }]);
         assert!(d.reply.is_none());
         let ip2 = book.offer(Mac(MAC), None, 2).unwrap();
         book.ack(Mac(MAC), ip2, 2, 3600, None, None).unwrap();
         let dec = msg(MessageType::Decline, MAC, vec![DhcpOption::RequestedIpAddress(ip2)]);
-        assert_eq!(handle(&mut book, &cfg, &dec, 3).persist.len(), 1);
+        assert_eq!(handle(&mut book, &cfg, &wire(&dec), 3).persist.len(), 1);
         let next = book.offer(Mac(MAC), Some(ip2), 4).unwrap();
         assert_ne!(next, ip2, "a declined address rests");
     }
@@ -389,9 +366,77 @@ mod tests {
         let (mut book, cfg) = setup();
         let mut inf = msg(MessageType::Inform, MAC, vec![]);
         inf.set_ciaddr(Ipv4Addr::new(192, 168, 122, 77));
-        let (ack, dest) = handle(&mut book, &cfg, &inf, 0).reply.unwrap();
+        let (ack, dest) = handle(&mut book, &cfg, &wire(&inf), 0).reply.unwrap();
         assert_eq!(dest, Destination::Client(Ipv4Addr::new(192, 168, 122, 77)));
         assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
         assert!(ack.yiaddr().is_unspecified());
+    }
+}
+
+/// Random packets through the whole wire path (parse, answer, encode), as
+/// a guest could send them. Deterministic, so a failure reproduces.
+#[cfg(test)]
+mod wire_path_tests {
+    use std::sync::Mutex;
+
+    use dhcproto::{Encodable, Encoder};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for kind in 1..=8u8 {
+            let mut m = Message::default();
+            m.set_opcode(Opcode::BootRequest).set_xid(7).set_chaddr(&[0x52, 0x54, 0, 0, 0, kind]);
+            m.opts_mut().insert(DhcpOption::MessageType(MessageType::from(kind)));
+            m.opts_mut().insert(DhcpOption::RequestedIpAddress(Ipv4Addr::new(192, 168, 122, 10 + kind)));
+            m.opts_mut().insert(DhcpOption::Hostname(format!("h{kind}")));
+            let mut b = Vec::new();
+            m.encode(&mut Encoder::new(&mut b)).unwrap();
+            out.push(b);
+        }
+        out
+    }
+
+    #[test]
+    fn random_mutations_never_panic() {
+        let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
+        let cfg = DhcpConfig::for_network(&net, None);
+        let book = Mutex::new(AddressBook::new(net));
+        let mut rng = StdRng::seed_from_u64(0x1a2d);
+        let seeds = seeds();
+        let mut last_expire = 0;
+        let mut served = 0;
+        for i in 0..100_000u64 {
+            let mut p = seeds[rng.random_range(0..seeds.len())].clone();
+            for _ in 0..rng.random_range(1..8) {
+                match rng.random_range(0..4) {
+                    0 if !p.is_empty() => {
+                        let at = rng.random_range(0..p.len());
+                        p[at] = rng.random();
+                    }
+                    1 => p.truncate(rng.random_range(0..=p.len())),
+                    2 => p.extend((0..rng.random_range(0..64)).map(|_| rng.random::<u8>())),
+                    _ => {
+                        // Aim at the header fields and the first options.
+                        let at = [1usize, 2, 3, 10, 11, 236, 240, 241, 242, 243][rng.random_range(0..10)];
+                        if at < p.len() {
+                            p[at] = rng.random();
+                        }
+                    }
+                }
+            }
+            if let Some(d) = server::process(&p, &book, &cfg, i / 100, &mut last_expire) {
+                served += 1;
+                if let Some((reply, _)) = d.reply {
+                    let mut out = Vec::new();
+                    reply.encode(&mut Encoder::new(&mut out)).unwrap();
+                    assert!(wire::Request::parse(&out).is_err(), "a reply must never parse as a request");
+                }
+            }
+        }
+        assert!(served > 1000, "the mutations should leave many packets servable, got {served}");
     }
 }

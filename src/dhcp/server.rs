@@ -3,20 +3,56 @@
 //! a request is answered by the network it arrived on.
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+use dhcproto::{Encodable, Encoder};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
+use super::wire::Request;
 use super::writer::LeaseWriter;
-use super::{handle, Destination, DhcpConfig};
+use super::{handle, Decision, Destination, DhcpConfig};
 use crate::ipam::AddressBook;
 
 /// Seconds since the epoch.
 pub fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Packets whose handling panicked, over all networks. A panic is a bug,
+/// but it must cost one packet, never the network's DHCP service: a dead
+/// server lets a rogue DHCP server in a guest win every client.
+static HANDLER_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many packets' handling panicked since the daemon started.
+pub fn handler_panics() -> u64 {
+    HANDLER_PANICS.load(Ordering::Relaxed)
+}
+
+/// Parses and answers one packet. `None` when it is not served.
+pub fn process(
+    buf: &[u8],
+    book: &Mutex<AddressBook>,
+    cfg: &DhcpConfig,
+    t: u64,
+    last_expire: &mut u64,
+) -> Option<Decision> {
+    let req = match Request::parse(buf) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!("ignoring a DHCP packet: {e}");
+            return None;
+        }
+    };
+    let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
+    if t > *last_expire + 60 {
+        book.expire(t);
+        *last_expire = t;
+    }
+    Some(handle(&mut book, cfg, &req, t))
 }
 
 /// Opens the server socket on `bridge`.
@@ -55,18 +91,16 @@ pub async fn serve(
                 continue;
             }
         };
-        let Ok(req) = dhcproto::v4::Message::decode(&mut Decoder::new(&buf[..len])) else {
-            tracing::debug!(net, %peer, "ignoring a malformed DHCP packet");
-            continue;
-        };
         let t = now();
-        let decision = {
-            let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
-            if t > last_expire + 60 {
-                book.expire(t);
-                last_expire = t;
+        let outcome = catch_unwind(AssertUnwindSafe(|| process(&buf[..len], &book, &cfg, t, &mut last_expire)));
+        let decision = match outcome {
+            Ok(Some(d)) => d,
+            Ok(None) => continue,
+            Err(_) => {
+                let n = HANDLER_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::error!(net, %peer, panics = n, "a DHCP packet made the handler panic; packet dropped, server goes on");
+                continue;
             }
-            handle(&mut book, &cfg, &req, t)
         };
         let Some((reply, dest)) = decision.reply else {
             if let Err(e) = writer.commit(decision.persist).await {
@@ -91,9 +125,17 @@ pub async fn serve(
 
 async fn send(net: &str, socket: &UdpSocket, reply: &dhcproto::v4::Message, dest: Destination) {
     let mut out = Vec::with_capacity(400);
-    if let Err(e) = reply.encode(&mut Encoder::new(&mut out)) {
-        tracing::error!(net, "cannot encode reply: {e}");
-        return;
+    match catch_unwind(AssertUnwindSafe(|| reply.encode(&mut Encoder::new(&mut out)))) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(net, "cannot encode reply: {e}");
+            return;
+        }
+        Err(_) => {
+            HANDLER_PANICS.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(net, "encoding a DHCP reply panicked; reply dropped");
+            return;
+        }
     }
     let to = match dest {
         Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
