@@ -56,7 +56,8 @@ async fn with_engine<T: Send + 'static>(
         f(&mut engine)
     })
     .await
-    .unwrap_or_else(|e| Err(EngineError::Conflict(format!("request aborted: {e}"))))
+    // A panicked request is a bug, reported as one: never as a conflict.
+    .unwrap_or_else(|e| Err(EngineError::Internal(format!("the request did not complete: {e}"))))
     .map_err(ApiError)
 }
 

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex};
 use tokio::net::UnixListener;
 
 use crate::dataplane::linux::LinuxDataplane;
-use crate::engine::{Engine, EngineError};
+use crate::dhcp::writer::LeaseWriter;
+use crate::engine::host::SystemHost;
+use crate::engine::services::NetworkServices;
+use crate::engine::{Engine, EngineError, Parts};
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -56,9 +59,11 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
     }
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(state_dir)?);
     let rt = tokio::runtime::Handle::current();
-    let engine = tokio::task::spawn_blocking(move || Engine::start(store, Box::new(LinuxDataplane), rt))
+    let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone())));
+    let parts = Parts { store, kernel: Arc::new(LinuxDataplane), services, host: Arc::new(SystemHost) };
+    let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
-        .expect("engine start-up does not panic")?;
+        .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
     let shared = Arc::new(Mutex::new(engine));
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))

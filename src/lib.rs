@@ -8,7 +8,9 @@
 //! - [`store`]: persistence behind a trait (embedded SQLite by default);
 //! - [`ipam`]: who holds which address;
 //! - [`planner`]: pure desired-state -> kernel-operations planning;
-//! - [`dataplane`]: the drivers that change the kernel (iproute2, nft);
+//! - [`kernel`]: the vocabulary planner and drivers share (ops, observed
+//!   state, the typed firewall) and the driver trait;
+//! - [`dataplane`]: the drivers that change the kernel;
 //! - [`dhcp`]: the built-in DHCPv4 server;
 //! - [`dns`]: the built-in DNS server for guest names;
 //! - [`daemon`]: process start-up and shutdown.
@@ -22,6 +24,7 @@ pub mod dhcp;
 pub mod dns;
 pub mod engine;
 pub mod ipam;
+pub mod kernel;
 pub mod model;
 pub mod planner;
 pub mod store;

@@ -1,85 +1,355 @@
-//! A recording dataplane for unit tests: every call is logged as one line,
-//! and a chosen line can be made to fail.
+//! A simulated kernel for unit tests: it keeps links, addresses, routes and
+//! nftables tables in memory, refuses what the kernel would refuse (a name
+//! that exists, a link that does not), logs every call as one line, and can
+//! be told to fail a chosen call. Tests compare its [`FakeKernel::snapshot`]
+//! before and after a failed mutation to prove that nothing was left behind.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
-use super::{Dataplane, DataplaneError, OpsResult};
-use std::collections::BTreeMap;
+use crate::kernel::firewall::TableId;
+use crate::kernel::{Element, FirewallChange, Kernel, KernelError, LinkKind, Observed, ObservedLink, Op, Set, Table};
 
-use crate::planner::{Observed, ObservedLink, Op};
-
-/// Records operations instead of performing them.
-#[derive(Debug, Default)]
-pub struct FakeDataplane {
-    log: Mutex<Vec<String>>,
-    fail: Mutex<Option<String>>,
-    /// What `observe` returns.
-    pub observed: Mutex<Observed>,
+/// Everything the fake kernel holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FakeState {
+    /// Links, addresses, routes, ip_forward.
+    pub observed: Observed,
+    /// nftables tables.
+    pub tables: BTreeMap<TableId, Table>,
+    /// Bridge VLAN entries: (link, vid).
+    pub vlans: BTreeSet<(String, u16)>,
+    /// FDB entries: (link, mac, dst).
+    pub fdb: BTreeSet<(String, String, String)>,
 }
 
-impl FakeDataplane {
-    /// Makes the call whose log line equals `line` fail (once logged).
+/// The simulated kernel.
+#[derive(Debug, Default)]
+pub struct FakeKernel {
+    state: Mutex<FakeState>,
+    log: Mutex<Vec<String>>,
+    fail: Mutex<Vec<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn refuse(op: &Op, errno: i32, message: &str) -> KernelError {
+    KernelError::Op { op: op.to_string(), errno: Some(errno), message: message.into() }
+}
+
+impl FakeKernel {
+    /// Makes the calls whose log line equals `line` fail (each time); a
+    /// `*` in `line` matches any text.
     pub fn fail_on(&self, line: &str) {
-        *self.fail.lock().unwrap() = Some(line.to_string());
+        lock(&self.fail).push(line.to_string());
     }
 
-    /// The calls made so far (failed ones excluded).
+    /// Stops injecting failures.
+    pub fn heal(&self) {
+        lock(&self.fail).clear();
+    }
+
+    /// The calls that succeeded so far, one line each.
     pub fn log(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+        lock(&self.log).clone()
     }
 
-    fn record(&self, line: String) -> Result<(), DataplaneError> {
-        if self.fail.lock().unwrap().as_deref() == Some(line.as_str()) {
-            return Err(DataplaneError::Op { op: line, message: "injected failure".into() });
+    /// Forgets the log.
+    pub fn clear_log(&self) {
+        lock(&self.log).clear();
+    }
+
+    /// A copy of the whole kernel state.
+    pub fn snapshot(&self) -> FakeState {
+        lock(&self.state).clone()
+    }
+
+    /// Changes the state behind lanyard's back (a test playing the operator).
+    pub fn tamper(&self, f: impl FnOnce(&mut FakeState)) {
+        f(&mut lock(&self.state));
+    }
+
+    fn check(&self, line: &str) -> Result<(), String> {
+        if lock(&self.fail).iter().any(|f| matches_pattern(f, line)) {
+            return Err("injected failure".into());
         }
-        self.log.lock().unwrap().push(line);
+        Ok(())
+    }
+
+    fn record(&self, line: String) {
+        lock(&self.log).push(line);
+    }
+}
+
+/// Whether `line` matches `pattern`, where `*` matches any text.
+fn matches_pattern(pattern: &str, line: &str) -> bool {
+    let mut parts = pattern.split('*');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = line.strip_prefix(first) else { return false };
+    let tail: Vec<&str> = parts.collect();
+    for (i, part) in tail.iter().enumerate() {
+        if i + 1 == tail.len() {
+            return rest.ends_with(part);
+        }
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
+
+fn new_link(name: &str, kind: LinkKind, mtu: Option<u32>, alias: &str) -> ObservedLink {
+    ObservedLink { name: name.into(), kind, mtu: mtu.unwrap_or(1500), alias: Some(alias.into()), ..Default::default() }
+}
+
+fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
+    let links = &mut s.observed.links;
+    let exists = |links: &BTreeMap<String, ObservedLink>, n: &str| links.contains_key(n);
+    let create = |links: &mut BTreeMap<String, ObservedLink>, l: ObservedLink| {
+        if links.contains_key(&l.name) {
+            return Err(refuse(op, 17, "File exists"));
+        }
+        links.insert(l.name.clone(), l);
+        Ok(())
+    };
+    let missing = || refuse(op, 19, "No such device");
+    match op {
+        Op::CreateBridge { name, mac, mtu, alias } => {
+            let mut l = new_link(name, LinkKind::Bridge, *mtu, alias);
+            l.mac = *mac;
+            create(links, l)?;
+        }
+        Op::CreateTap(t) => {
+            let mut l = new_link(&t.name, LinkKind::Tun, t.mtu, &t.alias);
+            l.mac = Some(t.mac);
+            create(links, l)?;
+        }
+        Op::CreateVeth(v) => create(links, new_link(&v.name, LinkKind::Veth, v.mtu, &v.alias))?,
+        Op::CreateVlan { name, parent, alias, .. } => {
+            if !exists(links, parent) {
+                return Err(missing());
+            }
+            create(links, new_link(name, LinkKind::Vlan, None, alias))?;
+        }
+        Op::CreateVxlan(v) => create(links, new_link(&v.name, LinkKind::Vxlan, v.mtu, &v.alias))?,
+        Op::DeleteLink { name } => {
+            links.remove(name).ok_or_else(missing)?;
+            for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
+                l.master = None;
+            }
+            s.observed.routes.retain(|r| r.dev.as_deref() != Some(name.as_str()));
+        }
+        Op::AddAddress { link, addr } => {
+            let l = links.get_mut(link).ok_or_else(missing)?;
+            if l.addrs.contains(addr) {
+                return Err(refuse(op, 17, "File exists"));
+            }
+            l.addrs.push(*addr);
+        }
+        Op::DelAddress { link, addr } => {
+            let l = links.get_mut(link).ok_or_else(missing)?;
+            let before = l.addrs.len();
+            l.addrs.retain(|a| a != addr);
+            if l.addrs.len() == before {
+                return Err(refuse(op, 99, "Cannot assign requested address"));
+            }
+        }
+        Op::SetMaster { link, master, .. } => {
+            if let Some(m) = master {
+                if !exists(links, m) {
+                    return Err(missing());
+                }
+            }
+            links.get_mut(link).ok_or_else(missing)?.master = master.clone();
+        }
+        Op::SetUp { link, up } => links.get_mut(link).ok_or_else(missing)?.up = *up,
+        Op::SetMtu { link, mtu, .. } => links.get_mut(link).ok_or_else(missing)?.mtu = *mtu,
+        Op::SetMac { link, mac, .. } => links.get_mut(link).ok_or_else(missing)?.mac = Some(*mac),
+        Op::ReplaceRoute { link, route } => {
+            if !exists(links, link) {
+                return Err(missing());
+            }
+            let mut r = route.clone();
+            r.dev = Some(link.clone());
+            s.observed.routes.retain(|x| !(x.dst == r.dst && x.metric == r.metric));
+            s.observed.routes.push(r);
+        }
+        Op::DelRoute { link, route } => {
+            let before = s.observed.routes.len();
+            s.observed.routes.retain(|x| !(x.dst == route.dst && x.dev.as_deref() == Some(link.as_str())));
+            if s.observed.routes.len() == before {
+                return Err(refuse(op, 3, "No such process"));
+            }
+        }
+        Op::SetVlanFiltering { bridge, on } => {
+            let b = links.get_mut(bridge).ok_or_else(missing)?;
+            b.bridge.get_or_insert_with(Default::default).vlan_filtering = *on;
+        }
+        Op::AddBridgeVlan { link, vid, .. } => {
+            if !exists(links, link) {
+                return Err(missing());
+            }
+            s.vlans.insert((link.clone(), *vid));
+        }
+        Op::DelBridgeVlan { link, vid, .. } => {
+            if !s.vlans.remove(&(link.clone(), *vid)) {
+                return Err(refuse(op, 2, "No such file or directory"));
+            }
+        }
+        Op::AddFdb { link, mac, dst } => {
+            if !exists(links, link) {
+                return Err(missing());
+            }
+            s.fdb.insert((link.clone(), mac.to_string(), format!("{dst:?}")));
+        }
+        Op::DelFdb { link, mac, dst } => {
+            if !s.fdb.remove(&(link.clone(), mac.to_string(), format!("{dst:?}"))) {
+                return Err(refuse(op, 2, "No such file or directory"));
+            }
+        }
+        Op::SetForwarding { on } => s.observed.ip_forward = *on,
+    }
+    Ok(())
+}
+
+/// The log line of a firewall change.
+pub fn describe_firewall(change: &FirewallChange) -> String {
+    match change {
+        FirewallChange::None => "firewall none".into(),
+        FirewallChange::Elements(v) => {
+            let items: Vec<String> = v.iter().map(ToString::to_string).collect();
+            format!("firewall {}", items.join("; "))
+        }
+        FirewallChange::Replace(t) => format!("firewall replace {}", t.id),
+        FirewallChange::Delete(id) => format!("firewall delete {id}"),
+    }
+}
+
+fn firewall_error(change: &FirewallChange, message: &str) -> KernelError {
+    KernelError::Firewall { what: describe_firewall(change), message: message.into() }
+}
+
+impl Kernel for FakeKernel {
+    fn observe(&self) -> Result<Observed, KernelError> {
+        Ok(lock(&self.state).observed.clone())
+    }
+
+    fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, KernelError> {
+        let s = lock(&self.state);
+        Ok(names.iter().filter_map(|n| s.observed.links.get(*n)).map(|l| (l.name.clone(), l.clone())).collect())
+    }
+
+    fn apply_op(&self, op: &Op) -> Result<(), KernelError> {
+        let line = op.to_string();
+        self.check(&line).map_err(|m| refuse(op, 5, &m))?;
+        perform(&mut lock(&self.state), op)?;
+        self.record(line);
+        Ok(())
+    }
+
+    fn firewall_fingerprint(&self, table: &TableId) -> Result<Option<String>, KernelError> {
+        Ok(lock(&self.state).tables.get(table).map(Table::fingerprint))
+    }
+
+    fn firewall_elements(&self, table: &TableId, set: &Set) -> Result<BTreeSet<Element>, KernelError> {
+        let s = lock(&self.state);
+        Ok(s.tables.get(table).and_then(|t| t.set(&set.name)).map(|x| x.elements.clone()).unwrap_or_default())
+    }
+
+    fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError> {
+        let line = describe_firewall(change);
+        self.check(&line).map_err(|m| firewall_error(change, &m))?;
+        let mut s = lock(&self.state);
+        match change {
+            FirewallChange::None => {}
+            FirewallChange::Replace(t) => {
+                s.tables.insert(t.id.clone(), (**t).clone());
+            }
+            FirewallChange::Delete(id) => {
+                s.tables.remove(id).ok_or_else(|| firewall_error(change, "No such file or directory"))?;
+            }
+            FirewallChange::Elements(v) => {
+                // One transaction: check everything, then change.
+                let Some(mut t) = s.tables.get(&crate::planner::table_id()).cloned() else {
+                    return Err(firewall_error(change, "No such file or directory"));
+                };
+                for c in v {
+                    let set = t
+                        .sets
+                        .iter_mut()
+                        .find(|x| x.name == c.set)
+                        .ok_or_else(|| firewall_error(change, "No such file or directory"))?;
+                    if c.add {
+                        set.elements.insert(c.element.clone());
+                    } else if !set.elements.remove(&c.element) {
+                        return Err(firewall_error(change, "No such file or directory"));
+                    }
+                }
+                s.tables.insert(t.id.clone(), t);
+            }
+        }
+        drop(s);
+        self.record(line);
         Ok(())
     }
 }
 
-/// A one-line description of an op, used by the fake's log.
-pub fn describe(op: &Op) -> String {
-    match op {
-        Op::CreateBridge { name, .. } => format!("CreateBridge {name}"),
-        Op::CreateTap { name, .. } => format!("CreateTap {name}"),
-        Op::CreateVeth { name, peer_netns, peer_name, .. } => format!("CreateVeth {name} {peer_netns}/{peer_name}"),
-        Op::AddAddress { link, addr } => format!("AddAddress {link} {addr}"),
-        Op::DelAddress { link, addr } => format!("DelAddress {link} {addr}"),
-        Op::SetMaster { link, master } => format!("SetMaster {link} {master}"),
-        Op::NoMaster { link } => format!("NoMaster {link}"),
-        Op::ReplaceRoute { link, route } => format!("ReplaceRoute {link} {:?} via {:?}", route.dst, route.gateway),
-        Op::SetMtu { link, mtu } => format!("SetMtu {link} {mtu}"),
-        Op::SetUp { link } => format!("SetUp {link}"),
-        Op::DeleteLink { name } => format!("DeleteLink {name}"),
-        Op::PeerUp { netns, name } => format!("PeerUp {netns}/{name}"),
-        Op::EnableForwarding => "EnableForwarding".into(),
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::Plan;
 
-impl Dataplane for FakeDataplane {
-    fn observe(&self) -> Result<Observed, DataplaneError> {
-        Ok(self.observed.lock().unwrap().clone())
+    fn bridge(name: &str) -> Op {
+        Op::CreateBridge { name: name.into(), mac: None, mtu: None, alias: "lanyard:net:x".into() }
     }
 
-    fn observe_links(&self, names: &[&str]) -> Result<BTreeMap<String, ObservedLink>, DataplaneError> {
-        let o = self.observed.lock().unwrap();
-        Ok(o.links.iter().filter(|(k, _)| names.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect())
+    #[test]
+    fn failure_rolls_back_completed_ops_in_reverse() {
+        let k = FakeKernel::default();
+        k.fail_on("set lybr0 up");
+        let before = k.snapshot();
+        let plan = Plan {
+            ops: vec![
+                bridge("lybr0"),
+                Op::AddAddress { link: "lybr0".into(), addr: "10.0.0.1/24".parse().unwrap() },
+                Op::SetUp { link: "lybr0".into(), up: true },
+            ],
+            firewall: FirewallChange::None,
+        };
+        let err = plan.apply(&k, None).unwrap_err();
+        assert!(err.rollback_errors.is_empty());
+        assert_eq!(
+            k.log(),
+            vec![
+                "create bridge lybr0",
+                "add address 10.0.0.1/24 to lybr0",
+                "remove address 10.0.0.1/24 from lybr0",
+                "delete link lybr0",
+            ]
+        );
+        assert_eq!(k.snapshot(), before);
     }
 
-    fn firewall_fingerprint(&self) -> Result<Option<String>, DataplaneError> {
-        Ok(self.observed.lock().unwrap().firewall_fingerprint.clone())
+    #[test]
+    fn firewall_failure_undoes_links() {
+        let k = FakeKernel::default();
+        let table = crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")]).unwrap();
+        k.fail_on("firewall replace inet lanyard");
+        let plan = Plan { ops: vec![bridge("b")], firewall: FirewallChange::Replace(Box::new(table)) };
+        assert!(plan.apply(&k, None).is_err());
+        assert!(k.log().is_empty(), "the firewall goes first: {:?}", k.log());
+        assert_eq!(k.snapshot(), FakeState::default());
     }
 
-    fn run(&self, ops: &[Op]) -> OpsResult {
-        for (i, op) in ops.iter().enumerate() {
-            if let Err(e) = self.record(describe(op)) {
-                return (i, Some(e));
-            }
-        }
-        (ops.len(), None)
-    }
-
-    fn apply_firewall(&self, script: &str) -> Result<(), DataplaneError> {
-        self.record(format!("firewall {script}"))
+    #[test]
+    fn refuses_what_the_kernel_refuses() {
+        let k = FakeKernel::default();
+        k.apply_op(&bridge("b")).unwrap();
+        let e = k.apply_op(&bridge("b")).unwrap_err();
+        assert!(matches!(e, KernelError::Op { errno: Some(17), .. }), "{e}");
+        assert!(k.apply_op(&Op::DeleteLink { name: "nope".into() }).is_err());
     }
 }

@@ -16,8 +16,15 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Dataplane, DataplaneError, OpsResult};
-use crate::planner::{Observed, ObservedLink, Op, Route};
+use crate::kernel::firewall::TableId;
+use crate::kernel::{
+    Element, FirewallChange, Kernel, KernelError, LinkKind, Observed, ObservedLink, Op, Route, RouteProto, Set,
+};
+
+type DataplaneError = KernelError;
+
+/// How many ops completed, and the error if one failed.
+type OpsResult = (usize, Option<KernelError>);
 
 /// Drives the kernel of the namespace the daemon runs in.
 #[derive(Debug, Default)]
@@ -36,7 +43,7 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
                 format!("link set dev {name} alias {alias}"),
             ]
         }
-        Op::CreateTap { name, mac, owner, group, mtu: m, alias } => {
+        Op::CreateTap(crate::kernel::link::TapSpec { name, mac, owner, group, mtu: m, alias }) => {
             let mut add = format!("tuntap add dev {name} mode tap");
             if let Some(u) = owner {
                 add.push_str(&format!(" user {u}"));
@@ -46,7 +53,7 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
             }
             vec![add, format!("link set dev {name} address {mac}{} alias {alias}", mtu(m))]
         }
-        Op::CreateVeth { name, peer_netns, peer_name, peer_mac, mtu: m, alias } => vec![
+        Op::CreateVeth(crate::kernel::link::VethSpec { name, peer_netns, peer_name, peer_mac, mtu: m, alias }) => vec![
             format!(
                 "link add name {name}{mt} type veth peer name {peer_name} address {peer_mac}{mt} netns {peer_netns}",
                 mt = mtu(m)
@@ -55,8 +62,8 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
         ],
         Op::AddAddress { link, addr } => vec![format!("address add {addr} dev {link}")],
         Op::DelAddress { link, addr } => vec![format!("address del {addr} dev {link}")],
-        Op::SetMaster { link, master } => vec![format!("link set dev {link} master {master}")],
-        Op::NoMaster { link } => vec![format!("link set dev {link} nomaster")],
+        Op::SetMaster { link, master: Some(master), .. } => vec![format!("link set dev {link} master {master}")],
+        Op::SetMaster { link, master: None, .. } => vec![format!("link set dev {link} nomaster")],
         Op::ReplaceRoute { link, route } => {
             let mut l = format!("route replace {}", route.dst.map_or("default".to_string(), |d| d.to_string()));
             if let Some(gw) = route.gateway {
@@ -69,40 +76,44 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
             if let Some(src) = route.prefsrc {
                 l.push_str(&format!(" src {src}"));
             }
-            if let Some(p) = route.proto.as_deref().filter(|p| p.chars().all(|c| c.is_ascii_alphanumeric())) {
-                l.push_str(&format!(" proto {p}"));
+            if route.proto == RouteProto::Dhcp {
+                l.push_str(" proto dhcp");
             }
             vec![l]
         }
-        Op::SetMtu { link, mtu } => vec![format!("link set dev {link} mtu {mtu}")],
-        Op::SetUp { link } => vec![format!("link set dev {link} up")],
+        Op::SetMtu { link, mtu, .. } => vec![format!("link set dev {link} mtu {mtu}")],
+        Op::SetUp { link, up: true } => vec![format!("link set dev {link} up")],
+        Op::SetUp { link, up: false } => vec![format!("link set dev {link} down")],
         Op::DeleteLink { name } => vec![format!("link del dev {name}")],
-        Op::PeerUp { .. } | Op::EnableForwarding => vec![],
+        _ => vec![],
     }
 }
 
 /// Runs an op that `ip -batch` cannot express.
 fn run_single(op: &Op) -> Result<(), DataplaneError> {
     match op {
-        Op::EnableForwarding => std::fs::write(IP_FORWARD, "1")
-            .map_err(|source| DataplaneError::Sysctl { key: "net.ipv4.ip_forward", source }),
-        Op::PeerUp { netns, name } => {
-            let (ok, _, err) = run_capture("ip", &["-n", netns, "link", "set", "dev", name, "up"], None)?;
+        Op::SetForwarding { on } => {
+            std::fs::write(IP_FORWARD, if *on { "1" } else { "0" }).map_err(|e| KernelError::op(op, &e))
+        }
+        Op::CreateVeth(v) => {
+            let (n, e) = run_batch(std::slice::from_ref(op));
+            if let Some(e) = e.filter(|_| n == 0) {
+                return Err(e);
+            }
+            let (ok, _, err) =
+                run_capture("ip", &["-n", &v.peer_netns, "link", "set", "dev", &v.peer_name, "up"], None)?;
             if ok {
                 Ok(())
             } else {
-                Err(DataplaneError::Op {
-                    op: format!("ip -n {netns} link set dev {name} up"),
-                    message: err.trim().to_string(),
-                })
+                Err(KernelError::Op { op: op.to_string(), errno: None, message: err.trim().to_string() })
             }
         }
-        _ => unreachable!("only non-batch ops are run singly"),
+        other => Err(KernelError::Unavailable(format!("{other}: not supported by the iproute2 driver"))),
     }
 }
 
 fn is_single(op: &Op) -> bool {
-    matches!(op, Op::EnableForwarding | Op::PeerUp { .. })
+    batch_lines(op).is_empty() || matches!(op, Op::CreateVeth(_))
 }
 
 fn run_capture(
@@ -116,13 +127,13 @@ fn run_capture(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| DataplaneError::Spawn { program, source })?;
+        .map_err(|e| KernelError::Unavailable(format!("cannot run {program}: {e}")))?;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("stdin was piped");
         // A write error means the child exited early; its status says why.
         let _ = pipe.write_all(input.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|source| DataplaneError::Spawn { program, source })?;
+    let out = child.wait_with_output().map_err(|e| KernelError::Unavailable(format!("cannot run {program}: {e}")))?;
     Ok((
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -157,7 +168,7 @@ fn run_batch(ops: &[Op]) -> OpsResult {
             let op_index = line_to_op.get(failed_line.saturating_sub(1)).copied().unwrap_or(0);
             let op_text = script.lines().nth(failed_line.saturating_sub(1)).unwrap_or("").to_string();
             let message = stderr.lines().filter(|l| !l.starts_with("Command failed")).collect::<Vec<_>>().join("; ");
-            (op_index, Some(DataplaneError::Op { op: format!("ip {op_text}"), message }))
+            (op_index, Some(DataplaneError::Op { op: format!("ip {op_text}"), errno: None, message }))
         }
     }
 }
@@ -223,16 +234,22 @@ fn parse_links(json: &str) -> Result<Vec<ObservedLink>, DataplaneError> {
                 Some(i) => (i.info_kind, i.info_data),
                 None => (None, None),
             };
+            let kind = LinkKind::from_kernel(kind.as_deref());
+            let bridge = (kind == LinkKind::Bridge).then(|| crate::kernel::link::BridgeInfo {
+                id: data.as_ref().and_then(|d| d.bridge_id.as_deref()).map(brctl_bridge_id).unwrap_or_default(),
+                stp: data.as_ref().and_then(|d| d.stp_state).is_some_and(|s| s != 0),
+                vlan_filtering: false,
+            });
             ObservedLink {
                 up: l.flags.iter().any(|f| f == "UP"),
                 name: l.ifname,
+                index: 0,
                 kind,
                 master: l.master,
                 mtu: l.mtu,
                 addrs,
                 alias: l.ifalias,
-                bridge_id: data.as_ref().and_then(|d| d.bridge_id.as_deref()).map(brctl_bridge_id),
-                stp: data.as_ref().and_then(|d| d.stp_state).map(|s| s != 0),
+                bridge,
                 mac: l.address.and_then(|a| a.parse().ok()),
             }
         })
@@ -260,7 +277,11 @@ fn parse_routes(json: &str) -> Result<Vec<Route>, DataplaneError> {
                         dev: r["dev"].as_str().map(String::from),
                         metric: r["metric"].as_u64().and_then(|m| u32::try_from(m).ok()),
                         prefsrc: r["prefsrc"].as_str().and_then(|g| g.parse().ok()),
-                        proto: r["protocol"].as_str().map(String::from),
+                        proto: match r["protocol"].as_str() {
+                            Some("kernel") => RouteProto::Kernel,
+                            Some("dhcp") => RouteProto::Dhcp,
+                            _ => RouteProto::Static,
+                        },
                     })
                 })
                 .collect()
@@ -268,7 +289,7 @@ fn parse_routes(json: &str) -> Result<Vec<Route>, DataplaneError> {
         .unwrap_or_default())
 }
 
-impl Dataplane for LinuxDataplane {
+impl Kernel for LinuxDataplane {
     fn observe(&self) -> Result<Observed, DataplaneError> {
         let (ok, links, err) = run_capture("ip", &["-j", "-d", "addr", "show"], None)?;
         if !ok {
@@ -283,7 +304,6 @@ impl Dataplane for LinuxDataplane {
             links: parse_links(&links)?.into_iter().map(|l| (l.name.clone(), l)).collect(),
             routes: parse_routes(&routes)?,
             ip_forward,
-            firewall_fingerprint: None,
         })
     }
 
@@ -308,13 +328,52 @@ impl Dataplane for LinuxDataplane {
         Ok(out)
     }
 
-    fn firewall_fingerprint(&self) -> Result<Option<String>, DataplaneError> {
-        // No table (nft exits non-zero) simply means no fingerprint. The
-        // text listing, because nft 1.0.6's JSON leaves table comments out.
-        let (ok, table, _) = run_capture("nft", &["list", "table", "inet", crate::planner::NFT_TABLE], None)?;
-        Ok(if ok { crate::planner::fingerprint(&table) } else { None })
+    fn firewall_fingerprint(&self, table: &TableId) -> Result<Option<String>, KernelError> {
+        // No table (nft exits non-zero) simply means no fingerprint.
+        let (ok, text, _) = run_capture("nft", &["list", "table", table.family.as_str(), &table.name], None)?;
+        Ok(if ok { fingerprint(&text) } else { None })
     }
 
+    fn firewall_elements(
+        &self,
+        _table: &TableId,
+        _set: &Set,
+    ) -> Result<std::collections::BTreeSet<Element>, KernelError> {
+        // Interim: re-adding every wanted element is harmless in nftables.
+        Ok(Default::default())
+    }
+
+    fn apply_op(&self, op: &Op) -> Result<(), KernelError> {
+        match self.run(std::slice::from_ref(op)) {
+            (_, Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError> {
+        let script = match change {
+            FirewallChange::None => return Ok(()),
+            FirewallChange::Replace(t) => format!("table {id} {{}}\ndelete table {id}\n{}", t.render(), id = t.id),
+            FirewallChange::Delete(id) => format!("delete table {id}\n"),
+            FirewallChange::Elements(v) => {
+                let id = crate::planner::table_id();
+                v.iter()
+                    .map(|c| {
+                        format!("{} element {id} {} {{ {} }}\n", if c.add { "add" } else { "delete" }, c.set, c.element)
+                    })
+                    .collect()
+            }
+        };
+        let (ok, _, err) = run_capture("nft", &["-f", "-"], Some(&script))?;
+        if ok {
+            Ok(())
+        } else {
+            Err(KernelError::Firewall { what: "lanyard's table".into(), message: err.trim().replace('\n', "; ") })
+        }
+    }
+}
+
+impl LinuxDataplane {
     fn run(&self, ops: &[Op]) -> OpsResult {
         // Batches run between the ops iproute2 batches cannot hold, keeping
         // the plan's order.
@@ -338,69 +397,11 @@ impl Dataplane for LinuxDataplane {
         }
         (done, None)
     }
-
-    fn apply_firewall(&self, script: &str) -> Result<(), DataplaneError> {
-        let (ok, _, err) = run_capture("nft", &["-f", "-"], Some(script))?;
-        if ok {
-            Ok(())
-        } else {
-            Err(DataplaneError::Firewall(err.trim().replace('\n', "; ")))
-        }
-    }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_ip_json() {
-        let json = r#"[{"ifindex":1,"ifname":"lo","flags":["LOOPBACK","UP","LOWER_UP"],"mtu":65536,"addr_info":[{"family":"inet","local":"127.0.0.1","prefixlen":8}]},
-        {"ifindex":5,"ifname":"lybr0","flags":["BROADCAST","MULTICAST","UP"],"mtu":1500,"ifalias":"lanyard:net:default","linkinfo":{"info_kind":"bridge"},"addr_info":[{"family":"inet","local":"192.168.122.1","prefixlen":24},{"family":"inet6","local":"fe80::1","prefixlen":64}]},
-        {"ifindex":6,"ifname":"lyab","flags":["BROADCAST"],"mtu":1500,"master":"lybr0","linkinfo":{"info_kind":"tun"},"addr_info":[]}]"#;
-        let links = parse_links(json).unwrap();
-        assert_eq!(links.len(), 3);
-        assert!(links[1].owned() && links[1].up && links[1].kind.as_deref() == Some("bridge"));
-        assert_eq!(links[1].addrs, vec!["192.168.122.1/24".parse::<Ipv4Net>().unwrap()]);
-        assert_eq!(links[2].master.as_deref(), Some("lybr0"));
-        assert!(!links[2].up);
-        let routes = parse_routes(
-            r#"[{"dst":"default","gateway":"10.0.0.1","dev":"eth0","protocol":"dhcp","metric":100},{"dst":"10.0.0.0/8"},{"dst":"10.1.2.3"}]"#,
-        )
-        .unwrap();
-        assert_eq!(routes[0].dst, None);
-        assert_eq!(routes[0].gateway, Some("10.0.0.1".parse().unwrap()));
-        assert_eq!(
-            batch_lines(&Op::ReplaceRoute { link: "br0".into(), route: routes[0].clone() }),
-            vec!["route replace default via 10.0.0.1 dev br0 metric 100 proto dhcp"]
-        );
-        let routes: Vec<_> = routes.into_iter().skip(1).map(|r| r.dst.unwrap()).collect();
-        assert_eq!(brctl_bridge_id("8000.3a:22:d0:c6:46:9"), "8000.3a22d0c64609");
-        assert_eq!(routes, vec!["10.0.0.0/8".parse::<Ipv4Net>().unwrap(), "10.1.2.3/32".parse().unwrap()]);
-    }
-
-    #[test]
-    fn reads_the_table_fingerprint_from_the_listing() {
-        let listing = "table inet lanyard {\n\tcomment \"lanyard:00ff\"\n\tchain input {\n\t}\n}\n";
-        assert_eq!(crate::planner::fingerprint(listing).as_deref(), Some("lanyard:00ff"));
-    }
-
-    #[test]
-    fn batch_lines_are_plain_iproute2() {
-        let op = Op::CreateVeth {
-            name: "lyab".into(),
-            peer_netns: "vm1".into(),
-            peer_name: "eth0".into(),
-            peer_mac: "52:54:00:00:00:01".parse().unwrap(),
-            mtu: None,
-            alias: "lanyard:port:ab".into(),
-        };
-        assert_eq!(
-            batch_lines(&op),
-            vec![
-                "link add name lyab type veth peer name eth0 address 52:54:00:00:00:01 netns vm1",
-                "link set dev lyab alias lanyard:port:ab"
-            ]
-        );
-    }
+/// The fingerprint comment in a table listing.
+fn fingerprint(listing: &str) -> Option<String> {
+    let start = listing.find("comment \"lanyard:")? + "comment \"".len();
+    let len = listing[start..].find('"')?;
+    Some(listing[start..start + len].to_string())
 }

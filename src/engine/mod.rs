@@ -1,0 +1,408 @@
+//! The control plane: turns API requests into validated records, plans,
+//! kernel changes and stored state.
+//!
+//! Every mutation follows one protocol ([`Engine::commit`]):
+//! 1. validate the request and check it against the state (conflicts);
+//! 2. plan (pure) the kernel changes;
+//! 3. apply them to the kernel; a failure rolls them back;
+//! 4. persist to the store; a failure undoes the applied plan;
+//! 5. only then change memory (networks, ports, address books, services).
+//!
+//! Addresses for new ports are reserved in the network's address book at
+//! step 1, so the DHCP server, which runs concurrently, cannot hand them out
+//! meanwhile; a failure at any later step releases them.
+//!
+//! The engine does no I/O of its own: the kernel, the store, the host
+//! (namespaces, resolvers, clock) and the DHCP/DNS servers are behind
+//! traits. It is synchronous and runs on blocking threads, behind one lock.
+//!
+//! - [`networks`]: create, delete, start, stop, autostart;
+//! - [`ports`]: create (one or a batch), delete;
+//! - [`services`]: the DHCP/DNS servers seam;
+//! - [`host`]: the host facts seam.
+
+pub mod host;
+pub mod networks;
+pub mod ports;
+pub mod services;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use crate::ipam::{AddressBook, IpamError};
+use crate::kernel::{ApplyError, Kernel, KernelError, Observed, Plan, Table};
+use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType};
+use crate::planner;
+use crate::store::{Store, StoreError};
+
+use host::Host;
+use services::Services;
+
+/// Why a request was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request itself is wrong.
+    #[error(transparent)]
+    Invalid(#[from] ModelError),
+    /// The request is well formed but clashes with existing state.
+    #[error("{0}")]
+    Conflict(String),
+    /// A named object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The kernel refused a change; everything done so far was rolled back.
+    #[error("kernel change failed and was rolled back: {0}")]
+    Apply(#[from] ApplyError),
+    /// The kernel could not be read.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The state database failed; the kernel change was undone.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A bug: the request could not complete (for example it panicked).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<IpamError> for EngineError {
+    fn from(e: IpamError) -> Self {
+        match e {
+            IpamError::OutsideSubnet { ref ip, .. } => {
+                EngineError::Invalid(ModelError::Invalid { what: "ip", value: ip.to_string(), why: e.to_string() })
+            }
+            other => EngineError::Conflict(other.to_string()),
+        }
+    }
+}
+
+/// A port as the API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PortView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub port: Port,
+    /// QEMU arguments for tap ports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_args: Option<String>,
+}
+
+impl From<Port> for PortView {
+    fn from(port: Port) -> Self {
+        PortView { qemu_args: port.qemu_args(), port }
+    }
+}
+
+/// One bridge as `brctl show` prints it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct BridgeView {
+    /// Bridge name.
+    pub name: String,
+    /// Network it serves.
+    pub net: String,
+    /// Bridge id (priority.MAC).
+    pub bridge_id: String,
+    /// "yes" or "no".
+    pub stp: String,
+    /// Ports enslaved to it.
+    pub interfaces: Vec<String>,
+}
+
+/// The keys that must be unique across ports, kept alongside the port list
+/// so a new port is checked in O(1), not by scanning ten thousand ports.
+#[derive(Debug, Default)]
+struct PortIndex {
+    macs: HashSet<Mac>,
+    ids: HashSet<String>,
+    ifnames: HashSet<String>,
+}
+
+impl PortIndex {
+    fn of(ports: &[Port]) -> Self {
+        let mut index = PortIndex::default();
+        ports.iter().for_each(|p| index.insert(p));
+        index
+    }
+
+    fn insert(&mut self, p: &Port) {
+        self.macs.insert(p.mac);
+        self.ids.insert(p.id.clone());
+        self.ifnames.insert(p.ifname.clone());
+    }
+
+    fn remove(&mut self, p: &Port) {
+        self.macs.remove(&p.mac);
+        self.ids.remove(&p.id);
+        self.ifnames.remove(&p.ifname);
+    }
+}
+
+/// What the engine is built from.
+pub struct Parts {
+    /// Desired state and leases.
+    pub store: Arc<dyn Store>,
+    /// The kernel of the managed namespace.
+    pub kernel: Arc<dyn Kernel>,
+    /// DHCP and DNS servers.
+    pub services: Box<dyn Services>,
+    /// Namespaces, resolvers, clock.
+    pub host: Arc<dyn Host>,
+}
+
+/// The control plane of one daemon.
+pub struct Engine {
+    store: Arc<dyn Store>,
+    kernel: Arc<dyn Kernel>,
+    services: Box<dyn Services>,
+    host: Arc<dyn Host>,
+    networks: Vec<Network>,
+    ports: Vec<Port>,
+    index: PortIndex,
+    books: HashMap<String, Arc<Mutex<AddressBook>>>,
+    /// The firewall table the kernel is known to hold (lanyard is its only
+    /// writer, so after start it need not ask nftables).
+    firewall: Option<Table>,
+}
+
+fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
+    book.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Engine {
+    /// Loads the stored state and reconciles the kernel with it.
+    pub fn start(parts: Parts) -> Result<Self, EngineError> {
+        let Parts { store, kernel, services, host } = parts;
+        let networks = store.networks()?;
+        let ports = store.ports()?;
+        let leases = store.leases()?;
+        let mut engine = Engine {
+            store,
+            kernel,
+            services,
+            host,
+            index: PortIndex::of(&ports),
+            networks,
+            ports,
+            books: HashMap::new(),
+            firewall: None,
+        };
+        for net in &engine.networks {
+            engine.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        }
+        for p in &engine.ports {
+            if let Some(b) = engine.books.get(&p.net) {
+                let mut b = lock(b);
+                if let Some(ip) = p.ip {
+                    b.add_static(p.mac, ip);
+                }
+                b.set_name(p.mac, &p.vm);
+            }
+        }
+        for l in leases {
+            if let Some(b) = engine.books.get(&l.net) {
+                lock(b).restore_lease(l);
+            }
+        }
+        let observed = engine.kernel.observe()?;
+        engine.boot_states(&observed)?;
+        engine.firewall = engine.kernel_firewall()?;
+        if let Err(e) = engine.reconcile_with(&observed) {
+            // The daemon still serves its API and the networks that work;
+            // the error names what the operator has to look at.
+            tracing::error!("reconcile incomplete: {e}");
+        }
+        Ok(engine)
+    }
+
+    /// The table the kernel holds, as far as lanyard can tell: when its
+    /// fingerprint is the wanted one, the wanted structure with the
+    /// kernel's elements (so reconcile changes only elements); otherwise an
+    /// unknown table, which reconcile replaces whole.
+    fn kernel_firewall(&self) -> Result<Option<Table>, EngineError> {
+        let id = planner::table_id();
+        let Some(fingerprint) = self.kernel.firewall_fingerprint(&id)? else { return Ok(None) };
+        let Some(mut wanted) = planner::firewall::table(&self.networks) else {
+            // A table nobody wants: an empty one of the same name lets the
+            // plan delete it.
+            return Ok(Some(Table { id, sets: Vec::new(), chains: Vec::new() }));
+        };
+        if wanted.fingerprint() != fingerprint {
+            wanted.chains.clear(); // anything with another fingerprint
+            return Ok(Some(wanted));
+        }
+        for set in &mut wanted.sets {
+            set.elements = self.kernel.firewall_elements(&id, set)?;
+        }
+        Ok(Some(wanted))
+    }
+
+    /// After a host reboot the kernel has none of lanyard's bridges: like
+    /// libvirt, networks come back only if they are marked autostart. A
+    /// daemon restart finds the bridges in place and keeps networks active.
+    fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        for net in &mut self.networks {
+            let present = observed.links.contains_key(&net.bridge);
+            let want = if net.autostart {
+                NetState::Active
+            } else if present {
+                net.state
+            } else {
+                NetState::Inactive
+            };
+            if want != net.state {
+                net.state = want;
+                self.store.put_network(net)?;
+                tracing::info!(net = net.name, state = ?want, "boot state");
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings the kernel to the stored state and starts missing servers.
+    fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        let ports = self.plannable(&self.ports);
+        let plan = planner::plan(&self.networks, &ports, observed, self.firewall.as_ref());
+        tracing::info!(ops = plan.ops.len(), firewall = ?firewall_kind(&plan), "reconciling");
+        plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
+        self.firewall = planner::firewall::table(&self.networks);
+        for net in self.networks.clone() {
+            self.ensure_services(&net);
+        }
+        Ok(())
+    }
+
+    /// Ports whose veth peer namespace is gone cannot be re-created; they
+    /// are left out of the plan (and logged) instead of failing everything.
+    fn plannable(&self, ports: &[Port]) -> Vec<Port> {
+        ports
+            .iter()
+            .filter(|p| match (&p.port_type, &p.netns) {
+                (PortType::Veth, Some(ns)) => {
+                    let ok = self.host.netns_exists(ns);
+                    if !ok {
+                        tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
+                    }
+                    ok
+                }
+                _ => true,
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// Starts the servers of an active network that serves DHCP.
+    fn ensure_services(&mut self, net: &Network) {
+        if net.state != NetState::Active || !net.mode.serves_dhcp() {
+            return;
+        }
+        let Some(book) = self.books.get(&net.name).cloned() else { return };
+        let resolv = self.host.resolv_conf();
+        self.services.start(net, book, &resolv);
+    }
+
+    /// The kernel as the planner needs it, read now.
+    fn observe(&self) -> Result<Observed, EngineError> {
+        Ok(self.kernel.observe()?)
+    }
+
+    /// Steps 3 to 5 of the protocol: applies `plan` and runs `persist`;
+    /// only when both succeeded is `firewall` recorded as the kernel's
+    /// table. The caller changes memory after.
+    ///
+    /// A reversible plan is applied first and undone if the store fails. A
+    /// plan that deletes links is persisted first, because the store can
+    /// undo a write (`restore`) and the kernel cannot bring a deleted link
+    /// back; if the kernel then fails, `restore` puts the records back.
+    fn commit(
+        &mut self,
+        plan: &Plan,
+        firewall: Option<Table>,
+        persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
+        restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        if plan.reversible() {
+            plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
+            if let Err(e) = persist(self.store.as_ref()) {
+                for re in plan.undo(self.kernel.as_ref(), self.firewall.as_ref()) {
+                    tracing::error!("undo after a store failure incomplete: {re}");
+                }
+                return Err(e.into());
+            }
+        } else {
+            persist(self.store.as_ref())?;
+            if let Err(e) = plan.apply(self.kernel.as_ref(), self.firewall.as_ref()) {
+                if let Err(se) = restore(self.store.as_ref()) {
+                    tracing::error!("restoring the store after a kernel failure failed: {se}");
+                }
+                return Err(e.into());
+            }
+        }
+        self.firewall = firewall;
+        Ok(())
+    }
+
+    /// All networks.
+    pub fn networks(&self) -> Vec<Network> {
+        self.networks.clone()
+    }
+
+    /// One network.
+    pub fn network(&self, name: &str) -> Result<Network, EngineError> {
+        self.networks
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no network named {name:?} (see `lanyard net list`)")))
+    }
+
+    /// Ports, optionally filtered.
+    pub fn ports(&self, vm: Option<&str>, net: Option<&str>) -> Vec<Port> {
+        self.ports.iter().filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n)).cloned().collect()
+    }
+
+    /// Leases of a network, ordered by address.
+    pub fn leases(&self, net: &str) -> Result<Vec<Lease>, EngineError> {
+        self.network(net)?;
+        let mut v: Vec<Lease> = self.books.get(net).map(|b| lock(b).leases().cloned().collect()).unwrap_or_default();
+        v.sort_by_key(|l| l.ip);
+        Ok(v)
+    }
+
+    /// lanyard's bridges and their interfaces.
+    pub fn bridges(&self) -> Result<Vec<BridgeView>, EngineError> {
+        let observed = self.observe()?;
+        Ok(self
+            .networks
+            .iter()
+            .filter_map(|n| observed.links.get(&n.bridge).map(|b| (n, b)))
+            .map(|(n, b)| BridgeView {
+                bridge_id: b.bridge.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
+                stp: if b.bridge.as_ref().is_some_and(|i| i.stp) { "yes" } else { "no" }.into(),
+                name: n.bridge.clone(),
+                net: n.name.clone(),
+                interfaces: observed
+                    .links
+                    .values()
+                    .filter(|l| l.master.as_deref() == Some(n.bridge.as_str()))
+                    .map(|l| l.name.clone())
+                    .collect(),
+            })
+            .collect())
+    }
+
+    /// Stops the DHCP and DNS servers (the kernel state stays: VMs keep running).
+    pub fn shutdown(&mut self) {
+        self.services.stop_all();
+    }
+}
+
+fn firewall_kind(plan: &Plan) -> &'static str {
+    match plan.firewall {
+        crate::kernel::FirewallChange::None => "unchanged",
+        crate::kernel::FirewallChange::Elements(_) => "elements",
+        crate::kernel::FirewallChange::Replace(_) => "replace",
+        crate::kernel::FirewallChange::Delete(_) => "delete",
+    }
+}
+
+#[cfg(test)]
+mod tests;

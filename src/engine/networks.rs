@@ -1,0 +1,208 @@
+//! Network mutations: create, delete, start, stop, autostart. Each follows
+//! the engine's protocol (validate, plan, apply, persist, then memory).
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use super::{Engine, EngineError};
+use crate::ipam::AddressBook;
+use crate::kernel::{LinkKind, Observed};
+use crate::model::{Mode, ModelError, NetState, Network, NetworkSpec, Port};
+use crate::planner;
+use crate::store::{LeaseChange, Store, StoreError};
+
+impl Engine {
+    /// Plans `networks` + `ports` against `observed` and commits the plan
+    /// with `persist`. Memory is the caller's to change afterwards.
+    fn commit_state(
+        &mut self,
+        networks: &[Network],
+        ports: &[Port],
+        observed: &Observed,
+        persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
+        restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
+    ) -> Result<(), EngineError> {
+        let plan = planner::plan(networks, &self.plannable(ports), observed, self.firewall.as_ref());
+        self.commit(&plan, planner::firewall::table(networks), persist, restore)
+    }
+
+    /// Defines and starts a network.
+    pub fn create_network(&mut self, spec: NetworkSpec) -> Result<Network, EngineError> {
+        if self.networks.iter().any(|n| n.name == spec.name) {
+            return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
+        }
+        let observed = self.observe()?;
+        let net = self.validate_network(spec, &observed)?;
+        self.check_network_conflicts(&net, &observed)?;
+
+        let mut networks = self.networks.clone();
+        networks.push(net.clone());
+        let ports = self.ports.clone();
+        self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.delete_network(&net.name))?;
+
+        self.networks = networks;
+        self.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        self.ensure_services(&net);
+        tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
+        Ok(net)
+    }
+
+    /// Validates a spec against the host: defaults the bridge name and, in
+    /// bridge mode, takes the LAN's subnet from the uplink.
+    fn validate_network(&self, spec: NetworkSpec, observed: &Observed) -> Result<Network, EngineError> {
+        let taken: BTreeSet<&str> =
+            self.networks.iter().map(|n| n.bridge.as_str()).chain(observed.links.keys().map(String::as_str)).collect();
+        let default_bridge =
+            || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
+        let mut spec = spec;
+        let mode: Mode = spec.mode.parse()?;
+        if let (Some(uplink), Mode::Bridge) = (spec.uplink.as_deref(), mode) {
+            crate::model::validate_ifname("uplink", uplink)?;
+            self.check_uplink(uplink, observed)?;
+            if spec.subnet.is_empty() {
+                // The LAN's subnet, as the uplink is configured now.
+                let Some(addr) = observed.links.get(uplink).and_then(|l| l.addrs.first()) else {
+                    return Err(EngineError::Invalid(ModelError::Invalid {
+                        what: "subnet",
+                        value: String::new(),
+                        why: format!(
+                            "uplink {uplink} has no IPv4 address to take the LAN's subnet from; give --subnet"
+                        ),
+                    }));
+                };
+                spec.subnet = addr.trunc().to_string();
+                spec.gateway.get_or_insert_with(|| addr.addr().to_string());
+            }
+        }
+        Ok(spec.validate(default_bridge)?)
+    }
+
+    fn check_network_conflicts(&self, net: &Network, observed: &Observed) -> Result<(), EngineError> {
+        if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
+            return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
+        }
+        if observed.links.contains_key(&net.bridge) {
+            return Err(EngineError::Conflict(format!(
+                "an interface named {} already exists on this host",
+                net.bridge
+            )));
+        }
+        if let Some(other) = self.networks.iter().find(|n| n.subnet_overlaps(net)) {
+            return Err(EngineError::Conflict(format!(
+                "subnet {} overlaps {} of network {:?}",
+                net.subnet, other.subnet, other.name
+            )));
+        }
+        // A bridge-mode network's subnet is the LAN the uplink already
+        // routes to: only other interfaces' routes count as a clash.
+        let clash = observed
+            .routes
+            .iter()
+            .filter(|r| r.dev.is_none() || r.dev != net.uplink)
+            .find_map(|r| r.dst.filter(|d| d.contains(&net.subnet.network()) || net.subnet.contains(&d.network())));
+        if let Some(dst) = clash {
+            return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {dst}", net.subnet)));
+        }
+        Ok(())
+    }
+
+    fn check_uplink(&self, uplink: &str, observed: &Observed) -> Result<(), EngineError> {
+        let Some(link) = observed.links.get(uplink) else {
+            return Err(EngineError::NotFound(format!("no interface named {uplink} to use as uplink (see `ip link`)")));
+        };
+        if let Some(master) = &link.master {
+            return Err(EngineError::Conflict(format!("uplink {uplink} is already a port of bridge {master}")));
+        }
+        if link.owned() || link.kind == LinkKind::Bridge {
+            return Err(EngineError::Conflict(format!("{uplink} is a bridge or a lanyard port, not a NIC to uplink")));
+        }
+        if let Some(other) = self.networks.iter().find(|n| n.uplink.as_deref() == Some(uplink)) {
+            return Err(EngineError::Conflict(format!("uplink {uplink} is in use by network {:?}", other.name)));
+        }
+        Ok(())
+    }
+
+    /// Starts (`active = true`) or stops a defined network. Stopping removes
+    /// its bridge and rules and stops its servers; ports and leases stay.
+    pub fn set_active(&mut self, name: &str, active: bool) -> Result<Network, EngineError> {
+        let mut net = self.network(name)?;
+        let state = if active { NetState::Active } else { NetState::Inactive };
+        if net.state == state {
+            return Err(EngineError::Conflict(format!(
+                "network {name:?} is already {}",
+                if active { "active" } else { "inactive" }
+            )));
+        }
+        if active {
+            if let Some(other) =
+                self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.subnet_overlaps(&net))
+            {
+                return Err(EngineError::Conflict(format!(
+                    "subnet {} overlaps active network {:?}",
+                    net.subnet, other.name
+                )));
+            }
+        }
+        let observed = self.observe()?;
+        net.state = state;
+        let networks: Vec<Network> =
+            self.networks.iter().map(|n| if n.name == name { net.clone() } else { n.clone() }).collect();
+        // The servers are bound to the bridge that is about to go.
+        if !active {
+            self.services.stop(name);
+        }
+        let ports = self.ports.clone();
+        let old = self.network(name)?;
+        if let Err(e) =
+            self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.put_network(&old))
+        {
+            if !active {
+                self.ensure_services(&old);
+            }
+            return Err(e);
+        }
+        self.networks = networks;
+        if active {
+            self.ensure_services(&net);
+        }
+        tracing::info!(net = name, active, "network state changed");
+        Ok(net)
+    }
+
+    /// Marks a network to start (or not) at boot.
+    pub fn set_autostart(&mut self, name: &str, autostart: bool) -> Result<Network, EngineError> {
+        let mut net = self.network(name)?;
+        net.autostart = autostart;
+        self.store.put_network(&net)?;
+        if let Some(n) = self.networks.iter_mut().find(|n| n.name == name) {
+            n.autostart = autostart;
+        }
+        Ok(net)
+    }
+
+    /// Stops and deletes a network with its ports and leases.
+    pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
+        let old = self.network(name)?;
+        let observed = self.observe()?;
+        let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
+        let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
+        let old_ports: Vec<Port> = self.ports.iter().filter(|p| p.net == name).cloned().collect();
+        let old_leases: Vec<LeaseChange> = self.leases(name)?.into_iter().map(LeaseChange::Upsert).collect();
+        let restore = |s: &dyn Store| {
+            s.put_network(&old)?;
+            s.put_ports(&old_ports)?;
+            s.write_leases(&old_leases)
+        };
+        self.services.stop(name);
+        if let Err(e) = self.commit_state(&networks, &ports, &observed, |s| s.delete_network(name), restore) {
+            self.ensure_services(&old);
+            return Err(e);
+        }
+        self.networks = networks;
+        self.index = super::PortIndex::of(&ports);
+        self.ports = ports;
+        self.books.remove(name);
+        tracing::info!(net = name, "network deleted");
+        Ok(())
+    }
+}

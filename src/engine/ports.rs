@@ -1,0 +1,220 @@
+//! Port mutations: create (one, or a batch all or nothing) and delete. A
+//! port's cost does not depend on how many ports exist: only its own link
+//! is read and changed.
+
+use std::collections::BTreeMap;
+
+use super::{lock, Engine, EngineError, PortIndex};
+use crate::kernel::{FirewallChange, Op, Plan};
+use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
+use crate::planner;
+
+/// Names the failing entry of a batch request.
+fn in_batch(i: usize, e: EngineError) -> EngineError {
+    match e {
+        EngineError::Conflict(m) => EngineError::Conflict(format!("port #{i}: {m}")),
+        EngineError::NotFound(m) => EngineError::NotFound(format!("port #{i}: {m}")),
+        EngineError::Invalid(ModelError::Invalid { what, value, why }) => {
+            EngineError::Invalid(ModelError::Invalid { what, value, why: format!("{why} (port #{i})") })
+        }
+        other => other,
+    }
+}
+
+impl Engine {
+    /// Creates a port: its device, bridge membership and fixed IP.
+    pub fn create_port(&mut self, spec: PortSpec) -> Result<Port, EngineError> {
+        Ok(self.create_ports(vec![spec])?.remove(0))
+    }
+
+    /// Creates several ports all or nothing: one pass over the kernel, one
+    /// store transaction. The bulk path for provisioning.
+    pub fn create_ports(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
+        let mut batch = PortIndex::default();
+        let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
+        for (i, spec) in specs.iter().enumerate() {
+            match self.prepare_port(spec, &mut batch) {
+                Ok(p) => ports.push(p),
+                Err(e) => {
+                    self.release_addresses(&ports);
+                    return Err(if specs.len() > 1 { in_batch(i, e) } else { e });
+                }
+            }
+        }
+        if let Err(e) = self.commit_ports(&ports) {
+            self.release_addresses(&ports);
+            return Err(e);
+        }
+        for p in &ports {
+            if let Some(book) = self.books.get(&p.net) {
+                lock(book).set_name(p.mac, &p.vm);
+            }
+            tracing::info!(port = p.id, vm = p.vm, net = p.net, ip = ?p.ip, mac = %p.mac, "port created");
+        }
+        ports.iter().for_each(|p| self.index.insert(p));
+        self.ports.extend(ports.iter().cloned());
+        Ok(ports)
+    }
+
+    /// Plans, applies and stores new ports. Only these ports' links are
+    /// looked at and changed.
+    fn commit_ports(&mut self, ports: &[Port]) -> Result<(), EngineError> {
+        let names: Vec<&str> = ports.iter().map(|p| p.ifname.as_str()).collect();
+        let links = self.kernel.observe_links(&names)?;
+        let mut ops = Vec::new();
+        for p in ports {
+            let net = self.networks.iter().find(|n| n.name == p.net && n.state == NetState::Active);
+            ops.extend(planner::port_ops(p, net, links.get(&p.ifname)));
+        }
+        let plan = Plan { ops, firewall: FirewallChange::None };
+        let firewall = self.firewall.clone();
+        self.commit(&plan, firewall, |s| s.put_ports(ports), |_| Ok(()))
+    }
+
+    fn release_addresses(&self, ports: &[Port]) {
+        for p in ports {
+            if let Some(book) = self.books.get(&p.net) {
+                lock(book).remove_static(p.mac);
+            }
+        }
+    }
+
+    /// Validates one port request against the state (and the ports earlier
+    /// in the same batch) and reserves its MAC, id and fixed IP.
+    fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex) -> Result<Port, EngineError> {
+        let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m);
+        let taken_ifname = |n: &str| self.index.ifnames.contains(n) || batch.ifnames.contains(n);
+        let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
+        let checked = spec.check()?;
+        let net = self.network(&spec.net)?;
+        if let Some((ns, _)) = &checked.peer {
+            if !self.host.netns_exists(ns) {
+                return Err(EngineError::NotFound(format!(
+                    "no network namespace named {ns:?} (create it with `ip netns add {ns}`)"
+                )));
+            }
+        }
+        if let Some(tap) = &checked.adopt {
+            if taken_ifname(tap) {
+                return Err(EngineError::Conflict(format!("{tap} is already a port")));
+            }
+            self.check_adoptable(tap)?;
+        }
+        let mac = match checked.mac {
+            Some(mac) => {
+                if taken_mac(&mac) {
+                    let holder = self.ports.iter().find(|p| p.mac == mac);
+                    return Err(EngineError::Conflict(match holder {
+                        Some(p) => format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm),
+                        None => format!("MAC {mac} is given twice"),
+                    }));
+                }
+                mac
+            }
+            None => loop {
+                let m = Mac::random_qemu();
+                if !taken_mac(&m) {
+                    break m;
+                }
+            },
+        };
+        let id = loop {
+            let id = format!("{:08x}", rand::random::<u32>());
+            if !taken_id(&id) && !taken_ifname(&Port::ifname_for(&id)) {
+                break id;
+            }
+        };
+        let book = self
+            .books
+            .get(&net.name)
+            .cloned()
+            .ok_or_else(|| EngineError::Internal(format!("network {:?} has no address book", net.name)))?;
+        // On a bridge-mode network the LAN's DHCP server assigns addresses.
+        let ip = if net.mode.serves_dhcp() {
+            Some(lock(&book).reserve_fixed(mac, checked.ip, self.host.now())?)
+        } else if let Some(ip) = checked.ip {
+            return Err(EngineError::Invalid(ModelError::Invalid {
+                what: "ip",
+                value: ip.to_string(),
+                why: "a bridge-mode network's addresses come from the LAN's DHCP server; leave out --ip".into(),
+            }));
+        } else {
+            None
+        };
+        let (netns, peer_ifname) = checked.peer.map_or((None, None), |(a, b)| (Some(a), Some(b)));
+        let ifname = checked.adopt.clone().unwrap_or_else(|| Port::ifname_for(&id));
+        let port = Port {
+            adopted: checked.adopt.is_some(),
+            ifname,
+            id,
+            net: net.name.clone(),
+            vm: spec.vm.clone(),
+            port_type: checked.port_type,
+            mac,
+            ip,
+            netns,
+            peer_ifname,
+            owner: spec.owner.clone(),
+            group: spec.group.clone(),
+        };
+        batch.insert(&port);
+        Ok(port)
+    }
+
+    fn check_adoptable(&self, tap: &str) -> Result<(), EngineError> {
+        if let Some(p) = self.ports.iter().find(|p| p.ifname == tap) {
+            return Err(EngineError::Conflict(format!("{tap} is already port {} (vm {})", p.id, p.vm)));
+        }
+        // Only this one link matters: no full observation of the host.
+        let links = self.kernel.observe_links(&[tap])?;
+        match links.get(tap) {
+            None => Err(EngineError::NotFound(format!("no interface named {tap} to adopt"))),
+            Some(l) if l.kind != crate::kernel::LinkKind::Tun => {
+                Err(EngineError::Conflict(format!("{tap} is not a TAP device; only TAPs can be adopted")))
+            }
+            Some(l) if l.master.is_some() => Err(EngineError::Conflict(format!(
+                "{tap} is already a port of bridge {}",
+                l.master.as_deref().unwrap_or_default()
+            ))),
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// Deletes a port: its device goes, its IP is free again.
+    pub fn delete_port(&mut self, id: &str) -> Result<(), EngineError> {
+        let port = self
+            .ports
+            .iter()
+            .find(|p| p.id == id)
+            .cloned()
+            .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
+        let links: BTreeMap<_, _> = self.kernel.observe_links(&[&port.ifname])?;
+        // lanyard deletes only what it created; an adopted TAP is QEMU's.
+        let ops = match links.get(&port.ifname) {
+            Some(l) if l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
+            _ => Vec::new(),
+        };
+        let plan = Plan { ops, firewall: FirewallChange::None };
+        let firewall = self.firewall.clone();
+        let lease = self.books.get(&port.net).and_then(|b| lock(b).leases().find(|l| l.mac == port.mac).cloned());
+        self.commit(
+            &plan,
+            firewall,
+            |s| s.delete_port(&port),
+            |s| {
+                s.put_ports(std::slice::from_ref(&port))?;
+                match &lease {
+                    Some(l) => s.write_leases(&[crate::store::LeaseChange::Upsert(l.clone())]),
+                    None => Ok(()),
+                }
+            },
+        )?;
+        self.ports.retain(|p| p.id != id);
+        self.index.remove(&port);
+        if let Some(book) = self.books.get(&port.net) {
+            lock(book).remove_static(port.mac);
+        }
+        tracing::info!(port = id, "port deleted");
+        Ok(())
+    }
+}

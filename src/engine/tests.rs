@@ -1,0 +1,276 @@
+//! The engine against a simulated kernel, a store that can be made to fail,
+//! fake services and a fake host: every mutation either completes or leaves
+//! kernel, store and memory exactly as they were.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::host::FakeHost;
+use super::services::FakeServices;
+use super::*;
+use crate::dataplane::fake::{FakeKernel, FakeState};
+use crate::model::{NetworkSpec, PortSpec};
+use crate::store::sqlite::SqliteStore;
+use crate::store::LeaseChange;
+
+/// A store whose writes fail while `broken` is set.
+struct FlakyStore {
+    inner: SqliteStore,
+    broken: AtomicBool,
+}
+
+impl FlakyStore {
+    fn check(&self) -> Result<(), StoreError> {
+        if self.broken.load(Ordering::SeqCst) {
+            return Err(StoreError::Db(rusqlite::Error::InvalidQuery));
+        }
+        Ok(())
+    }
+}
+
+impl Store for FlakyStore {
+    fn networks(&self) -> Result<Vec<Network>, StoreError> {
+        self.inner.networks()
+    }
+    fn put_network(&self, net: &Network) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_network(net)
+    }
+    fn delete_network(&self, name: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_network(name)
+    }
+    fn ports(&self) -> Result<Vec<Port>, StoreError> {
+        self.inner.ports()
+    }
+    fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_ports(ports)
+    }
+    fn delete_port(&self, port: &Port) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_port(port)
+    }
+    fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.inner.leases()
+    }
+    fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_leases(changes)
+    }
+}
+
+struct Rig {
+    engine: Engine,
+    kernel: Arc<FakeKernel>,
+    store: Arc<FlakyStore>,
+}
+
+/// Everything a mutation may change: kernel, store, memory.
+#[derive(Debug, PartialEq)]
+struct World {
+    kernel: FakeState,
+    stored: (Vec<Network>, Vec<Port>, Vec<Lease>),
+    networks: Vec<Network>,
+    ports: Vec<Port>,
+    leases: Vec<Vec<Lease>>,
+    running: Vec<bool>,
+    firewall: Option<Table>,
+}
+
+fn rig() -> Rig {
+    let kernel = Arc::new(FakeKernel::default());
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+    });
+    let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 };
+    let engine = Engine::start(Parts {
+        store: store.clone(),
+        kernel: kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(host),
+    })
+    .expect("engine starts");
+    Rig { engine, kernel, store }
+}
+
+impl Rig {
+    fn world(&self) -> World {
+        let e = &self.engine;
+        let mut stored_ports = self.store.ports().unwrap();
+        stored_ports.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut ports = e.ports(None, None);
+        ports.sort_by(|a, b| a.id.cmp(&b.id));
+        World {
+            kernel: self.kernel.snapshot(),
+            stored: (self.store.networks().unwrap(), stored_ports, self.store.leases().unwrap()),
+            networks: e.networks(),
+            ports,
+            leases: e.networks().iter().map(|n| e.leases(&n.name).unwrap()).collect(),
+            running: e.networks().iter().map(|n| e.services.running(&n.name)).collect(),
+            firewall: e.firewall.clone(),
+        }
+    }
+
+    /// Runs `f` once with the kernel failing at `line` and once with the
+    /// store failing; each time the world must be unchanged.
+    fn refuses_cleanly<T: std::fmt::Debug>(
+        &mut self,
+        line: &str,
+        mut f: impl FnMut(&mut Engine) -> Result<T, EngineError>,
+    ) {
+        let before = self.world();
+        self.kernel.fail_on(line);
+        let r = f(&mut self.engine);
+        self.kernel.heal();
+        assert!(matches!(r, Err(EngineError::Apply(_))), "kernel failing at {line:?}: {r:?}");
+        assert_eq!(self.world(), before, "a kernel failure at {line:?} left traces");
+        self.store.broken.store(true, Ordering::SeqCst);
+        let r = f(&mut self.engine);
+        self.store.broken.store(false, Ordering::SeqCst);
+        assert!(matches!(r, Err(EngineError::Store(_))), "store failing: {r:?}");
+        assert_eq!(self.world(), before, "a store failure left traces");
+    }
+}
+
+fn spec(name: &str, mode: &str, subnet: &str) -> NetworkSpec {
+    NetworkSpec { name: name.into(), mode: mode.into(), subnet: subnet.into(), ..Default::default() }
+}
+
+fn port(net: &str) -> PortSpec {
+    PortSpec { net: net.into(), vm: "vm".into(), ..Default::default() }
+}
+
+#[test]
+fn conflicts_are_refused_before_any_kernel_change() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    r.kernel.clear_log();
+    let before = r.world();
+    for bad in [spec("a", "nat", "10.2.0.0/24"), spec("b", "nat", "10.1.0.128/25"), spec("c", "nat", "10.0.0.0/8")] {
+        assert!(matches!(r.engine.create_network(bad), Err(EngineError::Conflict(_))));
+    }
+    let mut s = spec("d", "nat", "10.3.0.0/24");
+    s.bridge = Some("lybr0".into());
+    assert!(matches!(r.engine.create_network(s), Err(EngineError::Conflict(_))));
+    assert!(matches!(r.engine.create_network(spec("e", "nat", "10.4.0.0/33")), Err(EngineError::Invalid(_))));
+    assert!(r.kernel.log().is_empty(), "refused requests reached the kernel: {:?}", r.kernel.log());
+    assert_eq!(r.world(), before);
+}
+
+#[test]
+fn create_network_builds_bridge_rules_and_services() {
+    let mut r = rig();
+    let net = r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let k = r.kernel.snapshot();
+    let bridge = &k.observed.links[&net.bridge];
+    assert!(bridge.up && bridge.owned() && bridge.addrs == vec![net.gateway_cidr()]);
+    assert!(k.observed.ip_forward);
+    let table = &k.tables[&planner::table_id()];
+    assert_eq!(table.set("masq_nets").unwrap().elements.len(), 1);
+    assert!(r.engine.services.running("a"));
+    // A second network changes set elements, not the table.
+    r.kernel.clear_log();
+    r.engine.create_network(spec("b", "route", "10.2.0.0/24")).unwrap();
+    let fw: Vec<String> = r.kernel.log().into_iter().filter(|l| l.starts_with("firewall")).collect();
+    assert_eq!(fw.len(), 1, "{fw:?}");
+    assert!(fw[0].starts_with("firewall add element"), "{fw:?}");
+}
+
+#[test]
+fn failed_network_mutations_leave_no_trace() {
+    let mut r = rig();
+    r.refuses_cleanly("firewall replace inet lanyard", |e| e.create_network(spec("x", "nat", "10.9.0.0/24")));
+    r.engine.create_network(spec("keep", "nat", "10.9.0.0/24")).unwrap();
+    r.refuses_cleanly("set lybr1 up", |e| e.create_network(spec("a", "nat", "10.1.0.0/24")));
+    r.refuses_cleanly("firewall add element*", |e| e.create_network(spec("a", "nat", "10.1.0.0/24")));
+
+    r.engine.create_network(spec("a", "route", "10.1.0.0/24")).unwrap();
+    r.engine.create_port(port("a")).unwrap();
+    let port_if = r.engine.ports(None, Some("a"))[0].ifname.clone();
+    r.refuses_cleanly("release ly* from its bridge", |e| e.set_active("a", false));
+    r.refuses_cleanly("delete link lybr1", |e| e.set_active("a", false));
+    r.refuses_cleanly(&format!("delete link {port_if}"), |e| e.delete_network("a"));
+
+    r.engine.set_active("a", false).unwrap();
+    assert!(!r.engine.services.running("a"));
+    r.refuses_cleanly("set lybr1 up", |e| e.set_active("a", true));
+    r.engine.set_active("a", true).unwrap();
+    assert!(r.engine.services.running("a"));
+}
+
+#[test]
+fn failed_port_mutations_leave_no_trace() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/29")).unwrap();
+    let kept = r.engine.create_port(port("a")).unwrap();
+    r.refuses_cleanly("enslave *", |e| e.create_port(port("a")));
+    r.refuses_cleanly("set ly* up", |e| e.create_ports(vec![port("a"), port("a")]));
+    r.refuses_cleanly(&format!("delete link {}", kept.ifname), |e| e.delete_port(&kept.id));
+    // The refused requests released what they had reserved: all five
+    // remaining addresses of the /29 can still be given out.
+    let made = r.engine.create_ports((0..4).map(|_| port("a")).collect()).unwrap();
+    assert_eq!(made.len(), 4);
+}
+
+#[test]
+fn ports_get_unique_macs_and_ips() {
+    let mut r = rig();
+    let e = &mut r.engine;
+    e.create_network(spec("a", "open", "10.1.0.0/29")).unwrap();
+    let p = |ip: Option<&str>, mac: Option<&str>| PortSpec {
+        net: "a".into(),
+        vm: "vm".into(),
+        ip: ip.map(Into::into),
+        mac: mac.map(Into::into),
+        ..Default::default()
+    };
+    let a = e.create_port(p(None, Some("52:54:00:00:00:01"))).unwrap();
+    assert!(matches!(e.create_port(p(None, Some("52:54:00:00:00:01"))), Err(EngineError::Conflict(_))));
+    assert!(matches!(e.create_port(p(Some(&a.ip.unwrap().to_string()), None)), Err(EngineError::Conflict(_))));
+    assert!(matches!(e.create_port(p(Some("10.9.0.1"), None)), Err(EngineError::Invalid(_))));
+    let ips: BTreeSet<Option<Ipv4Addr>> =
+        (0..4).map(|_| e.create_port(p(None, None)).unwrap().ip).chain([a.ip]).collect();
+    assert_eq!(ips.len(), 5, "a /29 has 5 guest addresses");
+    assert!(matches!(e.create_port(p(None, None)), Err(EngineError::Conflict(_))));
+    e.delete_port(&a.id).unwrap();
+    assert_eq!(e.create_port(p(None, None)).unwrap().ip, a.ip);
+    assert_eq!(r.store.ports().unwrap().len(), 5);
+}
+
+#[test]
+fn a_batch_is_all_or_nothing() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "open", "10.1.0.0/24")).unwrap();
+    let p = |mac: Option<&str>| PortSpec {
+        net: "a".into(),
+        vm: "vm".into(),
+        mac: mac.map(Into::into),
+        ..Default::default()
+    };
+    let before = r.world();
+    let err =
+        r.engine.create_ports(vec![p(None), p(Some("52:54:00:00:00:07")), p(Some("52:54:00:00:00:07"))]).unwrap_err();
+    assert!(err.to_string().contains("port #2"), "{err}");
+    assert_eq!(r.world(), before);
+    let made = r.engine.create_ports(vec![p(None), p(None), p(None)]).unwrap();
+    assert_eq!(made[0].ip, Some("10.1.0.2".parse().unwrap()), "addresses released by the failed batch are reused");
+    assert_eq!(r.store.ports().unwrap().len(), 3);
+}
+
+#[test]
+fn veth_ports_need_their_namespace() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let mut s = port("a");
+    s.port_type = Some("veth".into());
+    s.ifname = Some("eth0".into());
+    s.netns = Some("nope".into());
+    assert!(matches!(r.engine.create_port(s.clone()), Err(EngineError::NotFound(_))));
+    s.netns = Some("vmns".into());
+    let p = r.engine.create_port(s).unwrap();
+    assert_eq!(r.kernel.snapshot().observed.links[&p.ifname].master.as_deref(), Some("lybr0"));
+}

@@ -1,0 +1,213 @@
+//! Planning links: bridges with their gateway addresses, ports' TAPs and
+//! veths, bridge-mode uplinks, and the removal of owned links nobody wants.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::kernel::link::{TapSpec, VethSpec, OWNER_ALIAS_PREFIX};
+use crate::kernel::{LinkKind, Observed, ObservedLink, Op, Route, RouteProto};
+use crate::model::{NetState, Network, Port, PortType};
+
+/// Ownership mark of a network's bridge. A bridge-mode bridge also names
+/// its uplink, so the host's addresses can be given back even if the
+/// network's record is gone.
+pub fn bridge_alias(net: &str, uplink: Option<&str>) -> String {
+    match uplink {
+        Some(u) => format!("{OWNER_ALIAS_PREFIX}net:{net}{UPLINK_MARK}{u}"),
+        None => format!("{OWNER_ALIAS_PREFIX}net:{net}"),
+    }
+}
+
+const UPLINK_MARK: &str = ":uplink:";
+
+/// The uplink named in a bridge's ownership mark.
+pub fn alias_uplink(alias: &str) -> Option<&str> {
+    alias.split_once(UPLINK_MARK).map(|(_, u)| u)
+}
+
+/// Ownership mark of a port's host-side link.
+pub fn port_alias(id: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}port:{id}")
+}
+
+/// Moves the host's IPv4 configuration from `from` to `to`: addresses
+/// first added on `to` then removed from `from` (no moment without them),
+/// then the routes that are not the kernel's own prefix routes.
+fn move_config(from: &ObservedLink, to: &str, routes: &[Route]) -> Vec<Op> {
+    let mut ops = Vec::new();
+    for a in &from.addrs {
+        ops.push(Op::AddAddress { link: to.to_string(), addr: *a });
+    }
+    for a in &from.addrs {
+        ops.push(Op::DelAddress { link: from.name.clone(), addr: *a });
+    }
+    for r in routes.iter().filter(|r| r.dev.as_deref() == Some(from.name.as_str()) && r.proto != RouteProto::Kernel) {
+        ops.push(Op::ReplaceRoute { link: to.to_string(), route: r.clone() });
+    }
+    ops
+}
+
+/// The link operations that bring `observed` to `networks` + `ports`.
+/// Ports of networks that are not active are left detached from any bridge
+/// (their TAPs persist so VMs keep their file descriptors). Deletions come
+/// last, so nothing after them can fail.
+pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let active: BTreeMap<&str, &Network> =
+        networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
+    let mut wanted: BTreeSet<&str> = BTreeSet::new();
+
+    for net in active.values() {
+        wanted.insert(&net.bridge);
+        ops.extend(bridge_ops(net, observed));
+    }
+    for port in ports {
+        wanted.insert(&port.ifname);
+        let net = active.get(port.net.as_str()).copied();
+        ops.extend(port_ops(port, net, observed.links.get(&port.ifname)));
+    }
+    if active.values().any(|n| n.mode.forwards()) && !observed.ip_forward {
+        ops.push(Op::SetForwarding { on: true });
+    }
+    ops.extend(stale_ops(observed, &wanted));
+    ops
+}
+
+/// Owned links nobody wants any more: ports before bridges, so no bridge
+/// is deleted while it still carries a VM's link.
+fn stale_ops(observed: &Observed, wanted: &BTreeSet<&str>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let mut stale: Vec<&ObservedLink> =
+        observed.links.values().filter(|l| l.owned() && !wanted.contains(l.name.as_str())).collect();
+    stale.sort_by_key(|l| (l.kind == LinkKind::Bridge, l.name.clone()));
+    for link in stale {
+        let uplink = link.alias.as_deref().and_then(alias_uplink).and_then(|u| observed.links.get(u));
+        if let Some(uplink) = uplink {
+            // Give the host its configuration back before the bridge goes.
+            ops.extend(move_config(link, &uplink.name, &observed.routes));
+            ops.push(Op::SetMaster { link: uplink.name.clone(), master: None, previous: uplink.master.clone() });
+        }
+        ops.push(Op::DeleteLink { name: link.name.clone() });
+    }
+    ops
+}
+
+/// The operations that bring one active network's bridge to its desired
+/// state given what the kernel has: created, addressed, up.
+pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
+    if let Some(uplink) = net.uplink.as_deref() {
+        return uplinked_bridge_ops(net, uplink, observed);
+    }
+    let mut ops = Vec::new();
+    let name = &net.bridge;
+    match observed.links.get(name) {
+        None => {
+            ops.push(Op::CreateBridge {
+                name: name.clone(),
+                mac: None,
+                mtu: net.mtu,
+                alias: bridge_alias(&net.name, None),
+            });
+            ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            ops.push(Op::SetUp { link: name.clone(), up: true });
+        }
+        Some(link) => {
+            if !link.addrs.contains(&net.gateway_cidr()) {
+                ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            }
+            if let Some(mtu) = net.mtu.filter(|m| *m != link.mtu) {
+                ops.push(Op::SetMtu { link: name.clone(), mtu, previous: link.mtu });
+            }
+            if !link.up {
+                ops.push(Op::SetUp { link: name.clone(), up: true });
+            }
+        }
+    }
+    ops
+}
+
+/// The operations that bring one port's link to its desired state, given
+/// its network (None when the network is not active) and what the kernel
+/// has under the port's name. Used by [`plan_links`] and, on its own, by the
+/// engine when one port is created, so that adding a port costs the same
+/// with ten thousand ports as with one.
+pub fn port_ops(port: &Port, net: Option<&Network>, existing: Option<&ObservedLink>) -> Vec<Op> {
+    let mut ops = Vec::new();
+    if existing.is_none() && port.adopted {
+        // Its owner (QEMU) is gone; the port waits for `qemu-ifdown` or
+        // `port delete`.
+        return ops;
+    }
+    if existing.is_none() {
+        let mtu = net.and_then(|n| n.mtu);
+        let alias = port_alias(&port.id);
+        match (port.port_type, &port.netns, &port.peer_ifname) {
+            (PortType::Veth, Some(ns), Some(peer)) => ops.push(Op::CreateVeth(VethSpec {
+                name: port.ifname.clone(),
+                peer_netns: ns.clone(),
+                peer_name: peer.clone(),
+                peer_mac: port.mac,
+                mtu,
+                alias,
+            })),
+            _ => ops.push(Op::CreateTap(TapSpec {
+                name: port.ifname.clone(),
+                mac: port.mac.host_side(),
+                owner: port.owner.clone(),
+                group: port.group.clone(),
+                mtu,
+                alias,
+            })),
+        }
+    }
+    let master = existing.and_then(|l| l.master.clone());
+    match net {
+        Some(net) => {
+            if master.as_deref() != Some(net.bridge.as_str()) {
+                ops.push(Op::SetMaster {
+                    link: port.ifname.clone(),
+                    master: Some(net.bridge.clone()),
+                    previous: master,
+                });
+            }
+            if !existing.is_some_and(|l| l.up) {
+                ops.push(Op::SetUp { link: port.ifname.clone(), up: true });
+            }
+        }
+        None => {
+            if master.is_some() {
+                ops.push(Op::SetMaster { link: port.ifname.clone(), master: None, previous: master });
+            }
+        }
+    }
+    ops
+}
+
+/// A bridge-mode network: the uplink NIC joins the bridge and the host's
+/// addresses and routes move from the NIC to the bridge.
+fn uplinked_bridge_ops(net: &Network, uplink: &str, observed: &Observed) -> Vec<Op> {
+    let mut ops = Vec::new();
+    let up = observed.links.get(uplink);
+    match observed.links.get(&net.bridge) {
+        None => {
+            ops.push(Op::CreateBridge {
+                name: net.bridge.clone(),
+                mac: up.and_then(|u| u.mac),
+                mtu: net.mtu,
+                alias: bridge_alias(&net.name, Some(uplink)),
+            });
+            ops.push(Op::SetUp { link: net.bridge.clone(), up: true });
+        }
+        Some(b) if !b.up => ops.push(Op::SetUp { link: net.bridge.clone(), up: true }),
+        Some(_) => {}
+    }
+    let Some(up) = up else { return ops };
+    if up.master.as_deref() != Some(net.bridge.as_str()) {
+        ops.push(Op::SetMaster {
+            link: uplink.to_string(),
+            master: Some(net.bridge.clone()),
+            previous: up.master.clone(),
+        });
+    }
+    ops.extend(move_config(up, &net.bridge, &observed.routes));
+    ops
+}

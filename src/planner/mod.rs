@@ -1,0 +1,269 @@
+//! The planner: desired state + what the kernel has now -> a [`Plan`] of
+//! typed kernel operations and the firewall change.
+//!
+//! Pure code: no syscalls, no clock, no text formats. The plan holds only
+//! the differences, so applying it to a kernel that already matches does
+//! nothing, which is what lets a restarted daemon reconcile without
+//! disturbing running VMs. lanyard marks every link it creates with an alias
+//! (`lanyard:...`) and only ever deletes links that carry that mark.
+//!
+//! - [`links`]: bridges, ports, uplinks, stale links;
+//! - [`firewall`]: lanyard's nftables table as a typed [`Table`].
+
+pub mod firewall;
+pub mod links;
+
+pub use firewall::{table_id, NFT_TABLE};
+pub use links::{alias_uplink, bridge_alias, port_alias, port_ops};
+
+use crate::kernel::{FirewallChange, Observed, Plan, Table};
+use crate::model::{Network, Port};
+
+/// Plans the changes that bring the kernel (`observed`, and the firewall
+/// table `current` that it is known to hold) to `networks` + `ports`.
+pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed, current: Option<&Table>) -> Plan {
+    let wanted = firewall::table(networks);
+    Plan {
+        ops: links::plan_links(networks, ports, observed),
+        firewall: FirewallChange::between(current, wanted.as_ref()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernel::{LinkKind, ObservedLink, Op};
+    use crate::model::test_network as net;
+    use crate::model::{Mac, Mode, PortType};
+
+    fn port(id: &str, net: &str, ty: PortType) -> Port {
+        Port {
+            id: id.into(),
+            net: net.into(),
+            vm: "vm".into(),
+            port_type: ty,
+            ifname: Port::ifname_for(id),
+            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+            ip: Some("192.168.122.2".parse().unwrap()),
+            netns: (ty == PortType::Veth).then(|| "ns1".into()),
+            peer_ifname: (ty == PortType::Veth).then(|| "eth0".into()),
+            owner: None,
+            group: None,
+            adopted: false,
+        }
+    }
+
+    /// The kernel state a fully applied plan leaves behind.
+    fn converged(nets: &[Network], ports: &[Port]) -> Observed {
+        let mut o = Observed { ip_forward: true, ..Default::default() };
+        for n in nets {
+            o.links.insert(
+                n.bridge.clone(),
+                ObservedLink {
+                    name: n.bridge.clone(),
+                    kind: LinkKind::Bridge,
+                    up: true,
+                    mtu: 1500,
+                    addrs: vec![n.gateway_cidr()],
+                    alias: Some(bridge_alias(&n.name, None)),
+                    ..Default::default()
+                },
+            );
+        }
+        for p in ports {
+            let bridge = nets.iter().find(|n| n.name == p.net).unwrap().bridge.clone();
+            o.links.insert(
+                p.ifname.clone(),
+                ObservedLink {
+                    name: p.ifname.clone(),
+                    master: Some(bridge),
+                    up: true,
+                    mtu: 1500,
+                    alias: Some(port_alias(&p.id)),
+                    ..Default::default()
+                },
+            );
+        }
+        o
+    }
+
+    fn kind(op: &Op) -> String {
+        format!("{op:?}").split([' ', '{', '(']).next().unwrap().to_string()
+    }
+
+    #[test]
+    fn fresh_kernel_gets_everything_in_order() {
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let ports = [port("aa", "default", PortType::Tap), port("bb", "default", PortType::Veth)];
+        let p = plan(std::slice::from_ref(&n), &ports, &Observed::default(), None);
+        let kinds: Vec<String> = p.ops.iter().map(kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                "CreateBridge",
+                "AddAddress",
+                "SetUp",
+                "CreateTap",
+                "SetMaster",
+                "SetUp",
+                "CreateVeth",
+                "SetMaster",
+                "SetUp",
+                "SetForwarding"
+            ]
+        );
+        assert!(matches!(&p.ops[3], Op::CreateTap(t) if t.mac.to_string() == "fe:54:00:00:00:01"));
+        assert!(matches!(&p.firewall, FirewallChange::Replace(t) if t.id == table_id()));
+    }
+
+    #[test]
+    fn converged_kernel_needs_nothing() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0"), net("b", "10.9.0.0/24", "lybr1")];
+        let ports = vec![port("aa", "default", PortType::Tap), port("bb", "b", PortType::Veth)];
+        let table = firewall::table(&n);
+        let p = plan(&n, &ports, &converged(&n, &ports), table.as_ref());
+        assert!(p.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn drift_is_repaired_and_only_owned_links_are_removed() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0")];
+        let ports = vec![port("aa", "default", PortType::Tap)];
+        let mut o = converged(&n, &ports);
+        o.links.get_mut("lyaa").unwrap().master = None;
+        o.links.get_mut("lybr0").unwrap().addrs.clear();
+        o.links.insert(
+            "lyzz".into(),
+            ObservedLink { name: "lyzz".into(), alias: Some(port_alias("zz")), ..Default::default() },
+        );
+        o.links.insert(
+            "lybr9".into(),
+            ObservedLink {
+                name: "lybr9".into(),
+                kind: LinkKind::Bridge,
+                alias: Some(bridge_alias("gone", None)),
+                ..Default::default()
+            },
+        );
+        o.links.insert(
+            "docker0".into(),
+            ObservedLink { name: "docker0".into(), kind: LinkKind::Bridge, ..Default::default() },
+        );
+        let p = plan(&n, &ports, &o, firewall::table(&n).as_ref());
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::AddAddress { link: "lybr0".into(), addr: "192.168.122.1/24".parse().unwrap() },
+                Op::SetMaster { link: "lyaa".into(), master: Some("lybr0".into()), previous: None },
+                Op::DeleteLink { name: "lyzz".into() },
+                Op::DeleteLink { name: "lybr9".into() },
+            ]
+        );
+    }
+
+    #[test]
+    fn adopted_taps_are_attached_never_created() {
+        let n = vec![net("default", "192.168.122.0/24", "lybr0")];
+        let fw = firewall::table(&n);
+        let mut p = port("aa", "default", PortType::Tap);
+        p.adopted = true;
+        p.ifname = "tap0".into();
+        assert!(plan(&n, std::slice::from_ref(&p), &converged(&n, &[]), fw.as_ref()).ops.is_empty());
+        let mut o = converged(&n, &[]);
+        o.links.insert("tap0".into(), ObservedLink { name: "tap0".into(), ..Default::default() });
+        assert_eq!(
+            plan(&n, &[p], &o, fw.as_ref()).ops,
+            vec![
+                Op::SetMaster { link: "tap0".into(), master: Some("lybr0".into()), previous: None },
+                Op::SetUp { link: "tap0".into(), up: true }
+            ]
+        );
+    }
+
+    #[test]
+    fn nat_firewall_golden() {
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let t = firewall::table(std::slice::from_ref(&n)).unwrap();
+        let expected = "table inet lanyard {
+\tcomment \"FP\"
+\tset bridges { type ifname; elements = { \"lybr0\" }; }
+\tset same_bridge { type ifname . ifname; elements = { \"lybr0\" . \"lybr0\" }; }
+\tset isolated { type ifname; }
+\tset nat_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
+\tset routed_nets { type ifname . ipv4_addr; flags interval; }
+\tset outbound { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
+\tset masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }
+\tchain input {
+\t\ttype filter hook input priority 0; policy accept;
+\t\tiifname @isolated udp dport { 53, 67 } accept
+\t\tiifname @isolated tcp dport 53 accept
+\t\tiifname @isolated drop
+\t}
+\tchain output {
+\t\ttype filter hook output priority 0; policy accept;
+\t\toifname @isolated udp sport { 53, 67 } accept
+\t\toifname @isolated tcp sport 53 accept
+\t\toifname @isolated drop
+\t}
+\tchain forward {
+\t\ttype filter hook forward priority 0; policy accept;
+\t\tiifname . oifname @same_bridge accept
+\t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
+\t\tct state established,related oifname . ip daddr @nat_nets accept
+\t\toifname . ip daddr @routed_nets accept
+\t\tiifname . ip saddr @outbound accept
+\t\toifname @bridges reject with icmpx admin-prohibited
+\t\tiifname @bridges reject with icmpx admin-prohibited
+\t}
+\tchain postrouting {
+\t\ttype nat hook postrouting priority 100; policy accept;
+\t\toifname . ip saddr @nat_nets return
+\t\tip saddr @masq_nets ip daddr != { 224.0.0.0/24, 255.255.255.255 } masquerade
+\t}
+}
+";
+        assert_eq!(t.render(), expected.replace("FP", &t.fingerprint()));
+    }
+
+    #[test]
+    fn modes_land_in_their_sets_and_the_rules_stay_fixed() {
+        let mut iso = net("iso", "10.7.0.0/24", "lybr1");
+        iso.mode = Mode::Isolated;
+        let mut open = net("o", "10.8.0.0/24", "lybr2");
+        open.mode = Mode::Open;
+        let mut host = net("h", "10.9.0.0/24", "lybr3");
+        host.mode = Mode::HostOnly;
+        let mut routed = net("r", "10.10.0.0/24", "lybr4");
+        routed.mode = Mode::Route;
+        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")]).unwrap();
+        let all = firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed]).unwrap();
+        let fw = all.render();
+        for line in [
+            "set bridges { type ifname; elements = { \"lybr0\", \"lybr1\", \"lybr3\", \"lybr4\" }; }",
+            "set isolated { type ifname; elements = { \"lybr1\" }; }",
+            "set nat_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }",
+            "set routed_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr4\" . 10.10.0.0/24 }; }",
+            "elements = { \"lybr0\" . 192.168.122.0/24, \"lybr4\" . 10.10.0.0/24 }",
+            "set masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }",
+        ] {
+            assert!(fw.contains(line), "missing {line:?} in\n{fw}");
+        }
+        assert!(!fw.contains("lybr2"), "open networks get no rules");
+        assert_eq!(one.fingerprint(), all.fingerprint(), "more networks add set elements, not rules");
+        let changes = one.element_changes(&all).unwrap();
+        assert!(changes.iter().all(|c| c.add), "{changes:?}");
+        assert_eq!(changes.len(), 3 * 2 + 1 + 1 + 1, "bridges and same_bridge 3 each, isolated, routed, outbound");
+    }
+
+    #[test]
+    fn firewall_changes_are_elements_once_the_table_exists() {
+        let a = net("default", "192.168.122.0/24", "lybr0");
+        let b = net("b", "10.9.0.0/24", "lybr1");
+        let current = firewall::table(std::slice::from_ref(&a));
+        let p = plan(&[a.clone(), b], &[], &Observed::default(), current.as_ref());
+        assert!(matches!(&p.firewall, FirewallChange::Elements(v) if v.len() == 5), "{:?}", p.firewall);
+        let p = plan(&[], &[], &Observed::default(), current.as_ref());
+        assert_eq!(p.firewall, FirewallChange::Delete(table_id()), "no network needs rules: the table goes");
+        assert_eq!(plan(&[], &[], &Observed::default(), None).firewall, FirewallChange::None);
+    }
+}
