@@ -81,6 +81,41 @@ pub trait Kernel: Send + Sync {
     fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError>;
 }
 
+/// Something changed in the kernel, as a monitor reports it. Monitors
+/// report what they see, lanyard's own changes included; the engine decides
+/// what concerns it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelEvent {
+    /// A link was created, changed (flags, master, name, MTU, address) or,
+    /// with `gone`, deleted.
+    Link {
+        /// Interface name.
+        name: String,
+        /// Deleted.
+        gone: bool,
+    },
+    /// An IPv4 address was added or, with `gone`, removed.
+    Address {
+        /// Interface name.
+        link: String,
+        /// Address with prefix.
+        addr: ipnet::Ipv4Net,
+        /// Removed.
+        gone: bool,
+    },
+    /// A route of the main table changed.
+    Route,
+    /// Something in an nftables table changed (the table itself, a chain,
+    /// a rule, a set or its elements), or the ruleset was flushed.
+    Firewall {
+        /// The table.
+        table: TableId,
+    },
+    /// The monitor lost events (its socket buffer overflowed): everything
+    /// must be checked.
+    Overflow,
+}
+
 /// What to do to bring the kernel to the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {
