@@ -147,6 +147,10 @@ pub fn router(state: Shared) -> Router {
             }),
         )
         .route(
+            "/v1/status",
+            get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.status()))).await }),
+        )
+        .route(
             "/v1/bridges",
             get(|State(s): State<Shared>| async move { with_engine(s, |e| e.bridges()).await.map(Json) }),
         )

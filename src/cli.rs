@@ -64,6 +64,8 @@ pub enum Command {
     Lease(LeaseCommand),
     /// lanyard's bridges, as `brctl show` prints them.
     Bridges(OutputArg),
+    /// The daemon's counts and what self-healing repaired.
+    Status(OutputArg),
     /// QEMU `script=`: attach the TAP QEMU just created to a network and
     /// register it as a port (also run as `lanyard-ifup` through a symlink).
     QemuIfup {
@@ -458,6 +460,23 @@ fn network_detail(n: &Value) -> String {
     fields.iter().map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:"))).collect()
 }
 
+fn status_detail(v: &Value) -> String {
+    let h = &v["self_healing"];
+    let last = match (h["last"].as_str(), h["last_at"].as_u64()) {
+        (Some(what), Some(at)) => format!("{} UTC: {what}", utc(at)),
+        _ => "-".to_string(),
+    };
+    let rows = [
+        ("Networks:", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
+        ("Ports:", s(&v["ports"])),
+        ("Repairs:", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
+        ("Last repair:", last),
+        ("Heal failures:", s(&h["failures"])),
+        ("DHCP handler panics:", s(&v["dhcp_handler_panics"])),
+    ];
+    rows.iter().map(|(k, val)| format!("{k:<21} {val}\n")).collect()
+}
+
 fn port_rows(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v
         .as_array()
@@ -683,6 +702,10 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         Command::Bridges(out) => {
             let v = c.call("GET", "/v1/bridges", None)?;
             print(out.output, &v, bridge_rows);
+        }
+        Command::Status(out) => {
+            let v = c.call("GET", "/v1/status", None)?;
+            print(out.output, &v, status_detail);
         }
     }
     Ok(())

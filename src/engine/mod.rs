@@ -17,10 +17,12 @@
 //! traits. It is synchronous and runs on blocking threads, behind one lock.
 //!
 //! - [`networks`]: create, delete, start, stop, autostart;
+//! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam.
 
+pub mod heal;
 pub mod host;
 pub mod networks;
 pub mod ports;
@@ -107,6 +109,21 @@ pub struct BridgeView {
     pub interfaces: Vec<String>,
 }
 
+/// `lanyard status`: counts and the self-healing record.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct StatusView {
+    /// Defined networks.
+    pub networks: usize,
+    /// Active networks.
+    pub active_networks: usize,
+    /// Ports.
+    pub ports: usize,
+    /// What self-healing repaired.
+    pub self_healing: heal::RepairStats,
+    /// DHCP packets whose handling panicked (each was dropped; the server went on).
+    pub dhcp_handler_panics: u64,
+}
+
 /// The keys that must be unique across ports, kept alongside the port list
 /// so a new port is checked in O(1), not by scanning ten thousand ports.
 #[derive(Debug, Default)]
@@ -161,6 +178,7 @@ pub struct Engine {
     /// The firewall table the kernel is known to hold (lanyard is its only
     /// writer, so after start it need not ask nftables).
     firewall: Option<Table>,
+    repair_stats: heal::RepairStats,
 }
 
 fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
@@ -184,6 +202,7 @@ impl Engine {
             ports,
             books: HashMap::new(),
             firewall: None,
+            repair_stats: heal::RepairStats::default(),
         };
         for net in &engine.networks {
             engine.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
@@ -387,6 +406,17 @@ impl Engine {
                     .collect(),
             })
             .collect())
+    }
+
+    /// The daemon's health in numbers.
+    pub fn status(&self) -> StatusView {
+        StatusView {
+            networks: self.networks.len(),
+            active_networks: self.networks.iter().filter(|n| n.state == NetState::Active).count(),
+            ports: self.ports.len(),
+            self_healing: self.repair_stats.clone(),
+            dhcp_handler_panics: crate::dhcp::server::handler_panics(),
+        }
     }
 
     /// Stops the DHCP and DNS servers (the kernel state stays: VMs keep running).

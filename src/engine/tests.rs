@@ -274,3 +274,94 @@ fn veth_ports_need_their_namespace() {
     let p = r.engine.create_port(s).unwrap();
     assert_eq!(r.kernel.snapshot().observed.links[&p.ifname].master.as_deref(), Some("lybr0"));
 }
+
+mod healing {
+    use super::*;
+    use crate::kernel::{FirewallChange, KernelEvent, Op};
+
+    fn link_gone(name: &str) -> KernelEvent {
+        KernelEvent::Link { name: name.into(), gone: true }
+    }
+
+    /// A network with two ports, converged.
+    fn healthy() -> (Rig, Network, Vec<Port>) {
+        let mut r = rig();
+        let net = r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+        let ports = r.engine.create_ports(vec![port("a"), port("a")]).unwrap();
+        (r, net, ports)
+    }
+
+    #[test]
+    fn a_deleted_bridge_comes_back_with_its_ports_and_servers() {
+        let (mut r, net, ports) = healthy();
+        let good = r.kernel.snapshot();
+        r.kernel.apply_op(&Op::DeleteLink { name: net.bridge.clone() }).unwrap();
+        r.engine.services.stop("a");
+        let n = r.engine.heal(&[link_gone(&net.bridge)]).unwrap();
+        assert!(n >= 3 + ports.len(), "bridge, address, up and every port re-enslaved: {n}");
+        assert_eq!(r.kernel.snapshot(), good);
+        assert!(r.engine.services.running("a"), "servers restarted on the new bridge");
+        let stats = r.engine.repair_stats();
+        assert_eq!((stats.heals, stats.repairs), (1, n as u64));
+        assert!(stats.last.unwrap().contains("create bridge lybr0"));
+    }
+
+    #[test]
+    fn removed_gateway_released_port_and_deleted_tap_are_restored() {
+        let (mut r, net, ports) = healthy();
+        let good = r.kernel.snapshot();
+        r.kernel.apply_op(&Op::DelAddress { link: net.bridge.clone(), addr: net.gateway_cidr() }).unwrap();
+        r.kernel.apply_op(&Op::SetMaster { link: ports[0].ifname.clone(), master: None, previous: None }).unwrap();
+        r.kernel.apply_op(&Op::DeleteLink { name: ports[1].ifname.clone() }).unwrap();
+        let events = [
+            KernelEvent::Address { link: net.bridge.clone(), addr: net.gateway_cidr(), gone: true },
+            KernelEvent::Link { name: ports[0].ifname.clone(), gone: false },
+            link_gone(&ports[1].ifname),
+        ];
+        assert!(r.engine.heal(&events).unwrap() > 0);
+        assert_eq!(r.kernel.snapshot(), good);
+    }
+
+    #[test]
+    fn a_flushed_or_edited_table_is_restored() {
+        let (mut r, _, _) = healthy();
+        let good = r.kernel.snapshot();
+        let fw = KernelEvent::Firewall { table: planner::table_id() };
+        r.kernel.tamper(|s| {
+            s.tables.clear();
+        });
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 1);
+        assert_eq!(r.kernel.snapshot(), good);
+        // An element removed by hand comes back as an element, not a new table.
+        r.kernel.tamper(|s| {
+            let t = s.tables.get_mut(&planner::table_id()).unwrap();
+            t.sets.iter_mut().find(|s| s.name == "masq_nets").unwrap().elements.clear();
+        });
+        r.kernel.clear_log();
+        assert_eq!(r.engine.heal(&[fw]).unwrap(), 1);
+        assert_eq!(r.kernel.snapshot(), good);
+        assert!(r.kernel.log()[0].starts_with("firewall add element"), "{:?}", r.kernel.log());
+    }
+
+    #[test]
+    fn own_changes_and_foreign_objects_cost_nothing() {
+        let (mut r, net, ports) = healthy();
+        r.kernel.clear_log();
+        let events = [
+            KernelEvent::Link { name: net.bridge.clone(), gone: false },
+            KernelEvent::Link { name: ports[0].ifname.clone(), gone: false },
+            KernelEvent::Link { name: "docker0".into(), gone: true },
+            KernelEvent::Firewall { table: planner::table_id() },
+            KernelEvent::Firewall {
+                table: crate::kernel::TableId { family: crate::kernel::firewall::Family::Inet, name: "other".into() },
+            },
+        ];
+        assert_eq!(r.engine.heal(&events).unwrap(), 0);
+        assert!(r.kernel.log().is_empty(), "{:?}", r.kernel.log());
+        assert_eq!(r.engine.repair_stats().heals, 0);
+        // A deleted port is not healed back.
+        r.engine.delete_port(&ports[0].id).unwrap();
+        assert_eq!(r.engine.heal(&[link_gone(&ports[0].ifname)]).unwrap(), 0);
+        let _ = FirewallChange::None;
+    }
+}

@@ -116,6 +116,12 @@ pub enum KernelEvent {
     Overflow,
 }
 
+/// A source of [`KernelEvent`]s (netlink multicast groups).
+pub trait Monitor: Send {
+    /// Waits up to `timeout` for events; an empty list on timeout.
+    fn recv_timeout(&mut self, timeout: std::time::Duration) -> Result<Vec<KernelEvent>, KernelError>;
+}
+
 /// What to do to bring the kernel to the desired state.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {

@@ -1,7 +1,10 @@
 //! Daemon start-up and shutdown: open the store, reconcile the kernel of the
-//! namespace the process runs in, serve the API until SIGTERM/SIGINT.
+//! namespace the process runs in, keep it healed ([`healer`]), serve the API
+//! until SIGTERM/SIGINT.
 //! Shutdown leaves every kernel object in place, so VMs keep their network
 //! while the daemon restarts.
+
+pub mod healer;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;

@@ -1,0 +1,197 @@
+//! Self-healing: when something lanyard owns is deleted or changed under it
+//! (its table flushed, a bridge or a running port's link deleted, the
+//! gateway address removed, a port released from its bridge), the kernel
+//! monitor reports it and [`Engine::heal`] re-plans only the objects
+//! concerned and restores them.
+//!
+//! Monitors report every change, lanyard's own included; healing an object
+//! that is as it should be plans nothing, so lanyard's own changes cost one
+//! look at the links they touched. What lanyard does not own is never
+//! looked at twice and never touched.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::{Engine, EngineError};
+use crate::kernel::{FirewallChange, KernelEvent, Observed, Op, Plan, Table};
+use crate::model::{NetState, Network, Port, PortType};
+use crate::planner;
+
+/// What healing has done since the daemon started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RepairStats {
+    /// Kernel changes made to restore lanyard's state.
+    pub repairs: u64,
+    /// Heals that found something to repair.
+    pub heals: u64,
+    /// The last repair, in words.
+    pub last: Option<String>,
+    /// When it happened (unix seconds).
+    pub last_at: Option<u64>,
+    /// Heals that failed (the error is logged).
+    pub failures: u64,
+}
+
+/// The objects a batch of events concerns.
+#[derive(Debug, Default)]
+struct Scope {
+    /// Networks whose bridge (and so every port) must be checked.
+    networks: BTreeSet<String>,
+    /// Ports to check, by id.
+    ports: BTreeSet<String>,
+    firewall: bool,
+}
+
+impl Engine {
+    /// Repairs what `events` show was changed under lanyard. Returns the
+    /// number of kernel changes made.
+    pub fn heal(&mut self, events: &[KernelEvent]) -> Result<usize, EngineError> {
+        let scope = self.scope(events);
+        if scope.networks.is_empty() && scope.ports.is_empty() && !scope.firewall {
+            return Ok(0);
+        }
+        let result = self.repair(&scope);
+        match &result {
+            Ok(0) => {}
+            Ok(n) => self.repair_stats.heals += u64::from(*n > 0),
+            Err(e) => {
+                self.repair_stats.failures += 1;
+                tracing::error!("self-healing failed: {e}");
+            }
+        }
+        result
+    }
+
+    /// What the repair counters say.
+    pub fn repair_stats(&self) -> RepairStats {
+        self.repair_stats.clone()
+    }
+
+    fn scope(&self, events: &[KernelEvent]) -> Scope {
+        let mut scope = Scope::default();
+        let active = || self.networks.iter().filter(|n| n.state == NetState::Active);
+        for ev in events {
+            match ev {
+                KernelEvent::Overflow => {
+                    scope.networks.extend(active().map(|n| n.name.clone()));
+                    scope.ports.extend(self.ports.iter().map(|p| p.id.clone()));
+                    scope.firewall = true;
+                }
+                KernelEvent::Link { name, .. } | KernelEvent::Address { link: name, .. } => {
+                    if let Some(net) =
+                        active().find(|n| &n.bridge == name || n.uplink.as_deref() == Some(name.as_str()))
+                    {
+                        scope.networks.insert(net.name.clone());
+                    }
+                    if let Some(p) = self.ports.iter().find(|p| &p.ifname == name) {
+                        scope.ports.insert(p.id.clone());
+                    }
+                }
+                KernelEvent::Firewall { table } => scope.firewall |= *table == planner::table_id(),
+                // Bridge-mode routes move with the uplink's addresses, which
+                // the link and address events already cover.
+                KernelEvent::Route => {}
+            }
+        }
+        scope
+    }
+
+    fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
+        let nets: Vec<Network> = self.networks.iter().filter(|n| scope.networks.contains(&n.name)).cloned().collect();
+        let ports: Vec<Port> = self
+            .ports
+            .iter()
+            .filter(|p| scope.ports.contains(&p.id) || scope.networks.contains(&p.net))
+            .filter(|p| match (&p.port_type, &p.netns) {
+                // A veth whose namespace is gone (the VM is gone) stays gone.
+                (PortType::Veth, Some(ns)) => self.host.netns_exists(ns),
+                _ => true,
+            })
+            .cloned()
+            .collect();
+        let mut names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+        names.extend(nets.iter().filter_map(|n| n.uplink.as_deref()));
+        names.extend(ports.iter().map(|p| p.ifname.as_str()));
+        let links = self.kernel.observe_links(&names)?;
+        let mut ops = Vec::new();
+        let mut rebuilt = BTreeSet::new();
+        for net in &nets {
+            let observed = Observed { links: links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
+            let bridge_ops = planner::links::bridge_ops(net, &observed);
+            if bridge_ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. })) {
+                rebuilt.insert(net.name.clone());
+            }
+            ops.extend(bridge_ops);
+        }
+        let active: BTreeMap<&str, &Network> =
+            self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
+        for p in &ports {
+            ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), links.get(&p.ifname)));
+        }
+        let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (FirewallChange::None, None) };
+        let plan = Plan { ops, firewall };
+        if plan.is_empty() {
+            return Ok(0);
+        }
+        plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
+        if scope.firewall {
+            self.firewall = wanted;
+        }
+        // Servers bound to a bridge that was re-created (or whose gateway
+        // address came back) listen on a device that is gone: restart them.
+        for name in &rebuilt {
+            if let Some(net) = self.networks.iter().find(|n| &n.name == name).cloned() {
+                self.services.stop(name);
+                self.ensure_services(&net);
+            }
+        }
+        let n = plan.ops.len() + usize::from(plan.firewall != FirewallChange::None);
+        let words = describe(&plan);
+        tracing::warn!(changes = n, "repaired what was changed under lanyard: {words}");
+        self.repair_stats.repairs += n as u64;
+        self.repair_stats.last = Some(words);
+        self.repair_stats.last_at = Some(self.host.now());
+        Ok(n)
+    }
+
+    /// Routes matter only to bridge-mode networks (the host's routes moved
+    /// onto the bridge); others need none.
+    fn kernel_routes_for(&self, net: &Network) -> Result<Vec<crate::kernel::Route>, EngineError> {
+        Ok(if net.uplink.is_some() { self.kernel.observe()?.routes } else { Vec::new() })
+    }
+
+    /// The firewall change that restores lanyard's table, and the table the
+    /// kernel will then hold.
+    fn firewall_repair(&self) -> Result<(FirewallChange, Option<Table>), EngineError> {
+        let wanted = planner::firewall::table(&self.networks);
+        let id = planner::table_id();
+        let fingerprint = self.kernel.firewall_fingerprint(&id)?;
+        let change = match (&wanted, fingerprint) {
+            (None, None) => FirewallChange::None,
+            (None, Some(_)) => FirewallChange::Delete(id),
+            (Some(w), Some(f)) if f == w.fingerprint() => {
+                let mut current = w.clone();
+                for set in &mut current.sets {
+                    set.elements = self.kernel.firewall_elements(&id, set)?;
+                }
+                FirewallChange::between(Some(&current), Some(w))
+            }
+            (Some(w), _) => FirewallChange::Replace(Box::new(w.clone())),
+        };
+        Ok((change, wanted))
+    }
+}
+
+/// A plan in a few words, for the one log line a repair writes.
+fn describe(plan: &Plan) -> String {
+    let mut parts: Vec<String> = plan.ops.iter().take(8).map(ToString::to_string).collect();
+    if plan.ops.len() > 8 {
+        parts.push(format!("and {} more", plan.ops.len() - 8));
+    }
+    match &plan.firewall {
+        FirewallChange::None => {}
+        FirewallChange::Replace(t) => parts.push(format!("restored nftables table {}", t.id)),
+        FirewallChange::Elements(v) => parts.push(format!("restored {} set elements", v.len())),
+        FirewallChange::Delete(id) => parts.push(format!("removed stale nftables table {id}")),
+    }
+    parts.join(", ")
+}
