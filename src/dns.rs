@@ -150,53 +150,145 @@ pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<(UdpSocket, TcpL
     Ok((UdpSocket::from_std(udp.into())?, TcpListener::from_std(tcp.into())?))
 }
 
+/// Forwarded queries waiting for an upstream at once, per network. A
+/// guest flooding names that must be forwarded cannot make the daemon hold
+/// more tasks and sockets than this.
+pub const MAX_FORWARDS_IN_FLIGHT: usize = 256;
+/// Queries a client may send per second, sustained, and in a burst.
+pub const CLIENT_QPS: f64 = 100.0;
+/// See [`CLIENT_QPS`].
+pub const CLIENT_BURST: f64 = 200.0;
+/// Clients remembered by the rate limiter before idle ones are forgotten.
+const MAX_TRACKED_CLIENTS: usize = 4096;
+
+/// A token bucket per client address: who may ask how often.
+#[derive(Debug, Default)]
+pub struct ClientLimiter {
+    buckets: std::collections::HashMap<IpAddr, (f64, std::time::Instant)>,
+    /// Queries refused for exceeding the rate.
+    pub limited: u64,
+}
+
+impl ClientLimiter {
+    /// Whether `client` may ask now; takes one token if so.
+    pub fn allow(&mut self, client: IpAddr, at: std::time::Instant) -> bool {
+        if self.buckets.len() >= MAX_TRACKED_CLIENTS && !self.buckets.contains_key(&client) {
+            // Forget clients whose bucket has refilled: they lose nothing.
+            let full = Duration::from_secs_f64(CLIENT_BURST / CLIENT_QPS);
+            self.buckets.retain(|_, (_, last)| at.duration_since(*last) < full);
+        }
+        let (tokens, last) = self.buckets.entry(client).or_insert((CLIENT_BURST, at));
+        *tokens = (*tokens + at.duration_since(*last).as_secs_f64() * CLIENT_QPS).min(CLIENT_BURST);
+        *last = at;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            self.limited += 1;
+            false
+        }
+    }
+}
+
 /// Answers queries for one network: locally, or through the upstreams.
 pub struct Resolver {
     net: String,
     book: Arc<Mutex<AddressBook>>,
     forwards: bool,
     upstreams: Vec<SocketAddr>,
+    in_flight: Arc<tokio::sync::Semaphore>,
+    limiter: Mutex<ClientLimiter>,
+}
+
+/// What to do with one datagram from a client.
+enum Next {
+    /// Send this now.
+    Reply(Vec<u8>),
+    /// Forward it (a permit to do so is held).
+    Forward(tokio::sync::OwnedSemaphorePermit),
+    /// Nothing.
+    Drop,
 }
 
 impl Resolver {
     /// A resolver over `book`'s names; `forwards` is false on isolated networks.
     pub fn new(net: String, book: Arc<Mutex<AddressBook>>, forwards: bool, upstreams: Vec<SocketAddr>) -> Self {
-        Resolver { net, book, forwards, upstreams }
+        Resolver {
+            net,
+            book,
+            forwards,
+            upstreams,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_FORWARDS_IN_FLIGHT)),
+            limiter: Mutex::new(ClientLimiter::default()),
+        }
     }
 
-    /// The reply to `query`, if it deserves one.
-    async fn resolve(&self, query: &[u8]) -> Option<Vec<u8>> {
+    /// Queries refused so far because their client asked too often.
+    pub fn rate_limited(&self) -> u64 {
+        self.limiter.lock().unwrap_or_else(|p| p.into_inner()).limited
+    }
+
+    /// Decides without waiting: a local answer, a forward (with its permit),
+    /// or nothing (malformed, or over the client's rate). When every forward
+    /// permit is taken the client gets SERVFAIL at once.
+    fn decide(&self, query: &[u8], client: IpAddr) -> Next {
+        if !self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(client, std::time::Instant::now()) {
+            return Next::Drop;
+        }
         let decision = {
             let book = self.book.lock().unwrap_or_else(|p| p.into_inner());
             answer(query, &book, self.forwards, now())
         };
         match decision {
-            Decision::Reply(bytes) => Some(bytes),
-            Decision::Drop => None,
-            Decision::Forward => match self.forward(query).await {
-                Some(r) => Some(r),
-                None => {
-                    let req = Message::from_vec(query).ok()?;
-                    match reply_with(&req, ResponseCode::ServFail, vec![], false, true) {
-                        Decision::Reply(b) => Some(b),
-                        _ => None,
-                    }
-                }
+            Decision::Reply(bytes) => Next::Reply(bytes),
+            Decision::Drop => Next::Drop,
+            Decision::Forward => match self.in_flight.clone().try_acquire_owned() {
+                Ok(permit) => Next::Forward(permit),
+                Err(_) => servfail(query).map_or(Next::Drop, Next::Reply),
             },
         }
     }
 
+    /// The reply to `query` from `client`, if it deserves one.
+    async fn resolve(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
+        match self.decide(query, client) {
+            Next::Reply(b) => Some(b),
+            Next::Drop => None,
+            Next::Forward(_permit) => match self.forward(query).await {
+                Some(r) => Some(r),
+                None => servfail(query),
+            },
+        }
+    }
+
+    /// Asks the upstreams in turn. The socket is connected to the upstream,
+    /// so the kernel drops datagrams from anyone else; the query goes out
+    /// with a fresh random ID and only a response with that ID and the same
+    /// question is taken (a guest cannot feed answers to other guests), then
+    /// given back the client's own ID.
     async fn forward(&self, query: &[u8]) -> Option<Vec<u8>> {
+        let asked = Message::from_vec(query).ok()?;
+        let client_id = query.get(..2)?.to_vec();
         for up in &self.upstreams {
             let local: SocketAddr = if up.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }.parse().expect("literal");
             let Ok(sock) = UdpSocket::bind(local).await else { continue };
-            if sock.send_to(query, up).await.is_err() {
+            if sock.connect(up).await.is_err() {
                 continue;
             }
+            let id: u16 = rand::random();
+            let mut out = query.to_vec();
+            out[..2].copy_from_slice(&id.to_be_bytes());
+            if sock.send(&out).await.is_err() {
+                continue;
+            }
+            let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
             let mut buf = vec![0u8; 4096];
-            if let Ok(Ok((n, _))) = tokio::time::timeout(FORWARD_TIMEOUT, sock.recv_from(&mut buf)).await {
-                buf.truncate(n);
-                return Some(buf);
+            while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, sock.recv(&mut buf)).await {
+                if let Some(reply) = matching_response(&buf[..n], id, &asked) {
+                    let mut reply = reply.to_vec();
+                    reply[..2].copy_from_slice(&client_id);
+                    return Some(reply);
+                }
             }
         }
         tracing::debug!(net = self.net, "no upstream resolver answered");
@@ -204,9 +296,27 @@ impl Resolver {
     }
 }
 
+/// `bytes` if it is the response to our query `id` about `asked`'s question.
+fn matching_response<'a>(bytes: &'a [u8], id: u16, asked: &Message) -> Option<&'a [u8]> {
+    let resp = Message::from_vec(bytes).ok()?;
+    let ok = resp.metadata.id == id
+        && resp.metadata.message_type == hickory_proto::op::MessageType::Response
+        && resp.queries == asked.queries;
+    ok.then_some(bytes)
+}
+
+fn servfail(query: &[u8]) -> Option<Vec<u8>> {
+    let req = Message::from_vec(query).ok()?;
+    match reply_with(&req, ResponseCode::ServFail, vec![], false, true) {
+        Decision::Reply(b) => Some(b),
+        _ => None,
+    }
+}
+
 /// Serves DNS over UDP on `socket` until the task is aborted. Local answers
-/// are sent inline; forwarded queries get a task each, so a slow upstream
-/// never holds up guests' names.
+/// are sent inline; forwarded queries get a task each (at most
+/// [`MAX_FORWARDS_IN_FLIGHT`]), so a slow upstream never holds up guests'
+/// names.
 pub async fn serve_udp(socket: UdpSocket, resolver: Arc<Resolver>) {
     let socket = Arc::new(socket);
     let mut buf = vec![0u8; 4096];
@@ -214,33 +324,49 @@ pub async fn serve_udp(socket: UdpSocket, resolver: Arc<Resolver>) {
         let (len, peer) = match socket.recv_from(&mut buf).await {
             Ok(x) => x,
             Err(e) => {
-                tracing::warn!(net = resolver.net, "dns receive failed: {e}");
+                tracing::debug!(net = resolver.net, "dns receive failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let query = buf[..len].to_vec();
-        let (socket, resolver) = (socket.clone(), resolver.clone());
-        tokio::spawn(async move {
-            if let Some(reply) = resolver.resolve(&query).await {
+        match resolver.decide(&buf[..len], peer.ip()) {
+            Next::Drop => {}
+            Next::Reply(reply) => {
                 let _ = socket.send_to(&reply, peer).await;
             }
-        });
+            Next::Forward(permit) => {
+                let query = buf[..len].to_vec();
+                let (socket, resolver) = (socket.clone(), resolver.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    if let Some(reply) = resolver.forward(&query).await.or_else(|| servfail(&query)) {
+                        let _ = socket.send_to(&reply, peer).await;
+                    }
+                });
+            }
+        }
     }
 }
+
+/// DNS-over-TCP connections served at once, per network.
+pub const MAX_TCP_CONNECTIONS: usize = 64;
 
 /// How long an idle DNS-over-TCP connection is kept.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 
 /// Serves DNS over TCP (RFC 7766: two-byte length before each message).
 pub async fn serve_tcp(listener: TcpListener, resolver: Arc<Resolver>) {
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_TCP_CONNECTIONS));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
+        let Ok((mut stream, peer)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(100)).await;
             continue;
         };
+        // Over the limit, the connection is closed at once.
+        let Ok(permit) = connections.clone().try_acquire_owned() else { continue };
         let resolver = resolver.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             loop {
                 let mut len = [0u8; 2];
                 match tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut len)).await {
@@ -251,7 +377,7 @@ pub async fn serve_tcp(listener: TcpListener, resolver: Arc<Resolver>) {
                 if stream.read_exact(&mut query).await.is_err() {
                     return;
                 }
-                let Some(reply) = resolver.resolve(&query).await else { return };
+                let Some(reply) = resolver.resolve(&query, peer.ip()).await else { return };
                 let Ok(n) = u16::try_from(reply.len()) else { return };
                 if stream.write_all(&n.to_be_bytes()).await.is_err() || stream.write_all(&reply).await.is_err() {
                     return;
@@ -332,6 +458,47 @@ mod tests {
         let b = book();
         let r = reply(answer(&query("laptop.default.", RecordType::A), &b, true, 7200));
         assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
+    }
+
+    #[test]
+    fn each_client_has_its_own_rate() {
+        let mut l = ClientLimiter::default();
+        let t = std::time::Instant::now();
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.2".parse().unwrap(), "10.0.0.3".parse().unwrap());
+        let allowed = (0..1000).filter(|_| l.allow(a, t)).count();
+        assert_eq!(allowed, CLIENT_BURST as usize);
+        assert!(l.allow(b, t), "another client is not held back");
+        assert!(l.allow(a, t + Duration::from_millis(50)), "tokens come back with time");
+        assert_eq!(l.limited, 1000 - CLIENT_BURST as u64);
+    }
+
+    /// A fake upstream on loopback: for each query it first sends a forged
+    /// answer from another socket, then one with a wrong ID from the right
+    /// socket, then the real answer.
+    #[tokio::test]
+    async fn forwarding_takes_only_the_answer_it_asked_for() {
+        let upstream = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let forger = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 512];
+            let (n, from) = upstream.recv_from(&mut buf).await.unwrap();
+            let q = Message::from_vec(&buf[..n]).unwrap();
+            let answer_with = |id: u16, ip: &str| {
+                let mut m = Message::response(id, OpCode::Query);
+                m.queries = q.queries.clone();
+                m.answers = vec![Record::from_rdata(q.queries[0].name().clone(), 60, RData::A(A(ip.parse().unwrap())))];
+                m.to_vec().unwrap()
+            };
+            forger.send_to(&answer_with(q.metadata.id, "6.6.6.6"), from).await.unwrap();
+            upstream.send_to(&answer_with(q.metadata.id.wrapping_add(1), "6.6.6.7"), from).await.unwrap();
+            upstream.send_to(&answer_with(q.metadata.id, "93.184.216.34"), from).await.unwrap();
+        });
+        let r = Resolver::new("default".into(), Arc::new(Mutex::new(book())), true, vec![addr]);
+        let reply = r.resolve(&query("example.org.", RecordType::A), "192.168.122.9".parse().unwrap()).await.unwrap();
+        let m = Message::from_vec(&reply).unwrap();
+        assert_eq!(m.metadata.id, 7, "the client's own ID comes back");
+        assert_eq!(m.answers[0].data, RData::A(A("93.184.216.34".parse().unwrap())));
     }
 
     #[test]
