@@ -188,6 +188,13 @@ pub struct Network {
     /// Bridge mode: the physical NIC in the bridge.
     #[serde(default)]
     pub uplink: Option<String>,
+    /// The bridge's (the gateway's) MAC, pinned so that no port coming or
+    /// going ever changes it (the kernel otherwise re-derives a bridge's
+    /// MAC from its lowest port MAC, and every guest loses its gateway
+    /// until its ARP entry expires). None in records written before it was
+    /// stored, and for bridge mode, where the bridge takes the uplink's.
+    #[serde(default)]
+    pub gateway_mac: Option<Mac>,
 }
 
 impl Network {
@@ -357,6 +364,7 @@ impl NetworkSpec {
             domain,
             autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
+            gateway_mac: (mode != Mode::Bridge).then(|| Mac::for_gateway(&self.name)),
             uplink,
         })
     }
@@ -387,6 +395,15 @@ impl Mac {
     pub fn random_qemu() -> Mac {
         let tail: [u8; 3] = rand::random();
         Mac([0x52, 0x54, 0x00, tail[0], tail[1], tail[2]])
+    }
+
+    /// The gateway MAC of the network `name`: locally administered unicast
+    /// (02:), then `4c:59` ("LY"), then three bytes of a hash of the name,
+    /// so it is stable and never in QEMU's 52:54:00 range guests use.
+    pub fn for_gateway(name: &str) -> Mac {
+        let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+        let [_, a, b, c] = h.to_be_bytes();
+        Mac([0x02, 0x4c, 0x59, a, b, c])
     }
 
     /// The MAC given to the host side of a TAP: libvirt's convention of

@@ -82,6 +82,7 @@ pub fn batch_lines(op: &Op) -> Vec<String> {
             vec![l]
         }
         Op::SetMtu { link, mtu, .. } => vec![format!("link set dev {link} mtu {mtu}")],
+        Op::SetMac { link, mac, .. } => vec![format!("link set dev {link} address {mac}")],
         Op::SetUp { link, up: true } => vec![format!("link set dev {link} up")],
         Op::SetUp { link, up: false } => vec![format!("link set dev {link} down")],
         Op::DeleteLink { name } => vec![format!("link del dev {name}")],

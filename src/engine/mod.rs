@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::ipam::{AddressBook, IpamError};
-use crate::kernel::{ApplyError, Kernel, KernelError, Observed, Plan, Table};
+use crate::kernel::{ApplyError, Kernel, KernelError, Observed, Op, Plan, Table};
 use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType};
 use crate::planner;
 use crate::store::{Store, StoreError};
@@ -258,8 +258,20 @@ impl Engine {
     /// libvirt, networks come back only if they are marked autostart. A
     /// daemon restart finds the bridges in place and keeps networks active.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
+            if net.gateway_mac.is_none() && net.uplink.is_none() {
+                // A record from before gateway MACs were stored: keep the MAC
+                // the running bridge has (changing it would cut every guest
+                // off until its ARP entry expires) and pin it there.
+                let current = observed.links.get(&net.bridge).and_then(|l| l.mac);
+                net.gateway_mac = Some(current.unwrap_or_else(|| Mac::for_gateway(&net.name)));
+                if let Some(mac) = current {
+                    pin.push(Op::SetMac { link: net.bridge.clone(), mac, previous: Some(mac) });
+                }
+                self.store.put_network(net)?;
+            }
             let want = if net.autostart {
                 NetState::Active
             } else if present {
@@ -271,6 +283,12 @@ impl Engine {
                 net.state = want;
                 self.store.put_network(net)?;
                 tracing::info!(net = net.name, state = ?want, "boot state");
+            }
+        }
+        // Setting a bridge's MAC, even to the one it has, pins it.
+        for op in pin {
+            if let Err(e) = self.kernel.apply_op(&op) {
+                tracing::warn!("cannot pin the gateway MAC: {e}");
             }
         }
         Ok(())

@@ -103,7 +103,7 @@ pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
         None => {
             ops.push(Op::CreateBridge {
                 name: name.clone(),
-                mac: None,
+                mac: net.gateway_mac,
                 mtu: net.mtu,
                 alias: bridge_alias(&net.name, None),
             });
@@ -113,6 +113,9 @@ pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
         Some(link) => {
             if !link.addrs.contains(&net.gateway_cidr()) {
                 ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            }
+            if let Some(mac) = net.gateway_mac.filter(|m| link.mac != Some(*m)) {
+                ops.push(Op::SetMac { link: name.clone(), mac, previous: link.mac });
             }
             if let Some(mtu) = net.mtu.filter(|m| *m != link.mtu) {
                 ops.push(Op::SetMtu { link: name.clone(), mtu, previous: link.mtu });

@@ -66,6 +66,7 @@ mod tests {
                     mtu: 1500,
                     addrs: vec![n.gateway_cidr()],
                     alias: Some(bridge_alias(&n.name, None)),
+                    mac: n.gateway_mac,
                     ..Default::default()
                 },
             );
@@ -132,6 +133,9 @@ mod tests {
         let mut o = converged(&n, &ports);
         o.links.get_mut("lyaa").unwrap().master = None;
         o.links.get_mut("lybr0").unwrap().addrs.clear();
+        // The kernel re-derived the bridge's MAC from a port.
+        let stolen = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        o.links.get_mut("lybr0").unwrap().mac = Some(stolen);
         o.links.insert(
             "lyzz".into(),
             ObservedLink { name: "lyzz".into(), alias: Some(port_alias("zz")), ..Default::default() },
@@ -154,6 +158,7 @@ mod tests {
             p.ops,
             vec![
                 Op::AddAddress { link: "lybr0".into(), addr: "192.168.122.1/24".parse().unwrap() },
+                Op::SetMac { link: "lybr0".into(), mac: n[0].gateway_mac.unwrap(), previous: Some(stolen) },
                 Op::SetMaster { link: "lyaa".into(), master: Some("lybr0".into()), previous: None },
                 Op::DeleteLink { name: "lyzz".into() },
                 Op::DeleteLink { name: "lybr9".into() },
