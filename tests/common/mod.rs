@@ -20,7 +20,7 @@
 //! | `process.rs` | commands with time limits, signals, polling, temp dirs, unique names |
 //! | `netns.rs` | [`Netns`], the namespace guard, and what `ip`/`nft`/sysctl show in it |
 //! | `daemon.rs` | [`Daemon`]: start, stop, restart, the CLI |
-//! | `topology.rs` | [`Host`], [`Vm`], outsides, hand-made bridge ports |
+//! | `topology.rs` | [`Host`], [`Vm`], outsides, hand-made bridge ports, and [`Topology`], the one builder of host + outsides + networks + VMs |
 //! | `dhcp_clients.rs` | [`udhcpc`], [`dhclient`], [`DhcpLease`] |
 //! | `probes.rs` | [`ping`], [`PingJob`], [`dig`], [`Dnsmasq`], parsing helpers |
 //!
