@@ -232,6 +232,12 @@ fn wrong_input_is_refused_without_side_effects() {
         ),
         case("malformed MAC", port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:zz:00:01"]), INVALID, &["mac"]),
         case(
+            "MAC with a sign in a byte",
+            port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:+a:00:01"]),
+            INVALID,
+            &["mac"],
+        ),
+        case(
             "MAC of five octets",
             port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:00:01"]),
             INVALID,
