@@ -499,8 +499,24 @@ mod tests {
         let mut book = AddressBook::new(net("10.0.0.0/24", Some("10.0.0.10-10.0.0.11")));
         let ip = book.offer(mac(1), None, 0).unwrap();
         book.ack(mac(1), ip, 0, 3600, None, None).unwrap();
-        book.decline(mac(1), ip, 0);
-        assert_ne!(book.offer(mac(2), None, 1).unwrap(), ip);
-        book.expire(DECLINE_HOLD_SECS + 1);
+        let dropped = book.decline(mac(1), ip, 0);
+        assert_eq!(dropped.map(|l| l.ip), Some(ip), "DECLINE drops the client's lease");
+        assert!(book.leases().all(|l| l.mac != mac(1)), "the declining client keeps a lease");
+        // For DECLINE_HOLD_SECS nobody gets it: not the client that declined
+        // it (it has no lease now), nor one asking for it, nor a new port.
+        let other = book.offer(mac(1), Some(ip), 1).unwrap();
+        assert_ne!(other, ip, "the declining client is offered the declined address again");
+        assert!(
+            matches!(book.offer(mac(2), Some(ip), 1), Err(IpamError::Exhausted(_))),
+            "pool: one declined, one offered"
+        );
+        assert!(matches!(book.ack(mac(2), ip, 1, 3600, None, None), Err(IpamError::InUse { .. })));
+        assert!(matches!(book.reserve_fixed(mac(3), Some(ip), 1), Err(IpamError::InUse { .. })));
+        let last = DECLINE_HOLD_SECS - 1;
+        assert_ne!(book.offer(mac(2), Some(ip), last).unwrap(), ip, "declined address given out before the hold ended");
+        // Then it is back in the pool, and housekeeping forgets the hold.
+        assert_eq!(book.offer(mac(4), Some(ip), DECLINE_HOLD_SECS).unwrap(), ip, "declined address never came back");
+        book.expire(DECLINE_HOLD_SECS);
+        assert!(book.declined.is_empty(), "expire keeps an ended hold: {:?}", book.declined);
     }
 }

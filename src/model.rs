@@ -433,7 +433,8 @@ impl FromStr for Mac {
         }
         let mut b = [0u8; 6];
         for (i, p) in parts.iter().enumerate() {
-            if p.len() != 2 {
+            // Not from_str_radix alone: it takes a sign ("+a").
+            if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
                 return Err(bad("each byte is two hex digits"));
             }
             b[i] = u8::from_str_radix(p, 16).map_err(|_| bad("each byte is two hex digits"))?;
@@ -763,6 +764,10 @@ mod tests {
             "00:00:00:00:00:00",
             "52:54:00:ab:cd:0g",
             "52:54:00:ab:cd:001",
+            "52:54:00:+a:00:01",
+            "52:54:00:-a:00:01",
+            "52:54:00: a:00:01",
+            "+2:54:00:ab:cd:01",
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad} accepted");
         }

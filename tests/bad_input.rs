@@ -128,12 +128,12 @@ fn wrong_input_is_refused_without_side_effects() {
     if !privileged("wrong_input_is_refused_without_side_effects", &["ip", "nft", "kill"]) {
         return;
     }
-    let host = Host::start();
-    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
-    let bridge = field(&net, "bridge").to_string();
-    let vm = Netns::new("vm");
+    let mut lab = Topology::start();
+    let net = lab.create_net(NET, "nat", SUBNET);
+    let bridge = lab.nets[net].bridge.clone();
+    let port = lab.add_vm("vm1", net, &["--mac", MAC, "--ip", IP]).vm.port.clone();
+    let host = &lab.host;
     let spare = Netns::new("spare");
-    let port = host.veth_port(NET, "vm1", &vm, &["--mac", MAC, "--ip", IP]);
     assert_eq!((port["mac"].as_str(), port["ip"].as_str()), (Some(MAC), Some(IP)), "the valid port: {port}");
     host.ns.ip_ok(&["link", "add", "name", TAKEN, "type", "veth", "peer", "name", "taken1"]);
     let spare_ns = spare.name().to_string();
@@ -232,6 +232,12 @@ fn wrong_input_is_refused_without_side_effects() {
         ),
         case("malformed MAC", port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:zz:00:01"]), INVALID, &["mac"]),
         case(
+            "MAC with a sign in a byte",
+            port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:+a:00:01"]),
+            INVALID,
+            &["mac"],
+        ),
+        case(
             "MAC of five octets",
             port_create(NET, &spare_ns, "eth0", &["--mac", "52:54:00:00:01"]),
             INVALID,
@@ -289,10 +295,10 @@ fn wrong_input_is_refused_without_side_effects() {
     ];
 
     // Let the kernel settle (bridge carrier etc.) before taking the baseline.
-    let mut before = snapshot(&host);
+    let mut before = snapshot(host);
     for i in 0..20 {
         sleep(Duration::from_millis(500));
-        let again = snapshot(&host);
+        let again = snapshot(host);
         if again == before {
             eprintln!("baseline settled after {} checks", i + 1);
             break;
@@ -325,7 +331,7 @@ fn wrong_input_is_refused_without_side_effects() {
         if !o.stdout.is_empty() {
             problems.push(format!("stdout not empty: {:?}", stdout(&o)));
         }
-        let after = snapshot(&host);
+        let after = snapshot(host);
         let changed = diff(&before, &after);
         if !changed.is_empty() {
             problems.push(format!("state changed:{changed}"));

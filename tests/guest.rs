@@ -32,7 +32,7 @@ use std::net::Ipv4Addr;
 use std::os::unix::fs::symlink;
 use std::time::{Duration, Instant};
 
-use common::{field, ping, unique, Host, TempDir, LANYARD};
+use common::{field, ping, unique, Host, TempDir, Topology, LANYARD};
 use lab_support::{parse_lease, ready, Guest};
 use serde_json::Value;
 
@@ -95,10 +95,11 @@ fn guests_on_tap_ports_of_a_nat_network() {
         return;
     }
     let started = Instant::now();
-    let host = Host::start();
-    let _outside = host.add_outside("203.0.113.1/24", &format!("{OUTSIDE}/24"));
-    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
-    let gateway = field(&net, "gateway").to_string();
+    let mut lab = Topology::start();
+    lab.add_outside("out", "up0", "203.0.113.1/24", &format!("{OUTSIDE}/24"));
+    let net = lab.create_net(NET, "nat", SUBNET);
+    let gateway = lab.nets[net].gateway.to_string();
+    let host = &lab.host;
     let p1 = host.cli_json(&["port", "create", "--net", NET, "--vm", "g1", "--type", "tap"]);
     let p2 = host.cli_json(&["port", "create", "--net", NET, "--vm", "g2", "--type", "tap"]);
     assert_eq!(p1["type"], "tap", "port create: type in {p1}");
@@ -121,7 +122,7 @@ fn guests_on_tap_ports_of_a_nat_network() {
     let done = g1.wait_for("done ", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("guest 1: {e}"));
     eprintln!("guest 1 done after {:.1} s ({done})", g1.elapsed());
     assert_guest_leased(&g1, mac1, ip1, &gateway, &[&gateway, OUTSIDE]);
-    let mine = leases_for(&host, mac1, ip1);
+    let mine = leases_for(host, mac1, ip1);
     assert_eq!(mine.len(), 1, "lanyard lease list should have one lease for {mac1}/{ip1}: {mine:?}");
     assert_eq!((mine[0]["mac"].as_str(), mine[0]["ip"].as_str()), (Some(mac1), Some(ip1)), "lease list: {mine:?}");
 
@@ -138,15 +139,15 @@ fn guests_on_tap_ports_of_a_nat_network() {
     // 3. port delete: the TAP goes, guest 1 loses the network, the IP is free.
     let watch = format!("watch {gateway} ");
     g1.wait_for(&watch, Duration::from_secs(30)).unwrap_or_else(|e| panic!("guest 1: {e}"));
-    assert!(link_exists(&host, tap1), "{tap1} missing before port delete");
+    assert!(link_exists(host, tap1), "{tap1} missing before port delete");
     let mark = g1.lab_line_count();
     let last = g1.lab_lines().into_iter().take(mark).rfind(|l| l.starts_with(&watch)).unwrap_or_default();
     assert!(last.starts_with(&format!("{watch}up")), "guest 1 should reach the gateway before port delete: `{last}`");
     host.cli_ok(&["port", "delete", id1]);
-    assert!(!link_exists(&host, tap1), "TAP {tap1} still exists after `port delete {id1}`");
-    assert!(ports_with(&host, "id", id1).is_empty(), "port {id1} still listed after `port delete`");
-    assert!(ports_with(&host, "ifname", tap1).is_empty(), "a port on {tap1} still listed after `port delete`");
-    let left = leases_for(&host, mac1, ip1);
+    assert!(!link_exists(host, tap1), "TAP {tap1} still exists after `port delete {id1}`");
+    assert!(ports_with(host, "id", id1).is_empty(), "port {id1} still listed after `port delete`");
+    assert!(ports_with(host, "ifname", tap1).is_empty(), "a port on {tap1} still listed after `port delete`");
+    let left = leases_for(host, mac1, ip1);
     assert!(left.is_empty(), "lease list still has {mac1}/{ip1} after `port delete {id1}`: {left:?}");
     let down = g1
         .wait_for_after(mark, &format!("{watch}down"), Duration::from_secs(30))
@@ -164,10 +165,10 @@ fn guest_attached_by_qemu_ifup() {
         return;
     }
     let started = Instant::now();
-    let host = Host::start();
-    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
-    let gateway = field(&net, "gateway").to_string();
-    let bridge = field(&net, "bridge").to_string();
+    let mut lab = Topology::start();
+    let net = lab.create_net(NET, "nat", SUBNET);
+    let (gateway, bridge) = (lab.nets[net].gateway.to_string(), lab.nets[net].bridge.clone());
+    let host = &lab.host;
 
     // QEMU's script=/downscript= take a path: the binary answers to its name.
     let scripts = TempDir::new("ifup");
@@ -191,7 +192,7 @@ fn guest_attached_by_qemu_ifup() {
     // QEMU ran lanyard-ifup before starting the machine: the port exists
     // once the guest kernel runs.
     guest.wait_for("init ", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    let ports = ports_with(&host, "ifname", &tap);
+    let ports = ports_with(host, "ifname", &tap);
     assert_eq!(ports.len(), 1, "expected one port on QEMU's TAP {tap}: {ports:?}\n{}", guest.console());
     let port = &ports[0];
     assert_eq!(port["mac"], mac, "adopted port's MAC (from QEMU's -device ...,mac=): {port}");
@@ -210,14 +211,14 @@ fn guest_attached_by_qemu_ifup() {
     assert!(guest.wait_exit(Duration::from_secs(30)), "guest did not power off after lab.poweroff=1");
     let said: Vec<String> = guest.console().lines().filter(|l| l.starts_with("lanyard: ")).map(String::from).collect();
     eprintln!("lanyard-ifup/-ifdown said:\n{}", said.join("\n"));
-    let left = ports_with(&host, "id", &id);
+    let left = ports_with(host, "id", &id);
     assert!(
         left.is_empty(),
         "port {id} still listed after QEMU exited (lanyard-ifdown): {left:?}\n{}",
         guest.console()
     );
-    assert!(!link_exists(&host, &tap), "QEMU's TAP {tap} still exists after QEMU exited");
-    let left = leases_for(&host, mac, &ip);
+    assert!(!link_exists(host, &tap), "QEMU's TAP {tap} still exists after QEMU exited");
+    let left = leases_for(host, mac, &ip);
     assert!(left.is_empty(), "lease list still has {mac}/{ip} after lanyard-ifdown: {left:?}");
 
     eprintln!("guest_attached_by_qemu_ifup: {:.1} s", started.elapsed().as_secs_f64());

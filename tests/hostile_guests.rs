@@ -58,9 +58,9 @@ fn hostile_dhcp_packets_do_not_stop_the_server() {
     if !privileged("hostile_dhcp_packets_do_not_stop_the_server", NAT_TOOLS) {
         return;
     }
-    let host = Host::start();
-    host.cli_ok(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
-    let attacker = host.attach_vm(NET, "attacker", &[]);
+    let mut lab = Topology::start();
+    let net = lab.create_net(NET, "nat", SUBNET);
+    let attacker = &lab.add_vm("attacker", net, &[]).vm;
     attacker.configure_static(24, GATEWAY);
     let out = attacker.ns.exec_ok("/usr/bin/python3", &["-c", HOSTILE_DHCP, GATEWAY]);
     let sent: u32 = out.trim().parse().unwrap_or_else(|_| panic!("attack script printed {out:?}"));
@@ -68,7 +68,8 @@ fn hostile_dhcp_packets_do_not_stop_the_server() {
     // Let the server work through its queue before the honest client asks.
     std::thread::sleep(Duration::from_millis(500));
 
-    let victim = host.attach_vm(NET, "victim", &[]);
+    lab.add_vm("victim", net, &[]);
+    let (victim, host) = (lab.vm("victim"), &lab.host);
     let lease = udhcpc(&victim.ns, "eth0", None)
         .unwrap_or_else(|e| panic!("after the attack an honest guest got no lease: {e}\n{}", host.daemon.log()));
     assert_eq!(lease.ip, victim.ip(), "the victim must get its port's fixed IP");

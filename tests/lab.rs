@@ -1,39 +1,49 @@
 //! The QEMU lab in lab-host mode: boots Debian's cloud kernel under TCG
 //! (this machine's kernel lacks 802.1Q and bridge VLAN filtering) with the
-//! lanyard binary inside and runs `lab/smoke.sh` there: veth, an 802.1Q
-//! device, a vlan_filtering bridge with a VLAN on a port and a tagged ping
-//! across it, nftables nat/masquerade/ct/reject, vxlan, `lanyard --version`.
+//! lanyard binary inside and runs a script there (`lab/host-run`):
 //!
-//! Needs root and a lab (`lab/setup`, which this test runs: it installs
-//! qemu & co and caches the kernel and images); otherwise skips, or fails
-//! with LANYARD_REQUIRE_PRIVILEGED=1. Nothing touches the host's network:
-//! the VM has no network device at all.
+//! - `lab_host_smoke` (`lab/smoke.sh`): the kernel has what lanyard needs:
+//!   veth, an 802.1Q device, a vlan_filtering bridge with a VLAN on a port
+//!   and a tagged ping across it, nftables nat/masquerade/ct/reject, vxlan;
+//!   and `lanyard --version` runs.
+//! - `lanyard_nat_network_in_the_lab_host` (`lab/lanyard-nat.sh`): lanyard
+//!   itself on that kernel, end to end: `lanyard daemon`, `net create` of a
+//!   NAT network, a veth port into a namespace, a DHCP lease for it with
+//!   busybox udhcpc, DNS for the VM's name, pings to the gateway and
+//!   (masqueraded) to an outside namespace, `port delete`, a clean exit on
+//!   SIGTERM. The script prints what lanyard answered; this test checks it
+//!   (the leased address is the one `port create -o json` gave the port, ...).
+//!
+//! The two VMs boot in parallel. Needs root and a lab (`lab/setup`, which
+//! this test runs: it installs qemu & co and caches the kernel and images);
+//! otherwise skips, or fails with LANYARD_REQUIRE_PRIVILEGED=1. Nothing
+//! touches the host's network: the VMs have no network device at all.
 
 mod common;
 mod lab_support;
 
+use std::net::Ipv4Addr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{run, stderr, stdout, LANYARD};
-use lab_support::{lab_dir, ready};
+use common::{field, in_subnet, is_mac, run, stderr, stdout, LANYARD};
+use lab_support::{lab_dir, parse_lease, ready};
+use serde_json::Value;
 
-#[test]
-fn lab_host_smoke() {
-    if !ready("lab_host_smoke", &[]) {
-        return;
-    }
+/// `lab/host-run SCRIPT` (bounded to 300 s inside, 360 s outside); the
+/// console (stdout) after asserting the VM printed `LAB-RESULT: PASS`.
+fn host_run(script: &str) -> String {
     let started = Instant::now();
     let o = run(
         Command::new(lab_dir().join("host-run"))
-            .arg(lab_dir().join("smoke.sh"))
+            .arg(lab_dir().join(script))
             .env("LANYARD_BIN", LANYARD)
             .env("LAB_TIMEOUT", "300"),
         Duration::from_secs(360),
     );
     let (out, err) = (stdout(&o), stderr(&o));
     eprintln!(
-        "lab/host-run lab/smoke.sh: {} in {:.1} s\n{}",
+        "lab/host-run lab/{script}: {} in {:.1} s\n{}",
         o.status,
         started.elapsed().as_secs_f64(),
         err.trim_end()
@@ -41,9 +51,24 @@ fn lab_host_smoke() {
     let result = out.lines().map(|l| l.trim_end_matches('\r')).rfind(|l| l.starts_with("LAB-RESULT: "));
     assert!(
         o.status.success() && result == Some("LAB-RESULT: PASS"),
-        "lab smoke test did not pass (exit {}, result {result:?}); console:\n{out}\n--- host-run ---\n{err}",
+        "lab/{script} did not pass (exit {}, result {result:?}); console:\n{out}\n--- host-run ---\n{err}",
         o.status
     );
+    out
+}
+
+/// The `LAB: ` lines of a console, without the prefix and the serial port's
+/// carriage returns.
+fn lab_lines(console: &str) -> Vec<String> {
+    console.lines().filter_map(|l| l.trim_end_matches('\r').strip_prefix("LAB: ").map(String::from)).collect()
+}
+
+#[test]
+fn lab_host_smoke() {
+    if !ready("lab_host_smoke", &[]) {
+        return;
+    }
+    let out = host_run("smoke.sh");
     for step in [
         "vlan_filtering bridge ok",
         "tagged ping through vlan_filtering bridge ok",
@@ -53,4 +78,85 @@ fn lab_host_smoke() {
     ] {
         assert!(out.contains(step), "smoke step `{step}` missing from the console:\n{out}");
     }
+}
+
+#[test]
+fn lanyard_nat_network_in_the_lab_host() {
+    if !ready("lanyard_nat_network_in_the_lab_host", &[]) {
+        return;
+    }
+    let console = host_run("lanyard-nat.sh");
+    let lines = lab_lines(&console);
+    let line = |prefix: &str| -> &str {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no `LAB: {prefix}...` on the console:\n{console}"))
+    };
+    let json = |what: &str| -> Value {
+        let text = line(&format!("{what}-json "));
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("`LAB: {what}-json` is not JSON ({e}): {text}"))
+    };
+
+    // net create: what was asked for.
+    let net = json("net");
+    let subnet = "192.168.122.0/24";
+    assert_eq!(
+        (net["name"].as_str(), net["mode"].as_str(), net["subnet"].as_str(), net["state"].as_str()),
+        (Some("default"), Some("nat"), Some(subnet), Some("active")),
+        "net create: {net}"
+    );
+    let gateway = field(&net, "gateway").to_string();
+    assert_eq!(gateway, "192.168.122.1", "net create: the gateway is the subnet's first address: {net}");
+
+    // port create: a veth into vm1, with an address of the subnet.
+    let port = json("port");
+    assert_eq!(
+        (port["net"].as_str(), port["vm"].as_str(), port["type"].as_str(), port["netns"].as_str()),
+        (Some("default"), Some("vm1"), Some("veth"), Some("vm1")),
+        "port create: {port}"
+    );
+    let (id, mac, ip) = (field(&port, "id"), field(&port, "mac"), field(&port, "ip"));
+    let ip_v: Ipv4Addr = ip.parse().unwrap_or_else(|_| panic!("port create: ip {ip:?} is not IPv4: {port}"));
+    assert!(in_subnet(ip_v, subnet) && ip != gateway, "port create: ip {ip} is no guest address of {subnet}");
+    assert!(is_mac(mac), "port create: mac {mac:?}");
+    assert_eq!(line("vm1 eth0 mac "), mac, "vm1's eth0 does not carry the port's MAC");
+
+    // DHCP: busybox udhcpc in vm1 leased exactly the port's address.
+    let leases: Vec<_> = lines.iter().filter_map(|l| parse_lease(l)).collect();
+    assert_eq!(leases.len(), 1, "expected one udhcpc lease in vm1:\n{console}");
+    let lease = &leases[0];
+    assert_eq!(lease.ip, ip, "vm1 leased {} but `port create` gave the port {ip}:\n{console}", lease.ip);
+    assert_eq!(
+        (lease.prefix.as_str(), lease.router.as_str(), lease.server.as_str()),
+        ("24", gateway.as_str(), gateway.as_str()),
+        "lease prefix, router, server identifier: {lease:?}"
+    );
+    assert!(lease.dns.split(',').any(|d| d == gateway), "the lease names no DNS server on the gateway: {lease:?}");
+    let listed = json("leases");
+    let listed = listed.as_array().unwrap_or_else(|| panic!("lease list is not an array: {listed}"));
+    assert_eq!(listed.len(), 1, "lease list after vm1's DHCP: {listed:?}");
+    assert_eq!(
+        (listed[0]["mac"].as_str(), listed[0]["ip"].as_str(), listed[0]["kind"].as_str()),
+        (Some(mac), Some(ip), Some("static")),
+        "lease list entry: {}",
+        listed[0]
+    );
+
+    // DNS, the gateway, the outside through NAT.
+    assert_eq!(line("dns vm1.default "), ip, "lanyard's DNS resolved vm1.default to another address");
+    for ping in ["ping gateway ok", "ping outside ok"] {
+        assert!(lines.iter().any(|l| l == ping), "`{ping}` missing from the console:\n{console}");
+    }
+
+    // port delete: the port and its lease are gone.
+    let ports = json("ports-after-delete");
+    assert!(!ports.as_array().into_iter().flatten().any(|p| p["id"] == id), "port {id} listed after delete: {ports}");
+    let left = json("leases-after-delete");
+    assert!(
+        !left.as_array().into_iter().flatten().any(|l| l["ip"] == ip || l["mac"] == mac),
+        "lease of {mac}/{ip} listed after the port was deleted: {left}"
+    );
+
+    assert_eq!(line("daemon exit "), "0", "lanyard daemon's exit status on SIGTERM");
 }

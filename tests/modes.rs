@@ -26,11 +26,11 @@
 mod common;
 
 use std::net::Ipv4Addr;
+use std::ops::{Deref, DerefMut};
 use std::thread::{self, sleep};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::Value;
 
 // ---------------------------------------------------------------------------
 // Matrix cells
@@ -65,9 +65,7 @@ const fn no(from: &'static str, to: &'static str, doc: &'static str) -> Cell {
 // The lab: a host with a daemon, outsides, networks and VMs
 // ---------------------------------------------------------------------------
 
-const UPLINK_HOST: &str = "203.0.113.1";
 const UPLINK_HOST_CIDR: &str = "203.0.113.1/24";
-const OUTSIDE: &str = "203.0.113.2";
 const OUTSIDE_CIDR: &str = "203.0.113.2/24";
 const SUBNET_A: &str = "10.1.0.0/24";
 const SUBNET_B: &str = "10.2.0.0/24";
@@ -75,42 +73,20 @@ const SUBNET_B: &str = "10.2.0.0/24";
 /// Tools every test here needs beyond [`NAT_TOOLS`].
 const MORE_TOOLS: &[&str] = &["dig", "sysctl", "cat", "ss"];
 
-struct Net {
-    name: String,
-    mode: String,
-    subnet: String,
-    /// The host's address on the network (the gateway VMs use).
-    gateway: Ipv4Addr,
-    bridge: String,
-    /// DNS domain (defaults to the network's name).
-    domain: String,
+/// The harness's [`Topology`] with this file's matrix checks.
+struct Lab(Topology);
+
+impl Deref for Lab {
+    type Target = Topology;
+    fn deref(&self) -> &Topology {
+        &self.0
+    }
 }
 
-struct Guest {
-    name: String,
-    /// Index into [`Lab::nets`].
-    net: usize,
-    /// The port's IP, or (bridge mode) what the LAN's DHCP server leased.
-    ip: Option<Ipv4Addr>,
-    vm: Vm,
-}
-
-struct Outside {
-    name: &'static str,
-    ip: Ipv4Addr,
-    /// The host's address on the link to this outside.
-    host_ip: Ipv4Addr,
-    /// Bridge mode: the LAN's DHCP server (dropped before the namespace).
-    _dhcp: Option<Dnsmasq>,
-    ns: Netns,
-}
-
-/// Fields drop in order: VMs, outsides, then the host with its daemon.
-struct Lab {
-    guests: Vec<Guest>,
-    outsides: Vec<Outside>,
-    nets: Vec<Net>,
-    host: Host,
+impl DerefMut for Lab {
+    fn deref_mut(&mut self) -> &mut Topology {
+        &mut self.0
+    }
 }
 
 impl Lab {
@@ -124,101 +100,28 @@ impl Lab {
         if !privileged(test, &tools) {
             return None;
         }
-        let host = Host::start();
-        host.ns.set_ip_forward(false);
-        Some(Lab { guests: Vec::new(), outsides: Vec::new(), nets: Vec::new(), host })
+        let lab = Lab(Topology::start());
+        lab.host.ns.set_ip_forward(false);
+        Some(lab)
     }
 
-    /// The usual outside: `up0` 203.0.113.1 in the host, 203.0.113.2 outside,
-    /// no routes beyond the connected ones.
-    fn add_outside(&mut self) {
-        let ns = self.host.add_outside(UPLINK_HOST_CIDR, OUTSIDE_CIDR);
-        self.outsides.push(Outside {
-            name: "out",
-            ip: OUTSIDE.parse().expect("literal"),
-            host_ip: UPLINK_HOST.parse().expect("literal"),
-            _dhcp: None,
-            ns,
-        });
-    }
-
-    /// `lanyard net create NAME --mode MODE --subnet SUBNET -o json`, checked.
-    fn create_net(&mut self, name: &str, mode: &str, subnet: &str) -> usize {
-        let v = self.host.cli_json(&["net", "create", name, "--mode", mode, "--subnet", subnet]);
-        assert_eq!(v["name"], name, "net create: name in {v}");
-        assert_eq!(v["mode"], mode, "net create: mode in {v}");
-        assert_eq!(v["subnet"], subnet, "net create: subnet in {v}");
-        assert_eq!(v["state"], "active", "net create: state in {v}");
-        let gateway: Ipv4Addr = field(&v, "gateway").parse().expect("gateway is an IPv4 address");
-        assert!(in_subnet(gateway, subnet), "gateway {gateway} outside {subnet}: {v}");
-        let domain = field(&v, "domain").to_string();
-        assert_eq!(domain, name, "the DNS domain defaults to the network name: {v}");
-        self.push_net(&v, gateway)
-    }
-
-    fn push_net(&mut self, v: &Value, gateway: Ipv4Addr) -> usize {
-        self.nets.push(Net {
-            name: field(v, "name").to_string(),
-            mode: field(v, "mode").to_string(),
-            subnet: field(v, "subnet").to_string(),
-            gateway,
-            bridge: field(v, "bridge").to_string(),
-            domain: v["domain"].as_str().unwrap_or_default().to_string(),
-        });
-        self.nets.len() - 1
-    }
-
-    /// A VM namespace with a veth port on network `net`.
-    fn add_vm(&mut self, name: &str, net: usize) {
-        let net_name = self.nets[net].name.clone();
-        let vm = self.host.attach_vm(&net_name, name, &[]);
-        assert_eq!(vm.port["net"], net_name.as_str(), "port create: net in {}", vm.port);
-        let ip = if self.nets[net].mode == "bridge" {
-            assert!(vm.port["ip"].is_null(), "bridge mode: a port gets no fixed IP (`ip` null): {}", vm.port);
-            None
-        } else {
-            let ip = vm.ip();
-            assert!(in_subnet(ip, &self.nets[net].subnet), "port IP {ip} outside {}", self.nets[net].subnet);
-            assert_ne!(ip, self.nets[net].gateway, "port got the gateway's address");
-            Some(ip)
-        };
-        self.guests.push(Guest { name: name.to_string(), net, ip, vm });
+    /// The usual outside `out`: `up0` 203.0.113.1 in the host, 203.0.113.2
+    /// outside, no routes beyond the connected ones.
+    fn add_usual_outside(&mut self) {
+        self.add_outside("out", "up0", UPLINK_HOST_CIDR, OUTSIDE_CIDR);
     }
 
     /// The standard mode lab: outside, nets A and B of `mode`, a1 and a2 on
     /// A, b1 on B.
     fn for_mode(test: &str, mode: &str, names: [&str; 2]) -> Option<Lab> {
         let mut lab = Lab::start(test, &[])?;
-        lab.add_outside();
+        lab.add_usual_outside();
         let a = lab.create_net(names[0], mode, SUBNET_A);
         let b = lab.create_net(names[1], mode, SUBNET_B);
-        lab.add_vm("a1", a);
-        lab.add_vm("a2", a);
-        lab.add_vm("b1", b);
+        lab.add_vm("a1", a, &[]);
+        lab.add_vm("a2", a, &[]);
+        lab.add_vm("b1", b, &[]);
         Some(lab)
-    }
-
-    fn guest(&self, name: &str) -> &Guest {
-        self.guests.iter().find(|g| g.name == name).unwrap_or_else(|| panic!("no VM {name:?} in the lab"))
-    }
-
-    fn outside(&self, name: &str) -> Option<&Outside> {
-        self.outsides.iter().find(|o| o.name == name)
-    }
-
-    fn guest_ip(&self, name: &str) -> Ipv4Addr {
-        self.guest(name).ip.unwrap_or_else(|| panic!("VM {name} has no address yet"))
-    }
-
-    /// The namespace of an endpoint.
-    fn ns(&self, who: &str) -> &Netns {
-        if who == "host" {
-            &self.host.ns
-        } else if let Some(o) = self.outside(who) {
-            &o.ns
-        } else {
-            &self.guest(who).vm.ns
-        }
     }
 
     /// The address `from` pings to reach `to`.
@@ -307,19 +210,6 @@ impl Lab {
         panic!("{msg}{}", self.diagnostics());
     }
 
-    /// The host's addresses, routes, forwarding and ruleset, for messages.
-    fn diagnostics(&self) -> String {
-        let h = &self.host.ns;
-        let text = |o: std::process::Output| format!("{}{}", stdout(&o), stderr(&o));
-        format!(
-            "--- host: ip -br addr ---\n{}--- host: ip route ---\n{}--- host: ip_forward = {} ---\n--- host: nft list ruleset ---\n{}",
-            text(h.ip(&["-br", "addr"])),
-            text(h.ip(&["route"])),
-            text(h.exec("cat", &["/proc/sys/net/ipv4/ip_forward"])).trim(),
-            text(h.exec("nft", &["list", "ruleset"])),
-        )
-    }
-
     /// Every VM leases its address with a real DHCP client, all at once:
     /// the second VM of each network `dhclient`, the others `udhcpc`, each
     /// sending its VM name as host name.
@@ -334,10 +224,11 @@ impl Lab {
                     let use_dhclient = self.guests[..i].iter().any(|o| o.net == g.net);
                     s.spawn(move || {
                         if use_dhclient {
-                            dhclient(&g.vm.ns, "eth0", Some(&g.name))
-                                .map_err(|e| format!("dhclient in {}: {e}", g.name))
+                            dhclient(&g.vm.ns, "eth0", Some(&g.vm.name))
+                                .map_err(|e| format!("dhclient in {}: {e}", g.vm.name))
                         } else {
-                            udhcpc(&g.vm.ns, "eth0", Some(&g.name)).map_err(|e| format!("udhcpc in {}: {e}", g.name))
+                            udhcpc(&g.vm.ns, "eth0", Some(&g.vm.name))
+                                .map_err(|e| format!("udhcpc in {}: {e}", g.vm.name))
                         }
                     })
                 })
@@ -349,18 +240,19 @@ impl Lab {
             .into_iter()
             .map(|r| r.unwrap_or_else(|e| panic!("no lease: {e}\n{}", self.diagnostics())))
             .collect();
-        for (g, l) in self.guests.iter_mut().zip(&leases) {
-            let net = &self.nets[g.net];
+        let topo = &mut self.0;
+        for (g, l) in topo.guests.iter_mut().zip(&leases) {
+            let net = &topo.nets[g.net];
             match g.ip {
                 Some(ip) => {
-                    assert_eq!(l.ip, ip, "{}: leased address differs from the port's ip ({:?})", g.name, l.vars)
+                    assert_eq!(l.ip, ip, "{}: leased address differs from the port's ip ({:?})", g.vm.name, l.vars)
                 }
                 None => g.ip = Some(l.ip),
             }
-            assert!(in_subnet(l.ip, &net.subnet), "{}: lease {} outside {}", g.name, l.ip, net.subnet);
-            assert_eq!(l.prefix, 24, "{}: subnet mask ({:?})", g.name, l.vars);
+            assert!(in_subnet(l.ip, &net.subnet), "{}: lease {} outside {}", g.vm.name, l.ip, net.subnet);
+            assert_eq!(l.prefix, 24, "{}: subnet mask ({:?})", g.vm.name, l.vars);
             let addrs = g.vm.ns.ipv4_addrs("eth0");
-            assert!(addrs.contains(&format!("{}/24", l.ip)), "{}: leased address not configured: {addrs:?}", g.name);
+            assert!(addrs.contains(&format!("{}/24", l.ip)), "{}: leased address not configured: {addrs:?}", g.vm.name);
         }
         leases
     }
@@ -371,8 +263,8 @@ impl Lab {
         for (g, l) in self.guests.iter().zip(leases) {
             let gw = self.nets[g.net].gateway;
             let want: Vec<Ipv4Addr> = if router { vec![gw] } else { vec![] };
-            assert_eq!(l.routers, want, "{}: router option (vars: {:?})", g.name, l.vars);
-            assert_eq!(l.server_id, Some(gw), "{}: server identifier (vars: {:?})", g.name, l.vars);
+            assert_eq!(l.routers, want, "{}: router option (vars: {:?})", g.vm.name, l.vars);
+            assert_eq!(l.server_id, Some(gw), "{}: server identifier (vars: {:?})", g.vm.name, l.vars);
         }
     }
 
@@ -782,15 +674,8 @@ fn bridge_mode_matrix() {
     let Some(mut lab) = Lab::start("bridge_mode_matrix", &["dnsmasq"]) else { return };
     let mut uplink_macs = Vec::new();
     for lan in &LANS {
-        let ns = lab.host.add_outside_on(lan.uplink, &format!("{}/24", lan.host), &format!("{}/24", lan.router));
-        let dhcp = Dnsmasq::start(&ns, "eth0", lan.pool.0, lan.pool.1, "255.255.255.0", lan.router);
-        lab.outsides.push(Outside {
-            name: lan.out,
-            ip: lan.router.parse().expect("literal"),
-            host_ip: lan.host.parse().expect("literal"),
-            _dhcp: Some(dhcp),
-            ns,
-        });
+        let out = lab.add_outside(lan.out, lan.uplink, &format!("{}/24", lan.host), &format!("{}/24", lan.router));
+        out.dhcp = Some(Dnsmasq::start(&out.ns, "eth0", lan.pool.0, lan.pool.1, "255.255.255.0", lan.router));
         uplink_macs.push(lab.host.ns.mac(lan.uplink));
     }
     // The host's default route goes via the first LAN's router.
@@ -811,7 +696,7 @@ fn bridge_mode_matrix() {
         assert_eq!(v["mode"], "bridge", "net create: mode in {v}");
         assert_eq!(v["state"], "active", "net create: state in {v}");
         assert_eq!(v["subnet"], lan.subnet, "--subnet defaults to the uplink's subnet: {v}");
-        let i = lab.push_net(&v, lan.host.parse().expect("literal"));
+        let i = lab.push_net(v, lan.host.parse().expect("literal"));
         let bridge = lab.nets[i].bridge.clone();
         let h = &lab.host.ns;
         let br = h.link(&bridge).unwrap_or_else(|| panic!("bridge {bridge} missing: {:#?}", h.links()));
@@ -840,23 +725,23 @@ fn bridge_mode_matrix() {
     );
     lab.assert_ip_forward(false, "bridge mode does not route, lanyard must not turn forwarding on");
 
-    lab.add_vm("a1", 0);
-    lab.add_vm("a2", 0);
-    lab.add_vm("b1", 1);
+    lab.add_vm("a1", 0, &[]);
+    lab.add_vm("a2", 0, &[]);
+    lab.add_vm("b1", 1, &[]);
     let leases = lab.lease_all();
     for (g, l) in lab.guests.iter().zip(&leases) {
         let lan = &LANS[g.net];
         let (first, last) = (lan.pool.0.parse().expect("literal"), lan.pool.1.parse().expect("literal"));
-        assert!(in_range(l.ip, first, last), "{}: lease {} is not from the LAN's pool {first}-{last}", g.name, l.ip);
+        assert!(in_range(l.ip, first, last), "{}: lease {} is not from the LAN's pool {first}-{last}", g.vm.name, l.ip);
         let router: Ipv4Addr = lan.router.parse().expect("literal");
         assert_eq!(
             l.server_id,
             Some(router),
             "{}: the LAN's DHCP server must answer, not lanyard ({:?})",
-            g.name,
+            g.vm.name,
             l.vars
         );
-        assert_eq!(l.routers, vec![router], "{}: router option from the LAN ({:?})", g.name, l.vars);
+        assert_eq!(l.routers, vec![router], "{}: router option from the LAN ({:?})", g.vm.name, l.vars);
     }
 
     lab.check("bridge: matrix", BRIDGE_MATRIX);
@@ -965,7 +850,7 @@ const ACROSS: &[Cell] = &[
 fn modes_side_by_side() {
     let t = Instant::now();
     let Some(mut lab) = Lab::start("modes_side_by_side", &[]) else { return };
-    lab.add_outside();
+    lab.add_usual_outside();
     for (vm, name, mode, subnet) in [
         ("n1", "nat1", "nat", "10.1.0.0/24"),
         ("r1", "route1", "route", "10.2.0.0/24"),
@@ -974,9 +859,8 @@ fn modes_side_by_side() {
         ("o1", "wild1", "open", "10.5.0.0/24"),
     ] {
         let i = lab.create_net(name, mode, subnet);
-        lab.add_vm(vm, i);
-        let g = lab.guests.last().expect("just added");
-        g.vm.configure_static(24, &lab.nets[i].gateway.to_string());
+        let gateway = lab.nets[i].gateway.to_string();
+        lab.add_vm(vm, i, &[]).vm.configure_static(24, &gateway);
     }
     lab.assert_ip_forward(true, "nat, route and open networks exist");
     lab.route_outside_to_subnets();

@@ -26,60 +26,29 @@ const UPLINK_HOST: &str = "203.0.113.1/24";
 const UPLINK_OUTSIDE: &str = "203.0.113.2/24";
 const OUTSIDE: &str = "203.0.113.2";
 
-/// The topology. Fields drop in order: VMs, outside, then the host with its
-/// daemon.
-struct NatLab {
-    vms: Vec<Vm>,
-    outside: Netns,
-    net: Value,
-    host: Host,
-}
-
-impl NatLab {
-    fn vm(&self, i: usize) -> &Vm {
-        &self.vms[i - 1]
-    }
-
-    fn bridge(&self) -> String {
-        field(&self.net, "bridge").to_string()
-    }
-
-    fn leases(&self) -> Vec<Value> {
-        self.host
-            .cli_json(&["lease", "list", NET])
-            .as_array()
-            .cloned()
-            .unwrap_or_else(|| panic!("lease list is not an array"))
-    }
-
-    fn ports(&self) -> Vec<Value> {
-        self.host.cli_json(&["port", "list"]).as_array().cloned().unwrap_or_else(|| panic!("port list is not an array"))
-    }
-}
-
 /// Builds host + outside + `default` NAT network + vm1..vm3, checking each
 /// answer against the CLI contract on the way. None if the test must skip.
-fn lab(test: &str) -> Option<NatLab> {
+fn lab(test: &str) -> Option<Topology> {
     if !privileged(test, NAT_TOOLS) {
         return None;
     }
-    let host = Host::start();
-    let outside = host.add_outside(UPLINK_HOST, UPLINK_OUTSIDE);
-    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
-    check_network(&net);
-    let mut vms: Vec<Vm> = Vec::new();
+    let mut lab = Topology::start();
+    lab.add_outside("out", "up0", UPLINK_HOST, UPLINK_OUTSIDE);
+    let net = lab.create_net(NET, "nat", SUBNET);
+    check_network(&lab.nets[net].json);
     for i in 1..=3 {
-        let vm = host.attach_vm(NET, &format!("vm{i}"), &[]);
-        check_port(&vm);
-        for other in &vms {
+        let name = format!("vm{i}");
+        lab.add_vm(&name, net, &[]);
+        let vm = lab.vm(&name);
+        check_port(vm);
+        for other in lab.vms().filter(|o| o.name != vm.name) {
             assert_ne!(other.ip(), vm.ip(), "two ports got the same IP: {} and {}", other.port, vm.port);
             assert_ne!(other.mac(), vm.mac(), "two ports got the same MAC: {} and {}", other.port, vm.port);
             assert_ne!(other.id(), vm.id(), "two ports got the same id: {} and {}", other.port, vm.port);
             assert_ne!(other.host_ifname(), vm.host_ifname(), "two ports got the same ifname");
         }
-        vms.push(vm);
     }
-    Some(NatLab { vms, outside, net, host })
+    Some(lab)
 }
 
 fn check_network(net: &Value) {
@@ -163,7 +132,7 @@ fn expect_reach(from: &Netns, what: &str, target: &str) {
 #[test]
 fn dhcp_clients_lease_their_port_addresses() {
     let Some(lab) = lab("dhcp_clients_lease_their_port_addresses") else { return };
-    let (vm1, vm2) = (lab.vm(1), lab.vm(2));
+    let (vm1, vm2) = (lab.vm("vm1"), lab.vm("vm2"));
 
     let l1 = udhcpc(&vm1.ns, "eth0", Some("vm1")).unwrap_or_else(|e| panic!("udhcpc in vm1 got no lease: {e}"));
     check_client_lease("udhcpc in vm1", &l1, vm1);
@@ -171,7 +140,7 @@ fn dhcp_clients_lease_their_port_addresses() {
     let l2 = dhclient(&vm2.ns, "eth0", Some("vm2")).unwrap_or_else(|e| panic!("dhclient in vm2 got no lease: {e}"));
     check_client_lease("dhclient in vm2", &l2, vm2);
 
-    let leases = lab.leases();
+    let leases = lab.leases(NET);
     check_lease_entry(lease_for(&leases, &vm1.mac()), vm1.ip(), "vm1", "static");
     check_lease_entry(lease_for(&leases, &vm2.mac()), vm2.ip(), "vm2", "static");
     // The leased address works: the VM reaches its gateway.
@@ -183,30 +152,30 @@ fn dhcp_clients_lease_their_port_addresses() {
 fn nat_reachability() {
     let Some(lab) = lab("nat_reachability") else { return };
     // Addresses by hand here, so this test is about forwarding and NAT only.
-    for vm in &lab.vms {
+    for vm in lab.vms() {
         vm.configure_static(24, &GATEWAY.to_string());
     }
-    let ips: Vec<String> = lab.vms.iter().map(|v| v.ip().to_string()).collect();
+    let ips: Vec<String> = lab.vms().map(|v| v.ip().to_string()).collect();
 
     // Precondition of "works only thanks to masquerade".
-    let r = lab.outside.ip(&["route", "get", &ips[0]]);
+    let r = lab.ns("out").ip(&["route", "get", &ips[0]]);
     assert!(!r.status.success(), "outside must have no route to {SUBNET}, but: {}", stdout(&r));
 
-    expect_reach(&lab.vm(1).ns, "vm1 -> vm2", &ips[1]);
-    expect_reach(&lab.vm(2).ns, "vm2 -> vm3", &ips[2]);
-    expect_reach(&lab.vm(3).ns, "vm3 -> vm1", &ips[0]);
-    for vm in &lab.vms {
+    expect_reach(&lab.vm("vm1").ns, "vm1 -> vm2", &ips[1]);
+    expect_reach(&lab.vm("vm2").ns, "vm2 -> vm3", &ips[2]);
+    expect_reach(&lab.vm("vm3").ns, "vm3 -> vm1", &ips[0]);
+    for vm in lab.vms() {
         expect_reach(&vm.ns, &format!("{} -> gateway", vm.name), &GATEWAY.to_string());
         expect_reach(&vm.ns, &format!("{} -> outside (masquerade)", vm.name), OUTSIDE);
     }
     expect_reach(&lab.host.ns, "host -> vm1", &ips[0]);
 
     // Even with a route to the VM subnet, the outside cannot connect in.
-    lab.outside.ip_ok(&["route", "add", SUBNET, "via", "203.0.113.1"]);
-    let via = lab.outside.ip_ok(&["route", "get", &ips[0]]);
+    lab.ns("out").ip_ok(&["route", "add", SUBNET, "via", "203.0.113.1"]);
+    let via = lab.ns("out").ip_ok(&["route", "get", &ips[0]]);
     assert!(via.contains("via 203.0.113.1"), "route in outside not in effect: {via}");
-    for (vm, ip) in lab.vms.iter().zip(&ips) {
-        let p = ping(&lab.outside, ip, 3, 4);
+    for (vm, ip) in lab.vms().zip(&ips) {
+        let p = ping(lab.ns("out"), ip, 3, 4);
         assert!(
             p.none_replied(),
             "outside -> {} ({ip}) must fail in a NAT network, but got replies:\n{}",
@@ -215,7 +184,7 @@ fn nat_reachability() {
         );
     }
     // And the VMs still reach out after that (the route changed nothing for them).
-    expect_reach(&lab.vm(1).ns, "vm1 -> outside after outside added its route", OUTSIDE);
+    expect_reach(&lab.vm("vm1").ns, "vm1 -> outside after outside added its route", OUTSIDE);
 }
 
 #[test]
@@ -223,7 +192,7 @@ fn dynamic_client_gets_a_pool_address() {
     let Some(lab) = lab("dynamic_client_gets_a_pool_address") else { return };
     let shown = lab.host.cli_json(&["net", "show", NET]);
     let bridge = field(&shown, "bridge").to_string();
-    assert_eq!(bridge, lab.bridge(), "net show and net create disagree on the bridge");
+    assert_eq!(bridge, lab.nets[0].bridge, "net show and net create disagree on the bridge");
     let first: Ipv4Addr = field(&shown["dhcp_range"], "first").parse().expect("dhcp_range.first");
     let last: Ipv4Addr = field(&shown["dhcp_range"], "last").parse().expect("dhcp_range.last");
 
@@ -231,7 +200,7 @@ fn dynamic_client_gets_a_pool_address() {
     let lease = udhcpc(&dynamic, "eth0", Some("dyn4"))
         .unwrap_or_else(|e| panic!("udhcpc in the hand-attached namespace got no lease: {e}"));
     assert!(in_range(lease.ip, first, last), "dynamic lease {} outside the range {first}-{last}", lease.ip);
-    for vm in &lab.vms {
+    for vm in lab.vms() {
         assert_ne!(lease.ip, vm.ip(), "dynamic client got {}'s port address", vm.name);
     }
     assert_ne!(lease.ip, GATEWAY, "dynamic client got the gateway address");
@@ -239,7 +208,7 @@ fn dynamic_client_gets_a_pool_address() {
     assert_eq!(lease.routers, vec![GATEWAY], "dynamic lease router option: {:?}", lease.vars);
     expect_reach(&dynamic, "dynamic client -> gateway", &GATEWAY.to_string());
 
-    let leases = lab.leases();
+    let leases = lab.leases(NET);
     check_lease_entry(lease_for(&leases, &dynamic.mac("eth0")), lease.ip, "dyn4", "dynamic");
     assert_eq!(lab.ports().len(), 3, "a dynamic lease must not create a port");
 }
@@ -248,7 +217,7 @@ fn dynamic_client_gets_a_pool_address() {
 fn kernel_state_matches_the_network() {
     let Some(lab) = lab("kernel_state_matches_the_network") else { return };
     let root_forward_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-    let bridge = lab.bridge();
+    let bridge = lab.nets[0].bridge.clone();
 
     let br = lab
         .host
@@ -261,7 +230,7 @@ fn kernel_state_matches_the_network() {
     let addrs = lab.host.ns.ipv4_addrs(&bridge);
     assert_eq!(addrs, vec![format!("{GATEWAY}/24")], "bridge IPv4 addresses");
 
-    for vm in &lab.vms {
+    for vm in lab.vms() {
         let ifname = vm.host_ifname();
         let l = lab
             .host
@@ -297,7 +266,7 @@ fn kernel_state_matches_the_network() {
         &std::process::Command::new(tool("ip")).args(["-o", "link", "show"]).output().expect("ip link").stdout,
     )
     .into_owned();
-    for vm in &lab.vms {
+    for vm in lab.vms() {
         let ifname = vm.host_ifname();
         assert!(
             !root_links.contains(&format!(": {ifname}:")) && !root_links.contains(&format!(": {ifname}@")),
@@ -314,7 +283,7 @@ fn port_list_matches_created_ports() {
     let keys = ["id", "net", "vm", "type", "ifname", "mac", "ip", "netns", "peer_ifname"];
     let project = |p: &Value| keys.iter().map(|k| (k.to_string(), p[*k].clone())).collect::<serde_json::Map<_, _>>();
     let mut listed: Vec<_> = lab.ports().iter().map(project).collect();
-    let mut created: Vec<_> = lab.vms.iter().map(|v| project(&v.port)).collect();
+    let mut created: Vec<_> = lab.vms().map(|v| project(&v.port)).collect();
     let by_id = |a: &serde_json::Map<String, Value>, b: &serde_json::Map<String, Value>| {
         a["id"].to_string().cmp(&b["id"].to_string())
     };
@@ -325,7 +294,7 @@ fn port_list_matches_created_ports() {
     let only_vm2 = lab.host.cli_json(&["port", "list", "--vm", "vm2"]);
     let only_vm2 = only_vm2.as_array().expect("array");
     assert_eq!(only_vm2.len(), 1, "port list --vm vm2: {only_vm2:?}");
-    assert_eq!(only_vm2[0]["id"], lab.vm(2).id().as_str());
+    assert_eq!(only_vm2[0]["id"], lab.vm("vm2").id().as_str());
     assert_eq!(
         lab.host.cli_json(&["port", "list", "--net", NET]).as_array().map(Vec::len),
         Some(3),
@@ -333,24 +302,25 @@ fn port_list_matches_created_ports() {
     );
     let nets = lab.host.cli_json(&["net", "list"]);
     assert_eq!(nets.as_array().map(Vec::len), Some(1), "net list: {nets}");
-    assert_eq!(nets[0], lab.net, "net list entry differs from net create output");
+    assert_eq!(nets[0], lab.nets[0].json, "net list entry differs from net create output");
 }
 
 #[test]
 fn restart_keeps_traffic_and_state() {
     let Some(mut lab) = lab("restart_keeps_traffic_and_state") else { return };
-    let vm1_ip = lab.vm(1).ip();
-    let l1 = udhcpc(&lab.vm(1).ns, "eth0", Some("vm1")).unwrap_or_else(|e| panic!("udhcpc in vm1 got no lease: {e}"));
+    let vm1_ip = lab.vm("vm1").ip();
+    let l1 =
+        udhcpc(&lab.vm("vm1").ns, "eth0", Some("vm1")).unwrap_or_else(|e| panic!("udhcpc in vm1 got no lease: {e}"));
     assert_eq!(l1.ip, vm1_ip, "udhcpc in vm1 before restart");
-    lab.vm(2).configure_static(24, &GATEWAY.to_string());
-    expect_reach(&lab.vm(1).ns, "vm1 -> outside before restart", OUTSIDE);
+    lab.vm("vm2").configure_static(24, &GATEWAY.to_string());
+    expect_reach(&lab.vm("vm1").ns, "vm1 -> outside before restart", OUTSIDE);
 
     let ports_before = lab.ports();
-    let leases_before = lab.leases();
+    let leases_before = lab.leases(NET);
     let net_before = lab.host.cli_json(&["net", "list"]);
     let pid_before = lab.host.daemon.pid();
 
-    let mut job = PingJob::start(&lab.vm(1).ns, OUTSIDE, &["-i", "0.1", "-c", "60", "-W", "1"]);
+    let mut job = PingJob::start(&lab.vm("vm1").ns, OUTSIDE, &["-i", "0.1", "-c", "60", "-W", "1"]);
     sleep(Duration::from_millis(1500));
     assert!(job.running(), "ping ended before the restart began");
     let t = Instant::now();
@@ -367,20 +337,20 @@ fn restart_keeps_traffic_and_state() {
     );
 
     assert_eq!(lab.ports(), ports_before, "port list changed across the restart");
-    assert_eq!(lab.leases(), leases_before, "lease list changed across the restart");
+    assert_eq!(lab.leases(NET), leases_before, "lease list changed across the restart");
     assert_eq!(lab.host.cli_json(&["net", "list"]), net_before, "net list changed across the restart");
 
-    let again = udhcpc(&lab.vm(1).ns, "eth0", Some("vm1"))
+    let again = udhcpc(&lab.vm("vm1").ns, "eth0", Some("vm1"))
         .unwrap_or_else(|e| panic!("udhcpc in vm1 after the restart got no lease: {e}"));
     assert_eq!(again.ip, vm1_ip, "udhcpc in vm1 after restart got another address");
-    expect_reach(&lab.vm(1).ns, "vm1 -> vm2 after restart", &lab.vm(2).ip().to_string());
-    expect_reach(&lab.vm(1).ns, "vm1 -> outside after restart", OUTSIDE);
+    expect_reach(&lab.vm("vm1").ns, "vm1 -> vm2 after restart", &lab.vm("vm2").ip().to_string());
+    expect_reach(&lab.vm("vm1").ns, "vm1 -> outside after restart", OUTSIDE);
 }
 
 #[test]
 fn port_delete_removes_link_and_frees_ip() {
     let Some(lab) = lab("port_delete_removes_link_and_frees_ip") else { return };
-    let vm3 = lab.vm(3);
+    let vm3 = lab.vm("vm3");
     let (id, ifname, ip) = (vm3.id(), vm3.host_ifname(), vm3.ip());
     let l3 = udhcpc(&vm3.ns, "eth0", Some("vm3")).unwrap_or_else(|e| panic!("udhcpc in vm3 got no lease: {e}"));
     assert_eq!(l3.ip, ip);
@@ -391,7 +361,7 @@ fn port_delete_removes_link_and_frees_ip() {
     let ports = lab.ports();
     assert!(!ports.iter().any(|p| p["id"] == id.as_str()), "deleted port still listed: {ports:#?}");
     assert_eq!(ports.len(), 2, "port list after delete: {ports:#?}");
-    let leases = lab.leases();
+    let leases = lab.leases(NET);
     assert!(
         !leases.iter().any(|l| l["ip"] == ip.to_string().as_str()),
         "the deleted port's IP {ip} is still leased: {leases:#?}"
@@ -403,8 +373,8 @@ fn port_delete_removes_link_and_frees_ip() {
     assert_eq!(vm5.ip(), ip, "new port did not get the freed address");
     let l5 = udhcpc(&vm5.ns, "eth0", Some("vm5")).unwrap_or_else(|e| panic!("udhcpc in vm5 got no lease: {e}"));
     assert_eq!(l5.ip, ip, "vm5 leased another address than its port's");
-    lab.vm(1).configure_static(24, &GATEWAY.to_string());
-    expect_reach(&vm5.ns, "vm5 -> vm1", &lab.vm(1).ip().to_string());
+    lab.vm("vm1").configure_static(24, &GATEWAY.to_string());
+    expect_reach(&vm5.ns, "vm5 -> vm1", &lab.vm("vm1").ip().to_string());
     expect_reach(&vm5.ns, "vm5 -> outside", OUTSIDE);
 }
 
@@ -415,11 +385,11 @@ fn veth_port_into_a_namespace_with_a_long_name() {
     if !privileged("veth_port_into_a_namespace_with_a_long_name", NAT_TOOLS) {
         return;
     }
-    let host = Host::start();
-    host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let mut lab = Topology::start();
+    lab.create_net(NET, "nat", SUBNET);
     let ns = Netns::named(format!("{}-0123456789abcdef0123456789", unique("long")));
     assert!(ns.name().len() > 15);
-    let port = host.veth_port(NET, "vmlong", &ns, &[]);
+    let port = lab.host.veth_port(NET, "vmlong", &ns, &[]);
     assert_eq!(port["netns"], ns.name(), "port create: netns in {port}");
     let guest = ns.link("eth0").unwrap_or_else(|| panic!("no eth0 in {} after port create", ns.name()));
     assert_eq!(guest["address"], port["mac"], "guest eth0 MAC differs from the port's");

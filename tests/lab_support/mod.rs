@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-use crate::common::{privileged, run, stderr, stdout, tool, which, Netns, REQUIRE_ENV};
+use crate::common::{privileged, require_privileged, run, stderr, stdout, tool, which, Netns, REQUIRE_ENV};
 
 /// How long `lab/setup` may take (first run: apt-get install + kernel download).
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
@@ -22,10 +22,6 @@ pub const SETUP_TIMEOUT: Duration = Duration::from_secs(900);
 /// The repository's `lab/` directory.
 pub fn lab_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("lab")
-}
-
-fn require_privileged() -> bool {
-    std::env::var(REQUIRE_ENV).map(|v| v == "1").unwrap_or(false)
 }
 
 /// Runs `lab/setup` once per test process; Err carries its output.
