@@ -429,7 +429,7 @@ mod tests {
             assert_eq!(r.metadata.id, 7);
         }
         let r = reply(answer(&query("laptop.default.", RecordType::A), &b, true, 10));
-        assert_eq!(r.answers[0].data, RData::A(A("192.168.122.2".parse().unwrap())));
+        assert_eq!(r.answers[0].data, RData::A(A("192.168.122.128".parse().unwrap())));
         let r = reply(answer(&query("10.122.168.192.in-addr.arpa.", RecordType::PTR), &b, true, 10));
         assert_eq!(r.answers[0].data, RData::PTR(PTR(Name::from_ascii("vm1.default.").unwrap())));
     }

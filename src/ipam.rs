@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use crate::model::{Lease, LeaseKind, Mac, Network};
+use crate::store::LeaseChange;
 
 /// Why an address could not be given.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,6 +41,8 @@ pub enum IpamError {
 pub const OFFER_HOLD_SECS: u64 = 30;
 /// How long a DECLINEd address is kept out of the pool.
 pub const DECLINE_HOLD_SECS: u64 = 600;
+/// How long an expired dynamic lease is kept before it is forgotten.
+pub const EXPIRED_LEASE_KEEP_SECS: u64 = 600;
 
 #[derive(Debug, Clone)]
 struct Offer {
@@ -316,6 +319,11 @@ impl AddressBook {
             }
         };
         self.withdraw_offer(mac);
+        let hostname = match kind {
+            // A port's name is its VM's; what it sends is kept as sent.
+            LeaseKind::Static => hostname,
+            LeaseKind::Dynamic => self.claimable_name(mac, hostname, now),
+        };
         let lease = Lease {
             net: self.net.name.clone(),
             expiry: now + u64::from(lease_secs),
@@ -367,17 +375,57 @@ impl AddressBook {
         }
     }
 
+    /// The lease `mac` holds (or held, if expired and not yet forgotten).
+    pub fn lease_of(&self, mac: Mac) -> Option<&Lease> {
+        self.leases.get(&mac)
+    }
+
+    /// Puts the table back as it was before `change` when `change` could
+    /// not be written to the store: memory never runs ahead of the store.
+    pub fn revert(&mut self, change: &LeaseChange, previous: Option<Lease>) {
+        if let LeaseChange::Upsert(l) = change {
+            if self.leases.get(&l.mac) == Some(l) {
+                self.drop_lease(l.mac);
+            }
+        }
+        if let Some(p) = previous {
+            self.restore_lease(p);
+        }
+    }
+
     /// Every lease a client holds or held (expired ones stay until reused).
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()
     }
 
-    /// Drops expired offers and declines (housekeeping).
-    pub fn expire(&mut self, now: u64) {
+    /// Housekeeping: drops expired offers and declines, and dynamic leases
+    /// that expired more than [`EXPIRED_LEASE_KEEP_SECS`] ago (kept that
+    /// long so a client coming back soon gets its old address). Returns the
+    /// dropped leases, for the store.
+    pub fn expire(&mut self, now: u64) -> Vec<Lease> {
         self.offers.retain(|_, o| o.until > now);
         let offers = &self.offers;
         self.offered.retain(|ip, m| offers.get(m).is_some_and(|o| o.ip == *ip));
         self.declined.retain(|_, t| *t > now);
+        let stale: Vec<Mac> = self
+            .leases
+            .values()
+            .filter(|l| l.kind == LeaseKind::Dynamic && l.expiry + EXPIRED_LEASE_KEEP_SECS <= now)
+            .map(|l| l.mac)
+            .collect();
+        stale.into_iter().filter_map(|m| self.drop_lease(m)).collect()
+    }
+
+    /// The host name a client may keep: not one a port's VM has, and not
+    /// one another client's live lease holds (first come keeps it), so a
+    /// guest cannot take another guest's DNS name.
+    fn claimable_name(&self, mac: Mac, name: Option<String>, now: u64) -> Option<String> {
+        let name = name?;
+        let port_has = self.names.iter().any(|(m, n)| *m != mac && n.eq_ignore_ascii_case(&name));
+        let lease_has = self.leases.values().any(|l| {
+            l.mac != mac && l.expiry > now && l.hostname.as_deref().is_some_and(|h| h.eq_ignore_ascii_case(&name))
+        });
+        (!port_has && !lease_has).then_some(name)
     }
 }
 
@@ -518,5 +566,65 @@ mod tests {
         assert_eq!(book.offer(mac(4), Some(ip), DECLINE_HOLD_SECS).unwrap(), ip, "declined address never came back");
         book.expire(DECLINE_HOLD_SECS);
         assert!(book.declined.is_empty(), "expire keeps an ended hold: {:?}", book.declined);
+    }
+
+    #[test]
+    fn a_full_dynamic_pool_leaves_ports_their_addresses() {
+        // The default range: ports' half and guests' half of a /24.
+        let mut b = AddressBook::new(net("10.0.0.0/24", None));
+        let pool = u32::from(b.network().dhcp_range.last) - u32::from(b.network().dhcp_range.first) + 1;
+        for i in 0..pool {
+            let ip = b.offer(mac(1000 + i), None, 0).unwrap();
+            b.ack(mac(1000 + i), ip, 0, 3600, None, None).unwrap();
+        }
+        assert!(b.offer(mac(5000), None, 0).is_err(), "the dynamic pool is exhausted");
+        for i in 0..100 {
+            b.reserve_fixed(mac(i), None, 0).expect("ports still get fixed IPs");
+        }
+    }
+
+    #[test]
+    fn expired_dynamic_leases_are_forgotten_after_a_while() {
+        let mut b = AddressBook::new(net("10.0.0.0/24", None));
+        let ip = b.offer(mac(1), None, 0).unwrap();
+        b.ack(mac(1), ip, 0, 100, None, None).unwrap();
+        let port_ip = b.reserve_fixed(mac(2), None, 0).unwrap();
+        b.ack(mac(2), port_ip, 0, 100, None, None).unwrap();
+        assert!(b.expire(100 + EXPIRED_LEASE_KEEP_SECS - 1).is_empty(), "kept a while for a returning client");
+        let gone = b.expire(100 + EXPIRED_LEASE_KEEP_SECS);
+        assert_eq!(gone.iter().map(|l| l.mac).collect::<Vec<_>>(), vec![mac(1)]);
+        assert!(b.lease_of(mac(1)).is_none());
+        assert!(b.lease_of(mac(2)).is_some(), "a port's lease stays with its port");
+    }
+
+    #[test]
+    fn guests_cannot_take_each_others_names() {
+        let mut b = AddressBook::new(net("10.0.0.0/24", None));
+        b.reserve_fixed(mac(9), None, 0).unwrap();
+        b.set_name(mac(9), "web");
+        let lease = |b: &mut AddressBook, m: u32, name: &str| {
+            let ip = b.offer(mac(m), None, 0).unwrap();
+            b.ack(mac(m), ip, 0, 3600, Some(name.into()), None).unwrap().hostname
+        };
+        assert_eq!(lease(&mut b, 1, "laptop"), Some("laptop".into()));
+        assert_eq!(lease(&mut b, 2, "LAPTOP"), None, "a live lease keeps its name");
+        assert_eq!(lease(&mut b, 3, "web"), None, "a port's VM name is not for guests");
+        assert_eq!(b.resolve("laptop", 1), b.lease_of(mac(1)).map(|l| l.ip));
+        assert_eq!(lease(&mut b, 1, "laptop"), Some("laptop".into()), "a client renews its own name");
+    }
+
+    #[test]
+    fn a_lease_that_was_not_stored_is_taken_back() {
+        let mut b = AddressBook::new(net("10.0.0.0/24", None));
+        let ip = b.offer(mac(1), None, 0).unwrap();
+        let first = b.ack(mac(1), ip, 0, 3600, None, None).unwrap();
+        let renewed = b.ack(mac(1), ip, 100, 3600, None, None).unwrap();
+        b.revert(&LeaseChange::Upsert(renewed), Some(first.clone()));
+        assert_eq!(b.lease_of(mac(1)), Some(&first));
+        let ip2 = b.offer(mac(2), None, 0).unwrap();
+        let new = b.ack(mac(2), ip2, 0, 3600, None, None).unwrap();
+        b.revert(&LeaseChange::Upsert(new), None);
+        assert!(b.lease_of(mac(2)).is_none());
+        assert!(b.offer(mac(3), Some(ip2), 0).unwrap() == ip2, "the address is free again");
     }
 }

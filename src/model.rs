@@ -319,13 +319,19 @@ impl NetworkSpec {
                 r
             }
             None => {
-                // Like libvirt's default (.2-.254): every host address but the gateway.
-                let (first, last) = if u32::from(gateway) == first_host {
-                    (first_host + 1, last_host)
-                } else {
-                    (first_host, last_host)
-                };
-                DhcpRange { first: first.into(), last: last.into() }
+                // The upper half of the host addresses (.128-.254 in a /24);
+                // ports' fixed IPs come from the lower half first. libvirt
+                // hands out .2-.254, but then guests that ask for addresses
+                // can take every address provisioning needs for new ports.
+                let mid = first_host + (last_host - first_host).div_ceil(2);
+                let (mut first, mut last) = (mid, last_host);
+                if u32::from(gateway) == last {
+                    last -= 1;
+                }
+                if u32::from(gateway) == first && first < last {
+                    first += 1;
+                }
+                DhcpRange { first: first.into(), last: last.max(first).into() }
             }
         };
         let bridge = match &self.bridge {
@@ -685,10 +691,10 @@ mod tests {
     }
 
     #[test]
-    fn defaults_follow_libvirt() {
+    fn defaults_follow_libvirt_but_keep_half_for_ports() {
         let n = spec("192.168.122.0/24").validate(|| "lybr0".into()).unwrap();
         assert_eq!(n.gateway, Ipv4Addr::new(192, 168, 122, 1));
-        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(192, 168, 122, 2));
+        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(192, 168, 122, 128));
         assert_eq!(n.dhcp_range.last, Ipv4Addr::new(192, 168, 122, 254));
         assert_eq!(n.bridge, "lybr0");
         assert_eq!(n.domain, "default");
@@ -728,8 +734,13 @@ mod tests {
         let mut s = spec("10.1.0.0/24");
         s.gateway = Some("10.1.0.254".into());
         let n = s.validate(|| "b".into()).unwrap();
-        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(10, 1, 0, 1));
-        assert_eq!(n.dhcp_range.last, Ipv4Addr::new(10, 1, 0, 254));
+        assert_eq!(n.dhcp_range.first, Ipv4Addr::new(10, 1, 0, 128));
+        assert_eq!(n.dhcp_range.last, Ipv4Addr::new(10, 1, 0, 253));
+        for (subnet, first, last) in [("10.1.0.0/30", 2, 2), ("10.1.0.0/29", 4, 6), ("10.1.0.0/28", 8, 14)] {
+            let n = spec(subnet).validate(|| "b".into()).unwrap();
+            let r = (n.dhcp_range.first.octets()[3], n.dhcp_range.last.octets()[3]);
+            assert_eq!(r, (first, last), "{subnet}");
+        }
     }
 
     #[test]

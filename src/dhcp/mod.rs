@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode};
 
 use crate::ipam::AddressBook;
-use crate::model::{Mode, Network};
+use crate::model::{Lease, LeaseKind, Mode, Network};
 use crate::store::LeaseChange;
 use wire::Request;
 
@@ -71,18 +71,50 @@ pub enum Destination {
     Relay(Ipv4Addr),
 }
 
+/// What a message led to, for the server's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// An OFFER was made.
+    Offered,
+    /// A lease was ACKed.
+    Acked,
+    /// A request was refused with a NAK.
+    Nakked,
+    /// No address was free to offer.
+    NoAddress,
+    /// A lease was given back or declined.
+    Released,
+    /// An INFORM was answered.
+    Informed,
+    /// Nothing to do (another server's client, unknown lease, other types).
+    Ignored,
+}
+
 /// The outcome of one client message.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Decision {
     /// Reply and where to send it.
     pub reply: Option<(Message, Destination)>,
-    /// Lease changes that must be durable before the reply is sent.
+    /// Lease changes to persist.
     pub persist: Vec<LeaseChange>,
+    /// Whether the reply waits until `persist` is durable. A port's fixed
+    /// lease does not: its binding is the port itself, already stored, so
+    /// a renewal is answered even when the disk is full.
+    pub wait_for_commit: bool,
+    /// The client's lease before this message: what the address book must
+    /// hold again if `persist` cannot be written.
+    pub previous: Option<Lease>,
+    /// What happened.
+    pub outcome: Outcome,
 }
 
 impl Decision {
     fn silent() -> Self {
-        Decision { reply: None, persist: Vec::new() }
+        Decision { reply: None, persist: Vec::new(), wait_for_commit: false, previous: None, outcome: Outcome::Ignored }
+    }
+
+    fn reply(m: Message, to: Destination, outcome: Outcome) -> Self {
+        Decision { reply: Some((m, to)), outcome, ..Decision::silent() }
     }
 }
 
@@ -148,7 +180,7 @@ fn nak(req: &Request, cfg: &DhcpConfig, why: &str) -> Decision {
     let mut m = reply_to(req, MessageType::Nak, cfg);
     m.set_flags(Flags::default().set_broadcast());
     m.opts_mut().insert(DhcpOption::Message(why.to_string()));
-    Decision { reply: Some((m, destination(req, MessageType::Nak))), persist: Vec::new() }
+    Decision::reply(m, destination(req, MessageType::Nak), Outcome::Nakked)
 }
 
 /// Answers one client message at time `now` (unix seconds).
@@ -162,12 +194,10 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
                 let mut m = reply_to(req, MessageType::Offer, cfg);
                 m.set_yiaddr(ip);
                 add_config(&mut m, cfg, book.name_of(mac), true);
-                Decision { reply: Some((m, destination(req, MessageType::Offer))), persist: Vec::new() }
+                Decision::reply(m, destination(req, MessageType::Offer), Outcome::Offered)
             }
-            Err(e) => {
-                tracing::warn!(%mac, "no offer: {e}");
-                Decision::silent()
-            }
+            // Counted by the server, which logs a summary: no line per packet.
+            Err(_) => Decision { outcome: Outcome::NoAddress, ..Decision::silent() },
         },
         MessageType::Request => {
             if let Some(sid) = req.server_id {
@@ -179,14 +209,17 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
             let Some(ip) = req.requested_ip.or_else(|| (!req.ciaddr.is_unspecified()).then_some(req.ciaddr)) else {
                 return nak(req, cfg, "no address requested");
             };
+            let previous = book.lease_of(mac).cloned();
             match book.ack(mac, ip, now, cfg.lease_secs, name_for_client(book), client_id(req)) {
                 Ok(lease) => {
                     let mut m = reply_to(req, MessageType::Ack, cfg);
                     m.set_yiaddr(ip).set_ciaddr(req.ciaddr);
                     add_config(&mut m, cfg, book.name_of(mac), true);
                     Decision {
-                        reply: Some((m, destination(req, MessageType::Ack))),
+                        wait_for_commit: lease.kind == LeaseKind::Dynamic,
                         persist: vec![LeaseChange::Upsert(lease)],
+                        previous,
+                        ..Decision::reply(m, destination(req, MessageType::Ack), Outcome::Acked)
                     }
                 }
                 Err(e) => nak(req, cfg, &e.to_string()),
@@ -195,16 +228,25 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
         MessageType::Release => {
             let net = book.network().name.clone();
             match book.release(mac, req.ciaddr) {
-                Some(l) => Decision { reply: None, persist: vec![LeaseChange::Remove { net, ip: l.ip }] },
+                Some(l) => Decision {
+                    persist: vec![LeaseChange::Remove { net, ip: l.ip }],
+                    previous: Some(l),
+                    outcome: Outcome::Released,
+                    ..Decision::silent()
+                },
                 None => Decision::silent(),
             }
         }
         MessageType::Decline => {
             let net = book.network().name.clone();
             let Some(ip) = req.requested_ip else { return Decision::silent() };
-            tracing::warn!(%mac, %ip, "client declined its address: another host is using it");
             match book.decline(mac, ip, now) {
-                Some(l) => Decision { reply: None, persist: vec![LeaseChange::Remove { net, ip: l.ip }] },
+                Some(l) => Decision {
+                    persist: vec![LeaseChange::Remove { net, ip: l.ip }],
+                    previous: Some(l),
+                    outcome: Outcome::Released,
+                    ..Decision::silent()
+                },
                 None => Decision::silent(),
             }
         }
@@ -212,7 +254,7 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
             let mut m = reply_to(req, MessageType::Ack, cfg);
             m.set_ciaddr(req.ciaddr);
             add_config(&mut m, cfg, None, false);
-            Decision { reply: Some((m, destination(req, MessageType::Ack))), persist: Vec::new() }
+            Decision::reply(m, destination(req, MessageType::Ack), Outcome::Informed)
         }
         _ => Decision::silent(),
     }
@@ -259,7 +301,7 @@ mod tests {
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(offer.xid(), 42);
         let ip = offer.yiaddr();
-        assert_eq!(ip, Ipv4Addr::new(192, 168, 122, 2));
+        assert_eq!(ip, Ipv4Addr::new(192, 168, 122, 128), "the first address of the dynamic range");
         assert!(d.persist.is_empty(), "an offer is not a lease");
         let req = msg(
             MessageType::Request,
@@ -407,7 +449,7 @@ mod wire_path_tests {
         let book = Mutex::new(AddressBook::new(net));
         let mut rng = StdRng::seed_from_u64(0x1a2d);
         let seeds = seeds();
-        let mut last_expire = 0;
+        let stats = server::ServerStats::default();
         let mut served = 0;
         for i in 0..100_000u64 {
             let mut p = seeds[rng.random_range(0..seeds.len())].clone();
@@ -428,7 +470,7 @@ mod wire_path_tests {
                     }
                 }
             }
-            if let Some(d) = server::process(&p, &book, &cfg, i / 100, &mut last_expire) {
+            if let Some(d) = server::process(&p, &book, &cfg, i / 100, &mut server::ServerState::new(0), &stats) {
                 served += 1;
                 if let Some((reply, _)) = d.reply {
                     let mut out = Vec::new();
