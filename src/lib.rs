@@ -13,7 +13,8 @@
 //! - [`dataplane`]: the drivers that change the kernel;
 //! - [`dhcp`]: the built-in DHCPv4 server;
 //! - [`dns`]: the built-in DNS server for guest names;
-//! - [`daemon`]: process start-up and shutdown.
+//! - [`daemon`]: process start-up and shutdown;
+//! - [`fault`]: crash points for the crash-safety tests (debug builds only).
 #![warn(missing_docs)]
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod dataplane;
 pub mod dhcp;
 pub mod dns;
 pub mod engine;
+pub mod fault;
 pub mod ipam;
 pub mod kernel;
 pub mod model;

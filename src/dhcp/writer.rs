@@ -44,7 +44,9 @@ impl LeaseWriter {
                         }
                     }
                     let changes: Vec<LeaseChange> = jobs.iter().flat_map(|j| j.0.iter().cloned()).collect();
+                    crate::fault::point("lease-commit");
                     let result = store.write_leases(&changes).map_err(|e| e.to_string());
+                    crate::fault::point("lease-reply");
                     for (_, done) in jobs {
                         // A waiter that gave up is no error of ours.
                         let _ = done.send(result.clone());

@@ -358,6 +358,7 @@ impl Engine {
     ) -> Result<(), EngineError> {
         if plan.reversible() {
             plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
+            crate::fault::point("store");
             if let Err(e) = persist(self.store.as_ref()) {
                 for re in plan.undo(self.kernel.as_ref(), self.firewall.as_ref()) {
                     tracing::error!("undo after a store failure incomplete: {re}");
@@ -365,6 +366,7 @@ impl Engine {
                 return Err(e.into());
             }
         } else {
+            crate::fault::point("store");
             persist(self.store.as_ref())?;
             if let Err(e) = plan.apply(self.kernel.as_ref(), self.firewall.as_ref()) {
                 if let Err(se) = restore(self.store.as_ref()) {
@@ -373,6 +375,7 @@ impl Engine {
                 return Err(e.into());
             }
         }
+        crate::fault::point("memory");
         self.firewall = firewall;
         Ok(())
     }

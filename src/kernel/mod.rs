@@ -187,9 +187,11 @@ impl Plan {
     /// deletions that are not.
     pub fn apply(&self, kernel: &dyn Kernel, before: Option<&Table>) -> Result<(), ApplyError> {
         if self.firewall != FirewallChange::None {
+            crate::fault::point("kernel-firewall");
             kernel.apply_firewall(&self.firewall).map_err(|cause| ApplyError { cause, rollback_errors: Vec::new() })?;
         }
         for (done, op) in self.ops.iter().enumerate() {
+            crate::fault::point("kernel-op");
             if let Err(cause) = kernel.apply_op(op) {
                 let mut rollback_errors = undo_ops(kernel, &self.ops[..done]);
                 let back = inverse(&self.firewall, before);
