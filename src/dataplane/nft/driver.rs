@@ -1,7 +1,8 @@
 //! [`NftDriver`]: lanyard's table through one long-lived libnftables
-//! context. It reads the table's fingerprint and a set's elements, and
-//! applies a [`FirewallChange`] as one nftables transaction; every command
-//! names lanyard's table, so nothing else in the ruleset is read or touched.
+//! context. It reads a set's elements and applies a [`FirewallChange`] as
+//! one nftables transaction; every command names lanyard's table, so
+//! nothing else in the ruleset is read or touched. The table's fingerprint
+//! comes from one netlink request instead ([`TableQuery`]).
 
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
@@ -9,6 +10,7 @@ use std::sync::{Mutex, MutexGuard};
 use super::elements::parse_listing;
 use super::ffi::{CommandError, Context, Output};
 use super::script;
+use super::table_query::TableQuery;
 use crate::kernel::firewall::{TableId, FINGERPRINT_PREFIX};
 use crate::kernel::{Element, FirewallChange, KernelError, Set};
 
@@ -17,13 +19,14 @@ use crate::kernel::{Element, FirewallChange, KernelError, Set};
 #[derive(Debug)]
 pub struct NftDriver {
     context: Mutex<Context>,
+    query: Mutex<TableQuery>,
 }
 
 impl NftDriver {
     /// Loads libnftables and opens a context in the calling thread's
     /// network namespace.
     pub fn new() -> Result<NftDriver, KernelError> {
-        Ok(NftDriver { context: Mutex::new(Context::new()?) })
+        Ok(NftDriver { context: Mutex::new(Context::new()?), query: Mutex::new(TableQuery::open()?) })
     }
 
     fn context(&self) -> MutexGuard<'_, Context> {
@@ -40,22 +43,8 @@ impl NftDriver {
     /// for a table that exists without lanyard's comment (a fingerprint no
     /// plan has, so it gets replaced), None when there is no such table.
     pub fn fingerprint(&self, table: &TableId) -> Result<Option<String>, KernelError> {
-        // Terse: the header and declarations without the elements, which
-        // may be thousands.
-        match self.run(&format!("list table {table}"), Output::Terse) {
-            Ok(listing) => Ok(Some(table_comment(&listing).unwrap_or_default())),
-            Err(listing_error) => {
-                // Rarely taken (first start): tell "no such table" from a
-                // real failure by asking which tables exist.
-                let tables = self.run("list tables", Output::Text).map_err(|e| observe_error("tables", &e))?;
-                let wanted = format!("table {table}");
-                if tables.lines().any(|l| l.trim() == wanted) {
-                    Err(observe_error(&format!("table {table}"), &listing_error))
-                } else {
-                    Ok(None)
-                }
-            }
-        }
+        let comment = self.query.lock().unwrap_or_else(|p| p.into_inner()).comment(table)?;
+        Ok(comment.map(|c| c.filter(|c| c.starts_with(FINGERPRINT_PREFIX)).unwrap_or_default()))
     }
 
     /// The elements the kernel has in `set` (a map when `set.data` is not
@@ -94,15 +83,6 @@ fn observe_error(what: &str, e: &CommandError) -> KernelError {
     KernelError::Observe { what: "nftables", message: format!("{what}: {}", one_line(&e.message)) }
 }
 
-/// The table's own comment in a text listing: nft prints it one tab deep
-/// right after the `table … {` line (sets, chains and rules indent theirs
-/// further), as `comment "…"`.
-fn table_comment(listing: &str) -> Option<String> {
-    let comment = listing.lines().find_map(|l| l.strip_prefix("\tcomment \""))?;
-    let text = &comment[..comment.rfind('"')?];
-    text.starts_with(FINGERPRINT_PREFIX).then(|| text.to_string())
-}
-
 /// nft's error output on one line: its messages and the command they point
 /// at, without the `^^^` marker lines, joined with `; `.
 pub(crate) fn one_line(message: &str) -> String {
@@ -121,15 +101,6 @@ pub(crate) fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reads_the_table_comment_only() {
-        let listing = "table inet lanyard {\n\tflags dormant\n\tcomment \"lanyard:00112233aabbccdd\"\n\tset s {\n\t\ttype ifname\n\t\tcomment \"lanyard:nope\"\n\t}\n}\n";
-        assert_eq!(table_comment(listing).as_deref(), Some("lanyard:00112233aabbccdd"));
-        assert_eq!(table_comment("table inet lanyard {\n\tset s {\n\t\tcomment \"lanyard:x\"\n\t}\n}\n"), None);
-        assert_eq!(table_comment("table inet lanyard {\n\tcomment \"someone else's\"\n}\n"), None);
-        assert_eq!(table_comment("table inet lanyard {\n\tcomment \"lanyard:unterminated\n}"), None);
-    }
 
     #[test]
     fn errors_fit_on_one_line() {

@@ -7,8 +7,12 @@
 //!   [`crate::kernel::FirewallChange`] as one transaction;
 //! - `script`: the nft command text of each change;
 //! - `elements`: nftables JSON listings read into typed elements;
-//! - [`NftMonitor`] and `messages`: nf_tables notifications as
-//!   [`crate::kernel::KernelEvent`]s.
+//! - `table_query`: a table's comment (the fingerprint) with one
+//!   NFT_MSG_GETTABLE request;
+//! - [`NftMonitor`]: nf_tables notifications as
+//!   [`crate::kernel::KernelEvent`]s;
+//! - `messages`: the nf_tables netlink messages read and written by hand;
+//! - `socket`: the NETLINK_NETFILTER socket they travel on.
 
 mod driver;
 mod elements;
@@ -16,6 +20,8 @@ pub mod ffi;
 mod messages;
 mod monitor;
 mod script;
+mod socket;
+mod table_query;
 
 pub use driver::NftDriver;
 pub use monitor::NftMonitor;

@@ -5,10 +5,10 @@
 //! included); each becomes a [`KernelEvent::Firewall`] naming the table.
 //! `nft flush ruleset` deletes every table, so it reports lanyard's too.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::messages;
+use super::socket::NfSocket;
 use crate::kernel::{KernelError, KernelEvent};
 
 /// `NFNLGRP_NFTABLES` (linux/netfilter/nfnetlink.h).
@@ -32,7 +32,7 @@ fn monitor_error(what: &str, e: std::io::Error) -> KernelError {
 /// network namespace.
 #[derive(Debug)]
 pub struct NftMonitor {
-    socket: OwnedFd,
+    socket: NfSocket,
     buffer: Vec<u8>,
 }
 
@@ -44,59 +44,12 @@ fn push_once(events: &mut Vec<KernelEvent>, event: KernelEvent) {
     }
 }
 
-/// Sets an integer socket option.
-fn set_int_option(fd: &OwnedFd, level: libc::c_int, name: libc::c_int, value: libc::c_int) -> std::io::Result<()> {
-    // SAFETY: `fd` is an open socket; the option value is a c_int that
-    // lives across the call, and its size is passed with it.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            std::ptr::from_ref(&value).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
-}
-
 impl NftMonitor {
     /// Opens the socket and joins the nf_tables group.
     pub fn open() -> Result<NftMonitor, KernelError> {
-        // SAFETY: plain socket(2) call with constant arguments.
-        let fd =
-            unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_NETFILTER) };
-        if fd < 0 {
-            return Err(monitor_error("netfilter netlink socket", std::io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SO_RCVBUFFORCE passes the rmem_max limit (root); SO_RCVBUF is the
-        // best an unprivileged caller gets.
-        set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RECEIVE_BUFFER)
-            .or_else(|_| set_int_option(&socket, libc::SOL_SOCKET, libc::SO_RCVBUF, RECEIVE_BUFFER))
-            .map_err(|e| monitor_error("receive buffer", e))?;
-        // SAFETY: sockaddr_nl is plain data; all zeros is a valid value.
-        let mut address: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        address.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `address` is a sockaddr_nl that outlives the call, and its
-        // size is passed with it.
-        let rc = unsafe {
-            libc::bind(
-                socket.as_raw_fd(),
-                std::ptr::from_ref(&address).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(monitor_error("bind", std::io::Error::last_os_error()));
-        }
-        set_int_option(&socket, libc::SOL_NETLINK, libc::NETLINK_ADD_MEMBERSHIP, NFNLGRP_NFTABLES)
-            .map_err(|e| monitor_error("join NFNLGRP_NFTABLES", e))?;
+        let socket = NfSocket::open().map_err(|e| monitor_error("netfilter netlink socket", e))?;
+        socket.set_receive_buffer(RECEIVE_BUFFER).map_err(|e| monitor_error("receive buffer", e))?;
+        socket.join(NFNLGRP_NFTABLES).map_err(|e| monitor_error("join NFNLGRP_NFTABLES", e))?;
         Ok(NftMonitor { socket, buffer: vec![0; DATAGRAM_MAX] })
     }
 
@@ -104,32 +57,23 @@ impl NftMonitor {
     /// already queued, each once, in the order first seen: empty on
     /// timeout, [`KernelEvent::Overflow`] when the kernel dropped some.
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Vec<KernelEvent>, KernelError> {
-        if !self.wait_readable(timeout)? {
+        if !self.socket.wait_readable(timeout).map_err(|e| monitor_error("poll", e))? {
             return Ok(Vec::new());
         }
         let mut events: Vec<KernelEvent> = Vec::new();
         loop {
-            // SAFETY: `buffer` is writable for its whole length, which is
-            // passed; MSG_TRUNC makes recv return the datagram's real size.
-            let n = unsafe {
-                libc::recv(
-                    self.socket.as_raw_fd(),
-                    self.buffer.as_mut_ptr().cast(),
-                    self.buffer.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                )
-            };
-            if n < 0 {
-                let e = std::io::Error::last_os_error();
-                match e.raw_os_error() {
+            let n = match self.socket.recv(&mut self.buffer) {
+                Ok(n) => n,
+                Err(e) => match e.raw_os_error() {
                     Some(libc::EAGAIN) => break,
                     Some(libc::EINTR) => continue,
-                    Some(libc::ENOBUFS) => push_once(&mut events, KernelEvent::Overflow),
+                    Some(libc::ENOBUFS) => {
+                        push_once(&mut events, KernelEvent::Overflow);
+                        continue;
+                    }
                     _ => return Err(monitor_error("receive", e)),
-                }
-                continue;
-            }
-            let n = usize::try_from(n).unwrap_or(usize::MAX);
+                },
+            };
             if n > self.buffer.len() {
                 push_once(&mut events, KernelEvent::Overflow);
             }
@@ -138,28 +82,5 @@ impl NftMonitor {
             }
         }
         Ok(events)
-    }
-
-    /// Whether the socket became readable within `timeout`.
-    fn wait_readable(&self, timeout: Duration) -> Result<bool, KernelError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // Round up so that a sub-millisecond timeout still waits.
-            let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
-            let mut pollfd = libc::pollfd { fd: self.socket.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-            // SAFETY: one valid pollfd, count 1.
-            let rc = unsafe { libc::poll(&mut pollfd, 1, ms) };
-            if rc > 0 {
-                return Ok(true);
-            }
-            if rc == 0 {
-                return Ok(false);
-            }
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINTR) {
-                return Err(monitor_error("poll", e));
-            }
-        }
     }
 }
