@@ -187,6 +187,13 @@ fn replace_creates_the_table_and_fingerprint_reads_it_back() {
         nft(&["delete", "table", "inet", "lanyard"]);
         nft(&["add", "table", "inet", "lanyard"]);
         assert_eq!(driver.fingerprint(&table_id()).unwrap(), Some(String::new()));
+        nft(&["delete", "table", "inet", "lanyard"]);
+        nft(&["add", "table", "inet", "lanyard", "{ comment \"someone else's\"; }"]);
+        assert_eq!(driver.fingerprint(&table_id()).unwrap(), Some(String::new()));
+        // Same name, another family: not lanyard's table.
+        nft(&["delete", "table", "inet", "lanyard"]);
+        nft_script(&format!("table ip lanyard {{ comment \"{}\"; }}\n", t.fingerprint())).unwrap();
+        assert_eq!(driver.fingerprint(&table_id()).unwrap(), None);
     });
 }
 
