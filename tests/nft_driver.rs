@@ -421,6 +421,28 @@ fn the_monitor_reports_changes_by_other_processes() {
 }
 
 #[test]
+fn a_monitor_that_falls_behind_reports_overflow() {
+    if !may_run("a_monitor_that_falls_behind_reports_overflow") {
+        return;
+    }
+    in_private_netns(|| {
+        let mut monitor = NftMonitor::with_receive_buffer(16 << 10).expect("monitor");
+        let driver = NftDriver::new().expect("driver");
+        replace(&driver, &every_mode_table());
+        // Thousands of element notifications, none read meanwhile.
+        let adds = (0..5000).map(|i| change("bridges", true, ifname(&format!("o{i}")))).collect();
+        driver.apply(&FirewallChange::Elements(adds)).unwrap();
+        let events = monitor.recv_timeout(Duration::from_secs(1)).unwrap();
+        assert!(events.contains(&KernelEvent::Overflow), "{events:?}");
+        // The socket keeps working afterwards.
+        drain(&mut monitor);
+        nft(&["add", "element", "inet", "lanyard", "bridges", "{ \"fresh\" }"]);
+        let lanyard = KernelEvent::Firewall { table: table_id() };
+        assert!(wait_for(&mut monitor, &lanyard).contains(&lanyard));
+    });
+}
+
+#[test]
 fn driver_errors_are_one_line_and_name_what_failed() {
     if !may_run("driver_errors_are_one_line_and_name_what_failed") {
         return;

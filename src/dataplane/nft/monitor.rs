@@ -45,10 +45,17 @@ fn push_once(events: &mut Vec<KernelEvent>, event: KernelEvent) {
 }
 
 impl NftMonitor {
-    /// Opens the socket and joins the nf_tables group.
+    /// Opens the socket with a receive buffer of 8 MiB and joins the
+    /// nf_tables group.
     pub fn open() -> Result<NftMonitor, KernelError> {
+        NftMonitor::with_receive_buffer(RECEIVE_BUFFER)
+    }
+
+    /// Like [`NftMonitor::open`] with a kernel receive buffer of `bytes`:
+    /// what may queue up between two reads before events are lost.
+    pub fn with_receive_buffer(bytes: libc::c_int) -> Result<NftMonitor, KernelError> {
         let socket = NfSocket::open().map_err(|e| monitor_error("netfilter netlink socket", e))?;
-        socket.set_receive_buffer(RECEIVE_BUFFER).map_err(|e| monitor_error("receive buffer", e))?;
+        socket.set_receive_buffer(bytes).map_err(|e| monitor_error("receive buffer", e))?;
         socket.join(NFNLGRP_NFTABLES).map_err(|e| monitor_error("join NFNLGRP_NFTABLES", e))?;
         Ok(NftMonitor { socket, buffer: vec![0; DATAGRAM_MAX] })
     }
