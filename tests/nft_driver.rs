@@ -478,14 +478,20 @@ fn driver_errors_are_one_line_and_name_what_failed() {
 // Measurements (printed, not asserted)
 // ---------------------------------------------------------------------------
 
-fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
-    let start = Instant::now();
-    let out = f();
-    (out, start.elapsed())
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+/// Runs `round` `rounds` times (each after `setup`, which is not timed)
+/// and prints the median and the fastest time.
+fn bench(label: &str, rounds: usize, mut setup: impl FnMut(), mut round: impl FnMut()) {
+    let mut times: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            setup();
+            let start = Instant::now();
+            round();
+            start.elapsed()
+        })
+        .collect();
+    times.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    println!("{label:<62} median {:>9.3} ms   min {:>9.3} ms   ({rounds} runs)", ms(times[rounds / 2]), ms(times[0]));
 }
 
 /// `n` networks with distinct bridges and subnets (10.a.b.0/24).
@@ -503,123 +509,175 @@ fn json_elements(verb: &str, names: &[String]) -> String {
     .to_string()
 }
 
+/// The JSON commands that replace the table as nft lists it now.
+fn json_replacement() -> String {
+    let listing: Json = serde_json::from_str(&nft(&["-j", "list", "table", "inet", "lanyard"])).unwrap();
+    let mut commands = vec![
+        serde_json::json!({"add": {"table": {"family": "inet", "name": "lanyard"}}}),
+        serde_json::json!({"delete": {"table": {"family": "inet", "name": "lanyard"}}}),
+    ];
+    let objects = listing["nftables"].as_array().unwrap().iter().filter(|i| i.get("metainfo").is_none());
+    commands.extend(objects.map(|i| serde_json::json!({ "add": i })));
+    serde_json::json!({ "nftables": commands }).to_string()
+}
+
+fn elements_change(adds: &[ElementChange], add: bool) -> FirewallChange {
+    FirewallChange::Elements(adds.iter().map(|c| if add { c.clone() } else { c.inverse() }).collect())
+}
+
 #[test]
-#[ignore = "prints timings; run with --ignored --nocapture"]
+#[ignore = "prints timings; run with --release --ignored --nocapture"]
 fn measure() {
     if !may_run("measure") {
         return;
     }
     in_private_netns(|| {
         let driver = NftDriver::new().expect("driver");
-        let small = table(&every_mode()).unwrap();
-        replace(&driver, &small);
-        let id = table_id();
-        println!("\n== nftables driver measurements (nft {})", nft(&["--version"]).trim());
-
-        // One element added and deleted: in-process vs an nft process.
-        let rounds = 200;
-        let add = FirewallChange::Elements(vec![change("bridges", true, ifname("m0"))]);
-        let del = FirewallChange::Elements(vec![change("bridges", false, ifname("m0"))]);
-        let ((), t) = time(|| {
-            for _ in 0..rounds {
-                driver.apply(&add).unwrap();
-                driver.apply(&del).unwrap();
-            }
-        });
-        println!("one-element transaction, libnftables in-process: {} each", ms(t / (2 * rounds)));
-        let ((), t) = time(|| {
-            for _ in 0..rounds / 4 {
-                nft_script("add element inet lanyard bridges { \"m0\" }\n").unwrap();
-                nft_script("delete element inet lanyard bridges { \"m0\" }\n").unwrap();
-            }
-        });
-        println!("one-element transaction, nft -f - process:        {} each", ms(t / (2 * (rounds / 4))));
         let mut ctx = Context::new().unwrap();
-        let names1 = vec!["m0".to_string()];
-        let ((), t) = time(|| {
-            for _ in 0..rounds {
-                ctx.run(&json_elements("add", &names1), Output::Json).unwrap();
-                ctx.run(&json_elements("delete", &names1), Output::Json).unwrap();
-            }
-        });
-        println!("one-element transaction, JSON in-process:         {} each", ms(t / (2 * rounds)));
-
-        // Replacing the whole table.
-        let ((), t) = time(|| {
-            for _ in 0..20 {
-                replace(&driver, &small);
-            }
-        });
-        println!("replace the table (7 networks), text:             {} each", ms(t / 20));
-        let listing: Json = serde_json::from_str(&nft(&["-j", "list", "table", "inet", "lanyard"])).unwrap();
-        let mut commands = vec![
-            serde_json::json!({"add": {"table": {"family": "inet", "name": "lanyard"}}}),
-            serde_json::json!({"delete": {"table": {"family": "inet", "name": "lanyard"}}}),
-        ];
-        commands.extend(
-            listing["nftables"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .filter(|i| i.get("metainfo").is_none())
-                .map(|i| serde_json::json!({ "add": i })),
-        );
-        let json_replace = serde_json::json!({ "nftables": commands }).to_string();
-        ctx.run(&json_replace, Output::Json).expect("JSON replace");
-        let ((), t) = time(|| {
-            for _ in 0..20 {
-                ctx.run(&json_replace, Output::Json).unwrap();
-            }
-        });
-        println!("replace the table (7 networks), JSON:             {} each", ms(t / 20));
+        let id = table_id();
+        let small = table(&every_mode()).unwrap();
         let big = table(&many_networks(10_000)).unwrap();
         let big_elements: usize = big.sets.iter().map(|s| s.elements.len()).sum();
-        let ((), t) = time(|| replace(&driver, &big));
-        println!("replace the table (10,000 networks, {big_elements} elements), text: {}", ms(t));
-        let ((), t) = time(|| replace(&driver, &big));
-        println!("  and again over the full table:                  {}", ms(t));
-        let (_, t) = time(|| driver.fingerprint(&id).unwrap());
-        println!("fingerprint of the full table (terse listing):   {}", ms(t));
-        let (_, t) = time(|| nft(&["list", "table", "inet", "lanyard"]));
-        println!("  vs nft list table (full text, process):        {}", ms(t));
+        println!("\n== nftables driver ({})", nft(&["--version"]).trim());
+        replace(&driver, &small);
 
-        // Reading 10,000 elements.
+        println!("-- one element added, then deleted (one transaction each)");
+        let one = [change("bridges", true, ifname("m0"))];
+        bench(
+            "libnftables in-process, text",
+            201,
+            || {},
+            || {
+                driver.apply(&elements_change(&one, true)).unwrap();
+                driver.apply(&elements_change(&one, false)).unwrap();
+            },
+        );
+        let m0 = ["m0".to_string()];
+        bench(
+            "libnftables in-process, JSON",
+            201,
+            || {},
+            || {
+                ctx.run(&json_elements("add", &m0), Output::Json).unwrap();
+                ctx.run(&json_elements("delete", &m0), Output::Json).unwrap();
+            },
+        );
+        bench(
+            "nft -f - process per transaction (the old driver)",
+            51,
+            || {},
+            || {
+                nft_script("add element inet lanyard bridges { \"m0\" }\n").unwrap();
+                nft_script("delete element inet lanyard bridges { \"m0\" }\n").unwrap();
+            },
+        );
+
+        println!("-- replacing the whole table");
+        bench("7 networks, text", 31, || {}, || replace(&driver, &small));
+        let json = json_replacement();
+        bench("7 networks, JSON", 31, || {}, || drop(ctx.run(&json, Output::Json).unwrap()));
+        bench(
+            &format!("10,000 networks ({big_elements} elements) over the small table, text"),
+            5,
+            || replace(&driver, &small),
+            || replace(&driver, &big),
+        );
+        bench("10,000 networks over itself, text", 5, || {}, || replace(&driver, &big));
+        let json = json_replacement();
+        bench("10,000 networks over itself, JSON", 5, || {}, || drop(ctx.run(&json, Output::Json).unwrap()));
+        bench(
+            "nft -f - process: 10,000 networks over itself",
+            5,
+            || {},
+            || nft_script(&format!("table inet lanyard {{}}\ndelete table inet lanyard\n{}", big.render())).unwrap(),
+        );
+
+        println!("-- reading the 10,000-network table");
+        bench("fingerprint (one NFT_MSG_GETTABLE)", 101, || {}, || drop(driver.fingerprint(&id).unwrap()));
+        bench(
+            "  vs a terse listing in-process (fetches the elements anyway)",
+            5,
+            || {},
+            || drop(ctx.run("list table inet lanyard", Output::Terse).unwrap()),
+        );
         for name in ["bridges", "nat_nets"] {
             let set = big.set(name).unwrap();
-            let (read, t) = time(|| driver.elements(&id, set).unwrap());
-            assert_eq!(read.len(), set.elements.len());
-            println!("read {} elements of {name}: {}", read.len(), ms(t));
+            bench(
+                &format!("elements of {name} ({} elements)", set.elements.len()),
+                5,
+                || {},
+                || assert_eq!(driver.elements(&id, set).unwrap().len(), set.elements.len()),
+            );
         }
 
-        // 10,000 element changes in one transaction, on the small table.
+        println!("-- 10,000 element changes in one transaction (on the small table)");
         replace(&driver, &small);
         let names: Vec<String> = (0..10_000).map(|i| format!("v{i}")).collect();
-        let adds: Vec<ElementChange> = names.iter().map(|n| change("bridges", true, ifname(n))).collect();
-        let dels: Vec<ElementChange> = adds.iter().map(ElementChange::inverse).collect();
-        let ((), t) = time(|| driver.apply(&FirewallChange::Elements(adds.clone())).unwrap());
-        println!("10,000 additions to bridges in one transaction, text: {}", ms(t));
-        let ((), t) = time(|| driver.apply(&FirewallChange::Elements(dels.clone())).unwrap());
-        println!("10,000 deletions from bridges, text:               {}", ms(t));
-        let (_, t) = time(|| ctx.run(&json_elements("add", &names), Output::Json).unwrap());
-        println!("10,000 additions to bridges, JSON:                 {}", ms(t));
-        let (_, t) = time(|| ctx.run(&json_elements("delete", &names), Output::Json).unwrap());
-        println!("10,000 deletions from bridges, JSON:               {}", ms(t));
+        let bridges: Vec<ElementChange> = names.iter().map(|n| change("bridges", true, ifname(n))).collect();
+        bench(
+            "add 10,000 to bridges (hash), text",
+            5,
+            || replace(&driver, &small),
+            || driver.apply(&elements_change(&bridges, true)).unwrap(),
+        );
+        bench(
+            "delete 10,000 from bridges, text",
+            5,
+            || {
+                replace(&driver, &small);
+                driver.apply(&elements_change(&bridges, true)).unwrap();
+            },
+            || driver.apply(&elements_change(&bridges, false)).unwrap(),
+        );
+        bench(
+            "add 10,000 to bridges, JSON",
+            5,
+            || replace(&driver, &small),
+            || drop(ctx.run(&json_elements("add", &names), Output::Json).unwrap()),
+        );
+        bench(
+            "delete 10,000 from bridges, JSON",
+            5,
+            || {
+                replace(&driver, &small);
+                driver.apply(&elements_change(&bridges, true)).unwrap();
+            },
+            || drop(ctx.run(&json_elements("delete", &names), Output::Json).unwrap()),
+        );
         let nets: Vec<ElementChange> = (0..10_000)
             .map(|i| {
-                let net = format!("10.{}.{}.0/24", i / 256, i % 256).parse().unwrap();
+                let net = format!("10.{}.{}.0/24", 100 + i / 256, i % 256).parse().unwrap();
                 change("nat_nets", true, Element::key(vec![Value::Ifname(format!("b{i}")), Value::Net(net)]))
             })
             .collect();
-        let ((), t) = time(|| driver.apply(&FirewallChange::Elements(nets.clone())).unwrap());
-        println!("10,000 additions to nat_nets (interval, concatenated), text: {}", ms(t));
-        let ungrouped: String =
+        for n in [1_000, 10_000] {
+            let nets = &nets[..n];
+            bench(
+                &format!("add {n} to nat_nets (interval, concatenated), text"),
+                3,
+                || replace(&driver, &small),
+                || driver.apply(&elements_change(nets, true)).unwrap(),
+            );
+            bench(
+                &format!("delete {n} from nat_nets, text"),
+                3,
+                || {
+                    replace(&driver, &small);
+                    driver.apply(&elements_change(nets, true)).unwrap();
+                },
+                || driver.apply(&elements_change(nets, false)).unwrap(),
+            );
+        }
+        let deletions: String =
             nets.iter().map(|c| format!("delete element inet lanyard nat_nets {{ {} }}\n", c.element)).collect();
-        let (_, t) = time(|| ctx.run(&ungrouped, Output::Text).unwrap());
-        println!("  10,000 deletions, one command per element:      {}", ms(t));
-        let ((), t) = time(|| driver.apply(&FirewallChange::Elements(nets.clone())).unwrap());
-        println!("  10,000 additions again (grouped):               {}", ms(t));
-        let nets_inverse: Vec<ElementChange> = nets.iter().map(ElementChange::inverse).collect();
-        let ((), t) = time(|| driver.apply(&FirewallChange::Elements(nets_inverse)).unwrap());
-        println!("  10,000 deletions (grouped):                     {}", ms(t));
+        bench(
+            "delete 10000 from nat_nets, nft -f - process",
+            3,
+            || {
+                replace(&driver, &small);
+                driver.apply(&elements_change(&nets, true)).unwrap();
+            },
+            || nft_script(&deletions).unwrap(),
+        );
     });
 }
