@@ -64,6 +64,8 @@ impl NftDriver {
     /// Applies `change` in one nftables transaction: all of it or, when
     /// nftables refuses any part, none of it.
     pub fn apply(&self, change: &FirewallChange) -> Result<(), KernelError> {
+        // An ElementChange names a set, not a table: element changes are
+        // always to lanyard's table.
         let elements_of = crate::planner::table_id();
         let commands = match change {
             FirewallChange::None => return Ok(()),
@@ -101,6 +103,14 @@ pub(crate) fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_driver_can_be_shared_between_threads() {
+        // The Kernel trait asks drivers to be Send + Sync.
+        fn shareable<T: Send + Sync>() {}
+        shareable::<NftDriver>();
+        shareable::<super::super::NftMonitor>();
+    }
 
     #[test]
     fn errors_fit_on_one_line() {
