@@ -2,7 +2,9 @@
 //! [`crate::kernel::Kernel`] for the network namespace the daemon runs in.
 //!
 //! - [`linux`]: the Linux driver;
+//! - [`nft`]: the in-process nftables driver (libnftables) and monitor;
 //! - [`fake`]: a simulated kernel for unit tests.
 
 pub mod fake;
 pub mod linux;
+pub mod nft;

@@ -92,6 +92,9 @@ pub enum Value {
     Ip(Ipv4Addr),
     /// An IPv4 prefix (interval sets).
     Net(Ipv4Net),
+    /// An IPv4 range that is not a prefix, first to last inclusive
+    /// (interval sets; what the kernel may hold when someone else added it).
+    Range(Ipv4Addr, Ipv4Addr),
     /// An Ethernet address.
     Mac(Mac),
     /// A port number.
@@ -108,6 +111,7 @@ impl fmt::Display for Value {
             Value::Ifname(n) => write!(f, "\"{n}\""),
             Value::Ip(ip) => write!(f, "{ip}"),
             Value::Net(n) => write!(f, "{n}"),
+            Value::Range(first, last) => write!(f, "{first}-{last}"),
             Value::Mac(m) => write!(f, "{m}"),
             Value::Port(p) => write!(f, "{p}"),
             Value::Num(n) => write!(f, "{n}"),
@@ -658,6 +662,13 @@ mod tests {
         let text: Vec<String> = changes.iter().map(ToString::to_string).collect();
         assert_eq!(text, ["delete element { \"a\" } in @bridges", "add element { \"c\" } in @bridges"]);
         assert_eq!(FirewallChange::between(Some(&table(&["a"])), Some(&table(&["a"]))), FirewallChange::None);
+    }
+
+    #[test]
+    fn a_range_renders_as_nft_reads_it() {
+        let range = Value::Range("10.1.0.1".parse().unwrap(), "10.1.0.9".parse().unwrap());
+        let e = Element::key(vec![Value::Ifname("lybr0".into()), range]);
+        assert_eq!(e.to_string(), "\"lybr0\" . 10.1.0.1-10.1.0.9");
     }
 
     #[test]
