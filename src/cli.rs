@@ -472,6 +472,17 @@ fn status_detail(v: &Value) -> String {
         ("Repairs:", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
         ("Last repair:", last),
         ("Heal failures:", s(&h["failures"])),
+        ("Forward drops:", {
+            let c = &v["coexistence"];
+            let chains: Vec<String> = c["forward_drops"].as_array().into_iter().flatten().map(s).collect();
+            let docker =
+                if c["docker_user_rules"] == true { " (DOCKER-USER lets lanyard's traffic through)" } else { "" };
+            if chains.is_empty() {
+                "none".to_string()
+            } else {
+                format!("{}{docker}", chains.join(", "))
+            }
+        }),
         ("DHCP handler panics:", s(&v["dhcp_handler_panics"])),
     ];
     rows.iter().map(|(k, val)| format!("{k:<21} {val}\n")).collect()

@@ -259,6 +259,14 @@ impl Kernel for FakeKernel {
         Ok(s.tables.get(table).and_then(|t| t.set(&set.name)).map(|x| x.elements.clone()).unwrap_or_default())
     }
 
+    fn coexistence(&self, _mark: u32) -> Result<crate::kernel::Coexistence, KernelError> {
+        Ok(crate::kernel::Coexistence::default())
+    }
+
+    fn ensure_docker_user(&self, _mark: u32) -> Result<bool, KernelError> {
+        Ok(false)
+    }
+
     fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError> {
         let line = describe_firewall(change);
         self.check(&line).map_err(|m| firewall_error(change, &m))?;

@@ -344,6 +344,14 @@ impl Kernel for LinuxDataplane {
         Ok(Default::default())
     }
 
+    fn coexistence(&self, _mark: u32) -> Result<crate::kernel::Coexistence, KernelError> {
+        Ok(crate::kernel::Coexistence::default())
+    }
+
+    fn ensure_docker_user(&self, _mark: u32) -> Result<bool, KernelError> {
+        Ok(false)
+    }
+
     fn apply_op(&self, op: &Op) -> Result<(), KernelError> {
         match self.run(std::slice::from_ref(op)) {
             (_, Some(e)) => Err(e),

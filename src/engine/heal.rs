@@ -39,6 +39,8 @@ struct Scope {
     /// Ports to check, by id.
     ports: BTreeSet<String>,
     firewall: bool,
+    /// Another tool's table changed: look at coexistence again.
+    foreign: bool,
 }
 
 impl Engine {
@@ -46,6 +48,9 @@ impl Engine {
     /// number of kernel changes made.
     pub fn heal(&mut self, events: &[KernelEvent]) -> Result<usize, EngineError> {
         let scope = self.scope(events);
+        if scope.foreign {
+            self.check_coexistence();
+        }
         if scope.networks.is_empty() && scope.ports.is_empty() && !scope.firewall {
             return Ok(0);
         }
@@ -86,7 +91,8 @@ impl Engine {
                         scope.ports.insert(p.id.clone());
                     }
                 }
-                KernelEvent::Firewall { table } => scope.firewall |= *table == planner::table_id(),
+                KernelEvent::Firewall { table } if *table == planner::table_id() => scope.firewall = true,
+                KernelEvent::Firewall { .. } => scope.foreign = true,
                 // Bridge-mode routes move with the uplink's addresses, which
                 // the link and address events already cover.
                 KernelEvent::Route => {}

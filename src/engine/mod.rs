@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::ipam::{AddressBook, IpamError};
-use crate::kernel::{ApplyError, Kernel, KernelError, Observed, Op, Plan, Table};
+use crate::kernel::{ApplyError, Coexistence, Kernel, KernelError, Observed, Op, Plan, Table};
 use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType};
 use crate::planner;
 use crate::store::{Store, StoreError};
@@ -120,6 +120,8 @@ pub struct StatusView {
     pub ports: usize,
     /// What self-healing repaired.
     pub self_healing: heal::RepairStats,
+    /// Other tools' firewalls at the forward hook.
+    pub coexistence: Coexistence,
     /// DHCP packets whose handling panicked (each was dropped; the server went on).
     pub dhcp_handler_panics: u64,
 }
@@ -179,6 +181,8 @@ pub struct Engine {
     /// writer, so after start it need not ask nftables).
     firewall: Option<Table>,
     repair_stats: heal::RepairStats,
+    /// What other tools' firewalls do at the forward hook.
+    coexistence: Coexistence,
 }
 
 fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
@@ -203,6 +207,7 @@ impl Engine {
             books: HashMap::new(),
             firewall: None,
             repair_stats: heal::RepairStats::default(),
+            coexistence: Coexistence::default(),
         };
         for net in &engine.networks {
             engine.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
@@ -229,6 +234,7 @@ impl Engine {
             // the error names what the operator has to look at.
             tracing::error!("reconcile incomplete: {e}");
         }
+        engine.check_coexistence();
         Ok(engine)
     }
 
@@ -429,6 +435,39 @@ impl Engine {
             .collect())
     }
 
+    /// Looks at other tools' forward chains (docs/coexistence.md): puts
+    /// lanyard's rules into Docker's DOCKER-USER when it exists and lanyard
+    /// has rules of its own, and warns, once per change, about drop-policy
+    /// chains that will cut lanyard's forwarded traffic.
+    fn check_coexistence(&mut self) {
+        let mark = planner::firewall::ACCEPT_MARK;
+        if self.firewall.is_some() {
+            match self.kernel.ensure_docker_user(mark) {
+                Ok(true) => tracing::info!("put lanyard's rules at the top of Docker's DOCKER-USER chain"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot put lanyard's rules into DOCKER-USER: {e}"),
+            }
+        }
+        let now = match self.kernel.coexistence(mark) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("cannot read other tables' chains: {e}");
+                return;
+            }
+        };
+        let before: Vec<String> = self.coexistence.blocking().into_iter().map(String::from).collect();
+        for chain in now.blocking() {
+            if !before.iter().any(|b| b == chain) {
+                tracing::warn!(
+                    "nftables chain `{chain}` drops forwarded packets by policy: lanyard's networks lose \
+                     their forwarded traffic there unless it accepts `meta mark & {mark:#010x} == {mark:#010x}` \
+                     (see docs/coexistence.md)"
+                );
+            }
+        }
+        self.coexistence = now;
+    }
+
     /// The daemon's health in numbers.
     pub fn status(&self) -> StatusView {
         StatusView {
@@ -436,6 +475,7 @@ impl Engine {
             active_networks: self.networks.iter().filter(|n| n.state == NetState::Active).count(),
             ports: self.ports.len(),
             self_healing: self.repair_stats.clone(),
+            coexistence: self.coexistence.clone(),
             dhcp_handler_panics: crate::dhcp::server::handler_panics(),
         }
     }

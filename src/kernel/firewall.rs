@@ -400,6 +400,9 @@ impl fmt::Display for Match {
 pub enum Action {
     /// Accept.
     Accept,
+    /// Set these bits in the packet mark, then accept: lets other tools'
+    /// chains at the same hook recognise what lanyard's policy accepted.
+    MarkAccept(u32),
     /// Drop silently.
     Drop,
     /// Refuse with ICMP administratively prohibited.
@@ -431,6 +434,7 @@ impl fmt::Display for Action {
         let fields = |v: &[Field]| v.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" . ");
         match self {
             Action::Accept => f.write_str("accept"),
+            Action::MarkAccept(bits) => write!(f, "meta mark set meta mark | {bits:#010x} accept"),
             Action::Drop => f.write_str("drop"),
             Action::Reject => f.write_str("reject with icmpx admin-prohibited"),
             Action::Return => f.write_str("return"),

@@ -64,6 +64,31 @@ impl KernelError {
     }
 }
 
+/// What other tools' firewalls do that affects lanyard's networks
+/// (docs/coexistence.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Coexistence {
+    /// Other tables' forward chains whose policy is drop, as
+    /// `family table chain`.
+    pub forward_drops: Vec<String>,
+    /// Docker's DOCKER-USER chain exists.
+    pub docker_user: bool,
+    /// lanyard's rules are at the top of DOCKER-USER.
+    pub docker_user_rules: bool,
+}
+
+impl Coexistence {
+    /// The drop-policy chains that cut lanyard's forwarded traffic: all of
+    /// them, but Docker's FORWARD when DOCKER-USER lets lanyard's through.
+    pub fn blocking(&self) -> Vec<&str> {
+        self.forward_drops
+            .iter()
+            .map(String::as_str)
+            .filter(|c| !(self.docker_user_rules && *c == "ip filter FORWARD"))
+            .collect()
+    }
+}
+
 /// Access to the kernel of the network namespace lanyard manages.
 pub trait Kernel: Send + Sync {
     /// Links (with their IPv4 addresses), IPv4 routes of the main table and
@@ -79,6 +104,12 @@ pub trait Kernel: Send + Sync {
     fn firewall_elements(&self, table: &TableId, set: &Set) -> Result<BTreeSet<Element>, KernelError>;
     /// Applies one firewall change in one nftables transaction.
     fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError>;
+    /// Reads what other tables do at the forward hook (read only).
+    fn coexistence(&self, mark: u32) -> Result<Coexistence, KernelError>;
+    /// When Docker's DOCKER-USER chain exists, puts lanyard's rules at its
+    /// top (one transaction) unless they are there. Returns whether it
+    /// changed anything.
+    fn ensure_docker_user(&self, mark: u32) -> Result<bool, KernelError>;
 }
 
 /// Something changed in the kernel, as a monitor reports it. Monitors

@@ -11,6 +11,15 @@ use crate::model::{Mode, NetState, Network};
 /// Name of lanyard's nftables table (family inet).
 pub const NFT_TABLE: &str = "lanyard";
 
+/// The packet mark bit lanyard's forward chain sets on what it accepts, so
+/// that another tool's drop-policy forward chain (Docker's) can let exactly
+/// that through: see docs/coexistence.md.
+pub const ACCEPT_MARK: u32 = 0x2000_0000;
+
+/// Priority of lanyard's forward chain: just before the usual filter
+/// chains (0), so its mark is on the packet before theirs look.
+pub const FORWARD_PRIORITY: i32 = -1;
+
 /// lanyard's table's identity.
 pub fn table_id() -> TableId {
     TableId { family: Family::Inet, name: NFT_TABLE.into() }
@@ -79,6 +88,7 @@ fn chains() -> Vec<Chain> {
     use Field::*;
     let set = Match::in_set;
     let rule = Rule::new;
+    let accept = Action::MarkAccept(ACCEPT_MARK);
     vec![
         Chain {
             name: "input".into(),
@@ -100,16 +110,16 @@ fn chains() -> Vec<Chain> {
         },
         Chain {
             name: "forward".into(),
-            base: base(ChainType::Filter, Hook::Forward, 0),
+            base: base(ChainType::Filter, Hook::Forward, FORWARD_PRIORITY),
             rules: vec![
-                rule(vec![set(&[Iifname, Oifname], "same_bridge")], Action::Accept),
+                rule(vec![set(&[Iifname, Oifname], "same_bridge")], accept.clone()),
                 rule(vec![set(&[Iifname], "bridges"), set(&[Oifname], "bridges")], Action::Reject),
                 rule(
                     vec![Match::ct_state(&[Established, Related]), set(&[Oifname, IpDaddr], "nat_nets")],
-                    Action::Accept,
+                    accept.clone(),
                 ),
-                rule(vec![set(&[Oifname, IpDaddr], "routed_nets")], Action::Accept),
-                rule(vec![set(&[Iifname, IpSaddr], "outbound")], Action::Accept),
+                rule(vec![set(&[Oifname, IpDaddr], "routed_nets")], accept.clone()),
+                rule(vec![set(&[Iifname, IpSaddr], "outbound")], accept),
                 rule(vec![set(&[Oifname], "bridges")], Action::Reject),
                 rule(vec![set(&[Iifname], "bridges")], Action::Reject),
             ],

@@ -211,12 +211,12 @@ mod tests {
 \t\toifname @isolated drop
 \t}
 \tchain forward {
-\t\ttype filter hook forward priority 0; policy accept;
-\t\tiifname . oifname @same_bridge accept
+\t\ttype filter hook forward priority -1; policy accept;
+\t\tiifname . oifname @same_bridge meta mark set meta mark | 0x20000000 accept
 \t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
-\t\tct state established,related oifname . ip daddr @nat_nets accept
-\t\toifname . ip daddr @routed_nets accept
-\t\tiifname . ip saddr @outbound accept
+\t\tct state established,related oifname . ip daddr @nat_nets meta mark set meta mark | 0x20000000 accept
+\t\toifname . ip daddr @routed_nets meta mark set meta mark | 0x20000000 accept
+\t\tiifname . ip saddr @outbound meta mark set meta mark | 0x20000000 accept
 \t\toifname @bridges reject with icmpx admin-prohibited
 \t\tiifname @bridges reject with icmpx admin-prohibited
 \t}

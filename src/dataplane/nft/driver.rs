@@ -7,12 +7,13 @@
 use std::collections::BTreeSet;
 use std::sync::{Mutex, MutexGuard};
 
+use super::coexist;
 use super::elements::parse_listing;
 use super::ffi::{CommandError, Context, Output};
 use super::script;
 use super::table_query::TableQuery;
 use crate::kernel::firewall::{TableId, FINGERPRINT_PREFIX};
-use crate::kernel::{Element, FirewallChange, KernelError, Set};
+use crate::kernel::{Coexistence, Element, FirewallChange, KernelError, Set};
 
 /// The in-process nftables driver. Create it in the network namespace it
 /// is to manage: its netlink socket stays there.
@@ -78,6 +79,44 @@ impl NftDriver {
             what: script::describe(change, &elements_of),
             message: one_line(&e.message),
         })
+    }
+}
+
+impl NftDriver {
+    fn chains(&self) -> Result<String, KernelError> {
+        self.run("list chains", Output::Json).map_err(|e| observe_error("chains", &e))
+    }
+
+    /// What other tables do at the forward hook (read only).
+    pub fn coexistence(&self, mark: u32) -> Result<Coexistence, KernelError> {
+        let chains = self.chains()?;
+        let forward_drops = coexist::forward_drops(&chains, crate::planner::NFT_TABLE)
+            .map_err(|message| KernelError::Observe { what: "nftables chains", message })?;
+        let docker_user = coexist::has_docker_user(&chains);
+        let docker_user_rules = docker_user && coexist::repair_commands(&self.our_docker_user_rules()?, mark).is_none();
+        Ok(Coexistence { forward_drops, docker_user, docker_user_rules })
+    }
+
+    fn our_docker_user_rules(&self) -> Result<Vec<(usize, u64)>, KernelError> {
+        let (family, table, chain) = coexist::DOCKER_USER;
+        let listing = self
+            .run(&format!("list chain {family} {table} {chain}"), Output::Json)
+            .map_err(|e| observe_error("DOCKER-USER", &e))?;
+        coexist::our_rules(&listing).map_err(|message| KernelError::Observe { what: "DOCKER-USER", message })
+    }
+
+    /// Puts lanyard's rules at the top of DOCKER-USER when it exists and
+    /// they are not there.
+    pub fn ensure_docker_user(&self, mark: u32) -> Result<bool, KernelError> {
+        if !coexist::has_docker_user(&self.chains()?) {
+            return Ok(false);
+        }
+        let Some(commands) = coexist::repair_commands(&self.our_docker_user_rules()?, mark) else { return Ok(false) };
+        self.run(&commands, Output::Text).map_err(|e| KernelError::Firewall {
+            what: "lanyard's rules in DOCKER-USER".into(),
+            message: one_line(&e.message),
+        })?;
+        Ok(true)
     }
 }
 

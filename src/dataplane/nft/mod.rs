@@ -12,8 +12,10 @@
 //! - [`NftMonitor`]: nf_tables notifications as
 //!   [`crate::kernel::KernelEvent`]s;
 //! - `messages`: the nf_tables netlink messages read and written by hand;
-//! - `socket`: the NETLINK_NETFILTER socket they travel on.
+//! - `socket`: the NETLINK_NETFILTER socket they travel on;
+//! - [`coexist`]: other tools' forward chains and Docker's DOCKER-USER.
 
+pub mod coexist;
 mod driver;
 mod elements;
 pub mod ffi;
