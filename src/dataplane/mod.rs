@@ -2,9 +2,12 @@
 //! [`crate::kernel::Kernel`] for the network namespace the daemon runs in.
 //!
 //! - [`linux`]: the Linux driver;
+//! - [`netlink`]: links, addresses, routes, bridge VLANs and FDB entries
+//!   by lanyard's own netlink socket, and a monitor of their changes;
 //! - [`tun`]: TAP creation through `/dev/net/tun` (the driver's `unsafe`);
 //! - [`fake`]: a simulated kernel for unit tests.
 
 pub mod fake;
 pub mod linux;
+pub mod netlink;
 pub mod tun;
