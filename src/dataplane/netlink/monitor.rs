@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::io;
 use std::time::{Duration, Instant};
 
+use netlink_packet_route::link::LinkAttribute;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_sys::protocols::NETLINK_ROUTE;
 use netlink_sys::Socket;
 
 use super::messages;
-use super::observe::{address_from_message, address_label, get_link, in_main_table};
+use super::observe::{address_from_message, address_label, get_link, in_main_table, link_from_message, parse_link};
 use super::socket::{messages as split, receive, RawMessage, RouteSocket};
 use crate::kernel::{KernelError, KernelEvent};
 
@@ -141,15 +142,12 @@ impl LinkMonitor {
 
     /// The event of one notification; Err when it cannot be parsed.
     fn event(&mut self, raw: &RawMessage<'_>) -> Result<Option<KernelEvent>, ()> {
-        match raw.kind {
-            RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR | RTM_NEWROUTE | RTM_DELROUTE => {}
-            _ => return Ok(None),
-        }
-        Ok(match raw.parse().map_err(|_| ())? {
-            RouteNetlinkMessage::NewLink(m) | RouteNetlinkMessage::DelLink(m) => {
+        Ok(match raw.kind {
+            RTM_NEWLINK | RTM_DELLINK => {
+                let m = parse_link(raw).map_err(|_| ())?.ok_or(())?;
                 let gone = raw.kind == RTM_DELLINK;
                 let name = m.attributes.iter().find_map(|a| match a {
-                    netlink_packet_route::link::LinkAttribute::IfName(n) => Some(n.clone()),
+                    LinkAttribute::IfName(n) => Some(n.clone()),
                     _ => None,
                 });
                 let name = match name {
@@ -163,7 +161,12 @@ impl LinkMonitor {
                 }
                 Some(KernelEvent::Link { name, gone })
             }
-            RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m) => {
+            RTM_NEWADDR | RTM_DELADDR => {
+                let (RouteNetlinkMessage::NewAddress(m) | RouteNetlinkMessage::DelAddress(m)) =
+                    raw.parse().map_err(|_| ())?
+                else {
+                    return Err(());
+                };
                 let Some((index, addr)) = address_from_message(&m) else { return Ok(None) };
                 let link = match self.link_name(index) {
                     Some(name) => name,
@@ -171,7 +174,12 @@ impl LinkMonitor {
                 };
                 Some(KernelEvent::Address { link, addr, gone: raw.kind == RTM_DELADDR })
             }
-            RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m) => {
+            RTM_NEWROUTE | RTM_DELROUTE => {
+                let (RouteNetlinkMessage::NewRoute(m) | RouteNetlinkMessage::DelRoute(m)) =
+                    raw.parse().map_err(|_| ())?
+                else {
+                    return Err(());
+                };
                 in_main_table(&m).then_some(KernelEvent::Route)
             }
             _ => None,
@@ -189,7 +197,7 @@ impl LinkMonitor {
         }
         let socket = self.lookup.as_mut()?;
         let msg = get_link(socket, messages::get_link_by_index(index)).ok()??;
-        let name = super::observe::link_from_message(&msg)?.0.name;
+        let name = link_from_message(&msg)?.0.name;
         self.names.insert(index, name.clone());
         Some(name)
     }
