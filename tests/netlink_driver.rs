@@ -1057,3 +1057,123 @@ fn the_monitor_reports_removals_within_a_second() {
             .is_some());
     });
 }
+
+// ---------------------------------------------------------------------------
+// Measurements (print, never assert)
+// ---------------------------------------------------------------------------
+
+/// The ops that make `n` ports: a TAP each, enslaved to `bridge`, up.
+fn port_ops(n: usize, bridge: &str) -> Vec<Op> {
+    (0..n)
+        .flat_map(|i| {
+            let name = format!("tp{i}");
+            let mut t = tap(&name, &format!("fe:54:00:{:02x}:{:02x}:{:02x}", i >> 16, (i >> 8) & 0xff, i & 0xff));
+            t.mtu = None;
+            [
+                Op::CreateTap(t),
+                Op::SetMaster { link: name.clone(), master: Some(bridge.into()), previous: None },
+                Op::SetUp { link: name, up: true },
+            ]
+        })
+        .collect()
+}
+
+fn per(d: Duration, n: usize) -> String {
+    format!("{:>9.1} ms total, {:>7.1} µs each", d.as_secs_f64() * 1e3, d.as_secs_f64() * 1e6 / n as f64)
+}
+
+/// Times `f` over the ops of `ports` ports, in a namespace of its own with
+/// the bridge already there.
+fn time_ports(ports: usize, f: impl FnOnce(&[Op]) + Send) -> Duration {
+    in_private_netns(|| {
+        ip(&["link", "add", "portbr", "type", "bridge"]);
+        let ops = port_ops(ports, "portbr");
+        let start = Instant::now();
+        f(&ops);
+        let took = start.elapsed();
+        assert_eq!(json_of("ip", &["-j", "link", "show", "master", "portbr"]).as_array().map(Vec::len), Some(ports));
+        took
+    })
+}
+
+#[test]
+#[ignore = "measurement: cargo test --release --test netlink_driver -- --ignored --nocapture"]
+fn measure_ports_and_observe_against_iproute2() {
+    if !privileged("measure_ports_and_observe_against_iproute2") {
+        return;
+    }
+    use lanyard::dataplane::linux::{batch_lines, LinuxDataplane};
+    const PORTS: usize = 1000;
+    let ops = PORTS * 3;
+    println!("{PORTS} ports = {ops} ops (create TAP with owner and group, enslave, up):");
+    let t = time_ports(PORTS, |ops| {
+        let d = driver();
+        for op in ops {
+            apply(&d, op.clone());
+        }
+    });
+    println!("  netlink driver, op by op:        {}", per(t, ops));
+    let t = time_ports(PORTS, |ops| {
+        let old = LinuxDataplane;
+        for op in ops {
+            old.apply_op(op).unwrap_or_else(|e| panic!("{e}"));
+        }
+    });
+    println!("  iproute2 driver, op by op:       {}", per(t, ops));
+    let t = time_ports(PORTS, |ops| {
+        // What `port create-batch` does: one `ip -batch` for the lot.
+        let script: String = ops.iter().flat_map(batch_lines).map(|l| l + "\n").collect();
+        let mut child =
+            Command::new(common::tool("ip")).args(["-batch", "-"]).stdin(Stdio::piped()).spawn().expect("ip -batch");
+        std::io::Write::write_all(child.stdin.as_mut().unwrap(), script.as_bytes()).unwrap();
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+    });
+    println!("  iproute2, one ip -batch:         {}", per(t, ops));
+
+    const LINKS: usize = 10_000;
+    in_private_netns(|| {
+        let d = driver();
+        ip(&["link", "add", "portbr", "type", "bridge"]);
+        let few = Instant::now();
+        for _ in 0..100 {
+            d.observe_links(&["portbr"]).unwrap();
+        }
+        let few = few.elapsed() / 100;
+        let start = Instant::now();
+        for op in port_ops(LINKS, "portbr").iter().filter(|o| matches!(o, Op::CreateTap(_))) {
+            apply(&d, op.clone());
+        }
+        println!("\n{LINKS} TAPs created by the netlink driver: {}", per(start.elapsed(), LINKS));
+        let runs = 5;
+        let start = Instant::now();
+        for _ in 0..runs {
+            assert!(d.observe().unwrap().links.len() > LINKS);
+        }
+        println!(
+            "observe() with {} links, netlink:     {:>7.1} ms",
+            LINKS + 2,
+            start.elapsed().as_secs_f64() * 1e3 / runs as f64
+        );
+        let start = Instant::now();
+        for _ in 0..runs {
+            assert!(LinuxDataplane.observe().unwrap().links.len() > LINKS);
+        }
+        println!(
+            "observe() with {} links, ip -j -d addr: {:>5.1} ms",
+            LINKS + 2,
+            start.elapsed().as_secs_f64() * 1e3 / runs as f64
+        );
+        let many = Instant::now();
+        for _ in 0..100 {
+            d.observe_links(&["portbr"]).unwrap();
+        }
+        let many = many.elapsed() / 100;
+        println!(
+            "observe_links(one name): {:>6.1} µs with 2 links, {:>6.1} µs with {} links",
+            few.as_secs_f64() * 1e6,
+            many.as_secs_f64() * 1e6,
+            LINKS + 2
+        );
+    });
+}
