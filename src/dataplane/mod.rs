@@ -4,7 +4,8 @@
 //! - [`linux`]: the Linux driver;
 //! - [`netlink`]: links, addresses, routes, bridge VLANs and FDB entries
 //!   by lanyard's own netlink socket, and a monitor of their changes;
-//! - [`tun`]: TAP creation through `/dev/net/tun` (the driver's `unsafe`);
+//! - [`tun`]: TAP creation through `/dev/net/tun` (where the driver's
+//!   `unsafe` is);
 //! - [`fake`]: a simulated kernel for unit tests.
 
 pub mod fake;

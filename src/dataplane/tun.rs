@@ -2,10 +2,10 @@
 //! rtnetlink cannot do (the kernel's `tun` driver refuses RTM_NEWLINK), and
 //! the user and group look-ups its owner and group need.
 //!
-//! This is the one module of the netlink driver with `unsafe`: `ioctl` on
-//! the tun device and the reentrant passwd/group look-ups. Every block says
-//! why it is sound; everything outside it deals in names, ids and
-//! `io::Error`s.
+//! All of the driver's `unsafe` but one `setns` (in
+//! [`crate::dataplane::netlink::netns`]) is here: `ioctl` on the tun device
+//! and the reentrant passwd/group look-ups. Every block says why it is
+//! sound; everything outside it deals in names, ids and `io::Error`s.
 //!
 //! A TAP is made as `ip tuntap add mode tap` makes it: `IFF_TAP | IFF_NO_PI`
 //! with `IFF_TUN_EXCL` (an existing device of that name is an error, never

@@ -63,3 +63,16 @@ impl NetlinkDriver {
         self.socket.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_driver_is_shared_between_threads_and_the_monitor_moves_to_one() {
+        fn shared<T: Send + Sync>() {}
+        fn movable<T: Send>() {}
+        shared::<NetlinkDriver>();
+        movable::<LinkMonitor>();
+    }
+}
