@@ -50,9 +50,10 @@ fn create_tap(socket: &mut RouteSocket, t: &TapSpec) -> Result<(), NlError> {
 /// cannot come up in the creating request: veth configures the peer's
 /// flags before it links the two ends, and opening an unlinked end fails
 /// (ENOTCONN). Nor can the ends be swapped (the namespaced end created as
-/// the main device, whose flags are applied after linking): before Linux
-/// 6.13 the kernel looks the main device's name up in the caller's
-/// namespace, so a peer named like a host link (eth0) would be refused.
+/// the main device, whose flags are applied after linking): older kernels
+/// (Debian 12's 6.1 among them) look the main device's name up in the
+/// caller's namespace, so a peer named like a host link (eth0) would be
+/// refused.
 fn create_veth(socket: &mut RouteSocket, v: &VethSpec) -> Result<(), NlError> {
     let netns = netns::open(&v.peer_netns)?;
     send(socket, messages::create_veth(v, netns.as_raw_fd()))?;
