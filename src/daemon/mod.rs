@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::net::UnixListener;
 
-use crate::dataplane::linux::LinuxDataplane;
+use crate::dataplane::linux::LinuxKernel;
 use crate::dhcp::writer::LeaseWriter;
 use crate::engine::host::SystemHost;
 use crate::engine::services::NetworkServices;
@@ -63,11 +63,15 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(state_dir)?);
     let rt = tokio::runtime::Handle::current();
     let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone())));
-    let parts = Parts { store, kernel: Arc::new(LinuxDataplane), services, host: Arc::new(SystemHost) };
+    let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
+    // Monitors first: what changes while the engine reconciles is seen.
+    let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;
+    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost) };
     let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
     let shared = Arc::new(Mutex::new(engine));
+    let healer = healer::Healer::start(shared.clone(), monitors);
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .map_err(io_err("cannot set mode of", socket))?;
@@ -85,6 +89,7 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
         })
         .await
         .map_err(io_err("serving API on", socket))?;
+    healer.stop();
     shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     let _ = std::fs::remove_file(socket);
     Ok(())

@@ -382,7 +382,12 @@ impl Engine {
             }
         }
         crate::fault::point("memory");
+        let first_rules = self.firewall.is_none() && firewall.is_some();
         self.firewall = firewall;
+        if first_rules {
+            // lanyard has rules now: other tools' chains matter from here.
+            self.check_coexistence();
+        }
         Ok(())
     }
 
