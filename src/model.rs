@@ -219,8 +219,9 @@ impl Network {
 pub const IFNAME_MAX: usize = 15;
 
 /// Checks that `name` is 1..=`max` bytes of letters, digits, `-`, `_` and
-/// `.` (and not `.` or `..`): safe as an interface name, a file name and an
-/// argument, whatever it is used for.
+/// `.` that begins with a letter or a digit: safe as an interface name, a
+/// file name (never `.`, `..` or hidden) and an argument (never taken for an
+/// option), whatever it is used for.
 fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), ModelError> {
     if name.is_empty() {
         return Err(invalid(what, name, "must not be empty"));
@@ -228,11 +229,11 @@ fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), Model
     if name.len() > max {
         return Err(invalid(what, name, format!("is {} bytes, at most {max} are allowed", name.len())));
     }
-    if name == "." || name == ".." {
-        return Err(invalid(what, name, "is not a usable name"));
-    }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(invalid(what, name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    if let Some(c) = name.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
+        return Err(invalid(what, name, format!("begins with {c:?}; it must begin with a letter or a digit")));
     }
     Ok(())
 }
@@ -751,6 +752,54 @@ mod tests {
         for bad in ["", "sixteen-bytes-xx", "a/b", "a b", "a;b", "a'b", "a\"b", "a\tb", "..", "ü"] {
             assert!(validate_ifname("n", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn names_begin_with_a_letter_or_digit() {
+        for ok in ["a", "0", "9lives", "a-", "a_", "a.", "x.-_y"] {
+            validate_ifname("n", ok).unwrap();
+            validate_netns(ok).unwrap();
+            validate_vm_name(ok).unwrap();
+        }
+        for bad in ["-", "-a", "--help", ".", "..", ".hidden", "_a", "_", "-0"] {
+            let e = validate_ifname("network name", bad).unwrap_err().to_string();
+            assert!(e.contains("must begin with a letter or a digit") && e.contains("network name"), "{bad:?}: {e}");
+            assert!(validate_netns(bad).is_err(), "netns {bad:?} accepted");
+            assert!(validate_vm_name(bad).is_err(), "vm {bad:?} accepted");
+        }
+        // Every name a request carries goes through the same check.
+        let net = |f: &dyn Fn(&mut NetworkSpec)| {
+            let mut s = NetworkSpec {
+                name: "n".into(),
+                mode: "nat".into(),
+                subnet: "10.9.0.0/24".into(),
+                ..Default::default()
+            };
+            f(&mut s);
+            s.validate(|| "b0".into()).unwrap_err().to_string()
+        };
+        assert!(net(&|s| s.name = "-n".into()).contains("network name"));
+        assert!(net(&|s| s.bridge = Some("_br".into())).contains("bridge name"));
+        let port = |f: &dyn Fn(&mut PortSpec)| {
+            let mut p = PortSpec { net: "n".into(), vm: "vm".into(), ..Default::default() };
+            f(&mut p);
+            p.check().unwrap_err().to_string()
+        };
+        assert!(port(&|p| p.net = ".n".into()).contains("network name"));
+        assert!(port(&|p| p.vm = "-vm".into()).contains("vm name"));
+        assert!(port(&|p| p.owner = Some("-u".into())).contains("owner"));
+        assert!(port(&|p| p.group = Some(".g".into())).contains("group"));
+        assert!(port(&|p| p.adopt = Some("-tap".into())).contains("tap"));
+        let veth = |f: &dyn Fn(&mut PortSpec)| {
+            port(&|p| {
+                p.port_type = Some("veth".into());
+                p.netns = Some("ns".into());
+                p.ifname = Some("eth0".into());
+                f(p)
+            })
+        };
+        assert!(veth(&|p| p.netns = Some("-ns".into())).contains("netns"));
+        assert!(veth(&|p| p.ifname = Some("_eth0".into())).contains("ifname"));
     }
 
     #[test]
