@@ -61,12 +61,16 @@ async fn with_engine<T: Send + 'static>(
     .map_err(ApiError)
 }
 
-#[derive(Deserialize)]
-struct Autostart {
-    enabled: bool,
+/// The body of `POST /v1/networks/{name}/autostart`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autostart {
+    /// Start the network at boot.
+    pub enabled: bool,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PortFilter {
     vm: Option<String>,
     net: Option<String>,

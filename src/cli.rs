@@ -557,11 +557,11 @@ fn pct(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23").replace(' ', "%20")
 }
 
-/// Runs a client command against the daemon.
-pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
-    let c = Client::new(socket);
+/// The JSON body a command sends, for those whose body comes from their
+/// flags alone. Every field must be one the API declares: request bodies
+/// refuse unknown fields.
+fn body_of(cmd: &Command) -> Option<Value> {
     match cmd {
-        Command::Daemon { .. } => unreachable!("handled by main"),
         Command::Net(NetCommand::Create {
             name,
             mode,
@@ -573,14 +573,36 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             mtu,
             domain,
             autostart,
-            out,
-        }) => {
-            let body = json!({
-                "name": name, "mode": mode, "subnet": subnet.unwrap_or_default(), "uplink": uplink, "gateway": gateway,
-                "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-                "autostart": autostart,
-            });
-            let v = c.call("POST", "/v1/networks", Some(&body))?;
+            out: _,
+        }) => Some(json!({
+            "name": name, "mode": mode, "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
+            "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
+            "autostart": autostart,
+        })),
+        Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
+        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out: _ }) => {
+            Some(json!({
+                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
+                "mac": mac, "ip": ip, "owner": owner, "group": group,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// What `qemu-ifup` registers: the TAP QEMU created, adopted as a port.
+fn ifup_body(net: &str, vm: &str, tap: &str, mac: &str) -> Value {
+    json!({ "net": net, "vm": vm, "type": "tap", "adopt": tap, "mac": mac })
+}
+
+/// Runs a client command against the daemon.
+pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
+    let c = Client::new(socket);
+    let body = body_of(&cmd);
+    match cmd {
+        Command::Daemon { .. } => unreachable!("handled by main"),
+        Command::Net(NetCommand::Create { out, .. }) => {
+            let v = c.call("POST", "/v1/networks", body.as_ref())?;
             print(out.output, &v, network_detail);
         }
         Command::Net(NetCommand::List { all, out }) => {
@@ -607,15 +629,11 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             println!("Network {name} stopped");
         }
         Command::Net(NetCommand::Autostart { name, disable }) => {
-            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), Some(&json!({ "enabled": !disable })))?;
+            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), body.as_ref())?;
             println!("Network {name} {} autostarted", if disable { "unmarked as" } else { "marked as" });
         }
-        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out }) => {
-            let body = json!({
-                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
-                "mac": mac, "ip": ip, "owner": owner, "group": group,
-            });
-            let v = c.call("POST", "/v1/ports", Some(&body))?;
+        Command::Port(PortCommand::Create { out, .. }) => {
+            let v = c.call("POST", "/v1/ports", body.as_ref())?;
             print(out.output, &v, |p| {
                 let mut t = port_rows(&Value::Array(vec![p.clone()]));
                 if let Some(q) = p["qemu_args"].as_str() {
@@ -672,8 +690,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                     kind: "invalid".into(),
                 })?;
             let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
-            let body = json!({ "net": net, "vm": vm, "type": "tap", "adopt": ifname, "mac": mac });
-            let v = c.call("POST", "/v1/ports", Some(&body))?;
+            let v = c.call("POST", "/v1/ports", Some(&ifup_body(&net, &vm, &ifname, &mac)))?;
             eprintln!(
                 "lanyard: {} attached to {} as port {} ({} {})",
                 ifname,
@@ -787,6 +804,37 @@ mod tests {
         assert_eq!(vm_name_from_qemu_args(&a).as_deref(), Some("db"));
         let a = args("qemu -nic tap,ifname=t1,mac=52:54:00:00:00:01,model=virtio");
         assert_eq!(guest_mac_from_qemu_args(&a, "t1").as_deref(), Some("52:54:00:00:00:01"));
+    }
+
+    fn parse(line: &str) -> Command {
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}")).command
+    }
+
+    #[test]
+    fn request_bodies_send_only_declared_fields() {
+        // The API refuses unknown fields: every field the CLI sends, with
+        // every flag given, must be one the request type declares.
+        let body = body_of(&parse(
+            "lanyard net create n1 --mode bridge --subnet 10.0.0.0/24 --uplink eth0 --gateway 10.0.0.1 \
+             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart -o json",
+        ))
+        .unwrap();
+        let spec: crate::model::NetworkSpec = serde_json::from_value(body).unwrap();
+        assert_eq!((spec.uplink.as_deref(), spec.mtu, spec.autostart), (Some("eth0"), Some(9000), Some(true)));
+        let body = body_of(&parse(
+            "lanyard port create --net n1 --vm vm1 --type veth --netns ns1 --ifname eth0 --mac 52:54:00:00:00:01 \
+             --ip 10.0.0.5 --owner qemu --group kvm -o json",
+        ))
+        .unwrap();
+        let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
+        assert_eq!((spec.netns.as_deref(), spec.group.as_deref()), (Some("ns1"), Some("kvm")));
+        let spec: crate::model::PortSpec =
+            serde_json::from_value(ifup_body("n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
+        assert_eq!(spec.adopt.as_deref(), Some("tap0"));
+        for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
+            let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
+            assert_eq!(a.enabled, !line.ends_with("--disable"));
+        }
     }
 
     #[test]

@@ -120,8 +120,10 @@ impl FromStr for DhcpRange {
     }
 }
 
-/// A network as the user asked for it; fields left out get defaults.
+/// A network as the user asked for it; fields left out get defaults, and
+/// unknown fields are refused (a misspelt option must not be ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain).
     pub name: String,
@@ -499,8 +501,9 @@ impl FromStr for PortType {
     }
 }
 
-/// A port as the user asked for it.
+/// A port as the user asked for it; unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Network to attach to.
     pub net: String,
@@ -833,6 +836,21 @@ mod tests {
         }
         let r = Mac::random_qemu();
         assert_eq!(&r.0[..3], &Mac::QEMU_OUI);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let e =
+            serde_json::from_str::<NetworkSpec>(r#"{"name":"n","mode":"nat","subnet":"10.0.0.0/24","colour":"red"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `colour`") && e.contains("`mtu`"), "{e}");
+        let e = serde_json::from_str::<PortSpec>(r#"{"net":"n","vm":"v","macc":"52:54:00:00:00:01"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `macc`") && e.contains("`mac`"), "{e}");
+        let p: PortSpec = serde_json::from_str(r#"{"net":"n","vm":"v","type":"tap","adopt":"tap0"}"#).unwrap();
+        assert_eq!((p.port_type.as_deref(), p.adopt.as_deref()), (Some("tap"), Some("tap0")));
     }
 
     #[test]
