@@ -361,10 +361,41 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
-/// Prints rows as an aligned table in the style of `virsh net-list`.
+/// `s` as it is safe to show on a terminal: printable ASCII as is, `\` as
+/// `\\`, control characters (C0, DEL, C1) as `\xNN` (ESC is `\x1b`, a
+/// newline `\x0a`), every other non-ASCII character as `\u{NNNN}`.
+///
+/// Guests choose their DHCP host names and client ids, and those reach
+/// lanyard's tables: a raw ESC could recolour the terminal or move the
+/// cursor, a newline could forge a row, and Unicode has invisible and
+/// right-to-left characters that disguise text. Everything lanyard itself
+/// prints in a table is ASCII, so nothing legitimate is escaped, and the
+/// columns stay aligned (widths count bytes). `-o json` shows the exact
+/// strings.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\0'..='\x1f' | '\x7f'..='\u{9f}' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            _ => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+        }
+    }
+    out.into()
+}
+
+/// Prints rows as an aligned table in the style of `virsh net-list`; every
+/// cell goes through [`printable`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let headers: Vec<String> = headers.iter().map(|h| printable(h).into_owned()).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
         }
@@ -381,7 +412,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string()
     };
     let body: Vec<String> = rows.iter().map(|r| line(r.iter().map(String::as_str).collect())).collect();
-    let head = line(headers.to_vec());
+    let head = line(headers.clone());
     let width = body.iter().chain([&head]).map(String::len).max().unwrap_or(0);
     let mut out = format!("{head}\n{}\n", "-".repeat(width));
     for l in body {
@@ -442,6 +473,12 @@ fn network_rows(v: &Value) -> String {
     table(&["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"], &rows)
 }
 
+/// A key/value view (`net show`, `status`): keys padded to `width`, values
+/// through [`printable`].
+fn details(fields: &[(&str, String)], width: usize) -> String {
+    fields.iter().map(|(k, v)| format!("{:<width$}{}\n", format!("{k}:"), printable(v))).collect()
+}
+
 fn network_detail(n: &Value) -> String {
     let range = format!("{}-{}", s(&n["dhcp_range"]["first"]), s(&n["dhcp_range"]["last"]));
     let fields = [
@@ -457,7 +494,7 @@ fn network_detail(n: &Value) -> String {
         ("MTU", s(&n["mtu"])),
         ("Uplink", s(&n["uplink"])),
     ];
-    fields.iter().map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:"))).collect()
+    details(&fields, 12)
 }
 
 fn status_detail(v: &Value) -> String {
@@ -467,14 +504,14 @@ fn status_detail(v: &Value) -> String {
         _ => "-".to_string(),
     };
     let rows = [
-        ("Networks:", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
-        ("Ports:", s(&v["ports"])),
-        ("Repairs:", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
-        ("Last repair:", last),
-        ("Heal failures:", s(&h["failures"])),
-        ("DHCP handler panics:", s(&v["dhcp_handler_panics"])),
+        ("Networks", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
+        ("Ports", s(&v["ports"])),
+        ("Repairs", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
+        ("Last repair", last),
+        ("Heal failures", s(&h["failures"])),
+        ("DHCP handler panics", s(&v["dhcp_handler_panics"])),
     ];
-    rows.iter().map(|(k, val)| format!("{k:<21} {val}\n")).collect()
+    details(&rows, 22)
 }
 
 fn port_rows(v: &Value) -> String {
@@ -529,6 +566,7 @@ fn bridge_rows(v: &Value) -> String {
             rows.push(vec![String::new(), String::new(), String::new(), i.clone()]);
         }
     }
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c).into_owned()).collect()).collect();
     let mut out = String::new();
     let headers = ["bridge name", "bridge id", "STP enabled", "interfaces"];
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -618,26 +656,26 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         }
         Command::Net(NetCommand::Delete { name }) => {
             c.call("DELETE", &format!("/v1/networks/{}", pct(&name)), None)?;
-            println!("Network {name} deleted");
+            println!("Network {} deleted", printable(&name));
         }
         Command::Net(NetCommand::Start { name }) => {
             c.call("POST", &format!("/v1/networks/{}/start", pct(&name)), None)?;
-            println!("Network {name} started");
+            println!("Network {} started", printable(&name));
         }
         Command::Net(NetCommand::Stop { name }) => {
             c.call("POST", &format!("/v1/networks/{}/stop", pct(&name)), None)?;
-            println!("Network {name} stopped");
+            println!("Network {} stopped", printable(&name));
         }
         Command::Net(NetCommand::Autostart { name, disable }) => {
             c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), body.as_ref())?;
-            println!("Network {name} {} autostarted", if disable { "unmarked as" } else { "marked as" });
+            println!("Network {} {} autostarted", printable(&name), if disable { "unmarked as" } else { "marked as" });
         }
         Command::Port(PortCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/ports", body.as_ref())?;
             print(out.output, &v, |p| {
                 let mut t = port_rows(&Value::Array(vec![p.clone()]));
                 if let Some(q) = p["qemu_args"].as_str() {
-                    t.push_str(&format!("\nQEMU: {q}\n"));
+                    t.push_str(&format!("\nQEMU: {}\n", printable(q)));
                 }
                 t
             });
@@ -674,7 +712,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         }
         Command::Port(PortCommand::Delete { id }) => {
             c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
-            println!("Port {id} deleted");
+            println!("Port {} deleted", printable(&id));
         }
         Command::Lease(LeaseCommand::List { net, out }) => {
             let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
@@ -692,12 +730,13 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
             let v = c.call("POST", "/v1/ports", Some(&ifup_body(&net, &vm, &ifname, &mac)))?;
             eprintln!(
-                "lanyard: {} attached to {} as port {} ({} {})",
-                ifname,
-                net,
-                s(&v["id"]),
-                s(&v["mac"]),
-                s(&v["ip"])
+                "{}",
+                printable(&format!(
+                    "lanyard: {ifname} attached to {net} as port {} ({} {})",
+                    s(&v["id"]),
+                    s(&v["mac"]),
+                    s(&v["ip"])
+                ))
             );
         }
         Command::QemuIfdown { ifname } => {
@@ -711,9 +750,9 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             match id {
                 Some(id) => {
                     c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
-                    eprintln!("lanyard: port {id} on {ifname} removed");
+                    eprintln!("{}", printable(&format!("lanyard: port {id} on {ifname} removed")));
                 }
-                None => eprintln!("lanyard: no port on {ifname}; nothing to do"),
+                None => eprintln!("{}", printable(&format!("lanyard: no port on {ifname}; nothing to do"))),
             }
         }
         Command::Bridges(out) => {
@@ -841,6 +880,68 @@ mod tests {
     fn tables_align() {
         let t = table(&["Name", "State"], &[vec!["default".into(), "active".into()]]);
         assert_eq!(t, " Name      State\n-----------------\n default   active\n");
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_obey() {
+        assert_eq!(printable("web-1.example"), "web-1.example");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        for (raw, shown) in [
+            ("a\x1b[31mb", "a\\x1b[31mb"),
+            ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),
+            ("row\nforged", "row\\x0aforged"),
+            ("cr\roverwrite", "cr\\x0doverwrite"),
+            ("tab\there", "tab\\x09here"),
+            ("nul\0", "nul\\x00"),
+            ("del\x7f", "del\\x7f"),
+            ("csi\u{9b}31m", "csi\\x9b31m"),
+            ("rtl\u{202e}gpj.exe", "rtl\\u{202e}gpj.exe"),
+            ("zero\u{200b}width", "zero\\u{200b}width"),
+            ("café", "caf\\u{00e9}"),
+            ("back\\x1b", "back\\\\x1b"),
+        ] {
+            assert_eq!(printable(raw), shown, "{raw:?}");
+        }
+    }
+
+    /// Whether `text` could only print characters: no byte but printable
+    /// ASCII and the newlines that end lines.
+    fn inert(text: &str) -> bool {
+        text.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\n')
+    }
+
+    #[test]
+    fn hostile_guest_strings_cannot_escape_their_cell() {
+        let hostile = "a\x1b[31mb\n 52:54:00:00:00:99   10.0.0.99   forged\r\u{9b}2J\u{202e}";
+        let leases = json!([
+            {"expiry": 0, "mac": "52:54:00:00:00:01", "ip": "10.0.0.2", "hostname": hostile, "client_id": hostile, "kind": "dynamic"},
+            {"expiry": 0, "mac": "52:54:00:00:00:02", "ip": "10.0.0.3", "hostname": "ok", "client_id": null, "kind": "dynamic"},
+        ]);
+        let t = lease_rows(&leases);
+        assert!(inert(&t), "{t:?}");
+        assert_eq!(t.lines().count(), 4, "a header, a rule and two rows: {t}");
+        assert!(t.contains("a\\x1b[31mb\\x0a 52:54:00:00:00:99"), "{t}");
+        // The columns after the hostile cell stay aligned.
+        let lines: Vec<&str> = t.lines().collect();
+        let kind_col = lines[0].find("Kind").unwrap();
+        assert!(lines[2].len() > kind_col && lines[3].len() > kind_col, "{t}");
+        assert_eq!(&lines[2][kind_col..], "dynamic", "{t}");
+        assert_eq!(&lines[3][kind_col..], "dynamic", "{t}");
+        let ports = json!([{"id": "0011aabb", "vm": hostile, "ifname": "ly0011aabb", "type": "veth", "net": "n", "mac": "52:54:00:00:00:01", "ip": null}]);
+        let t = port_rows(&ports);
+        assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
+        let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
+        assert!(inert(&t) && t.lines().count() == 11, "{t:?}");
+        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
+        assert!(inert(&t) && t.lines().count() == 6, "{t:?}");
+        let t = bridge_rows(
+            &json!([{"name": "lybr0", "bridge_id": "8000.1", "stp": "no", "interfaces": [hostile, "ly1"]}]),
+        );
+        // brctl separates its columns with tabs; the cells hold none.
+        assert!(inert(&t.replace('\t', " ")) && t.lines().count() == 3, "{t:?}");
+        assert!(t.lines().all(|l| l.matches('\t').count() == 3), "{t:?}");
+        let t = network_rows(&json!([{"name": "n", "state": "active", "mode": hostile}]));
+        assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `lanyard` binary: the daemon and its command-line client.
 
 use clap::Parser;
-use lanyard::cli::{run_client, Cli, Command};
+use lanyard::cli::{printable, run_client, Cli, Command};
 
 /// `lanyard-ifup` / `lanyard-ifdown` symlinks stand for `lanyard qemu-ifup` /
 /// `lanyard qemu-ifdown`, because QEMU's `script=` takes a path, no arguments.
@@ -59,7 +59,8 @@ fn main() {
         }
         cmd => {
             if let Err(e) = run_client(cli.socket, cmd) {
-                eprintln!("error: {e}");
+                // One line, whatever the daemon's message held.
+                eprintln!("error: {}", printable(&e.to_string()));
                 std::process::exit(e.exit_code());
             }
         }
