@@ -42,11 +42,29 @@ pub struct ErrorBody {
     pub kind: String,
 }
 
-/// An error response: `status` with an [`ErrorBody`] of one line.
+/// The longest error message, in bytes; longer ones (a message that
+/// quotes a 10,000-byte name) lose their middle.
+pub const MESSAGE_MAX: usize = 512;
+
+/// An error response: `status` with an [`ErrorBody`] of one line of at
+/// most [`MESSAGE_MAX`] bytes.
 pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
-    let one_line: String =
-        message.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
-    (status, Json(ErrorBody { error: one_line, kind: kind.into() })).into_response()
+    let one_line = message.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    (status, Json(ErrorBody { error: elide(&one_line, MESSAGE_MAX), kind: kind.into() })).into_response()
+}
+
+/// `s` if it has at most `max` bytes; else its start and its end (where
+/// messages say what to do) around a note of what was left out.
+fn elide(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    // " [... N bytes ...] " is 17 bytes and N's digits: under 32 for any N
+    // a request can cause.
+    let budget = max.saturating_sub(32);
+    let head = (0..=budget * 2 / 3).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let tail = (s.len() - (budget - budget * 2 / 3)..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    format!("{} [... {} bytes ...] {}", &s[..head], tail - head, &s[tail..])
 }
 
 /// The error kind of a status the engine did not choose.
@@ -326,13 +344,20 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/ports",
-            get(|State(s): State<Shared>, Query(f): Query<PortFilter>| async move {
+            get(|State(s): State<Shared>, uri: Uri| async move {
+                let Query(f) = Query::<PortFilter>::try_from_uri(&uri).map_err(|e| {
+                    let text = e.body_text();
+                    let why = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                    Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\"")))
+                        .into_response()
+                })?;
                 with_engine(s, move |e| {
                     Ok(Json(
                         e.ports(f.vm.as_deref(), f.net.as_deref()).into_iter().map(PortView::from).collect::<Vec<_>>(),
                     ))
                 })
                 .await
+                .map_err(IntoResponse::into_response)
             })
             .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<PortSpec>| async move {
                 with_engine(s, move |e| e.create_port(spec))
@@ -419,6 +444,7 @@ mod tests {
     #[tokio::test]
     async fn every_refusal_is_an_error_body() {
         let app = app();
+        let long_path = format!("/v1/networks/{}", "a".repeat(10_000));
         let big = format!("[{}]", vec![r#"{"net":"n1","vm":"vm1"}"#; BODY_LIMIT / 20].join(","));
         // (method, uri, content type, body, status, kind, the message contains)
         let cases: Vec<Case> = vec![
@@ -517,7 +543,16 @@ mod tests {
                 "invalid",
                 r#"unknown field "x""#,
             ),
-            ("GET", "/v1/ports?colour=red", None, b"", 400, "invalid", "unknown field"),
+            (
+                "GET",
+                "/v1/ports?colour=red",
+                None,
+                b"",
+                400,
+                "invalid",
+                r#"invalid query string: colour: unknown field "colour", expected "vm" or "net""#,
+            ),
+            ("GET", &long_path, None, b"", 404, "not_found", "(see `lanyard net list`)"),
             ("GET", "/v1/nope", None, b"", 404, "not_found", "no API endpoint GET /v1/nope"),
             ("GET", "/", None, b"", 404, "not_found", "no API endpoint GET /"),
             ("GET", "//v1//networks", None, b"", 404, "not_found", "no API endpoint"),
@@ -543,7 +578,7 @@ mod tests {
             assert_eq!(v["kind"], kind, "{what}: {v}");
             let error = v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error message: {v}"));
             assert!(error.contains(says), "{what}: {error:?} does not say {says:?}");
-            assert!(!error.contains('\n') && !error.is_empty(), "{what}: {error:?}");
+            assert!(!error.contains('\n') && !error.is_empty() && error.len() <= MESSAGE_MAX, "{what}: {error:?}");
             assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{what}: {v}");
             if status == 405 {
                 assert!(!allow.is_empty(), "{what}: no Allow header");
@@ -555,6 +590,18 @@ mod tests {
         let (got, v, _) =
             send(&app, "POST", "/v1/networks", Some("application/json; charset=utf-8"), NET.as_bytes()).await;
         assert_eq!(got, 201, "{v}");
+    }
+
+    #[test]
+    fn long_messages_lose_their_middle() {
+        assert_eq!(elide("short", 512), "short");
+        let long = format!("no network named \"{}\" (see `lanyard net list`)", "a".repeat(10_000));
+        let e = elide(&long, MESSAGE_MAX);
+        assert!(e.len() <= MESSAGE_MAX, "{} bytes", e.len());
+        assert!(e.starts_with("no network named \"aaa") && e.ends_with("aaa\" (see `lanyard net list`)"), "{e}");
+        assert!(e.contains(" [... "), "{e}");
+        let e = elide(&"é".repeat(1000), 100);
+        assert!(e.len() <= 100 && e.starts_with('é') && e.ends_with('é'), "{e}");
     }
 
     #[test]

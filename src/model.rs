@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 /// A request that can never succeed as written; the message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
-    /// invalid {what} {value:?}: {why}
-    #[error("invalid {what} {value:?}: {why}")]
+    /// invalid {what} {value:?}: {why} (a long value shortened)
+    #[error("invalid {what} {}: {why}", quoted(.value))]
     Invalid {
         /// Which field.
         what: &'static str,
@@ -25,6 +25,18 @@ pub enum ModelError {
         /// Why it is refused and what would be accepted.
         why: String,
     },
+}
+
+/// `value` quoted as `{:?}` does, but a value of more than 64 bytes shows
+/// only its start and its length, so that a 10,000-byte name cannot make a
+/// 10,000-byte message.
+fn quoted(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.len() <= MAX {
+        return format!("{value:?}");
+    }
+    let cut = (0..=48).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    format!("{:?}... ({} bytes)", &value[..cut], value.len())
 }
 
 fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ModelError {
@@ -755,6 +767,23 @@ mod tests {
         for bad in ["", "sixteen-bytes-xx", "a/b", "a b", "a;b", "a'b", "a\"b", "a\tb", "..", "ü"] {
             assert!(validate_ifname("n", bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let long = "a".repeat(10_000);
+        let e = validate_ifname("network name", &long).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid network name \"{}\"... (10000 bytes): is 10000 bytes, at most 15 are allowed",
+                "a".repeat(48)
+            )
+        );
+        let e = validate_ifname("network name", "ab/c").unwrap_err().to_string();
+        assert_eq!(e, "invalid network name \"ab/c\": contains '/'; use letters, digits, '-', '_' or '.'");
+        let e = validate_vm_name(&"é".repeat(40)).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("invalid vm name \"{}\"... (80 bytes)", "é".repeat(24))), "{e}");
     }
 
     #[test]
