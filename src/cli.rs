@@ -93,7 +93,7 @@ pub enum Command {
 pub enum NetCommand {
     /// Define and start a network.
     Create {
-        /// Network name (1-15 of letters, digits, '-', '_', '.').
+        /// Network name: 1-15 letters, digits, '-', '_' or '.', beginning with a letter or digit.
         name: String,
         /// nat, route, host-only, isolated, bridge or open.
         #[arg(long)]
