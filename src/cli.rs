@@ -416,6 +416,10 @@ fn parse_response(raw: &[u8], clean_eof: bool) -> Result<(u16, Vec<u8>), Answer>
     if raw.is_empty() {
         return Err(Answer::Incomplete("no answer at all".into()));
     }
+    let prefix = &raw[..raw.len().min(5)];
+    if !b"HTTP/".starts_with(prefix) {
+        return Err(Answer::Bad(format!("not HTTP: {:?}", String::from_utf8_lossy(&raw[..raw.len().min(40)]))));
+    }
     let split = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -1101,7 +1105,11 @@ mod tests {
             let r = parse_response(raw, false);
             assert!(matches!(r, Err(Answer::Incomplete(_))), "{:?}: {r:?}", String::from_utf8_lossy(raw));
         }
-        for raw in [&b"SSH-2.0-OpenSSH\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n"] {
+        for raw in [
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
             let r = parse_response(raw, true);
             assert!(matches!(r, Err(Answer::Bad(_))), "{:?}: {r:?}", String::from_utf8_lossy(raw));
         }
