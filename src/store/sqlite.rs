@@ -50,7 +50,7 @@ pub fn restrict_mode(path: &Path, allowed: u32) -> std::io::Result<bool> {
         return Ok(false);
     }
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
-    tracing::warn!("tightened the mode of {} from {old:04o} to {new:04o}: it is for root alone", path.display());
+    tracing::warn!("tightened the mode of {} from {old:04o} to {new:04o}: it is for its owner alone", path.display());
     Ok(true)
 }
 
