@@ -3,14 +3,23 @@
 //! Handlers are thin: they move the request onto a blocking thread, call the
 //! [`Engine`] under its lock, and turn [`EngineError`] into a status code and
 //! a one-line JSON error the CLI prints as is.
+//!
+//! Every error the API answers is an [`ErrorBody`] `{"error", "kind"}`,
+//! also when the request never reaches a handler: a body that is not JSON,
+//! has wrong types or unknown fields, lacks the JSON content type or is
+//! larger than [`BODY_LIMIT`] ([`JsonBody`]); an unknown path ([`not_found`]);
+//! a wrong method or any other refusal axum makes itself ([`json_errors`]).
 
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{Engine, EngineError, PortView};
@@ -19,6 +28,11 @@ use crate::model::{NetworkSpec, PortSpec};
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
 
+/// The largest request body the API reads: 4 MiB, a `POST /v1/ports/batch`
+/// of some 20,000 fully spelt-out port specs. Larger requests are refused
+/// with 413 before they are parsed; split such a batch.
+pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
+
 /// The body of every error response.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -26,6 +40,41 @@ pub struct ErrorBody {
     pub error: String,
     /// invalid | conflict | not_found | internal
     pub kind: String,
+}
+
+/// The longest error message, in bytes; longer ones (a message that
+/// quotes a 10,000-byte name) lose their middle.
+pub const MESSAGE_MAX: usize = 512;
+
+/// An error response: `status` with an [`ErrorBody`] of one line of at
+/// most [`MESSAGE_MAX`] bytes.
+pub fn error_response(status: StatusCode, kind: &str, message: &str) -> Response {
+    let one_line = message.split(['\r', '\n']).map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ");
+    (status, Json(ErrorBody { error: elide(&one_line, MESSAGE_MAX), kind: kind.into() })).into_response()
+}
+
+/// `s` if it has at most `max` bytes; else its start and its end (where
+/// messages say what to do) around a note of what was left out.
+fn elide(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    // " [... N bytes ...] " is 17 bytes and N's digits: under 32 for any N
+    // a request can cause.
+    let budget = max.saturating_sub(32);
+    let head = (0..=budget * 2 / 3).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0);
+    let tail = (s.len() - (budget - budget * 2 / 3)..=s.len()).find(|&i| s.is_char_boundary(i)).unwrap_or(s.len());
+    format!("{} [... {} bytes ...] {}", &s[..head], tail - head, &s[tail..])
+}
+
+/// The error kind of a status the engine did not choose.
+fn kind_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        s if s.is_server_error() => "internal",
+        _ => "invalid",
+    }
 }
 
 /// An error on its way to the client.
@@ -42,9 +91,182 @@ impl IntoResponse for ApiError {
         if status == StatusCode::INTERNAL_SERVER_ERROR {
             tracing::error!("{}", self.0);
         }
-        let body = ErrorBody { error: self.0.to_string().replace('\n', " "), kind: kind.into() };
-        (status, Json(body)).into_response()
+        error_response(status, kind, &self.0.to_string())
     }
+}
+
+/// A request refused before it reached the engine: status and message,
+/// answered as an [`ErrorBody`] of kind `invalid`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// 400, 413, 415 or 422.
+    pub status: StatusCode,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Rejection { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for Rejection {
+    fn into_response(self) -> Response {
+        error_response(self.status, "invalid", &self.message)
+    }
+}
+
+/// A JSON request body, like axum's `Json`, but every refusal is an
+/// [`ErrorBody`] whose message says what was wrong: 415 without the JSON
+/// content type, 413 over [`BODY_LIMIT`], 400 for text that is not JSON
+/// (with line and column), 422 for JSON of the wrong shape (with the path
+/// of the field: wrong type, unknown or missing field).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
+        check_content_type(req.headers())?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+            let status = r.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!(
+                    "request body is larger than the API's limit of {} MiB; split a batch into several requests",
+                    BODY_LIMIT / (1024 * 1024)
+                )
+            } else {
+                format!("cannot read the request body: {}", r.body_text())
+            };
+            Rejection::new(status, message)
+        })?;
+        decode(&bytes).map(JsonBody)
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
+    let refuse = |m: String| Err(Rejection::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, m));
+    let Some(value) = headers.get(header::CONTENT_TYPE) else {
+        return refuse("missing Content-Type: send the body as application/json".into());
+    };
+    let text = String::from_utf8_lossy(value.as_bytes());
+    let mime = text.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json")) {
+        Ok(())
+    } else {
+        refuse(format!("Content-Type {:?} is not JSON: send the body as application/json", text.trim()))
+    }
+}
+
+/// serde_json's message without the " at line L column C" it appends, and
+/// with names quoted as JSON does (`unknown field "colour"`) rather than
+/// in serde's backticks; values keep no quotes (`integer 5`).
+fn bare_message(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let suffix = format!(" at line {} column {}", e.line(), e.column());
+    let text = text.strip_suffix(&suffix).unwrap_or(&text);
+    if text.starts_with("invalid type") || text.starts_with("invalid value") {
+        text.replace('`', "")
+    } else {
+        text.replace('`', "\"")
+    }
+}
+
+/// A field path as `ports[2].mac`.
+fn path_text(path: &[serde_path_to_error::Segment]) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Unknown => out.push_str(if out.is_empty() { "?" } else { ".?" }),
+        }
+    }
+    out
+}
+
+/// Parses a request body as `T`.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, Rejection> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(Rejection::new(StatusCode::BAD_REQUEST, "empty request body: send a JSON document"));
+    }
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let (path, e) = match serde_path_to_error::deserialize::<_, T>(&mut de) {
+        Ok(v) => match de.end() {
+            Ok(()) => return Ok(v),
+            Err(e) => (Vec::new(), e),
+        },
+        Err(e) => (e.path().iter().cloned().collect(), e.into_inner()),
+    };
+    if e.is_data() {
+        let message = bare_message(&e);
+        // The path of an unknown field ends in the field the message names.
+        let keep = if message.starts_with("unknown field") { path.len().saturating_sub(1) } else { path.len() };
+        let at = path_text(&path[..keep]);
+        let at = if at.is_empty() { at } else { format!("{at}: ") };
+        Err(Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {at}{message}")))
+    } else {
+        let m = format!("invalid JSON at line {} column {}: {}", e.line(), e.column(), bare_message(&e));
+        Err(Rejection::new(StatusCode::BAD_REQUEST, m))
+    }
+}
+
+/// At most `max` characters of `s`, marked when cut.
+fn shorten(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}... ({} bytes)", &s[..i], s.len()),
+        None => s.to_string(),
+    }
+}
+
+/// The answer for a path no route matches.
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    error_response(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        &format!("no API endpoint {method} {} (the API is under /v1/)", shorten(uri.path(), 120)),
+    )
+}
+
+/// Turns every error response that is not already an [`ErrorBody`] (axum's
+/// own: 405 for a wrong method, a path segment that is not UTF-8, a query
+/// it cannot parse...) into one, keeping its status and `Allow` header.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let (method, path) = (req.method().clone(), shorten(req.uri().path(), 120));
+    let response = next.run(req).await;
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let allow = parts.headers.get(header::ALLOW).cloned();
+    let message = if status == StatusCode::METHOD_NOT_ALLOWED {
+        let allowed = allow.as_ref().map(|a| String::from_utf8_lossy(a.as_bytes()).replace(',', ", "));
+        format!("method {method} is not allowed on {path}; use {}", allowed.as_deref().unwrap_or("another method"))
+    } else {
+        let text = axum::body::to_bytes(body, 16 * 1024).await.unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        let reason = status.canonical_reason().unwrap_or("error");
+        if text.trim().is_empty() {
+            format!("{reason}: {method} {path}")
+        } else {
+            shorten(text.trim(), 300)
+        }
+    };
+    let mut out = error_response(status, kind_of(status), &message);
+    if let Some(a) = allow {
+        out.headers_mut().insert(header::ALLOW, a);
+    }
+    out
 }
 
 async fn with_engine<T: Send + 'static>(
@@ -61,12 +283,16 @@ async fn with_engine<T: Send + 'static>(
     .map_err(ApiError)
 }
 
-#[derive(Deserialize)]
-struct Autostart {
-    enabled: bool,
+/// The body of `POST /v1/networks/{name}/autostart`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Autostart {
+    /// Start the network at boot.
+    pub enabled: bool,
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct PortFilter {
     vm: Option<String>,
     net: Option<String>,
@@ -74,11 +300,11 @@ struct PortFilter {
 
 /// The API routes.
 pub fn router(state: Shared) -> Router {
-    Router::new()
+    let routes = Router::new()
         .route(
             "/v1/networks",
             get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.networks()))).await }).post(
-                |State(s): State<Shared>, Json(spec): Json<NetworkSpec>| async move {
+                |State(s): State<Shared>, JsonBody(spec): JsonBody<NetworkSpec>| async move {
                     with_engine(s, move |e| e.create_network(spec)).await.map(|n| (StatusCode::CREATED, Json(n)))
                 },
             ),
@@ -106,7 +332,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/networks/{name}/autostart",
-            post(|State(s): State<Shared>, Path(name): Path<String>, Json(a): Json<Autostart>| async move {
+            post(|State(s): State<Shared>, Path(name): Path<String>, JsonBody(a): JsonBody<Autostart>| async move {
                 with_engine(s, move |e| e.set_autostart(&name, a.enabled)).await.map(Json)
             }),
         )
@@ -118,15 +344,22 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/ports",
-            get(|State(s): State<Shared>, Query(f): Query<PortFilter>| async move {
+            get(|State(s): State<Shared>, uri: Uri| async move {
+                let Query(f) = Query::<PortFilter>::try_from_uri(&uri).map_err(|e| {
+                    let text = e.body_text();
+                    let why = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+                    Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\"")))
+                        .into_response()
+                })?;
                 with_engine(s, move |e| {
                     Ok(Json(
                         e.ports(f.vm.as_deref(), f.net.as_deref()).into_iter().map(PortView::from).collect::<Vec<_>>(),
                     ))
                 })
                 .await
+                .map_err(IntoResponse::into_response)
             })
-            .post(|State(s): State<Shared>, Json(spec): Json<PortSpec>| async move {
+            .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<PortSpec>| async move {
                 with_engine(s, move |e| e.create_port(spec))
                     .await
                     .map(|p| (StatusCode::CREATED, Json(PortView::from(p))))
@@ -134,7 +367,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/ports/batch",
-            post(|State(s): State<Shared>, Json(specs): Json<Vec<PortSpec>>| async move {
+            post(|State(s): State<Shared>, JsonBody(specs): JsonBody<Vec<PortSpec>>| async move {
                 with_engine(s, move |e| e.create_ports(specs))
                     .await
                     .map(|ports| (StatusCode::CREATED, Json(ports.into_iter().map(PortView::from).collect::<Vec<_>>())))
@@ -154,5 +387,231 @@ pub fn router(state: Shared) -> Router {
             "/v1/bridges",
             get(|State(s): State<Shared>| async move { with_engine(s, |e| e.bridges()).await.map(Json) }),
         )
-        .with_state(state)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(state);
+    // Outside the routes, so that it sees their finished responses (a 405
+    // gets its Allow header only on its way out of the route).
+    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(json_errors))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::FakeKernel;
+    use crate::engine::host::FakeHost;
+    use crate::engine::services::FakeServices;
+    use crate::engine::Parts;
+    use crate::store::sqlite::SqliteStore;
+    use serde_json::Value;
+    use tower::ServiceExt;
+
+    fn app() -> Router {
+        let engine = Engine::start(Parts {
+            store: Arc::new(SqliteStore::in_memory().unwrap()),
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost::default()),
+        })
+        .unwrap();
+        router(Arc::new(Mutex::new(engine)))
+    }
+
+    /// Sends one request; the status, the JSON body (Null if none) and the Allow header.
+    async fn send(app: &Router, method: &str, uri: &str, ctype: Option<&str>, body: &[u8]) -> (u16, Value, String) {
+        let mut req = axum::http::Request::builder().method(method).uri(uri);
+        if let Some(c) = ctype {
+            req = req.header(header::CONTENT_TYPE, c);
+        }
+        let resp = app.clone().oneshot(req.body(axum::body::Body::from(body.to_vec())).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let allow = resp.headers().get(header::ALLOW).map(|a| a.to_str().unwrap().to_string()).unwrap_or_default();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{method} {uri}: body is not JSON ({e}): {bytes:?}"))
+        };
+        (status, v, allow)
+    }
+
+    const JSON: Option<&str> = Some("application/json");
+    /// Method, URI, content type, body; the status, kind and part of the message wanted.
+    type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16, &'a str, &'a str);
+    const NET: &str = r#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24"}"#;
+
+    #[tokio::test]
+    async fn every_refusal_is_an_error_body() {
+        let app = app();
+        let long_path = format!("/v1/networks/{}", "a".repeat(10_000));
+        let big = format!("[{}]", vec![r#"{"net":"n1","vm":"vm1"}"#; BODY_LIMIT / 20].join(","));
+        // (method, uri, content type, body, status, kind, the message contains)
+        let cases: Vec<Case> = vec![
+            ("POST", "/v1/networks", JSON, br#"{"name":"#, 400, "invalid", "invalid JSON at line 1 column 8: EOF"),
+            (
+                "POST",
+                "/v1/networks",
+                JSON,
+                b"{'name': 1}",
+                400,
+                "invalid",
+                "invalid JSON at line 1 column 2: key must be a string",
+            ),
+            ("POST", "/v1/networks", JSON, b"", 400, "invalid", "empty request body"),
+            (
+                "POST",
+                "/v1/networks",
+                JSON,
+                br#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24"} x"#,
+                400,
+                "invalid",
+                "trailing characters",
+            ),
+            (
+                "POST",
+                "/v1/networks",
+                JSON,
+                br#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24","mtu":"big"}"#,
+                422,
+                "invalid",
+                r#"invalid request body: mtu: invalid type: string "big", expected u32"#,
+            ),
+            (
+                "POST",
+                "/v1/networks",
+                JSON,
+                br#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24","colour":"red"}"#,
+                422,
+                "invalid",
+                r#"unknown field "colour", expected one of "name", "mode""#,
+            ),
+            ("POST", "/v1/networks", JSON, br#"{"name":"n1"}"#, 422, "invalid", r#"missing field "mode""#),
+            (
+                "POST",
+                "/v1/networks",
+                JSON,
+                b"1",
+                422,
+                "invalid",
+                "invalid type: integer 1, expected struct NetworkSpec",
+            ),
+            ("POST", "/v1/networks", None, NET.as_bytes(), 415, "invalid", "missing Content-Type"),
+            (
+                "POST",
+                "/v1/networks",
+                Some("text/plain"),
+                NET.as_bytes(),
+                415,
+                "invalid",
+                r#"Content-Type "text/plain" is not JSON"#,
+            ),
+            ("POST", "/v1/ports/batch", JSON, big.as_bytes(), 413, "invalid", "larger than the API's limit of 4 MiB"),
+            (
+                "POST",
+                "/v1/ports/batch",
+                JSON,
+                br#"[{"net":"n1","vm":"v"},{"net":"n1","vm":"v","colour":1}]"#,
+                422,
+                "invalid",
+                r#"[1]: unknown field "colour""#,
+            ),
+            (
+                "POST",
+                "/v1/ports",
+                JSON,
+                br#"{"net":"n1","vm":"v","mac":5}"#,
+                422,
+                "invalid",
+                "mac: invalid type: integer 5, expected a string",
+            ),
+            (
+                "POST",
+                "/v1/networks/n1/autostart",
+                JSON,
+                br#"{"enabled":"yes"}"#,
+                422,
+                "invalid",
+                "enabled: invalid type",
+            ),
+            (
+                "POST",
+                "/v1/networks/n1/autostart",
+                JSON,
+                br#"{"enabled":true,"x":1}"#,
+                422,
+                "invalid",
+                r#"unknown field "x""#,
+            ),
+            (
+                "GET",
+                "/v1/ports?colour=red",
+                None,
+                b"",
+                400,
+                "invalid",
+                r#"invalid query string: colour: unknown field "colour", expected "vm" or "net""#,
+            ),
+            ("GET", &long_path, None, b"", 404, "not_found", "(see `lanyard net list`)"),
+            ("GET", "/v1/nope", None, b"", 404, "not_found", "no API endpoint GET /v1/nope"),
+            ("GET", "/", None, b"", 404, "not_found", "no API endpoint GET /"),
+            ("GET", "//v1//networks", None, b"", 404, "not_found", "no API endpoint"),
+            ("GET", "/v1/networks/..%2f..", None, b"", 404, "not_found", r#"no network named "../..""#),
+            ("DELETE", "/v1/networks/%00", None, b"", 404, "not_found", r#"no network named "\0""#),
+            ("GET", "/v1/networks/%ff", None, b"", 400, "invalid", ""),
+            (
+                "PUT",
+                "/v1/networks",
+                JSON,
+                NET.as_bytes(),
+                405,
+                "invalid",
+                "method PUT is not allowed on /v1/networks; use GET, HEAD, POST",
+            ),
+            ("DELETE", "/v1/ports", None, b"", 405, "invalid", "method DELETE is not allowed on /v1/ports"),
+            ("GET", "/v1/networks/n1/start", None, b"", 405, "invalid", "use POST"),
+        ];
+        for (method, uri, ctype, body, status, kind, says) in cases {
+            let (got, v, allow) = send(&app, method, uri, ctype, body).await;
+            let what = format!("{method} {uri} {:?}", String::from_utf8_lossy(&body[..body.len().min(80)]));
+            assert_eq!(got, status, "{what}: {v}");
+            assert_eq!(v["kind"], kind, "{what}: {v}");
+            let error = v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error message: {v}"));
+            assert!(error.contains(says), "{what}: {error:?} does not say {says:?}");
+            assert!(!error.contains('\n') && !error.is_empty() && error.len() <= MESSAGE_MAX, "{what}: {error:?}");
+            assert_eq!(v.as_object().map(|o| o.len()), Some(2), "{what}: {v}");
+            if status == 405 {
+                assert!(!allow.is_empty(), "{what}: no Allow header");
+            }
+        }
+        let (_, nets, _) = send(&app, "GET", "/v1/networks", None, b"").await;
+        assert_eq!(nets, Value::Array(vec![]), "a refused request changed the state");
+        // A charset parameter is still JSON.
+        let (got, v, _) =
+            send(&app, "POST", "/v1/networks", Some("application/json; charset=utf-8"), NET.as_bytes()).await;
+        assert_eq!(got, 201, "{v}");
+    }
+
+    #[test]
+    fn long_messages_lose_their_middle() {
+        assert_eq!(elide("short", 512), "short");
+        let long = format!("no network named \"{}\" (see `lanyard net list`)", "a".repeat(10_000));
+        let e = elide(&long, MESSAGE_MAX);
+        assert!(e.len() <= MESSAGE_MAX, "{} bytes", e.len());
+        assert!(e.starts_with("no network named \"aaa") && e.ends_with("aaa\" (see `lanyard net list`)"), "{e}");
+        assert!(e.contains(" [... "), "{e}");
+        let e = elide(&"é".repeat(1000), 100);
+        assert!(e.len() <= 100 && e.starts_with('é') && e.ends_with('é'), "{e}");
+    }
+
+    #[test]
+    fn decode_messages() {
+        let e = decode::<NetworkSpec>(b"{\n  \"name\": \"n1\",\n  \"mtu\": 1500,,\n}").unwrap_err();
+        assert_eq!(
+            (e.status, e.message.as_str()),
+            (StatusCode::BAD_REQUEST, "invalid JSON at line 3 column 15: key must be a string")
+        );
+        let e = decode::<Vec<PortSpec>>(br#"[{"net":"n","vm":"v","ip":[1]}]"#).unwrap_err();
+        assert_eq!(e.message, "invalid request body: [0].ip: invalid type: sequence, expected a string");
+    }
 }

@@ -93,7 +93,7 @@ pub enum Command {
 pub enum NetCommand {
     /// Define and start a network.
     Create {
-        /// Network name (1-15 of letters, digits, '-', '_', '.').
+        /// Network name: 1-15 letters, digits, '-', '_' or '.', beginning with a letter or digit.
         name: String,
         /// nat, route, host-only, isolated, bridge or open.
         #[arg(long)]
@@ -264,13 +264,38 @@ pub enum CliError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The socket is there but this user may not use it.
+    #[error("permission denied on {path}: run as root or as a member of the socket's group{group}")]
+    PermissionDenied {
+        /// Socket path.
+        path: String,
+        /// " (NAME)" when the socket's group is known.
+        group: String,
+    },
+    /// The daemon went away (or stopped answering) before a complete answer.
+    #[error("the lanyard daemon at {path} {what}: did it exit? See its log; a change asked for may or may not have been made")]
+    Disconnected {
+        /// Socket path.
+        path: String,
+        /// What happened.
+        what: String,
+    },
     /// The daemon's answer made no sense.
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+    /// Standard output could not be written.
+    #[error("cannot write the output: {0}")]
+    Output(std::io::Error),
+    /// Whoever read standard output stopped reading (`| head`): not an
+    /// error to report, the program just ends.
+    #[error("standard output was closed")]
+    OutputClosed,
 }
 
 impl CliError {
-    /// Exit code: 2 bad input, 3 not found, 4 conflict, 5 daemon unreachable, 1 otherwise.
+    /// Exit code: 2 bad input, 3 not found, 4 conflict, 5 daemon unreachable
+    /// (also when it dies mid-request), 0 when the reader of standard output
+    /// went away, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             CliError::Refused { kind, .. } => match kind.as_str() {
@@ -279,11 +304,15 @@ impl CliError {
                 "conflict" => 4,
                 _ => 1,
             },
-            CliError::Unreachable { .. } => 5,
-            CliError::Protocol(_) => 1,
+            CliError::Unreachable { .. } | CliError::PermissionDenied { .. } | CliError::Disconnected { .. } => 5,
+            CliError::OutputClosed => 0,
+            CliError::Protocol(_) | CliError::Output(_) => 1,
         }
     }
 }
+
+/// How long the CLI waits for the daemon's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A minimal HTTP/1.1 client over the daemon's unix socket.
 pub struct Client {
@@ -296,20 +325,55 @@ impl Client {
         Client { socket }
     }
 
+    fn connect_error(&self, source: std::io::Error) -> CliError {
+        let path = self.socket.display().to_string();
+        if source.kind() == std::io::ErrorKind::PermissionDenied {
+            use std::os::unix::fs::MetadataExt;
+            let group = std::fs::metadata(&self.socket)
+                .ok()
+                .and_then(|m| group_name(m.gid()))
+                .map(|g| format!(" ({g})"))
+                .unwrap_or_default();
+            return CliError::PermissionDenied { path, group };
+        }
+        CliError::Unreachable { path, source }
+    }
+
     /// Sends one request and returns the decoded JSON body (Null for 204).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
-        let unreachable = |source| CliError::Unreachable { path: self.socket.display().to_string(), source };
-        let mut stream = UnixStream::connect(&self.socket).map_err(unreachable)?;
-        stream.set_read_timeout(Some(Duration::from_secs(120))).map_err(unreachable)?;
+        let mut stream = UnixStream::connect(&self.socket).map_err(|e| self.connect_error(e))?;
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: lanyard\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
             payload.len()
         );
-        stream.write_all(req.as_bytes()).map_err(unreachable)?;
+        let sent = stream.set_read_timeout(Some(ANSWER_TIMEOUT)).and_then(|()| stream.write_all(req.as_bytes()));
+        // Read even if sending failed: the daemon may have answered (and
+        // closed) before reading all of a request it refuses.
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).map_err(unreachable)?;
-        let (status, body) = parse_response(&raw)?;
+        let received = stream.read_to_end(&mut raw);
+        let (status, body) = match parse_response(&raw, received.is_ok()) {
+            Ok(answer) => answer,
+            Err(Answer::Bad(why)) => return Err(CliError::Protocol(why)),
+            Err(Answer::Incomplete(why)) => {
+                let timed_out = |e: &std::io::Error| {
+                    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                };
+                let what = match (received, sent) {
+                    (Err(e), _) if timed_out(&e) => format!("did not answer within {} s", ANSWER_TIMEOUT.as_secs()),
+                    (received, sent) => {
+                        let how = if raw.is_empty() {
+                            "without answering".to_string()
+                        } else {
+                            format!("mid-answer ({why})")
+                        };
+                        let cause = received.err().or(sent.err()).map(|e| format!(" ({e})")).unwrap_or_default();
+                        format!("closed the connection {how}{cause}")
+                    }
+                };
+                return Err(CliError::Disconnected { path: self.socket.display().to_string(), what });
+            }
+        };
         let value: Value = if body.is_empty() {
             Value::Null
         } else {
@@ -327,44 +391,139 @@ impl Client {
     }
 }
 
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), CliError> {
-    let split =
-        raw.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(|| CliError::Protocol("no HTTP header".into()))?;
+/// The name of group `gid`, from /etc/group.
+fn group_name(gid: u32) -> Option<String> {
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        (f.nth(1)?.parse::<u32>().ok()? == gid).then(|| name.to_string())
+    })
+}
+
+/// Why bytes from the daemon are not an answer.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    /// They stop before the answer is complete (the daemon went away).
+    Incomplete(String),
+    /// They are not HTTP.
+    Bad(String),
+}
+
+/// Parses a whole HTTP/1.1 response; `clean_eof` says whether the
+/// connection ended normally (then a body without a length runs to the end).
+fn parse_response(raw: &[u8], clean_eof: bool) -> Result<(u16, Vec<u8>), Answer> {
+    if raw.is_empty() {
+        return Err(Answer::Incomplete("no answer at all".into()));
+    }
+    let prefix = &raw[..raw.len().min(5)];
+    if !b"HTTP/".starts_with(prefix) {
+        return Err(Answer::Bad(format!("not HTTP: {:?}", String::from_utf8_lossy(&raw[..raw.len().min(40)]))));
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| Answer::Incomplete(format!("{} bytes of header", raw.len())))?;
     let head = String::from_utf8_lossy(&raw[..split]);
-    let mut body = raw[split + 4..].to_vec();
+    let body = &raw[split + 4..];
     let status: u16 = head
         .lines()
         .next()
+        .filter(|l| l.starts_with("HTTP/"))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| CliError::Protocol(format!("bad status line in {head:?}")))?;
-    if head
-        .lines()
-        .any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding:") && l.to_ascii_lowercase().contains("chunked"))
-    {
-        body = dechunk(&body).ok_or_else(|| CliError::Protocol("bad chunked body".into()))?;
+        .ok_or_else(|| Answer::Bad(format!("bad status line in {head:?}")))?;
+    let header = |name: &str| {
+        head.lines().skip(1).find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_ascii_lowercase())
+        })
+    };
+    if header("transfer-encoding").is_some_and(|t| t.contains("chunked")) {
+        return Ok((status, dechunk(body)?));
     }
-    Ok((status, body))
+    if let Some(len) = header("content-length") {
+        let len: usize = len.parse().map_err(|_| Answer::Bad(format!("bad Content-Length {len:?}")))?;
+        if body.len() < len {
+            return Err(Answer::Incomplete(format!("{} of {len} bytes of body", body.len())));
+        }
+        return Ok((status, body[..len].to_vec()));
+    }
+    if !clean_eof {
+        return Err(Answer::Incomplete("a body without a length".into()));
+    }
+    Ok((status, body.to_vec()))
 }
 
-fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
+fn dechunk(mut b: &[u8]) -> Result<Vec<u8>, Answer> {
+    let cut = || Answer::Incomplete("a chunked body cut short".into());
+    let bad = || Answer::Bad("bad chunked body".into());
     let mut out = Vec::new();
     loop {
-        let eol = b.windows(2).position(|w| w == b"\r\n")?;
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).ok()?.split(';').next()?.trim(), 16).ok()?;
+        let eol = b.windows(2).position(|w| w == b"\r\n").ok_or_else(cut)?;
+        let size = std::str::from_utf8(&b[..eol]).map_err(|_| bad())?.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size, 16).map_err(|_| bad())?;
         b = &b[eol + 2..];
         if size == 0 {
-            return Some(out);
+            return Ok(out);
         }
-        out.extend_from_slice(b.get(..size)?);
-        b = b.get(size + 2..)?;
+        out.extend_from_slice(b.get(..size).ok_or_else(cut)?);
+        b = b.get(size + 2..).ok_or_else(cut)?;
     }
 }
 
-/// Prints rows as an aligned table in the style of `virsh net-list`.
+/// Writes `text` to standard output. A reader that went away (`| head`) is
+/// [`CliError::OutputClosed`], never a panic as with `print!`.
+fn emit(text: &str) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::OutputClosed),
+        Err(e) => Err(CliError::Output(e)),
+    }
+}
+
+/// One line on standard error, made [`printable`]; a closed standard error
+/// is ignored (there is nowhere left to say anything).
+pub fn note(line: &str) {
+    let _ = writeln!(std::io::stderr().lock(), "{}", printable(line));
+}
+
+/// `s` as it is safe to show on a terminal: printable ASCII as is, `\` as
+/// `\\`, control characters (C0, DEL, C1) as `\xNN` (ESC is `\x1b`, a
+/// newline `\x0a`), every other non-ASCII character as `\u{NNNN}`.
+///
+/// Guests choose their DHCP host names and client ids, and those reach
+/// lanyard's tables: a raw ESC could recolour the terminal or move the
+/// cursor, a newline could forge a row, and Unicode has invisible and
+/// right-to-left characters that disguise text. Everything lanyard itself
+/// prints in a table is ASCII, so nothing legitimate is escaped, and the
+/// columns stay aligned (widths count bytes). `-o json` shows the exact
+/// strings.
+pub fn printable(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'\\') {
+        return s.into();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            '\0'..='\x1f' | '\x7f'..='\u{9f}' => out.push_str(&format!("\\x{:02x}", u32::from(c))),
+            _ => out.push_str(&format!("\\u{{{:04x}}}", u32::from(c))),
+        }
+    }
+    out.into()
+}
+
+/// Prints rows as an aligned table in the style of `virsh net-list`; every
+/// cell goes through [`printable`].
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let headers: Vec<String> = headers.iter().map(|h| printable(h).into_owned()).collect();
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c).into_owned()).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for r in rows {
+    for r in &rows {
         for (i, c) in r.iter().enumerate() {
             widths[i] = widths[i].max(c.len());
         }
@@ -381,7 +540,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
         s.trim_end().to_string()
     };
     let body: Vec<String> = rows.iter().map(|r| line(r.iter().map(String::as_str).collect())).collect();
-    let head = line(headers.to_vec());
+    let head = line(headers.clone());
     let width = body.iter().chain([&head]).map(String::len).max().unwrap_or(0);
     let mut out = format!("{head}\n{}\n", "-".repeat(width));
     for l in body {
@@ -416,10 +575,10 @@ pub fn utc(secs: u64) -> String {
     format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
-fn print(out: Output, value: &Value, render: impl FnOnce(&Value) -> String) {
+fn print(out: Output, value: &Value, render: impl FnOnce(&Value) -> String) -> Result<(), CliError> {
     match out {
-        Output::Json => println!("{}", serde_json::to_string_pretty(value).expect("a Value serializes")),
-        Output::Table => print!("{}", render(value)),
+        Output::Json => emit(&(serde_json::to_string_pretty(value).expect("a Value serializes") + "\n")),
+        Output::Table => emit(&render(value)),
     }
 }
 
@@ -442,6 +601,12 @@ fn network_rows(v: &Value) -> String {
     table(&["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"], &rows)
 }
 
+/// A key/value view (`net show`, `status`): keys padded to `width`, values
+/// through [`printable`].
+fn details(fields: &[(&str, String)], width: usize) -> String {
+    fields.iter().map(|(k, v)| format!("{:<width$}{}\n", format!("{k}:"), printable(v))).collect()
+}
+
 fn network_detail(n: &Value) -> String {
     let range = format!("{}-{}", s(&n["dhcp_range"]["first"]), s(&n["dhcp_range"]["last"]));
     let fields = [
@@ -457,7 +622,7 @@ fn network_detail(n: &Value) -> String {
         ("MTU", s(&n["mtu"])),
         ("Uplink", s(&n["uplink"])),
     ];
-    fields.iter().map(|(k, v)| format!("{:<12}{v}\n", format!("{k}:"))).collect()
+    details(&fields, 12)
 }
 
 fn status_detail(v: &Value) -> String {
@@ -467,12 +632,12 @@ fn status_detail(v: &Value) -> String {
         _ => "-".to_string(),
     };
     let rows = [
-        ("Networks:", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
-        ("Ports:", s(&v["ports"])),
-        ("Repairs:", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
-        ("Last repair:", last),
-        ("Heal failures:", s(&h["failures"])),
-        ("Forward drops:", {
+        ("Networks", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
+        ("Ports", s(&v["ports"])),
+        ("Repairs", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
+        ("Last repair", last),
+        ("Heal failures", s(&h["failures"])),
+        ("Forward drops", {
             let c = &v["coexistence"];
             let chains: Vec<String> = c["forward_drops"].as_array().into_iter().flatten().map(s).collect();
             let docker =
@@ -483,9 +648,9 @@ fn status_detail(v: &Value) -> String {
                 format!("{}{docker}", chains.join(", "))
             }
         }),
-        ("DHCP handler panics:", s(&v["dhcp_handler_panics"])),
+        ("DHCP handler panics", s(&v["dhcp_handler_panics"])),
     ];
-    rows.iter().map(|(k, val)| format!("{k:<21} {val}\n")).collect()
+    details(&rows, 22)
 }
 
 fn port_rows(v: &Value) -> String {
@@ -540,6 +705,7 @@ fn bridge_rows(v: &Value) -> String {
             rows.push(vec![String::new(), String::new(), String::new(), i.clone()]);
         }
     }
+    let rows: Vec<Vec<String>> = rows.iter().map(|r| r.iter().map(|c| printable(c).into_owned()).collect()).collect();
     let mut out = String::new();
     let headers = ["bridge name", "bridge id", "STP enabled", "interfaces"];
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
@@ -568,11 +734,11 @@ fn pct(s: &str) -> String {
     s.replace('%', "%25").replace('/', "%2F").replace('?', "%3F").replace('#', "%23").replace(' ', "%20")
 }
 
-/// Runs a client command against the daemon.
-pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
-    let c = Client::new(socket);
+/// The JSON body a command sends, for those whose body comes from their
+/// flags alone. Every field must be one the API declares: request bodies
+/// refuse unknown fields.
+fn body_of(cmd: &Command) -> Option<Value> {
     match cmd {
-        Command::Daemon { .. } => unreachable!("handled by main"),
         Command::Net(NetCommand::Create {
             name,
             mode,
@@ -584,56 +750,75 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             mtu,
             domain,
             autostart,
-            out,
-        }) => {
-            let body = json!({
-                "name": name, "mode": mode, "subnet": subnet.unwrap_or_default(), "uplink": uplink, "gateway": gateway,
-                "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-                "autostart": autostart,
-            });
-            let v = c.call("POST", "/v1/networks", Some(&body))?;
-            print(out.output, &v, network_detail);
+            out: _,
+        }) => Some(json!({
+            "name": name, "mode": mode, "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
+            "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
+            "autostart": autostart,
+        })),
+        Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
+        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out: _ }) => {
+            Some(json!({
+                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
+                "mac": mac, "ip": ip, "owner": owner, "group": group,
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// What `qemu-ifup` registers: the TAP QEMU created, adopted as a port.
+fn ifup_body(net: &str, vm: &str, tap: &str, mac: &str) -> Value {
+    json!({ "net": net, "vm": vm, "type": "tap", "adopt": tap, "mac": mac })
+}
+
+/// Runs a client command against the daemon.
+pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
+    let c = Client::new(socket);
+    let body = body_of(&cmd);
+    match cmd {
+        Command::Daemon { .. } => unreachable!("handled by main"),
+        Command::Net(NetCommand::Create { out, .. }) => {
+            let v = c.call("POST", "/v1/networks", body.as_ref())?;
+            print(out.output, &v, network_detail)?;
         }
         Command::Net(NetCommand::List { all, out }) => {
             let mut v = c.call("GET", "/v1/networks", None)?;
             if let (false, Some(list)) = (all, v.as_array_mut()) {
                 list.retain(|n| n["state"] == "active");
             }
-            print(out.output, &v, network_rows);
+            print(out.output, &v, network_rows)?;
         }
         Command::Net(NetCommand::Show { name, out }) => {
             let v = c.call("GET", &format!("/v1/networks/{}", pct(&name)), None)?;
-            print(out.output, &v, network_detail);
+            print(out.output, &v, network_detail)?;
         }
         Command::Net(NetCommand::Delete { name }) => {
             c.call("DELETE", &format!("/v1/networks/{}", pct(&name)), None)?;
-            println!("Network {name} deleted");
+            emit(&format!("Network {} deleted\n", printable(&name)))?;
         }
         Command::Net(NetCommand::Start { name }) => {
             c.call("POST", &format!("/v1/networks/{}/start", pct(&name)), None)?;
-            println!("Network {name} started");
+            emit(&format!("Network {} started\n", printable(&name)))?;
         }
         Command::Net(NetCommand::Stop { name }) => {
             c.call("POST", &format!("/v1/networks/{}/stop", pct(&name)), None)?;
-            println!("Network {name} stopped");
+            emit(&format!("Network {} stopped\n", printable(&name)))?;
         }
         Command::Net(NetCommand::Autostart { name, disable }) => {
-            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), Some(&json!({ "enabled": !disable })))?;
-            println!("Network {name} {} autostarted", if disable { "unmarked as" } else { "marked as" });
+            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), body.as_ref())?;
+            let how = if disable { "unmarked as" } else { "marked as" };
+            emit(&format!("Network {} {how} autostarted\n", printable(&name)))?;
         }
-        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out }) => {
-            let body = json!({
-                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
-                "mac": mac, "ip": ip, "owner": owner, "group": group,
-            });
-            let v = c.call("POST", "/v1/ports", Some(&body))?;
+        Command::Port(PortCommand::Create { out, .. }) => {
+            let v = c.call("POST", "/v1/ports", body.as_ref())?;
             print(out.output, &v, |p| {
                 let mut t = port_rows(&Value::Array(vec![p.clone()]));
                 if let Some(q) = p["qemu_args"].as_str() {
-                    t.push_str(&format!("\nQEMU: {q}\n"));
+                    t.push_str(&format!("\nQEMU: {}\n", printable(q)));
                 }
                 t
-            });
+            })?;
         }
         Command::Port(PortCommand::CreateBatch { file, out }) => {
             let text = if file.as_os_str() == "-" {
@@ -651,7 +836,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                 kind: "invalid".into(),
             })?;
             let v = c.call("POST", "/v1/ports/batch", Some(&specs))?;
-            print(out.output, &v, port_rows);
+            print(out.output, &v, port_rows)?;
         }
         Command::Port(PortCommand::List { vm, net, out }) => {
             let mut q = Vec::new();
@@ -663,15 +848,15 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             }
             let path = if q.is_empty() { "/v1/ports".to_string() } else { format!("/v1/ports?{}", q.join("&")) };
             let v = c.call("GET", &path, None)?;
-            print(out.output, &v, port_rows);
+            print(out.output, &v, port_rows)?;
         }
         Command::Port(PortCommand::Delete { id }) => {
             c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
-            println!("Port {id} deleted");
+            emit(&format!("Port {} deleted\n", printable(&id)))?;
         }
         Command::Lease(LeaseCommand::List { net, out }) => {
             let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
-            print(out.output, &v, lease_rows);
+            print(out.output, &v, lease_rows)?;
         }
         Command::QemuIfup { ifname, net, vm, mac } => {
             let qemu_args = parent_cmdline();
@@ -683,16 +868,13 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                     kind: "invalid".into(),
                 })?;
             let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
-            let body = json!({ "net": net, "vm": vm, "type": "tap", "adopt": ifname, "mac": mac });
-            let v = c.call("POST", "/v1/ports", Some(&body))?;
-            eprintln!(
-                "lanyard: {} attached to {} as port {} ({} {})",
-                ifname,
-                net,
+            let v = c.call("POST", "/v1/ports", Some(&ifup_body(&net, &vm, &ifname, &mac)))?;
+            note(&format!(
+                "lanyard: {ifname} attached to {net} as port {} ({} {})",
                 s(&v["id"]),
                 s(&v["mac"]),
                 s(&v["ip"])
-            );
+            ));
         }
         Command::QemuIfdown { ifname } => {
             let ports = c.call("GET", "/v1/ports", None)?;
@@ -705,18 +887,18 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             match id {
                 Some(id) => {
                     c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
-                    eprintln!("lanyard: port {id} on {ifname} removed");
+                    note(&format!("lanyard: port {id} on {ifname} removed"));
                 }
-                None => eprintln!("lanyard: no port on {ifname}; nothing to do"),
+                None => note(&format!("lanyard: no port on {ifname}; nothing to do")),
             }
         }
         Command::Bridges(out) => {
             let v = c.call("GET", "/v1/bridges", None)?;
-            print(out.output, &v, bridge_rows);
+            print(out.output, &v, bridge_rows)?;
         }
         Command::Status(out) => {
             let v = c.call("GET", "/v1/status", None)?;
-            print(out.output, &v, status_detail);
+            print(out.output, &v, status_detail)?;
         }
     }
     Ok(())
@@ -800,10 +982,103 @@ mod tests {
         assert_eq!(guest_mac_from_qemu_args(&a, "t1").as_deref(), Some("52:54:00:00:00:01"));
     }
 
+    fn parse(line: &str) -> Command {
+        Cli::try_parse_from(line.split_whitespace()).unwrap_or_else(|e| panic!("{line}: {e}")).command
+    }
+
+    #[test]
+    fn request_bodies_send_only_declared_fields() {
+        // The API refuses unknown fields: every field the CLI sends, with
+        // every flag given, must be one the request type declares.
+        let body = body_of(&parse(
+            "lanyard net create n1 --mode bridge --subnet 10.0.0.0/24 --uplink eth0 --gateway 10.0.0.1 \
+             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart -o json",
+        ))
+        .unwrap();
+        let spec: crate::model::NetworkSpec = serde_json::from_value(body).unwrap();
+        assert_eq!((spec.uplink.as_deref(), spec.mtu, spec.autostart), (Some("eth0"), Some(9000), Some(true)));
+        let body = body_of(&parse(
+            "lanyard port create --net n1 --vm vm1 --type veth --netns ns1 --ifname eth0 --mac 52:54:00:00:00:01 \
+             --ip 10.0.0.5 --owner qemu --group kvm -o json",
+        ))
+        .unwrap();
+        let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
+        assert_eq!((spec.netns.as_deref(), spec.group.as_deref()), (Some("ns1"), Some("kvm")));
+        let spec: crate::model::PortSpec =
+            serde_json::from_value(ifup_body("n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
+        assert_eq!(spec.adopt.as_deref(), Some("tap0"));
+        for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
+            let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
+            assert_eq!(a.enabled, !line.ends_with("--disable"));
+        }
+    }
+
     #[test]
     fn tables_align() {
         let t = table(&["Name", "State"], &[vec!["default".into(), "active".into()]]);
         assert_eq!(t, " Name      State\n-----------------\n default   active\n");
+    }
+
+    #[test]
+    fn printable_escapes_what_a_terminal_would_obey() {
+        assert_eq!(printable("web-1.example"), "web-1.example");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+        for (raw, shown) in [
+            ("a\x1b[31mb", "a\\x1b[31mb"),
+            ("\x1b]0;pwned\x07", "\\x1b]0;pwned\\x07"),
+            ("row\nforged", "row\\x0aforged"),
+            ("cr\roverwrite", "cr\\x0doverwrite"),
+            ("tab\there", "tab\\x09here"),
+            ("nul\0", "nul\\x00"),
+            ("del\x7f", "del\\x7f"),
+            ("csi\u{9b}31m", "csi\\x9b31m"),
+            ("rtl\u{202e}gpj.exe", "rtl\\u{202e}gpj.exe"),
+            ("zero\u{200b}width", "zero\\u{200b}width"),
+            ("café", "caf\\u{00e9}"),
+            ("back\\x1b", "back\\\\x1b"),
+        ] {
+            assert_eq!(printable(raw), shown, "{raw:?}");
+        }
+    }
+
+    /// Whether `text` could only print characters: no byte but printable
+    /// ASCII and the newlines that end lines.
+    fn inert(text: &str) -> bool {
+        text.bytes().all(|b| (0x20..0x7f).contains(&b) || b == b'\n')
+    }
+
+    #[test]
+    fn hostile_guest_strings_cannot_escape_their_cell() {
+        let hostile = "a\x1b[31mb\n 52:54:00:00:00:99   10.0.0.99   forged\r\u{9b}2J\u{202e}";
+        let leases = json!([
+            {"expiry": 0, "mac": "52:54:00:00:00:01", "ip": "10.0.0.2", "hostname": hostile, "client_id": hostile, "kind": "dynamic"},
+            {"expiry": 0, "mac": "52:54:00:00:00:02", "ip": "10.0.0.3", "hostname": "ok", "client_id": null, "kind": "dynamic"},
+        ]);
+        let t = lease_rows(&leases);
+        assert!(inert(&t), "{t:?}");
+        assert_eq!(t.lines().count(), 4, "a header, a rule and two rows: {t}");
+        assert!(t.contains("a\\x1b[31mb\\x0a 52:54:00:00:00:99"), "{t}");
+        // The columns after the hostile cell stay aligned.
+        let lines: Vec<&str> = t.lines().collect();
+        let kind_col = lines[0].find("Kind").unwrap();
+        assert!(lines[2].len() > kind_col && lines[3].len() > kind_col, "{t}");
+        assert_eq!(&lines[2][kind_col..], "dynamic", "{t}");
+        assert_eq!(&lines[3][kind_col..], "dynamic", "{t}");
+        let ports = json!([{"id": "0011aabb", "vm": hostile, "ifname": "ly0011aabb", "type": "veth", "net": "n", "mac": "52:54:00:00:00:01", "ip": null}]);
+        let t = port_rows(&ports);
+        assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
+        let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
+        assert!(inert(&t) && t.lines().count() == 11, "{t:?}");
+        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
+        assert!(inert(&t) && t.lines().count() == 6, "{t:?}");
+        let t = bridge_rows(
+            &json!([{"name": "lybr0", "bridge_id": "8000.1", "stp": "no", "interfaces": [hostile, "ly1"]}]),
+        );
+        // brctl separates its columns with tabs; the cells hold none.
+        assert!(inert(&t.replace('\t', " ")) && t.lines().count() == 3, "{t:?}");
+        assert!(t.lines().all(|l| l.matches('\t').count() == 3), "{t:?}");
+        let t = network_rows(&json!([{"name": "n", "state": "active", "mode": hostile}]));
+        assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
     }
 
     #[test]
@@ -814,10 +1089,49 @@ mod tests {
 
     #[test]
     fn http_parsing() {
-        let (st, body) = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}").unwrap();
+        let (st, body) = parse_response(b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\n{}", true).unwrap();
         assert_eq!((st, body.as_slice()), (201, &b"{}"[..]));
         let (_, body) =
-            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n").unwrap();
+            parse_response(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n0\r\n\r\n", true).unwrap();
         assert_eq!(body, b"[]");
+        // An answer that arrived whole counts even if the connection was then reset.
+        let (st, _) = parse_response(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 2\r\n\r\n{}", false).unwrap();
+        assert_eq!(st, 413);
+        let (_, body) = parse_response(b"HTTP/1.1 200 OK\r\n\r\n[1]", true).unwrap();
+        assert_eq!(body, b"[1]");
+    }
+
+    #[test]
+    fn a_daemon_that_goes_away_mid_answer_is_told_apart_from_nonsense() {
+        let incomplete: [&[u8]; 7] = [
+            b"",
+            b"HTTP/1.1 200 OK\r\nContent-Le",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n[1,2",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\n[1,",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\n[]\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\n[1,",
+        ];
+        for raw in incomplete {
+            let r = parse_response(raw, false);
+            assert!(matches!(r, Err(Answer::Incomplete(_))), "{:?}: {r:?}", String::from_utf8_lossy(raw));
+        }
+        for raw in [
+            &b"SSH-2.0-OpenSSH\r\n\r\n"[..],
+            b"SSH-2.0-OpenSSH_9.2\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        ] {
+            let r = parse_response(raw, true);
+            assert!(matches!(r, Err(Answer::Bad(_))), "{:?}: {r:?}", String::from_utf8_lossy(raw));
+        }
+        let e = CliError::Disconnected { path: "/s".into(), what: "closed the connection".into() };
+        assert_eq!(e.exit_code(), 5);
+        let e = CliError::PermissionDenied { path: "/run/lanyard/lanyard.sock".into(), group: " (root)".into() };
+        assert_eq!(e.exit_code(), 5);
+        assert_eq!(
+            e.to_string(),
+            "permission denied on /run/lanyard/lanyard.sock: run as root or as a member of the socket's group (root)"
+        );
+        assert_eq!(group_name(0).as_deref(), Some("root"));
     }
 }

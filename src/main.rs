@@ -1,7 +1,7 @@
 //! The `lanyard` binary: the daemon and its command-line client.
 
 use clap::Parser;
-use lanyard::cli::{run_client, Cli, Command};
+use lanyard::cli::{note, run_client, Cli, CliError, Command};
 
 /// `lanyard-ifup` / `lanyard-ifdown` symlinks stand for `lanyard qemu-ifup` /
 /// `lanyard qemu-ifdown`, because QEMU's `script=` takes a path, no arguments.
@@ -58,9 +58,15 @@ fn main() {
             }
         }
         cmd => {
-            if let Err(e) = run_client(cli.socket, cmd) {
-                eprintln!("error: {e}");
-                std::process::exit(e.exit_code());
+            match run_client(cli.socket, cmd) {
+                Ok(()) => {}
+                // `lanyard ... | head`: the reader has all it wanted.
+                Err(CliError::OutputClosed) => std::process::exit(0),
+                Err(e) => {
+                    // One line, whatever the daemon's message held.
+                    note(&format!("error: {e}"));
+                    std::process::exit(e.exit_code());
+                }
             }
         }
     }

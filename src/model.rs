@@ -15,8 +15,8 @@ use serde::{Deserialize, Serialize};
 /// A request that can never succeed as written; the message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {
-    /// invalid {what} {value:?}: {why}
-    #[error("invalid {what} {value:?}: {why}")]
+    /// invalid {what} {value:?}: {why} (a long value shortened)
+    #[error("invalid {what} {}: {why}", quoted(.value))]
     Invalid {
         /// Which field.
         what: &'static str,
@@ -25,6 +25,18 @@ pub enum ModelError {
         /// Why it is refused and what would be accepted.
         why: String,
     },
+}
+
+/// `value` quoted as `{:?}` does, but a value of more than 64 bytes shows
+/// only its start and its length, so that a 10,000-byte name cannot make a
+/// 10,000-byte message.
+fn quoted(value: &str) -> String {
+    const MAX: usize = 64;
+    if value.len() <= MAX {
+        return format!("{value:?}");
+    }
+    let cut = (0..=48).rev().find(|&i| value.is_char_boundary(i)).unwrap_or(0);
+    format!("{:?}... ({} bytes)", &value[..cut], value.len())
 }
 
 fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>) -> ModelError {
@@ -120,8 +132,10 @@ impl FromStr for DhcpRange {
     }
 }
 
-/// A network as the user asked for it; fields left out get defaults.
+/// A network as the user asked for it; fields left out get defaults, and
+/// unknown fields are refused (a misspelt option must not be ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain).
     pub name: String,
@@ -219,8 +233,9 @@ impl Network {
 pub const IFNAME_MAX: usize = 15;
 
 /// Checks that `name` is 1..=`max` bytes of letters, digits, `-`, `_` and
-/// `.` (and not `.` or `..`): safe as an interface name, a file name and an
-/// argument, whatever it is used for.
+/// `.` that begins with a letter or a digit: safe as an interface name, a
+/// file name (never `.`, `..` or hidden) and an argument (never taken for an
+/// option), whatever it is used for.
 fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), ModelError> {
     if name.is_empty() {
         return Err(invalid(what, name, "must not be empty"));
@@ -228,11 +243,11 @@ fn validate_name(what: &'static str, name: &str, max: usize) -> Result<(), Model
     if name.len() > max {
         return Err(invalid(what, name, format!("is {} bytes, at most {max} are allowed", name.len())));
     }
-    if name == "." || name == ".." {
-        return Err(invalid(what, name, "is not a usable name"));
-    }
     if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(invalid(what, name, format!("contains {c:?}; use letters, digits, '-', '_' or '.'")));
+    }
+    if let Some(c) = name.chars().next().filter(|c| !c.is_ascii_alphanumeric()) {
+        return Err(invalid(what, name, format!("begins with {c:?}; it must begin with a letter or a digit")));
     }
     Ok(())
 }
@@ -498,8 +513,9 @@ impl FromStr for PortType {
     }
 }
 
-/// A port as the user asked for it.
+/// A port as the user asked for it; unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Network to attach to.
     pub net: String,
@@ -754,6 +770,71 @@ mod tests {
     }
 
     #[test]
+    fn long_values_are_shortened_in_messages() {
+        let long = "a".repeat(10_000);
+        let e = validate_ifname("network name", &long).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!(
+                "invalid network name \"{}\"... (10000 bytes): is 10000 bytes, at most 15 are allowed",
+                "a".repeat(48)
+            )
+        );
+        let e = validate_ifname("network name", "ab/c").unwrap_err().to_string();
+        assert_eq!(e, "invalid network name \"ab/c\": contains '/'; use letters, digits, '-', '_' or '.'");
+        let e = validate_vm_name(&"é".repeat(40)).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("invalid vm name \"{}\"... (80 bytes)", "é".repeat(24))), "{e}");
+    }
+
+    #[test]
+    fn names_begin_with_a_letter_or_digit() {
+        for ok in ["a", "0", "9lives", "a-", "a_", "a.", "x.-_y"] {
+            validate_ifname("n", ok).unwrap();
+            validate_netns(ok).unwrap();
+            validate_vm_name(ok).unwrap();
+        }
+        for bad in ["-", "-a", "--help", ".", "..", ".hidden", "_a", "_", "-0"] {
+            let e = validate_ifname("network name", bad).unwrap_err().to_string();
+            assert!(e.contains("must begin with a letter or a digit") && e.contains("network name"), "{bad:?}: {e}");
+            assert!(validate_netns(bad).is_err(), "netns {bad:?} accepted");
+            assert!(validate_vm_name(bad).is_err(), "vm {bad:?} accepted");
+        }
+        // Every name a request carries goes through the same check.
+        let net = |f: &dyn Fn(&mut NetworkSpec)| {
+            let mut s = NetworkSpec {
+                name: "n".into(),
+                mode: "nat".into(),
+                subnet: "10.9.0.0/24".into(),
+                ..Default::default()
+            };
+            f(&mut s);
+            s.validate(|| "b0".into()).unwrap_err().to_string()
+        };
+        assert!(net(&|s| s.name = "-n".into()).contains("network name"));
+        assert!(net(&|s| s.bridge = Some("_br".into())).contains("bridge name"));
+        let port = |f: &dyn Fn(&mut PortSpec)| {
+            let mut p = PortSpec { net: "n".into(), vm: "vm".into(), ..Default::default() };
+            f(&mut p);
+            p.check().unwrap_err().to_string()
+        };
+        assert!(port(&|p| p.net = ".n".into()).contains("network name"));
+        assert!(port(&|p| p.vm = "-vm".into()).contains("vm name"));
+        assert!(port(&|p| p.owner = Some("-u".into())).contains("owner"));
+        assert!(port(&|p| p.group = Some(".g".into())).contains("group"));
+        assert!(port(&|p| p.adopt = Some("-tap".into())).contains("tap"));
+        let veth = |f: &dyn Fn(&mut PortSpec)| {
+            port(&|p| {
+                p.port_type = Some("veth".into());
+                p.netns = Some("ns".into());
+                p.ifname = Some("eth0".into());
+                f(p)
+            })
+        };
+        assert!(veth(&|p| p.netns = Some("-ns".into())).contains("netns"));
+        assert!(veth(&|p| p.ifname = Some("_eth0".into())).contains("ifname"));
+    }
+
+    #[test]
     fn modes_parse_and_unknown_is_refused() {
         for m in Mode::ALL {
             assert_eq!(m.as_str().parse::<Mode>().unwrap(), m);
@@ -784,6 +865,21 @@ mod tests {
         }
         let r = Mac::random_qemu();
         assert_eq!(&r.0[..3], &Mac::QEMU_OUI);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let e =
+            serde_json::from_str::<NetworkSpec>(r#"{"name":"n","mode":"nat","subnet":"10.0.0.0/24","colour":"red"}"#)
+                .unwrap_err()
+                .to_string();
+        assert!(e.contains("unknown field `colour`") && e.contains("`mtu`"), "{e}");
+        let e = serde_json::from_str::<PortSpec>(r#"{"net":"n","vm":"v","macc":"52:54:00:00:00:01"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `macc`") && e.contains("`mac`"), "{e}");
+        let p: PortSpec = serde_json::from_str(r#"{"net":"n","vm":"v","type":"tap","adopt":"tap0"}"#).unwrap();
+        assert_eq!((p.port_type.as_deref(), p.adopt.as_deref()), (Some("tap"), Some("tap0")));
     }
 
     #[test]

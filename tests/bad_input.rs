@@ -90,6 +90,8 @@ const NOT_FOUND: Option<i32> = Some(3);
 const CONFLICT: Option<i32> = Some(4);
 /// Any non-zero code (the README's classes do not decide it).
 const ANY: Option<i32> = None;
+/// What the refusal of a name that begins with '-', '.' or '_' says.
+const LEADING: &str = "must begin with a letter or a digit";
 
 struct Case {
     what: &'static str,
@@ -196,6 +198,44 @@ fn wrong_input_is_refused_without_side_effects() {
         case("network name with '", net_create("a'b", "10.10.0.0/24", &[]), INVALID, &["name"]),
         case("empty network name", net_create("", "10.10.0.0/24", &[]), INVALID, &["name"]),
         case("duplicate network name", net_create(NET, "10.10.0.0/24", &[]), CONFLICT, &["default", "exists"]),
+        // Names begin with a letter or a digit (never an option, never hidden).
+        case(
+            "network name beginning with -",
+            argv(&["net", "create", "--mode", "nat", "--subnet", "10.10.0.0/24", "--", "-n1"]),
+            INVALID,
+            &[LEADING],
+        ),
+        case("network name beginning with .", net_create(".n1", "10.10.0.0/24", &[]), INVALID, &[LEADING]),
+        case("network name beginning with _", net_create("_n1", "10.10.0.0/24", &[]), INVALID, &[LEADING]),
+        case("bridge name beginning with -", net_create("n1", "10.10.0.0/24", &["--bridge=-br1"]), INVALID, &[LEADING]),
+        case(
+            "uplink beginning with -",
+            argv(&["net", "create", "n1", "--mode", "bridge", "--uplink=-eth0", "--subnet", "10.10.0.0/24"]),
+            INVALID,
+            &[LEADING],
+        ),
+        case(
+            "vm name beginning with -",
+            argv(&[
+                "port", "create", "--net", NET, "--vm=-vm", "--type", "veth", "--netns", &spare_ns, "--ifname", "eth0",
+            ]),
+            INVALID,
+            &[LEADING],
+        ),
+        case("netns beginning with .", port_create(NET, ".ns", "eth0", &[]), INVALID, &[LEADING]),
+        case("peer ifname beginning with _", port_create(NET, &spare_ns, "_eth0", &[]), INVALID, &[LEADING]),
+        case(
+            "tap owner beginning with -",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--owner=-root"]),
+            INVALID,
+            &[LEADING],
+        ),
+        case(
+            "tap group beginning with .",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--group", ".kvm"]),
+            INVALID,
+            &[LEADING],
+        ),
         // Bridge names.
         case(
             "bridge name of another network",

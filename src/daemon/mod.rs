@@ -48,9 +48,23 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error)
     move |source| DaemonError::Io { what, path: path.display().to_string(), source }
 }
 
+/// Creates the state directory 0700, or takes group and other access away
+/// from an existing one (logged): it holds the database of every network,
+/// port and lease. The database files themselves are 0600 ([`SqliteStore::open`]).
+pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io_err("cannot create state directory", dir))?;
+    crate::store::sqlite::restrict_mode(dir, 0o700).map_err(io_err("cannot make private the state directory", dir))?;
+    Ok(())
+}
+
 /// Runs the daemon until a termination signal.
 pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
-    std::fs::create_dir_all(state_dir).map_err(io_err("cannot create state directory", state_dir))?;
+    prepare_state_dir(state_dir)?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
     }
@@ -93,4 +107,28 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
     shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_is_private() {
+        let top = std::env::temp_dir().join(format!("lanyard-state-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&top);
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        let new = top.join("a/state");
+        prepare_state_dir(&new).unwrap();
+        assert_eq!(mode(&new), 0o700);
+        let old = top.join("old");
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_state_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o700);
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o500)).unwrap();
+        prepare_state_dir(&old).unwrap();
+        assert_eq!(mode(&old), 0o500, "a stricter mode is kept");
+        std::fs::remove_dir_all(&top).unwrap();
+    }
 }

@@ -22,6 +22,14 @@ pub enum StoreError {
         /// Cause.
         source: rusqlite::Error,
     },
+    /// A database file's mode could not be checked or set.
+    #[error("cannot make {path} private to root: {source}")]
+    Mode {
+        /// File path.
+        path: String,
+        /// Cause.
+        source: std::io::Error,
+    },
     /// A query or commit failed.
     #[error("state database: {0}")]
     Db(#[from] rusqlite::Error),

@@ -4,7 +4,8 @@
 //! the model needs no migration; leases are a real table because the DHCP
 //! server writes them in batches and the CLI lists them.
 
-use std::path::Path;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -35,11 +36,57 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (net, mac);
 ";
 
+/// Takes away every permission bit of `path` outside `allowed` (e.g. 0o600:
+/// group and others lose all access); logs when it had to. Returns whether
+/// the mode changed. A missing file is left alone.
+pub fn restrict_mode(path: &Path, allowed: u32) -> std::io::Result<bool> {
+    let old = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let new = old & allowed;
+    if new == old {
+        return Ok(false);
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(new))?;
+    tracing::warn!("tightened the mode of {} from {old:04o} to {new:04o}: it is for its owner alone", path.display());
+    Ok(true)
+}
+
+/// The database and SQLite's companion files (WAL, shared memory, rollback journal).
+fn db_files(dir: &Path) -> [PathBuf; 4] {
+    ["lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "lanyard.db-journal"].map(|f| dir.join(f))
+}
+
+/// Creates the database file 0600 if it is missing (SQLite then gives its
+/// `-wal` and `-shm` files the same mode) and tightens every existing one
+/// to 0600: leases name guests and their MACs, the rest of the host has no
+/// business reading them.
+fn make_private(dir: &Path) -> Result<(), StoreError> {
+    let [db, ..] = db_files(dir);
+    let mode_err = |p: &Path| {
+        let path = p.display().to_string();
+        move |source| StoreError::Mode { path, source }
+    };
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&db) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(mode_err(&db)(e)),
+    }
+    for f in db_files(dir) {
+        restrict_mode(&f, 0o600).map_err(mode_err(&f))?;
+    }
+    Ok(())
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) `dir/lanyard.db`.
+    /// Opens (creating if needed) `dir/lanyard.db`, private to its owner
+    /// (0600, and its `-wal`/`-shm` files too).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join("lanyard.db");
         let open_err = |source| StoreError::Open { path: path.display().to_string(), source };
+        make_private(dir)?;
         let conn = Connection::open(&path).map_err(open_err)?;
         // WAL lets readers proceed during the lease writer's commits;
         // synchronous=FULL makes every commit durable before the DHCP ACK
@@ -53,6 +100,9 @@ impl SqliteStore {
         // PASSIVE checkpoints every 500 ms, the built-in one gave 3,200 and
         // 4,800 DHCP exchanges/s at the knee against 300 and 2,400
         // (docs/performance.md).
+        // The WAL and shared-memory files exist now; SQLite made them with
+        // the database's mode, which this checks.
+        make_private(dir)?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -242,6 +292,44 @@ mod tests {
             client_id: None,
             kind: LeaseKind::Dynamic,
         }
+    }
+
+    fn mode(p: &Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn database_files_are_private() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-modes-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let files = db_files(&dir);
+        {
+            let s = SqliteStore::open(&dir).unwrap();
+            s.put_network(&net()).unwrap();
+            for f in &files[..3] {
+                assert_eq!(mode(f), 0o600, "new {}", f.display());
+            }
+            // Loosened while open (an admin's chmod, an old version's files) ...
+            for f in &files[..3] {
+                std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
+            }
+        }
+        // ... and a stale rollback journal: tightened at the next open.
+        std::fs::write(&files[3], b"").unwrap();
+        std::fs::set_permissions(&files[3], std::fs::Permissions::from_mode(0o666)).unwrap();
+        if files[1].exists() {
+            std::fs::set_permissions(&files[1], std::fs::Permissions::from_mode(0o664)).unwrap();
+        }
+        let s = SqliteStore::open(&dir).unwrap();
+        assert_eq!(s.networks().unwrap(), vec![net()]);
+        for f in files.iter().filter(|f| f.exists()) {
+            assert_eq!(mode(f), 0o600, "reopened {}", f.display());
+        }
+        assert!(!restrict_mode(&files[0], 0o600).unwrap(), "already private");
+        assert!(!restrict_mode(&dir.join("missing"), 0o600).unwrap());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -139,6 +139,13 @@ impl Daemon {
         }
     }
 
+    /// Starts the daemon again after [`stop`](Self::stop), on the same
+    /// socket and state directory, and waits until it answers (for tests
+    /// that change something while it is down).
+    pub fn start_again(&mut self) {
+        self.spawn();
+    }
+
     /// SIGTERM, wait for exit (which must be clean), start again on the
     /// same state directory and wait until it answers.
     pub fn restart(&mut self) {
