@@ -1070,7 +1070,7 @@ mod tests {
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
         assert!(inert(&t) && t.lines().count() == 11, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
-        assert!(inert(&t) && t.lines().count() == 6, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(
             &json!([{"name": "lybr0", "bridge_id": "8000.1", "stp": "no", "interfaces": [hostile, "ly1"]}]),
         );

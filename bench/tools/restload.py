@@ -12,9 +12,11 @@ ports:    POST /v1/ports, tap ports spread round-robin over n000..n{N-1},
 batch:    the same ports through POST /v1/ports/batch, K ports per request
           (default: one request per network)
 
-Prints one JSON object: done, failed, seconds, the first errors, and the
+Prints one JSON object: done, failed, seconds, the first errors, the
 elapsed time at every 10% of COUNT (to see whether the cost per request grows
-with the state already there). Stops at --deadline seconds (bounded run).
+with the state already there), and request latency percentiles (p50, p99,
+max, in ms). --first N numbers ports and VMs from N (for a second run
+against the same daemon). Stops at --deadline seconds (bounded run).
 """
 import argparse
 import http.client
@@ -46,14 +48,16 @@ def main():
     ap.add_argument("--chunk", type=int, default=0)
     ap.add_argument("--concurrency", type=int, default=4)
     ap.add_argument("--deadline", type=float, default=600)
+    ap.add_argument("--first", type=int, default=0)
     a = ap.parse_args()
 
     lock = threading.Lock()
-    state = {"next": 0, "done": 0, "failed": 0, "errors": [], "marks": {}}
+    state = {"next": 0, "done": 0, "failed": 0, "errors": [], "marks": {}, "latencies": []}
     step = max(1, a.count // 10)
     t0 = time.monotonic()
 
     def port(i):
+        i += a.first
         return {"net": f"n{i % a.nets:03d}", "vm": f"vm{i:05d}", "type": "tap"}
 
     chunk = a.chunk or max(1, a.count // a.nets)
@@ -85,16 +89,21 @@ def main():
                 state["next"] += 1
             path, doc = body(i)
             data = json.dumps(doc)
+            started = time.monotonic()
             try:
                 conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
                 r = conn.getresponse()
                 text = r.read()
                 ok = r.status in (200, 201)
+                took = time.monotonic() - started
             except Exception as e:  # noqa: BLE001 - reported, the run goes on
+                took = None
                 ok, text = False, str(e).encode()
                 conn.close()
                 conn = UnixConnection(a.socket)
             with lock:
+                if took is not None:
+                    state["latencies"].append(took)
                 if ok:
                     before = state["done"]
                     state["done"] += len(doc) if a.what == "batch" else 1
@@ -112,7 +121,15 @@ def main():
         t.start()
     for t in threads:
         t.join()
+    lat = sorted(state["latencies"])
+
+    def pct(p):
+        return round(lat[min(len(lat) - 1, int(p * len(lat)))] * 1000, 3) if lat else None
+
     out = {
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "max_ms": round(lat[-1] * 1000, 3) if lat else None,
         "what": a.what,
         "asked": a.count,
         "done": state["done"],

@@ -34,7 +34,11 @@ pub struct RepairStats {
 /// The objects a batch of events concerns.
 #[derive(Debug, Default)]
 struct Scope {
-    /// Networks whose bridge (and so every port) must be checked.
+    /// Networks whose bridge must be checked. Their ports are checked too
+    /// only when the bridge has to be re-created: a port released from a
+    /// bridge that stays reports its own event (the kernel sends one for
+    /// the bridge on every port change, and checking every port each time
+    /// would cost O(ports) per port).
     networks: BTreeSet<String>,
     /// Ports to check, by id.
     ports: BTreeSet<String>,
@@ -87,8 +91,8 @@ impl Engine {
                     {
                         scope.networks.insert(net.name.clone());
                     }
-                    if let Some(p) = self.ports.iter().find(|p| &p.ifname == name) {
-                        scope.ports.insert(p.id.clone());
+                    if let Some(id) = self.index.ifnames.get(name) {
+                        scope.ports.insert(id.clone());
                     }
                 }
                 KernelEvent::Firewall { table } if *table == planner::table_id() => scope.firewall = true,
@@ -103,10 +107,26 @@ impl Engine {
 
     fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
         let nets: Vec<Network> = self.networks.iter().filter(|n| scope.networks.contains(&n.name)).cloned().collect();
+        let mut names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+        names.extend(nets.iter().filter_map(|n| n.uplink.as_deref()));
+        let bridge_links = self.kernel.observe_links(&names)?;
+        let mut ops = Vec::new();
+        let mut rebuilt = BTreeSet::new();
+        for net in &nets {
+            let observed =
+                Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
+            let bridge_ops = planner::links::bridge_ops(net, &observed);
+            if bridge_ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. })) {
+                rebuilt.insert(net.name.clone());
+            }
+            ops.extend(bridge_ops);
+        }
+        // Ports: those the events named, and every port of a bridge that is
+        // re-created (the kernel released them all when it went).
         let ports: Vec<Port> = self
             .ports
             .iter()
-            .filter(|p| scope.ports.contains(&p.id) || scope.networks.contains(&p.net))
+            .filter(|p| scope.ports.contains(&p.id) || rebuilt.contains(&p.net))
             .filter(|p| match (&p.port_type, &p.netns) {
                 // A veth whose namespace is gone (the VM is gone) stays gone.
                 (PortType::Veth, Some(ns)) => self.host.netns_exists(ns),
@@ -114,20 +134,8 @@ impl Engine {
             })
             .cloned()
             .collect();
-        let mut names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
-        names.extend(nets.iter().filter_map(|n| n.uplink.as_deref()));
-        names.extend(ports.iter().map(|p| p.ifname.as_str()));
-        let links = self.kernel.observe_links(&names)?;
-        let mut ops = Vec::new();
-        let mut rebuilt = BTreeSet::new();
-        for net in &nets {
-            let observed = Observed { links: links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
-            let bridge_ops = planner::links::bridge_ops(net, &observed);
-            if bridge_ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. })) {
-                rebuilt.insert(net.name.clone());
-            }
-            ops.extend(bridge_ops);
-        }
+        let port_names: Vec<&str> = ports.iter().map(|p| p.ifname.as_str()).collect();
+        let links = self.kernel.observe_links(&port_names)?;
         let active: BTreeMap<&str, &Network> =
             self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
         for p in &ports {

@@ -132,8 +132,16 @@ pub struct StatusView {
 struct PortIndex {
     macs: HashSet<Mac>,
     ids: HashSet<String>,
-    ifnames: HashSet<String>,
+    /// Host-side interface name -> port id (the monitor reports names).
+    ifnames: HashMap<String, String>,
+    /// Ports per network: a Linux bridge takes at most
+    /// [`BRIDGE_MAX_PORTS`].
+    per_net: HashMap<String, usize>,
 }
+
+/// The most ports a Linux bridge takes (port numbers are 10 bits, 0 is
+/// not used): the kernel refuses the next one with EXFULL.
+pub const BRIDGE_MAX_PORTS: usize = 1023;
 
 impl PortIndex {
     fn of(ports: &[Port]) -> Self {
@@ -145,13 +153,21 @@ impl PortIndex {
     fn insert(&mut self, p: &Port) {
         self.macs.insert(p.mac);
         self.ids.insert(p.id.clone());
-        self.ifnames.insert(p.ifname.clone());
+        self.ifnames.insert(p.ifname.clone(), p.id.clone());
+        *self.per_net.entry(p.net.clone()).or_default() += 1;
     }
 
     fn remove(&mut self, p: &Port) {
         self.macs.remove(&p.mac);
         self.ids.remove(&p.id);
         self.ifnames.remove(&p.ifname);
+        if let Some(n) = self.per_net.get_mut(&p.net) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    fn has_ifname(&self, name: &str) -> bool {
+        self.ifnames.contains_key(name)
     }
 }
 

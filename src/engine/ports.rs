@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{lock, Engine, EngineError, PortIndex};
+use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
 use crate::kernel::{FirewallChange, Op, Plan};
 use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
 use crate::planner;
@@ -83,10 +83,19 @@ impl Engine {
     /// in the same batch) and reserves its MAC, id and fixed IP.
     fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex) -> Result<Port, EngineError> {
         let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m);
-        let taken_ifname = |n: &str| self.index.ifnames.contains(n) || batch.ifnames.contains(n);
+        let taken_ifname = |n: &str| self.index.has_ifname(n) || batch.has_ifname(n);
         let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
         let checked = spec.check()?;
         let net = self.network(&spec.net)?;
+        let on_bridge = |i: &PortIndex| i.per_net.get(&net.name).copied().unwrap_or(0);
+        // Bridge mode: the uplink is a port of the bridge too.
+        let room = BRIDGE_MAX_PORTS - usize::from(net.uplink.is_some());
+        if on_bridge(&self.index) + on_bridge(batch) >= room {
+            return Err(EngineError::Conflict(format!(
+                "network {:?} has {room} ports, the most a Linux bridge takes; put more VMs on another network",
+                net.name
+            )));
+        }
         if let Some((ns, _)) = &checked.peer {
             if !self.host.netns_exists(ns) {
                 return Err(EngineError::NotFound(format!(

@@ -365,3 +365,17 @@ mod healing {
         let _ = FirewallChange::None;
     }
 }
+
+#[test]
+fn a_bridge_takes_at_most_1023_ports_and_says_so() {
+    let mut r = rig();
+    r.engine.create_network(spec("big", "open", "10.64.0.0/20")).unwrap();
+    let made = r.engine.create_ports((0..BRIDGE_MAX_PORTS).map(|_| port("big")).collect()).unwrap();
+    assert_eq!(made.len(), BRIDGE_MAX_PORTS);
+    let before = r.world();
+    let err = r.engine.create_port(port("big")).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("1023")), "{err}");
+    assert_eq!(r.world(), before);
+    r.engine.delete_port(&made[0].id).unwrap();
+    r.engine.create_port(port("big")).expect("room again after a delete");
+}
