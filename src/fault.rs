@@ -3,8 +3,10 @@
 //!
 //! `LANYARD_CRASH_AT=NAME#N` makes the N-th time the daemon passes the point
 //! `NAME` kill the process with SIGKILL, as a power cut or the OOM killer
-//! would: no destructor, no flush. Compiled only into debug builds (the
-//! ones tests run); in release builds [`point`] is empty.
+//! would: no destructor, no flush. Points count only once the daemon has
+//! started and serves ([`arm`]), so the count is the same whatever the
+//! start-up reconcile did. Compiled only into debug builds (the ones tests
+//! run); in release builds [`point`] is empty.
 //!
 //! Points: `kernel-op` before each kernel operation of a plan,
 //! `kernel-firewall` before a firewall change, `store` before a mutation's
@@ -17,11 +19,16 @@ pub const CRASH_AT_ENV: &str = "LANYARD_CRASH_AT";
 
 #[cfg(debug_assertions)]
 mod armed {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     use std::sync::OnceLock;
 
     static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
     static HITS: AtomicU64 = AtomicU64::new(0);
+    static ARMED: AtomicBool = AtomicBool::new(false);
+
+    pub fn arm() {
+        ARMED.store(true, Ordering::SeqCst);
+    }
 
     fn target() -> &'static Option<(String, u64)> {
         TARGET.get_or_init(|| {
@@ -33,7 +40,7 @@ mod armed {
 
     pub fn point(name: &str) {
         let Some((want, n)) = target() else { return };
-        if want != name {
+        if want != name || !ARMED.load(Ordering::SeqCst) {
             return;
         }
         if HITS.fetch_add(1, Ordering::SeqCst) + 1 == *n {
@@ -52,6 +59,16 @@ mod armed {
 pub fn point(name: &str) {
     armed::point(name);
 }
+
+/// From now on crash points count (the daemon serves).
+#[cfg(debug_assertions)]
+pub fn arm() {
+    armed::arm();
+}
+
+/// From now on crash points count: nothing in release builds.
+#[cfg(not(debug_assertions))]
+pub fn arm() {}
 
 /// Passes the crash point `name`: nothing in release builds.
 #[cfg(not(debug_assertions))]

@@ -86,6 +86,7 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
     let shared = Arc::new(Mutex::new(engine));
     let healer = healer::Healer::start(shared.clone(), monitors);
+    crate::fault::arm();
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .map_err(io_err("cannot set mode of", socket))?;

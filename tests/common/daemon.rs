@@ -34,6 +34,7 @@ pub struct Daemon {
     state_dir: PathBuf,
     log: PathBuf,
     starts: usize,
+    env: Vec<(String, String)>,
     tmp: TempDir,
 }
 
@@ -48,6 +49,7 @@ impl Daemon {
             state_dir: tmp.path().join("state"),
             log: tmp.path().join("daemon.log"),
             starts: 0,
+            env: Vec::new(),
             tmp,
         };
         d.spawn();
@@ -75,6 +77,7 @@ impl Daemon {
         if std::env::var_os("LANYARD_LOG").is_none() {
             cmd.env("LANYARD_LOG", "info");
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start `{}`: {e}", show(&cmd)));
         self.child = Some(child);
         self.wait_ready();
@@ -102,6 +105,28 @@ impl Daemon {
             }
             sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Sets (or, with None, removes) an environment variable for the next
+    /// starts of the daemon.
+    pub fn set_env(&mut self, key: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != key);
+        if let Some(v) = value {
+            self.env.push((key.to_string(), v.to_string()));
+        }
+    }
+
+    /// Whether the daemon process has exited (it is then reaped).
+    pub fn exited(&mut self, within: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = wait_timeout(child, within)?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Starts the daemon again after it exited by itself.
+    pub fn respawn(&mut self) {
+        self.spawn();
     }
 
     /// Pid of the running daemon (of `ip netns exec`, which execs it).
