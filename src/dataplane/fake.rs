@@ -282,7 +282,8 @@ impl Kernel for FakeKernel {
             }
             FirewallChange::Elements(v) => {
                 // One transaction: check everything, then change.
-                let Some(mut t) = s.tables.get(&crate::planner::table_id()).cloned() else {
+                let Some(id) = v.first().map(|c| c.table.clone()) else { return Ok(()) };
+                let Some(mut t) = s.tables.get(&id).cloned() else {
                     return Err(firewall_error(change, "No such file or directory"));
                 };
                 for c in v {
@@ -326,9 +327,9 @@ mod tests {
                 Op::AddAddress { link: "lybr0".into(), addr: "10.0.0.1/24".parse().unwrap() },
                 Op::SetUp { link: "lybr0".into(), up: true },
             ],
-            firewall: FirewallChange::None,
+            firewall: Vec::new(),
         };
-        let err = plan.apply(&k, None).unwrap_err();
+        let err = plan.apply(&k, &Default::default()).unwrap_err();
         assert!(err.rollback_errors.is_empty());
         assert_eq!(
             k.log(),
@@ -347,9 +348,15 @@ mod tests {
         let k = FakeKernel::default();
         let table = crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")]).unwrap();
         k.fail_on("firewall replace inet lanyard");
-        let plan = Plan { ops: vec![bridge("b")], firewall: FirewallChange::Replace(Box::new(table)) };
-        assert!(plan.apply(&k, None).is_err());
+        let plan = Plan { ops: vec![bridge("b")], firewall: vec![FirewallChange::Replace(Box::new(table.clone()))] };
+        assert!(plan.apply(&k, &Default::default()).is_err());
         assert!(k.log().is_empty(), "the firewall goes first: {:?}", k.log());
+        assert_eq!(k.snapshot(), FakeState::default());
+        // A link op failing after the firewall applied takes the table back.
+        k.heal();
+        k.fail_on("create bridge b");
+        assert!(plan.apply(&k, &Default::default()).is_err());
+        assert_eq!(k.log(), vec!["firewall replace inet lanyard", "firewall delete inet lanyard"]);
         assert_eq!(k.snapshot(), FakeState::default());
     }
 

@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Engine, EngineError};
-use crate::kernel::{FirewallChange, KernelEvent, Observed, Op, Plan, Table};
+use crate::kernel::{FirewallChange, KernelEvent, Observed, Op, Plan, Tables};
 use crate::model::{NetState, Network, Port, PortType};
 use crate::planner;
 
@@ -95,7 +95,7 @@ impl Engine {
                         scope.ports.insert(id.clone());
                     }
                 }
-                KernelEvent::Firewall { table } if *table == planner::table_id() => scope.firewall = true,
+                KernelEvent::Firewall { table } if planner::table_ids().contains(table) => scope.firewall = true,
                 KernelEvent::Firewall { .. } => scope.foreign = true,
                 // Bridge-mode routes move with the uplink's addresses, which
                 // the link and address events already cover.
@@ -141,13 +141,13 @@ impl Engine {
         for p in &ports {
             ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), links.get(&p.ifname)));
         }
-        let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (FirewallChange::None, None) };
+        let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
         let plan = Plan { ops, firewall };
         if plan.is_empty() {
             return Ok(0);
         }
-        plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
-        if scope.firewall {
+        plan.apply(self.kernel.as_ref(), &self.firewall)?;
+        if let Some(wanted) = wanted {
             self.firewall = wanted;
         }
         // Servers bound to a bridge that was re-created (or whose gateway
@@ -158,7 +158,7 @@ impl Engine {
                 self.ensure_services(&net);
             }
         }
-        let n = plan.ops.len() + usize::from(plan.firewall != FirewallChange::None);
+        let n = plan.ops.len() + plan.firewall.len();
         let words = describe(&plan);
         tracing::warn!(changes = n, "repaired what was changed under lanyard: {words}");
         self.repair_stats.repairs += n as u64;
@@ -173,25 +173,12 @@ impl Engine {
         Ok(if net.uplink.is_some() { self.kernel.observe()?.routes } else { Vec::new() })
     }
 
-    /// The firewall change that restores lanyard's table, and the table the
-    /// kernel will then hold.
-    fn firewall_repair(&self) -> Result<(FirewallChange, Option<Table>), EngineError> {
-        let wanted = planner::firewall::table(&self.networks);
-        let id = planner::table_id();
-        let fingerprint = self.kernel.firewall_fingerprint(&id)?;
-        let change = match (&wanted, fingerprint) {
-            (None, None) => FirewallChange::None,
-            (None, Some(_)) => FirewallChange::Delete(id),
-            (Some(w), Some(f)) if f == w.fingerprint() => {
-                let mut current = w.clone();
-                for set in &mut current.sets {
-                    set.elements = self.kernel.firewall_elements(&id, set)?;
-                }
-                FirewallChange::between(Some(&current), Some(w))
-            }
-            (Some(w), _) => FirewallChange::Replace(Box::new(w.clone())),
-        };
-        Ok((change, wanted))
+    /// The firewall changes that restore lanyard's tables, and the tables
+    /// the kernel will then hold.
+    fn firewall_repair(&self) -> Result<(Vec<FirewallChange>, Option<Tables>), EngineError> {
+        let wanted = planner::firewall::tables(&self.networks, &self.ports);
+        let current = self.kernel_firewall()?;
+        Ok((FirewallChange::all_between(&current, &wanted), Some(wanted)))
     }
 }
 
@@ -201,11 +188,13 @@ fn describe(plan: &Plan) -> String {
     if plan.ops.len() > 8 {
         parts.push(format!("and {} more", plan.ops.len() - 8));
     }
-    match &plan.firewall {
-        FirewallChange::None => {}
-        FirewallChange::Replace(t) => parts.push(format!("restored nftables table {}", t.id)),
-        FirewallChange::Elements(v) => parts.push(format!("restored {} set elements", v.len())),
-        FirewallChange::Delete(id) => parts.push(format!("removed stale nftables table {id}")),
+    for change in &plan.firewall {
+        match change {
+            FirewallChange::None => {}
+            FirewallChange::Replace(t) => parts.push(format!("restored nftables table {}", t.id)),
+            FirewallChange::Elements(v) => parts.push(format!("restored {} set elements", v.len())),
+            FirewallChange::Delete(id) => parts.push(format!("removed stale nftables table {id}")),
+        }
     }
     parts.join(", ")
 }

@@ -32,7 +32,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use crate::ipam::{AddressBook, IpamError};
-use crate::kernel::{ApplyError, Coexistence, Kernel, KernelError, Observed, Op, Plan, Table};
+use crate::kernel::{ApplyError, Coexistence, Kernel, KernelError, Observed, Op, Plan, Table, Tables};
 use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType};
 use crate::planner;
 use crate::store::{Store, StoreError};
@@ -193,9 +193,9 @@ pub struct Engine {
     ports: Vec<Port>,
     index: PortIndex,
     books: HashMap<String, Arc<Mutex<AddressBook>>>,
-    /// The firewall table the kernel is known to hold (lanyard is its only
-    /// writer, so after start it need not ask nftables).
-    firewall: Option<Table>,
+    /// The firewall tables the kernel is known to hold (lanyard is their
+    /// only writer, so after start it need not ask nftables).
+    firewall: Tables,
     repair_stats: heal::RepairStats,
     /// What other tools' firewalls do at the forward hook.
     coexistence: Coexistence,
@@ -221,7 +221,7 @@ impl Engine {
             networks,
             ports,
             books: HashMap::new(),
-            firewall: None,
+            firewall: Tables::new(),
             repair_stats: heal::RepairStats::default(),
             coexistence: Coexistence::default(),
         };
@@ -258,22 +258,33 @@ impl Engine {
     /// fingerprint is the wanted one, the wanted structure with the
     /// kernel's elements (so reconcile changes only elements); otherwise an
     /// unknown table, which reconcile replaces whole.
-    fn kernel_firewall(&self) -> Result<Option<Table>, EngineError> {
-        let id = planner::table_id();
-        let Some(fingerprint) = self.kernel.firewall_fingerprint(&id)? else { return Ok(None) };
-        let Some(mut wanted) = planner::firewall::table(&self.networks) else {
-            // A table nobody wants: an empty one of the same name lets the
-            // plan delete it.
-            return Ok(Some(Table { id, sets: Vec::new(), chains: Vec::new() }));
-        };
+    fn kernel_firewall(&self) -> Result<Tables, EngineError> {
+        let wanted = planner::firewall::tables(&self.networks, &self.ports);
+        let mut out = Tables::new();
+        for id in planner::table_ids() {
+            if let Some(t) = self.kernel_table(&id, wanted.get(&id))? {
+                out.insert(id, t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// What lanyard can tell of one of its tables in the kernel, given the
+    /// wanted one: None when absent; the wanted structure with the
+    /// kernel's elements when the fingerprints agree; otherwise a table
+    /// that matches nothing wanted, so the plan replaces (or deletes) it.
+    fn kernel_table(&self, id: &crate::kernel::TableId, wanted: Option<&Table>) -> Result<Option<Table>, EngineError> {
+        let Some(fingerprint) = self.kernel.firewall_fingerprint(id)? else { return Ok(None) };
+        let unknown = Table { id: id.clone(), sets: Vec::new(), chains: Vec::new() };
+        let Some(wanted) = wanted else { return Ok(Some(unknown)) };
         if wanted.fingerprint() != fingerprint {
-            wanted.chains.clear(); // anything with another fingerprint
-            return Ok(Some(wanted));
+            return Ok(Some(unknown));
         }
-        for set in &mut wanted.sets {
-            set.elements = self.kernel.firewall_elements(&id, set)?;
+        let mut current = wanted.clone();
+        for set in current.sets.iter_mut().filter(|s| s.dynamic_timeout.is_none()) {
+            set.elements = self.kernel.firewall_elements(id, set)?;
         }
-        Ok(Some(wanted))
+        Ok(Some(current))
     }
 
     /// After a host reboot the kernel has none of lanyard's bridges: like
@@ -319,10 +330,10 @@ impl Engine {
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let ports = self.plannable(&self.ports);
-        let plan = planner::plan(&self.networks, &ports, observed, self.firewall.as_ref());
-        tracing::info!(ops = plan.ops.len(), firewall = ?firewall_kind(&plan), "reconciling");
-        plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
-        self.firewall = planner::firewall::table(&self.networks);
+        let plan = planner::plan(&self.networks, &ports, observed, &self.firewall);
+        tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
+        plan.apply(self.kernel.as_ref(), &self.firewall)?;
+        self.firewall = planner::firewall::tables(&self.networks, &self.ports);
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
@@ -364,8 +375,9 @@ impl Engine {
     }
 
     /// Steps 3 to 5 of the protocol: applies `plan` and runs `persist`;
-    /// only when both succeeded is `firewall` recorded as the kernel's
-    /// table. The caller changes memory after.
+    /// only when both succeeded does `firewall` bring the tables lanyard
+    /// knows the kernel holds up to date (whole, or element by element, in
+    /// place). The caller changes memory after.
     ///
     /// A reversible plan is applied first and undone if the store fails. A
     /// plan that deletes links is persisted first, because the store can
@@ -374,15 +386,15 @@ impl Engine {
     fn commit(
         &mut self,
         plan: &Plan,
-        firewall: Option<Table>,
+        firewall: impl FnOnce(&mut Tables),
         persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
         restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
         if plan.reversible() {
-            plan.apply(self.kernel.as_ref(), self.firewall.as_ref())?;
+            plan.apply(self.kernel.as_ref(), &self.firewall)?;
             crate::fault::point("store");
             if let Err(e) = persist(self.store.as_ref()) {
-                for re in plan.undo(self.kernel.as_ref(), self.firewall.as_ref()) {
+                for re in plan.undo(self.kernel.as_ref(), &self.firewall) {
                     tracing::error!("undo after a store failure incomplete: {re}");
                 }
                 return Err(e.into());
@@ -390,7 +402,7 @@ impl Engine {
         } else {
             crate::fault::point("store");
             persist(self.store.as_ref())?;
-            if let Err(e) = plan.apply(self.kernel.as_ref(), self.firewall.as_ref()) {
+            if let Err(e) = plan.apply(self.kernel.as_ref(), &self.firewall) {
                 if let Err(se) = restore(self.store.as_ref()) {
                     tracing::error!("restoring the store after a kernel failure failed: {se}");
                 }
@@ -398,9 +410,10 @@ impl Engine {
             }
         }
         crate::fault::point("memory");
-        let first_rules = self.firewall.is_none() && firewall.is_some();
-        self.firewall = firewall;
-        if first_rules {
+        let inet = planner::table_id();
+        let had_rules = self.firewall.contains_key(&inet);
+        firewall(&mut self.firewall);
+        if !had_rules && self.firewall.contains_key(&inet) {
             // lanyard has rules now: other tools' chains matter from here.
             self.check_coexistence();
         }
@@ -462,7 +475,7 @@ impl Engine {
     /// chains that will cut lanyard's forwarded traffic.
     fn check_coexistence(&mut self) {
         let mark = planner::firewall::ACCEPT_MARK;
-        if self.firewall.is_some() {
+        if self.firewall.contains_key(&planner::table_id()) {
             match self.kernel.ensure_docker_user(mark) {
                 Ok(true) => tracing::info!("put lanyard's rules at the top of Docker's DOCKER-USER chain"),
                 Ok(false) => {}
@@ -507,12 +520,21 @@ impl Engine {
     }
 }
 
-fn firewall_kind(plan: &Plan) -> &'static str {
-    match plan.firewall {
-        crate::kernel::FirewallChange::None => "unchanged",
-        crate::kernel::FirewallChange::Elements(_) => "elements",
-        crate::kernel::FirewallChange::Replace(_) => "replace",
-        crate::kernel::FirewallChange::Delete(_) => "delete",
+fn firewall_kind(plan: &Plan) -> String {
+    let kinds: Vec<String> = plan
+        .firewall
+        .iter()
+        .map(|c| match c {
+            crate::kernel::FirewallChange::None => "unchanged".to_string(),
+            crate::kernel::FirewallChange::Elements(v) => format!("{} elements", v.len()),
+            crate::kernel::FirewallChange::Replace(t) => format!("replace {}", t.id),
+            crate::kernel::FirewallChange::Delete(id) => format!("delete {id}"),
+        })
+        .collect();
+    if kinds.is_empty() {
+        "unchanged".into()
+    } else {
+        kinds.join(", ")
     }
 }
 

@@ -22,8 +22,9 @@ impl Engine {
         persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
         restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
-        let plan = planner::plan(networks, &self.plannable(ports), observed, self.firewall.as_ref());
-        self.commit(&plan, planner::firewall::table(networks), persist, restore)
+        let plan = planner::plan(networks, &self.plannable(ports), observed, &self.firewall);
+        let tables = planner::firewall::tables(networks, ports);
+        self.commit(&plan, |t| *t = tables, persist, restore)
     }
 
     /// Defines and starts a network.

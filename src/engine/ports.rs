@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
+use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
 use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
 use crate::planner;
@@ -66,9 +67,10 @@ impl Engine {
             let net = self.networks.iter().find(|n| n.name == p.net && n.state == NetState::Active);
             ops.extend(planner::port_ops(p, net, links.get(&p.ifname)));
         }
-        let plan = Plan { ops, firewall: FirewallChange::None };
-        let firewall = self.firewall.clone();
-        self.commit(&plan, firewall, |s| s.put_ports(ports), |_| Ok(()))
+        let changes = planner::firewall::port_changes(ports, &self.networks, true);
+        let firewall = if changes.is_empty() { Vec::new() } else { vec![FirewallChange::Elements(changes.clone())] };
+        let plan = Plan { ops, firewall };
+        self.commit(&plan, |t| apply_elements(t, &changes), |s| s.put_ports(ports), |_| Ok(()))
     }
 
     fn release_addresses(&self, ports: &[Port]) {
@@ -203,12 +205,13 @@ impl Engine {
             Some(l) if l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
             _ => Vec::new(),
         };
-        let plan = Plan { ops, firewall: FirewallChange::None };
-        let firewall = self.firewall.clone();
+        let changes = planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false);
+        let firewall = if changes.is_empty() { Vec::new() } else { vec![FirewallChange::Elements(changes.clone())] };
+        let plan = Plan { ops, firewall };
         let lease = self.books.get(&port.net).and_then(|b| lock(b).leases().find(|l| l.mac == port.mac).cloned());
         self.commit(
             &plan,
-            firewall,
+            |t| apply_elements(t, &changes),
             |s| s.delete_port(&port),
             |s| {
                 s.put_ports(std::slice::from_ref(&port))?;

@@ -77,7 +77,7 @@ struct World {
     ports: Vec<Port>,
     leases: Vec<Vec<Lease>>,
     running: Vec<bool>,
-    firewall: Option<Table>,
+    firewall: Tables,
 }
 
 fn rig() -> Rig {
@@ -178,6 +178,14 @@ fn create_network_builds_bridge_rules_and_services() {
     let fw: Vec<String> = r.kernel.log().into_iter().filter(|l| l.starts_with("firewall")).collect();
     assert_eq!(fw.len(), 1, "{fw:?}");
     assert!(fw[0].starts_with("firewall add element"), "{fw:?}");
+    // A port of a network with DHCP adds its element to the bridge table.
+    r.kernel.clear_log();
+    let p = r.engine.create_port(port("b")).unwrap();
+    let fw: Vec<String> = r.kernel.log().into_iter().filter(|l| l.starts_with("firewall")).collect();
+    assert_eq!(fw, vec![format!("firewall add element {{ \"{}\" }} in @dhcp_ports", p.ifname)]);
+    let bridge_table = &r.kernel.snapshot().tables[&planner::bridge_table_id()];
+    assert_eq!(bridge_table.set("dhcp_ports").unwrap().elements.len(), 1);
+    assert_eq!(r.engine.firewall[&planner::bridge_table_id()].set("dhcp_ports").unwrap().elements.len(), 1);
 }
 
 #[test]
@@ -330,7 +338,7 @@ mod healing {
         r.kernel.tamper(|s| {
             s.tables.clear();
         });
-        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 1);
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 2, "both of lanyard's tables come back");
         assert_eq!(r.kernel.snapshot(), good);
         // An element removed by hand comes back as an element, not a new table.
         r.kernel.tamper(|s| {

@@ -167,6 +167,10 @@ pub struct Set {
     pub data: Vec<DataType>,
     /// Elements may be prefixes or ranges.
     pub interval: bool,
+    /// Filled by rules (`update @set { ... }`), its elements expiring after
+    /// this many seconds: per-key state such as a rate meter. lanyard never
+    /// writes or reads such a set's elements.
+    pub dynamic_timeout: Option<u32>,
     /// Elements, kept sorted so that equal sets compare equal.
     pub elements: BTreeSet<Element>,
 }
@@ -174,7 +178,14 @@ pub struct Set {
 impl Set {
     /// An empty set.
     pub fn new(name: &str, key: &[DataType], interval: bool) -> Set {
-        Set { name: name.into(), key: key.to_vec(), data: Vec::new(), interval, elements: BTreeSet::new() }
+        Set {
+            name: name.into(),
+            key: key.to_vec(),
+            data: Vec::new(),
+            interval,
+            dynamic_timeout: None,
+            elements: BTreeSet::new(),
+        }
     }
 
     /// An empty map from `key` to `data`.
@@ -189,8 +200,11 @@ impl Set {
         } else {
             write!(f, "\tmap {} {{ type {} : {};", self.name, ty(&self.key), ty(&self.data))?;
         }
-        if self.interval {
-            f.write_str(" flags interval;")?;
+        match (self.interval, self.dynamic_timeout) {
+            (true, None) => f.write_str(" flags interval;")?,
+            (false, Some(t)) => write!(f, " flags dynamic,timeout; timeout {t}s;")?,
+            (true, Some(t)) => write!(f, " flags interval,dynamic,timeout; timeout {t}s;")?,
+            (false, None) => {}
         }
         if with_elements && !self.elements.is_empty() {
             f.write_str(" elements = { ")?;
@@ -286,6 +300,8 @@ pub enum Field {
     EtherSaddr,
     /// Conntrack state.
     CtState,
+    /// Bridge family: the bridge a frame came in through.
+    Ibrname,
 }
 
 impl Field {
@@ -301,6 +317,7 @@ impl Field {
             Field::TcpSport => "tcp sport",
             Field::EtherSaddr => "ether saddr",
             Field::CtState => "ct state",
+            Field::Ibrname => "meta ibrname",
         }
     }
 }
@@ -420,6 +437,18 @@ pub enum Action {
         /// Map name.
         map: String,
     },
+    /// Drop what goes over a rate, metered per value of `fields` in the
+    /// dynamic set `set`: `update @set { fields limit rate over ... } drop`.
+    DropOverRate {
+        /// Key fields of the meter.
+        fields: Vec<Field>,
+        /// The dynamic set that holds one meter per key.
+        set: String,
+        /// Packets per second allowed per key.
+        per_second: u32,
+        /// Burst allowed per key.
+        burst: u32,
+    },
     /// Source NAT to the value `fields` map to in a named map.
     SnatMap {
         /// Key fields.
@@ -442,6 +471,13 @@ impl fmt::Display for Action {
             Action::Masquerade => f.write_str("masquerade"),
             Action::DnatMap { fields: k, map } => write!(f, "dnat ip to {} map @{map}", fields(k)),
             Action::SnatMap { fields: k, map } => write!(f, "snat ip to {} map @{map}", fields(k)),
+            Action::DropOverRate { fields: k, set, per_second, burst } => {
+                write!(
+                    f,
+                    "update @{set} {{ {} limit rate over {per_second}/second burst {burst} packets }} drop",
+                    fields(k)
+                )
+            }
         }
     }
 }
@@ -516,12 +552,23 @@ impl Table {
             return None;
         }
         let mut out = Vec::new();
-        for (old, new) in self.sets.iter().zip(&to.sets) {
+        // A dynamic set's elements are the kernel's own state (meters).
+        for (old, new) in self.sets.iter().zip(&to.sets).filter(|(o, _)| o.dynamic_timeout.is_none()) {
             for e in old.elements.difference(&new.elements) {
-                out.push(ElementChange { set: old.name.clone(), add: false, element: e.clone() });
+                out.push(ElementChange {
+                    table: self.id.clone(),
+                    set: old.name.clone(),
+                    add: false,
+                    element: e.clone(),
+                });
             }
             for e in new.elements.difference(&old.elements) {
-                out.push(ElementChange { set: new.name.clone(), add: true, element: e.clone() });
+                out.push(ElementChange {
+                    table: self.id.clone(),
+                    set: new.name.clone(),
+                    add: true,
+                    element: e.clone(),
+                });
             }
         }
         Some(out)
@@ -578,6 +625,8 @@ impl fmt::Display for Rendered<'_> {
 /// Adding or removing one element of a named set or map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ElementChange {
+    /// The table the set is in.
+    pub table: TableId,
     /// Set or map name.
     pub set: String,
     /// Add (true) or delete.
@@ -596,6 +645,24 @@ impl ElementChange {
 impl fmt::Display for ElementChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} element {{ {} }} in @{}", if self.add { "add" } else { "delete" }, self.element, self.set)
+    }
+}
+
+/// lanyard's tables by identity (`inet lanyard`, `bridge lanyard`).
+pub type Tables = std::collections::BTreeMap<TableId, Table>;
+
+/// Applies element changes to the tables lanyard knows the kernel holds
+/// (after the kernel took them), in place: no copy of a large set.
+pub fn apply_elements(tables: &mut Tables, changes: &[ElementChange]) {
+    for c in changes {
+        let Some(set) = tables.get_mut(&c.table).and_then(|t| t.sets.iter_mut().find(|s| s.name == c.set)) else {
+            continue;
+        };
+        if c.add {
+            set.elements.insert(c.element.clone());
+        } else {
+            set.elements.remove(&c.element);
+        }
     }
 }
 
@@ -625,6 +692,26 @@ impl FirewallChange {
                 Some(v) => FirewallChange::Elements(v),
                 None => FirewallChange::Replace(Box::new(w.clone())),
             },
+        }
+    }
+
+    /// The changes, one per table, from the tables the kernel is known to
+    /// have to the wanted ones (nothing for a table that stays the same).
+    pub fn all_between(current: &Tables, wanted: &Tables) -> Vec<FirewallChange> {
+        let ids: std::collections::BTreeSet<&TableId> = current.keys().chain(wanted.keys()).collect();
+        ids.into_iter()
+            .map(|id| FirewallChange::between(current.get(id), wanted.get(id)))
+            .filter(|c| *c != FirewallChange::None)
+            .collect()
+    }
+
+    /// The table this change is to.
+    pub fn table(&self) -> Option<&TableId> {
+        match self {
+            FirewallChange::None => None,
+            FirewallChange::Elements(v) => v.first().map(|c| &c.table),
+            FirewallChange::Replace(t) => Some(&t.id),
+            FirewallChange::Delete(id) => Some(id),
         }
     }
 }

@@ -20,7 +20,7 @@ pub mod link;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use firewall::{Element, ElementChange, FirewallChange, Set, Table, TableId};
+pub use firewall::{Element, ElementChange, FirewallChange, Set, Table, TableId, Tables};
 pub use link::{LinkKind, Observed, ObservedLink, Op, Route, RouteProto};
 
 /// A kernel operation failed or the kernel could not be read.
@@ -158,8 +158,8 @@ pub trait Monitor: Send {
 pub struct Plan {
     /// Link operations, in order; deletions last.
     pub ops: Vec<Op>,
-    /// The firewall change.
-    pub firewall: FirewallChange,
+    /// The firewall changes, at most one per table.
+    pub firewall: Vec<FirewallChange>,
 }
 
 /// A plan failed and was rolled back as far as possible.
@@ -200,7 +200,7 @@ pub fn inverse(change: &FirewallChange, before: Option<&Table>) -> FirewallChang
 impl Plan {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty() && self.firewall == FirewallChange::None
+        self.ops.is_empty() && self.firewall.iter().all(|c| *c == FirewallChange::None)
     }
 
     /// Whether every operation can be undone exactly. Deleting a link
@@ -210,25 +210,35 @@ impl Plan {
         self.ops.iter().all(|o| o.undo().is_some())
     }
 
-    /// Applies the firewall change (one transaction), then the link
-    /// operations in order. If an operation fails, the ones done are undone
-    /// in reverse and the firewall is put back to `before` (collecting, not
+    /// Applies the firewall changes (one transaction each), then the link
+    /// operations in order. If anything fails, what was done is undone in
+    /// reverse and the tables are put back to `before` (collecting, not
     /// stopping at, rollback errors). The firewall goes first because its
-    /// change is always reversible, while a plan's last operations may be
+    /// changes are always reversible, while a plan's last operations may be
     /// deletions that are not.
-    pub fn apply(&self, kernel: &dyn Kernel, before: Option<&Table>) -> Result<(), ApplyError> {
-        if self.firewall != FirewallChange::None {
+    pub fn apply(&self, kernel: &dyn Kernel, before: &Tables) -> Result<(), ApplyError> {
+        let mut applied: Vec<&FirewallChange> = Vec::new();
+        let undo_firewall = |applied: &[&FirewallChange]| -> Vec<KernelError> {
+            applied
+                .iter()
+                .rev()
+                .map(|c| inverse(c, c.table().and_then(|id| before.get(id))))
+                .filter(|back| *back != FirewallChange::None)
+                .filter_map(|back| kernel.apply_firewall(&back).err())
+                .collect()
+        };
+        for change in self.firewall.iter().filter(|c| **c != FirewallChange::None) {
             crate::fault::point("kernel-firewall");
-            kernel.apply_firewall(&self.firewall).map_err(|cause| ApplyError { cause, rollback_errors: Vec::new() })?;
+            if let Err(cause) = kernel.apply_firewall(change) {
+                return Err(ApplyError { cause, rollback_errors: undo_firewall(&applied) });
+            }
+            applied.push(change);
         }
         for (done, op) in self.ops.iter().enumerate() {
             crate::fault::point("kernel-op");
             if let Err(cause) = kernel.apply_op(op) {
                 let mut rollback_errors = undo_ops(kernel, &self.ops[..done]);
-                let back = inverse(&self.firewall, before);
-                if back != FirewallChange::None {
-                    rollback_errors.extend(kernel.apply_firewall(&back).err());
-                }
+                rollback_errors.extend(undo_firewall(&applied));
                 return Err(ApplyError { cause, rollback_errors });
             }
         }
@@ -237,12 +247,14 @@ impl Plan {
 
     /// Undoes a plan that was applied completely (a later step of the
     /// mutation, such as the store write, failed). Returns the errors met.
-    pub fn undo(&self, kernel: &dyn Kernel, before: Option<&Table>) -> Vec<KernelError> {
+    pub fn undo(&self, kernel: &dyn Kernel, before: &Tables) -> Vec<KernelError> {
         let mut errors = Vec::new();
-        let back = inverse(&self.firewall, before);
-        if back != FirewallChange::None {
-            if let Err(e) = kernel.apply_firewall(&back) {
-                errors.push(e);
+        for change in self.firewall.iter().rev() {
+            let back = inverse(change, change.table().and_then(|id| before.get(id)));
+            if back != FirewallChange::None {
+                if let Err(e) = kernel.apply_firewall(&back) {
+                    errors.push(e);
+                }
             }
         }
         errors.extend(undo_ops(kernel, &self.ops));

@@ -1,12 +1,18 @@
-//! Planning lanyard's nftables table: a fixed list of rules that look
+//! Planning lanyard's nftables tables: fixed lists of rules that look
 //! networks up in named sets. The number of rules (and the work per packet)
 //! does not grow with the number of networks; a network adds elements.
+//!
+//! - `inet lanyard`: each mode's policy (forward, NAT, isolation);
+//! - `bridge lanyard`: what must be decided per bridge port, before the IP
+//!   layer: today a DHCP rate per port, so one guest cannot drown its
+//!   network's DHCP server.
 
 use crate::kernel::firewall::{
     Action, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Rule, Set, Table,
-    TableId, Value,
+    TableId, Tables, Value,
 };
-use crate::model::{Mode, NetState, Network};
+use crate::kernel::ElementChange;
+use crate::model::{Mode, NetState, Network, Port};
 
 /// Name of lanyard's nftables table (family inet).
 pub const NFT_TABLE: &str = "lanyard";
@@ -23,6 +29,81 @@ pub const FORWARD_PRIORITY: i32 = -1;
 /// lanyard's table's identity.
 pub fn table_id() -> TableId {
     TableId { family: Family::Inet, name: NFT_TABLE.into() }
+}
+
+/// lanyard's bridge-family table's identity.
+pub fn bridge_table_id() -> TableId {
+    TableId { family: Family::Bridge, name: NFT_TABLE.into() }
+}
+
+/// Every table lanyard may own, wanted or not.
+pub fn table_ids() -> [TableId; 2] {
+    [table_id(), bridge_table_id()]
+}
+
+/// DHCP packets one bridge port may send per second, sustained, and in a
+/// burst: a guest's boot is four packets, a renewal one.
+pub const DHCP_PORT_RATE: u32 = 20;
+/// See [`DHCP_PORT_RATE`].
+pub const DHCP_PORT_BURST: u32 = 40;
+
+/// The tables for the active networks and their ports (only those some
+/// network needs).
+pub fn tables(networks: &[Network], ports: &[Port]) -> Tables {
+    table(networks).into_iter().chain(bridge_table(networks, ports)).map(|t| (t.id.clone(), t)).collect()
+}
+
+/// Whether lanyard limits DHCP per port on `net`: an active network it
+/// serves DHCP on, but not an open one (lanyard adds no rules there).
+fn dhcp_limited(net: &Network) -> bool {
+    net.state == NetState::Active && net.mode.serves_dhcp() && net.mode != Mode::Open
+}
+
+fn port_element(port: &Port) -> Element {
+    Element::key(vec![Value::Ifname(port.ifname.clone())])
+}
+
+/// The bridge-family table: a DHCP rate per bridge port, on the ports of
+/// the networks in [`dhcp_limited`]. None when there is no such network.
+/// (The ports are named one by one: this kernel family has no
+/// `meta ibrname` everywhere, see docs/reliability.md.)
+pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
+    let limited: std::collections::BTreeSet<&str> =
+        networks.iter().filter(|n| dhcp_limited(n)).map(|n| n.name.as_str()).collect();
+    if limited.is_empty() {
+        return None;
+    }
+    let mut members = Set::new("dhcp_ports", &[DataType::Ifname], false);
+    members.elements = ports.iter().filter(|p| limited.contains(p.net.as_str())).map(port_element).collect();
+    let mut meter = Set::new("dhcp_rate", &[DataType::Ifname], false);
+    meter.dynamic_timeout = Some(60);
+    // Prerouting: an excess DHCP broadcast is dropped before the bridge
+    // floods it to every other port, not only before the server sees it.
+    let input = Chain {
+        name: "prerouting".into(),
+        base: base(ChainType::Filter, Hook::Prerouting, 0),
+        rules: vec![Rule::new(
+            vec![Match::in_set(&[Field::Iifname], "dhcp_ports"), Match::any_of(Field::UdpDport, ports_of(&[67]))],
+            Action::DropOverRate {
+                fields: vec![Field::Iifname],
+                set: "dhcp_rate".into(),
+                per_second: DHCP_PORT_RATE,
+                burst: DHCP_PORT_BURST,
+            },
+        )],
+    };
+    Some(Table { id: bridge_table_id(), sets: vec![members, meter], chains: vec![input] })
+}
+
+/// The element changes that adding (or removing) `ports` makes to the
+/// bridge table: one per port on a [`dhcp_limited`] network. A port's own
+/// change costs one element, not a rebuilt set.
+pub fn port_changes(ports: &[Port], networks: &[Network], add: bool) -> Vec<ElementChange> {
+    ports
+        .iter()
+        .filter(|p| networks.iter().any(|n| n.name == p.net && dhcp_limited(n)))
+        .map(|p| ElementChange { table: bridge_table_id(), set: "dhcp_ports".into(), add, element: port_element(p) })
+        .collect()
 }
 
 /// The table for the active networks, None when no network needs rules
@@ -77,7 +158,7 @@ fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
     Some(BaseChain { kind, hook, priority, policy: Policy::Accept })
 }
 
-fn ports(v: &[u16]) -> Vec<Value> {
+fn ports_of(v: &[u16]) -> Vec<Value> {
     v.iter().map(|p| Value::Port(*p)).collect()
 }
 
@@ -94,8 +175,8 @@ fn chains() -> Vec<Chain> {
             name: "input".into(),
             base: base(ChainType::Filter, Hook::Input, 0),
             rules: vec![
-                rule(vec![set(&[Iifname], "isolated"), Match::any_of(UdpDport, ports(&[53, 67]))], Action::Accept),
-                rule(vec![set(&[Iifname], "isolated"), Match::any_of(TcpDport, ports(&[53]))], Action::Accept),
+                rule(vec![set(&[Iifname], "isolated"), Match::any_of(UdpDport, ports_of(&[53, 67]))], Action::Accept),
+                rule(vec![set(&[Iifname], "isolated"), Match::any_of(TcpDport, ports_of(&[53]))], Action::Accept),
                 rule(vec![set(&[Iifname], "isolated")], Action::Drop),
             ],
         },
@@ -103,8 +184,8 @@ fn chains() -> Vec<Chain> {
             name: "output".into(),
             base: base(ChainType::Filter, Hook::Output, 0),
             rules: vec![
-                rule(vec![set(&[Oifname], "isolated"), Match::any_of(UdpSport, ports(&[53, 67]))], Action::Accept),
-                rule(vec![set(&[Oifname], "isolated"), Match::any_of(TcpSport, ports(&[53]))], Action::Accept),
+                rule(vec![set(&[Oifname], "isolated"), Match::any_of(UdpSport, ports_of(&[53, 67]))], Action::Accept),
+                rule(vec![set(&[Oifname], "isolated"), Match::any_of(TcpSport, ports_of(&[53]))], Action::Accept),
                 rule(vec![set(&[Oifname], "isolated")], Action::Drop),
             ],
         },

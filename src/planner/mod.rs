@@ -13,26 +13,25 @@
 pub mod firewall;
 pub mod links;
 
-pub use firewall::{table_id, NFT_TABLE};
+pub use firewall::{bridge_table_id, table_id, table_ids, NFT_TABLE};
 pub use links::{alias_uplink, bridge_alias, port_alias, port_ops};
 
-use crate::kernel::{FirewallChange, Observed, Plan, Table};
+use crate::kernel::{FirewallChange, Observed, Plan, Tables};
 use crate::model::{Network, Port};
 
 /// Plans the changes that bring the kernel (`observed`, and the firewall
-/// table `current` that it is known to hold) to `networks` + `ports`.
-pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed, current: Option<&Table>) -> Plan {
-    let wanted = firewall::table(networks);
+/// tables `current` that it is known to hold) to `networks` + `ports`.
+pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed, current: &Tables) -> Plan {
     Plan {
         ops: links::plan_links(networks, ports, observed),
-        firewall: FirewallChange::between(current, wanted.as_ref()),
+        firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{LinkKind, ObservedLink, Op};
+    use crate::kernel::{LinkKind, ObservedLink, Op, Tables};
     use crate::model::test_network as net;
     use crate::model::{Mac, Mode, PortType};
 
@@ -96,7 +95,7 @@ mod tests {
     fn fresh_kernel_gets_everything_in_order() {
         let n = net("default", "192.168.122.0/24", "lybr0");
         let ports = [port("aa", "default", PortType::Tap), port("bb", "default", PortType::Veth)];
-        let p = plan(std::slice::from_ref(&n), &ports, &Observed::default(), None);
+        let p = plan(std::slice::from_ref(&n), &ports, &Observed::default(), &Tables::new());
         let kinds: Vec<String> = p.ops.iter().map(kind).collect();
         assert_eq!(
             kinds,
@@ -114,15 +113,22 @@ mod tests {
             ]
         );
         assert!(matches!(&p.ops[3], Op::CreateTap(t) if t.mac.to_string() == "fe:54:00:00:00:01"));
-        assert!(matches!(&p.firewall, FirewallChange::Replace(t) if t.id == table_id()));
+        let replaced: Vec<_> = p
+            .firewall
+            .iter()
+            .filter_map(|c| match c {
+                FirewallChange::Replace(t) => Some(t.id.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replaced, vec![table_id(), bridge_table_id()], "both tables are created: {:?}", p.firewall);
     }
 
     #[test]
     fn converged_kernel_needs_nothing() {
         let n = vec![net("default", "192.168.122.0/24", "lybr0"), net("b", "10.9.0.0/24", "lybr1")];
         let ports = vec![port("aa", "default", PortType::Tap), port("bb", "b", PortType::Veth)];
-        let table = firewall::table(&n);
-        let p = plan(&n, &ports, &converged(&n, &ports), table.as_ref());
+        let p = plan(&n, &ports, &converged(&n, &ports), &firewall::tables(&n, &ports));
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -153,7 +159,7 @@ mod tests {
             "docker0".into(),
             ObservedLink { name: "docker0".into(), kind: LinkKind::Bridge, ..Default::default() },
         );
-        let p = plan(&n, &ports, &o, firewall::table(&n).as_ref());
+        let p = plan(&n, &ports, &o, &firewall::tables(&n, &ports));
         assert_eq!(
             p.ops,
             vec![
@@ -169,15 +175,15 @@ mod tests {
     #[test]
     fn adopted_taps_are_attached_never_created() {
         let n = vec![net("default", "192.168.122.0/24", "lybr0")];
-        let fw = firewall::table(&n);
         let mut p = port("aa", "default", PortType::Tap);
         p.adopted = true;
         p.ifname = "tap0".into();
-        assert!(plan(&n, std::slice::from_ref(&p), &converged(&n, &[]), fw.as_ref()).ops.is_empty());
+        let fw = firewall::tables(&n, std::slice::from_ref(&p));
+        assert!(plan(&n, std::slice::from_ref(&p), &converged(&n, &[]), &fw).ops.is_empty());
         let mut o = converged(&n, &[]);
         o.links.insert("tap0".into(), ObservedLink { name: "tap0".into(), ..Default::default() });
         assert_eq!(
-            plan(&n, &[p], &o, fw.as_ref()).ops,
+            plan(&n, &[p], &o, &fw).ops,
             vec![
                 Op::SetMaster { link: "tap0".into(), master: Some("lybr0".into()), previous: None },
                 Op::SetUp { link: "tap0".into(), up: true }
@@ -264,11 +270,23 @@ mod tests {
     fn firewall_changes_are_elements_once_the_table_exists() {
         let a = net("default", "192.168.122.0/24", "lybr0");
         let b = net("b", "10.9.0.0/24", "lybr1");
-        let current = firewall::table(std::slice::from_ref(&a));
-        let p = plan(&[a.clone(), b], &[], &Observed::default(), current.as_ref());
-        assert!(matches!(&p.firewall, FirewallChange::Elements(v) if v.len() == 5), "{:?}", p.firewall);
-        let p = plan(&[], &[], &Observed::default(), current.as_ref());
-        assert_eq!(p.firewall, FirewallChange::Delete(table_id()), "no network needs rules: the table goes");
-        assert_eq!(plan(&[], &[], &Observed::default(), None).firewall, FirewallChange::None);
+        let current = firewall::tables(std::slice::from_ref(&a), &[]);
+        let p = plan(&[a.clone(), b], &[], &Observed::default(), &current);
+        let elements: Vec<usize> = p
+            .firewall
+            .iter()
+            .map(|c| match c {
+                FirewallChange::Elements(v) => v.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(elements, vec![5], "inet: 5 elements; the bridge table names ports, and there are none");
+        let p = plan(&[], &[], &Observed::default(), &current);
+        assert_eq!(
+            p.firewall,
+            vec![FirewallChange::Delete(table_id()), FirewallChange::Delete(bridge_table_id())],
+            "no network needs rules: the tables go"
+        );
+        assert!(plan(&[], &[], &Observed::default(), &Tables::new()).firewall.is_empty());
     }
 }

@@ -65,20 +65,16 @@ impl NftDriver {
     /// Applies `change` in one nftables transaction: all of it or, when
     /// nftables refuses any part, none of it.
     pub fn apply(&self, change: &FirewallChange) -> Result<(), KernelError> {
-        // An ElementChange names a set, not a table: element changes are
-        // always to lanyard's table.
-        let elements_of = crate::planner::table_id();
         let commands = match change {
             FirewallChange::None => return Ok(()),
             FirewallChange::Replace(table) => script::replace(table),
             FirewallChange::Delete(id) => script::delete(id),
             FirewallChange::Elements(changes) if changes.is_empty() => return Ok(()),
-            FirewallChange::Elements(changes) => script::elements(&elements_of, changes),
+            FirewallChange::Elements(changes) => script::elements(changes),
         };
-        self.run(&commands, Output::Text).map(drop).map_err(|e| KernelError::Firewall {
-            what: script::describe(change, &elements_of),
-            message: one_line(&e.message),
-        })
+        self.run(&commands, Output::Text)
+            .map(drop)
+            .map_err(|e| KernelError::Firewall { what: script::describe(change), message: one_line(&e.message) })
     }
 }
 

@@ -20,16 +20,16 @@ pub fn delete(id: &TableId) -> String {
     format!("table {id} {{}}\ndelete table {id}\n")
 }
 
-/// `add element`/`delete element` commands for `changes` to `id`, in order.
-/// Consecutive changes of one kind to one set share a command (`add element
-/// inet lanyard bridges { "a", "b" }`), which keeps ten thousand changes to
-/// a handful of commands without reordering anything.
-pub fn elements(id: &TableId, changes: &[ElementChange]) -> String {
+/// `add element`/`delete element` commands for `changes`, in order, each
+/// naming its table. Consecutive changes of one kind to one set share a
+/// command (`add element inet lanyard bridges { "a", "b" }`), which keeps ten
+/// thousand changes to a handful of commands without reordering anything.
+pub fn elements(changes: &[ElementChange]) -> String {
     let mut out = String::new();
-    for run in changes.chunk_by(|a, b| a.set == b.set && a.add == b.add) {
+    for run in changes.chunk_by(|a, b| a.table == b.table && a.set == b.set && a.add == b.add) {
         let Some(first) = run.first() else { continue };
         let verb = if first.add { "add" } else { "delete" };
-        out.push_str(&format!("{verb} element {id} {} {{ ", first.set));
+        out.push_str(&format!("{verb} element {} {} {{ ", first.table, first.set));
         for (i, c) in run.iter().enumerate() {
             if i > 0 {
                 out.push_str(", ");
@@ -42,14 +42,15 @@ pub fn elements(id: &TableId, changes: &[ElementChange]) -> String {
 }
 
 /// The change in a few words, for error messages.
-pub fn describe(change: &FirewallChange, elements_of: &TableId) -> String {
+pub fn describe(change: &FirewallChange) -> String {
     match change {
         FirewallChange::None => "nothing".into(),
         FirewallChange::Replace(t) => format!("replacing table {}", t.id),
         FirewallChange::Delete(id) => format!("deleting table {id}"),
         FirewallChange::Elements(v) => {
             let adds = v.iter().filter(|c| c.add).count();
-            format!("{adds} element additions and {} deletions in table {elements_of}", v.len() - adds)
+            let table = v.first().map(|c| c.table.to_string()).unwrap_or_default();
+            format!("{adds} element additions and {} deletions in table {table}", v.len() - adds)
         }
     }
 }
@@ -65,7 +66,7 @@ mod tests {
     }
 
     fn change(set: &str, add: bool, name: &str) -> ElementChange {
-        ElementChange { set: set.into(), add, element: Element::key(vec![Value::Ifname(name.into())]) }
+        ElementChange { table: id(), set: set.into(), add, element: Element::key(vec![Value::Ifname(name.into())]) }
     }
 
     #[test]
@@ -78,13 +79,13 @@ mod tests {
             change("bridges", true, "d"),
         ];
         assert_eq!(
-            elements(&id(), &changes),
+            elements(&changes),
             "delete element inet lanyard bridges { \"a\", \"b\" }\n\
              add element inet lanyard bridges { \"c\" }\n\
              add element inet lanyard isolated { \"c\" }\n\
              add element inet lanyard bridges { \"d\" }\n"
         );
-        assert_eq!(elements(&id(), &[]), "");
+        assert_eq!(elements(&[]), "");
     }
 
     #[test]
@@ -99,7 +100,7 @@ mod tests {
     #[test]
     fn describes_changes() {
         let v = FirewallChange::Elements(vec![change("bridges", true, "a"), change("bridges", false, "b")]);
-        assert_eq!(describe(&v, &id()), "1 element additions and 1 deletions in table inet lanyard");
-        assert_eq!(describe(&FirewallChange::Delete(id()), &id()), "deleting table inet lanyard");
+        assert_eq!(describe(&v), "1 element additions and 1 deletions in table inet lanyard");
+        assert_eq!(describe(&FirewallChange::Delete(id())), "deleting table inet lanyard");
     }
 }
