@@ -55,3 +55,82 @@ fn deleting_a_port_never_moves_the_gateway_mac() {
         p.output
     );
 }
+
+/// A full disk: the state directory is a 1 MB tmpfs (in the daemon's own
+/// mount namespace), filled up while VMs run. A port's VM renews its fixed
+/// lease every time (its binding is the port, already stored); whatever a
+/// dynamic client is told is what the store holds (never memory ahead of
+/// disk); a refused `port create` leaves nothing behind; the log says the
+/// disk is the problem; and all is well again once space is back.
+#[test]
+fn a_full_disk_keeps_running_vms_leased() {
+    let tools = [NAT_TOOLS, &["unshare", "nsenter", "dd"]].concat();
+    if !privileged("a_full_disk_keeps_running_vms_leased", &tools) {
+        return;
+    }
+    let ns = Netns::new("host");
+    let daemon = Daemon::start_on_tmpfs(&ns, "1m");
+    let mut host = Host { daemon, ns };
+    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let bridge = field(&net, "bridge").to_string();
+    let vm = host.attach_vm(NET, "vm1", &[]);
+    udhcpc(&vm.ns, "eth0", None).unwrap_or_else(|e| panic!("no lease before the disk fills: {e}"));
+
+    let filler = host.daemon.state_dir().join("filler");
+    let filler = filler.display().to_string();
+    let _ = host.daemon.in_its_mounts("dd", &["if=/dev/zero", &format!("of={filler}"), "bs=4k"]);
+    let df = host.daemon.in_its_mounts("df", &["-k", &host.daemon.state_dir().display().to_string()]);
+    assert!(stdout(&df).contains("100%"), "the state directory is not full:\n{}", stdout(&df));
+
+    for i in 0..3 {
+        let lease = udhcpc(&vm.ns, "eth0", None)
+            .unwrap_or_else(|e| panic!("renewal {i} on a full disk failed: {e}\n{}", host.daemon.log()));
+        assert_eq!(lease.ip, vm.ip());
+    }
+
+    // A dynamic client: whatever it gets must be what the store holds.
+    let client = host.attach_by_hand(&bridge, "dyn", "lydyn0");
+    let got = udhcpc(&client, "eth0", None).ok();
+    let mac = client.mac("eth0");
+    let listed = |host: &Host| {
+        host.cli_json(&["lease", "list", NET])
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["mac"] == mac.as_str())
+            .filter_map(|l| l["ip"].as_str().map(String::from))
+            .collect::<Vec<_>>()
+    };
+    let in_memory = listed(&host);
+    match &got {
+        Some(lease) => assert_eq!(in_memory, vec![lease.ip.to_string()], "ACKed but not listed"),
+        None => assert!(in_memory.is_empty(), "memory holds a lease the client never got: {in_memory:?}"),
+    }
+
+    // Provisioning: a port create either works or is refused cleanly.
+    let links_before = host.ns.links().len();
+    let out = host.cli(&["port", "create", "--net", NET, "--vm", "vm2"]);
+    if !out.status.success() {
+        let err = stderr(&out);
+        assert_eq!(err.lines().count(), 1, "one error line: {err}");
+        assert_eq!(host.ns.links().len(), links_before, "a refused port create left a link: {err}");
+    }
+    eprintln!(
+        "on a full disk: the dynamic client got {:?}; port create: {} {}",
+        got.as_ref().map(|l| l.ip),
+        out.status,
+        stderr(&out).trim()
+    );
+    if got.is_none() || !out.status.success() {
+        let log = host.daemon.log();
+        assert!(log.contains("disk full?") || log.contains("database or disk is full"), "nothing says why:\n{log}");
+    }
+
+    // Space comes back: everything works, and a restart finds what was
+    // promised.
+    let _ = host.daemon.in_its_mounts("rm", &["-f", &filler]);
+    let lease = udhcpc(&client, "eth0", None).unwrap_or_else(|e| panic!("no lease once space is back: {e}"));
+    host.cli_ok(&["port", "create", "--net", NET, "--vm", "vm3"]);
+    host.daemon.restart();
+    assert_eq!(listed(&host), vec![lease.ip.to_string()], "the store lost the client's lease");
+}

@@ -32,7 +32,10 @@ pub enum StoreError {
     },
     /// A query or commit failed.
     #[error("state database: {0}")]
-    Db(#[from] rusqlite::Error),
+    Db(rusqlite::Error),
+    /// The disk holding the state database is full: nothing was written.
+    #[error("the state database's disk is full, so nothing was changed: free space in the state directory and retry")]
+    DiskFull,
     /// A stored record could not be decoded (written by an incompatible version?).
     #[error("stored record {key} is unreadable: {source}")]
     Corrupt {
@@ -41,6 +44,16 @@ pub enum StoreError {
         /// Cause.
         source: serde_json::Error,
     },
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull) {
+            StoreError::DiskFull
+        } else {
+            StoreError::Db(e)
+        }
+    }
 }
 
 /// One change to the lease table.

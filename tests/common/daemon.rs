@@ -35,6 +35,12 @@ pub struct Daemon {
     log: PathBuf,
     starts: usize,
     env: Vec<(String, String)>,
+    /// A command and its arguments the daemon runs under (between
+    /// `ip netns exec NS` and lanyard), e.g. to give it a mount namespace.
+    wrapper: Vec<String>,
+    /// For a daemon on a private tmpfs: the process that holds the mount
+    /// namespace with the tmpfs, so restarts find the same state.
+    holder: Option<Child>,
     tmp: TempDir,
 }
 
@@ -50,10 +56,63 @@ impl Daemon {
             log: tmp.path().join("daemon.log"),
             starts: 0,
             env: Vec::new(),
+            wrapper: Vec::new(),
+            holder: None,
             tmp,
         };
         d.spawn();
         d
+    }
+
+    /// Starts the daemon in `ns` with its state directory on a private
+    /// tmpfs of `size` (e.g. "1m"), in a mount namespace of its own that a
+    /// small holder process keeps (so restarts find the same state). The
+    /// namespace is a slave of the host's: `ip netns add` mounts made later
+    /// reach it, its tmpfs never reaches the host; it goes with the holder.
+    pub fn start_on_tmpfs(ns: &Netns, size: &str) -> Daemon {
+        let tmp = TempDir::new("daemon");
+        let state_dir = tmp.path().join("state");
+        fs::create_dir_all(&state_dir).expect("state dir");
+        let script =
+            format!("mount -t tmpfs -o size={size},mode=0700 tmpfs '{}' && exec sleep 3600", state_dir.display());
+        let holder = Command::new("unshare")
+            .args(["--mount", "--propagation", "slave", "sh", "-c", &script])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("the mount holder starts");
+        let pid = holder.id().to_string();
+        let mounted = (0..100).any(|_| {
+            let mounts = fs::read_to_string(format!("/proc/{pid}/mounts")).unwrap_or_default();
+            let found = mounts.lines().any(|l| l.split(' ').nth(1) == Some(&state_dir.display().to_string()));
+            if !found {
+                sleep(Duration::from_millis(50));
+            }
+            found
+        });
+        assert!(mounted, "the tmpfs for the state directory was not mounted");
+        let mut d = Daemon {
+            netns: ns.name().to_string(),
+            child: None,
+            socket: tmp.path().join("l.sock"),
+            state_dir,
+            log: tmp.path().join("daemon.log"),
+            starts: 0,
+            env: Vec::new(),
+            wrapper: ["nsenter", "--target", &pid, "--mount", "--"].iter().map(|s| s.to_string()).collect(),
+            holder: Some(holder),
+            tmp,
+        };
+        d.spawn();
+        d
+    }
+
+    /// Runs `prog args` in the daemon's mount namespace (where its state
+    /// directory may be a private tmpfs).
+    pub fn in_its_mounts(&self, prog: &str, args: &[&str]) -> Output {
+        let pid = self.holder.as_ref().map_or_else(|| self.pid(), Child::id).to_string();
+        let mut cmd = Command::new("nsenter");
+        cmd.args(["--target", &pid, "--mount", "--"]).arg(prog).args(args);
+        run(&mut cmd, Duration::from_secs(60))
     }
 
     fn spawn(&mut self) {
@@ -64,6 +123,7 @@ impl Daemon {
         let _ = writeln!(log, "===== lanyard daemon start #{} =====", self.starts);
         let mut cmd = Command::new(tool("ip"));
         cmd.args(["netns", "exec", &self.netns])
+            .args(&self.wrapper)
             .arg(LANYARD)
             .arg("daemon")
             .arg("--socket")
@@ -222,6 +282,10 @@ impl Drop for Daemon {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if let Some(mut holder) = self.holder.take() {
+            let _ = holder.kill();
+            let _ = holder.wait();
         }
         if std::thread::panicking() {
             eprintln!("--- lanyard daemon log ({}) ---\n{}--- end of daemon log ---", self.log.display(), self.log());
