@@ -294,6 +294,32 @@ impl Engine {
         let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
+            if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned()) {
+                // Someone else's interface has the bridge's name (after a
+                // reboot, say): lanyard touches nothing of it and keeps the
+                // network down until the name is free.
+                if net.state == NetState::Active || net.autostart {
+                    tracing::error!(
+                        net = net.name,
+                        "interface {} exists and is not lanyard's (no lanyard mark): network {:?} stays stopped; \
+                         remove or rename that interface, then `lanyard net start {}`",
+                        link.name,
+                        net.name,
+                        net.name
+                    );
+                }
+                if net.state != NetState::Inactive {
+                    net.state = NetState::Inactive;
+                    self.store.put_network(net)?;
+                }
+                continue;
+            }
+            if let Some(uplink) = net.uplink.as_deref().filter(|u| !observed.links.contains_key(*u)) {
+                tracing::warn!(
+                    net = net.name,
+                    "uplink {uplink} is missing: the bridge comes up without it and takes it when it appears"
+                );
+            }
             if net.gateway_mac.is_none() && net.uplink.is_none() {
                 // A record from before gateway MACs were stored: keep the MAC
                 // the running bridge has (changing it would cut every guest

@@ -145,6 +145,12 @@ impl Engine {
             }
         }
         let observed = self.observe()?;
+        if let Some(link) = observed.links.get(&net.bridge).filter(|l| active && !l.owned()) {
+            return Err(EngineError::Conflict(format!(
+                "interface {} exists and is not lanyard's; remove or rename it to start network {name:?}",
+                link.name
+            )));
+        }
         net.state = state;
         let networks: Vec<Network> =
             self.networks.iter().map(|n| if n.name == name { net.clone() } else { n.clone() }).collect();

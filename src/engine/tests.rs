@@ -387,3 +387,30 @@ fn a_bridge_takes_at_most_1023_ports_and_says_so() {
     r.engine.delete_port(&made[0].id).unwrap();
     r.engine.create_port(port("big")).expect("room again after a delete");
 }
+
+#[test]
+fn a_foreign_interface_with_the_bridge_name_is_left_alone_and_named() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    // A reboot: the kernel is empty, and someone made an `lybr0` of theirs.
+    let kernel = Arc::new(FakeKernel::default());
+    let foreign = crate::kernel::ObservedLink { name: "lybr0".into(), mtu: 1500, ..Default::default() };
+    kernel.tamper(|s| {
+        s.observed.links.insert("lybr0".into(), foreign.clone());
+    });
+    let mut net = r.engine.network("a").unwrap();
+    net.autostart = true;
+    r.store.put_network(&net).unwrap();
+    let before = kernel.snapshot();
+    let mut e = Engine::start(Parts {
+        store: r.store.clone(),
+        kernel: kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost::default()),
+    })
+    .unwrap();
+    assert_eq!(e.network("a").unwrap().state, NetState::Inactive, "the network waits for its name");
+    assert_eq!(kernel.snapshot().observed.links, before.observed.links, "the foreign link was touched");
+    let err = e.set_active("a", true).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("not lanyard's")), "{err}");
+}

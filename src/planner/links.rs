@@ -100,6 +100,8 @@ pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let name = &net.bridge;
     match observed.links.get(name) {
+        // Someone else's interface with that name: never touched.
+        Some(link) if !link.owned() => {}
         None => {
             ops.push(Op::CreateBridge {
                 name: name.clone(),
