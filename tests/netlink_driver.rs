@@ -1224,3 +1224,36 @@ fn measure_ports_and_observe() {
         );
     });
 }
+
+#[test]
+fn links_deleted_in_one_batch_and_nothing_else() {
+    if !privileged("links_deleted_in_one_batch_and_nothing_else") {
+        return;
+    }
+    in_private_netns(|| {
+        let d = driver();
+        let names: Vec<String> = (0..50).map(|i| format!("lybatch{i}")).collect();
+        for (i, n) in names.iter().enumerate() {
+            apply(&d, Op::CreateTap(tap(n, &format!("52:54:00:00:10:{i:02x}"))));
+        }
+        // Someone else's links, one in a group of its own, stay.
+        ip(&["link", "add", "theirs0", "type", "bridge"]);
+        ip(&["link", "add", "theirs1", "type", "bridge"]);
+        ip(&["link", "set", "theirs1", "group", "7"]);
+        let mut asked = names.clone();
+        asked.push("lygone".into()); // already gone: skipped
+        let start = Instant::now();
+        apply(&d, Op::DeleteLinks { names: asked });
+        let took = start.elapsed();
+        for n in &names {
+            assert!(link(n).is_none(), "{n} is still there");
+        }
+        assert!(link("theirs0").is_some() && link("theirs1").is_some(), "a foreign link was deleted");
+        assert_eq!(must_link("theirs1")["group"], "7", "a foreign link's group changed");
+        eprintln!("50 TAPs deleted in one batch in {} ms", took.as_millis());
+        // One name is an ordinary delete.
+        apply(&d, Op::CreateTap(tap("lyone", "52:54:00:00:11:01")));
+        apply(&d, Op::DeleteLinks { names: vec!["lyone".into()] });
+        assert!(link("lyone").is_none());
+    });
+}

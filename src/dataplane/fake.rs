@@ -135,6 +135,16 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
             create(links, new_link(name, LinkKind::Vlan, None, alias))?;
         }
         Op::CreateVxlan(v) => create(links, new_link(&v.name, LinkKind::Vxlan, v.mtu, &v.alias))?,
+        Op::DeleteLinks { names } => {
+            for name in names {
+                if links.remove(name).is_some() {
+                    for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
+                        l.master = None;
+                    }
+                    s.observed.routes.retain(|r| r.dev.as_deref() != Some(name.as_str()));
+                }
+            }
+        }
         Op::DeleteLink { name } => {
             links.remove(name).ok_or_else(missing)?;
             for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {

@@ -224,6 +224,14 @@ pub enum Op {
         /// Name.
         name: String,
     },
+    /// Delete several links in one kernel batch: a link's removal waits
+    /// for the kernel to let go of it, and in one batch that wait is paid
+    /// once (a network's 500 ports go in well under a second, not in 8 s).
+    /// Links already gone are skipped.
+    DeleteLinks {
+        /// Names.
+        names: Vec<String>,
+    },
     /// Add an IPv4 address.
     AddAddress {
         /// Link.
@@ -371,7 +379,9 @@ impl Op {
             }
             Op::AddFdb { link, mac, dst } => Op::DelFdb { link: link.clone(), mac: *mac, dst: *dst },
             Op::SetForwarding { on } => Op::SetForwarding { on: !on },
-            Op::DelBridgeVlan { .. } | Op::DelFdb { .. } | Op::DeleteLink { .. } => return None,
+            Op::DelBridgeVlan { .. } | Op::DelFdb { .. } | Op::DeleteLink { .. } | Op::DeleteLinks { .. } => {
+                return None
+            }
         })
     }
 
@@ -401,6 +411,11 @@ impl fmt::Display for Op {
             Op::CreateVlan { name, parent, id, .. } => write!(f, "create vlan {name} (id {id} on {parent})"),
             Op::CreateVxlan(v) => write!(f, "create vxlan {} (vni {})", v.name, v.vni),
             Op::DeleteLink { name } => write!(f, "delete link {name}"),
+            Op::DeleteLinks { names } => match names.as_slice() {
+                [] => write!(f, "delete no links"),
+                [one] => write!(f, "delete link {one}"),
+                [first, .., last] => write!(f, "delete {} links ({first} .. {last})", names.len()),
+            },
             Op::AddAddress { link, addr } => write!(f, "add address {addr} to {link}"),
             Op::DelAddress { link, addr } => write!(f, "remove address {addr} from {link}"),
             Op::SetMaster { link, master: Some(m), .. } => write!(f, "enslave {link} to {m}"),

@@ -79,7 +79,16 @@ fn stale_ops(observed: &Observed, wanted: &BTreeSet<&str>) -> Vec<Op> {
     let mut stale: Vec<&ObservedLink> =
         observed.links.values().filter(|l| l.owned() && !wanted.contains(l.name.as_str())).collect();
     stale.sort_by_key(|l| (l.kind == LinkKind::Bridge, l.name.clone()));
-    for link in stale {
+    // Ports (not bridges) go in one batch: the kernel's wait for a removed
+    // link is then paid once.
+    let (ports, bridges): (Vec<&ObservedLink>, Vec<&ObservedLink>) =
+        stale.into_iter().partition(|l| l.kind != LinkKind::Bridge);
+    match ports.as_slice() {
+        [] => {}
+        [one] => ops.push(Op::DeleteLink { name: one.name.clone() }),
+        many => ops.push(Op::DeleteLinks { names: many.iter().map(|l| l.name.clone()).collect() }),
+    }
+    for link in bridges {
         let uplink = link.alias.as_deref().and_then(alias_uplink).and_then(|u| observed.links.get(u));
         if let Some(uplink) = uplink {
             // Give the host its configuration back before the bridge goes.

@@ -156,6 +156,21 @@ pub fn delete_link(name: &str) -> Request {
     request(RouteNetlinkMessage::DelLink(link_named(name)), 0)
 }
 
+/// RTM_SETLINK of the link's group (IFLA_GROUP).
+pub fn set_group(name: &str, group: u32) -> Request {
+    let mut msg = link_named(name);
+    msg.attributes.push(LinkAttribute::Group(group));
+    set_link(msg)
+}
+
+/// RTM_DELLINK of every link in `group`: the kernel unregisters them in one
+/// batch (`ip link delete group N`).
+pub fn delete_group(group: u32) -> Request {
+    let mut msg = LinkMessage::default();
+    msg.attributes.push(LinkAttribute::Group(group));
+    request(RouteNetlinkMessage::DelLink(msg), 0)
+}
+
 fn set_link(msg: LinkMessage) -> Request {
     request(RouteNetlinkMessage::SetLink(msg), 0)
 }

@@ -16,6 +16,47 @@ fn send(socket: &mut RouteSocket, req: Request) -> Result<(), NlError> {
     socket.ack(req.message, req.flags)
 }
 
+/// The group links go to for a batch delete: random and above 2^24, far
+/// from the small numbers administrators give groups (`/etc/iproute2/group`),
+/// so `delete group` can meet no link but these.
+fn scratch_group() -> u32 {
+    rand::random::<u32>() | 0x0100_0000
+}
+
+/// Deletes `names` in one kernel batch: each joins a scratch group, then the
+/// group is deleted. A link already gone is skipped; if anything else
+/// fails, the links put in the group go back to group 0 (lanyard's links
+/// are always in the default group) and nothing is deleted.
+fn delete_links(socket: &mut RouteSocket, names: &[String]) -> Result<(), NlError> {
+    if let [one] = names {
+        return match send(socket, messages::delete_link(one)) {
+            Err(e) if e.errno == Some(libc::ENODEV) => Ok(()),
+            other => other,
+        };
+    }
+    let group = scratch_group();
+    let mut grouped: Vec<&str> = Vec::with_capacity(names.len());
+    let back = |socket: &mut RouteSocket, grouped: &[&str]| {
+        for name in grouped {
+            let _ = send(socket, messages::set_group(name, 0));
+        }
+    };
+    for name in names {
+        match send(socket, messages::set_group(name, group)) {
+            Ok(()) => grouped.push(name),
+            Err(e) if e.errno == Some(libc::ENODEV) => {}
+            Err(e) => {
+                back(socket, &grouped);
+                return Err(e);
+            }
+        }
+    }
+    if grouped.is_empty() {
+        return Ok(());
+    }
+    send(socket, messages::delete_group(group)).inspect_err(|_| back(socket, &grouped))
+}
+
 /// Finishes the creation of link `name` with `rest`; if that fails, deletes
 /// the link again so that nothing of the op remains, and says so when even
 /// that fails.
@@ -85,6 +126,7 @@ fn perform(socket: &mut RouteSocket, op: &Op) -> Result<(), NlError> {
             finish_create(socket, &v.name, |s| send(s, messages::set_alias(&v.name, &v.alias)))
         }
         Op::DeleteLink { name } => send(socket, messages::delete_link(name)),
+        Op::DeleteLinks { names } => delete_links(socket, names),
         Op::AddAddress { link, addr } | Op::DelAddress { link, addr } => {
             let index = link_index(socket, link)?;
             send(socket, messages::address(index, *addr, matches!(op, Op::AddAddress { .. })))
