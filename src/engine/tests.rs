@@ -414,3 +414,35 @@ fn a_foreign_interface_with_the_bridge_name_is_left_alone_and_named() {
     let err = e.set_active("a", true).unwrap_err();
     assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("not lanyard's")), "{err}");
 }
+
+#[test]
+fn a_missing_uplink_is_taken_when_it_appears() {
+    let mut r = rig();
+    let eth1 = crate::kernel::ObservedLink {
+        name: "eth1".into(),
+        mtu: 1500,
+        up: true,
+        mac: Some(Mac([0x52, 0x54, 0, 9, 9, 9])),
+        addrs: vec!["192.0.2.10/24".parse().unwrap()],
+        ..Default::default()
+    };
+    r.kernel.tamper(|s| {
+        s.observed.links.insert("eth1".into(), eth1.clone());
+    });
+    let mut s = spec("lan", "bridge", "");
+    s.uplink = Some("eth1".into());
+    let net = r.engine.create_network(s).unwrap();
+    assert_eq!(r.kernel.snapshot().observed.links["eth1"].master.as_deref(), Some(net.bridge.as_str()));
+    // The NIC goes away (a driver reload) and comes back without a master.
+    r.kernel.tamper(|s| {
+        s.observed.links.insert("eth1".into(), eth1.clone());
+    });
+    let n = r.engine.heal(&[crate::kernel::KernelEvent::Link { name: "eth1".into(), gone: false }]).unwrap();
+    assert!(n > 0, "nothing repaired");
+    let k = r.kernel.snapshot();
+    assert_eq!(k.observed.links["eth1"].master.as_deref(), Some(net.bridge.as_str()), "the uplink was not taken back");
+    assert!(
+        k.observed.links[&net.bridge].addrs.contains(&"192.0.2.10/24".parse().unwrap()),
+        "the address did not move"
+    );
+}

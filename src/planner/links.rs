@@ -32,9 +32,13 @@ pub fn port_alias(id: &str) -> String {
 /// Moves the host's IPv4 configuration from `from` to `to`: addresses
 /// first added on `to` then removed from `from` (no moment without them),
 /// then the routes that are not the kernel's own prefix routes.
-fn move_config(from: &ObservedLink, to: &str, routes: &[Route]) -> Vec<Op> {
+fn move_config(from: &ObservedLink, to: &str, observed: &Observed) -> Vec<Op> {
+    let routes = &observed.routes;
     let mut ops = Vec::new();
-    for a in &from.addrs {
+    // An address the target has already (the NIC came back with the
+    // address it had before the move) is only removed from the source.
+    let has = |a: &ipnet::Ipv4Net| observed.links.get(to).is_some_and(|l| l.addrs.contains(a));
+    for a in from.addrs.iter().filter(|a| !has(a)) {
         ops.push(Op::AddAddress { link: to.to_string(), addr: *a });
     }
     for a in &from.addrs {
@@ -92,7 +96,7 @@ fn stale_ops(observed: &Observed, wanted: &BTreeSet<&str>) -> Vec<Op> {
         let uplink = link.alias.as_deref().and_then(alias_uplink).and_then(|u| observed.links.get(u));
         if let Some(uplink) = uplink {
             // Give the host its configuration back before the bridge goes.
-            ops.extend(move_config(link, &uplink.name, &observed.routes));
+            ops.extend(move_config(link, &uplink.name, observed));
             ops.push(Op::SetMaster { link: uplink.name.clone(), master: None, previous: uplink.master.clone() });
         }
         ops.push(Op::DeleteLink { name: link.name.clone() });
@@ -222,6 +226,6 @@ fn uplinked_bridge_ops(net: &Network, uplink: &str, observed: &Observed) -> Vec<
             previous: up.master.clone(),
         });
     }
-    ops.extend(move_config(up, &net.bridge, &observed.routes));
+    ops.extend(move_config(up, &net.bridge, observed));
     ops
 }
