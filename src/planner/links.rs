@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kernel::link::{TapSpec, VethSpec, OWNER_ALIAS_PREFIX};
-use crate::kernel::{LinkKind, Observed, ObservedLink, Op, Route, RouteProto};
+use crate::kernel::{LinkKind, Observed, ObservedLink, Op, RouteProto};
 use crate::model::{NetState, Network, Port, PortType};
 
 /// Ownership mark of a network's bridge. A bridge-mode bridge also names
