@@ -102,8 +102,15 @@ pub enum NetCommand {
         #[arg(long)]
         subnet: Option<String>,
         /// Bridge mode: the NIC that joins the bridge (its addresses move to the bridge).
+        /// With --vlan: the trunk the VLAN rides on.
         #[arg(long)]
         uplink: Option<String>,
+        /// 802.1Q VLAN id (1-4094) on --uplink: the network is that VLAN.
+        #[arg(long)]
+        vlan: Option<u16>,
+        /// How the VLAN is made: subif (a VLAN device in a bridge per VLAN, the default).
+        #[arg(long)]
+        vlan_backend: Option<String>,
         /// Host's address on the bridge (default: first host address).
         #[arg(long)]
         gateway: Option<String>,
@@ -621,8 +628,10 @@ fn network_detail(n: &Value) -> String {
         ("Domain", s(&n["domain"])),
         ("MTU", s(&n["mtu"])),
         ("Uplink", s(&n["uplink"])),
+        ("VLAN", s(&n["vlan"])),
+        ("VLAN backend", s(&n["vlan_backend"])),
     ];
-    details(&fields, 12)
+    details(&fields, 14)
 }
 
 fn status_detail(v: &Value) -> String {
@@ -744,6 +753,8 @@ fn body_of(cmd: &Command) -> Option<Value> {
             mode,
             subnet,
             uplink,
+            vlan,
+            vlan_backend,
             gateway,
             dhcp_range,
             bridge,
@@ -753,6 +764,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             out: _,
         }) => Some(json!({
             "name": name, "mode": mode, "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
+            "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
             "autostart": autostart,
         })),
@@ -1068,7 +1080,7 @@ mod tests {
         let t = port_rows(&ports);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
-        assert!(inert(&t) && t.lines().count() == 11, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 13, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(

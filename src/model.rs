@@ -161,10 +161,55 @@ pub struct NetworkSpec {
     /// Start the network when the host boots (default false, as `virsh net-define`).
     #[serde(default)]
     pub autostart: Option<bool>,
-    /// Bridge mode: the physical NIC that joins the bridge.
+    /// Bridge mode: the physical NIC that joins the bridge. With `vlan`:
+    /// the trunk the VLAN rides on (any mode).
     #[serde(default)]
     pub uplink: Option<String>,
+    /// 802.1Q VLAN id (1..4094) on `uplink`: the network's L2 segment is
+    /// that VLAN on the trunk.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// How the VLAN is made: "subif" (default: a VLAN device per uplink and
+    /// VLAN in a bridge per VLAN) or "filtering" (one VLAN-aware bridge per
+    /// uplink).
+    #[serde(default)]
+    pub vlan_backend: Option<String>,
 }
+
+/// How a VLAN network is realized in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VlanBackend {
+    /// A VLAN device (`eth0.10`) per uplink and VLAN, in a bridge per VLAN
+    /// (`brvlan10`): the seed's realization.
+    Subif,
+    /// One VLAN-aware bridge per uplink (`vlan_filtering 1`), the uplink its
+    /// trunk port, each VM port an access port.
+    Filtering,
+}
+
+impl FromStr for VlanBackend {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "subif" => Ok(VlanBackend::Subif),
+            "filtering" => Ok(VlanBackend::Filtering),
+            _ => Err(invalid("vlan backend", s, "use subif or filtering")),
+        }
+    }
+}
+
+impl fmt::Display for VlanBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            VlanBackend::Subif => "subif",
+            VlanBackend::Filtering => "filtering",
+        })
+    }
+}
+
+/// The highest 802.1Q VLAN id (4095 is reserved).
+pub const VLAN_MAX: u16 = 4094;
 
 /// Whether a network's kernel objects exist and its DHCP server runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -209,9 +254,27 @@ pub struct Network {
     /// stored, and for bridge mode, where the bridge takes the uplink's.
     #[serde(default)]
     pub gateway_mac: Option<Mac>,
+    /// 802.1Q VLAN id on `uplink`.
+    #[serde(default)]
+    pub vlan: Option<u16>,
+    /// How the VLAN is realized (Some exactly when `vlan` is).
+    #[serde(default)]
+    pub vlan_backend: Option<VlanBackend>,
 }
 
 impl Network {
+    /// Whether the host has an address on this network (every mode but an
+    /// L2-only bridge-mode network on a VLAN).
+    pub fn has_host_address(&self) -> bool {
+        !(self.mode == Mode::Bridge && self.vlan.is_some())
+    }
+
+    /// Whether the uplink NIC itself joins the bridge (bridge mode without
+    /// a VLAN): the host's addresses then move to the bridge.
+    pub fn enslaves_uplink(&self) -> bool {
+        self.mode == Mode::Bridge && self.vlan.is_none()
+    }
+
     /// The gateway as an interface address, e.g. 192.168.122.1/24.
     pub fn gateway_cidr(&self) -> Ipv4Net {
         Ipv4Net::new(self.gateway, self.subnet.prefix_len()).expect("prefix came from a valid subnet")
@@ -220,6 +283,15 @@ impl Network {
     /// Whether the two networks' subnets share any address.
     pub fn subnet_overlaps(&self, other: &Network) -> bool {
         self.subnet.contains(&other.subnet.network()) || other.subnet.contains(&self.subnet.network())
+    }
+
+    /// Whether the two networks cannot live on one host: both give the host
+    /// an address in overlapping subnets (the host could not tell which
+    /// bridge an address is behind). An L2-only network (bridge mode on a
+    /// VLAN) shares its subnet with anyone: the seed's experiment puts two
+    /// VLANs in one subnet.
+    pub fn clashes_with(&self, other: &Network) -> bool {
+        self.has_host_address() && other.has_host_address() && self.subnet_overlaps(other)
     }
 
     /// Whether `ip` may be given to a guest: inside the subnet and neither
@@ -363,16 +435,34 @@ impl NetworkSpec {
         }
         let domain = self.domain.clone().unwrap_or_else(|| self.name.clone());
         validate_domain(&domain)?;
-        let uplink = match (&self.uplink, mode) {
-            (Some(u), Mode::Bridge) => {
+        if let Some(v) = self.vlan {
+            if !(1..=VLAN_MAX).contains(&v) {
+                return Err(invalid("vlan", v, format!("VLAN ids are 1 to {VLAN_MAX}")));
+            }
+            if self.uplink.is_none() {
+                return Err(invalid("vlan", v, "--vlan needs --uplink IF, the trunk the VLAN rides on"));
+            }
+        }
+        let vlan_backend = match (&self.vlan_backend, self.vlan) {
+            (Some(b), Some(_)) => Some(b.parse::<VlanBackend>()?),
+            (None, Some(_)) => Some(VlanBackend::Subif),
+            (Some(b), None) => {
+                return Err(invalid("vlan backend", b, "--vlan-backend applies to networks with --vlan"))
+            }
+            (None, None) => None,
+        };
+        let uplink = match (&self.uplink, mode, self.vlan) {
+            (Some(u), Mode::Bridge, _) | (Some(u), _, Some(_)) => {
                 validate_ifname("uplink", u)?;
                 Some(u.clone())
             }
-            (None, Mode::Bridge) => {
-                return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"))
+            (None, Mode::Bridge, _) | (None, _, Some(_)) => {
+                return Err(invalid("uplink", "", "bridge mode and --vlan need --uplink IF"))
             }
-            (Some(u), _) => return Err(invalid("uplink", u, "--uplink applies to bridge mode only")),
-            (None, _) => None,
+            (Some(u), _, None) => {
+                return Err(invalid("uplink", u, "--uplink applies to bridge mode, or to a network with --vlan"))
+            }
+            (None, _, None) => None,
         };
         Ok(Network {
             name: self.name.clone(),
@@ -385,8 +475,10 @@ impl NetworkSpec {
             domain,
             autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
-            gateway_mac: (mode != Mode::Bridge).then(|| Mac::for_gateway(&self.name)),
+            gateway_mac: (mode != Mode::Bridge || self.vlan.is_some()).then(|| Mac::for_gateway(&self.name)),
             uplink,
+            vlan: self.vlan,
+            vlan_backend,
         })
     }
 }

@@ -190,6 +190,53 @@ fn wrong_input_is_refused_without_side_effects() {
             &["wifi", "mode"],
         ),
         case("mtu not a number", net_create("n1", "10.10.0.0/24", &["--mtu", "abc"]), INVALID, &["mtu", "abc"]),
+        // VLANs (refused before the kernel is asked, so this kernel's lack
+        // of 802.1Q does not matter).
+        case("vlan 0", net_create("n1", "10.10.0.0/24", &["--vlan", "0", "--uplink", TAKEN]), INVALID, &["1 to 4094"]),
+        case(
+            "vlan 4095",
+            net_create("n1", "10.10.0.0/24", &["--vlan", "4095", "--uplink", TAKEN]),
+            INVALID,
+            &["1 to 4094"],
+        ),
+        case("vlan not a number", net_create("n1", "10.10.0.0/24", &["--vlan", "ten"]), INVALID, &["vlan", "ten"]),
+        case("vlan without uplink", net_create("n1", "10.10.0.0/24", &["--vlan", "10"]), INVALID, &["--uplink"]),
+        case(
+            "vlan on a missing uplink",
+            net_create("n1", "10.10.0.0/24", &["--vlan", "10", "--uplink", "nosuch0"]),
+            NOT_FOUND,
+            &["nosuch0"],
+        ),
+        case(
+            "vlan on a lanyard bridge",
+            net_create("n1", "10.10.0.0/24", &["--vlan", "10", "--uplink", &bridge]),
+            CONFLICT,
+            &["bridge"],
+        ),
+        case(
+            "unknown vlan backend",
+            net_create("n1", "10.10.0.0/24", &["--vlan", "10", "--uplink", TAKEN, "--vlan-backend", "ovs"]),
+            INVALID,
+            &["subif or filtering"],
+        ),
+        case(
+            "vlan backend without vlan",
+            net_create("n1", "10.10.0.0/24", &["--vlan-backend", "subif"]),
+            INVALID,
+            &["--vlan"],
+        ),
+        case(
+            "uplink on a nat network without vlan",
+            net_create("n1", "10.10.0.0/24", &["--uplink", TAKEN]),
+            INVALID,
+            &["--vlan"],
+        ),
+        case(
+            "vlan mtu above the trunk's",
+            net_create("n1", "10.10.0.0/24", &["--vlan", "10", "--uplink", TAKEN, "--mtu", "9000"]),
+            INVALID,
+            &["MTU"],
+        ),
         // Network names.
         case("network name of 17 bytes", net_create("abcdefghijklmnopq", "10.10.0.0/24", &[]), INVALID, &["name"]),
         case("network name with /", net_create("a/b", "10.10.0.0/24", &[]), INVALID, &["name"]),

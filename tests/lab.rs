@@ -160,3 +160,34 @@ fn lanyard_nat_network_in_the_lab_host() {
 
     assert_eq!(line("daemon exit "), "0", "lanyard daemon's exit status on SIGTERM");
 }
+
+/// lanyard's VLAN networks on a kernel that has 802.1Q (`lab/lanyard-vlan.sh`):
+/// the seed's experiment with L2 networks and static addresses, then with
+/// lanyard's DHCP on a nat network: vm3 reaches vm1 on VLAN 10, vm2 on VLAN
+/// 20 reaches neither and no frame of it arrives on VLAN 10, the trunk
+/// carries both tags to its far end, and deleting the networks leaves the
+/// trunk as it was.
+#[test]
+fn lanyard_vlans_in_the_lab_host() {
+    if !ready("lanyard_vlans_in_the_lab_host", &[]) {
+        return;
+    }
+    let out = host_run("lanyard-vlan.sh");
+    let lines = lab_lines(&out);
+    for want in [
+        "static vm3 reaches vm1",
+        "static trunk carries tags 10 and 20",
+        "static vm2 isolated: its ARP never reached VLAN 10",
+        "dhcp vm1 192.168.100.10/24",
+        "dhcp vm3 192.168.100.30/24",
+        "dhcp vm3 reaches vm1",
+        "dhcp vm2 isolated: its ARP never reached VLAN 10",
+        "cleanup ok",
+    ] {
+        assert!(lines.iter().any(|l| l == want), "`{want}` missing from the lab's lines:\n{}", lines.join("\n"));
+    }
+    let net = lines.iter().find_map(|l| l.strip_prefix("net-json ")).expect("net create's answer");
+    let net: Value = serde_json::from_str(net).expect("net create's answer is JSON");
+    assert_eq!((net["vlan"].as_u64(), net["vlan_backend"].as_str()), (Some(10), Some("subif")), "{net}");
+    assert_eq!(net["bridge"], "brvlan10", "the seed's bridge name: {net}");
+}

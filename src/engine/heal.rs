@@ -86,9 +86,12 @@ impl Engine {
                     scope.firewall = true;
                 }
                 KernelEvent::Link { name, .. } | KernelEvent::Address { link: name, .. } => {
-                    if let Some(net) =
-                        active().find(|n| &n.bridge == name || n.uplink.as_deref() == Some(name.as_str()))
-                    {
+                    // A trunk carries every VLAN network on it.
+                    for net in active().filter(|n| {
+                        &n.bridge == name
+                            || n.uplink.as_deref() == Some(name.as_str())
+                            || planner::links::network_vlan_device(n).as_deref() == Some(name.as_str())
+                    }) {
                         scope.networks.insert(net.name.clone());
                     }
                     if let Some(id) = self.index.ifnames.get(name) {

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::{Engine, EngineError};
 use crate::ipam::AddressBook;
 use crate::kernel::{LinkKind, Observed};
-use crate::model::{Mode, ModelError, NetState, Network, NetworkSpec, Port};
+use crate::model::{Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend};
 use crate::planner;
 use crate::store::{LeaseChange, Store, StoreError};
 
@@ -57,7 +57,21 @@ impl Engine {
             || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
         let mut spec = spec;
         let mode: Mode = spec.mode.parse()?;
-        if let (Some(uplink), Mode::Bridge) = (spec.uplink.as_deref(), mode) {
+        if let (Some(uplink), Some(vid)) = (spec.uplink.as_deref(), spec.vlan) {
+            crate::model::validate_ifname("uplink", uplink)?;
+            let backend = spec.vlan_backend.as_deref().map(str::parse).transpose()?.unwrap_or(VlanBackend::Subif);
+            self.check_trunk(uplink, vid, backend, observed)?;
+            if spec.bridge.is_none() && backend == VlanBackend::Subif {
+                // The seed's name; when it is taken the user names one.
+                let seed_name = format!("brvlan{vid}");
+                if taken.contains(seed_name.as_str()) {
+                    return Err(EngineError::Conflict(format!(
+                        "bridge {seed_name} is in use; give the network's bridge a name with --bridge"
+                    )));
+                }
+                spec.bridge = Some(seed_name);
+            }
+        } else if let (Some(uplink), Mode::Bridge) = (spec.uplink.as_deref(), mode) {
             crate::model::validate_ifname("uplink", uplink)?;
             self.check_uplink(uplink, observed)?;
             if spec.subnet.is_empty() {
@@ -79,6 +93,16 @@ impl Engine {
     }
 
     fn check_network_conflicts(&self, net: &Network, observed: &Observed) -> Result<(), EngineError> {
+        if let (Some(mtu), Some(uplink), Some(vid)) = (net.mtu, net.uplink.as_deref(), net.vlan) {
+            let trunk = observed.links.get(uplink).map_or(0, |l| l.mtu);
+            if mtu > trunk {
+                return Err(EngineError::Invalid(ModelError::Invalid {
+                    what: "mtu",
+                    value: mtu.to_string(),
+                    why: format!("VLAN {vid} rides on {uplink}, whose MTU is {trunk}; give at most that"),
+                }));
+            }
+        }
         if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
             return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
         }
@@ -88,18 +112,20 @@ impl Engine {
                 net.bridge
             )));
         }
-        if let Some(other) = self.networks.iter().find(|n| n.subnet_overlaps(net)) {
+        if let Some(other) = self.networks.iter().find(|n| n.clashes_with(net)) {
             return Err(EngineError::Conflict(format!(
                 "subnet {} overlaps {} of network {:?}",
                 net.subnet, other.subnet, other.name
             )));
         }
         // A bridge-mode network's subnet is the LAN the uplink already
-        // routes to: only other interfaces' routes count as a clash.
+        // routes to: only other interfaces' routes count as a clash. An
+        // L2-only network gives the host no address and so no route.
         let clash = observed
             .routes
             .iter()
-            .filter(|r| r.dev.is_none() || r.dev != net.uplink)
+            .filter(|_| net.has_host_address())
+            .filter(|r| r.dev.is_none() || r.dev != net.uplink || net.vlan.is_some())
             .find_map(|r| r.dst.filter(|d| d.contains(&net.subnet.network()) || net.subnet.contains(&d.network())));
         if let Some(dst) = clash {
             return Err(EngineError::Conflict(format!("subnet {} overlaps the host's route to {dst}", net.subnet)));
@@ -123,6 +149,70 @@ impl Engine {
         Ok(())
     }
 
+    /// Checks a VLAN network's trunk: it exists, is a NIC (not a bridge, a
+    /// lanyard port or another bridge's port), carries no network that puts
+    /// the NIC itself in a bridge, uses one backend, and this VLAN once.
+    fn check_trunk(
+        &self,
+        uplink: &str,
+        vid: u16,
+        backend: VlanBackend,
+        observed: &Observed,
+    ) -> Result<(), EngineError> {
+        if backend == VlanBackend::Filtering {
+            return Err(EngineError::Invalid(ModelError::Invalid {
+                what: "vlan backend",
+                value: "filtering".into(),
+                why: "is not available yet; use subif (the default)".into(),
+            }));
+        }
+        let Some(link) = observed.links.get(uplink) else {
+            return Err(EngineError::NotFound(format!(
+                "no interface named {uplink} to carry VLAN {vid} (see `ip link`)"
+            )));
+        };
+        if let Some(master) = &link.master {
+            return Err(EngineError::Conflict(format!(
+                "uplink {uplink} is a port of bridge {master}; a trunk must be a NIC"
+            )));
+        }
+        if link.owned() || link.kind == LinkKind::Bridge {
+            return Err(EngineError::Conflict(format!(
+                "{uplink} is a bridge or a lanyard port, not a NIC to carry VLANs"
+            )));
+        }
+        for other in self.networks.iter().filter(|n| n.uplink.as_deref() == Some(uplink)) {
+            match (other.vlan, other.vlan_backend) {
+                (None, _) => {
+                    return Err(EngineError::Conflict(format!(
+                        "uplink {uplink} is in network {:?}'s bridge; it cannot carry VLANs too",
+                        other.name
+                    )))
+                }
+                (Some(v), _) if v == vid => {
+                    return Err(EngineError::Conflict(format!(
+                        "VLAN {vid} on {uplink} is network {:?}'s already",
+                        other.name
+                    )))
+                }
+                (Some(_), Some(b)) if b != backend => {
+                    return Err(EngineError::Conflict(format!(
+                        "the VLANs on {uplink} use the {b} backend (network {:?}); one uplink takes one backend",
+                        other.name
+                    )))
+                }
+                _ => {}
+            }
+        }
+        let device = crate::planner::links::vlan_ifname(uplink, vid);
+        if observed.links.get(&device).is_some_and(|l| !l.owned()) {
+            return Err(EngineError::Conflict(format!(
+                "an interface named {device} exists and is not lanyard's; remove it to put VLAN {vid} on {uplink}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts (`active = true`) or stops a defined network. Stopping removes
     /// its bridge and rules and stops its servers; ports and leases stay.
     pub fn set_active(&mut self, name: &str, active: bool) -> Result<Network, EngineError> {
@@ -136,7 +226,7 @@ impl Engine {
         }
         if active {
             if let Some(other) =
-                self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.subnet_overlaps(&net))
+                self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.clashes_with(&net))
             {
                 return Err(EngineError::Conflict(format!(
                     "subnet {} overlaps active network {:?}",

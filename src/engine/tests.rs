@@ -446,3 +446,90 @@ fn a_missing_uplink_is_taken_when_it_appears() {
         "the address did not move"
     );
 }
+
+mod vlans {
+    use super::*;
+
+    fn vspec(name: &str, mode: &str, subnet: &str, uplink: &str, vlan: u16) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            mode: mode.into(),
+            subnet: subnet.into(),
+            uplink: Some(uplink.into()),
+            vlan: Some(vlan),
+            ..Default::default()
+        }
+    }
+
+    fn with_nic(r: &Rig, name: &str, mtu: u32) {
+        let link = crate::kernel::ObservedLink { name: name.into(), up: true, mtu, ..Default::default() };
+        r.kernel.tamper(|s| {
+            s.observed.links.insert(name.into(), link);
+        });
+    }
+
+    #[test]
+    fn the_seeds_experiment_two_vlans_one_subnet() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        let v10 = r.engine.create_network(vspec("v10", "bridge", "192.168.100.0/24", "eth0", 10)).unwrap();
+        let v20 = r.engine.create_network(vspec("v20", "bridge", "192.168.100.0/24", "eth0", 20)).unwrap();
+        assert_eq!((v10.bridge.as_str(), v20.bridge.as_str()), ("brvlan10", "brvlan20"));
+        let k = r.kernel.snapshot();
+        for (dev, br) in [("eth0.10", "brvlan10"), ("eth0.20", "brvlan20")] {
+            assert_eq!(k.observed.links[dev].master.as_deref(), Some(br));
+            assert!(k.observed.links[br].addrs.is_empty(), "an L2 VLAN network gives the host no address");
+        }
+        assert_eq!(k.observed.links["eth0"].master, None, "the trunk stays the host's");
+        r.engine.delete_network("v10").unwrap();
+        r.engine.delete_network("v20").unwrap();
+        let k = r.kernel.snapshot();
+        assert_eq!(k.observed.links.keys().collect::<Vec<_>>(), vec!["eth0"], "everything lanyard made is gone");
+    }
+
+    #[test]
+    fn vlan_mistakes_are_refused_with_no_change() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        with_nic(&r, "eth1", 1500);
+        r.engine.create_network(vspec("v10", "nat", "10.10.0.0/24", "eth0", 10)).unwrap();
+        let before = r.world();
+        let mut cases: Vec<(NetworkSpec, &str)> = vec![
+            (vspec("a", "nat", "10.20.0.0/24", "eth0", 0), "VLAN ids are 1 to 4094"),
+            (vspec("a", "nat", "10.20.0.0/24", "eth0", 4095), "VLAN ids are 1 to 4094"),
+            (vspec("a", "nat", "10.20.0.0/24", "eth0", 10), "VLAN 10 on eth0 is network \"v10\"'s already"),
+            (vspec("a", "nat", "10.20.0.0/24", "eth9", 11), "no interface named eth9"),
+            (vspec("a", "nat", "10.20.0.0/24", "brvlan10", 11), "is a bridge or a lanyard port"),
+            (vspec("a", "nat", "10.10.0.0/24", "eth0", 11), "overlaps"),
+        ];
+        let mut no_uplink = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
+        no_uplink.uplink = None;
+        cases.push((no_uplink, "--vlan needs --uplink"));
+        let mut too_big = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
+        too_big.mtu = Some(9000);
+        cases.push((too_big, "whose MTU is 1500"));
+        let mut filtering = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
+        filtering.vlan_backend = Some("filtering".into());
+        cases.push((filtering, "not available yet"));
+        let mut wrong = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
+        wrong.vlan_backend = Some("ovs".into());
+        cases.push((wrong, "use subif or filtering"));
+        let mut taken = vspec("a", "nat", "10.20.0.0/24", "eth1", 10);
+        taken.bridge = None;
+        cases.push((taken, "bridge brvlan10 is in use; give the network's bridge a name with --bridge"));
+        // The NIC itself in a bridge-mode network: then it cannot carry VLANs.
+        for (s, want) in cases {
+            let err = r.engine.create_network(s.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{s:?}: {err}");
+            assert_eq!(r.world(), before, "{s:?} changed something");
+        }
+        let mut lan = spec("lan", "bridge", "");
+        lan.uplink = Some("eth0".into());
+        let err = r.engine.create_network(lan).unwrap_err().to_string();
+        assert!(err.contains("in use by network"), "{err}");
+        // A foreign eth1.12 blocks VLAN 12 on eth1.
+        with_nic(&r, "eth1.12", 1500);
+        let err = r.engine.create_network(vspec("a", "nat", "10.20.0.0/24", "eth1", 12)).unwrap_err().to_string();
+        assert!(err.contains("eth1.12 exists and is not lanyard's"), "{err}");
+    }
+}

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::kernel::link::{TapSpec, VethSpec, OWNER_ALIAS_PREFIX};
 use crate::kernel::{LinkKind, Observed, ObservedLink, Op, RouteProto};
-use crate::model::{NetState, Network, Port, PortType};
+use crate::model::{NetState, Network, Port, PortType, VlanBackend};
 
 /// Ownership mark of a network's bridge. A bridge-mode bridge also names
 /// its uplink, so the host's addresses can be given back even if the
@@ -22,6 +22,32 @@ const UPLINK_MARK: &str = ":uplink:";
 /// The uplink named in a bridge's ownership mark.
 pub fn alias_uplink(alias: &str) -> Option<&str> {
     alias.split_once(UPLINK_MARK).map(|(_, u)| u)
+}
+
+/// Ownership mark of a network's VLAN device.
+pub fn vlan_alias(net: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}vlan:{net}")
+}
+
+/// The VLAN device of VLAN `vid` on `uplink`: `eth0.10` as the seed names
+/// it, or, when that would not fit an interface name (15 bytes), `lyv`
+/// and a hash of the two.
+pub fn vlan_ifname(uplink: &str, vid: u16) -> String {
+    let plain = format!("{uplink}.{vid}");
+    if plain.len() <= crate::model::IFNAME_MAX {
+        return plain;
+    }
+    let h = plain.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    format!("lyv{h:08x}")
+}
+
+/// The VLAN device a network owns, if it is a VLAN network made of VLAN
+/// devices (the `subif` backend).
+pub fn network_vlan_device(net: &Network) -> Option<String> {
+    match (net.uplink.as_deref(), net.vlan, net.vlan_backend) {
+        (Some(u), Some(vid), Some(VlanBackend::Subif)) => Some(vlan_ifname(u, vid)),
+        _ => None,
+    }
 }
 
 /// Ownership mark of a port's host-side link.
@@ -60,6 +86,8 @@ pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> 
         networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
 
+    let vlan_devices: Vec<String> = active.values().filter_map(|n| network_vlan_device(n)).collect();
+    wanted.extend(vlan_devices.iter().map(String::as_str));
     for net in active.values() {
         wanted.insert(&net.bridge);
         ops.extend(bridge_ops(net, observed));
@@ -107,9 +135,49 @@ fn stale_ops(observed: &Observed, wanted: &BTreeSet<&str>) -> Vec<Op> {
 /// The operations that bring one active network's bridge to its desired
 /// state given what the kernel has: created, addressed, up.
 pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
-    if let Some(uplink) = net.uplink.as_deref() {
+    if let (Some(uplink), true) = (net.uplink.as_deref(), net.enslaves_uplink()) {
         return uplinked_bridge_ops(net, uplink, observed);
     }
+    let mut ops = own_bridge_ops(net, observed);
+    ops.extend(vlan_device_ops(net, observed));
+    ops
+}
+
+/// A VLAN network's VLAN device (`subif`): created on the uplink with the
+/// network's VLAN id, in the network's bridge, up.
+fn vlan_device_ops(net: &Network, observed: &Observed) -> Vec<Op> {
+    let (Some(name), Some(uplink), Some(id)) = (network_vlan_device(net), net.uplink.clone(), net.vlan) else {
+        return Vec::new();
+    };
+    let mut ops = Vec::new();
+    let existing = observed.links.get(&name);
+    if existing.is_some_and(|l| !l.owned()) {
+        // Someone else's device with that name: never touched.
+        return ops;
+    }
+    if existing.is_none() {
+        if !observed.links.contains_key(&uplink) {
+            // The trunk is missing: the bridge waits for it.
+            return ops;
+        }
+        ops.push(Op::CreateVlan { name: name.clone(), parent: uplink, id, alias: vlan_alias(&net.name) });
+    }
+    let master = existing.and_then(|l| l.master.clone());
+    if master.as_deref() != Some(net.bridge.as_str()) {
+        ops.push(Op::SetMaster { link: name.clone(), master: Some(net.bridge.clone()), previous: master });
+    }
+    if let Some(mtu) = net.mtu.filter(|m| existing.is_none_or(|l| l.mtu != *m)) {
+        ops.push(Op::SetMtu { link: name.clone(), mtu, previous: existing.map_or(1500, |l| l.mtu) });
+    }
+    if !existing.is_some_and(|l| l.up) {
+        ops.push(Op::SetUp { link: name, up: true });
+    }
+    ops
+}
+
+/// The network's own bridge: created, with the gateway address when the
+/// host has one on the network, its pinned MAC, up.
+fn own_bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let name = &net.bridge;
     match observed.links.get(name) {
@@ -122,11 +190,13 @@ pub fn bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
                 mtu: net.mtu,
                 alias: bridge_alias(&net.name, None),
             });
-            ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            if net.has_host_address() {
+                ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            }
             ops.push(Op::SetUp { link: name.clone(), up: true });
         }
         Some(link) => {
-            if !link.addrs.contains(&net.gateway_cidr()) {
+            if net.has_host_address() && !link.addrs.contains(&net.gateway_cidr()) {
                 ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
             }
             if let Some(mac) = net.gateway_mac.filter(|m| link.mac != Some(*m)) {

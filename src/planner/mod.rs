@@ -290,3 +290,159 @@ mod tests {
         assert!(plan(&[], &[], &Observed::default(), &Tables::new()).firewall.is_empty());
     }
 }
+
+#[cfg(test)]
+mod vlan_tests {
+    use super::*;
+    use crate::kernel::{LinkKind, ObservedLink, Op};
+    use crate::model::{Mode, NetworkSpec};
+
+    fn vnet(name: &str, mode: &str, subnet: &str, uplink: &str, vlan: u16) -> Network {
+        NetworkSpec {
+            name: name.into(),
+            mode: mode.into(),
+            subnet: subnet.into(),
+            uplink: Some(uplink.into()),
+            vlan: Some(vlan),
+            ..Default::default()
+        }
+        .validate(|| format!("brvlan{vlan}"))
+        .unwrap()
+    }
+
+    fn nic(name: &str) -> ObservedLink {
+        ObservedLink {
+            name: name.into(),
+            up: true,
+            mtu: 1500,
+            addrs: vec!["192.0.2.5/24".parse().unwrap()],
+            ..Default::default()
+        }
+    }
+
+    fn with(links: Vec<ObservedLink>) -> Observed {
+        Observed {
+            links: links.into_iter().map(|l| (l.name.clone(), l)).collect(),
+            ip_forward: true,
+            ..Default::default()
+        }
+    }
+
+    /// The kernel after `plan` was applied to `o` (links only, enough for these tests).
+    fn after(o: &Observed, p: &Plan) -> Observed {
+        let mut o = o.clone();
+        for op in &p.ops {
+            match op {
+                Op::CreateBridge { name, mac, alias, .. } => {
+                    o.links.insert(
+                        name.clone(),
+                        ObservedLink {
+                            name: name.clone(),
+                            kind: LinkKind::Bridge,
+                            mtu: 1500,
+                            mac: *mac,
+                            alias: Some(alias.clone()),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Op::CreateVlan { name, alias, .. } => {
+                    o.links.insert(
+                        name.clone(),
+                        ObservedLink {
+                            name: name.clone(),
+                            kind: LinkKind::Vlan,
+                            mtu: 1500,
+                            alias: Some(alias.clone()),
+                            ..Default::default()
+                        },
+                    );
+                }
+                Op::AddAddress { link, addr } => o.links.get_mut(link).unwrap().addrs.push(*addr),
+                Op::SetMaster { link, master, .. } => o.links.get_mut(link).unwrap().master = master.clone(),
+                Op::SetUp { link, up } => o.links.get_mut(link).unwrap().up = *up,
+                Op::DeleteLink { name } => {
+                    o.links.remove(name);
+                }
+                _ => {}
+            }
+        }
+        o
+    }
+
+    #[test]
+    fn a_nat_network_on_a_vlan_is_the_seeds_brvlan_with_eth0_dot_10() {
+        let n = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
+        assert_eq!(n.bridge, "brvlan10");
+        let o = with(vec![nic("eth0")]);
+        let p = plan(std::slice::from_ref(&n), &[], &o, &Tables::new());
+        assert_eq!(
+            p.ops,
+            vec![
+                Op::CreateBridge {
+                    name: "brvlan10".into(),
+                    mac: n.gateway_mac,
+                    mtu: None,
+                    alias: bridge_alias("v10", None)
+                },
+                Op::AddAddress { link: "brvlan10".into(), addr: "192.168.100.1/24".parse().unwrap() },
+                Op::SetUp { link: "brvlan10".into(), up: true },
+                Op::CreateVlan {
+                    name: "eth0.10".into(),
+                    parent: "eth0".into(),
+                    id: 10,
+                    alias: "lanyard:vlan:v10".into()
+                },
+                Op::SetMaster { link: "eth0.10".into(), master: Some("brvlan10".into()), previous: None },
+                Op::SetUp { link: "eth0.10".into(), up: true },
+            ]
+        );
+        // The uplink is not touched: it stays the host's.
+        assert!(p.ops.iter().all(|op| !op.to_string().contains("eth0 ") && !op.to_string().ends_with("eth0")));
+        let restarted =
+            plan(std::slice::from_ref(&n), &[], &after(&o, &p), &firewall::tables(std::slice::from_ref(&n), &[]));
+        assert!(restarted.is_empty(), "a restart plans nothing: {restarted:?}");
+    }
+
+    #[test]
+    fn an_l2_network_on_a_vlan_gives_the_host_no_address_and_moves_nothing() {
+        let n = vnet("lan20", "bridge", "192.168.100.0/24", "eth0", 20);
+        assert!(!n.has_host_address() && !n.enslaves_uplink());
+        let p = plan(std::slice::from_ref(&n), &[], &with(vec![nic("eth0")]), &Tables::new());
+        let kinds: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            kinds,
+            [
+                "create bridge brvlan20",
+                "set brvlan20 up",
+                "create vlan eth0.20 (id 20 on eth0)",
+                "enslave eth0.20 to brvlan20",
+                "set eth0.20 up"
+            ]
+        );
+        assert!(p.firewall.is_empty(), "bridge mode gets no rules");
+        let other = vnet("lan10", "bridge", "192.168.100.0/24", "eth0", 10);
+        assert!(!n.clashes_with(&other), "two VLANs may share a subnet");
+        let nat = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
+        let nat2 = vnet("v11", "nat", "192.168.100.0/24", "eth0", 11);
+        assert!(nat.clashes_with(&nat2), "two host addresses in one subnet cannot be routed");
+        assert!(!nat.clashes_with(&n));
+        let _ = Mode::Bridge;
+    }
+
+    #[test]
+    fn long_uplink_names_get_a_short_vlan_device_and_it_goes_with_its_network() {
+        assert_eq!(links::vlan_ifname("eth0", 10), "eth0.10");
+        assert_eq!(links::vlan_ifname("enp0s31f6", 4094), "enp0s31f6.4094");
+        let long = links::vlan_ifname("enx001122334455", 100);
+        assert!(long.starts_with("lyv") && long.len() <= 15, "{long}");
+        assert_ne!(long, links::vlan_ifname("enx001122334455", 101));
+        let n = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
+        let o = with(vec![nic("eth0")]);
+        let up = after(&o, &plan(std::slice::from_ref(&n), &[], &o, &Tables::new()));
+        let gone = plan(&[], &[], &up, &Tables::new());
+        let text: Vec<String> = gone.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["delete link eth0.10", "delete link brvlan10"], "the VLAN device first, then the bridge");
+        assert!(up.links.contains_key("eth0"), "the uplink stays");
+    }
+}

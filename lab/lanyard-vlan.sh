@@ -1,0 +1,140 @@
+#!/bin/sh
+# Lab-host test of lanyard's VLAN networks (run by lab/host-run inside the
+# VM: Debian's cloud kernel has the 802.1Q module this machine's kernel
+# lacks). The seed's experiment, twice:
+#
+#   1. L2 only: networks v10 and v20 in bridge mode on VLANs 10 and 20 of
+#      the trunk `trunk0`, all VMs with static addresses in 192.168.100.0/24:
+#      vm1 and vm3 on VLAN 10, vm2 on VLAN 20.
+#   2. lanyard's DHCP: v10 becomes a nat network (vm1 and vm3 lease their
+#      ports' addresses from lanyard), v20 stays L2 with vm2 static.
+#
+# Each time vm3 reaches vm1, vm2 reaches neither, and nothing of vm2's ARP
+# reaches VLAN 10 (vm1 learns no neighbour entry for vm2, VLAN 10's bridge
+# never learns vm2's MAC: no frame of vm2 arrived there). The trunk's far end (namespace `wire`) takes the
+# VLANs apart again with its own VLAN devices: a host there on VLAN 10
+# answers vm1 and not vm2, one on VLAN 20 answers vm2 only, so the frames
+# on the wire carry the tags 10 and 20. Deleting the networks removes every
+# VLAN device and bridge and leaves the trunk as it was.
+#
+# Everything happens inside the throw-away VM. Fails (exit 1) at the first
+# step that does not hold; tests/lab.rs checks the `LAB:` lines.
+set -eu
+# shellcheck source=lab/initramfs/common.sh
+. /lab/common.sh
+
+SOCK=/run/lanyard/lanyard.sock
+SUBNET=192.168.100.0/24
+
+fail() {
+    echo "vlan: FAIL $*"
+    if [ -r /tmp/daemon.log ]; then
+        echo "--- lanyard daemon log ---"
+        cat /tmp/daemon.log
+        echo "--- end of daemon log ---"
+    fi
+    exit 1
+}
+step() { echo "vlan: $* (uptime $(uptime_s))"; }
+ly() { lanyard --socket "$SOCK" "$@"; }
+json_str() { sed -n "s/^ *\"$1\": *\"\\([^\"]*\\)\".*/\\1/p" "$2" | head -n1; }
+reaches() { ip netns exec "$1" ping -c 2 -W 1 "$2" > /dev/null 2>&1; }
+# Whether bridge $1 learned MAC $2 (a frame from it arrived there).
+learned() { bridge fdb show br "$1" | grep -qi "^$2 "; }
+
+LANYARD_LOG=info lanyard daemon --socket "$SOCK" --state-dir /var/lib/lanyard > /tmp/daemon.log 2>&1 &
+dpid=$!
+lab_wait 300 ly net list > /dev/null 2>&1 || fail "lanyard daemon did not answer within 30 s"
+step "daemon answers"
+
+# The trunk: trunk0 here, its far end in `wire`, which splits the VLANs
+# into two hosts of its own (far10 on VLAN 10, far20 on VLAN 20).
+ip netns add wire
+ip link add trunk0 type veth peer name trunk0 netns wire
+ip link set trunk0 up
+ip -n wire link set trunk0 up
+for v in 10 20; do
+    ip netns add "far$v"
+    ip -n wire link add link trunk0 name "trunk0.$v" type vlan id "$v"
+    ip -n wire link set "trunk0.$v" netns "far$v"
+    ip -n "far$v" link set "trunk0.$v" up
+done
+ip -n far10 addr add 192.168.100.99/24 dev trunk0.10
+ip -n far20 addr add 192.168.100.98/24 dev trunk0.20
+trunk_before=$(ip -br link show dev trunk0 | awk '{print $1, $2}')
+
+# vm_port NET VM: a veth port into a new namespace VM; prints the port JSON.
+vm_port() {
+    ip netns add "$2" 2> /dev/null || true
+    ly port create --net "$1" --vm "$2" --type veth --netns "$2" --ifname eth0 -o json > "/tmp/$2.json" \
+        || fail "port create $2 on $1"
+}
+
+seed_experiment() {
+    # $1: a label. vm1, vm3 on VLAN 10 and vm2 on VLAN 20 are configured.
+    reaches vm3 192.168.100.10 || fail "$1: vm3 cannot reach vm1 on VLAN 10"
+    say "$1 vm3 reaches vm1"
+    reaches vm1 192.168.100.99 || fail "$1: vm1 cannot reach far10 across the trunk on VLAN 10"
+    reaches vm2 192.168.100.98 || fail "$1: vm2 cannot reach far20 across the trunk on VLAN 20"
+    say "$1 trunk carries tags 10 and 20"
+    ip -n vm1 neigh flush all
+    vm2_mac=$(ip netns exec vm2 cat /sys/class/net/eth0/address)
+    if reaches vm2 192.168.100.10; then fail "$1: vm2 (VLAN 20) reaches vm1 (VLAN 10)"; fi
+    if reaches vm2 192.168.100.30; then fail "$1: vm2 (VLAN 20) reaches vm3 (VLAN 10)"; fi
+    if reaches vm2 192.168.100.99; then fail "$1: vm2 (VLAN 20) reaches far10 (VLAN 10)"; fi
+    if reaches vm1 192.168.100.98; then fail "$1: vm1 (VLAN 10) reaches far20 (VLAN 20)"; fi
+    if ip -n vm1 neigh show | grep -q '192.168.100.20 '; then fail "$1: vm2's ARP reached vm1"; fi
+    if learned brvlan10 "$vm2_mac"; then fail "$1: a frame of vm2 ($vm2_mac) arrived on VLAN 10's bridge"; fi
+    learned brvlan20 "$vm2_mac" || fail "$1: VLAN 20's bridge never saw vm2 ($vm2_mac): the check above proves nothing"
+    say "$1 vm2 isolated: its ARP never reached VLAN 10"
+}
+
+# --- 1. L2 only, static addresses ---------------------------------------------
+ly net create v10 --mode bridge --vlan 10 --uplink trunk0 --subnet "$SUBNET" -o json > /tmp/v10.json || fail "net create v10"
+ly net create v20 --mode bridge --vlan 20 --uplink trunk0 --subnet "$SUBNET" -o json > /tmp/v20.json || fail "net create v20"
+say "net-json $(tr -d '\n' < /tmp/v10.json)"
+for dev in trunk0.10 trunk0.20 brvlan10 brvlan20; do
+    ip link show dev "$dev" > /dev/null 2>&1 || fail "no $dev after net create"
+done
+[ "$(ip -br -4 addr show dev brvlan10 | awk '{print $3}')" = "" ] || fail "the L2 network's bridge has an address"
+ip -d link show dev trunk0.10 | grep -q 'vlan protocol 802.1Q id 10' || fail "trunk0.10 is not VLAN 10"
+[ "$(ip -j link show dev trunk0.10 | sed -n 's/.*"master":"\([^"]*\)".*/\1/p')" = brvlan10 ] || fail "trunk0.10 not in brvlan10"
+step "L2 networks on VLAN 10 and 20"
+vm_port v10 vm1; vm_port v20 vm2; vm_port v10 vm3
+ip -n vm1 addr add 192.168.100.10/24 dev eth0
+ip -n vm2 addr add 192.168.100.20/24 dev eth0
+ip -n vm3 addr add 192.168.100.30/24 dev eth0
+seed_experiment static
+
+# --- 2. v10 with lanyard's DHCP (nat), v20 L2 ----------------------------------
+for p in vm1 vm3; do ly port delete "$(json_str id "/tmp/$p.json")" > /dev/null || fail "port delete $p"; done
+ly net delete v10 > /dev/null || fail "net delete v10"
+ip link show dev trunk0.10 > /dev/null 2>&1 && fail "trunk0.10 is left after net delete"
+ly net create v10 --mode nat --vlan 10 --uplink trunk0 --subnet "$SUBNET" --gateway 192.168.100.1 \
+    --dhcp-range 192.168.100.200-192.168.100.250 -o json > /tmp/v10.json || fail "net create v10 (nat)"
+ip -br addr show dev brvlan10 | grep -q ' 192.168.100.1/24' || fail "brvlan10 lacks its gateway"
+for p in vm1 vm3; do
+    # The port's veth (eth0) went with the port delete above.
+    ip=$([ "$p" = vm1 ] && echo 192.168.100.10 || echo 192.168.100.30)
+    ly port create --net v10 --vm "$p" --type veth --netns "$p" --ifname eth0 --ip "$ip" -o json > "/tmp/$p.json" \
+        || fail "port create $p on the nat network"
+    ip netns exec "$p" udhcpc -f -q -n -t 5 -T 2 -A 1 -i eth0 -s /lab/udhcpc.script > "/tmp/udhcpc-$p.log" 2>&1 \
+        || { cat "/tmp/udhcpc-$p.log"; fail "$p got no lease on VLAN 10"; }
+    leased=$(ip -n "$p" -4 -o addr show dev eth0 | awk '{print $4}')
+    [ "$leased" = "$ip/24" ] || fail "$p leased $leased, not its port's $ip"
+    say "dhcp $p $leased"
+done
+reaches vm1 192.168.100.1 || fail "vm1 cannot reach its gateway"
+seed_experiment dhcp
+
+# --- cleanup: everything lanyard made goes, the trunk stays --------------------
+ly net delete v10 > /dev/null || fail "net delete v10"
+ly net delete v20 > /dev/null || fail "net delete v20"
+for dev in trunk0.10 trunk0.20 brvlan10 brvlan20; do
+    if ip link show dev "$dev" > /dev/null 2>&1; then fail "$dev is left after the networks were deleted"; fi
+done
+[ "$(ip -br link show dev trunk0 | awk '{print $1, $2}')" = "$trunk_before" ] || fail "the trunk changed"
+say "cleanup ok"
+kill -TERM "$dpid"
+wait "$dpid" || fail "lanyard daemon exited with an error on SIGTERM"
+step "vlan ok"
