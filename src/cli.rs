@@ -89,6 +89,8 @@ pub enum Command {
 }
 
 /// `lanyard net ...`
+// Parsed once per process: the size of `Create` costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum NetCommand {
     /// Define and start a network.
