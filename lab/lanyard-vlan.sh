@@ -17,6 +17,9 @@
 # on the wire carry the tags 10 and 20. Deleting the networks removes every
 # VLAN device and bridge and leaves the trunk as it was.
 #
+# Then a router VM on a trunk port carrying VLANs 10 and 20 reaches VMs on
+# both and sees nothing of VLAN 30, which its port does not carry.
+#
 # Everything happens inside the throw-away VM. Fails (exit 1) at the first
 # step that does not hold; tests/lab.rs checks the `LAB:` lines.
 set -eu
@@ -127,10 +130,38 @@ done
 reaches vm1 192.168.100.1 || fail "vm1 cannot reach its gateway"
 seed_experiment dhcp
 
+# --- 3. a trunk port towards a router VM ---------------------------------------
+# The router carries VLANs 10 and 20 tagged (no untagged network) and tries
+# VLAN 30 too, which its port does not carry: vm4 there must not reach it.
+ly net create v30 --mode bridge --vlan 30 --uplink trunk0 --subnet "$SUBNET" -o json > /tmp/v30.json || fail "net create v30"
+vm_port v30 vm4
+ip -n vm4 addr add 192.168.100.40/24 dev eth0
+ip netns add router
+ly port create --vm router --trunk v10,v20 --type veth --netns router --ifname eth0 -o json > /tmp/router.json \
+    || fail "port create --trunk"
+say "trunk-port-json $(tr -d '\n' < /tmp/router.json)"
+ip netns exec router sysctl -q -w net.ipv4.conf.all.rp_filter=0 net.ipv4.conf.default.rp_filter=0
+for v in 10 20 30; do
+    ip -n router link add link eth0 name "eth0.$v" type vlan id "$v"
+    ip netns exec router sysctl -q -w "net.ipv4.conf.eth0/$v.rp_filter=0" 2> /dev/null || true
+    ip -n router addr add "192.168.100.$((60 + v / 10))/24" dev "eth0.$v"
+    ip -n router link set "eth0.$v" up
+done
+ip netns exec router ping -c 2 -W 1 -I eth0.10 192.168.100.10 > /dev/null || fail "the router cannot reach vm1 on VLAN 10"
+ip netns exec router ping -c 2 -W 1 -I eth0.20 192.168.100.20 > /dev/null || fail "the router cannot reach vm2 on VLAN 20"
+say "trunk router reaches vlan 10 and 20"
+router_mac=$(ip netns exec router cat /sys/class/net/eth0/address)
+if ip netns exec vm4 ping -c 2 -W 1 192.168.100.63 > /dev/null 2>&1; then fail "vm4 (VLAN 30) reaches the router"; fi
+if learned brvlan30 "$router_mac"; then fail "a frame of the router arrived on VLAN 30, which its port does not carry"; fi
+say "trunk router sees no vlan 30"
+ly port delete "$(json_str id /tmp/router.json)" > /dev/null || fail "port delete router"
+ly port delete "$(json_str id /tmp/vm4.json)" > /dev/null || fail "port delete vm4"
+ly net delete v30 > /dev/null || fail "net delete v30"
+
 # --- cleanup: everything lanyard made goes, the trunk stays --------------------
 ly net delete v10 > /dev/null || fail "net delete v10"
 ly net delete v20 > /dev/null || fail "net delete v20"
-for dev in trunk0.10 trunk0.20 brvlan10 brvlan20; do
+for dev in trunk0.10 trunk0.20 trunk0.30 brvlan10 brvlan20 brvlan30; do
     if ip link show dev "$dev" > /dev/null 2>&1; then fail "$dev is left after the networks were deleted"; fi
 done
 [ "$(ip -br link show dev trunk0 | awk '{print $1, $2}')" = "$trunk_before" ] || fail "the trunk changed"

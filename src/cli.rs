@@ -182,9 +182,13 @@ pub enum NetCommand {
 pub enum PortCommand {
     /// Create a port for a VM.
     Create {
-        /// Network to attach to.
-        #[arg(long)]
-        net: String,
+        /// Network to attach to (a trunk port's untagged network: --native).
+        #[arg(long, alias = "native", required_unless_present = "trunk")]
+        net: Option<String>,
+        /// A trunk port: the VLAN networks the guest receives tagged
+        /// (NET[,NET...]); its untagged frames are --native's, or none.
+        #[arg(long, value_delimiter = ',')]
+        trunk: Option<Vec<String>>,
         /// VM name (becomes its DHCP host name).
         #[arg(long)]
         vm: String,
@@ -771,11 +775,32 @@ fn body_of(cmd: &Command) -> Option<Value> {
             "autostart": autostart,
         })),
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
-        Command::Port(PortCommand::Create { net, vm, port_type, netns, ifname, mac, ip, owner, group, out: _ }) => {
-            Some(json!({
-                "net": net, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
+        Command::Port(PortCommand::Create {
+            net,
+            trunk,
+            vm,
+            port_type,
+            netns,
+            ifname,
+            mac,
+            ip,
+            owner,
+            group,
+            out: _,
+        }) => {
+            // A trunk port without --native: listed under its first network,
+            // with no untagged frames.
+            let untagged = trunk.is_none() || net.is_some();
+            let listed = net.clone().or_else(|| trunk.as_ref().and_then(|t| t.first().cloned())).unwrap_or_default();
+            let mut body = json!({
+                "net": listed, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
                 "mac": mac, "ip": ip, "owner": owner, "group": group,
-            }))
+            });
+            if let Some(t) = trunk {
+                body["trunk"] = json!(t);
+                body["untagged"] = json!(untagged);
+            }
+            Some(body)
         }
         _ => None,
     }

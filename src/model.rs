@@ -638,6 +638,15 @@ pub struct PortSpec {
     /// instead of creating one.
     #[serde(default)]
     pub adopt: Option<String>,
+    /// A trunk port: the VLAN networks whose frames the guest receives
+    /// tagged (a router or firewall VM).
+    #[serde(default)]
+    pub trunk: Option<Vec<String>>,
+    /// Whether the guest's untagged frames are `net`'s (default true). A
+    /// trunk port without a native network has none: its `net` is then
+    /// only the network it is listed under, and it gets no fixed IP.
+    #[serde(default)]
+    pub untagged: Option<bool>,
 }
 
 /// The parts of a port request that can be checked without any state.
@@ -689,6 +698,27 @@ impl PortSpec {
                 validate_name(what, v, 32)?;
             }
         }
+        if let Some(trunk) = &self.trunk {
+            if trunk.is_empty() {
+                return Err(invalid("trunk", "", "name at least one VLAN network"));
+            }
+            for (i, n) in trunk.iter().enumerate() {
+                validate_ifname("trunk network", n)?;
+                if trunk[..i].contains(n) {
+                    return Err(invalid("trunk", n, "is named twice"));
+                }
+            }
+        }
+        if self.untagged == Some(false) && self.trunk.is_none() {
+            return Err(invalid("port", &self.net, "a port without untagged frames must be a trunk (--trunk)"));
+        }
+        if self.untagged == Some(false) && self.ip.is_some() {
+            return Err(invalid(
+                "ip",
+                self.ip.as_deref().unwrap_or_default(),
+                "a trunk port without a native network has no fixed IP",
+            ));
+        }
         let adopt = match (&self.adopt, port_type) {
             (Some(a), PortType::Tap) => {
                 validate_ifname("tap", a)?;
@@ -732,6 +762,16 @@ pub struct Port {
     /// attaches it but never creates or deletes it.
     #[serde(default)]
     pub adopted: bool,
+    /// A trunk port: the VLAN networks carried tagged to the guest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunk: Vec<String>,
+    /// Whether the guest's untagged frames are `net`'s.
+    #[serde(default = "yes")]
+    pub untagged: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl Port {

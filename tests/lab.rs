@@ -165,8 +165,9 @@ fn lanyard_nat_network_in_the_lab_host() {
 /// the seed's experiment with L2 networks and static addresses, then with
 /// lanyard's DHCP on a nat network: vm3 reaches vm1 on VLAN 10, vm2 on VLAN
 /// 20 reaches neither and no frame of it arrives on VLAN 10, the trunk
-/// carries both tags to its far end, and deleting the networks leaves the
-/// trunk as it was.
+/// carries both tags to its far end; a router VM on a trunk port reaches VMs
+/// on both VLANs it carries and nothing of a third; deleting the networks
+/// leaves the trunk as it was.
 #[test]
 fn lanyard_vlans_in_the_lab_host() {
     if !ready("lanyard_vlans_in_the_lab_host", &[]) {
@@ -182,6 +183,8 @@ fn lanyard_vlans_in_the_lab_host() {
         "dhcp vm3 192.168.100.30/24",
         "dhcp vm3 reaches vm1",
         "dhcp vm2 isolated: its ARP never reached VLAN 10",
+        "trunk router reaches vlan 10 and 20",
+        "trunk router sees no vlan 30",
         "cleanup ok",
     ] {
         assert!(lines.iter().any(|l| l == want), "`{want}` missing from the lab's lines:\n{}", lines.join("\n"));
@@ -190,4 +193,8 @@ fn lanyard_vlans_in_the_lab_host() {
     let net: Value = serde_json::from_str(net).expect("net create's answer is JSON");
     assert_eq!((net["vlan"].as_u64(), net["vlan_backend"].as_str()), (Some(10), Some("subif")), "{net}");
     assert_eq!(net["bridge"], "brvlan10", "the seed's bridge name: {net}");
+    let port = lines.iter().find_map(|l| l.strip_prefix("trunk-port-json ")).expect("the trunk port");
+    let port: Value = serde_json::from_str(port).expect("port create's answer is JSON");
+    assert_eq!(port["trunk"], serde_json::json!(["v10", "v20"]), "{port}");
+    assert_eq!((port["untagged"].as_bool(), port["ip"].is_null()), (Some(false), true), "{port}");
 }

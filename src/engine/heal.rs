@@ -137,12 +137,14 @@ impl Engine {
             })
             .cloned()
             .collect();
-        let port_names: Vec<&str> = ports.iter().map(|p| p.ifname.as_str()).collect();
+        let port_names: Vec<String> =
+            ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
+        let port_names: Vec<&str> = port_names.iter().map(String::as_str).collect();
         let links = self.kernel.observe_links(&port_names)?;
         let active: BTreeMap<&str, &Network> =
             self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
         for p in &ports {
-            ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), links.get(&p.ifname)));
+            ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), &self.trunk_of(p), &links));
         }
         let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
         let plan = Plan { ops, firewall };

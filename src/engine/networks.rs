@@ -280,6 +280,12 @@ impl Engine {
     /// Stops and deletes a network with its ports and leases.
     pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
         let old = self.network(name)?;
+        if let Some(p) = self.ports.iter().find(|p| p.net != name && p.trunk.iter().any(|t| t == name)) {
+            return Err(EngineError::Conflict(format!(
+                "network {name:?} is carried by trunk port {} (vm {}); delete that port first",
+                p.id, p.vm
+            )));
+        }
         let observed = self.observe()?;
         let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
         let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
 use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
-use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
+use crate::model::{Mac, ModelError, NetState, Port, PortSpec, VlanBackend};
 use crate::planner;
 
 /// Names the failing entry of a batch request.
@@ -60,17 +60,59 @@ impl Engine {
     /// Plans, applies and stores new ports. Only these ports' links are
     /// looked at and changed.
     fn commit_ports(&mut self, ports: &[Port]) -> Result<(), EngineError> {
-        let names: Vec<&str> = ports.iter().map(|p| p.ifname.as_str()).collect();
+        let names: Vec<String> =
+            ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let links = self.kernel.observe_links(&names)?;
         let mut ops = Vec::new();
         for p in ports {
             let net = self.networks.iter().find(|n| n.name == p.net && n.state == NetState::Active);
-            ops.extend(planner::port_ops(p, net, links.get(&p.ifname)));
+            ops.extend(planner::port_ops(p, net, &self.trunk_of(p), &links));
         }
         let changes = planner::firewall::port_changes(ports, &self.networks, true);
         let firewall = if changes.is_empty() { Vec::new() } else { vec![FirewallChange::Elements(changes.clone())] };
         let plan = Plan { ops, firewall };
         self.commit(&plan, |t| apply_elements(t, &changes), |s| s.put_ports(ports), |_| Ok(()))
+    }
+
+    /// The active VLAN networks a trunk port carries.
+    pub(super) fn trunk_of(&self, port: &Port) -> Vec<&crate::model::Network> {
+        port.trunk
+            .iter()
+            .filter_map(|t| self.networks.iter().find(|n| &n.name == t && n.state == NetState::Active))
+            .collect()
+    }
+
+    /// Checks a trunk port's networks: each exists and is a VLAN network,
+    /// all ride on one uplink, and the untagged network is not also tagged.
+    fn check_trunk_port(&self, spec: &PortSpec, native: &str, untagged: bool) -> Result<(), EngineError> {
+        let Some(trunk) = &spec.trunk else { return Ok(()) };
+        let invalid = |name: &str, why: String| {
+            EngineError::Invalid(ModelError::Invalid { what: "trunk", value: name.to_string(), why })
+        };
+        let mut first: Option<(&str, &str)> = None;
+        for name in trunk {
+            let n = self.networks.iter().find(|n| &n.name == name).ok_or_else(|| {
+                EngineError::NotFound(format!("no network named {name:?} to carry (see `lanyard net list`)"))
+            })?;
+            if untagged && name == native {
+                return Err(invalid(name, "is the port's untagged (native) network; it cannot also be tagged".into()));
+            }
+            let (Some(_), Some(VlanBackend::Subif), Some(up)) = (n.vlan, n.vlan_backend, n.uplink.as_deref()) else {
+                return Err(invalid(name, "is not a VLAN network; a trunk carries networks made with --vlan".into()));
+            };
+            match first {
+                Some((uplink, other)) if uplink != up => {
+                    return Err(invalid(
+                        name,
+                        format!("rides on {up}, but {other:?} on {uplink}: a trunk's networks share one uplink"),
+                    ))
+                }
+                Some(_) => {}
+                None => first = Some((up, n.name.as_str())),
+            }
+        }
+        Ok(())
     }
 
     fn release_addresses(&self, ports: &[Port]) {
@@ -140,8 +182,13 @@ impl Engine {
             .get(&net.name)
             .cloned()
             .ok_or_else(|| EngineError::Internal(format!("network {:?} has no address book", net.name)))?;
-        // On a bridge-mode network the LAN's DHCP server assigns addresses.
-        let ip = if net.mode.serves_dhcp() {
+        let untagged = spec.untagged.unwrap_or(true);
+        self.check_trunk_port(spec, &net.name, untagged)?;
+        // On a bridge-mode network the LAN's DHCP server assigns addresses;
+        // a trunk port without a native network has none.
+        let ip = if !untagged {
+            None
+        } else if net.mode.serves_dhcp() {
             Some(lock(&book).reserve_fixed(mac, checked.ip, self.host.now())?)
         } else if let Some(ip) = checked.ip {
             return Err(EngineError::Invalid(ModelError::Invalid {
@@ -167,6 +214,8 @@ impl Engine {
             peer_ifname,
             owner: spec.owner.clone(),
             group: spec.group.clone(),
+            trunk: spec.trunk.clone().unwrap_or_default(),
+            untagged,
         };
         batch.insert(&port);
         Ok(port)

@@ -532,4 +532,47 @@ mod vlans {
         let err = r.engine.create_network(vspec("a", "nat", "10.20.0.0/24", "eth1", 12)).unwrap_err().to_string();
         assert!(err.contains("eth1.12 exists and is not lanyard's"), "{err}");
     }
+
+    #[test]
+    fn trunk_ports_carry_vlan_networks_only_and_keep_them() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        with_nic(&r, "eth1", 1500);
+        r.engine.create_network(vspec("v10", "bridge", "192.168.100.0/24", "eth0", 10)).unwrap();
+        r.engine.create_network(vspec("v20", "bridge", "192.168.100.0/24", "eth0", 20)).unwrap();
+        r.engine.create_network(vspec("w30", "bridge", "192.168.100.0/24", "eth1", 30)).unwrap();
+        r.engine.create_network(spec("mgmt", "nat", "10.0.0.0/24")).unwrap();
+        let trunk = |net: &str, nets: &[&str], untagged: bool| PortSpec {
+            net: net.into(),
+            vm: "router".into(),
+            trunk: Some(nets.iter().map(|s| s.to_string()).collect()),
+            untagged: Some(untagged),
+            ..Default::default()
+        };
+        let before = r.world();
+        for (s, want) in [
+            (trunk("v10", &["v20", "mgmt"], false), "not a VLAN network"),
+            (trunk("v10", &["v10", "v20"], true), "cannot also be tagged"),
+            (trunk("mgmt", &["v10", "w30"], true), "share one uplink"),
+            (trunk("mgmt", &["v10", "nope"], true), "no network named \"nope\""),
+            (trunk("mgmt", &["v10", "v10"], true), "named twice"),
+        ] {
+            let err = r.engine.create_port(s.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{s:?}: {err}");
+            assert_eq!(r.world(), before, "{s:?} changed something");
+        }
+        let p = r.engine.create_port(trunk("mgmt", &["v10", "v20"], true)).unwrap();
+        assert!(p.ip.is_some(), "the native network gives the port its fixed IP");
+        let k = r.kernel.snapshot();
+        assert_eq!(k.observed.links[&p.ifname].master.as_deref(), Some("lybr0"));
+        assert_eq!(k.observed.links[&format!("{}.10", p.ifname)].master.as_deref(), Some("brvlan10"));
+        assert_eq!(k.observed.links[&format!("{}.20", p.ifname)].master.as_deref(), Some("brvlan20"));
+        let bare = r.engine.create_port(trunk("v10", &["v10", "v20"], false)).unwrap();
+        assert_eq!(bare.ip, None, "no native network, no fixed IP");
+        let err = r.engine.delete_network("v20").unwrap_err().to_string();
+        assert!(err.contains("carried by trunk port"), "{err}");
+        r.engine.delete_port(&p.id).unwrap();
+        r.engine.delete_port(&bare.id).unwrap();
+        r.engine.delete_network("v20").unwrap();
+    }
 }

@@ -92,11 +92,15 @@ pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> 
         wanted.insert(&net.bridge);
         ops.extend(bridge_ops(net, observed));
     }
+    let mut trunk_names: Vec<String> = Vec::new();
     for port in ports {
         wanted.insert(&port.ifname);
         let net = active.get(port.net.as_str()).copied();
-        ops.extend(port_ops(port, net, observed.links.get(&port.ifname)));
+        let trunk: Vec<&Network> = port.trunk.iter().filter_map(|t| active.get(t.as_str()).copied()).collect();
+        trunk_names.extend(trunk_devices(port, &trunk).into_iter().map(|(n, _)| n));
+        ops.extend(port_ops(port, net, &trunk, &observed.links));
     }
+    wanted.extend(trunk_names.iter().map(String::as_str));
     if active.values().any(|n| n.mode.forwards()) && !observed.ip_forward {
         ops.push(Op::SetForwarding { on: true });
     }
@@ -213,13 +217,42 @@ fn own_bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
     ops
 }
 
-/// The operations that bring one port's link to its desired state, given
-/// its network (None when the network is not active) and what the kernel
-/// has under the port's name. Used by [`plan_links`] and, on its own, by the
-/// engine when one port is created, so that adding a port costs the same
-/// with ten thousand ports as with one.
-pub fn port_ops(port: &Port, net: Option<&Network>, existing: Option<&ObservedLink>) -> Vec<Op> {
+/// Ownership mark of a trunk port's VLAN device.
+pub fn trunk_alias(port_id: &str) -> String {
+    format!("{OWNER_ALIAS_PREFIX}trunk:{port_id}")
+}
+
+/// The VLAN devices a trunk port needs on its host side, one per VLAN
+/// network it carries, by name, with the network.
+pub fn trunk_devices<'a>(port: &Port, trunk: &[&'a Network]) -> Vec<(String, &'a Network)> {
+    trunk.iter().filter_map(|n| Some((vlan_ifname(&port.ifname, n.vlan?), *n))).collect()
+}
+
+/// The links a port consists of: its own and, for a trunk port, a VLAN
+/// device per carried network.
+pub fn port_link_names(port: &Port, trunk: &[&Network]) -> Vec<String> {
+    std::iter::once(port.ifname.clone()).chain(trunk_devices(port, trunk).into_iter().map(|(n, _)| n)).collect()
+}
+
+/// The operations that bring one port's links to their desired state,
+/// given its network (None when it is not active), the active VLAN
+/// networks it carries as a trunk, and what the kernel has under the
+/// port's link names (`links` needs only those). Used by [`plan_links`]
+/// and, on its own, by the engine when a port is created, so that adding a
+/// port costs the same with ten thousand ports as with one.
+///
+/// A trunk port's own link carries the untagged frames (its native
+/// network's, or none); each carried network gets a VLAN device on the
+/// port's link (`ly1234abcd.10`) in that network's bridge, so the guest
+/// sees exactly those VLANs tagged and no other.
+pub fn port_ops(
+    port: &Port,
+    net: Option<&Network>,
+    trunk: &[&Network],
+    links: &BTreeMap<String, ObservedLink>,
+) -> Vec<Op> {
     let mut ops = Vec::new();
+    let existing = links.get(&port.ifname);
     if existing.is_none() && port.adopted {
         // Its owner (QEMU) is gone; the port waits for `qemu-ifdown` or
         // `port delete`.
@@ -248,7 +281,8 @@ pub fn port_ops(port: &Port, net: Option<&Network>, existing: Option<&ObservedLi
         }
     }
     let master = existing.and_then(|l| l.master.clone());
-    match net {
+    let untagged_net = net.filter(|_| port.untagged);
+    match untagged_net {
         Some(net) => {
             if master.as_deref() != Some(net.bridge.as_str()) {
                 ops.push(Op::SetMaster {
@@ -257,14 +291,34 @@ pub fn port_ops(port: &Port, net: Option<&Network>, existing: Option<&ObservedLi
                     previous: master,
                 });
             }
-            if !existing.is_some_and(|l| l.up) {
-                ops.push(Op::SetUp { link: port.ifname.clone(), up: true });
-            }
         }
         None => {
             if master.is_some() {
                 ops.push(Op::SetMaster { link: port.ifname.clone(), master: None, previous: master });
             }
+        }
+    }
+    let carries = !trunk.is_empty();
+    if (untagged_net.is_some() || carries) && !existing.is_some_and(|l| l.up) {
+        ops.push(Op::SetUp { link: port.ifname.clone(), up: true });
+    }
+    for (name, vnet) in trunk_devices(port, trunk) {
+        let Some(id) = vnet.vlan else { continue };
+        let dev = links.get(&name);
+        if dev.is_none() {
+            ops.push(Op::CreateVlan {
+                name: name.clone(),
+                parent: port.ifname.clone(),
+                id,
+                alias: trunk_alias(&port.id),
+            });
+        }
+        let master = dev.and_then(|l| l.master.clone());
+        if master.as_deref() != Some(vnet.bridge.as_str()) {
+            ops.push(Op::SetMaster { link: name.clone(), master: Some(vnet.bridge.clone()), previous: master });
+        }
+        if !dev.is_some_and(|l| l.up) {
+            ops.push(Op::SetUp { link: name, up: true });
         }
     }
     ops

@@ -49,6 +49,8 @@ mod tests {
             owner: None,
             group: None,
             adopted: false,
+            trunk: Vec::new(),
+            untagged: true,
         }
     }
 
@@ -346,6 +348,19 @@ mod vlan_tests {
                         },
                     );
                 }
+                Op::CreateTap(t) => {
+                    o.links.insert(
+                        t.name.clone(),
+                        ObservedLink {
+                            name: t.name.clone(),
+                            kind: LinkKind::Tun,
+                            mtu: 1500,
+                            mac: Some(t.mac),
+                            alias: Some(t.alias.clone()),
+                            ..Default::default()
+                        },
+                    );
+                }
                 Op::CreateVlan { name, alias, .. } => {
                     o.links.insert(
                         name.clone(),
@@ -444,5 +459,57 @@ mod vlan_tests {
         let text: Vec<String> = gone.ops.iter().map(ToString::to_string).collect();
         assert_eq!(text, ["delete link eth0.10", "delete link brvlan10"], "the VLAN device first, then the bridge");
         assert!(up.links.contains_key("eth0"), "the uplink stays");
+    }
+
+    #[test]
+    fn a_trunk_port_gets_a_vlan_device_per_carried_network_and_nothing_else() {
+        let v10 = vnet("v10", "bridge", "192.168.100.0/24", "eth0", 10);
+        let v20 = vnet("v20", "bridge", "192.168.100.0/24", "eth0", 20);
+        let mgmt = crate::model::test_network("mgmt", "10.0.0.0/24", "lybr0");
+        let mut port = crate::model::Port {
+            id: "0000abcd".into(),
+            net: "mgmt".into(),
+            vm: "router".into(),
+            port_type: crate::model::PortType::Tap,
+            ifname: crate::model::Port::ifname_for("0000abcd"),
+            mac: crate::model::Mac([0x52, 0x54, 0, 0, 0, 7]),
+            ip: None,
+            netns: None,
+            peer_ifname: None,
+            owner: None,
+            group: None,
+            adopted: false,
+            trunk: vec!["v10".into(), "v20".into()],
+            untagged: true,
+        };
+        let nets = vec![v10.clone(), v20.clone(), mgmt.clone()];
+        let o = after(&with(vec![nic("eth0")]), &plan(&nets, &[], &with(vec![nic("eth0")]), &Tables::new()));
+        let p = plan(&nets, std::slice::from_ref(&port), &o, &firewall::tables(&nets, &[]));
+        let text: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "create tap ly0000abcd",
+                "enslave ly0000abcd to lybr0",
+                "set ly0000abcd up",
+                "create vlan ly0000abcd.10 (id 10 on ly0000abcd)",
+                "enslave ly0000abcd.10 to brvlan10",
+                "set ly0000abcd.10 up",
+                "create vlan ly0000abcd.20 (id 20 on ly0000abcd)",
+                "enslave ly0000abcd.20 to brvlan20",
+                "set ly0000abcd.20 up",
+            ],
+            "untagged frames are mgmt's, VLANs 10 and 20 are tagged, nothing else"
+        );
+        let applied = after(&o, &p);
+        let again =
+            plan(&nets, std::slice::from_ref(&port), &applied, &firewall::tables(&nets, std::slice::from_ref(&port)));
+        assert!(again.ops.is_empty(), "a restart plans nothing: {:?}", again.ops);
+        // Without a native network the port's own link is up in no bridge.
+        port.untagged = false;
+        port.net = "v10".into();
+        let bare = plan(&nets, std::slice::from_ref(&port), &o, &firewall::tables(&nets, &[]));
+        assert!(bare.ops.iter().all(|op| op.to_string() != "enslave ly0000abcd to lybr0"));
+        assert!(bare.ops.iter().any(|op| op.to_string() == "set ly0000abcd up"));
     }
 }
