@@ -475,7 +475,7 @@ impl NetworkSpec {
             domain,
             autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
-            gateway_mac: (mode != Mode::Bridge || self.vlan.is_some()).then(|| Mac::for_gateway(&self.name)),
+            gateway_mac: (mode != Mode::Bridge || self.vlan.is_some()).then(Mac::new_gateway),
             uplink,
             vlan: self.vlan,
             vlan_backend,
@@ -510,13 +510,14 @@ impl Mac {
         Mac([0x52, 0x54, 0x00, tail[0], tail[1], tail[2]])
     }
 
-    /// The gateway MAC of the network `name`: locally administered unicast
-    /// (02:), then `4c:59` ("LY"), then three bytes of a hash of the name,
-    /// so it is stable and never in QEMU's 52:54:00 range guests use.
-    pub fn for_gateway(name: &str) -> Mac {
-        let h = name.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-        let [_, a, b, c] = h.to_be_bytes();
-        Mac([0x02, 0x4c, 0x59, a, b, c])
+    /// A new gateway (bridge) MAC: locally administered unicast (02:),
+    /// then `4c:59` ("LY"), then three random bytes. Random, not derived
+    /// from the network's name: two hosts on one trunk often have networks
+    /// of the same name, and two bridges with one MAC on one segment take
+    /// each other's frames. Chosen once and stored with the network.
+    pub fn new_gateway() -> Mac {
+        let tail: [u8; 3] = rand::random();
+        Mac([0x02, 0x4c, 0x59, tail[0], tail[1], tail[2]])
     }
 
     /// The MAC given to the host side of a TAP: libvirt's convention of

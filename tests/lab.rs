@@ -198,3 +198,23 @@ fn lanyard_vlans_in_the_lab_host() {
     assert_eq!(port["trunk"], serde_json::json!(["v10", "v20"]), "{port}");
     assert_eq!((port["untagged"].as_bool(), port["ip"].is_null()), (Some(false), true), "{port}");
 }
+
+/// One VLAN across two hosts (`lab/lanyard-vlan-hosts.sh`): two daemons in
+/// two namespaces, their NICs on one switch. A VM on host B's L2 network
+/// for VLAN 10 leases from host A's nat network on VLAN 10 and reaches a VM
+/// there and host A's gateway; the wire carries tags 10 and 20; VLAN 20
+/// stays apart. (This test found two bridges of same-named networks on two
+/// hosts sharing one derived MAC: gateway MACs are random now.)
+#[test]
+fn one_vlan_across_two_hosts_in_the_lab() {
+    if !ready("one_vlan_across_two_hosts_in_the_lab", &[]) {
+        return;
+    }
+    let lines = lab_lines(&host_run("lanyard-vlan-hosts.sh"));
+    for want in ["vlan 10 spans both hosts", "the wire carries tags 10 and 20", "vlan 20 stays apart"] {
+        assert!(lines.iter().any(|l| l == want), "`{want}` missing from the lab's lines:\n{}", lines.join("\n"));
+    }
+    let leased = lines.iter().find_map(|l| l.strip_prefix("b1 on host B leased ")).expect("b1's lease");
+    let ip: Ipv4Addr = leased.split_whitespace().next().and_then(|a| a.parse().ok()).expect("an address");
+    assert!(in_subnet(ip, "192.168.10.0/24"), "b1 leased {ip}, outside VLAN 10's subnet");
+}

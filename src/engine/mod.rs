@@ -325,7 +325,7 @@ impl Engine {
                 // the running bridge has (changing it would cut every guest
                 // off until its ARP entry expires) and pin it there.
                 let current = observed.links.get(&net.bridge).and_then(|l| l.mac);
-                net.gateway_mac = Some(current.unwrap_or_else(|| Mac::for_gateway(&net.name)));
+                net.gateway_mac = Some(current.unwrap_or_else(Mac::new_gateway));
                 if let Some(mac) = current {
                     pin.push(Op::SetMac { link: net.bridge.clone(), mac, previous: Some(mac) });
                 }

@@ -278,8 +278,12 @@ mod tests {
     use super::*;
     use crate::model::{Mac, PortType};
 
+    /// One network, the same every call (its gateway MAC is random when
+    /// validated, so it is pinned here).
     fn net() -> Network {
-        crate::model::test_network("default", "192.168.122.0/24", "lybr0")
+        let mut n = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
+        n.gateway_mac = Some(Mac([0x02, 0x4c, 0x59, 0, 0, 1]));
+        n
     }
 
     fn lease(ip: &str, mac: &str) -> Lease {
