@@ -154,6 +154,10 @@ router_mac=$(ip netns exec router cat /sys/class/net/eth0/address)
 if ip netns exec vm4 ping -c 2 -W 1 192.168.100.63 > /dev/null 2>&1; then fail "vm4 (VLAN 30) reaches the router"; fi
 if learned brvlan30 "$router_mac"; then fail "a frame of the router arrived on VLAN 30, which its port does not carry"; fi
 say "trunk router sees no vlan 30"
+say "ports-json $(ly port list -o json | tr -d '\n')"
+say "bridges-json $(ly bridges -o json | tr -d '\n')"
+ly port list
+ly bridges
 ly port delete "$(json_str id /tmp/router.json)" > /dev/null || fail "port delete router"
 ly port delete "$(json_str id /tmp/vm4.json)" > /dev/null || fail "port delete vm4"
 ly net delete v30 > /dev/null || fail "net delete v30"

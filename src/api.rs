@@ -22,7 +22,7 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineError, PortView};
+use crate::engine::{Engine, EngineError};
 use crate::model::{NetworkSpec, PortSpec};
 
 /// Shared daemon state.
@@ -353,24 +353,29 @@ pub fn router(state: Shared) -> Router {
                 })?;
                 with_engine(s, move |e| {
                     Ok(Json(
-                        e.ports(f.vm.as_deref(), f.net.as_deref()).into_iter().map(PortView::from).collect::<Vec<_>>(),
+                        e.ports(f.vm.as_deref(), f.net.as_deref())
+                            .into_iter()
+                            .map(|p| e.port_view(p))
+                            .collect::<Vec<_>>(),
                     ))
                 })
                 .await
                 .map_err(IntoResponse::into_response)
             })
             .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<PortSpec>| async move {
-                with_engine(s, move |e| e.create_port(spec))
+                with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
                     .await
-                    .map(|p| (StatusCode::CREATED, Json(PortView::from(p))))
+                    .map(|p| (StatusCode::CREATED, Json(p)))
             }),
         )
         .route(
             "/v1/ports/batch",
             post(|State(s): State<Shared>, JsonBody(specs): JsonBody<Vec<PortSpec>>| async move {
-                with_engine(s, move |e| e.create_ports(specs))
-                    .await
-                    .map(|ports| (StatusCode::CREATED, Json(ports.into_iter().map(PortView::from).collect::<Vec<_>>())))
+                with_engine(s, move |e| {
+                    e.create_ports(specs).map(|v| v.into_iter().map(|p| e.port_view(p)).collect::<Vec<_>>())
+                })
+                .await
+                .map(|ports| (StatusCode::CREATED, Json(ports)))
             }),
         )
         .route(

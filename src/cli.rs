@@ -684,10 +684,11 @@ fn port_rows(v: &Value) -> String {
                 model.into(),
                 s(&p["mac"]),
                 s(&p["ip"]),
+                s(&p["vlan"]),
             ]
         })
         .collect();
-    table(&["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP"], &rows)
+    table(&["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP", "VLAN"], &rows)
 }
 
 fn lease_rows(v: &Value) -> String {
@@ -713,7 +714,10 @@ fn bridge_rows(v: &Value) -> String {
     // brctl show: bridge name, bridge id, STP enabled, interfaces (one per line).
     let mut rows = Vec::new();
     for b in v.as_array().into_iter().flatten() {
-        let ifs: Vec<String> = b["interfaces"].as_array().into_iter().flatten().map(s).collect();
+        // A VLAN network's bridge: each interface is an access port of it.
+        let vlan = b["vlan"].as_u64().map(|v| format!(" (vlan {v})")).unwrap_or_default();
+        let ifs: Vec<String> =
+            b["interfaces"].as_array().into_iter().flatten().map(|i| format!("{}{vlan}", s(i))).collect();
         let first = ifs.first().cloned().unwrap_or_default();
         rows.push(vec![s(&b["name"]), s(&b["bridge_id"]), s(&b["stp"]), first]);
         for i in ifs.iter().skip(1) {

@@ -197,6 +197,23 @@ fn lanyard_vlans_in_the_lab_host() {
     let port: Value = serde_json::from_str(port).expect("port create's answer is JSON");
     assert_eq!(port["trunk"], serde_json::json!(["v10", "v20"]), "{port}");
     assert_eq!((port["untagged"].as_bool(), port["ip"].is_null()), (Some(false), true), "{port}");
+    // `port list` and `lanyard bridges` show the VLANs.
+    let json = |tag: &str| -> Value {
+        let text = lines.iter().find_map(|l| l.strip_prefix(tag)).unwrap_or_else(|| panic!("no {tag} line"));
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{tag}: {e}"))
+    };
+    let ports = json("ports-json ");
+    let vlan_of = |vm: &str| {
+        ports.as_array().into_iter().flatten().find(|p| p["vm"] == vm).map(|p| p["vlan"].clone()).unwrap_or_default()
+    };
+    assert_eq!(vlan_of("router"), "trunk 10,20", "{ports}");
+    assert_eq!(vlan_of("vm1"), "10", "{ports}");
+    assert_eq!(vlan_of("vm4"), "30", "{ports}");
+    let bridges = json("bridges-json ");
+    let brvlan20 =
+        bridges.as_array().into_iter().flatten().find(|b| b["name"] == "brvlan20").cloned().unwrap_or_default();
+    assert_eq!(brvlan20["vlan"], 20, "{bridges}");
+    assert!(brvlan20["interfaces"].to_string().contains("trunk0.20"), "{bridges}");
 }
 
 /// One VLAN across two hosts (`lab/lanyard-vlan-hosts.sh`): two daemons in

@@ -86,17 +86,25 @@ pub struct PortView {
     /// QEMU arguments for tap ports.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub qemu_args: Option<String>,
+    /// The 802.1Q VLANs the port is in: its network's (an access port), or
+    /// `trunk 10,20` (tagged) with the native network's untagged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<String>,
 }
 
 impl From<Port> for PortView {
     fn from(port: Port) -> Self {
-        PortView { qemu_args: port.qemu_args(), port }
+        PortView { qemu_args: port.qemu_args(), vlan: None, port }
     }
 }
 
 /// One bridge as `brctl show` prints it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct BridgeView {
+    /// The VLAN the bridge is (a VLAN network's bridge): every port of it
+    /// is an access port of that VLAN.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
     /// Bridge name.
     pub name: String,
     /// Network it serves.
@@ -465,6 +473,18 @@ impl Engine {
         self.ports.iter().filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n)).cloned().collect()
     }
 
+    /// A port as the API shows it: with its QEMU arguments and its VLANs.
+    pub fn port_view(&self, port: Port) -> PortView {
+        let vlan_of = |name: &str| self.networks.iter().find(|n| n.name == name).and_then(|n| n.vlan);
+        let vlan = if port.trunk.is_empty() {
+            vlan_of(&port.net).filter(|_| port.untagged).map(|v| v.to_string())
+        } else {
+            let tagged: Vec<String> = port.trunk.iter().filter_map(|t| vlan_of(t)).map(|v| v.to_string()).collect();
+            Some(format!("trunk {}", tagged.join(",")))
+        };
+        PortView { vlan, ..PortView::from(port) }
+    }
+
     /// Leases of a network, ordered by address.
     pub fn leases(&self, net: &str) -> Result<Vec<Lease>, EngineError> {
         self.network(net)?;
@@ -481,6 +501,7 @@ impl Engine {
             .iter()
             .filter_map(|n| observed.links.get(&n.bridge).map(|b| (n, b)))
             .map(|(n, b)| BridgeView {
+                vlan: n.vlan,
                 bridge_id: b.bridge.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
                 stp: if b.bridge.as_ref().is_some_and(|i| i.stp) { "yes" } else { "no" }.into(),
                 name: n.bridge.clone(),
