@@ -14,9 +14,13 @@
 # hosts. b2 on VLAN 20, with an address in VLAN 10's subnet, reaches none
 # of them. The probe on the switch answers on VLAN 10 and on VLAN 20 only
 # through its VLAN devices: the frames on the wire carry the tags.
+#
+# VLAN_BACKEND (subif, the default, or filtering) chooses how both hosts
+# make their VLANs.
 set -eu
 # shellcheck source=lab/initramfs/common.sh
 . /lab/common.sh
+B=${VLAN_BACKEND:-subif}
 
 fail() {
     echo "vlan-hosts: FAIL $*"
@@ -58,11 +62,11 @@ lab_wait 300 lya net list > /dev/null 2>&1 || fail "host A's daemon did not answ
 lab_wait 300 lyb net list > /dev/null 2>&1 || fail "host B's daemon did not answer"
 step "two daemons answer"
 
-lya net create v10 --mode nat --vlan 10 --uplink eth0 --subnet 192.168.10.0/24 > /dev/null || fail "A: net create v10"
-lya net create v20 --mode bridge --vlan 20 --uplink eth0 --subnet 192.168.20.0/24 > /dev/null || fail "A: net create v20"
-lyb net create v10 --mode bridge --vlan 10 --uplink eth0 --subnet 192.168.10.0/24 > /dev/null || fail "B: net create v10"
-lyb net create v20 --mode bridge --vlan 20 --uplink eth0 --subnet 192.168.20.0/24 > /dev/null || fail "B: net create v20"
-step "networks on both hosts"
+lya net create v10 --mode nat --vlan 10 --uplink eth0 --vlan-backend "$B" --subnet 192.168.10.0/24 > /dev/null || fail "A: net create v10"
+lya net create v20 --mode bridge --vlan 20 --uplink eth0 --vlan-backend "$B" --subnet 192.168.20.0/24 > /dev/null || fail "A: net create v20"
+lyb net create v10 --mode bridge --vlan 10 --uplink eth0 --vlan-backend "$B" --subnet 192.168.10.0/24 > /dev/null || fail "B: net create v10"
+lyb net create v20 --mode bridge --vlan 20 --uplink eth0 --vlan-backend "$B" --subnet 192.168.20.0/24 > /dev/null || fail "B: net create v20"
+step "networks on both hosts ($B)"
 
 ip netns add a1; ip netns add b1; ip netns add b2
 lya port create --net v10 --vm a1 --type veth --netns a1 --ifname eth0 > /dev/null || fail "A: port a1"

@@ -716,8 +716,13 @@ fn bridge_rows(v: &Value) -> String {
     for b in v.as_array().into_iter().flatten() {
         // A VLAN network's bridge: each interface is an access port of it.
         let vlan = b["vlan"].as_u64().map(|v| format!(" (vlan {v})")).unwrap_or_default();
+        // A VLAN-filtering bridge: each interface with its own VLAN table.
+        let own = |i: &Value| match b["vlans"][s(i)].as_str() {
+            Some(t) => format!(" (vlans {t})"),
+            None => vlan.clone(),
+        };
         let ifs: Vec<String> =
-            b["interfaces"].as_array().into_iter().flatten().map(|i| format!("{}{vlan}", s(i))).collect();
+            b["interfaces"].as_array().into_iter().flatten().map(|i| format!("{}{}", s(i), own(i))).collect();
         let first = ifs.first().cloned().unwrap_or_default();
         rows.push(vec![s(&b["name"]), s(&b["bridge_id"]), s(&b["stp"]), first]);
         for i in ifs.iter().skip(1) {

@@ -133,17 +133,17 @@ pub fn upstreams(resolv_conf: &str, own: Ipv4Addr) -> Vec<SocketAddr> {
 /// dnsmasq, which answers on virbr0 only): guests' names are not the
 /// outside's business. SO_REUSEADDR lets a restarted network bind while the
 /// old, aborted task is still dropping its sockets.
-pub fn bind(gateway: Ipv4Addr, bridge: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
+pub fn bind(gateway: Ipv4Addr, ifname: &str) -> std::io::Result<(UdpSocket, TcpListener)> {
     use socket2::{Domain, Protocol, Socket, Type};
     let addr = SocketAddr::from((gateway, 53)).into();
     let udp = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))?;
     udp.set_reuse_address(true)?;
-    udp.bind_device(Some(bridge.as_bytes()))?;
+    udp.bind_device(Some(ifname.as_bytes()))?;
     udp.set_nonblocking(true)?;
     udp.bind(&addr)?;
     let tcp = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP))?;
     tcp.set_reuse_address(true)?;
-    tcp.bind_device(Some(bridge.as_bytes()))?;
+    tcp.bind_device(Some(ifname.as_bytes()))?;
     tcp.set_nonblocking(true)?;
     tcp.bind(&addr)?;
     tcp.listen(64)?;

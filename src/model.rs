@@ -208,6 +208,32 @@ impl fmt::Display for VlanBackend {
     }
 }
 
+/// The VLAN device of VLAN `vid` on `parent`: `eth0.10` as the seed names
+/// it, or, when that would not fit an interface name (15 bytes), `lyv`
+/// and a hash of the two.
+pub fn vlan_ifname(parent: &str, vid: u16) -> String {
+    let plain = format!("{parent}.{vid}");
+    if plain.len() <= IFNAME_MAX {
+        return plain;
+    }
+    format!("lyv{:08x}", fnv1a(&plain))
+}
+
+/// The VLAN-filtering bridge of an uplink (the `filtering` backend):
+/// `br-eth0`, or `lyf` and a hash when that would not fit.
+pub fn filtering_bridge_name(uplink: &str) -> String {
+    let plain = format!("br-{uplink}");
+    if plain.len() <= IFNAME_MAX {
+        return plain;
+    }
+    format!("lyf{:08x}", fnv1a(uplink))
+}
+
+/// A short stable hash for names (FNV-1a, 32 bits).
+fn fnv1a(s: &str) -> u32 {
+    s.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+}
+
 /// The highest 802.1Q VLAN id (4095 is reserved).
 pub const VLAN_MAX: u16 = 4094;
 
@@ -273,6 +299,24 @@ impl Network {
     /// a VLAN): the host's addresses then move to the bridge.
     pub fn enslaves_uplink(&self) -> bool {
         self.mode == Mode::Bridge && self.vlan.is_none()
+    }
+
+    /// Whether the network is a VLAN of its uplink's VLAN-filtering bridge
+    /// (the `filtering` backend), a bridge it shares with the uplink's
+    /// other VLAN networks.
+    pub fn filtering(&self) -> bool {
+        self.vlan.is_some() && self.vlan_backend == Some(VlanBackend::Filtering)
+    }
+
+    /// The interface that carries the host's side of the network: its
+    /// gateway address, the DHCP and DNS sockets, the firewall's rules.
+    /// The bridge, but for a network on a VLAN-filtering bridge, whose
+    /// gateway is on a VLAN device of that bridge (`br-eth0.10`).
+    pub fn l3_ifname(&self) -> String {
+        match (self.filtering(), self.vlan) {
+            (true, Some(vid)) => vlan_ifname(&self.bridge, vid),
+            _ => self.bridge.clone(),
+        }
     }
 
     /// The gateway as an interface address, e.g. 192.168.122.1/24.
@@ -475,7 +519,14 @@ impl NetworkSpec {
             domain,
             autostart: self.autostart.unwrap_or(false),
             state: NetState::Active,
-            gateway_mac: (mode != Mode::Bridge || self.vlan.is_some()).then(Mac::new_gateway),
+            // Bridge mode takes the uplink's MAC, and so does a filtering
+            // network's gateway: its VLAN device keeps the shared bridge's
+            // MAC, which the bridge delivers to itself on every VLAN of its
+            // own (a MAC of its own would make the bridge flood the
+            // gateway's frames to every port of the VLAN).
+            gateway_mac: (mode != Mode::Bridge || self.vlan.is_some())
+                .then(Mac::new_gateway)
+                .filter(|_| vlan_backend != Some(VlanBackend::Filtering)),
             uplink,
             vlan: self.vlan,
             vlan_backend,

@@ -33,14 +33,17 @@ use serde_json::Value;
 /// `lab/host-run SCRIPT` (bounded to 300 s inside, 360 s outside); the
 /// console (stdout) after asserting the VM printed `LAB-RESULT: PASS`.
 fn host_run(script: &str) -> String {
+    host_run_with(script, &[])
+}
+
+/// [`host_run`] with environment variables passed into the lab VM.
+fn host_run_with(script: &str, env: &[(&str, &str)]) -> String {
     let started = Instant::now();
-    let o = run(
-        Command::new(lab_dir().join("host-run"))
-            .arg(lab_dir().join(script))
-            .env("LANYARD_BIN", LANYARD)
-            .env("LAB_TIMEOUT", "300"),
-        Duration::from_secs(360),
-    );
+    let mut cmd = Command::new(lab_dir().join("host-run"));
+    cmd.arg(lab_dir().join(script)).env("LANYARD_BIN", LANYARD).env("LAB_TIMEOUT", "300");
+    let names: Vec<&str> = env.iter().map(|(k, _)| *k).collect();
+    cmd.envs(env.iter().copied()).env("LAB_PASS_ENV", names.join(" "));
+    let o = run(&mut cmd, Duration::from_secs(360));
     let (out, err) = (stdout(&o), stderr(&o));
     eprintln!(
         "lab/host-run lab/{script}: {} in {:.1} s\n{}",
@@ -161,21 +164,37 @@ fn lanyard_nat_network_in_the_lab_host() {
     assert_eq!(line("daemon exit "), "0", "lanyard daemon's exit status on SIGTERM");
 }
 
-/// lanyard's VLAN networks on a kernel that has 802.1Q (`lab/lanyard-vlan.sh`):
-/// the seed's experiment with L2 networks and static addresses, then with
-/// lanyard's DHCP on a nat network: vm3 reaches vm1 on VLAN 10, vm2 on VLAN
-/// 20 reaches neither and no frame of it arrives on VLAN 10, the trunk
-/// carries both tags to its far end; a router VM on a trunk port reaches VMs
-/// on both VLANs it carries and nothing of a third; deleting the networks
-/// leaves the trunk as it was.
+/// lanyard's VLAN networks on a kernel that has 802.1Q (`lab/lanyard-vlan.sh`),
+/// with the `subif` backend: see [`vlans_in_the_lab`].
 #[test]
 fn lanyard_vlans_in_the_lab_host() {
     if !ready("lanyard_vlans_in_the_lab_host", &[]) {
         return;
     }
-    let out = host_run("lanyard-vlan.sh");
+    vlans_in_the_lab("subif");
+}
+
+/// The same test body with the `filtering` backend: one VLAN-aware bridge
+/// per uplink.
+#[test]
+fn lanyard_vlans_in_the_lab_host_filtering() {
+    if !ready("lanyard_vlans_in_the_lab_host_filtering", &[]) {
+        return;
+    }
+    vlans_in_the_lab("filtering");
+}
+
+/// The seed's experiment with L2 networks and static addresses, then with
+/// lanyard's DHCP on a nat network: vm3 reaches vm1 on VLAN 10, vm2 on VLAN
+/// 20 reaches neither and no frame of it arrives on VLAN 10, the trunk
+/// carries both tags to its far end; a restart rebuilds nothing; a router
+/// VM on a trunk port reaches VMs on both VLANs it carries and nothing of a
+/// third; deleting the networks leaves the trunk as it was.
+fn vlans_in_the_lab(backend: &str) {
+    let out = host_run_with("lanyard-vlan.sh", &[("VLAN_BACKEND", backend)]);
     let lines = lab_lines(&out);
     for want in [
+        &format!("backend {backend}")[..],
         "static vm3 reaches vm1",
         "static trunk carries tags 10 and 20",
         "static vm2 isolated: its ARP never reached VLAN 10",
@@ -183,6 +202,7 @@ fn lanyard_vlans_in_the_lab_host() {
         "dhcp vm3 192.168.100.30/24",
         "dhcp vm3 reaches vm1",
         "dhcp vm2 isolated: its ARP never reached VLAN 10",
+        "restart rebuilt nothing",
         "trunk router reaches vlan 10 and 20",
         "trunk router sees no vlan 30",
         "cleanup ok",
@@ -191,8 +211,9 @@ fn lanyard_vlans_in_the_lab_host() {
     }
     let net = lines.iter().find_map(|l| l.strip_prefix("net-json ")).expect("net create's answer");
     let net: Value = serde_json::from_str(net).expect("net create's answer is JSON");
-    assert_eq!((net["vlan"].as_u64(), net["vlan_backend"].as_str()), (Some(10), Some("subif")), "{net}");
-    assert_eq!(net["bridge"], "brvlan10", "the seed's bridge name: {net}");
+    assert_eq!((net["vlan"].as_u64(), net["vlan_backend"].as_str()), (Some(10), Some(backend)), "{net}");
+    let bridge = if backend == "subif" { "brvlan10" } else { "br-trunk0" };
+    assert_eq!(net["bridge"], bridge, "{net}");
     let port = lines.iter().find_map(|l| l.strip_prefix("trunk-port-json ")).expect("the trunk port");
     let port: Value = serde_json::from_str(port).expect("port create's answer is JSON");
     assert_eq!(port["trunk"], serde_json::json!(["v10", "v20"]), "{port}");
@@ -203,17 +224,28 @@ fn lanyard_vlans_in_the_lab_host() {
         serde_json::from_str(text).unwrap_or_else(|e| panic!("{tag}: {e}"))
     };
     let ports = json("ports-json ");
-    let vlan_of = |vm: &str| {
-        ports.as_array().into_iter().flatten().find(|p| p["vm"] == vm).map(|p| p["vlan"].clone()).unwrap_or_default()
-    };
-    assert_eq!(vlan_of("router"), "trunk 10,20", "{ports}");
-    assert_eq!(vlan_of("vm1"), "10", "{ports}");
-    assert_eq!(vlan_of("vm4"), "30", "{ports}");
+    let port_of =
+        |vm: &str| ports.as_array().into_iter().flatten().find(|p| p["vm"] == vm).cloned().unwrap_or_default();
+    assert_eq!(port_of("router")["vlan"], "trunk 10,20", "{ports}");
+    assert_eq!(port_of("vm1")["vlan"], "10", "{ports}");
+    assert_eq!(port_of("vm4")["vlan"], "30", "{ports}");
     let bridges = json("bridges-json ");
-    let brvlan20 =
-        bridges.as_array().into_iter().flatten().find(|b| b["name"] == "brvlan20").cloned().unwrap_or_default();
-    assert_eq!(brvlan20["vlan"], 20, "{bridges}");
-    assert!(brvlan20["interfaces"].to_string().contains("trunk0.20"), "{bridges}");
+    let named =
+        |name: &str| bridges.as_array().into_iter().flatten().find(|b| b["name"] == name).cloned().unwrap_or_default();
+    if backend == "subif" {
+        let brvlan20 = named("brvlan20");
+        assert_eq!(brvlan20["vlan"], 20, "{bridges}");
+        assert!(brvlan20["interfaces"].to_string().contains("trunk0.20"), "{bridges}");
+    } else {
+        // One bridge, every interface with its VLAN table.
+        let br = named("br-trunk0");
+        assert_eq!(br["net"], "v10,v20,v30", "{bridges}");
+        assert_eq!(br["vlans"]["trunk0"], "1 pvid untagged, 10, 20, 30", "{bridges}");
+        assert_eq!(br["vlans"]["br-trunk0"], "1 pvid untagged, 10", "the bridge is in VLAN 10 for its gateway");
+        let ifname = |vm: &str| port_of(vm)["ifname"].as_str().unwrap_or_default().to_string();
+        assert_eq!(br["vlans"][ifname("vm1")], "10 pvid untagged", "{bridges}");
+        assert_eq!(br["vlans"][ifname("router")], "10, 20", "{bridges}");
+    }
 }
 
 /// One VLAN across two hosts (`lab/lanyard-vlan-hosts.sh`): two daemons in
@@ -227,7 +259,20 @@ fn one_vlan_across_two_hosts_in_the_lab() {
     if !ready("one_vlan_across_two_hosts_in_the_lab", &[]) {
         return;
     }
-    let lines = lab_lines(&host_run("lanyard-vlan-hosts.sh"));
+    vlan_across_hosts("subif");
+}
+
+/// The same across hosts with the `filtering` backend.
+#[test]
+fn one_vlan_across_two_hosts_in_the_lab_filtering() {
+    if !ready("one_vlan_across_two_hosts_in_the_lab_filtering", &[]) {
+        return;
+    }
+    vlan_across_hosts("filtering");
+}
+
+fn vlan_across_hosts(backend: &str) {
+    let lines = lab_lines(&host_run_with("lanyard-vlan-hosts.sh", &[("VLAN_BACKEND", backend)]));
     for want in ["vlan 10 spans both hosts", "the wire carries tags 10 and 20", "vlan 20 stays apart"] {
         assert!(lines.iter().any(|l| l == want), "`{want}` missing from the lab's lines:\n{}", lines.join("\n"));
     }

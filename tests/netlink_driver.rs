@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use lanyard::dataplane::netlink::socket::RouteSocket;
 use lanyard::dataplane::netlink::{messages, LinkMonitor, NetlinkDriver};
 use lanyard::kernel::firewall::TableId;
-use lanyard::kernel::link::{TapSpec, VethSpec, VxlanSpec};
+use lanyard::kernel::link::{BridgeVlan, TapSpec, VethSpec, VxlanSpec};
 use lanyard::kernel::{
     Element, FirewallChange, Kernel, KernelError, KernelEvent, LinkKind, Observed, ObservedLink, Op, Plan, Route,
     RouteProto, Set,
@@ -660,7 +660,12 @@ fn vlans_when_the_kernel_has_them() {
         };
         assert!(vlans("tv").contains(&(20, vec!["PVID".into(), "Egress Untagged".into()])), "{:?}", vlans("tv"));
         assert!(vlans("brv").iter().any(|(v, _)| *v == 20), "{:?}", vlans("brv"));
-        apply(&d, Op::DelBridgeVlan { link: "tv".into(), vid: 20, self_: false });
+        // The driver reads the same tables back (the port's and the bridge's own).
+        let seen = d.observe_links(&["tv", "brv"]).unwrap();
+        assert_eq!(seen["tv"].vlans, vec![BridgeVlan { vid: 1, pvid: false, untagged: true }, BridgeVlan::access(20)]);
+        assert!(seen["brv"].vlans.contains(&BridgeVlan::tagged(20)), "{:?}", seen["brv"].vlans);
+        assert_eq!(d.observe().unwrap().links["tv"].vlans, seen["tv"].vlans, "a dump reads what a lookup reads");
+        apply(&d, Op::DelBridgeVlan { link: "tv".into(), entry: BridgeVlan::access(20), self_: false });
         assert!(!vlans("tv").iter().any(|(v, _)| *v == 20));
         apply(&d, Op::SetVlanFiltering { bridge: "brv".into(), on: false });
         assert_eq!(must_link("brv")["linkinfo"]["info_data"]["vlan_filtering"], 0);
@@ -711,6 +716,7 @@ fn observed_by_iproute2() -> Observed {
                 Mac(b.try_into().unwrap())
             }),
             bridge,
+            vlans: Vec::new(),
         };
         links.insert(name, link);
     }

@@ -8,7 +8,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use crate::kernel::firewall::TableId;
-use crate::kernel::{Element, FirewallChange, Kernel, KernelError, LinkKind, Observed, ObservedLink, Op, Set, Table};
+use crate::kernel::link::DEFAULT_PVID;
+use crate::kernel::{
+    BridgeVlan, Element, FirewallChange, Kernel, KernelError, LinkKind, Observed, ObservedLink, Op, Set, Table,
+};
 
 /// Everything the fake kernel holds.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -17,8 +20,6 @@ pub struct FakeState {
     pub observed: Observed,
     /// nftables tables.
     pub tables: BTreeMap<TableId, Table>,
-    /// Bridge VLAN entries: (link, vid).
-    pub vlans: BTreeSet<(String, u16)>,
     /// FDB entries: (link, mac, dst).
     pub fdb: BTreeSet<(String, String, String)>,
 }
@@ -120,6 +121,9 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
         Op::CreateBridge { name, mac, mtu, alias } => {
             let mut l = new_link(name, LinkKind::Bridge, *mtu, alias);
             l.mac = *mac;
+            l.bridge = Some(Default::default());
+            // As the kernel: the bridge itself starts in the default VLAN.
+            l.vlans = vec![BridgeVlan::access(DEFAULT_PVID)];
             create(links, l)?;
         }
         Op::CreateTap(t) => {
@@ -140,6 +144,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
                 if links.remove(name).is_some() {
                     for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                         l.master = None;
+                        l.vlans.clear();
                     }
                     s.observed.routes.retain(|r| r.dev.as_deref() != Some(name.as_str()));
                 }
@@ -149,6 +154,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
             links.remove(name).ok_or_else(missing)?;
             for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                 l.master = None;
+                l.vlans.clear();
             }
             s.observed.routes.retain(|r| r.dev.as_deref() != Some(name.as_str()));
         }
@@ -173,7 +179,13 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
                     return Err(missing());
                 }
             }
-            links.get_mut(link).ok_or_else(missing)?.master = master.clone();
+            let l = links.get_mut(link).ok_or_else(missing)?;
+            if l.master != *master {
+                // A port joins its bridge in the default VLAN and leaves
+                // with its VLAN table.
+                l.vlans = if master.is_some() { vec![BridgeVlan::access(DEFAULT_PVID)] } else { Vec::new() };
+            }
+            l.master = master.clone();
         }
         Op::SetUp { link, up } => links.get_mut(link).ok_or_else(missing)?.up = *up,
         Op::SetMtu { link, mtu, .. } => links.get_mut(link).ok_or_else(missing)?.mtu = *mtu,
@@ -198,14 +210,24 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
             let b = links.get_mut(bridge).ok_or_else(missing)?;
             b.bridge.get_or_insert_with(Default::default).vlan_filtering = *on;
         }
-        Op::AddBridgeVlan { link, vid, .. } => {
-            if !exists(links, link) {
-                return Err(missing());
+        Op::AddBridgeVlan { link, vid, pvid, untagged, self_ } => {
+            let l = links.get_mut(link).ok_or_else(missing)?;
+            if (*self_ && l.kind != LinkKind::Bridge) || (!*self_ && l.master.is_none()) {
+                return Err(refuse(op, 95, "Operation not supported"));
             }
-            s.vlans.insert((link.clone(), *vid));
+            // One PVID per port: a new one takes the flag from the old.
+            if *pvid {
+                l.vlans.iter_mut().for_each(|v| v.pvid = false);
+            }
+            l.vlans.retain(|v| v.vid != *vid);
+            l.vlans.push(BridgeVlan { vid: *vid, pvid: *pvid, untagged: *untagged });
+            l.vlans.sort();
         }
-        Op::DelBridgeVlan { link, vid, .. } => {
-            if !s.vlans.remove(&(link.clone(), *vid)) {
+        Op::DelBridgeVlan { link, entry, .. } => {
+            let l = links.get_mut(link).ok_or_else(missing)?;
+            let before = l.vlans.len();
+            l.vlans.retain(|v| v.vid != entry.vid);
+            if l.vlans.len() == before {
                 return Err(refuse(op, 2, "No such file or directory"));
             }
         }

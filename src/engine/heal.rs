@@ -89,6 +89,7 @@ impl Engine {
                     // A trunk carries every VLAN network on it.
                     for net in active().filter(|n| {
                         &n.bridge == name
+                            || &n.l3_ifname() == name
                             || n.uplink.as_deref() == Some(name.as_str())
                             || planner::links::network_vlan_device(n).as_deref() == Some(name.as_str())
                     }) {
@@ -110,19 +111,37 @@ impl Engine {
 
     fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
         let nets: Vec<Network> = self.networks.iter().filter(|n| scope.networks.contains(&n.name)).cloned().collect();
-        let mut names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
-        names.extend(nets.iter().filter_map(|n| n.uplink.as_deref()));
+        // A VLAN-filtering bridge is planned with every network on it.
+        let groups = planner::filtering::groups(
+            self.networks
+                .iter()
+                .filter(|n| n.state == NetState::Active && nets.iter().any(|x| x.filtering() && x.uplink == n.uplink)),
+        );
+        let mut names: Vec<String> = nets.iter().flat_map(|n| [n.bridge.clone(), n.l3_ifname()]).collect();
+        names.extend(nets.iter().filter_map(|n| n.uplink.clone()));
+        names.extend(groups.values().flatten().map(|n| n.l3_ifname()));
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
         let bridge_links = self.kernel.observe_links(&names)?;
         let mut ops = Vec::new();
         let mut rebuilt = BTreeSet::new();
-        for net in &nets {
+        let rebuilds = |ops: &[Op]| ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. }));
+        for net in nets.iter().filter(|n| !n.filtering()) {
             let observed =
                 Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
             let bridge_ops = planner::links::bridge_ops(net, &observed);
-            if bridge_ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. })) {
+            if rebuilds(&bridge_ops) {
                 rebuilt.insert(net.name.clone());
             }
             ops.extend(bridge_ops);
+        }
+        for (uplink, group) in &groups {
+            let observed =
+                Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(group[0])?, ip_forward: true };
+            let group_ops = planner::filtering::bridge_ops(uplink, group, &observed);
+            if rebuilds(&group_ops) {
+                rebuilt.extend(group.iter().map(|n| n.name.clone()));
+            }
+            ops.extend(group_ops);
         }
         // Ports: those the events named, and every port of a bridge that is
         // re-created (the kernel released them all when it went).

@@ -115,6 +115,11 @@ pub struct BridgeView {
     pub stp: String,
     /// Ports enslaved to it.
     pub interfaces: Vec<String>,
+    /// A VLAN-filtering bridge's VLAN tables, by interface (the bridge's
+    /// own under its name), as `bridge vlan show` prints them:
+    /// `10 pvid untagged`, `20`.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub vlans: std::collections::BTreeMap<String, String>,
 }
 
 /// `lanyard status`: counts and the self-healing record.
@@ -496,24 +501,49 @@ impl Engine {
     /// lanyard's bridges and their interfaces.
     pub fn bridges(&self) -> Result<Vec<BridgeView>, EngineError> {
         let observed = self.observe()?;
-        Ok(self
-            .networks
-            .iter()
-            .filter_map(|n| observed.links.get(&n.bridge).map(|b| (n, b)))
-            .map(|(n, b)| BridgeView {
-                vlan: n.vlan,
+        let table = |vlans: &[crate::kernel::BridgeVlan]| {
+            let entries: Vec<String> = vlans
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}{}{}",
+                        v.vid,
+                        if v.pvid { " pvid" } else { "" },
+                        if v.untagged { " untagged" } else { "" }
+                    )
+                })
+                .collect();
+            entries.join(", ")
+        };
+        let mut views: Vec<BridgeView> = Vec::new();
+        for n in &self.networks {
+            let Some(b) = observed.links.get(&n.bridge) else { continue };
+            // A VLAN-filtering bridge is listed once, with all its networks.
+            if let Some(view) = views.iter_mut().find(|v| v.name == n.bridge) {
+                view.net = format!("{},{}", view.net, n.name);
+                continue;
+            }
+            let interfaces: Vec<&crate::kernel::ObservedLink> =
+                observed.links.values().filter(|l| l.master.as_deref() == Some(n.bridge.as_str())).collect();
+            let vlans = if n.filtering() {
+                std::iter::once(b)
+                    .chain(interfaces.iter().copied())
+                    .map(|l| (l.name.clone(), table(&l.vlans)))
+                    .collect()
+            } else {
+                Default::default()
+            };
+            views.push(BridgeView {
+                vlan: n.vlan.filter(|_| !n.filtering()),
                 bridge_id: b.bridge.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
                 stp: if b.bridge.as_ref().is_some_and(|i| i.stp) { "yes" } else { "no" }.into(),
                 name: n.bridge.clone(),
                 net: n.name.clone(),
-                interfaces: observed
-                    .links
-                    .values()
-                    .filter(|l| l.master.as_deref() == Some(n.bridge.as_str()))
-                    .map(|l| l.name.clone())
-                    .collect(),
-            })
-            .collect())
+                interfaces: interfaces.iter().map(|l| l.name.clone()).collect(),
+                vlans,
+            });
+        }
+        Ok(views)
     }
 
     /// Looks at other tools' forward chains (docs/coexistence.md): puts

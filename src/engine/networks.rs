@@ -61,15 +61,32 @@ impl Engine {
             crate::model::validate_ifname("uplink", uplink)?;
             let backend = spec.vlan_backend.as_deref().map(str::parse).transpose()?.unwrap_or(VlanBackend::Subif);
             self.check_trunk(uplink, vid, backend, observed)?;
-            if spec.bridge.is_none() && backend == VlanBackend::Subif {
-                // The seed's name; when it is taken the user names one.
-                let seed_name = format!("brvlan{vid}");
-                if taken.contains(seed_name.as_str()) {
-                    return Err(EngineError::Conflict(format!(
-                        "bridge {seed_name} is in use; give the network's bridge a name with --bridge"
-                    )));
+            match backend {
+                VlanBackend::Subif if spec.bridge.is_none() => {
+                    // The seed's name; when it is taken the user names one.
+                    let seed_name = format!("brvlan{vid}");
+                    if taken.contains(seed_name.as_str()) {
+                        return Err(EngineError::Conflict(format!(
+                            "bridge {seed_name} is in use; give the network's bridge a name with --bridge"
+                        )));
+                    }
+                    spec.bridge = Some(seed_name);
                 }
-                spec.bridge = Some(seed_name);
+                VlanBackend::Subif => {}
+                VlanBackend::Filtering => {
+                    // One bridge per uplink, named by the first network on it.
+                    let shared = self.filtering_bridge_of(uplink);
+                    match (&spec.bridge, shared) {
+                        (Some(asked), Some(shared)) if *asked != shared => {
+                            return Err(EngineError::Conflict(format!(
+                                "the VLANs on {uplink} share bridge {shared}; leave out --bridge or give that name"
+                            )))
+                        }
+                        (_, Some(shared)) => spec.bridge = Some(shared),
+                        (Some(_), None) => {}
+                        (None, None) => spec.bridge = Some(crate::model::filtering_bridge_name(uplink)),
+                    }
+                }
             }
         } else if let (Some(uplink), Mode::Bridge) = (spec.uplink.as_deref(), mode) {
             crate::model::validate_ifname("uplink", uplink)?;
@@ -103,14 +120,28 @@ impl Engine {
                 }));
             }
         }
-        if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge) {
+        // Networks on one uplink's VLAN-filtering bridge share it.
+        let shares = |other: &Network| net.filtering() && other.filtering() && other.uplink == net.uplink;
+        if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge && !shares(n)) {
             return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
         }
-        if observed.links.contains_key(&net.bridge) {
+        let shared = self.networks.iter().any(|n| n.bridge == net.bridge);
+        if observed.links.contains_key(&net.bridge) && !shared {
             return Err(EngineError::Conflict(format!(
                 "an interface named {} already exists on this host",
                 net.bridge
             )));
+        }
+        if net.filtering() && net.has_host_address() {
+            let device = net.l3_ifname();
+            if observed.links.get(&device).is_some_and(|l| !l.owned()) {
+                return Err(EngineError::Conflict(format!(
+                    "an interface named {device} exists and is not lanyard's; remove it to put a gateway on VLAN {} \
+                     of {}",
+                    net.vlan.unwrap_or_default(),
+                    net.bridge
+                )));
+            }
         }
         if let Some(other) = self.networks.iter().find(|n| n.clashes_with(net)) {
             return Err(EngineError::Conflict(format!(
@@ -159,28 +190,11 @@ impl Engine {
         backend: VlanBackend,
         observed: &Observed,
     ) -> Result<(), EngineError> {
-        if backend == VlanBackend::Filtering {
-            return Err(EngineError::Invalid(ModelError::Invalid {
-                what: "vlan backend",
-                value: "filtering".into(),
-                why: "is not available yet; use subif (the default)".into(),
-            }));
-        }
         let Some(link) = observed.links.get(uplink) else {
             return Err(EngineError::NotFound(format!(
                 "no interface named {uplink} to carry VLAN {vid} (see `ip link`)"
             )));
         };
-        if let Some(master) = &link.master {
-            return Err(EngineError::Conflict(format!(
-                "uplink {uplink} is a port of bridge {master}; a trunk must be a NIC"
-            )));
-        }
-        if link.owned() || link.kind == LinkKind::Bridge {
-            return Err(EngineError::Conflict(format!(
-                "{uplink} is a bridge or a lanyard port, not a NIC to carry VLANs"
-            )));
-        }
         for other in self.networks.iter().filter(|n| n.uplink.as_deref() == Some(uplink)) {
             match (other.vlan, other.vlan_backend) {
                 (None, _) => {
@@ -204,6 +218,22 @@ impl Engine {
                 _ => {}
             }
         }
+        // With `filtering` the uplink is a port of its VLAN bridge once the
+        // first network is there.
+        let shared = self.filtering_bridge_of(uplink).filter(|_| backend == VlanBackend::Filtering);
+        if let Some(master) = link.master.as_ref().filter(|m| Some(*m) != shared.as_ref()) {
+            return Err(EngineError::Conflict(format!(
+                "uplink {uplink} is a port of bridge {master}; a trunk must be a NIC"
+            )));
+        }
+        if link.owned() || link.kind == LinkKind::Bridge {
+            return Err(EngineError::Conflict(format!(
+                "{uplink} is a bridge or a lanyard port, not a NIC to carry VLANs"
+            )));
+        }
+        if backend == VlanBackend::Filtering {
+            return Ok(());
+        }
         let device = crate::planner::links::vlan_ifname(uplink, vid);
         if observed.links.get(&device).is_some_and(|l| !l.owned()) {
             return Err(EngineError::Conflict(format!(
@@ -211,6 +241,11 @@ impl Engine {
             )));
         }
         Ok(())
+    }
+
+    /// The VLAN-filtering bridge the networks on `uplink` share, if any.
+    fn filtering_bridge_of(&self, uplink: &str) -> Option<String> {
+        self.networks.iter().find(|n| n.filtering() && n.uplink.as_deref() == Some(uplink)).map(|n| n.bridge.clone())
     }
 
     /// Starts (`active = true`) or stops a defined network. Stopping removes

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
 use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
-use crate::model::{Mac, ModelError, NetState, Port, PortSpec, VlanBackend};
+use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
 use crate::planner;
 
 /// Names the failing entry of a batch request.
@@ -98,7 +98,7 @@ impl Engine {
             if untagged && name == native {
                 return Err(invalid(name, "is the port's untagged (native) network; it cannot also be tagged".into()));
             }
-            let (Some(_), Some(VlanBackend::Subif), Some(up)) = (n.vlan, n.vlan_backend, n.uplink.as_deref()) else {
+            let (Some(_), Some(_), Some(up)) = (n.vlan, n.vlan_backend, n.uplink.as_deref()) else {
                 return Err(invalid(name, "is not a VLAN network; a trunk carries networks made with --vlan".into()));
             };
             match first {
@@ -110,6 +110,20 @@ impl Engine {
                 }
                 Some(_) => {}
                 None => first = Some((up, n.name.as_str())),
+            }
+            // On a VLAN-filtering bridge the port is a port of that bridge,
+            // so its untagged frames can only be one of that bridge's VLANs.
+            let native_net = self.networks.iter().find(|x| x.name == native);
+            if untagged && n.filtering() && !native_net.is_some_and(|x| x.filtering() && x.bridge == n.bridge) {
+                return Err(EngineError::Invalid(ModelError::Invalid {
+                    what: "native",
+                    value: native.to_string(),
+                    why: format!(
+                        "is not a VLAN of {}, the VLAN-filtering bridge the trunk's networks share; give \
+                         --native one of that bridge's networks, or none",
+                        n.bridge
+                    ),
+                }));
             }
         }
         Ok(())

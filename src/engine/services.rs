@@ -49,7 +49,9 @@ impl Services for NetworkServices {
         }
         let _guard = self.rt.enter();
         let mut tasks = Vec::new();
-        let dns_socket = dns::bind(net.gateway, &net.bridge);
+        // The gateway's interface: the bridge, or its VLAN device.
+        let ifname = net.l3_ifname();
+        let dns_socket = dns::bind(net.gateway, &ifname);
         let dns_addr = dns_socket.is_ok().then_some(net.gateway);
         match dns_socket {
             Ok((udp, tcp)) => {
@@ -61,15 +63,15 @@ impl Services for NetworkServices {
             }
             Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
         }
-        match dhcp::server::bind(&net.bridge) {
+        match dhcp::server::bind(&ifname) {
             Ok(socket) => {
                 let cfg = DhcpConfig::for_network(net, dns_addr);
                 let serve = dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone());
                 tasks.push(self.rt.spawn(serve));
             }
-            Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {}: {e}", net.bridge),
+            Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {ifname}: {e}"),
         }
-        tracing::info!(net = net.name, bridge = net.bridge, dns = ?dns_addr, "dhcp and dns servers started");
+        tracing::info!(net = net.name, interface = ifname, dns = ?dns_addr, "dhcp and dns servers started");
         self.tasks.insert(net.name.clone(), tasks);
     }
 

@@ -510,7 +510,10 @@ mod vlans {
         cases.push((too_big, "whose MTU is 1500"));
         let mut filtering = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
         filtering.vlan_backend = Some("filtering".into());
-        cases.push((filtering, "not available yet"));
+        cases.push((
+            filtering,
+            "the VLANs on eth0 use the subif backend (network \"v10\"); one uplink takes one backend",
+        ));
         let mut wrong = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);
         wrong.vlan_backend = Some("ovs".into());
         cases.push((wrong, "use subif or filtering"));
@@ -574,5 +577,137 @@ mod vlans {
         r.engine.delete_port(&p.id).unwrap();
         r.engine.delete_port(&bare.id).unwrap();
         r.engine.delete_network("v20").unwrap();
+    }
+
+    fn filtering(name: &str, mode: &str, subnet: &str, vlan: u16) -> NetworkSpec {
+        NetworkSpec { vlan_backend: Some("filtering".into()), ..vspec(name, mode, subnet, "eth0", vlan) }
+    }
+
+    fn vlans(k: &FakeState, link: &str) -> Vec<String> {
+        k.observed.links[link]
+            .vlans
+            .iter()
+            .map(|v| format!("{}{}{}", v.vid, if v.pvid { "P" } else { "" }, if v.untagged { "U" } else { "" }))
+            .collect()
+    }
+
+    #[test]
+    fn filtering_shares_one_vlan_bridge_per_uplink_and_gives_it_back() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        let host_addr: ipnet::Ipv4Net = "192.0.2.5/24".parse().unwrap();
+        r.kernel.tamper(|s| s.observed.links.get_mut("eth0").unwrap().addrs.push(host_addr));
+        let v10 = r.engine.create_network(filtering("v10", "nat", "192.168.100.0/24", 10)).unwrap();
+        let v20 = r.engine.create_network(filtering("v20", "bridge", "192.168.100.0/24", 20)).unwrap();
+        assert_eq!((v10.bridge.as_str(), v20.bridge.as_str()), ("br-eth0", "br-eth0"), "one bridge per uplink");
+        assert_eq!(v10.l3_ifname(), "br-eth0.10");
+        let k = r.kernel.snapshot();
+        assert!(k.observed.links["br-eth0"].bridge.as_ref().unwrap().vlan_filtering);
+        assert_eq!(k.observed.links["eth0"].master.as_deref(), Some("br-eth0"), "the uplink is the trunk port");
+        assert_eq!(vlans(&k, "eth0"), ["1PU", "10", "20"], "exactly the VLANs in use, and the host's untagged LAN");
+        assert_eq!(vlans(&k, "br-eth0"), ["1PU", "10"], "the bridge itself is in VLAN 10, where its gateway is");
+        assert_eq!(k.observed.links["br-eth0"].addrs, vec![host_addr], "the host's address moved to the bridge");
+        assert!(k.observed.links["eth0"].addrs.is_empty());
+        assert_eq!(k.observed.links["br-eth0.10"].addrs, vec!["192.168.100.1/24".parse().unwrap()]);
+        assert!(!k.observed.links.contains_key("br-eth0.20"), "an L2 network has no gateway");
+
+        let port = |net: &str| PortSpec { net: net.into(), vm: format!("vm-{net}"), ..Default::default() };
+        let p10 = r.engine.create_port(port("v10")).unwrap();
+        let p20 = r.engine.create_port(port("v20")).unwrap();
+        let router = r
+            .engine
+            .create_port(PortSpec {
+                net: "v10".into(),
+                vm: "router".into(),
+                trunk: Some(vec!["v10".into(), "v20".into()]),
+                untagged: Some(false),
+                ..Default::default()
+            })
+            .unwrap();
+        let k = r.kernel.snapshot();
+        assert_eq!(vlans(&k, &p10.ifname), ["10PU"], "an access port, VLAN 1 removed");
+        assert_eq!(vlans(&k, &p20.ifname), ["20PU"]);
+        assert_eq!(vlans(&k, &router.ifname), ["10", "20"], "a trunk port: both tagged, nothing untagged");
+        assert!(!k.observed.links.contains_key(&format!("{}.10", router.ifname)), "no VLAN devices here");
+        let text = r.engine.firewall[&crate::planner::table_id()].render();
+        assert!(text.contains("\"br-eth0.10\" . 192.168.100.0/24"), "rules name the gateway's device: {text}");
+
+        // A restart finds everything in place and changes nothing.
+        r.kernel.clear_log();
+        let before = r.kernel.snapshot();
+        let restarted = Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
+        })
+        .unwrap();
+        assert_eq!(r.kernel.log(), Vec::<String>::new(), "a restart plans nothing");
+        assert_eq!(r.kernel.snapshot(), before);
+        drop(restarted);
+
+        // Healing puts back what was changed under lanyard.
+        r.kernel.tamper(|s| {
+            let l = s.observed.links.get_mut(&p10.ifname).unwrap();
+            l.vlans = vec![crate::kernel::BridgeVlan::access(1)];
+            s.observed.links.get_mut("eth0").unwrap().vlans.retain(|v| v.vid != 20);
+        });
+        let events = [
+            crate::kernel::KernelEvent::Link { name: p10.ifname.clone(), gone: false },
+            crate::kernel::KernelEvent::Link { name: "eth0".into(), gone: false },
+        ];
+        assert!(r.engine.heal(&events).unwrap() > 0);
+        let k = r.kernel.snapshot();
+        assert_eq!(vlans(&k, &p10.ifname), ["10PU"]);
+        assert_eq!(vlans(&k, "eth0"), ["1PU", "10", "20"]);
+
+        r.engine.delete_port(&router.id).unwrap();
+        r.engine.delete_port(&p10.id).unwrap();
+        r.engine.delete_network("v10").unwrap();
+        let k = r.kernel.snapshot();
+        assert_eq!(vlans(&k, "eth0"), ["1PU", "20"], "VLAN 10 left the trunk");
+        assert_eq!(vlans(&k, "br-eth0"), ["1PU"]);
+        assert!(!k.observed.links.contains_key("br-eth0.10"));
+        r.engine.delete_network("v20").unwrap();
+        let k = r.kernel.snapshot();
+        assert_eq!(k.observed.links.keys().collect::<Vec<_>>(), vec!["eth0"], "the bridge went with the last network");
+        assert_eq!(
+            (k.observed.links["eth0"].master.as_deref(), &k.observed.links["eth0"].addrs),
+            (None, &vec![host_addr])
+        );
+    }
+
+    #[test]
+    fn filtering_mistakes_are_refused_with_no_change() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        r.engine.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)).unwrap();
+        r.engine.create_network(spec("mgmt", "nat", "10.0.0.0/24")).unwrap();
+        let before = r.world();
+        let mut named = filtering("a", "nat", "10.20.0.0/24", 11);
+        named.bridge = Some("br9".into());
+        for (s, want) in [
+            (vspec("a", "nat", "10.20.0.0/24", "eth0", 11), "use the filtering backend"),
+            (named, "the VLANs on eth0 share bridge br-eth0; leave out --bridge or give that name"),
+        ] {
+            let err = r.engine.create_network(s.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{s:?}: {err}");
+            assert_eq!(r.world(), before, "{s:?} changed something");
+        }
+        let native_elsewhere =
+            PortSpec { net: "mgmt".into(), vm: "r".into(), trunk: Some(vec!["v10".into()]), ..Default::default() };
+        let err = r.engine.create_port(native_elsewhere).unwrap_err().to_string();
+        assert!(err.contains("is not a VLAN of br-eth0"), "{err}");
+        assert_eq!(r.world(), before);
+    }
+
+    #[test]
+    fn a_failed_filtering_step_leaves_no_trace() {
+        let mut r = rig();
+        with_nic(&r, "eth0", 1500);
+        r.refuses_cleanly("add vlan 10 to eth0", |e| e.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)));
+        r.engine.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)).unwrap();
+        let port = PortSpec { net: "v10".into(), vm: "vm".into(), ..Default::default() };
+        r.refuses_cleanly("remove vlan 1 from ly*", |e| e.create_port(port.clone()));
     }
 }

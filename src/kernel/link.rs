@@ -58,6 +58,35 @@ pub struct BridgeInfo {
     pub vlan_filtering: bool,
 }
 
+/// One entry of a bridge port's (or a bridge's own) VLAN table, as
+/// `bridge vlan show` prints it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BridgeVlan {
+    /// VLAN id.
+    pub vid: u16,
+    /// Untagged frames arriving here belong to `vid`.
+    pub pvid: bool,
+    /// Frames of `vid` leave here untagged.
+    pub untagged: bool,
+}
+
+impl BridgeVlan {
+    /// A tagged member of `vid`.
+    pub fn tagged(vid: u16) -> BridgeVlan {
+        BridgeVlan { vid, pvid: false, untagged: false }
+    }
+
+    /// An access port's entry: untagged frames in, untagged frames out.
+    pub fn access(vid: u16) -> BridgeVlan {
+        BridgeVlan { vid, pvid: true, untagged: true }
+    }
+}
+
+/// The VLAN a bridge gives every new port (and itself), untagged
+/// (`default_pvid`). lanyard leaves the default as it is, and removes the
+/// entry where it would leak an access port into VLAN 1.
+pub const DEFAULT_PVID: u16 = 1;
+
 /// One link as the kernel reports it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedLink {
@@ -81,6 +110,9 @@ pub struct ObservedLink {
     pub mac: Option<Mac>,
     /// Bridges only.
     pub bridge: Option<BridgeInfo>,
+    /// Bridge VLAN table (a port's, or a bridge's own), by VLAN id. Read
+    /// only where a VLAN-filtering bridge is involved; empty elsewhere.
+    pub vlans: Vec<BridgeVlan>,
 }
 
 impl ObservedLink {
@@ -320,8 +352,8 @@ pub enum Op {
     DelBridgeVlan {
         /// Port (or bridge).
         link: String,
-        /// VLAN id.
-        vid: u16,
+        /// The entry as it is, so the op can be undone exactly.
+        entry: BridgeVlan,
         /// The bridge's own entry.
         self_: bool,
     },
@@ -374,14 +406,21 @@ impl Op {
             Op::ReplaceRoute { link, route } => Op::DelRoute { link: link.clone(), route: route.clone() },
             Op::DelRoute { link, route } => Op::ReplaceRoute { link: link.clone(), route: route.clone() },
             Op::SetVlanFiltering { bridge, on } => Op::SetVlanFiltering { bridge: bridge.clone(), on: !on },
-            Op::AddBridgeVlan { link, vid, self_, .. } => {
-                Op::DelBridgeVlan { link: link.clone(), vid: *vid, self_: *self_ }
-            }
+            Op::AddBridgeVlan { link, vid, pvid, untagged, self_ } => Op::DelBridgeVlan {
+                link: link.clone(),
+                entry: BridgeVlan { vid: *vid, pvid: *pvid, untagged: *untagged },
+                self_: *self_,
+            },
+            Op::DelBridgeVlan { link, entry, self_ } => Op::AddBridgeVlan {
+                link: link.clone(),
+                vid: entry.vid,
+                pvid: entry.pvid,
+                untagged: entry.untagged,
+                self_: *self_,
+            },
             Op::AddFdb { link, mac, dst } => Op::DelFdb { link: link.clone(), mac: *mac, dst: *dst },
             Op::SetForwarding { on } => Op::SetForwarding { on: !on },
-            Op::DelBridgeVlan { .. } | Op::DelFdb { .. } | Op::DeleteLink { .. } | Op::DeleteLinks { .. } => {
-                return None
-            }
+            Op::DelFdb { .. } | Op::DeleteLink { .. } | Op::DeleteLinks { .. } => return None,
         })
     }
 
@@ -439,7 +478,9 @@ impl fmt::Display for Op {
                 if *untagged { " untagged" } else { "" },
                 if *self_ { " self" } else { "" }
             ),
-            Op::DelBridgeVlan { link, vid, .. } => write!(f, "remove vlan {vid} from {link}"),
+            Op::DelBridgeVlan { link, entry, self_ } => {
+                write!(f, "remove vlan {}{} from {link}", entry.vid, if *self_ { " self" } else { "" })
+            }
             Op::AddFdb { link, mac, dst } => write!(f, "add fdb {mac} dst {} on {link}", opt(dst)),
             Op::DelFdb { link, mac, dst } => write!(f, "remove fdb {mac} dst {} on {link}", opt(dst)),
             Op::SetForwarding { on } => write!(f, "set net.ipv4.ip_forward to {}", u8::from(*on)),
@@ -460,6 +501,8 @@ mod tests {
             Op::SetUp { link: "b".into(), up: true },
             Op::SetMtu { link: "b".into(), mtu: 9000, previous: 1500 },
             Op::SetVlanFiltering { bridge: "b".into(), on: true },
+            Op::AddBridgeVlan { link: "p".into(), vid: 10, pvid: true, untagged: true, self_: false },
+            Op::DelBridgeVlan { link: "b".into(), entry: BridgeVlan::tagged(10), self_: true },
         ];
         for op in ops {
             assert_eq!(op.undo().and_then(|u| u.undo()), Some(op.clone()), "{op}");

@@ -21,7 +21,7 @@ pub mod link;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub use firewall::{Element, ElementChange, FirewallChange, Set, Table, TableId, Tables};
-pub use link::{LinkKind, Observed, ObservedLink, Op, Route, RouteProto};
+pub use link::{BridgeVlan, LinkKind, Observed, ObservedLink, Op, Route, RouteProto};
 
 /// A kernel operation failed or the kernel could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -119,7 +119,9 @@ pub fn table(networks: &[Network]) -> Option<Table> {
         return None;
     }
     let of = |modes: &'static [Mode]| nets.iter().filter(move |n| modes.contains(&n.mode)).copied();
-    let bridge = |n: &Network| Value::Ifname(n.bridge.clone());
+    // The interface the host's side of a network is: its bridge, or its
+    // gateway's VLAN device on a VLAN-filtering bridge.
+    let bridge = |n: &Network| Value::Ifname(n.l3_ifname());
     let pair = |n: &Network| Element::key(vec![bridge(n), Value::Net(n.subnet)]);
     let fill = |mut s: Set, elements: Vec<Element>| {
         s.elements = elements.into_iter().collect();
@@ -129,10 +131,18 @@ pub fn table(networks: &[Network]) -> Option<Table> {
     let sets = vec![
         // Every walled-off network's bridge.
         fill(Set::new("bridges", &[Ifname], false), nets.iter().map(|n| Element::key(vec![bridge(n)])).collect()),
-        // Bridge to itself (routed hairpin within one network).
+        // Bridge to itself (routed hairpin within one network). A shared
+        // VLAN-filtering bridge is there too: with br_netfilter, frames it
+        // bridges between two guests of one VLAN show it as both ends.
         fill(
             Set::new("same_bridge", &[Ifname, Ifname], false),
-            nets.iter().map(|n| Element::key(vec![bridge(n), bridge(n)])).collect(),
+            nets.iter()
+                .flat_map(|n| {
+                    let shared = n.filtering().then(|| Value::Ifname(n.bridge.clone()));
+                    std::iter::once(bridge(n)).chain(shared)
+                })
+                .map(|i| Element::key(vec![i.clone(), i]))
+                .collect(),
         ),
         // Isolated networks: the host answers DHCP and DNS only.
         fill(

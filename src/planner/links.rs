@@ -29,17 +29,7 @@ pub fn vlan_alias(net: &str) -> String {
     format!("{OWNER_ALIAS_PREFIX}vlan:{net}")
 }
 
-/// The VLAN device of VLAN `vid` on `uplink`: `eth0.10` as the seed names
-/// it, or, when that would not fit an interface name (15 bytes), `lyv`
-/// and a hash of the two.
-pub fn vlan_ifname(uplink: &str, vid: u16) -> String {
-    let plain = format!("{uplink}.{vid}");
-    if plain.len() <= crate::model::IFNAME_MAX {
-        return plain;
-    }
-    let h = plain.bytes().fold(0x811c_9dc5u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
-    format!("lyv{h:08x}")
-}
+pub use crate::model::vlan_ifname;
 
 /// The VLAN device a network owns, if it is a VLAN network made of VLAN
 /// devices (the `subif` backend).
@@ -58,7 +48,7 @@ pub fn port_alias(id: &str) -> String {
 /// Moves the host's IPv4 configuration from `from` to `to`: addresses
 /// first added on `to` then removed from `from` (no moment without them),
 /// then the routes that are not the kernel's own prefix routes.
-fn move_config(from: &ObservedLink, to: &str, observed: &Observed) -> Vec<Op> {
+pub(super) fn move_config(from: &ObservedLink, to: &str, observed: &Observed) -> Vec<Op> {
     let routes = &observed.routes;
     let mut ops = Vec::new();
     // An address the target has already (the NIC came back with the
@@ -90,7 +80,15 @@ pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> 
     wanted.extend(vlan_devices.iter().map(String::as_str));
     for net in active.values() {
         wanted.insert(&net.bridge);
-        ops.extend(bridge_ops(net, observed));
+        if !net.filtering() {
+            ops.extend(bridge_ops(net, observed));
+        }
+    }
+    let gateway_devices: Vec<String> =
+        active.values().filter(|n| n.filtering() && n.has_host_address()).map(|n| n.l3_ifname()).collect();
+    wanted.extend(gateway_devices.iter().map(String::as_str));
+    for (uplink, nets) in super::filtering::groups(active.values().copied()) {
+        ops.extend(super::filtering::bridge_ops(uplink, &nets, observed));
     }
     let mut trunk_names: Vec<String> = Vec::new();
     for port in ports {
@@ -223,9 +221,10 @@ pub fn trunk_alias(port_id: &str) -> String {
 }
 
 /// The VLAN devices a trunk port needs on its host side, one per VLAN
-/// network it carries, by name, with the network.
+/// network it carries, by name, with the network (`subif` only: on a
+/// VLAN-filtering bridge the port's VLAN table does that).
 pub fn trunk_devices<'a>(port: &Port, trunk: &[&'a Network]) -> Vec<(String, &'a Network)> {
-    trunk.iter().filter_map(|n| Some((vlan_ifname(&port.ifname, n.vlan?), *n))).collect()
+    trunk.iter().filter(|n| !n.filtering()).filter_map(|n| Some((vlan_ifname(&port.ifname, n.vlan?), *n))).collect()
 }
 
 /// The links a port consists of: its own and, for a trunk port, a VLAN
@@ -279,6 +278,10 @@ pub fn port_ops(
                 alias,
             })),
         }
+    }
+    if let Some(on) = super::filtering::port_bridge(net, trunk) {
+        ops.extend(super::filtering::port_ops(port, net, trunk, on, existing));
+        return ops;
     }
     let master = existing.and_then(|l| l.master.clone());
     let untagged_net = net.filter(|_| port.untagged);

@@ -8,8 +8,11 @@
 //! (`lanyard:...`) and only ever deletes links that carry that mark.
 //!
 //! - [`links`]: bridges, ports, uplinks, stale links;
+//! - [`filtering`]: the `filtering` VLAN backend's shared bridges and their
+//!   VLAN tables;
 //! - [`firewall`]: lanyard's nftables table as a typed [`Table`].
 
+pub mod filtering;
 pub mod firewall;
 pub mod links;
 
@@ -511,5 +514,98 @@ mod vlan_tests {
         let bare = plan(&nets, std::slice::from_ref(&port), &o, &firewall::tables(&nets, &[]));
         assert!(bare.ops.iter().all(|op| op.to_string() != "enslave ly0000abcd to lybr0"));
         assert!(bare.ops.iter().any(|op| op.to_string() == "set ly0000abcd up"));
+    }
+
+    /// The `filtering` backend, against the simulated kernel (which gives
+    /// every new bridge port VLAN 1 untagged, as Linux does).
+    #[test]
+    fn filtering_golden_one_vlan_bridge_access_and_trunk_ports_and_a_restart_plans_nothing() {
+        use crate::dataplane::fake::FakeKernel;
+        use crate::kernel::Kernel;
+        let filtering = |name: &str, mode: &str, vlan: u16| {
+            let mut n = vnet(name, mode, "192.168.100.0/24", "eth0", vlan);
+            n.bridge = "br-eth0".into();
+            n.vlan_backend = Some(crate::model::VlanBackend::Filtering);
+            n.gateway_mac = None;
+            n
+        };
+        let nets = vec![filtering("v10", "nat", 10), filtering("v20", "bridge", 20)];
+        let port = |id: &str| crate::model::Port {
+            id: id.into(),
+            net: "v10".into(),
+            vm: "vm".into(),
+            port_type: crate::model::PortType::Tap,
+            ifname: crate::model::Port::ifname_for(id),
+            mac: crate::model::Mac([0x52, 0x54, 0, 0, 0, 7]),
+            ip: Some("192.168.100.10".parse().unwrap()),
+            netns: None,
+            peer_ifname: None,
+            owner: None,
+            group: None,
+            adopted: false,
+            trunk: Vec::new(),
+            untagged: true,
+        };
+        let access = port("0000aaaa");
+        let mut trunk = port("0000bbbb");
+        trunk.trunk = vec!["v10".into(), "v20".into()];
+        trunk.untagged = false;
+        let ports = vec![access, trunk];
+        let k = FakeKernel::default();
+        k.tamper(|s| {
+            let mac = Some(crate::model::Mac([2, 0, 0, 0, 0, 5]));
+            s.observed.links.insert("eth0".into(), ObservedLink { mac, ..nic("eth0") });
+        });
+        let p = plan(&nets, &ports, &k.observe().unwrap(), &Tables::new());
+        let text: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "create bridge br-eth0",
+                "turn vlan filtering on on br-eth0",
+                "set br-eth0 up",
+                "add vlan 10 self to br-eth0",
+                "enslave eth0 to br-eth0",
+                "add vlan 10 to eth0",
+                "add vlan 20 to eth0",
+                "add address 192.0.2.5/24 to br-eth0",
+                "remove address 192.0.2.5/24 from eth0",
+                "create vlan br-eth0.10 (id 10 on br-eth0)",
+                "add address 192.168.100.1/24 to br-eth0.10",
+                "set br-eth0.10 up",
+                "create tap ly0000aaaa",
+                "enslave ly0000aaaa to br-eth0",
+                "add vlan 10 pvid untagged to ly0000aaaa",
+                "remove vlan 1 from ly0000aaaa",
+                "set ly0000aaaa up",
+                "create tap ly0000bbbb",
+                "enslave ly0000bbbb to br-eth0",
+                "add vlan 10 to ly0000bbbb",
+                "add vlan 20 to ly0000bbbb",
+                "remove vlan 1 from ly0000bbbb",
+                "set ly0000bbbb up",
+                "set net.ipv4.ip_forward to 1",
+            ],
+            "the uplink keeps VLAN 1 (the host's LAN), the ports lose it"
+        );
+        let uplink_mac = matches!(&p.ops[0], Op::CreateBridge { mac: Some(m), .. } if m.0 == [2, 0, 0, 0, 0, 5]);
+        assert!(uplink_mac, "the bridge takes the uplink's MAC");
+        p.apply(&k, &Tables::new()).unwrap();
+        let again = plan(&nets, &ports, &k.observe().unwrap(), &firewall::tables(&nets, &ports));
+        assert!(again.is_empty(), "a restart plans nothing: {again:?}");
+        // Without its networks, the bridge goes and the uplink gets the
+        // host's address back.
+        let gone = plan(&[], &[], &k.observe().unwrap(), &Tables::new());
+        let text: Vec<String> = gone.ops.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            text,
+            [
+                "delete 3 links (br-eth0.10 .. ly0000bbbb)",
+                "add address 192.0.2.5/24 to eth0",
+                "remove address 192.0.2.5/24 from br-eth0",
+                "release eth0 from its bridge",
+                "delete link br-eth0",
+            ]
+        );
     }
 }

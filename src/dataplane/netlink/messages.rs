@@ -77,6 +77,16 @@ pub fn dump_links() -> RouteNetlinkMessage {
     RouteNetlinkMessage::GetLink(msg)
 }
 
+/// RTM_GETLINK dump of family AF_BRIDGE with each bridge port's (and each
+/// bridge's own) VLAN table, one entry per VLAN (`bridge vlan show`). The
+/// kernel cannot filter this dump by link.
+pub fn dump_bridge_vlans() -> RouteNetlinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.interface_family = AddressFamily::Bridge;
+    msg.attributes.push(LinkAttribute::ExtMask(vec![LinkExtentMask::Brvlan]));
+    RouteNetlinkMessage::GetLink(msg)
+}
+
 /// RTM_GETADDR dump of IPv4 addresses: of every link, or (the kernel
 /// filters with strict checking on) of link `index`.
 pub fn dump_addresses(index: Option<u32>) -> RouteNetlinkMessage {

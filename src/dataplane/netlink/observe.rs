@@ -9,7 +9,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use ipnet::Ipv4Net;
 use netlink_packet_core::{NlasIterator, ParseableParametrized};
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkHeader, LinkInfo, LinkMessage};
+use netlink_packet_route::link::{
+    AfSpecBridge, BridgeVlanInfoFlags, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkHeader, LinkInfo,
+    LinkMessage,
+};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -17,7 +20,7 @@ use super::messages;
 use super::socket::{NlError, RawMessage, RouteSocket};
 use super::{sysctl, NetlinkDriver};
 use crate::kernel::link::BridgeInfo;
-use crate::kernel::{KernelError, LinkKind, Observed, ObservedLink, Route, RouteProto};
+use crate::kernel::{BridgeVlan, KernelError, LinkKind, Observed, ObservedLink, Route, RouteProto};
 use crate::model::Mac;
 
 /// RTM_NEWLINK, the answer to RTM_GETLINK, and RTM_DELLINK.
@@ -208,6 +211,41 @@ pub fn parse_link(raw: &RawMessage<'_>) -> Result<Option<LinkMessage>, NlError> 
     Ok(Some(msg))
 }
 
+/// IFLA_AF_SPEC, where an AF_BRIDGE link message carries the VLAN table.
+const IFLA_AF_SPEC: u16 = 26;
+
+/// The VLAN table an AF_BRIDGE RTM_NEWLINK message reports for one link
+/// (a bridge port, or a bridge itself), with the link's index; None for
+/// other messages.
+pub fn parse_bridge_vlans(raw: &RawMessage<'_>) -> Result<Option<(u32, Vec<BridgeVlan>)>, NlError> {
+    if raw.kind != RTM_NEWLINK {
+        return Ok(None);
+    }
+    let payload = raw.payload();
+    let header = LinkHeader::parse(payload).map_err(|e| NlError::malformed(format!("link header: {e}")))?;
+    let mut vlans = Vec::new();
+    for nla in NlasIterator::new(payload.get(LINK_HEADER_LEN..).unwrap_or_default()) {
+        let nla = nla.map_err(|e| NlError::malformed(format!("link attribute: {e}")))?;
+        if nla.kind() != IFLA_AF_SPEC {
+            continue;
+        }
+        let attr = LinkAttribute::parse_with_param(&nla, AddressFamily::Bridge)
+            .map_err(|e| NlError::malformed(format!("bridge af_spec: {e}")))?;
+        if let LinkAttribute::AfSpecBridge(spec) = attr {
+            vlans.extend(spec.iter().filter_map(|a| match a {
+                AfSpecBridge::VlanInfo(v) => Some(BridgeVlan {
+                    vid: v.vid,
+                    pvid: v.flags.contains(BridgeVlanInfoFlags::Pvid),
+                    untagged: v.flags.contains(BridgeVlanInfoFlags::Untagged),
+                }),
+                _ => None,
+            }));
+        }
+    }
+    vlans.sort();
+    Ok(Some((header.index, vlans)))
+}
+
 /// One link by RTM_GETLINK (by name or index); None when the kernel says
 /// there is no such device.
 pub fn get_link(socket: &mut RouteSocket, request: RouteNetlinkMessage) -> Result<Option<LinkMessage>, NlError> {
@@ -281,6 +319,22 @@ fn dump_links(socket: &mut RouteSocket) -> Result<LinkTable, KernelError> {
     .map_err(observe_error("links (RTM_GETLINK)"))
 }
 
+/// Every bridge port's and bridge's VLAN table, by link index.
+fn dump_bridge_vlans(socket: &mut RouteSocket) -> Result<HashMap<u32, Vec<BridgeVlan>>, KernelError> {
+    dump_consistent(socket, messages::dump_bridge_vlans, |tables: &mut HashMap<u32, Vec<BridgeVlan>>, raw| {
+        if let Some((index, vlans)) = parse_bridge_vlans(raw)? {
+            tables.insert(index, vlans);
+        }
+        Ok(())
+    })
+    .map_err(observe_error("bridge vlans (RTM_GETLINK, AF_BRIDGE)"))
+}
+
+/// Whether a link is a bridge that filters by VLAN.
+fn filters_vlans(link: &ObservedLink) -> bool {
+    link.bridge.as_ref().is_some_and(|b| b.vlan_filtering)
+}
+
 fn dump_addresses(socket: &mut RouteSocket, index: Option<u32>) -> Result<Vec<(u32, Ipv4Net)>, KernelError> {
     dump_consistent(
         socket,
@@ -330,6 +384,19 @@ impl NetlinkDriver {
                 link.addrs.push(addr);
             }
         }
+        // VLAN tables matter only on VLAN-filtering bridges: read them
+        // (one more dump) only when there is one.
+        let filtering: Vec<String> = by_index.values().filter(|l| filters_vlans(l)).map(|l| l.name.clone()).collect();
+        if !filtering.is_empty() {
+            let mut tables = dump_bridge_vlans(&mut socket)?;
+            for (index, link) in &mut by_index {
+                let involved =
+                    filtering.contains(&link.name) || link.master.as_ref().is_some_and(|m| filtering.contains(m));
+                if involved {
+                    link.vlans = tables.remove(index).unwrap_or_default();
+                }
+            }
+        }
         let routes = dump_routes(&mut socket, &names)?;
         drop(socket);
         Ok(Observed {
@@ -346,6 +413,8 @@ impl NetlinkDriver {
         let observe = |message: NlError| KernelError::Observe { what: "links (RTM_GETLINK)", message: message.message };
         let mut socket = self.socket();
         let mut out = BTreeMap::new();
+        // Links whose VLAN table matters: VLAN-filtering bridges and their ports.
+        let mut involved = Vec::new();
         for name in names {
             if name.is_empty() || name.len() > crate::model::IFNAME_MAX || name.contains(['/', '\0']) {
                 continue;
@@ -356,10 +425,25 @@ impl NetlinkDriver {
             let Some((mut link, master)) = link_from_message(&msg) else { continue };
             if let Some(master) = master {
                 let found = get_link(&mut socket, messages::get_link_by_index(master)).map_err(observe)?;
-                link.master = found.as_ref().and_then(link_from_message).map(|(m, _)| m.name);
+                let master = found.as_ref().and_then(link_from_message).map(|(m, _)| m);
+                if master.as_ref().is_some_and(filters_vlans) {
+                    involved.push(link.index);
+                }
+                link.master = master.map(|m| m.name);
+            }
+            if filters_vlans(&link) {
+                involved.push(link.index);
             }
             link.addrs = dump_addresses(&mut socket, Some(link.index))?.into_iter().map(|(_, a)| a).collect();
             out.insert(link.name.clone(), link);
+        }
+        if !involved.is_empty() {
+            // The kernel dumps every port's table; a port on a filtering
+            // bridge pays for that (see docs/performance.md).
+            let mut tables = dump_bridge_vlans(&mut socket)?;
+            for link in out.values_mut().filter(|l| involved.contains(&l.index)) {
+                link.vlans = tables.remove(&link.index).unwrap_or_default();
+            }
         }
         Ok(out)
     }
@@ -427,6 +511,7 @@ mod tests {
                 alias: Some("lanyard:net:x".into()),
                 mac: Some(Mac([0x52, 0x54, 0, 0xaa, 0xbb, 0xcc])),
                 bridge: Some(BridgeInfo { id: "8000.525400aabbcc".into(), stp: true, vlan_filtering: true }),
+                vlans: vec![],
             }
         );
     }
@@ -498,6 +583,40 @@ mod tests {
         short[0] = 24;
         let raw = crate::dataplane::netlink::socket::messages(&short).next().unwrap().unwrap();
         assert!(parse_link(&raw).is_err());
+    }
+
+    #[test]
+    fn bridge_vlan_tables_are_read_from_the_af_bridge_dump() {
+        use netlink_packet_route::link::{BridgeVlanInfo, BridgeVlanInfoFlags};
+        let mut msg = LinkMessage::default();
+        msg.header.interface_family = AddressFamily::Bridge;
+        msg.header.index = 9;
+        msg.attributes = vec![
+            LinkAttribute::IfName("ly0000abcd".into()),
+            LinkAttribute::AfSpecBridge(vec![
+                AfSpecBridge::VlanInfo(BridgeVlanInfo { flags: BridgeVlanInfoFlags::empty(), vid: 20 }),
+                AfSpecBridge::VlanInfo(BridgeVlanInfo {
+                    flags: BridgeVlanInfoFlags::Pvid | BridgeVlanInfoFlags::Untagged,
+                    vid: 10,
+                }),
+            ]),
+        ];
+        let bytes = wire(RTM_NEWLINK, &msg, &[]);
+        let raw = crate::dataplane::netlink::socket::messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(
+            parse_bridge_vlans(&raw).unwrap(),
+            Some((9, vec![BridgeVlan::access(10), BridgeVlan::tagged(20)])),
+            "sorted by VLAN, flags read"
+        );
+        // A port without a VLAN table has an empty one.
+        msg.attributes.truncate(1);
+        let bytes = wire(RTM_NEWLINK, &msg, &[]);
+        let raw = crate::dataplane::netlink::socket::messages(&bytes).next().unwrap().unwrap();
+        assert_eq!(parse_bridge_vlans(&raw).unwrap(), Some((9, Vec::new())));
+        // And a request this driver sends asks for exactly this table.
+        let RouteNetlinkMessage::GetLink(req) = messages::dump_bridge_vlans() else { panic!() };
+        assert_eq!(req.header.interface_family, AddressFamily::Bridge);
+        assert_eq!(req.header.index, 0, "strict checking refuses an index in a bridge dump");
     }
 
     #[test]

@@ -154,9 +154,9 @@ fn perform(socket: &mut RouteSocket, op: &Op) -> Result<(), NlError> {
             let index = link_index(socket, link)?;
             send(socket, messages::bridge_vlan(index, *vid, *pvid, *untagged, *self_, true))
         }
-        Op::DelBridgeVlan { link, vid, self_ } => {
+        Op::DelBridgeVlan { link, entry, self_ } => {
             let index = link_index(socket, link)?;
-            send(socket, messages::bridge_vlan(index, *vid, false, false, *self_, false))
+            send(socket, messages::bridge_vlan(index, entry.vid, false, false, *self_, false))
         }
         Op::AddFdb { link, mac, dst } | Op::DelFdb { link, mac, dst } => {
             let index = link_index(socket, link)?;
