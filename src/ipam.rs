@@ -115,8 +115,8 @@ impl AddressBook {
             return Some(format!("port with MAC {m}"));
         }
         if let Some(m) = self.lease_owner.get(&ip) {
-            if self.leases.get(m).is_some_and(|l| l.expiry > now) {
-                return Some(format!("a dynamic lease of {m}"));
+            if let Some(l) = self.leases.get(m).filter(|l| l.expiry > now) {
+                return Some(format!("the lease of {m} until unix time {}", l.expiry));
             }
         }
         if let Some(m) = self.offered.get(&ip).filter(|m| self.offers.get(m).is_some_and(|o| o.until > now)) {
@@ -223,6 +223,25 @@ impl AddressBook {
         }
         let mac = self.lease_owner.get(&ip)?;
         self.leases.get(mac).filter(|l| l.expiry > now).and_then(|l| l.hostname.clone())
+    }
+
+    /// A deleted port gives its fixed IP back, but not before the lease
+    /// its guest may still hold could have expired (nova's disassociate
+    /// timeout): a live lease stays, as a dynamic lease of the old MAC until
+    /// its expiry, and keeps the address out of everyone else's reach.
+    /// Returns that held lease, for the store; None when the address is free
+    /// at once (no lease was ever handed out, or it has expired).
+    pub fn release_static(&mut self, mac: Mac, now: u64) -> Option<Lease> {
+        let held = self
+            .leases
+            .get(&mac)
+            .filter(|l| l.expiry > now && self.statics.get(&mac) == Some(&l.ip))
+            .map(|l| Lease { kind: LeaseKind::Dynamic, ..l.clone() });
+        self.remove_static(mac);
+        if let Some(l) = &held {
+            self.restore_lease(l.clone());
+        }
+        held
     }
 
     /// Forgets a port's fixed IP: the address is free again.
@@ -450,6 +469,35 @@ mod tests {
     fn mac(i: u32) -> Mac {
         let b = i.to_be_bytes();
         Mac([0x52, 0x54, 0x00, b[1], b[2], b[3]])
+    }
+
+    #[test]
+    fn a_released_fixed_ip_waits_for_its_lease_to_end() {
+        let mut book = AddressBook::new(net("10.0.0.0/24", None));
+        let ip = Ipv4Addr::new(10, 0, 0, 5);
+        book.reserve_fixed(mac(1), Some(ip), 100).unwrap();
+        let lease = |m: Mac, expiry: u64| Lease {
+            net: "n".into(),
+            expiry,
+            mac: m,
+            ip,
+            hostname: None,
+            client_id: None,
+            kind: LeaseKind::Static,
+        };
+        book.restore_lease(lease(mac(1), 3700));
+        let held = book.release_static(mac(1), 200).expect("a live lease is held");
+        assert_eq!((held.kind, held.expiry, held.mac), (LeaseKind::Dynamic, 3700, mac(1)));
+        let err = book.reserve_fixed(mac(2), Some(ip), 3699).unwrap_err().to_string();
+        assert!(err.contains("until unix time 3700"), "{err}");
+        assert_ne!(book.reserve_fixed(mac(2), None, 3699).unwrap(), ip, "not handed out by the pool either");
+        assert_eq!(book.reserve_fixed(mac(3), Some(ip), 3700).unwrap(), ip, "free once the lease could have ended");
+        // A port whose guest never leased (or whose lease ended) frees its
+        // address at once.
+        let other = Ipv4Addr::new(10, 0, 0, 6);
+        book.reserve_fixed(mac(4), Some(other), 100).unwrap();
+        assert_eq!(book.release_static(mac(4), 200), None);
+        assert_eq!(book.reserve_fixed(mac(5), Some(other), 200).unwrap(), other);
     }
 
     #[test]

@@ -272,10 +272,17 @@ impl Engine {
         let firewall = if changes.is_empty() { Vec::new() } else { vec![FirewallChange::Elements(changes.clone())] };
         let plan = Plan { ops, firewall };
         let lease = self.books.get(&port.net).and_then(|b| lock(b).leases().find(|l| l.mac == port.mac).cloned());
+        // The address waits for the guest's lease to end before anyone
+        // else may have it.
+        let now = self.host.now();
+        let hold = lease
+            .as_ref()
+            .filter(|l| l.expiry > now && Some(l.ip) == port.ip)
+            .map(|l| crate::model::Lease { kind: crate::model::LeaseKind::Dynamic, ..l.clone() });
         self.commit(
             &plan,
             |t| apply_elements(t, &changes),
-            |s| s.delete_port(&port),
+            |s| s.release_port(&port, hold.as_ref()),
             |s| {
                 s.put_ports(std::slice::from_ref(&port))?;
                 match &lease {
@@ -287,9 +294,14 @@ impl Engine {
         self.ports.retain(|p| p.id != id);
         self.index.remove(&port);
         if let Some(book) = self.books.get(&port.net) {
-            lock(book).remove_static(port.mac);
+            lock(book).release_static(port.mac, now);
         }
-        tracing::info!(port = id, "port deleted");
+        match &hold {
+            Some(l) => {
+                tracing::info!(port = id, "port deleted; {} stays held until its lease ends ({})", l.ip, l.expiry)
+            }
+            None => tracing::info!(port = id, "port deleted"),
+        }
         Ok(())
     }
 }

@@ -447,6 +447,51 @@ fn a_missing_uplink_is_taken_when_it_appears() {
     );
 }
 
+/// nova's disassociate timeout: a deleted port's fixed IP is not given to
+/// anyone else while its guest's lease may still be live, also after a
+/// restart; once the lease could have ended it is free.
+#[test]
+fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let ip: Ipv4Addr = "10.1.0.5".parse().unwrap();
+    let port = r
+        .engine
+        .create_port(PortSpec { net: "a".into(), vm: "vm".into(), ip: Some(ip.to_string()), ..Default::default() })
+        .unwrap();
+    // The guest leased its fixed IP until 1000 + 3600.
+    let lease = Lease {
+        net: "a".into(),
+        expiry: 4600,
+        mac: port.mac,
+        ip,
+        hostname: None,
+        client_id: None,
+        kind: crate::model::LeaseKind::Static,
+    };
+    r.store.write_leases(&[LeaseChange::Upsert(lease.clone())]).unwrap();
+    lock(&r.engine.books["a"]).restore_lease(lease);
+    r.engine.delete_port(&port.id).unwrap();
+    let again = PortSpec { net: "a".into(), vm: "vm2".into(), ip: Some(ip.to_string()), ..Default::default() };
+    let err = r.engine.create_port(again.clone()).unwrap_err().to_string();
+    assert!(err.contains("until unix time 4600"), "{err}");
+    let engine_at = |time: u64| {
+        Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
+        })
+        .unwrap()
+    };
+    let mut restarted = engine_at(1000);
+    let err = restarted.create_port(again.clone()).unwrap_err().to_string();
+    assert!(err.contains("until unix time 4600"), "a restart forgot the hold: {err}");
+    drop(restarted);
+    let mut later = engine_at(4600);
+    assert_eq!(later.create_port(again).unwrap().ip, Some(ip), "free once the lease could have ended");
+}
+
 mod vlans {
     use super::*;
 

@@ -84,6 +84,16 @@ pub trait Store: Send + Sync {
     fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError>;
     /// Deletes a port and its lease.
     fn delete_port(&self, port: &Port) -> Result<(), StoreError>;
+    /// Deletes a port like [`Store::delete_port`] and, in the same
+    /// transaction where the store has them, keeps `hold`: the lease its
+    /// guest may still hold, now the old MAC's dynamic lease until it ends.
+    fn release_port(&self, port: &Port, hold: Option<&Lease>) -> Result<(), StoreError> {
+        self.delete_port(port)?;
+        match hold {
+            Some(l) => self.write_leases(&[LeaseChange::Upsert(l.clone())]),
+            None => Ok(()),
+        }
+    }
     /// All leases of all networks.
     fn leases(&self) -> Result<Vec<Lease>, StoreError>;
     /// Applies a batch of lease changes in one durable transaction

@@ -192,10 +192,28 @@ impl Store for SqliteStore {
     }
 
     fn delete_port(&self, port: &Port) -> Result<(), StoreError> {
+        self.release_port(port, None)
+    }
+
+    fn release_port(&self, port: &Port, hold: Option<&Lease>) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute("DELETE FROM leases WHERE net = ?1 AND mac = ?2", params![port.net, port.mac.to_string()])?;
         tx.execute("DELETE FROM ports WHERE id = ?1", [&port.id])?;
+        if let Some(l) = hold {
+            tx.execute(
+                "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    l.net,
+                    l.ip.to_string(),
+                    l.mac.to_string(),
+                    i64::try_from(l.expiry).unwrap_or(i64::MAX),
+                    l.hostname,
+                    l.client_id,
+                    kind_str(l.kind)
+                ],
+            )?;
+        }
         tx.commit()?;
         Ok(())
     }
