@@ -97,20 +97,25 @@ pub enum NetCommand {
     Create {
         /// Network name: 1-15 letters, digits, '-', '_' or '.', beginning with a letter or digit.
         name: String,
-        /// nat, route, host-only, isolated, bridge or open.
+        /// nat, route, host-only, isolated, bridge or open (with --manager: nat).
+        #[arg(long, required_unless_present = "manager")]
+        mode: Option<String>,
+        /// nova-network's manager: flat (given or created bridge, no DHCP: addresses as
+        /// cloud-init data) or flatdhcp (DHCP hands each port its fixed IP).
         #[arg(long)]
-        mode: String,
+        manager: Option<String>,
         /// IPv4 subnet, e.g. 192.168.122.0/24 (bridge mode: default the uplink's).
         #[arg(long)]
         subnet: Option<String>,
         /// Bridge mode: the NIC that joins the bridge (its addresses move to the bridge).
-        /// With --vlan: the trunk the VLAN rides on.
+        /// With --vlan: the trunk the VLAN rides on. With --manager: the flat interface.
         #[arg(long)]
         uplink: Option<String>,
         /// 802.1Q VLAN id (1-4094) on --uplink: the network is that VLAN.
         #[arg(long)]
         vlan: Option<u16>,
-        /// How the VLAN is made: subif (a VLAN device in a bridge per VLAN, the default).
+        /// How the VLAN is made: subif (a VLAN device in a bridge per VLAN, the default)
+        /// or filtering (one VLAN-aware bridge per uplink).
         #[arg(long)]
         vlan_backend: Option<String>,
         /// Host's address on the bridge (default: first host address).
@@ -636,6 +641,8 @@ fn network_detail(n: &Value) -> String {
         ("Uplink", s(&n["uplink"])),
         ("VLAN", s(&n["vlan"])),
         ("VLAN backend", s(&n["vlan_backend"])),
+        ("Manager", s(&n["manager"])),
+        ("Bridge owner", if n["adopted"] == true { "given (adopted)".into() } else { "lanyard".into() }),
     ];
     details(&fields, 14)
 }
@@ -766,6 +773,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
         Command::Net(NetCommand::Create {
             name,
             mode,
+            manager,
             subnet,
             uplink,
             vlan,
@@ -778,7 +786,8 @@ fn body_of(cmd: &Command) -> Option<Value> {
             autostart,
             out: _,
         }) => Some(json!({
-            "name": name, "mode": mode, "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
+            "name": name, "mode": mode.clone().unwrap_or_default(), "manager": manager,
+            "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
             "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
             "autostart": autostart,
@@ -1116,7 +1125,7 @@ mod tests {
         let t = port_rows(&ports);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
-        assert!(inert(&t) && t.lines().count() == 13, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 15, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(

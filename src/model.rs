@@ -174,6 +174,49 @@ pub struct NetworkSpec {
     /// uplink).
     #[serde(default)]
     pub vlan_backend: Option<String>,
+    /// nova-network's manager: "flat" or "flatdhcp" (the mode is then nat).
+    #[serde(default)]
+    pub manager: Option<String>,
+}
+
+/// nova-network's network managers, as network kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Manager {
+    /// FlatManager: the subnet is the pool, the bridge is given (adopted
+    /// when it exists) or created, no DHCP is served: each port's address
+    /// and gateway reach the guest as cloud-init data. The host is the
+    /// gateway and NATs.
+    Flat,
+    /// FlatDHCPManager: one shared bridge (on the flat interface when
+    /// given), DHCP hands each port its fixed IP; the host NATs.
+    #[serde(rename = "flatdhcp")]
+    FlatDhcp,
+}
+
+impl FromStr for Manager {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        match s {
+            "flat" => Ok(Manager::Flat),
+            "flatdhcp" => Ok(Manager::FlatDhcp),
+            "vlan" => Err(invalid(
+                "manager",
+                s,
+                "VLAN-manager networks are made per project on demand; configure them with `lanyard manager vlan set`",
+            )),
+            _ => Err(invalid("manager", s, "use flat or flatdhcp")),
+        }
+    }
+}
+
+impl fmt::Display for Manager {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Manager::Flat => "flat",
+            Manager::FlatDhcp => "flatdhcp",
+        })
+    }
 }
 
 /// How a VLAN network is realized in the kernel.
@@ -286,6 +329,14 @@ pub struct Network {
     /// How the VLAN is realized (Some exactly when `vlan` is).
     #[serde(default)]
     pub vlan_backend: Option<VlanBackend>,
+    /// The nova-network manager this network follows, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manager: Option<Manager>,
+    /// The bridge existed and is not lanyard's (a flat network's given
+    /// bridge): lanyard adds its gateway address and ports to it and takes
+    /// them away again, and never creates, changes or deletes the bridge.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub adopted: bool,
 }
 
 impl Network {
@@ -296,9 +347,26 @@ impl Network {
     }
 
     /// Whether the uplink NIC itself joins the bridge (bridge mode without
-    /// a VLAN): the host's addresses then move to the bridge.
+    /// a VLAN, or a flat network's flat interface): the host's addresses
+    /// then move to the bridge.
     pub fn enslaves_uplink(&self) -> bool {
-        self.mode == Mode::Bridge && self.vlan.is_none()
+        (self.mode == Mode::Bridge || self.manager.is_some()) && self.vlan.is_none() && self.uplink.is_some()
+    }
+
+    /// Whether a deleted port's fixed IP waits for its guest's lease to end
+    /// before anyone else may have it (nova's disassociate timeout: a
+    /// cloud's instances come and go and their addresses are recycled).
+    /// libvirt-like networks free it at once, as libvirt does: the port's
+    /// link is gone, so its guest cannot use it any more on this host.
+    pub fn holds_released_addresses(&self) -> bool {
+        self.manager.is_some()
+    }
+
+    /// Whether lanyard's DHCP server runs here (not in bridge mode, whose
+    /// LAN has its own, nor on a `flat` network, whose guests get their
+    /// addresses as cloud-init data).
+    pub fn serves_dhcp(&self) -> bool {
+        self.mode.serves_dhcp() && self.manager != Some(Manager::Flat)
     }
 
     /// Whether the network is a VLAN of its uplink's VLAN-filtering bridge
@@ -408,11 +476,32 @@ fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
 }
 
 impl NetworkSpec {
+    /// The mode asked for; a network with a manager is nat (nova's flat
+    /// networks NAT to the outside through the host).
+    pub fn mode(&self) -> Result<Mode, ModelError> {
+        let manager = self.manager.as_deref().map(str::parse::<Manager>).transpose()?;
+        match (manager, self.mode.as_str()) {
+            (Some(_), "" | "nat") => Ok(Mode::Nat),
+            (Some(m), other) => {
+                Err(invalid("mode", other, format!("a {m} network is a nat network; leave out --mode")))
+            }
+            (None, m) => m.parse(),
+        }
+    }
+
     /// Validates the spec on its own and fills in defaults.
     /// `default_bridge` is used when no bridge was named.
     pub fn validate(&self, default_bridge: impl FnOnce() -> String) -> Result<Network, ModelError> {
         validate_ifname("network name", &self.name)?;
-        let mode: Mode = self.mode.parse()?;
+        let manager = self.manager.as_deref().map(str::parse::<Manager>).transpose()?;
+        let mode = self.mode()?;
+        if manager.is_some() && self.vlan.is_some() {
+            return Err(invalid(
+                "manager",
+                manager.map(|m| m.to_string()).unwrap_or_default(),
+                "flat networks have no VLAN; leave out --vlan",
+            ));
+        }
         if mode == Mode::Bridge && self.uplink.is_none() {
             return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"));
         }
@@ -496,6 +585,10 @@ impl NetworkSpec {
             (None, None) => None,
         };
         let uplink = match (&self.uplink, mode, self.vlan) {
+            (Some(u), _, _) if manager.is_some() => {
+                validate_ifname("uplink", u)?;
+                Some(u.clone())
+            }
             (Some(u), Mode::Bridge, _) | (Some(u), _, Some(_)) => {
                 validate_ifname("uplink", u)?;
                 Some(u.clone())
@@ -504,7 +597,11 @@ impl NetworkSpec {
                 return Err(invalid("uplink", "", "bridge mode and --vlan need --uplink IF"))
             }
             (Some(u), _, None) => {
-                return Err(invalid("uplink", u, "--uplink applies to bridge mode, or to a network with --vlan"))
+                return Err(invalid(
+                    "uplink",
+                    u,
+                    "--uplink applies to bridge mode, a network with --vlan, or a flat network's flat interface",
+                ))
             }
             (None, _, None) => None,
         };
@@ -530,6 +627,8 @@ impl NetworkSpec {
             uplink,
             vlan: self.vlan,
             vlan_backend,
+            manager,
+            adopted: false,
         })
     }
 }

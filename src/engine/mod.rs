@@ -307,7 +307,7 @@ impl Engine {
         let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
-            if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned()) {
+            if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned() && !net.adopted) {
                 // Someone else's interface has the bridge's name (after a
                 // reboot, say): lanyard touches nothing of it and keeps the
                 // network down until the name is free.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use super::{Engine, EngineError};
 use crate::ipam::AddressBook;
 use crate::kernel::{LinkKind, Observed};
-use crate::model::{Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend};
+use crate::model::{Manager, Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend};
 use crate::planner;
 use crate::store::{LeaseChange, Store, StoreError};
 
@@ -22,7 +22,27 @@ impl Engine {
         persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
         restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
-        let plan = planner::plan(networks, &self.plannable(ports), observed, &self.firewall);
+        // An adopted bridge stays, but not with lanyard's gateway address
+        // on it once its network is stopped or deleted; a flat interface
+        // gets back its own addresses, not the gateway's. The rest is
+        // planned as if that address were gone already.
+        let stays = |n: &Network| networks.iter().any(|m| m.name == n.name && m.state == NetState::Active);
+        let release: Vec<crate::kernel::Op> = self
+            .networks
+            .iter()
+            .filter(|n| !stays(n))
+            .flat_map(|n| planner::links::release_gateway(n, observed))
+            .collect();
+        let mut after_release = observed.clone();
+        for op in &release {
+            if let crate::kernel::Op::DelAddress { link, addr } = op {
+                if let Some(l) = after_release.links.get_mut(link) {
+                    l.addrs.retain(|a| a != addr);
+                }
+            }
+        }
+        let mut plan = planner::plan(networks, &self.plannable(ports), &after_release, &self.firewall);
+        plan.ops.splice(0..0, release);
         let tables = planner::firewall::tables(networks, ports);
         self.commit(&plan, |t| *t = tables, persist, restore)
     }
@@ -33,7 +53,16 @@ impl Engine {
             return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
         }
         let observed = self.observe()?;
-        let net = self.validate_network(spec, &observed)?;
+        let mut net = self.validate_network(spec, &observed)?;
+        if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned()) {
+            // A flat network's given bridge is someone else's: adopted,
+            // never changed or deleted. Anything else with the name is a
+            // conflict (below).
+            if net.manager == Some(Manager::Flat) && link.kind == LinkKind::Bridge {
+                net.adopted = true;
+                net.gateway_mac = None;
+            }
+        }
         self.check_network_conflicts(&net, &observed)?;
 
         let mut networks = self.networks.clone();
@@ -56,7 +85,7 @@ impl Engine {
         let default_bridge =
             || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
         let mut spec = spec;
-        let mode: Mode = spec.mode.parse()?;
+        let mode: Mode = spec.mode()?;
         if let (Some(uplink), Some(vid)) = (spec.uplink.as_deref(), spec.vlan) {
             crate::model::validate_ifname("uplink", uplink)?;
             let backend = spec.vlan_backend.as_deref().map(str::parse).transpose()?.unwrap_or(VlanBackend::Subif);
@@ -88,9 +117,15 @@ impl Engine {
                     }
                 }
             }
+        } else if let (Some(uplink), Some(_)) = (spec.uplink.as_deref(), spec.manager.as_deref()) {
+            // A flat network's flat interface joins its bridge (a given
+            // bridge may have it already).
+            crate::model::validate_ifname("uplink", uplink)?;
+            let given = spec.bridge.as_deref().filter(|b| observed.links.get(*b).is_some_and(|l| !l.owned()));
+            self.check_uplink(uplink, given, observed)?;
         } else if let (Some(uplink), Mode::Bridge) = (spec.uplink.as_deref(), mode) {
             crate::model::validate_ifname("uplink", uplink)?;
-            self.check_uplink(uplink, observed)?;
+            self.check_uplink(uplink, None, observed)?;
             if spec.subnet.is_empty() {
                 // The LAN's subnet, as the uplink is configured now.
                 let Some(addr) = observed.links.get(uplink).and_then(|l| l.addrs.first()) else {
@@ -126,7 +161,7 @@ impl Engine {
             return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
         }
         let shared = self.networks.iter().any(|n| n.bridge == net.bridge);
-        if observed.links.contains_key(&net.bridge) && !shared {
+        if observed.links.contains_key(&net.bridge) && !shared && !net.adopted {
             return Err(EngineError::Conflict(format!(
                 "an interface named {} already exists on this host",
                 net.bridge
@@ -164,11 +199,13 @@ impl Engine {
         Ok(())
     }
 
-    fn check_uplink(&self, uplink: &str, observed: &Observed) -> Result<(), EngineError> {
+    /// Checks a NIC that is to join a network's bridge; `given` is a bridge
+    /// of someone else's it may already be a port of.
+    fn check_uplink(&self, uplink: &str, given: Option<&str>, observed: &Observed) -> Result<(), EngineError> {
         let Some(link) = observed.links.get(uplink) else {
             return Err(EngineError::NotFound(format!("no interface named {uplink} to use as uplink (see `ip link`)")));
         };
-        if let Some(master) = &link.master {
+        if let Some(master) = link.master.as_deref().filter(|m| Some(*m) != given) {
             return Err(EngineError::Conflict(format!("uplink {uplink} is already a port of bridge {master}")));
         }
         if link.owned() || link.kind == LinkKind::Bridge {
@@ -270,7 +307,7 @@ impl Engine {
             }
         }
         let observed = self.observe()?;
-        if let Some(link) = observed.links.get(&net.bridge).filter(|l| active && !l.owned()) {
+        if let Some(link) = observed.links.get(&net.bridge).filter(|l| active && !l.owned() && !net.adopted) {
             return Err(EngineError::Conflict(format!(
                 "interface {} exists and is not lanyard's; remove or rename it to start network {name:?}",
                 link.name

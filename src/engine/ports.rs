@@ -275,9 +275,10 @@ impl Engine {
         // The address waits for the guest's lease to end before anyone
         // else may have it.
         let now = self.host.now();
+        let holds = self.networks.iter().any(|n| n.name == port.net && n.holds_released_addresses());
         let hold = lease
             .as_ref()
-            .filter(|l| l.expiry > now && Some(l.ip) == port.ip)
+            .filter(|l| holds && l.expiry > now && Some(l.ip) == port.ip)
             .map(|l| crate::model::Lease { kind: crate::model::LeaseKind::Dynamic, ..l.clone() });
         self.commit(
             &plan,
@@ -294,7 +295,10 @@ impl Engine {
         self.ports.retain(|p| p.id != id);
         self.index.remove(&port);
         if let Some(book) = self.books.get(&port.net) {
-            lock(book).release_static(port.mac, now);
+            match hold {
+                Some(_) => drop(lock(book).release_static(port.mac, now)),
+                None => lock(book).remove_static(port.mac),
+            }
         }
         match &hold {
             Some(l) => {

@@ -63,13 +63,16 @@ impl Services for NetworkServices {
             }
             Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
         }
-        match dhcp::server::bind(&ifname) {
-            Ok(socket) => {
-                let cfg = DhcpConfig::for_network(net, dns_addr);
-                let serve = dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone());
-                tasks.push(self.rt.spawn(serve));
+        // A flat network's guests get their addresses as cloud-init data.
+        if net.serves_dhcp() {
+            match dhcp::server::bind(&ifname) {
+                Ok(socket) => {
+                    let cfg = DhcpConfig::for_network(net, dns_addr);
+                    let serve = dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone());
+                    tasks.push(self.rt.spawn(serve));
+                }
+                Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {ifname}: {e}"),
             }
-            Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {ifname}: {e}"),
         }
         tracing::info!(net = net.name, interface = ifname, dns = ?dns_addr, "dhcp and dns servers started");
         self.tasks.insert(net.name.clone(), tasks);

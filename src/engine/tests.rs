@@ -447,13 +447,16 @@ fn a_missing_uplink_is_taken_when_it_appears() {
     );
 }
 
-/// nova's disassociate timeout: a deleted port's fixed IP is not given to
-/// anyone else while its guest's lease may still be live, also after a
-/// restart; once the lease could have ended it is free.
+/// nova's disassociate timeout (managed networks): a deleted port's fixed IP
+/// is not given to anyone else while its guest's lease may still be live,
+/// also after a restart; once the lease could have ended it is free.
+/// (libvirt-like networks free it at once: `tests/guest.rs`.)
 #[test]
 fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
     let mut r = rig();
-    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let flatdhcp =
+        NetworkSpec { manager: Some("flatdhcp".into()), mode: String::new(), ..spec("a", "", "10.1.0.0/24") };
+    r.engine.create_network(flatdhcp).unwrap();
     let ip: Ipv4Addr = "10.1.0.5".parse().unwrap();
     let port = r
         .engine
@@ -490,6 +493,137 @@ fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
     drop(restarted);
     let mut later = engine_at(4600);
     assert_eq!(later.create_port(again).unwrap().ip, Some(ip), "free once the lease could have ended");
+}
+
+mod managers {
+    use super::*;
+    use crate::kernel::{LinkKind, ObservedLink};
+
+    fn flat(name: &str, manager: &str, bridge: Option<&str>, uplink: Option<&str>) -> NetworkSpec {
+        NetworkSpec {
+            name: name.into(),
+            mode: String::new(),
+            manager: Some(manager.into()),
+            subnet: "10.100.0.0/24".into(),
+            bridge: bridge.map(Into::into),
+            uplink: uplink.map(Into::into),
+            ..Default::default()
+        }
+    }
+
+    /// nova's br100 with its flat interface eth1, made by the operator.
+    fn with_br100(r: &Rig) {
+        r.kernel.tamper(|s| {
+            let br = ObservedLink {
+                name: "br100".into(),
+                kind: LinkKind::Bridge,
+                up: true,
+                mtu: 1500,
+                ..Default::default()
+            };
+            let nic = ObservedLink {
+                name: "eth1".into(),
+                master: Some("br100".into()),
+                up: true,
+                mtu: 1500,
+                ..Default::default()
+            };
+            s.observed.links.insert("br100".into(), br);
+            s.observed.links.insert("eth1".into(), nic);
+        });
+    }
+
+    #[test]
+    fn a_flat_network_adopts_its_given_bridge_and_gives_it_back_untouched() {
+        let mut r = rig();
+        with_br100(&r);
+        let before = r.kernel.snapshot();
+        let net = r.engine.create_network(flat("flat", "flat", Some("br100"), Some("eth1"))).unwrap();
+        assert!(net.adopted && net.gateway_mac.is_none() && !net.serves_dhcp(), "{net:?}");
+        assert_eq!(net.mode, crate::model::Mode::Nat, "flat networks NAT");
+        let log = r.kernel.log();
+        assert!(log.iter().all(|l| !l.contains("create bridge") && !l.contains("set address")), "{log:?}");
+        let k = r.kernel.snapshot();
+        assert_eq!(k.observed.links["br100"].addrs, vec!["10.100.0.1/24".parse().unwrap()], "the host is the gateway");
+        let port =
+            r.engine.create_port(PortSpec { net: "flat".into(), vm: "vm".into(), ..Default::default() }).unwrap();
+        assert!(port.ip.is_some(), "a flat port has its fixed IP from the subnet");
+        assert_eq!(r.kernel.snapshot().observed.links[&port.ifname].master.as_deref(), Some("br100"));
+        // A restart finds it as it left it.
+        r.kernel.clear_log();
+        let restarted = Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
+        })
+        .unwrap();
+        assert_eq!(r.kernel.log(), Vec::<String>::new(), "a restart plans nothing");
+        assert_eq!(restarted.network("flat").unwrap().state, NetState::Active, "an adopted bridge is not a stranger");
+        drop(restarted);
+        r.engine.delete_network("flat").unwrap();
+        assert_eq!(
+            r.kernel.snapshot().observed.links,
+            before.observed.links,
+            "br100 and eth1 are as the operator made them"
+        );
+    }
+
+    #[test]
+    fn flat_networks_made_by_lanyard_take_the_flat_interface_and_give_it_back() {
+        let mut r = rig();
+        r.kernel.tamper(|s| {
+            let nic = ObservedLink {
+                name: "eth1".into(),
+                up: true,
+                mtu: 1500,
+                addrs: vec!["192.0.2.7/24".parse().unwrap()],
+                ..Default::default()
+            };
+            s.observed.links.insert("eth1".into(), nic);
+        });
+        let before = r.kernel.snapshot();
+        let net = r.engine.create_network(flat("fd", "flatdhcp", None, Some("eth1"))).unwrap();
+        assert!(!net.adopted && net.serves_dhcp());
+        let k = r.kernel.snapshot();
+        let br = &k.observed.links[&net.bridge];
+        assert_eq!(k.observed.links["eth1"].master.as_deref(), Some(net.bridge.as_str()), "the flat interface joins");
+        assert!(
+            br.addrs.contains(&"10.100.0.1/24".parse().unwrap()) && br.addrs.contains(&"192.0.2.7/24".parse().unwrap())
+        );
+        r.engine.delete_network("fd").unwrap();
+        assert_eq!(
+            r.kernel.snapshot().observed.links,
+            before.observed.links,
+            "the flat interface has its address back"
+        );
+    }
+
+    #[test]
+    fn manager_mistakes_are_refused_with_no_change() {
+        let mut r = rig();
+        with_br100(&r);
+        r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+        let before = r.world();
+        let mut routed = flat("f", "flat", None, None);
+        routed.mode = "route".into();
+        let mut vlan = flat("f", "flat", None, None);
+        vlan.vlan = Some(10);
+        for (s, want) in [
+            (flat("f", "vlan", None, None), "configure them with `lanyard manager vlan set`"),
+            (flat("f", "nova", None, None), "use flat or flatdhcp"),
+            (routed, "a flat network is a nat network; leave out --mode"),
+            (vlan, "flat networks have no VLAN"),
+            (flat("f", "flat", Some("eth1"), None), "an interface named eth1 already exists"),
+            (flat("f", "flatdhcp", Some("br100"), None), "an interface named br100 already exists"),
+            (flat("f", "flat", Some("br100"), Some("eth9")), "no interface named eth9"),
+            (flat("f", "flat", Some("lybr0"), None), "bridge lybr0 is in use by network \"a\""),
+        ] {
+            let err = r.engine.create_network(s.clone()).unwrap_err().to_string();
+            assert!(err.contains(want), "{s:?}: {err}");
+            assert_eq!(r.world(), before, "{s:?} changed something");
+        }
+    }
 }
 
 mod vlans {

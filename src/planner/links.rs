@@ -183,6 +183,16 @@ fn own_bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let name = &net.bridge;
     match observed.links.get(name) {
+        // A flat network's adopted bridge: lanyard's address on it, up;
+        // never its MAC or MTU.
+        Some(link) if net.adopted && link.kind == LinkKind::Bridge => {
+            if !link.addrs.contains(&net.gateway_cidr()) {
+                ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
+            }
+            if !link.up {
+                ops.push(Op::SetUp { link: name.clone(), up: true });
+            }
+        }
         // Someone else's interface with that name: never touched.
         Some(link) if !link.owned() => {}
         None => {
@@ -327,12 +337,30 @@ pub fn port_ops(
     ops
 }
 
-/// A bridge-mode network: the uplink NIC joins the bridge and the host's
-/// addresses and routes move from the NIC to the bridge.
+/// What lanyard takes back first from a flat network's bridge that is not
+/// simply deleted when the network stops or goes: its gateway address, off
+/// an adopted bridge (which stays) or off a bridge whose addresses go back
+/// to the flat interface (which should get only its own). Ports go as
+/// anywhere.
+pub fn release_gateway(net: &Network, observed: &Observed) -> Vec<Op> {
+    let flat = net.manager.is_some() && (net.adopted || net.enslaves_uplink());
+    match observed.links.get(&net.bridge) {
+        Some(b) if flat && b.addrs.contains(&net.gateway_cidr()) => {
+            vec![Op::DelAddress { link: net.bridge.clone(), addr: net.gateway_cidr() }]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A bridge-mode network, or a flat network with its flat interface: the
+/// uplink NIC joins the bridge and the host's addresses and routes move
+/// from the NIC to the bridge; a flat network's gateway address is added.
 fn uplinked_bridge_ops(net: &Network, uplink: &str, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let up = observed.links.get(uplink);
-    match observed.links.get(&net.bridge) {
+    let bridge = observed.links.get(&net.bridge);
+    match bridge {
+        Some(b) if !b.owned() && !net.adopted => return Vec::new(),
         None => {
             ops.push(Op::CreateBridge {
                 name: net.bridge.clone(),
@@ -344,6 +372,12 @@ fn uplinked_bridge_ops(net: &Network, uplink: &str, observed: &Observed) -> Vec<
         }
         Some(b) if !b.up => ops.push(Op::SetUp { link: net.bridge.clone(), up: true }),
         Some(_) => {}
+    }
+    // A flat network's gateway (bridge mode's is the LAN's: the host's own
+    // addresses move over from the NIC below).
+    let has_gateway = bridge.is_some_and(|b| b.addrs.contains(&net.gateway_cidr()));
+    if net.mode != crate::model::Mode::Bridge && !has_gateway {
+        ops.push(Op::AddAddress { link: net.bridge.clone(), addr: net.gateway_cidr() });
     }
     let Some(up) = up else { return ops };
     if up.master.as_deref() != Some(net.bridge.as_str()) {
