@@ -922,7 +922,9 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             emit(&format!("Port {} deleted\n", printable(&id)))?;
         }
         Command::Port(PortCommand::Config { id, format, iso, force, out }) => {
-            let v = c.call("GET", &format!("/v1/ports/{}/config?format={}", pct(&id), pct(&format)), None)?;
+            // A query value: `&`, `=` and `+` would change the query's meaning.
+            let value = pct(&format).replace('&', "%26").replace('=', "%3D").replace('+', "%2B");
+            let v = c.call("GET", &format!("/v1/ports/{}/config?format={value}", pct(&id)), None)?;
             let seed: crate::cloudinit::Seed = serde_json::from_value(v.clone())
                 .map_err(|e| CliError::Protocol(format!("not a cloud-init seed ({e}): {v}")))?;
             if let Some(path) = &iso {

@@ -154,5 +154,7 @@ fn port_config_writes_a_cidata_seed_that_isoinfo_reads() {
     refused(&o, 3, "no port with id \"0badc0de\"", "unknown port");
     let o = host.cli(&["port", "config", &id, "--format", "ignition", "--iso", other_arg]);
     refused(&o, 2, "invalid format \"ignition\": the supported format is cloud-init", "unknown format");
+    let o = host.cli(&["port", "config", &id, "--format", "cloud-init&x=1", "--iso", other_arg]);
+    refused(&o, 2, "invalid format \"cloud-init&x=1\"", "a format that is not one query value");
     assert!(!other.exists(), "a refused request wrote {}", other.display());
 }
