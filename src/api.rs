@@ -22,8 +22,9 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
-use crate::model::{NetworkSpec, PortSpec};
+use crate::model::{ModelError, NetworkSpec, PortSpec};
 
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
@@ -298,6 +299,30 @@ struct PortFilter {
     net: Option<String>,
 }
 
+/// The query of `GET /v1/ports/{id}/config`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigQuery {
+    format: Option<String>,
+}
+
+/// The format a config request names; it must name one.
+fn config_format(format: Option<&str>) -> Result<Format, EngineError> {
+    let format = format.ok_or_else(|| ModelError::Invalid {
+        what: "format",
+        value: String::new(),
+        why: "name one: ?format=cloud-init".into(),
+    })?;
+    Ok(format.parse()?)
+}
+
+/// A query string axum could not parse, as a 400 [`ErrorBody`].
+fn query_rejection(e: axum::extract::rejection::QueryRejection) -> Response {
+    let text = e.body_text();
+    let why = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+    Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\""))).into_response()
+}
+
 /// The API routes.
 pub fn router(state: Shared) -> Router {
     let routes = Router::new()
@@ -382,6 +407,14 @@ pub fn router(state: Shared) -> Router {
             "/v1/ports/{id}",
             axum::routing::delete(|State(s): State<Shared>, Path(id): Path<String>| async move {
                 with_engine(s, move |e| e.delete_port(&id)).await.map(|()| StatusCode::NO_CONTENT)
+            }),
+        )
+        .route(
+            "/v1/ports/{id}/config",
+            get(|State(s): State<Shared>, Path(id): Path<String>, uri: Uri| async move {
+                let Query(q) = Query::<ConfigQuery>::try_from_uri(&uri).map_err(query_rejection)?;
+                let format = config_format(q.format.as_deref()).map_err(|e| ApiError(e).into_response())?;
+                with_engine(s, move |e| e.port_config(&id, format)).await.map(Json).map_err(IntoResponse::into_response)
             }),
         )
         .route(
@@ -595,6 +628,44 @@ mod tests {
         let (got, v, _) =
             send(&app, "POST", "/v1/networks", Some("application/json; charset=utf-8"), NET.as_bytes()).await;
         assert_eq!(got, 201, "{v}");
+    }
+
+    #[tokio::test]
+    async fn a_ports_cloud_init_config() {
+        let app = app();
+        let (got, _, _) = send(&app, "POST", "/v1/networks", JSON, NET.as_bytes()).await;
+        assert_eq!(got, 201);
+        let body = br#"{"net":"n1","vm":"web1","ip":"10.9.0.5","mac":"52:54:00:00:00:05"}"#;
+        let (got, port, _) = send(&app, "POST", "/v1/ports", JSON, body).await;
+        assert_eq!(got, 201, "{port}");
+        let id = port["id"].as_str().unwrap();
+        let (got, v, _) = send(&app, "GET", &format!("/v1/ports/{id}/config?format=cloud-init"), None, b"").await;
+        assert_eq!(got, 200, "{v}");
+        assert_eq!(v.as_object().map(|o| o.len()), Some(3), "{v}");
+        let net = v["network_config"].as_str().unwrap();
+        assert!(
+            net.starts_with("version: 2\n") && net.contains("\"10.9.0.5/24\"") && net.contains("\"52:54:00:00:00:05\"")
+        );
+        assert_eq!(v["meta_data"], format!("instance-id: \"lanyard-{id}\"\nlocal-hostname: \"web1\"\n"));
+        assert_eq!(v["user_data"], "#cloud-config\n{}\n");
+        let cases: Vec<(String, u16, &str, &str)> = vec![
+            ("/v1/ports/nope/config?format=cloud-init".into(), 404, "not_found", r#"no port with id "nope""#),
+            (
+                format!("/v1/ports/{id}/config?format=ignition"),
+                400,
+                "invalid",
+                r#"invalid format "ignition": the supported format is cloud-init"#,
+            ),
+            (format!("/v1/ports/{id}/config"), 400, "invalid", "?format=cloud-init"),
+            (format!("/v1/ports/{id}/config?format=cloud-init&x=1"), 400, "invalid", r#"unknown field "x""#),
+        ];
+        for (uri, status, kind, says) in cases {
+            let (got, v, _) = send(&app, "GET", &uri, None, b"").await;
+            assert_eq!((got, v["kind"].as_str()), (status, Some(kind)), "{uri}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(says), "{uri}: {v}");
+        }
+        let (got, v, _) = send(&app, "POST", &format!("/v1/ports/{id}/config?format=cloud-init"), JSON, b"{}").await;
+        assert_eq!(got, 405, "{v}");
     }
 
     #[test]

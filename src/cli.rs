@@ -248,6 +248,25 @@ pub enum PortCommand {
         /// Port id (see `lanyard port list`).
         id: String,
     },
+    /// A port's configuration for its guest: with `--format cloud-init`,
+    /// its NoCloud network-config (v2) and meta-data, or a `cidata` seed
+    /// ISO (`--iso PATH`) to attach to the VM.
+    Config {
+        /// Port id (see `lanyard port list`).
+        id: String,
+        /// What to generate: cloud-init (the only format so far).
+        #[arg(long, default_value = "cloud-init")]
+        format: String,
+        /// Write the seed as an ISO 9660 image (label cidata) to PATH.
+        #[arg(long, value_name = "PATH")]
+        iso: Option<PathBuf>,
+        /// Overwrite PATH if it exists.
+        #[arg(long, requires = "iso")]
+        force: bool,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
 }
 
 /// `lanyard lease ...`
@@ -911,6 +930,26 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
             emit(&format!("Port {} deleted\n", printable(&id)))?;
         }
+        Command::Port(PortCommand::Config { id, format, iso, force, out }) => {
+            // A query value: `&`, `=` and `+` would change the query's meaning.
+            let value = pct(&format).replace('&', "%26").replace('=', "%3D").replace('+', "%2B");
+            let v = c.call("GET", &format!("/v1/ports/{}/config?format={value}", pct(&id)), None)?;
+            let seed: crate::cloudinit::Seed = serde_json::from_value(v.clone())
+                .map_err(|e| CliError::Protocol(format!("not a cloud-init seed ({e}): {v}")))?;
+            if let Some(path) = &iso {
+                write_seed_iso(&seed, path, force)?;
+            }
+            match (out.output, &iso) {
+                (Output::Json, _) => print(out.output, &v, |_| String::new())?,
+                (Output::Table, Some(path)) => emit(&format!(
+                    "Port {}: cloud-init seed written to {} (ISO 9660, label {})\n",
+                    printable(&id),
+                    printable(&path.display().to_string()),
+                    crate::cloudinit::VOLUME_LABEL
+                ))?,
+                (Output::Table, None) => emit(&seed_text(&seed))?,
+            }
+        }
         Command::Lease(LeaseCommand::List { net, out }) => {
             let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
             print(out.output, &v, lease_rows)?;
@@ -959,6 +998,50 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         }
     }
     Ok(())
+}
+
+/// A seed as two files, each under a `# NAME` line: what `port config`
+/// prints. lanyard's YAML is printable ASCII (every value quoted and
+/// escaped) and is printed as is; anything else is escaped as
+/// [`printable`] does.
+fn seed_text(seed: &crate::cloudinit::Seed) -> String {
+    let text = format!("# network-config\n{}\n# meta-data\n{}", seed.network_config, seed.meta_data);
+    text.chars()
+        .map(
+            |c| {
+                if c == '\n' || (' '..='~').contains(&c) {
+                    c.to_string()
+                } else {
+                    printable(&c.to_string()).into_owned()
+                }
+            },
+        )
+        .collect()
+}
+
+/// Writes `seed` as a `cidata` ISO at `path`: never over an existing file
+/// unless `force`.
+fn write_seed_iso(seed: &crate::cloudinit::Seed, path: &std::path::Path, force: bool) -> Result<(), CliError> {
+    let shown = path.display().to_string();
+    let image = seed.iso().map_err(|e| CliError::Refused {
+        message: format!("cannot make the seed ISO: {e}"),
+        kind: "internal".into(),
+    })?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let written = options.open(path).and_then(|mut f| f.write_all(&image).and_then(|()| f.sync_all()));
+    written.map_err(|e| match e.kind() {
+        std::io::ErrorKind::AlreadyExists => CliError::Refused {
+            message: format!("{shown} already exists; give --force to overwrite it"),
+            kind: "conflict".into(),
+        },
+        _ => CliError::Refused { message: format!("cannot write {shown}: {e}"), kind: "internal".into() },
+    })
 }
 
 /// The command line of the process that ran us (QEMU, for `qemu-ifup`).
@@ -1068,6 +1151,35 @@ mod tests {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));
         }
+    }
+
+    #[test]
+    fn port_config_prints_two_files_and_keeps_existing_isos() {
+        let seed = crate::cloudinit::Seed {
+            network_config: "version: 2\n".into(),
+            meta_data: "local-hostname: \"vm\\x1b\"\n".into(),
+            user_data: "#cloud-config\n{}\n".into(),
+        };
+        assert_eq!(seed_text(&seed), "# network-config\nversion: 2\n\n# meta-data\nlocal-hostname: \"vm\\x1b\"\n");
+        let odd = crate::cloudinit::Seed { meta_data: "a\x1bb\n".into(), ..seed.clone() };
+        assert!(seed_text(&odd).ends_with("a\\x1bb\n"), "{}", seed_text(&odd));
+        let path = std::env::temp_dir().join(format!("lanyard-unit-seed-{}.iso", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        write_seed_iso(&seed, &path, false).unwrap();
+        let e = write_seed_iso(&seed, &path, false).unwrap_err();
+        assert_eq!(e.exit_code(), 4);
+        assert_eq!(e.to_string(), format!("{} already exists; give --force to overwrite it", path.display()));
+        std::fs::write(&path, b"x").unwrap();
+        write_seed_iso(&seed, &path, true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), seed.iso().unwrap());
+        std::fs::remove_file(&path).unwrap();
+        let e = write_seed_iso(&seed, std::path::Path::new("/nonexistent/dir/seed.iso"), false).unwrap_err();
+        assert!(e.to_string().starts_with("cannot write /nonexistent/dir/seed.iso: "), "{e}");
+        let Command::Port(PortCommand::Config { format, iso, force, .. }) = parse("lanyard port config abc") else {
+            panic!("not port config")
+        };
+        assert_eq!((format.as_str(), iso, force), ("cloud-init", None, false));
+        assert!(Cli::try_parse_from(["lanyard", "port", "config", "abc", "--force"]).is_err(), "--force needs --iso");
     }
 
     #[test]

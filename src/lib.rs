@@ -13,12 +13,14 @@
 //! - [`dataplane`]: the drivers that change the kernel;
 //! - [`dhcp`]: the built-in DHCPv4 server;
 //! - [`dns`]: the built-in DNS server for guest names;
+//! - [`cloudinit`]: a port's cloud-init (NoCloud) data and its seed ISO;
 //! - [`daemon`]: process start-up and shutdown;
 //! - [`fault`]: crash points for the crash-safety tests (debug builds only).
 #![warn(missing_docs)]
 
 pub mod api;
 pub mod cli;
+pub mod cloudinit;
 pub mod daemon;
 pub mod dataplane;
 pub mod dhcp;

@@ -20,8 +20,10 @@
 //! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
 //! - [`services`]: the DHCP/DNS servers seam;
-//! - [`host`]: the host facts seam.
+//! - [`host`]: the host facts seam;
+//! - [`config`]: what a port's guest is told outside DHCP (cloud-init).
 
+pub mod config;
 pub mod heal;
 pub mod host;
 pub mod networks;
