@@ -23,6 +23,12 @@
 //! from QEMU's command line, the guest leases that port's IP, and the port is
 //! gone once QEMU has exited.
 //!
+//! `guest_on_a_flat_network_takes_its_address_from_cloud_init`: on a
+//! `--manager flat` network nothing answers DHCP; the guest boots with the
+//! port's NoCloud seed ISO (`port config --iso`) as a disk, configures the
+//! NIC from it alone (address, route, MTU, name) and reaches the gateway
+//! and, through NAT, the outside.
+//!
 //! Needs root and the lab (see tests/lab.rs); otherwise skips.
 
 mod common;
@@ -222,4 +228,50 @@ fn guest_attached_by_qemu_ifup() {
     assert!(left.is_empty(), "lease list still has {mac}/{ip} after lanyard-ifdown: {left:?}");
 
     eprintln!("guest_attached_by_qemu_ifup: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+fn guest_on_a_flat_network_takes_its_address_from_cloud_init() {
+    if !ready("guest_on_a_flat_network_takes_its_address_from_cloud_init", TOOLS) {
+        return;
+    }
+    let mut lab = Topology::start();
+    lab.add_outside("out", "up0", "203.0.113.1/24", &format!("{OUTSIDE}/24"));
+    let host = &lab.host;
+    let net =
+        host.cli_json(&["net", "create", "flat", "--manager", "flat", "--subnet", "10.100.0.0/24", "--mtu", "1400"]);
+    assert_eq!((net["manager"].as_str(), net["mode"].as_str()), (Some("flat"), Some("nat")), "{net}");
+    let gateway = field(&net, "gateway").to_string();
+    let port = host.cli_json(&["port", "create", "--net", "flat", "--vm", "flat1", "--type", "tap"]);
+    let (id, tap, mac, ip) = (field(&port, "id"), field(&port, "ifname"), field(&port, "mac"), field(&port, "ip"));
+    let dir = TempDir::new("seed");
+    let iso = dir.path().join("seed.iso");
+    host.cli_ok(&["port", "config", id, "--format", "cloud-init", "--iso", iso.to_str().expect("utf-8 path")]);
+
+    // DHCP is tried first (two DISCOVERs): on a flat network nothing answers.
+    let mut guest = Guest::boot_with(
+        &host.ns,
+        tap,
+        mac,
+        &[
+            "lab.dhcp_tries=2",
+            "lab.seed=1",
+            &format!("lab.ping={gateway},{OUTSIDE}"),
+            "lab.ping_wait=30",
+            "lab.poweroff=1",
+        ],
+        |cmd| {
+            cmd.env("LAB_SEED", &iso);
+        },
+    );
+    let done = guest.wait_for("done ", BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    eprintln!("flat guest done after {:.1} s ({done})", guest.elapsed());
+    let (console, lines) = (guest.console(), guest.lab_lines());
+    assert!(lines.iter().any(|l| l == "lease fail iface eth0"), "a flat network answered DHCP:\n{console}");
+    let want = format!("seed ip {ip}/24 router {gateway} host flat1");
+    assert!(lines.iter().any(|l| l == &want), "`{want}` missing: the seed did not configure the guest:\n{console}");
+    for target in [gateway.as_str(), OUTSIDE] {
+        assert!(lines.iter().any(|l| l == &format!("ping {target} ok")), "guest cannot ping {target}:\n{console}");
+    }
+    assert!(guest.wait_exit(Duration::from_secs(30)), "guest did not power off");
 }
