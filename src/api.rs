@@ -394,6 +394,14 @@ pub fn router(state: Shared) -> Router {
             }),
         )
         .route(
+            "/v1/managers/vlan",
+            get(|State(s): State<Shared>| async move { with_engine(s, |e| e.vlan_manager()).await.map(Json) }).put(
+                |State(s): State<Shared>, JsonBody(spec): JsonBody<crate::vlan_manager::VlanManagerSpec>| async move {
+                    with_engine(s, move |e| e.set_vlan_manager(spec)).await.map(Json)
+                },
+            ),
+        )
+        .route(
             "/v1/ports/batch",
             post(|State(s): State<Shared>, JsonBody(specs): JsonBody<Vec<PortSpec>>| async move {
                 with_engine(s, move |e| {

@@ -62,6 +62,9 @@ pub enum Command {
     /// DHCP leases.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// nova-network's managers (the VLAN manager's configuration).
+    #[command(subcommand)]
+    Manager(ManagerCommand),
     /// lanyard's bridges, as `brctl show` prints them.
     Bridges(OutputArg),
     /// The daemon's counts and what self-healing repaired.
@@ -280,6 +283,45 @@ pub enum LeaseCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+}
+
+/// `lanyard manager ...`
+#[derive(Debug, Subcommand)]
+pub enum ManagerCommand {
+    /// The VLAN manager: every project gets its own VLAN, bridge and subnet.
+    #[command(subcommand)]
+    Vlan(VlanManagerCommand),
+}
+
+/// `lanyard manager vlan ...`
+#[derive(Debug, Subcommand)]
+pub enum VlanManagerCommand {
+    /// Configure it: the trunk, the VLANs and the supernet projects' networks come from.
+    Set {
+        /// The trunk every project's VLAN rides on.
+        #[arg(long)]
+        uplink: String,
+        /// VLAN ids to hand out, FIRST-LAST (e.g. 100-999).
+        #[arg(long)]
+        vlans: String,
+        /// The block projects' subnets are cut from (e.g. 10.0.0.0/16).
+        #[arg(long)]
+        supernet: String,
+        /// Prefix length of each project's subnet (e.g. 24).
+        #[arg(long)]
+        prefix: u8,
+        /// Mode of the projects' networks: nat (default), route, host-only or isolated.
+        #[arg(long)]
+        mode: Option<String>,
+        /// subif (default) or filtering.
+        #[arg(long)]
+        vlan_backend: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show the configuration.
+    Show(OutputArg),
 }
 
 /// A CLI failure: one line for the user and an exit code.
@@ -666,6 +708,18 @@ fn network_detail(n: &Value) -> String {
     details(&fields, 14)
 }
 
+fn vlan_manager_detail(m: &Value) -> String {
+    let fields = [
+        ("Uplink", s(&m["uplink"])),
+        ("VLANs", format!("{}-{}", s(&m["first_vlan"]), s(&m["last_vlan"]))),
+        ("Supernet", s(&m["supernet"])),
+        ("Prefix", format!("/{}", s(&m["prefix"]))),
+        ("Mode", s(&m["mode"])),
+        ("VLAN backend", s(&m["vlan_backend"])),
+    ];
+    details(&fields, 14)
+}
+
 fn status_detail(v: &Value) -> String {
     let h = &v["self_healing"];
     let last = match (h["last"].as_str(), h["last_at"].as_u64()) {
@@ -812,6 +866,18 @@ fn body_of(cmd: &Command) -> Option<Value> {
             "autostart": autostart,
         })),
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
+        Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set {
+            uplink,
+            vlans,
+            supernet,
+            prefix,
+            mode,
+            vlan_backend,
+            out: _,
+        })) => Some(json!({
+            "uplink": uplink, "vlans": vlans, "supernet": supernet, "prefix": prefix,
+            "mode": mode, "vlan_backend": vlan_backend,
+        })),
         Command::Port(PortCommand::Create {
             net,
             trunk,
@@ -953,6 +1019,14 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         Command::Lease(LeaseCommand::List { net, out }) => {
             let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
             print(out.output, &v, lease_rows)?;
+        }
+        Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
+            let v = c.call("PUT", "/v1/managers/vlan", body.as_ref())?;
+            print(out.output, &v, vlan_manager_detail)?;
+        }
+        Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Show(out))) => {
+            let v = c.call("GET", "/v1/managers/vlan", None)?;
+            print(out.output, &v, vlan_manager_detail)?;
         }
         Command::QemuIfup { ifname, net, vm, mac } => {
             let qemu_args = parent_cmdline();

@@ -14,6 +14,8 @@
 //! - [`dhcp`]: the built-in DHCPv4 server;
 //! - [`dns`]: the built-in DNS server for guest names;
 //! - [`cloudinit`]: a port's cloud-init (NoCloud) data and its seed ISO;
+//! - [`vlan_manager`]: nova's VLAN manager: its configuration and the choice
+//!   of a project's VLAN and subnet;
 //! - [`daemon`]: process start-up and shutdown;
 //! - [`fault`]: crash points for the crash-safety tests (debug builds only).
 #![warn(missing_docs)]
@@ -32,3 +34,4 @@ pub mod kernel;
 pub mod model;
 pub mod planner;
 pub mod store;
+pub mod vlan_manager;

@@ -21,11 +21,13 @@
 //! - [`ports`]: create (one or a batch), delete;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
-//! - [`config`]: what a port's guest is told outside DHCP (cloud-init).
+//! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
+//! - [`managers`]: nova's VLAN manager configuration.
 
 pub mod config;
 pub mod heal;
 pub mod host;
+pub mod managers;
 pub mod networks;
 pub mod ports;
 pub mod services;

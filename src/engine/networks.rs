@@ -220,7 +220,7 @@ impl Engine {
     /// Checks a VLAN network's trunk: it exists, is a NIC (not a bridge, a
     /// lanyard port or another bridge's port), carries no network that puts
     /// the NIC itself in a bridge, uses one backend, and this VLAN once.
-    fn check_trunk(
+    pub(super) fn check_trunk(
         &self,
         uplink: &str,
         vid: u16,

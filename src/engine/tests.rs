@@ -31,6 +31,13 @@ impl FlakyStore {
 }
 
 impl Store for FlakyStore {
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.setting(key)
+    }
+    fn put_setting(&self, key: &str, body: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_setting(key, body)
+    }
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
         self.inner.networks()
     }

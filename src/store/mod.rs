@@ -72,6 +72,10 @@ pub enum LeaseChange {
 
 /// Persistent state. Implementations must make each call atomic.
 pub trait Store: Send + Sync {
+    /// A setting (a JSON document) by key, None when never set.
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// Sets a setting.
+    fn put_setting(&self, key: &str, body: &str) -> Result<(), StoreError>;
     /// All networks.
     fn networks(&self) -> Result<Vec<Network>, StoreError>;
     /// Inserts or replaces a network.

@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS leases (
     PRIMARY KEY (net, ip)
 );
 CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (net, mac);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
 
 /// Takes away every permission bit of `path` outside `allowed` (e.g. 0o600:
@@ -136,6 +137,24 @@ fn kind_str(k: LeaseKind) -> &'static str {
 }
 
 impl Store for SqliteStore {
+    fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached("SELECT body FROM settings WHERE key = ?1")?;
+        let mut rows = st.query([key])?;
+        Ok(match rows.next()? {
+            Some(r) => Some(r.get(0)?),
+            None => None,
+        })
+    }
+
+    fn put_setting(&self, key: &str, body: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO settings (key, body) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET body = excluded.body",
+            params![key, body],
+        )?;
+        Ok(())
+    }
+
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare("SELECT name, body FROM networks ORDER BY name")?;
