@@ -215,7 +215,7 @@ mod tests {
         assert_eq!(m.free_subnet(&nets, &[]).unwrap().to_string(), "10.0.1.0/24");
         // A route of the host to 10.0.1.0/25 makes 10.0.1.0/24 unusable.
         let route = Route { dst: Some("10.0.1.0/25".parse().unwrap()), ..Default::default() };
-        assert_eq!(m.free_subnet(&nets, &[route.clone()]).unwrap().to_string(), "10.0.3.0/24");
+        assert_eq!(m.free_subnet(&nets, std::slice::from_ref(&route)).unwrap().to_string(), "10.0.3.0/24");
         // The default route covers nothing.
         assert_eq!(m.free_subnet(&nets, &[Route::default()]).unwrap().to_string(), "10.0.1.0/24");
         let full = vec![vnet("a", 100, "10.0.0.0/24"), vnet("b", 101, "10.0.1.0/24"), vnet("c", 102, "10.0.2.0/24")];
