@@ -81,7 +81,7 @@ impl Engine {
         for ev in events {
             match ev {
                 KernelEvent::Overflow => {
-                    scope.networks.extend(active().map(|n| n.name.clone()));
+                    scope.networks.extend(active().map(|n| n.key().into_owned()));
                     scope.ports.extend(self.ports.iter().map(|p| p.id.clone()));
                     scope.firewall = true;
                 }
@@ -92,7 +92,7 @@ impl Engine {
                             || n.uplink.as_deref() == Some(name.as_str())
                             || planner::links::network_vlan_device(n).as_deref() == Some(name.as_str())
                     }) {
-                        scope.networks.insert(net.name.clone());
+                        scope.networks.insert(net.key().into_owned());
                     }
                     if let Some(id) = self.index.ifnames.get(name) {
                         scope.ports.insert(id.clone());
@@ -109,7 +109,8 @@ impl Engine {
     }
 
     fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
-        let nets: Vec<Network> = self.networks.iter().filter(|n| scope.networks.contains(&n.name)).cloned().collect();
+        let nets: Vec<Network> =
+            self.networks.iter().filter(|n| scope.networks.contains(n.key().as_ref())).cloned().collect();
         let mut names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
         names.extend(nets.iter().filter_map(|n| n.uplink.as_deref()));
         let bridge_links = self.kernel.observe_links(&names)?;
@@ -120,7 +121,7 @@ impl Engine {
                 Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
             let bridge_ops = planner::links::bridge_ops(net, &observed);
             if bridge_ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. })) {
-                rebuilt.insert(net.name.clone());
+                rebuilt.insert(net.key().into_owned());
             }
             ops.extend(bridge_ops);
         }
@@ -141,8 +142,8 @@ impl Engine {
             ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
         let port_names: Vec<&str> = port_names.iter().map(String::as_str).collect();
         let links = self.kernel.observe_links(&port_names)?;
-        let active: BTreeMap<&str, &Network> =
-            self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
+        let active: BTreeMap<std::borrow::Cow<'_, str>, &Network> =
+            self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
         for p in &ports {
             ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), &self.trunk_of(p), &links));
         }
@@ -158,7 +159,7 @@ impl Engine {
         // Servers bound to a bridge that was re-created (or whose gateway
         // address came back) listen on a device that is gone: restart them.
         for name in &rebuilt {
-            if let Some(net) = self.networks.iter().find(|n| &n.name == name).cloned() {
+            if let Some(net) = self.networks.iter().find(|n| n.key() == *name).cloned() {
                 self.services.stop(name);
                 self.ensure_services(&net);
             }

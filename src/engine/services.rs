@@ -44,7 +44,7 @@ impl NetworkServices {
 
 impl Services for NetworkServices {
     fn start(&mut self, net: &Network, book: Arc<Mutex<AddressBook>>, resolv_conf: &str) {
-        if self.running(&net.name) {
+        if self.running(&net.key()) {
             return;
         }
         let _guard = self.rt.enter();
@@ -55,22 +55,22 @@ impl Services for NetworkServices {
             Ok((udp, tcp)) => {
                 let forwards = net.mode != Mode::Isolated;
                 let upstreams = dns::upstreams(resolv_conf, net.gateway);
-                let resolver = Arc::new(dns::Resolver::new(net.name.clone(), book.clone(), forwards, upstreams));
+                let resolver = Arc::new(dns::Resolver::new(net.key().into_owned(), book.clone(), forwards, upstreams));
                 tasks.push(self.rt.spawn(dns::serve_udp(udp, resolver.clone())));
                 tasks.push(self.rt.spawn(dns::serve_tcp(tcp, resolver)));
             }
-            Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
+            Err(e) => tracing::error!(net = %net.key(), "cannot open the DNS socket on {}:53: {e}", net.gateway),
         }
         match dhcp::server::bind(&net.bridge) {
             Ok(socket) => {
                 let cfg = DhcpConfig::for_network(net, dns_addr);
-                let serve = dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone());
+                let serve = dhcp::server::serve(net.key().into_owned(), socket, book, cfg, self.writer.clone());
                 tasks.push(self.rt.spawn(serve));
             }
-            Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {}: {e}", net.bridge),
+            Err(e) => tracing::error!(net = %net.key(), "cannot open the DHCP socket on {}: {e}", net.bridge),
         }
-        tracing::info!(net = net.name, bridge = net.bridge, dns = ?dns_addr, "dhcp and dns servers started");
-        self.tasks.insert(net.name.clone(), tasks);
+        tracing::info!(net = %net.key(), bridge = net.bridge, dns = ?dns_addr, "dhcp and dns servers started");
+        self.tasks.insert(net.key().into_owned(), tasks);
     }
 
     fn stop(&mut self, name: &str) {
@@ -99,7 +99,7 @@ pub struct FakeServices {
 
 impl Services for FakeServices {
     fn start(&mut self, net: &Network, _book: Arc<Mutex<AddressBook>>, _resolv_conf: &str) {
-        self.running.insert(net.name.clone());
+        self.running.insert(net.key().into_owned());
     }
 
     fn stop(&mut self, name: &str) {
