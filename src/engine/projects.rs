@@ -62,12 +62,16 @@ impl Engine {
         }))
     }
 
-    /// Networks, of one project or of all.
+    /// Networks, of one project or of all, by project and name (the same
+    /// order before and after a restart).
     pub fn networks_of(&self, project: Option<&str>) -> Result<Vec<Network>, EngineError> {
         if let Some(p) = project {
             self.check_project(p)?;
         }
-        Ok(self.networks.iter().filter(|n| project.is_none_or(|p| n.project == p)).cloned().collect())
+        let mut out: Vec<Network> =
+            self.networks.iter().filter(|n| project.is_none_or(|p| n.project == p)).cloned().collect();
+        out.sort_by(|a, b| (&a.project, &a.name).cmp(&(&b.project, &b.name)));
+        Ok(out)
     }
 
     fn project_view(&self, project: &Project) -> ProjectView {
