@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
-use crate::model::{ModelError, NetworkSpec, PortSpec};
+use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec, DEFAULT_PROJECT};
 
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
@@ -297,6 +297,47 @@ pub struct Autostart {
 struct PortFilter {
     vm: Option<String>,
     net: Option<String>,
+    project: Option<String>,
+}
+
+/// The `?project=` of the network routes: the project a network name is
+/// looked up in (default the default project); on `GET /v1/networks`, the
+/// one project to list (default all).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InProject {
+    project: Option<String>,
+}
+
+impl InProject {
+    fn project(&self) -> &str {
+        self.project.as_deref().unwrap_or(DEFAULT_PROJECT)
+    }
+}
+
+/// Parses a route's query string as `T`; a refusal says what was wrong.
+fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
+    Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
+        let text = e.body_text();
+        let why = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
+        Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\"")))
+    })
+}
+
+/// Runs `f` on the key of the network `name` names in the request's project.
+async fn on_network<T: Send + 'static>(
+    state: Shared,
+    uri: &Uri,
+    name: String,
+    f: impl FnOnce(&mut Engine, String) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Response> {
+    let q: InProject = query(uri).map_err(IntoResponse::into_response)?;
+    with_engine(state, move |e| {
+        let key = e.network_key(q.project(), &name)?;
+        f(e, key)
+    })
+    .await
+    .map_err(IntoResponse::into_response)
 }
 
 /// The query of `GET /v1/ports/{id}/config`.
@@ -327,58 +368,92 @@ fn query_rejection(e: axum::extract::rejection::QueryRejection) -> Response {
 pub fn router(state: Shared) -> Router {
     let routes = Router::new()
         .route(
-            "/v1/networks",
-            get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.networks()))).await }).post(
-                |State(s): State<Shared>, JsonBody(spec): JsonBody<NetworkSpec>| async move {
-                    with_engine(s, move |e| e.create_network(spec)).await.map(|n| (StatusCode::CREATED, Json(n)))
+            "/v1/projects",
+            get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.projects()))).await }).post(
+                |State(s): State<Shared>, JsonBody(spec): JsonBody<ProjectSpec>| async move {
+                    with_engine(s, move |e| e.create_project(spec)).await.map(|p| (StatusCode::CREATED, Json(p)))
                 },
             ),
         )
         .route(
-            "/v1/networks/{name}",
+            "/v1/projects/{name}",
             get(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.network(&name)).await.map(Json)
+                with_engine(s, move |e| e.project(&name)).await.map(Json)
             })
             .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.delete_network(&name)).await.map(|()| StatusCode::NO_CONTENT)
+                with_engine(s, move |e| e.delete_project(&name)).await.map(|()| StatusCode::NO_CONTENT)
+            }),
+        )
+        .route(
+            "/v1/networks",
+            get(|State(s): State<Shared>, uri: Uri| async move {
+                let q: InProject = query(&uri).map_err(IntoResponse::into_response)?;
+                with_engine(s, move |e| e.networks_of(q.project.as_deref()))
+                    .await
+                    .map(Json)
+                    .map_err(IntoResponse::into_response)
+            })
+            .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<NetworkSpec>| async move {
+                with_engine(s, move |e| e.create_network(spec)).await.map(|n| (StatusCode::CREATED, Json(n)))
+            }),
+        )
+        .route(
+            "/v1/networks/{name}",
+            get(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, &uri, name, |e, key| e.network(&key)).await.map(Json)
+            })
+            .delete(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, &uri, name, |e, key| e.delete_network(&key)).await.map(|()| StatusCode::NO_CONTENT)
             }),
         )
         .route(
             "/v1/networks/{name}/start",
-            post(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.set_active(&name, true)).await.map(Json)
+            post(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, &uri, name, |e, key| e.set_active(&key, true)).await.map(Json)
             }),
         )
         .route(
             "/v1/networks/{name}/stop",
-            post(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.set_active(&name, false)).await.map(Json)
+            post(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, &uri, name, |e, key| e.set_active(&key, false)).await.map(Json)
             }),
         )
         .route(
             "/v1/networks/{name}/autostart",
-            post(|State(s): State<Shared>, Path(name): Path<String>, JsonBody(a): JsonBody<Autostart>| async move {
-                with_engine(s, move |e| e.set_autostart(&name, a.enabled)).await.map(Json)
-            }),
+            post(
+                |State(s): State<Shared>, Path(name): Path<String>, uri: Uri, JsonBody(a): JsonBody<Autostart>| async move {
+                    on_network(s, &uri, name, move |e, key| e.set_autostart(&key, a.enabled)).await.map(Json)
+                },
+            ),
         )
         .route(
             "/v1/networks/{name}/leases",
-            get(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.leases(&name)).await.map(Json)
+            get(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+                let shown = name.clone();
+                on_network(s, &uri, name, move |e, key| {
+                    // Leases name their network as the user does.
+                    let mut leases = e.leases(&key)?;
+                    leases.iter_mut().for_each(|l| l.net.clone_from(&shown));
+                    Ok(leases)
+                })
+                .await
+                .map(Json)
             }),
         )
         .route(
             "/v1/ports",
             get(|State(s): State<Shared>, uri: Uri| async move {
-                let Query(f) = Query::<PortFilter>::try_from_uri(&uri).map_err(|e| {
-                    let text = e.body_text();
-                    let why = text.strip_prefix("Failed to deserialize query string: ").unwrap_or(&text);
-                    Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\"")))
-                        .into_response()
-                })?;
+                let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;
                 with_engine(s, move |e| {
+                    if let Some(p) = &f.project {
+                        e.check_project(p)?;
+                    }
+                    // A network is named in the project asked for (default
+                    // the default project); without one, ports of all projects.
+                    let project = f.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+                    let key = f.net.as_deref().map(|n| crate::model::network_key(project, n).into_owned());
                     Ok(Json(
-                        e.ports(f.vm.as_deref(), f.net.as_deref())
+                        e.ports_of(f.project.as_deref(), f.vm.as_deref(), key.as_deref())
                             .into_iter()
                             .map(|p| e.port_view(p))
                             .collect::<Vec<_>>(),
@@ -596,7 +671,7 @@ mod tests {
                 b"",
                 400,
                 "invalid",
-                r#"invalid query string: colour: unknown field "colour", expected "vm" or "net""#,
+                r#"invalid query string: colour: unknown field "colour", expected one of "vm", "net", "project""#,
             ),
             ("GET", &long_path, None, b"", 404, "not_found", "(see `lanyard net list`)"),
             ("GET", "/v1/nope", None, b"", 404, "not_found", "no API endpoint GET /v1/nope"),
@@ -697,5 +772,54 @@ mod tests {
         );
         let e = decode::<Vec<PortSpec>>(br#"[{"net":"n","vm":"v","ip":[1]}]"#).unwrap_err();
         assert_eq!(e.message, "invalid request body: [0].ip: invalid type: sequence, expected a string");
+    }
+
+    #[tokio::test]
+    async fn networks_are_addressed_in_their_project() {
+        let app = app();
+        let (st, v, _) = send(&app, "POST", "/v1/projects", JSON, br#"{"name":"blue","description":"b"}"#).await;
+        assert_eq!((st, v["name"].as_str(), v["networks"].as_u64()), (201, Some("blue"), Some(0)), "{v}");
+        let blue = br#"{"name":"n1","mode":"nat","subnet":"10.8.0.0/24","project":"blue"}"#;
+        assert_eq!(send(&app, "POST", "/v1/networks", JSON, blue).await.0, 201);
+        assert_eq!(send(&app, "POST", "/v1/networks", JSON, NET.as_bytes()).await.0, 201);
+        // Without ?project= the default project's, as before projects.
+        let (_, v, _) = send(&app, "GET", "/v1/networks/n1", None, b"").await;
+        assert_eq!((v["project"].as_str(), v["subnet"].as_str()), (Some("default"), Some("10.9.0.0/24")), "{v}");
+        let (_, v, _) = send(&app, "GET", "/v1/networks/n1?project=blue", None, b"").await;
+        assert_eq!((v["project"].as_str(), v["subnet"].as_str()), (Some("blue"), Some("10.8.0.0/24")), "{v}");
+        let (_, v, _) = send(&app, "GET", "/v1/networks", None, b"").await;
+        assert_eq!(v.as_array().map(Vec::len), Some(2), "all projects: {v}");
+        let (_, v, _) = send(&app, "GET", "/v1/networks?project=blue", None, b"").await;
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        let port = br#"{"net":"n1","vm":"v","project":"blue"}"#;
+        let (st, v, _) = send(&app, "POST", "/v1/ports", JSON, port).await;
+        assert_eq!((st, v["project"].as_str(), v["net"].as_str()), (201, Some("blue"), Some("n1")), "{v}");
+        let (_, v, _) = send(&app, "GET", "/v1/ports?project=blue&net=n1", None, b"").await;
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        let (_, v, _) = send(&app, "GET", "/v1/ports?net=n1", None, b"").await;
+        assert_eq!(v, Value::Array(vec![]), "n1 of the default project has no ports");
+        let (_, v, _) = send(&app, "GET", "/v1/projects/blue", None, b"").await;
+        assert_eq!((v["networks"].as_u64(), v["ports"].as_u64()), (Some(1), Some(1)), "{v}");
+        let cases: Vec<Case> = vec![
+            ("GET", "/v1/networks?project=nope", None, b"", 404, "not_found", "no project named \"nope\""),
+            ("GET", "/v1/networks/n1?project=nope", None, b"", 404, "not_found", "lanyard project create nope"),
+            ("GET", "/v1/networks/n2?project=blue", None, b"", 404, "not_found", "in project \"blue\""),
+            ("GET", "/v1/networks?colour=red", None, b"", 400, "invalid", "unknown field \"colour\""),
+            ("GET", "/v1/ports?project=-x", None, b"", 400, "invalid", "invalid project name"),
+            ("DELETE", "/v1/projects/blue", None, b"", 409, "conflict", "owns 1 network (n1) and 1 port"),
+            ("DELETE", "/v1/projects/default", None, b"", 400, "invalid", "cannot be deleted"),
+            ("POST", "/v1/projects", JSON, br#"{"name":"blue"}"#, 409, "conflict", "already exists"),
+            ("POST", "/v1/projects", JSON, br#"{"name":"a/b"}"#, 400, "invalid", "invalid project name"),
+        ];
+        for (method, uri, ctype, body, status, kind, says) in cases {
+            let (got, v, _) = send(&app, method, uri, ctype, body).await;
+            assert_eq!((got, v["kind"].as_str()), (status, Some(kind)), "{method} {uri}: {v}");
+            assert!(v["error"].as_str().unwrap().contains(says), "{method} {uri}: {v}");
+        }
+        assert_eq!(send(&app, "DELETE", "/v1/networks/n1?project=blue", None, b"").await.0, 204);
+        assert_eq!(send(&app, "GET", "/v1/networks/n1", None, b"").await.0, 200, "the default project's n1 stays");
+        assert_eq!(send(&app, "DELETE", "/v1/projects/blue", None, b"").await.0, 204);
+        let (_, v, _) = send(&app, "GET", "/v1/projects", None, b"").await;
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
     }
 }

@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use crate::model::DEFAULT_PROJECT;
+
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/lanyard.sock";
 /// Default state directory.
@@ -53,6 +55,9 @@ pub enum Command {
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
     },
+    /// Projects: the owners of networks and ports.
+    #[command(subcommand)]
+    Project(ProjectCommand),
     /// Networks.
     #[command(subcommand)]
     Net(NetCommand),
@@ -77,6 +82,9 @@ pub enum Command {
         /// Network (default: $LANYARD_NET, else "default").
         #[arg(long, env = "LANYARD_NET", default_value = "default")]
         net: String,
+        /// The network's project (default: $LANYARD_PROJECT, else "default").
+        #[arg(long, env = "LANYARD_PROJECT", default_value = DEFAULT_PROJECT)]
+        project: String,
         /// VM name (default: $LANYARD_VM, else QEMU's -name, else the TAP's name).
         #[arg(long, env = "LANYARD_VM")]
         vm: Option<String>,
@@ -139,15 +147,22 @@ pub enum NetCommand {
         /// Start the network at boot.
         #[arg(long)]
         autostart: bool,
+        /// The project the network belongs to.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
     },
-    /// List active networks (like `virsh net-list`).
+    /// List active networks (like `virsh net-list`), of all projects
+    /// (with a Project column) or of one.
     List {
         /// Also inactive ones.
         #[arg(long)]
         all: bool,
+        /// Only this project's networks.
+        #[arg(long)]
+        project: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -156,6 +171,9 @@ pub enum NetCommand {
     Show {
         /// Network name.
         name: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -164,21 +182,33 @@ pub enum NetCommand {
     Delete {
         /// Network name.
         name: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
     },
     /// Start a stopped network.
     Start {
         /// Network name.
         name: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
     },
     /// Stop a network: bridge, rules and DHCP go; ports and leases stay.
     Stop {
         /// Network name.
         name: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
     },
     /// Mark a network to start at boot.
     Autostart {
         /// Network name.
         name: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
         /// Unmark it instead.
         #[arg(long)]
         disable: bool,
@@ -221,6 +251,9 @@ pub enum PortCommand {
         /// tap: group allowed to open the device.
         #[arg(long)]
         group: Option<String>,
+        /// The project of the network (and so of the port).
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -234,14 +267,18 @@ pub enum PortCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// List ports.
+    /// List ports, of all projects (with a Project column) or of one.
     List {
         /// Only this VM's ports.
         #[arg(long)]
         vm: Option<String>,
-        /// Only this network's ports.
+        /// Only this network's ports (a network of --project, default the
+        /// default project's).
         #[arg(long)]
         net: Option<String>,
+        /// Only this project's ports.
+        #[arg(long)]
+        project: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -272,6 +309,41 @@ pub enum PortCommand {
     },
 }
 
+/// `lanyard project ...`
+#[derive(Debug, Subcommand)]
+pub enum ProjectCommand {
+    /// Create a project.
+    Create {
+        /// Project name: 1-15 letters, digits, '-', '_' or '.', beginning with a letter or digit.
+        name: String,
+        /// Free text for people (at most 256 bytes).
+        #[arg(long)]
+        description: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List projects with what each owns.
+    List {
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Show one project.
+    Show {
+        /// Project name.
+        name: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete a project that owns no networks or ports (`default` stays).
+    Delete {
+        /// Project name.
+        name: String,
+    },
+}
+
 /// `lanyard lease ...`
 #[derive(Debug, Subcommand)]
 pub enum LeaseCommand {
@@ -279,6 +351,9 @@ pub enum LeaseCommand {
     List {
         /// Network name.
         net: String,
+        /// The network's project.
+        #[arg(long, default_value = DEFAULT_PROJECT)]
+        project: String,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -661,23 +736,70 @@ fn print(out: Output, value: &Value, render: impl FnOnce(&Value) -> String) -> R
     }
 }
 
-fn network_rows(v: &Value) -> String {
+/// `row` with the project's name first when `projects` is set.
+fn with_project_cell(projects: bool, item: &Value, row: Vec<String>) -> Vec<String> {
+    if projects {
+        std::iter::once(s(&item["project"])).chain(row).collect()
+    } else {
+        row
+    }
+}
+
+/// `headers` with "Project" first when `projects` is set.
+fn project_headers<'a>(projects: bool, headers: &[&'a str]) -> Vec<&'a str> {
+    let first = projects.then_some("Project");
+    first.into_iter().chain(headers.iter().copied()).collect()
+}
+
+/// `net list`; with a Project column when `projects` (all projects listed).
+fn network_rows(v: &Value, projects: bool) -> String {
     let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
         .flatten()
         .map(|n| {
-            vec![
+            let row = vec![
                 s(&n["name"]),
                 s(&n["state"]),
                 if n["autostart"] == true { "yes".into() } else { "no".into() },
                 s(&n["mode"]),
                 s(&n["bridge"]),
                 s(&n["subnet"]),
+            ];
+            with_project_cell(projects, n, row)
+        })
+        .collect();
+    table(&project_headers(projects, &["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"]), &rows)
+}
+
+/// `project list`: what each project owns.
+fn project_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            vec![
+                s(&p["name"]),
+                s(&p["networks"]),
+                s(&p["ports"]),
+                p["created"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
+                s(&p["description"]),
             ]
         })
         .collect();
-    table(&["Name", "State", "Autostart", "Mode", "Bridge", "Subnet"], &rows)
+    table(&["Name", "Networks", "Ports", "Created (UTC)", "Description"], &rows)
+}
+
+fn project_detail(p: &Value) -> String {
+    let fields = [
+        ("Name", s(&p["name"])),
+        ("Description", s(&p["description"])),
+        ("Created", p["created"].as_u64().map(|t| format!("{} UTC", utc(t))).unwrap_or_else(|| "-".into())),
+        ("Networks", s(&p["networks"])),
+        ("Ports", s(&p["ports"])),
+    ];
+    details(&fields, 13)
 }
 
 /// A key/value view (`net show`, `status`): keys padded to `width`, values
@@ -690,6 +812,7 @@ fn network_detail(n: &Value) -> String {
     let range = format!("{}-{}", s(&n["dhcp_range"]["first"]), s(&n["dhcp_range"]["last"]));
     let fields = [
         ("Name", s(&n["name"])),
+        ("Project", s(&n["project"])),
         ("State", s(&n["state"])),
         ("Autostart", if n["autostart"] == true { "yes".into() } else { "no".into() }),
         ("Mode", s(&n["mode"])),
@@ -748,14 +871,15 @@ fn status_detail(v: &Value) -> String {
     details(&rows, 22)
 }
 
-fn port_rows(v: &Value) -> String {
+/// `port list`; with a Project column when `projects` (all projects listed).
+fn port_rows(v: &Value, projects: bool) -> String {
     let rows: Vec<Vec<String>> = v
         .as_array()
         .into_iter()
         .flatten()
         .map(|p| {
             let model = if p["type"] == "tap" { "virtio" } else { "-" };
-            vec![
+            let row = vec![
                 s(&p["id"]),
                 s(&p["vm"]),
                 s(&p["ifname"]),
@@ -765,10 +889,11 @@ fn port_rows(v: &Value) -> String {
                 s(&p["mac"]),
                 s(&p["ip"]),
                 s(&p["vlan"]),
-            ]
+            ];
+            with_project_cell(projects, p, row)
         })
         .collect();
-    table(&["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP", "VLAN"], &rows)
+    table(&project_headers(projects, &["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP", "VLAN"]), &rows)
 }
 
 fn lease_rows(v: &Value) -> String {
@@ -832,6 +957,11 @@ fn bridge_rows(v: &Value) -> String {
     out
 }
 
+/// A query string value: [`pct`], and `&`, `=` and `+` too.
+fn query_value(s: &str) -> String {
+    pct(s).replace('&', "%26").replace('=', "%3D").replace('+', "%2B")
+}
+
 fn pct(s: &str) -> String {
     // Path segments are validated names, but encode the few characters that
     // would change the request's meaning anyway.
@@ -857,14 +987,18 @@ fn body_of(cmd: &Command) -> Option<Value> {
             mtu,
             domain,
             autostart,
+            project,
             out: _,
         }) => Some(json!({
             "name": name, "mode": mode.clone().unwrap_or_default(), "manager": manager,
             "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
             "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-            "autostart": autostart,
+            "autostart": autostart, "project": project,
         })),
+        Command::Project(ProjectCommand::Create { name, description, out: _ }) => {
+            Some(json!({ "name": name, "description": description }))
+        }
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set {
             uplink,
@@ -889,6 +1023,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             ip,
             owner,
             group,
+            project,
             out: _,
         }) => {
             // A trunk port without --native: listed under its first network,
@@ -897,7 +1032,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             let listed = net.clone().or_else(|| trunk.as_ref().and_then(|t| t.first().cloned())).unwrap_or_default();
             let mut body = json!({
                 "net": listed, "vm": vm, "type": port_type, "netns": netns, "ifname": ifname,
-                "mac": mac, "ip": ip, "owner": owner, "group": group,
+                "mac": mac, "ip": ip, "owner": owner, "group": group, "project": project,
             });
             if let Some(t) = trunk {
                 body["trunk"] = json!(t);
@@ -910,8 +1045,25 @@ fn body_of(cmd: &Command) -> Option<Value> {
 }
 
 /// What `qemu-ifup` registers: the TAP QEMU created, adopted as a port.
-fn ifup_body(net: &str, vm: &str, tap: &str, mac: &str) -> Value {
-    json!({ "net": net, "vm": vm, "type": "tap", "adopt": tap, "mac": mac })
+fn ifup_body(project: &str, net: &str, vm: &str, tap: &str, mac: &str) -> Value {
+    json!({ "project": project, "net": net, "vm": vm, "type": "tap", "adopt": tap, "mac": mac })
+}
+
+/// `path` with `?project=P` (when there is a project to name).
+fn with_project(path: &str, project: Option<&str>) -> String {
+    match project {
+        Some(p) => format!("{path}?project={}", query_value(p)),
+        None => path.to_string(),
+    }
+}
+
+/// " in project P", or nothing for the default project.
+fn in_project(project: &str) -> String {
+    if project == DEFAULT_PROJECT {
+        String::new()
+    } else {
+        format!(" in project {}", printable(project))
+    }
 }
 
 /// Runs a client command against the daemon.
@@ -924,38 +1076,56 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             let v = c.call("POST", "/v1/networks", body.as_ref())?;
             print(out.output, &v, network_detail)?;
         }
-        Command::Net(NetCommand::List { all, out }) => {
-            let mut v = c.call("GET", "/v1/networks", None)?;
+        Command::Project(ProjectCommand::Create { out, .. }) => {
+            let v = c.call("POST", "/v1/projects", body.as_ref())?;
+            print(out.output, &v, project_detail)?;
+        }
+        Command::Project(ProjectCommand::List { out }) => {
+            let v = c.call("GET", "/v1/projects", None)?;
+            print(out.output, &v, project_rows)?;
+        }
+        Command::Project(ProjectCommand::Show { name, out }) => {
+            let v = c.call("GET", &format!("/v1/projects/{}", pct(&name)), None)?;
+            print(out.output, &v, project_detail)?;
+        }
+        Command::Project(ProjectCommand::Delete { name }) => {
+            c.call("DELETE", &format!("/v1/projects/{}", pct(&name)), None)?;
+            emit(&format!("Project {} deleted\n", printable(&name)))?;
+        }
+        Command::Net(NetCommand::List { all, project, out }) => {
+            let mut v = c.call("GET", &with_project("/v1/networks", project.as_deref()), None)?;
             if let (false, Some(list)) = (all, v.as_array_mut()) {
                 list.retain(|n| n["state"] == "active");
             }
-            print(out.output, &v, network_rows)?;
+            // All projects (the admin's view): which project each row is.
+            print(out.output, &v, |v| network_rows(v, project.is_none()))?;
         }
-        Command::Net(NetCommand::Show { name, out }) => {
-            let v = c.call("GET", &format!("/v1/networks/{}", pct(&name)), None)?;
+        Command::Net(NetCommand::Show { name, project, out }) => {
+            let v = c.call("GET", &with_project(&format!("/v1/networks/{}", pct(&name)), Some(&project)), None)?;
             print(out.output, &v, network_detail)?;
         }
-        Command::Net(NetCommand::Delete { name }) => {
-            c.call("DELETE", &format!("/v1/networks/{}", pct(&name)), None)?;
-            emit(&format!("Network {} deleted\n", printable(&name)))?;
+        Command::Net(NetCommand::Delete { name, project }) => {
+            c.call("DELETE", &with_project(&format!("/v1/networks/{}", pct(&name)), Some(&project)), None)?;
+            emit(&format!("Network {}{} deleted\n", printable(&name), in_project(&project)))?;
         }
-        Command::Net(NetCommand::Start { name }) => {
-            c.call("POST", &format!("/v1/networks/{}/start", pct(&name)), None)?;
-            emit(&format!("Network {} started\n", printable(&name)))?;
+        Command::Net(NetCommand::Start { name, project }) => {
+            c.call("POST", &with_project(&format!("/v1/networks/{}/start", pct(&name)), Some(&project)), None)?;
+            emit(&format!("Network {}{} started\n", printable(&name), in_project(&project)))?;
         }
-        Command::Net(NetCommand::Stop { name }) => {
-            c.call("POST", &format!("/v1/networks/{}/stop", pct(&name)), None)?;
-            emit(&format!("Network {} stopped\n", printable(&name)))?;
+        Command::Net(NetCommand::Stop { name, project }) => {
+            c.call("POST", &with_project(&format!("/v1/networks/{}/stop", pct(&name)), Some(&project)), None)?;
+            emit(&format!("Network {}{} stopped\n", printable(&name), in_project(&project)))?;
         }
-        Command::Net(NetCommand::Autostart { name, disable }) => {
-            c.call("POST", &format!("/v1/networks/{}/autostart", pct(&name)), body.as_ref())?;
+        Command::Net(NetCommand::Autostart { name, disable, project }) => {
+            let path = with_project(&format!("/v1/networks/{}/autostart", pct(&name)), Some(&project));
+            c.call("POST", &path, body.as_ref())?;
             let how = if disable { "unmarked as" } else { "marked as" };
-            emit(&format!("Network {} {how} autostarted\n", printable(&name)))?;
+            emit(&format!("Network {}{} {how} autostarted\n", printable(&name), in_project(&project)))?;
         }
         Command::Port(PortCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/ports", body.as_ref())?;
             print(out.output, &v, |p| {
-                let mut t = port_rows(&Value::Array(vec![p.clone()]));
+                let mut t = port_rows(&Value::Array(vec![p.clone()]), false);
                 if let Some(q) = p["qemu_args"].as_str() {
                     t.push_str(&format!("\nQEMU: {}\n", printable(q)));
                 }
@@ -978,19 +1148,22 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                 kind: "invalid".into(),
             })?;
             let v = c.call("POST", "/v1/ports/batch", Some(&specs))?;
-            print(out.output, &v, port_rows)?;
+            print(out.output, &v, |v| port_rows(v, true))?;
         }
-        Command::Port(PortCommand::List { vm, net, out }) => {
+        Command::Port(PortCommand::List { vm, net, project, out }) => {
             let mut q = Vec::new();
             if let Some(v) = vm {
-                q.push(format!("vm={}", pct(&v)));
+                q.push(format!("vm={}", query_value(&v)));
             }
             if let Some(n) = net {
-                q.push(format!("net={}", pct(&n)));
+                q.push(format!("net={}", query_value(&n)));
+            }
+            if let Some(p) = &project {
+                q.push(format!("project={}", query_value(p)));
             }
             let path = if q.is_empty() { "/v1/ports".to_string() } else { format!("/v1/ports?{}", q.join("&")) };
             let v = c.call("GET", &path, None)?;
-            print(out.output, &v, port_rows)?;
+            print(out.output, &v, |v| port_rows(v, project.is_none()))?;
         }
         Command::Port(PortCommand::Delete { id }) => {
             c.call("DELETE", &format!("/v1/ports/{}", pct(&id)), None)?;
@@ -1016,8 +1189,9 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                 (Output::Table, None) => emit(&seed_text(&seed))?,
             }
         }
-        Command::Lease(LeaseCommand::List { net, out }) => {
-            let v = c.call("GET", &format!("/v1/networks/{}/leases", pct(&net)), None)?;
+        Command::Lease(LeaseCommand::List { net, project, out }) => {
+            let v =
+                c.call("GET", &with_project(&format!("/v1/networks/{}/leases", pct(&net)), Some(&project)), None)?;
             print(out.output, &v, lease_rows)?;
         }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
@@ -1028,7 +1202,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             let v = c.call("GET", "/v1/managers/vlan", None)?;
             print(out.output, &v, vlan_manager_detail)?;
         }
-        Command::QemuIfup { ifname, net, vm, mac } => {
+        Command::QemuIfup { ifname, net, project, vm, mac } => {
             let qemu_args = parent_cmdline();
             let mac =
                 mac.or_else(|| guest_mac_from_qemu_args(&qemu_args, &ifname)).ok_or_else(|| CliError::Refused {
@@ -1038,9 +1212,10 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                     kind: "invalid".into(),
                 })?;
             let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
-            let v = c.call("POST", "/v1/ports", Some(&ifup_body(&net, &vm, &ifname, &mac)))?;
+            let v = c.call("POST", "/v1/ports", Some(&ifup_body(&project, &net, &vm, &ifname, &mac)))?;
             note(&format!(
-                "lanyard: {ifname} attached to {net} as port {} ({} {})",
+                "lanyard: {ifname} attached to {net}{} as port {} ({} {})",
+                in_project(&project),
                 s(&v["id"]),
                 s(&v["mac"]),
                 s(&v["ip"])
@@ -1219,8 +1394,17 @@ mod tests {
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!((spec.netns.as_deref(), spec.group.as_deref()), (Some("ns1"), Some("kvm")));
         let spec: crate::model::PortSpec =
-            serde_json::from_value(ifup_body("n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
-        assert_eq!(spec.adopt.as_deref(), Some("tap0"));
+            serde_json::from_value(ifup_body("blue", "n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
+        assert_eq!((spec.adopt.as_deref(), spec.project.as_deref()), (Some("tap0"), Some("blue")));
+        let body = body_of(&parse("lanyard project create blue --description team -o json")).unwrap();
+        let spec: crate::model::ProjectSpec = serde_json::from_value(body).unwrap();
+        assert_eq!((spec.name.as_str(), spec.description.as_deref()), ("blue", Some("team")));
+        let body = body_of(&parse("lanyard net create n1 --mode nat --subnet 10.0.0.0/24 --project blue")).unwrap();
+        let spec: crate::model::NetworkSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.project.as_deref(), Some("blue"));
+        let body = body_of(&parse("lanyard port create --net n1 --vm v --project blue")).unwrap();
+        let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.project.as_deref(), Some("blue"));
         for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));
@@ -1254,6 +1438,28 @@ mod tests {
         };
         assert_eq!((format.as_str(), iso, force), ("cloud-init", None, false));
         assert!(Cli::try_parse_from(["lanyard", "port", "config", "abc", "--force"]).is_err(), "--force needs --iso");
+    }
+
+    #[test]
+    fn listings_of_all_projects_name_the_project_first() {
+        let nets = json!([
+            {"project": "blue", "name": "private", "state": "active", "autostart": false, "mode": "nat", "bridge": "lybr1", "subnet": "10.2.0.0/24"},
+            {"project": "default", "name": "private", "state": "active", "autostart": true, "mode": "nat", "bridge": "lybr0", "subnet": "10.1.0.0/24"},
+        ]);
+        assert_eq!(
+            network_rows(&nets, true),
+            " Project   Name      State    Autostart   Mode   Bridge   Subnet\n\
+             ---------------------------------------------------------------------\n \
+             blue      private   active   no          nat    lybr1    10.2.0.0/24\n \
+             default   private   active   yes         nat    lybr0    10.1.0.0/24\n"
+        );
+        assert!(network_rows(&nets, false).starts_with(" Name "));
+        let ports = json!([{"project": "blue", "id": "0011aabb", "vm": "v", "ifname": "ly0011aabb", "type": "tap", "net": "private", "mac": "52:54:00:00:00:01", "ip": "10.2.0.2"}]);
+        let t = port_rows(&ports, true);
+        assert!(t.starts_with(" Project   ID ") && t.contains("\n blue      0011aabb "), "{t}");
+        assert!(port_rows(&ports, false).starts_with(" ID "));
+        assert_eq!(with_project("/v1/networks/n", Some("a&b")), "/v1/networks/n?project=a%26b");
+        assert_eq!(with_project("/v1/networks", None), "/v1/networks");
     }
 
     #[test]
@@ -1308,10 +1514,14 @@ mod tests {
         assert_eq!(&lines[2][kind_col..], "dynamic", "{t}");
         assert_eq!(&lines[3][kind_col..], "dynamic", "{t}");
         let ports = json!([{"id": "0011aabb", "vm": hostile, "ifname": "ly0011aabb", "type": "veth", "net": "n", "mac": "52:54:00:00:00:01", "ip": null}]);
-        let t = port_rows(&ports);
+        let t = port_rows(&ports, true);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
-        assert!(inert(&t) && t.lines().count() == 15, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 16, "{t:?}");
+        let t = project_rows(&json!([{"name": "p", "description": hostile, "created": 0, "networks": 1, "ports": 0}]));
+        assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
+        let t = project_detail(&json!({"name": "p", "description": hostile}));
+        assert!(inert(&t) && t.lines().count() == 5, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(
@@ -1320,7 +1530,7 @@ mod tests {
         // brctl separates its columns with tabs; the cells hold none.
         assert!(inert(&t.replace('\t', " ")) && t.lines().count() == 3, "{t:?}");
         assert!(t.lines().all(|l| l.matches('\t').count() == 3), "{t:?}");
-        let t = network_rows(&json!([{"name": "n", "state": "active", "mode": hostile}]));
+        let t = network_rows(&json!([{"name": "n", "state": "active", "mode": hostile, "project": hostile}]), true);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
     }
 

@@ -344,7 +344,7 @@ impl AddressBook {
             LeaseKind::Dynamic => self.claimable_name(mac, hostname, now),
         };
         let lease = Lease {
-            net: self.net.name.clone(),
+            net: self.net.key().into_owned(),
             expiry: now + u64::from(lease_secs),
             mac,
             ip,

@@ -5,6 +5,7 @@
 //! asked for; [`Network`] and [`Port`] are the validated, fully defaulted
 //! records the store keeps and the planner reads.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -137,7 +138,8 @@ impl FromStr for DhcpRange {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
-    /// Network name (also used as the default DNS domain).
+    /// Network name (also used as the default DNS domain), unique within
+    /// its project.
     pub name: String,
     /// Mode name, e.g. "nat".
     pub mode: String,
@@ -174,6 +176,9 @@ pub struct NetworkSpec {
     /// uplink).
     #[serde(default)]
     pub vlan_backend: Option<String>,
+    /// The project the network belongs to (default [`DEFAULT_PROJECT`]).
+    #[serde(default)]
+    pub project: Option<String>,
     /// nova-network's manager: "flat" or "flatdhcp" (the mode is then nat).
     #[serde(default)]
     pub manager: Option<String>,
@@ -293,8 +298,12 @@ pub enum NetState {
 /// A validated network record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
-    /// Unique name.
+    /// Name, unique within its project.
     pub name: String,
+    /// The project the network belongs to; records written before projects
+    /// existed are the default project's.
+    #[serde(default = "default_project")]
+    pub project: String,
     /// How the network reaches the world.
     pub mode: Mode,
     /// IPv4 subnet.
@@ -340,6 +349,12 @@ pub struct Network {
 }
 
 impl Network {
+    /// The network's key inside lanyard (store rows, ports' `net`, leases,
+    /// ownership marks, logs): see [`network_key`].
+    pub fn key(&self) -> Cow<'_, str> {
+        network_key(&self.project, &self.name)
+    }
+
     /// Whether the host has an address on this network (every mode but an
     /// L2-only bridge-mode network on a VLAN).
     pub fn has_host_address(&self) -> bool {
@@ -410,6 +425,78 @@ impl Network {
     /// the network address, the broadcast address nor the gateway.
     pub fn is_assignable(&self, ip: Ipv4Addr) -> bool {
         self.subnet.contains(&ip) && ip != self.subnet.network() && ip != self.subnet.broadcast() && ip != self.gateway
+    }
+}
+
+/// The project every installation has: it cannot be deleted, and
+/// networks and ports made without `--project` belong to it.
+pub const DEFAULT_PROJECT: &str = "default";
+
+fn default_project() -> String {
+    DEFAULT_PROJECT.to_string()
+}
+
+/// A network's key inside lanyard: its name in the default project,
+/// `PROJECT/NAME` in any other. Names never contain '/', so keys are
+/// unambiguous, and the default project's keys are the names networks had
+/// before projects existed (an upgraded daemon finds its own ownership
+/// marks and plans nothing).
+pub fn network_key<'a>(project: &str, name: &'a str) -> Cow<'a, str> {
+    if project == DEFAULT_PROJECT {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(format!("{project}/{name}"))
+    }
+}
+
+/// Checks a project name: the rules of network names.
+pub fn validate_project_name(name: &str) -> Result<(), ModelError> {
+    validate_name("project name", name, IFNAME_MAX)
+}
+
+/// The longest project description, in bytes.
+pub const DESCRIPTION_MAX: usize = 256;
+
+/// A project as the user asked for it; unknown fields are refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProjectSpec {
+    /// Project name (the rules of network names).
+    pub name: String,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: Option<String>,
+}
+
+/// A tenant: networks and ports belong to exactly one project, and names
+/// are unique within it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Project {
+    /// Unique name.
+    pub name: String,
+    /// Free text for people.
+    #[serde(default)]
+    pub description: String,
+    /// Unix time it was created.
+    pub created: u64,
+}
+
+impl ProjectSpec {
+    /// Validates the spec; `now` is the creation time.
+    pub fn validate(&self, now: u64) -> Result<Project, ModelError> {
+        validate_project_name(&self.name)?;
+        let description = self.description.clone().unwrap_or_default();
+        if description.len() > DESCRIPTION_MAX {
+            return Err(invalid(
+                "description",
+                &description,
+                format!("is {} bytes, at most {DESCRIPTION_MAX} are allowed", description.len()),
+            ));
+        }
+        if let Some(c) = description.chars().find(|c| c.is_control()) {
+            return Err(invalid("description", &description, format!("contains the control character {c:?}")));
+        }
+        Ok(Project { name: self.name.clone(), description, created: now })
     }
 }
 
@@ -493,6 +580,8 @@ impl NetworkSpec {
     /// `default_bridge` is used when no bridge was named.
     pub fn validate(&self, default_bridge: impl FnOnce() -> String) -> Result<Network, ModelError> {
         validate_ifname("network name", &self.name)?;
+        let project = self.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        validate_project_name(project)?;
         let manager = self.manager.as_deref().map(str::parse::<Manager>).transpose()?;
         let mode = self.mode()?;
         if manager.is_some() && self.vlan.is_some() {
@@ -607,6 +696,7 @@ impl NetworkSpec {
         };
         Ok(Network {
             name: self.name.clone(),
+            project: project.to_string(),
             mode,
             subnet,
             gateway,
@@ -760,8 +850,12 @@ impl FromStr for PortType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
-    /// Network to attach to.
+    /// Network to attach to (a name in `project`).
     pub net: String,
+    /// The project of the network (default [`DEFAULT_PROJECT`]); the port
+    /// belongs to it too.
+    #[serde(default)]
+    pub project: Option<String>,
     /// Name of the VM that owns the port.
     pub vm: String,
     /// "tap" (default) or "veth".
@@ -819,6 +913,7 @@ impl PortSpec {
     /// Validates the spec's own fields.
     pub fn check(&self) -> Result<CheckedPortSpec, ModelError> {
         validate_ifname("network name", &self.net)?;
+        validate_project_name(self.project.as_deref().unwrap_or(DEFAULT_PROJECT))?;
         validate_vm_name(&self.vm)?;
         let port_type = match &self.port_type {
             Some(t) => t.parse()?,
@@ -887,7 +982,11 @@ impl PortSpec {
 pub struct Port {
     /// Short unique id (8 hex digits).
     pub id: String,
-    /// Network it belongs to.
+    /// The project it belongs to (its network's); records written before
+    /// projects existed are the default project's.
+    #[serde(default = "default_project")]
+    pub project: String,
+    /// Network it belongs to, by key ([`network_key`]).
     pub net: String,
     /// Owning VM's name.
     pub vm: String,
@@ -913,7 +1012,8 @@ pub struct Port {
     /// attaches it but never creates or deletes it.
     #[serde(default)]
     pub adopted: bool,
-    /// A trunk port: the VLAN networks carried tagged to the guest.
+    /// A trunk port: the VLAN networks carried tagged to the guest (keys,
+    /// all in the port's project).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trunk: Vec<String>,
     /// Whether the guest's untagged frames are `net`'s.
@@ -947,7 +1047,7 @@ impl Port {
 /// One DHCP lease, in the shape of dnsmasq's lease file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// Network the lease belongs to.
+    /// Network the lease belongs to, by key ([`network_key`]).
     pub net: String,
     /// Unix time the lease ends.
     pub expiry: u64,
@@ -1182,5 +1282,49 @@ mod tests {
         p.mac = None;
         p.vm = "a b".into();
         assert!(p.check().is_err());
+    }
+
+    #[test]
+    fn network_keys_are_names_in_the_default_project() {
+        assert_eq!(network_key(DEFAULT_PROJECT, "private"), "private");
+        assert!(matches!(network_key(DEFAULT_PROJECT, "private"), Cow::Borrowed(_)));
+        assert_eq!(network_key("blue", "private"), "blue/private");
+        let mut n = test_network("private", "10.1.0.0/24", "b0");
+        assert_eq!((n.project.as_str(), n.key().as_ref()), ("default", "private"));
+        n.project = "blue".into();
+        assert_eq!(n.key(), "blue/private");
+        // Records written before projects existed are the default project's.
+        let mut old = serde_json::to_value(test_network("private", "10.1.0.0/24", "b0")).unwrap();
+        old.as_object_mut().unwrap().remove("project");
+        let n: Network = serde_json::from_value(old).unwrap();
+        assert_eq!(n.project, DEFAULT_PROJECT);
+        let p: Port = serde_json::from_str(
+            r#"{"id":"0011aabb","net":"n","vm":"v","type":"tap","ifname":"ly0011aabb","mac":"52:54:00:00:00:01",
+                "ip":null,"netns":null,"peer_ifname":null,"owner":null,"group":null}"#,
+        )
+        .unwrap();
+        assert_eq!(p.project, DEFAULT_PROJECT);
+    }
+
+    #[test]
+    fn projects_follow_the_rules_of_network_names() {
+        let spec = |name: &str, d: Option<&str>| ProjectSpec { name: name.into(), description: d.map(String::from) };
+        let p = spec("blue", Some("the blue team")).validate(7).unwrap();
+        assert_eq!((p.name.as_str(), p.description.as_str(), p.created), ("blue", "the blue team", 7));
+        for bad in ["", "a/b", "-x", ".hidden", "sixteen-bytes-xx", "a b"] {
+            let e = spec(bad, None).validate(0).unwrap_err().to_string();
+            assert!(e.starts_with("invalid project name"), "{bad:?}: {e}");
+        }
+        assert!(spec("p", Some(&"x".repeat(DESCRIPTION_MAX + 1))).validate(0).is_err());
+        assert!(spec("p", Some("two\nlines")).validate(0).unwrap_err().to_string().contains("control character"));
+        // A network or port request names its project by the same rules.
+        let mut n =
+            NetworkSpec { name: "n".into(), mode: "nat".into(), subnet: "10.9.0.0/24".into(), ..Default::default() };
+        n.project = Some("a/b".into());
+        assert!(n.validate(|| "b0".into()).unwrap_err().to_string().starts_with("invalid project name"));
+        n.project = Some("blue".into());
+        assert_eq!(n.validate(|| "b0".into()).unwrap().key(), "blue/n");
+        let p = PortSpec { net: "n".into(), vm: "v".into(), project: Some("-p".into()), ..Default::default() };
+        assert!(p.check().unwrap_err().to_string().starts_with("invalid project name"));
     }
 }

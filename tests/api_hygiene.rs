@@ -372,7 +372,7 @@ fn wrong_requests_get_json_errors_and_change_nothing() {
             "",
             400,
             "invalid",
-            r#"invalid query string: colour: unknown field "colour", expected "vm" or "net""#,
+            r#"invalid query string: colour: unknown field "colour", expected one of "vm", "net", "project""#,
         ),
         // Content types.
         case("no Content-Type", "POST", "/v1/networks", None, spec(""), 415, "invalid", "missing Content-Type"),

@@ -19,10 +19,13 @@ const MAC: &str = "52:54:00:aa:bb:01";
 const IP: &str = "192.168.122.10";
 /// A link in the host namespace that lanyard does not own.
 const TAKEN: &str = "taken0";
+/// A project that owns the network `mine`.
+const OWNER: &str = "owner";
 
 /// Everything that must not change when a request is refused.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
+    projects: Value,
     nets: Value,
     ports: Value,
     leases: Value,
@@ -44,7 +47,8 @@ fn links_without_operstate(host: &Host) -> Value {
 
 fn snapshot(host: &Host) -> Snapshot {
     Snapshot {
-        nets: host.cli_json(&["net", "list"]),
+        projects: host.cli_json(&["project", "list"]),
+        nets: host.cli_json(&["net", "list", "--all"]),
         ports: host.cli_json(&["port", "list"]),
         leases: host.cli_json(&["lease", "list", NET]),
         links: links_without_operstate(host),
@@ -76,6 +80,7 @@ fn diff(before: &Snapshot, after: &Snapshot) -> String {
             let _ = write!(out, "\n        + {new}");
         }
     };
+    part("project list", items(&before.projects), items(&after.projects));
     part("net list", items(&before.nets), items(&after.nets));
     part("port list", items(&before.ports), items(&after.ports));
     part("lease list", items(&before.leases), items(&after.leases));
@@ -138,6 +143,9 @@ fn wrong_input_is_refused_without_side_effects() {
     let spare = Netns::new("spare");
     assert_eq!((port["mac"].as_str(), port["ip"].as_str()), (Some(MAC), Some(IP)), "the valid port: {port}");
     host.ns.ip_ok(&["link", "add", "name", TAKEN, "type", "veth", "peer", "name", "taken1"]);
+    // A project that owns a network, for the project cases.
+    host.cli_ok(&["project", "create", OWNER]);
+    host.cli_ok(&["net", "create", "mine", "--mode", "nat", "--subnet", "10.99.0.0/24", "--project", OWNER]);
     let spare_ns = spare.name().to_string();
     let missing_ns = unique("miss"); // never created
 
@@ -379,6 +387,68 @@ fn wrong_input_is_refused_without_side_effects() {
         case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("leases of unknown network", argv(&["lease", "list", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
+        // Projects.
+        case(
+            "network in an unknown project",
+            net_create("n1", "10.10.0.0/24", &["--project", "nosuchproject"]),
+            NOT_FOUND,
+            &["no project named \"nosuchproject\"; create it with `lanyard project create nosuchproject`"],
+        ),
+        case(
+            "port in an unknown project",
+            port_create(NET, &spare_ns, "eth0", &["--project", "nosuchproject"]),
+            NOT_FOUND,
+            &["no project named \"nosuchproject\""],
+        ),
+        case(
+            "list of an unknown project",
+            argv(&["net", "list", "--project", "nosuchproject"]),
+            NOT_FOUND,
+            &["nosuchproject"],
+        ),
+        case(
+            "show in an unknown project",
+            argv(&["net", "show", NET, "--project", "nosuchproject"]),
+            NOT_FOUND,
+            &["nosuchproject"],
+        ),
+        case("network of another project", argv(&["net", "show", "mine"]), NOT_FOUND, &["no network named \"mine\""]),
+        case(
+            "port on a network of another project",
+            port_create("mine", &spare_ns, "eth0", &[]),
+            NOT_FOUND,
+            &["no network named \"mine\""],
+        ),
+        case(
+            "duplicate network name in one project",
+            net_create("mine", "10.10.0.0/24", &["--project", OWNER]),
+            CONFLICT,
+            &["\"mine\" already exists in project \"owner\""],
+        ),
+        case(
+            "bad project name (slash)",
+            net_create("n1", "10.10.0.0/24", &["--project", "a/b"]),
+            INVALID,
+            &["project name"],
+        ),
+        case("project name beginning with _", argv(&["project", "create", "_p"]), INVALID, &[LEADING]),
+        case("project name too long", argv(&["project", "create", "sixteen-bytes-xx"]), INVALID, &["project name"]),
+        case(
+            "project description too long",
+            argv(&["project", "create", "p1", "--description", &"d".repeat(300)]),
+            INVALID,
+            &["description"],
+        ),
+        case("duplicate project", argv(&["project", "create", OWNER]), CONFLICT, &["already exists"]),
+        case("show unknown project", argv(&["project", "show", "nosuchproject"]), NOT_FOUND, &["nosuchproject"]),
+        case("delete unknown project", argv(&["project", "delete", "nosuchproject"]), NOT_FOUND, &["nosuchproject"]),
+        case(
+            "delete a project that owns a network",
+            argv(&["project", "delete", OWNER]),
+            CONFLICT,
+            &["project \"owner\" owns 1 network (mine) and 0 ports; delete them first"],
+        ),
+        case("delete the default project", argv(&["project", "delete", "default"]), INVALID, &["cannot be deleted"]),
     ];
 
     // Let the kernel settle (bridge carrier etc.) before taking the baseline.

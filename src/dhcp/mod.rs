@@ -226,7 +226,7 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
             }
         }
         MessageType::Release => {
-            let net = book.network().name.clone();
+            let net = book.network().key().into_owned();
             match book.release(mac, req.ciaddr) {
                 Some(l) => Decision {
                     persist: vec![LeaseChange::Remove { net, ip: l.ip }],
@@ -238,7 +238,7 @@ pub fn handle(book: &mut AddressBook, cfg: &DhcpConfig, req: &Request, now: u64)
             }
         }
         MessageType::Decline => {
-            let net = book.network().name.clone();
+            let net = book.network().key().into_owned();
             let Some(ip) = req.requested_ip else { return Decision::silent() };
             match book.decline(mac, ip, now) {
                 Some(l) => Decision {

@@ -12,7 +12,7 @@ impl Engine {
             .iter()
             .find(|p| p.id == id)
             .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
-        let net = self.networks.iter().find(|n| n.name == port.net).ok_or_else(|| {
+        let net = self.networks.iter().find(|n| n.key() == port.net).ok_or_else(|| {
             EngineError::Internal(format!("port {id} is on network {:?}, which is unknown", port.net))
         })?;
         match format {

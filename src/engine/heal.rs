@@ -81,7 +81,7 @@ impl Engine {
         for ev in events {
             match ev {
                 KernelEvent::Overflow => {
-                    scope.networks.extend(active().map(|n| n.name.clone()));
+                    scope.networks.extend(active().map(|n| n.key().into_owned()));
                     scope.ports.extend(self.ports.iter().map(|p| p.id.clone()));
                     scope.firewall = true;
                 }
@@ -93,7 +93,7 @@ impl Engine {
                             || n.uplink.as_deref() == Some(name.as_str())
                             || planner::links::network_vlan_device(n).as_deref() == Some(name.as_str())
                     }) {
-                        scope.networks.insert(net.name.clone());
+                        scope.networks.insert(net.key().into_owned());
                     }
                     if let Some(id) = self.index.ifnames.get(name) {
                         scope.ports.insert(id.clone());
@@ -110,7 +110,8 @@ impl Engine {
     }
 
     fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
-        let nets: Vec<Network> = self.networks.iter().filter(|n| scope.networks.contains(&n.name)).cloned().collect();
+        let nets: Vec<Network> =
+            self.networks.iter().filter(|n| scope.networks.contains(n.key().as_ref())).cloned().collect();
         // A VLAN-filtering bridge is planned with every network on it.
         let groups = planner::filtering::groups(
             self.networks
@@ -130,7 +131,7 @@ impl Engine {
                 Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
             let bridge_ops = planner::links::bridge_ops(net, &observed);
             if rebuilds(&bridge_ops) {
-                rebuilt.insert(net.name.clone());
+                rebuilt.insert(net.key().into_owned());
             }
             ops.extend(bridge_ops);
         }
@@ -139,7 +140,7 @@ impl Engine {
                 Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(group[0])?, ip_forward: true };
             let group_ops = planner::filtering::bridge_ops(uplink, group, &observed);
             if rebuilds(&group_ops) {
-                rebuilt.extend(group.iter().map(|n| n.name.clone()));
+                rebuilt.extend(group.iter().map(|n| n.key().into_owned()));
             }
             ops.extend(group_ops);
         }
@@ -160,8 +161,8 @@ impl Engine {
             ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
         let port_names: Vec<&str> = port_names.iter().map(String::as_str).collect();
         let links = self.kernel.observe_links(&port_names)?;
-        let active: BTreeMap<&str, &Network> =
-            self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
+        let active: BTreeMap<std::borrow::Cow<'_, str>, &Network> =
+            self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
         for p in &ports {
             ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), &self.trunk_of(p), &links));
         }
@@ -177,7 +178,7 @@ impl Engine {
         // Servers bound to a bridge that was re-created (or whose gateway
         // address came back) listen on a device that is gone: restart them.
         for name in &rebuilt {
-            if let Some(net) = self.networks.iter().find(|n| &n.name == name).cloned() {
+            if let Some(net) = self.networks.iter().find(|n| n.key() == *name).cloned() {
                 self.services.stop(name);
                 self.ensure_services(&net);
             }

@@ -19,6 +19,7 @@
 //! - [`networks`]: create, delete, start, stop, autostart;
 //! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
+//! - [`projects`]: create, delete, and (project, name) -> network key;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
@@ -30,6 +31,7 @@ pub mod host;
 pub mod managers;
 pub mod networks;
 pub mod ports;
+pub mod projects;
 pub mod services;
 
 use std::collections::{HashMap, HashSet};
@@ -37,7 +39,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::ipam::{AddressBook, IpamError};
 use crate::kernel::{ApplyError, Coexistence, Kernel, KernelError, Observed, Op, Plan, Table, Tables};
-use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType};
+use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType, Project};
 use crate::planner;
 use crate::store::{Store, StoreError};
 
@@ -111,7 +113,7 @@ pub struct BridgeView {
     pub vlan: Option<u16>,
     /// Bridge name.
     pub name: String,
-    /// Network it serves.
+    /// Network it serves, by key (`PROJECT/NAME` outside the default project).
     pub net: String,
     /// Bridge id (priority.MAC).
     pub bridge_id: String,
@@ -129,6 +131,8 @@ pub struct BridgeView {
 /// `lanyard status`: counts and the self-healing record.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusView {
+    /// Projects.
+    pub projects: usize,
     /// Defined networks.
     pub networks: usize,
     /// Active networks.
@@ -206,9 +210,12 @@ pub struct Engine {
     kernel: Arc<dyn Kernel>,
     services: Box<dyn Services>,
     host: Arc<dyn Host>,
+    /// Projects, by name.
+    projects: Vec<Project>,
     networks: Vec<Network>,
     ports: Vec<Port>,
     index: PortIndex,
+    /// Address books by network key.
     books: HashMap<String, Arc<Mutex<AddressBook>>>,
     /// The firewall tables the kernel is known to hold (lanyard is their
     /// only writer, so after start it need not ask nftables).
@@ -226,6 +233,7 @@ impl Engine {
     /// Loads the stored state and reconciles the kernel with it.
     pub fn start(parts: Parts) -> Result<Self, EngineError> {
         let Parts { store, kernel, services, host } = parts;
+        let projects = store.projects()?;
         let networks = store.networks()?;
         let ports = store.ports()?;
         let leases = store.leases()?;
@@ -235,6 +243,7 @@ impl Engine {
             services,
             host,
             index: PortIndex::of(&ports),
+            projects,
             networks,
             ports,
             books: HashMap::new(),
@@ -242,8 +251,9 @@ impl Engine {
             repair_stats: heal::RepairStats::default(),
             coexistence: Coexistence::default(),
         };
+        engine.ensure_default_project()?;
         for net in &engine.networks {
-            engine.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+            engine.books.insert(net.key().into_owned(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
         }
         for p in &engine.ports {
             if let Some(b) = engine.books.get(&p.net) {
@@ -316,12 +326,17 @@ impl Engine {
                 // reboot, say): lanyard touches nothing of it and keeps the
                 // network down until the name is free.
                 if net.state == NetState::Active || net.autostart {
+                    let project = if net.project == crate::model::DEFAULT_PROJECT {
+                        String::new()
+                    } else {
+                        format!("--project {} ", net.project)
+                    };
                     tracing::error!(
-                        net = net.name,
+                        net = %net.key(),
                         "interface {} exists and is not lanyard's (no lanyard mark): network {:?} stays stopped; \
-                         remove or rename that interface, then `lanyard net start {}`",
+                         remove or rename that interface, then `lanyard net start {project}{}`",
                         link.name,
-                        net.name,
+                        net.key(),
                         net.name
                     );
                 }
@@ -333,7 +348,7 @@ impl Engine {
             }
             if let Some(uplink) = net.uplink.as_deref().filter(|u| !observed.links.contains_key(*u)) {
                 tracing::warn!(
-                    net = net.name,
+                    net = %net.key(),
                     "uplink {uplink} is missing: the bridge comes up without it and takes it when it appears"
                 );
             }
@@ -358,7 +373,7 @@ impl Engine {
             if want != net.state {
                 net.state = want;
                 self.store.put_network(net)?;
-                tracing::info!(net = net.name, state = ?want, "boot state");
+                tracing::info!(net = %net.key(), state = ?want, "boot state");
             }
         }
         // Setting a bridge's MAC, even to the one it has, pins it.
@@ -407,7 +422,7 @@ impl Engine {
         if net.state != NetState::Active || !net.mode.serves_dhcp() {
             return;
         }
-        let Some(book) = self.books.get(&net.name).cloned() else { return };
+        let Some(book) = self.books.get(net.key().as_ref()).cloned() else { return };
         let resolv = self.host.resolv_conf();
         self.services.start(net, book, &resolv);
     }
@@ -463,38 +478,55 @@ impl Engine {
         Ok(())
     }
 
-    /// All networks.
+    /// All networks of all projects.
     pub fn networks(&self) -> Vec<Network> {
         self.networks.clone()
     }
 
-    /// One network.
-    pub fn network(&self, name: &str) -> Result<Network, EngineError> {
+    /// One network, by key ([`Network::key`]; a name in the default project).
+    pub fn network(&self, key: &str) -> Result<Network, EngineError> {
         self.networks
             .iter()
-            .find(|n| n.name == name)
+            .find(|n| n.key() == key)
             .cloned()
-            .ok_or_else(|| EngineError::NotFound(format!("no network named {name:?} (see `lanyard net list`)")))
+            .ok_or_else(|| EngineError::NotFound(format!("no network named {key:?} (see `lanyard net list`)")))
     }
 
-    /// Ports, optionally filtered.
+    /// Ports, optionally filtered by VM and network key.
     pub fn ports(&self, vm: Option<&str>, net: Option<&str>) -> Vec<Port> {
-        self.ports.iter().filter(|p| vm.is_none_or(|v| p.vm == v) && net.is_none_or(|n| p.net == n)).cloned().collect()
+        self.ports_of(None, vm, net)
     }
 
-    /// A port as the API shows it: with its QEMU arguments and its VLANs.
+    /// Ports, optionally filtered by project, VM and network key.
+    pub fn ports_of(&self, project: Option<&str>, vm: Option<&str>, net: Option<&str>) -> Vec<Port> {
+        self.ports
+            .iter()
+            .filter(|p| {
+                project.is_none_or(|pr| p.project == pr)
+                    && vm.is_none_or(|v| p.vm == v)
+                    && net.is_none_or(|n| p.net == n)
+            })
+            .cloned()
+            .collect()
+    }
+
+    /// A port as the API shows it: with its QEMU arguments and its VLANs,
+    /// and its networks by name (they are all in the port's project).
     pub fn port_view(&self, port: Port) -> PortView {
-        let vlan_of = |name: &str| self.networks.iter().find(|n| n.name == name).and_then(|n| n.vlan);
+        let find = |key: &str| self.networks.iter().find(|n| n.key() == key);
+        let vlan_of = |key: &str| find(key).and_then(|n| n.vlan);
         let vlan = if port.trunk.is_empty() {
             vlan_of(&port.net).filter(|_| port.untagged).map(|v| v.to_string())
         } else {
             let tagged: Vec<String> = port.trunk.iter().filter_map(|t| vlan_of(t)).map(|v| v.to_string()).collect();
             Some(format!("trunk {}", tagged.join(",")))
         };
-        PortView { vlan, ..PortView::from(port) }
+        let name_of = |key: &String| find(key).map_or_else(|| key.clone(), |n| n.name.clone());
+        let shown = Port { net: name_of(&port.net), trunk: port.trunk.iter().map(name_of).collect(), ..port };
+        PortView { vlan, ..PortView::from(shown) }
     }
 
-    /// Leases of a network, ordered by address.
+    /// Leases of a network (by key), ordered by address.
     pub fn leases(&self, net: &str) -> Result<Vec<Lease>, EngineError> {
         self.network(net)?;
         let mut v: Vec<Lease> = self.books.get(net).map(|b| lock(b).leases().cloned().collect()).unwrap_or_default();
@@ -524,7 +556,7 @@ impl Engine {
             let Some(b) = observed.links.get(&n.bridge) else { continue };
             // A VLAN-filtering bridge is listed once, with all its networks.
             if let Some(view) = views.iter_mut().find(|v| v.name == n.bridge) {
-                view.net = format!("{},{}", view.net, n.name);
+                view.net = format!("{},{}", view.net, n.key());
                 continue;
             }
             let interfaces: Vec<&crate::kernel::ObservedLink> =
@@ -542,7 +574,7 @@ impl Engine {
                 bridge_id: b.bridge.as_ref().map(|i| i.id.clone()).unwrap_or_default(),
                 stp: if b.bridge.as_ref().is_some_and(|i| i.stp) { "yes" } else { "no" }.into(),
                 name: n.bridge.clone(),
-                net: n.name.clone(),
+                net: n.key().into_owned(),
                 interfaces: interfaces.iter().map(|l| l.name.clone()).collect(),
                 vlans,
             });
@@ -586,6 +618,7 @@ impl Engine {
     /// The daemon's health in numbers.
     pub fn status(&self) -> StatusView {
         StatusView {
+            projects: self.projects.len(),
             networks: self.networks.len(),
             active_networks: self.networks.iter().filter(|n| n.state == NetState::Active).count(),
             ports: self.ports.len(),

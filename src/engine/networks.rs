@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 use super::{Engine, EngineError};
 use crate::ipam::AddressBook;
 use crate::kernel::{LinkKind, Observed};
-use crate::model::{Manager, Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend};
+use crate::model::{
+    network_key, Manager, Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend, DEFAULT_PROJECT,
+};
 use crate::planner;
 use crate::store::{LeaseChange, Store, StoreError};
 
@@ -26,7 +28,7 @@ impl Engine {
         // on it once its network is stopped or deleted; a flat interface
         // gets back its own addresses, not the gateway's. The rest is
         // planned as if that address were gone already.
-        let stays = |n: &Network| networks.iter().any(|m| m.name == n.name && m.state == NetState::Active);
+        let stays = |n: &Network| networks.iter().any(|m| m.key() == n.key() && m.state == NetState::Active);
         let release: Vec<crate::kernel::Op> = self
             .networks
             .iter()
@@ -49,8 +51,14 @@ impl Engine {
 
     /// Defines and starts a network.
     pub fn create_network(&mut self, spec: NetworkSpec) -> Result<Network, EngineError> {
-        if self.networks.iter().any(|n| n.name == spec.name) {
-            return Err(EngineError::Conflict(format!("a network named {:?} already exists", spec.name)));
+        let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        self.check_project(project)?;
+        if self.networks.iter().any(|n| n.key() == network_key(project, &spec.name)) {
+            return Err(EngineError::Conflict(if project == DEFAULT_PROJECT {
+                format!("a network named {:?} already exists", spec.name)
+            } else {
+                format!("a network named {:?} already exists in project {project:?}", spec.name)
+            }));
         }
         let observed = self.observe()?;
         let mut net = self.validate_network(spec, &observed)?;
@@ -68,12 +76,13 @@ impl Engine {
         let mut networks = self.networks.clone();
         networks.push(net.clone());
         let ports = self.ports.clone();
-        self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.delete_network(&net.name))?;
+        let key = net.key().into_owned();
+        self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.delete_network(&key))?;
 
         self.networks = networks;
-        self.books.insert(net.name.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        self.books.insert(key.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
         self.ensure_services(&net);
-        tracing::info!(net = net.name, subnet = %net.subnet, bridge = net.bridge, "network created");
+        tracing::info!(net = key, subnet = %net.subnet, bridge = net.bridge, "network created");
         Ok(net)
     }
 
@@ -158,7 +167,7 @@ impl Engine {
         // Networks on one uplink's VLAN-filtering bridge share it.
         let shares = |other: &Network| net.filtering() && other.filtering() && other.uplink == net.uplink;
         if let Some(other) = self.networks.iter().find(|n| n.bridge == net.bridge && !shares(n)) {
-            return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.name)));
+            return Err(EngineError::Conflict(format!("bridge {} is in use by network {:?}", net.bridge, other.key())));
         }
         let shared = self.networks.iter().any(|n| n.bridge == net.bridge);
         if observed.links.contains_key(&net.bridge) && !shared && !net.adopted {
@@ -181,7 +190,9 @@ impl Engine {
         if let Some(other) = self.networks.iter().find(|n| n.clashes_with(net)) {
             return Err(EngineError::Conflict(format!(
                 "subnet {} overlaps {} of network {:?}",
-                net.subnet, other.subnet, other.name
+                net.subnet,
+                other.subnet,
+                other.key()
             )));
         }
         // A bridge-mode network's subnet is the LAN the uplink already
@@ -212,7 +223,7 @@ impl Engine {
             return Err(EngineError::Conflict(format!("{uplink} is a bridge or a lanyard port, not a NIC to uplink")));
         }
         if let Some(other) = self.networks.iter().find(|n| n.uplink.as_deref() == Some(uplink)) {
-            return Err(EngineError::Conflict(format!("uplink {uplink} is in use by network {:?}", other.name)));
+            return Err(EngineError::Conflict(format!("uplink {uplink} is in use by network {:?}", other.key())));
         }
         Ok(())
     }
@@ -237,19 +248,19 @@ impl Engine {
                 (None, _) => {
                     return Err(EngineError::Conflict(format!(
                         "uplink {uplink} is in network {:?}'s bridge; it cannot carry VLANs too",
-                        other.name
+                        other.key()
                     )))
                 }
                 (Some(v), _) if v == vid => {
                     return Err(EngineError::Conflict(format!(
                         "VLAN {vid} on {uplink} is network {:?}'s already",
-                        other.name
+                        other.key()
                     )))
                 }
                 (Some(_), Some(b)) if b != backend => {
                     return Err(EngineError::Conflict(format!(
                         "the VLANs on {uplink} use the {b} backend (network {:?}); one uplink takes one backend",
-                        other.name
+                        other.key()
                     )))
                 }
                 _ => {}
@@ -285,7 +296,7 @@ impl Engine {
         self.networks.iter().find(|n| n.filtering() && n.uplink.as_deref() == Some(uplink)).map(|n| n.bridge.clone())
     }
 
-    /// Starts (`active = true`) or stops a defined network. Stopping removes
+    /// Starts (`active = true`) or stops a defined network (by key). Stopping removes
     /// its bridge and rules and stops its servers; ports and leases stay.
     pub fn set_active(&mut self, name: &str, active: bool) -> Result<Network, EngineError> {
         let mut net = self.network(name)?;
@@ -298,11 +309,12 @@ impl Engine {
         }
         if active {
             if let Some(other) =
-                self.networks.iter().find(|n| n.name != name && n.state == NetState::Active && n.clashes_with(&net))
+                self.networks.iter().find(|n| n.key() != name && n.state == NetState::Active && n.clashes_with(&net))
             {
                 return Err(EngineError::Conflict(format!(
                     "subnet {} overlaps active network {:?}",
-                    net.subnet, other.name
+                    net.subnet,
+                    other.key()
                 )));
             }
         }
@@ -315,7 +327,7 @@ impl Engine {
         }
         net.state = state;
         let networks: Vec<Network> =
-            self.networks.iter().map(|n| if n.name == name { net.clone() } else { n.clone() }).collect();
+            self.networks.iter().map(|n| if n.key() == name { net.clone() } else { n.clone() }).collect();
         // The servers are bound to the bridge that is about to go.
         if !active {
             self.services.stop(name);
@@ -338,18 +350,18 @@ impl Engine {
         Ok(net)
     }
 
-    /// Marks a network to start (or not) at boot.
+    /// Marks a network (by key) to start (or not) at boot.
     pub fn set_autostart(&mut self, name: &str, autostart: bool) -> Result<Network, EngineError> {
         let mut net = self.network(name)?;
         net.autostart = autostart;
         self.store.put_network(&net)?;
-        if let Some(n) = self.networks.iter_mut().find(|n| n.name == name) {
+        if let Some(n) = self.networks.iter_mut().find(|n| n.key() == name) {
             n.autostart = autostart;
         }
         Ok(net)
     }
 
-    /// Stops and deletes a network with its ports and leases.
+    /// Stops and deletes a network (by key) with its ports and leases.
     pub fn delete_network(&mut self, name: &str) -> Result<(), EngineError> {
         let old = self.network(name)?;
         if let Some(p) = self.ports.iter().find(|p| p.net != name && p.trunk.iter().any(|t| t == name)) {
@@ -359,7 +371,7 @@ impl Engine {
             )));
         }
         let observed = self.observe()?;
-        let networks: Vec<Network> = self.networks.iter().filter(|n| n.name != name).cloned().collect();
+        let networks: Vec<Network> = self.networks.iter().filter(|n| n.key() != name).cloned().collect();
         let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
         let old_ports: Vec<Port> = self.ports.iter().filter(|p| p.net == name).cloned().collect();
         let old_leases: Vec<LeaseChange> = self.leases(name)?.into_iter().map(LeaseChange::Upsert).collect();

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
 use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
-use crate::model::{Mac, ModelError, NetState, Port, PortSpec};
+use crate::model::{network_key, Mac, ModelError, NetState, Port, PortSpec, DEFAULT_PROJECT};
 use crate::planner;
 
 /// Names the failing entry of a batch request.
@@ -66,7 +66,7 @@ impl Engine {
         let links = self.kernel.observe_links(&names)?;
         let mut ops = Vec::new();
         for p in ports {
-            let net = self.networks.iter().find(|n| n.name == p.net && n.state == NetState::Active);
+            let net = self.networks.iter().find(|n| n.key() == p.net && n.state == NetState::Active);
             ops.extend(planner::port_ops(p, net, &self.trunk_of(p), &links));
         }
         let changes = planner::firewall::port_changes(ports, &self.networks, true);
@@ -79,22 +79,32 @@ impl Engine {
     pub(super) fn trunk_of(&self, port: &Port) -> Vec<&crate::model::Network> {
         port.trunk
             .iter()
-            .filter_map(|t| self.networks.iter().find(|n| &n.name == t && n.state == NetState::Active))
+            .filter_map(|t| self.networks.iter().find(|n| n.key() == *t && n.state == NetState::Active))
             .collect()
     }
 
-    /// Checks a trunk port's networks: each exists and is a VLAN network,
-    /// all ride on one uplink, and the untagged network is not also tagged.
-    fn check_trunk_port(&self, spec: &PortSpec, native: &str, untagged: bool) -> Result<(), EngineError> {
-        let Some(trunk) = &spec.trunk else { return Ok(()) };
+    /// Checks a trunk port's networks: each exists (in the port's project)
+    /// and is a VLAN network, all ride on one uplink, and the untagged
+    /// network is not also tagged. Returns their keys.
+    fn check_trunk_port(
+        &self,
+        spec: &PortSpec,
+        project: &str,
+        native: &str,
+        untagged: bool,
+    ) -> Result<Vec<String>, EngineError> {
+        let Some(trunk) = &spec.trunk else { return Ok(Vec::new()) };
         let invalid = |name: &str, why: String| {
             EngineError::Invalid(ModelError::Invalid { what: "trunk", value: name.to_string(), why })
         };
         let mut first: Option<(&str, &str)> = None;
+        let mut keys = Vec::with_capacity(trunk.len());
         for name in trunk {
-            let n = self.networks.iter().find(|n| &n.name == name).ok_or_else(|| {
+            let key = network_key(project, name);
+            let n = self.networks.iter().find(|n| n.key() == key).ok_or_else(|| {
                 EngineError::NotFound(format!("no network named {name:?} to carry (see `lanyard net list`)"))
             })?;
+            keys.push(key.into_owned());
             if untagged && name == native {
                 return Err(invalid(name, "is the port's untagged (native) network; it cannot also be tagged".into()));
             }
@@ -113,7 +123,7 @@ impl Engine {
             }
             // On a VLAN-filtering bridge the port is a port of that bridge,
             // so its untagged frames can only be one of that bridge's VLANs.
-            let native_net = self.networks.iter().find(|x| x.name == native);
+            let native_net = self.networks.iter().find(|x| x.key() == network_key(project, native));
             if untagged && n.filtering() && !native_net.is_some_and(|x| x.filtering() && x.bridge == n.bridge) {
                 return Err(EngineError::Invalid(ModelError::Invalid {
                     what: "native",
@@ -126,7 +136,7 @@ impl Engine {
                 }));
             }
         }
-        Ok(())
+        Ok(keys)
     }
 
     fn release_addresses(&self, ports: &[Port]) {
@@ -144,8 +154,10 @@ impl Engine {
         let taken_ifname = |n: &str| self.index.has_ifname(n) || batch.has_ifname(n);
         let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
         let checked = spec.check()?;
-        let net = self.network(&spec.net)?;
-        let on_bridge = |i: &PortIndex| i.per_net.get(&net.name).copied().unwrap_or(0);
+        let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
+        let key = self.network_key(project, &spec.net)?;
+        let net = self.network(&key)?;
+        let on_bridge = |i: &PortIndex| i.per_net.get(&key).copied().unwrap_or(0);
         // Bridge mode: the uplink is a port of the bridge too.
         let room = BRIDGE_MAX_PORTS - usize::from(net.uplink.is_some());
         if on_bridge(&self.index) + on_bridge(batch) >= room {
@@ -193,11 +205,11 @@ impl Engine {
         };
         let book = self
             .books
-            .get(&net.name)
+            .get(&key)
             .cloned()
-            .ok_or_else(|| EngineError::Internal(format!("network {:?} has no address book", net.name)))?;
+            .ok_or_else(|| EngineError::Internal(format!("network {key:?} has no address book")))?;
         let untagged = spec.untagged.unwrap_or(true);
-        self.check_trunk_port(spec, &net.name, untagged)?;
+        let trunk = self.check_trunk_port(spec, project, &net.name, untagged)?;
         // On a bridge-mode network the LAN's DHCP server assigns addresses;
         // a trunk port without a native network has none.
         let ip = if !untagged {
@@ -219,7 +231,8 @@ impl Engine {
             adopted: checked.adopt.is_some(),
             ifname,
             id,
-            net: net.name.clone(),
+            project: project.to_string(),
+            net: key,
             vm: spec.vm.clone(),
             port_type: checked.port_type,
             mac,
@@ -228,7 +241,7 @@ impl Engine {
             peer_ifname,
             owner: spec.owner.clone(),
             group: spec.group.clone(),
-            trunk: spec.trunk.clone().unwrap_or_default(),
+            trunk,
             untagged,
         };
         batch.insert(&port);
@@ -275,7 +288,7 @@ impl Engine {
         // The address waits for the guest's lease to end before anyone
         // else may have it.
         let now = self.host.now();
-        let holds = self.networks.iter().any(|n| n.name == port.net && n.holds_released_addresses());
+        let holds = self.networks.iter().any(|n| n.key() == port.net && n.holds_released_addresses());
         let hold = lease
             .as_ref()
             .filter(|l| holds && l.expiry > now && Some(l.ip) == port.ip)

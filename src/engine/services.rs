@@ -44,7 +44,7 @@ impl NetworkServices {
 
 impl Services for NetworkServices {
     fn start(&mut self, net: &Network, book: Arc<Mutex<AddressBook>>, resolv_conf: &str) {
-        if self.running(&net.name) {
+        if self.running(&net.key()) {
             return;
         }
         let _guard = self.rt.enter();
@@ -57,25 +57,25 @@ impl Services for NetworkServices {
             Ok((udp, tcp)) => {
                 let forwards = net.mode != Mode::Isolated;
                 let upstreams = dns::upstreams(resolv_conf, net.gateway);
-                let resolver = Arc::new(dns::Resolver::new(net.name.clone(), book.clone(), forwards, upstreams));
+                let resolver = Arc::new(dns::Resolver::new(net.key().into_owned(), book.clone(), forwards, upstreams));
                 tasks.push(self.rt.spawn(dns::serve_udp(udp, resolver.clone())));
                 tasks.push(self.rt.spawn(dns::serve_tcp(tcp, resolver)));
             }
-            Err(e) => tracing::error!(net = net.name, "cannot open the DNS socket on {}:53: {e}", net.gateway),
+            Err(e) => tracing::error!(net = %net.key(), "cannot open the DNS socket on {}:53: {e}", net.gateway),
         }
         // A flat network's guests get their addresses as cloud-init data.
         if net.serves_dhcp() {
             match dhcp::server::bind(&ifname) {
                 Ok(socket) => {
                     let cfg = DhcpConfig::for_network(net, dns_addr);
-                    let serve = dhcp::server::serve(net.name.clone(), socket, book, cfg, self.writer.clone());
+                    let serve = dhcp::server::serve(net.key().into_owned(), socket, book, cfg, self.writer.clone());
                     tasks.push(self.rt.spawn(serve));
                 }
-                Err(e) => tracing::error!(net = net.name, "cannot open the DHCP socket on {ifname}: {e}"),
+                Err(e) => tracing::error!(net = %net.key(), "cannot open the DHCP socket on {ifname}: {e}"),
             }
         }
-        tracing::info!(net = net.name, interface = ifname, dns = ?dns_addr, "dhcp and dns servers started");
-        self.tasks.insert(net.name.clone(), tasks);
+        tracing::info!(net = %net.key(), interface = ifname, dns = ?dns_addr, "dhcp and dns servers started");
+        self.tasks.insert(net.key().into_owned(), tasks);
     }
 
     fn stop(&mut self, name: &str) {
@@ -104,7 +104,7 @@ pub struct FakeServices {
 
 impl Services for FakeServices {
     fn start(&mut self, net: &Network, _book: Arc<Mutex<AddressBook>>, _resolv_conf: &str) {
-        self.running.insert(net.name.clone());
+        self.running.insert(net.key().into_owned());
     }
 
     fn stop(&mut self, name: &str) {

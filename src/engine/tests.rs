@@ -38,6 +38,17 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.put_setting(key, body)
     }
+    fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        self.inner.projects()
+    }
+    fn put_project(&self, project: &Project) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_project(project)
+    }
+    fn delete_project(&self, name: &str) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.delete_project(name)
+    }
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
         self.inner.networks()
     }
@@ -116,8 +127,8 @@ impl Rig {
             stored: (self.store.networks().unwrap(), stored_ports, self.store.leases().unwrap()),
             networks: e.networks(),
             ports,
-            leases: e.networks().iter().map(|n| e.leases(&n.name).unwrap()).collect(),
-            running: e.networks().iter().map(|n| e.services.running(&n.name)).collect(),
+            leases: e.networks().iter().map(|n| e.leases(&n.key()).unwrap()).collect(),
+            running: e.networks().iter().map(|n| e.services.running(&n.key())).collect(),
             firewall: e.firewall.clone(),
         }
     }
@@ -895,5 +906,163 @@ mod vlans {
         r.engine.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)).unwrap();
         let port = PortSpec { net: "v10".into(), vm: "vm".into(), ..Default::default() };
         r.refuses_cleanly("remove vlan 1 from ly*", |e| e.create_port(port.clone()));
+    }
+}
+
+mod projects {
+    use super::*;
+    use crate::model::ProjectSpec;
+
+    fn in_project(project: &str, name: &str, subnet: &str) -> NetworkSpec {
+        NetworkSpec { project: Some(project.into()), ..spec(name, "nat", subnet) }
+    }
+
+    fn port_in(project: &str, net: &str) -> PortSpec {
+        PortSpec { project: Some(project.into()), ..port(net) }
+    }
+
+    fn project(name: &str) -> ProjectSpec {
+        ProjectSpec { name: name.into(), description: Some(format!("team {name}")) }
+    }
+
+    #[test]
+    fn two_projects_each_have_a_network_called_private() {
+        let mut r = rig();
+        assert_eq!(r.engine.projects().iter().map(|p| p.project.name.as_str()).collect::<Vec<_>>(), ["default"]);
+        for p in ["red", "blue"] {
+            r.engine.create_project(project(p)).unwrap();
+        }
+        let red = r.engine.create_network(in_project("red", "private", "10.1.0.0/24")).unwrap();
+        let blue = r.engine.create_network(in_project("blue", "private", "10.2.0.0/24")).unwrap();
+        let plain = r.engine.create_network(spec("private", "nat", "10.3.0.0/24")).unwrap();
+        assert_eq!(
+            (red.key(), blue.key(), plain.key()),
+            ("red/private".into(), "blue/private".into(), "private".into())
+        );
+        // Each has its own bridge, marked with its key, and its own servers.
+        let k = r.kernel.snapshot();
+        for n in [&red, &blue, &plain] {
+            let alias = k.observed.links[&n.bridge].alias.clone().unwrap();
+            assert_eq!(alias, format!("lanyard:net:{}", n.key()));
+            assert!(r.engine.services.running(&n.key()), "{}", n.key());
+        }
+        let pr = r.engine.create_port(port_in("red", "private")).unwrap();
+        let pb = r.engine.create_port(port_in("blue", "private")).unwrap();
+        assert_eq!((pr.project.as_str(), pr.net.as_str()), ("red", "red/private"));
+        assert_eq!((pb.project.as_str(), pb.net.as_str()), ("blue", "blue/private"));
+        assert!(red.subnet.contains(&pr.ip.unwrap()) && blue.subnet.contains(&pb.ip.unwrap()));
+        assert_eq!(k.observed.links.len() + 2, r.kernel.snapshot().observed.links.len());
+        assert_eq!(r.kernel.snapshot().observed.links[&pr.ifname].master.as_deref(), Some(red.bridge.as_str()));
+        // The API's view names the network as the user does.
+        let v = serde_json::to_value(r.engine.port_view(pr.clone())).unwrap();
+        assert_eq!((v["project"].as_str(), v["net"].as_str()), (Some("red"), Some("private")));
+        assert_eq!(r.engine.ports_of(Some("blue"), None, None), vec![pb.clone()]);
+        assert_eq!(r.engine.ports_of(None, None, None).len(), 2);
+        assert_eq!(r.engine.networks_of(Some("red")).unwrap(), vec![red.clone()]);
+        assert_eq!(r.engine.networks_of(None).unwrap().len(), 3);
+        assert_eq!(r.engine.network_key("blue", "private").unwrap(), "blue/private");
+        // Names are unique within a project only.
+        let err = r.engine.create_network(in_project("red", "private", "10.9.0.0/24")).unwrap_err();
+        assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("in project \"red\"")), "{err}");
+        // Leases and stops address the right one.
+        r.engine.set_active("blue/private", false).unwrap();
+        assert!(r.engine.services.running("red/private") && !r.engine.services.running("blue/private"));
+        r.engine.set_active("blue/private", true).unwrap();
+        assert!(r.engine.leases("red/private").unwrap().is_empty());
+        assert!(matches!(r.engine.leases("green/private"), Err(EngineError::NotFound(_))));
+        // A restart on the same kernel and store plans nothing and keeps everything.
+        let mut before = r.engine.networks();
+        before.sort_by(|a, b| a.key().cmp(&b.key()));
+        r.kernel.clear_log();
+        let e = Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost::default()),
+        })
+        .unwrap();
+        let changes: Vec<String> = r.kernel.log().into_iter().filter(|l| !l.starts_with("observe")).collect();
+        assert!(changes.is_empty(), "a restart changed the kernel: {changes:?}");
+        let mut after = e.networks();
+        after.sort_by(|a, b| a.key().cmp(&b.key()));
+        assert_eq!(after, before);
+        assert_eq!(e.ports_of(Some("red"), None, None), vec![pr]);
+        assert_eq!(
+            e.projects().iter().map(|p| p.project.name.as_str()).collect::<Vec<_>>(),
+            ["blue", "default", "red"]
+        );
+        assert_eq!(e.project("red").unwrap().project.description, "team red");
+    }
+
+    #[test]
+    fn unknown_projects_and_deletions_are_refused_with_one_line() {
+        let mut r = rig();
+        let before = r.world();
+        let err = r.engine.create_network(in_project("nope", "n", "10.1.0.0/24")).unwrap_err();
+        assert!(
+            matches!(err, EngineError::NotFound(ref m) if m == "no project named \"nope\"; create it with `lanyard project create nope`"),
+            "{err}"
+        );
+        assert!(matches!(r.engine.create_port(port_in("nope", "n")), Err(EngineError::NotFound(_))));
+        assert!(matches!(r.engine.networks_of(Some("nope")), Err(EngineError::NotFound(_))));
+        assert!(matches!(r.engine.create_network(in_project("a/b", "n", "10.1.0.0/24")), Err(EngineError::Invalid(_))));
+        assert!(matches!(r.engine.create_project(project("-x")), Err(EngineError::Invalid(_))));
+        let err = r.engine.delete_project("default").unwrap_err();
+        assert!(matches!(err, EngineError::Invalid(_)) && err.to_string().contains("cannot be deleted"), "{err}");
+        assert!(matches!(r.engine.delete_project("nope"), Err(EngineError::NotFound(_))));
+        assert_eq!(r.world(), before);
+
+        r.engine.create_project(project("red")).unwrap();
+        assert!(matches!(r.engine.create_project(project("red")), Err(EngineError::Conflict(_))));
+        r.engine.create_network(in_project("red", "private", "10.1.0.0/24")).unwrap();
+        r.engine.create_port(port_in("red", "private")).unwrap();
+        // A port names its network in its own project.
+        let err = r.engine.create_port(port("private")).unwrap_err();
+        assert!(matches!(err, EngineError::NotFound(ref m) if m.contains("no network named \"private\"")), "{err}");
+        let err = r.engine.delete_project("red").unwrap_err();
+        let m = err.to_string();
+        assert!(matches!(err, EngineError::Conflict(_)), "{m}");
+        assert_eq!(
+            m,
+            "project \"red\" owns 1 network (private) and 1 port; delete them first \
+             (`lanyard net delete --project red NAME` deletes a network with its ports)"
+        );
+        r.engine.delete_network("red/private").unwrap();
+        r.engine.delete_project("red").unwrap();
+        assert_eq!(r.store.projects().unwrap().len(), 1);
+        // A store that fails leaves the project list as it was.
+        r.store.broken.store(true, Ordering::SeqCst);
+        assert!(matches!(r.engine.create_project(project("blue")), Err(EngineError::Store(_))));
+        r.store.broken.store(false, Ordering::SeqCst);
+        assert_eq!(r.engine.projects().len(), 1);
+    }
+
+    #[test]
+    fn a_trunk_carries_networks_of_its_own_project() {
+        let mut r = rig();
+        let eth0 = crate::kernel::ObservedLink { name: "eth0".into(), mtu: 1500, up: true, ..Default::default() };
+        r.kernel.tamper(|s| {
+            s.observed.links.insert("eth0".into(), eth0.clone());
+        });
+        r.engine.create_project(project("red")).unwrap();
+        let vlan = |name: &str, subnet: &str, vid: u16| NetworkSpec {
+            uplink: Some("eth0".into()),
+            vlan: Some(vid),
+            ..in_project("red", name, subnet)
+        };
+        r.engine.create_network(vlan("v10", "10.10.0.0/24", 10)).unwrap();
+        r.engine.create_network(vlan("v20", "10.20.0.0/24", 20)).unwrap();
+        let p = r
+            .engine
+            .create_port(PortSpec {
+                trunk: Some(vec!["v10".into(), "v20".into()]),
+                untagged: Some(false),
+                ..port_in("red", "v10")
+            })
+            .unwrap();
+        assert_eq!(p.trunk, ["red/v10", "red/v20"]);
+        let v = serde_json::to_value(r.engine.port_view(p)).unwrap();
+        assert_eq!(v["trunk"], serde_json::json!(["v10", "v20"]));
+        assert_eq!(v["vlan"], "trunk 10,20");
     }
 }

@@ -131,7 +131,7 @@ fn gateway_ops(net: &Network, observed: &Observed) -> Vec<Op> {
             name: name.clone(),
             parent: net.bridge.clone(),
             id: vid,
-            alias: vlan_alias(&net.name),
+            alias: vlan_alias(&net.key()),
         }),
         Some(_) => {}
     }

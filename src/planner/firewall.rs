@@ -68,8 +68,8 @@ fn port_element(port: &Port) -> Element {
 /// (The ports are named one by one: this kernel family has no
 /// `meta ibrname` everywhere, see docs/reliability.md.)
 pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
-    let limited: std::collections::BTreeSet<&str> =
-        networks.iter().filter(|n| dhcp_limited(n)).map(|n| n.name.as_str()).collect();
+    let limited: std::collections::BTreeSet<std::borrow::Cow<'_, str>> =
+        networks.iter().filter(|n| dhcp_limited(n)).map(|n| n.key()).collect();
     if limited.is_empty() {
         return None;
     }
@@ -101,7 +101,7 @@ pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
 pub fn port_changes(ports: &[Port], networks: &[Network], add: bool) -> Vec<ElementChange> {
     ports
         .iter()
-        .filter(|p| networks.iter().any(|n| n.name == p.net && dhcp_limited(n)))
+        .filter(|p| networks.iter().any(|n| n.key() == p.net && dhcp_limited(n)))
         .map(|p| ElementChange { table: bridge_table_id(), set: "dhcp_ports".into(), add, element: port_element(p) })
         .collect()
 }

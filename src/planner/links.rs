@@ -72,8 +72,8 @@ pub(super) fn move_config(from: &ObservedLink, to: &str, observed: &Observed) ->
 /// last, so nothing after them can fail.
 pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
-    let active: BTreeMap<&str, &Network> =
-        networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.name.as_str(), n)).collect();
+    let active: BTreeMap<std::borrow::Cow<'_, str>, &Network> =
+        networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
     let mut wanted: BTreeSet<&str> = BTreeSet::new();
 
     let vlan_devices: Vec<String> = active.values().filter_map(|n| network_vlan_device(n)).collect();
@@ -162,7 +162,7 @@ fn vlan_device_ops(net: &Network, observed: &Observed) -> Vec<Op> {
             // The trunk is missing: the bridge waits for it.
             return ops;
         }
-        ops.push(Op::CreateVlan { name: name.clone(), parent: uplink, id, alias: vlan_alias(&net.name) });
+        ops.push(Op::CreateVlan { name: name.clone(), parent: uplink, id, alias: vlan_alias(&net.key()) });
     }
     let master = existing.and_then(|l| l.master.clone());
     if master.as_deref() != Some(net.bridge.as_str()) {
@@ -200,7 +200,7 @@ fn own_bridge_ops(net: &Network, observed: &Observed) -> Vec<Op> {
                 name: name.clone(),
                 mac: net.gateway_mac,
                 mtu: net.mtu,
-                alias: bridge_alias(&net.name, None),
+                alias: bridge_alias(&net.key(), None),
             });
             if net.has_host_address() {
                 ops.push(Op::AddAddress { link: name.clone(), addr: net.gateway_cidr() });
@@ -366,7 +366,7 @@ fn uplinked_bridge_ops(net: &Network, uplink: &str, observed: &Observed) -> Vec<
                 name: net.bridge.clone(),
                 mac: up.and_then(|u| u.mac),
                 mtu: net.mtu,
-                alias: bridge_alias(&net.name, Some(uplink)),
+                alias: bridge_alias(&net.key(), Some(uplink)),
             });
             ops.push(Op::SetUp { link: net.bridge.clone(), up: true });
         }

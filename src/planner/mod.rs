@@ -41,6 +41,7 @@ mod tests {
     fn port(id: &str, net: &str, ty: PortType) -> Port {
         Port {
             id: id.into(),
+            project: crate::model::DEFAULT_PROJECT.into(),
             net: net.into(),
             vm: "vm".into(),
             port_type: ty,
@@ -69,14 +70,14 @@ mod tests {
                     up: true,
                     mtu: 1500,
                     addrs: vec![n.gateway_cidr()],
-                    alias: Some(bridge_alias(&n.name, None)),
+                    alias: Some(bridge_alias(&n.key(), None)),
                     mac: n.gateway_mac,
                     ..Default::default()
                 },
             );
         }
         for p in ports {
-            let bridge = nets.iter().find(|n| n.name == p.net).unwrap().bridge.clone();
+            let bridge = nets.iter().find(|n| n.key() == p.net).unwrap().bridge.clone();
             o.links.insert(
                 p.ifname.clone(),
                 ObservedLink {
@@ -471,6 +472,7 @@ mod vlan_tests {
         let mgmt = crate::model::test_network("mgmt", "10.0.0.0/24", "lybr0");
         let mut port = crate::model::Port {
             id: "0000abcd".into(),
+            project: crate::model::DEFAULT_PROJECT.into(),
             net: "mgmt".into(),
             vm: "router".into(),
             port_type: crate::model::PortType::Tap,
@@ -545,6 +547,7 @@ mod vlan_tests {
             adopted: false,
             trunk: Vec::new(),
             untagged: true,
+            project: crate::model::DEFAULT_PROJECT.into(),
         };
         let access = port("0000aaaa");
         let mut trunk = port("0000bbbb");

@@ -9,7 +9,7 @@ pub mod sqlite;
 
 use std::net::Ipv4Addr;
 
-use crate::model::{Lease, Network, Port};
+use crate::model::{Lease, Network, Port, Project};
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +36,15 @@ pub enum StoreError {
     /// The disk holding the state database is full: nothing was written.
     #[error("the state database's disk is full, so nothing was changed: free space in the state directory and retry")]
     DiskFull,
+    /// The database was written by a newer lanyard, whose schema this one
+    /// does not know: nothing is read or changed.
+    #[error("the state database has schema version {found}, newer than this lanyard's {supported}: run the lanyard that wrote it (or a newer one)")]
+    Newer {
+        /// The database's version.
+        found: i64,
+        /// The newest this build knows.
+        supported: i64,
+    },
     /// A stored record could not be decoded (written by an incompatible version?).
     #[error("stored record {key} is unreadable: {source}")]
     Corrupt {
@@ -71,17 +80,26 @@ pub enum LeaseChange {
 }
 
 /// Persistent state. Implementations must make each call atomic.
+///
+/// Networks are kept by their key ([`Network::key`]), which holds their
+/// project; ports and leases name their network by that key.
 pub trait Store: Send + Sync {
     /// A setting (a JSON document) by key, None when never set.
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a setting.
     fn put_setting(&self, key: &str, body: &str) -> Result<(), StoreError>;
+    /// All projects.
+    fn projects(&self) -> Result<Vec<Project>, StoreError>;
+    /// Inserts or replaces a project.
+    fn put_project(&self, project: &Project) -> Result<(), StoreError>;
+    /// Deletes a project (the caller has made sure it owns nothing).
+    fn delete_project(&self, name: &str) -> Result<(), StoreError>;
     /// All networks.
     fn networks(&self) -> Result<Vec<Network>, StoreError>;
     /// Inserts or replaces a network.
     fn put_network(&self, net: &Network) -> Result<(), StoreError>;
-    /// Deletes a network with its ports and leases.
-    fn delete_network(&self, name: &str) -> Result<(), StoreError>;
+    /// Deletes a network (by key) with its ports and leases.
+    fn delete_network(&self, key: &str) -> Result<(), StoreError>;
     /// All ports.
     fn ports(&self) -> Result<Vec<Port>, StoreError>;
     /// Inserts or replaces ports, in one transaction.

@@ -1,8 +1,10 @@
 //! The embedded single-host store: one SQLite file in WAL mode.
 //!
-//! Records are kept as JSON documents keyed by name/id, so adding a field to
-//! the model needs no migration; leases are a real table because the DHCP
-//! server writes them in batches and the CLI lists them.
+//! Records are kept as JSON documents keyed by network key / port id, so
+//! adding a field to the model needs no migration; leases are a real table
+//! because the DHCP server writes them in batches and the CLI lists them.
+//! Changes of the tables themselves are numbered migrations
+//! (`PRAGMA user_version`, see [`SCHEMA_VERSION`]).
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -13,14 +15,17 @@ use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
 
 use super::{LeaseChange, Store, StoreError};
-use crate::model::{Lease, LeaseKind, Network, Port};
+use crate::model::{Lease, LeaseKind, Network, Port, Project};
 
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
 }
 
-const SCHEMA: &str = "
+/// The schema as lanyard wrote it before projects (version 0): a fresh
+/// database is made with it and then migrated like an old one, so every
+/// database takes the one path of [`MIGRATIONS`].
+const SCHEMA_V0: &str = "
 CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS ports (id TEXT PRIMARY KEY, net TEXT NOT NULL, body TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS leases (
@@ -36,6 +41,58 @@ CREATE TABLE IF NOT EXISTS leases (
 CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (net, mac);
 CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, body TEXT NOT NULL);
 ";
+
+/// Version 1, projects: a `projects` table with the default project, and a
+/// `project` column on networks and ports (their records get the field
+/// too). Every existing network and port lands in `default`, whose keys
+/// are the names they had, so their ports' and leases' `net` stay valid.
+const V1_PROJECTS: &str = "
+CREATE TABLE projects (name TEXT PRIMARY KEY, description TEXT NOT NULL DEFAULT '', created INTEGER NOT NULL);
+INSERT INTO projects (name, description, created) VALUES ('default', '', CAST(strftime('%s', 'now') AS INTEGER));
+ALTER TABLE networks ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE ports ADD COLUMN project TEXT NOT NULL DEFAULT 'default';
+UPDATE networks SET body = json_set(body, '$.project', 'default');
+UPDATE ports SET body = json_set(body, '$.project', 'default');
+CREATE INDEX networks_by_project ON networks (project);
+CREATE INDEX ports_by_project ON ports (project);
+";
+
+/// Migration `i` takes a database from version `i` to `i + 1`
+/// (`PRAGMA user_version`); each runs in the transaction that records it.
+const MIGRATIONS: &[&str] = &[V1_PROJECTS];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database to [`SCHEMA_VERSION`], one migration per version,
+/// each in one transaction with its version number: a crash leaves the
+/// database at the last version it completed. A database of a newer
+/// version is refused untouched.
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let found: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > SCHEMA_VERSION {
+        return Err(StoreError::Newer { found, supported: SCHEMA_VERSION });
+    }
+    let had_tables: i64 =
+        tx.query_row("SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'networks'", [], |r| {
+            r.get(0)
+        })?;
+    tx.commit()?;
+    for (from, step) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(0)) {
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        if from == 0 {
+            tx.execute_batch(SCHEMA_V0)?;
+        }
+        tx.execute_batch(step)?;
+        tx.pragma_update(None, "user_version", from as i64 + 1)?;
+        tx.commit()?;
+        if had_tables > 0 {
+            tracing::info!("state database migrated to schema version {}", from + 1);
+        }
+    }
+    Ok(())
+}
 
 /// Takes away every permission bit of `path` outside `allowed` (e.g. 0o600:
 /// group and others lose all access); logs when it had to. Returns whether
@@ -95,7 +152,11 @@ impl SqliteStore {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
-        conn.execute_batch(SCHEMA).map_err(open_err)?;
+        let mut conn = conn;
+        migrate(&mut conn).map_err(|e| match e {
+            StoreError::Db(source) => open_err(source),
+            other => other,
+        })?;
         // WAL checkpoints stay SQLite's own (every 1,000 pages, inside a
         // commit): measured against a separate checkpointer thread with
         // PASSIVE checkpoints every 500 ms, the built-in one gave 3,200 and
@@ -109,8 +170,8 @@ impl SqliteStore {
 
     /// An in-memory store for tests.
     pub fn in_memory() -> Result<Self, StoreError> {
-        let conn = Connection::open_in_memory()?;
-        conn.execute_batch(SCHEMA)?;
+        let mut conn = Connection::open_in_memory()?;
+        migrate(&mut conn)?;
         Ok(SqliteStore { conn: Mutex::new(conn) })
     }
 
@@ -155,6 +216,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn projects(&self) -> Result<Vec<Project>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT name, description, created FROM projects ORDER BY name")?;
+        let rows = st.query_map([], |r| {
+            Ok(Project { name: r.get(0)?, description: r.get(1)?, created: r.get::<_, i64>(2)?.max(0) as u64 })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn put_project(&self, project: &Project) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO projects (name, description, created) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(name) DO UPDATE SET description = excluded.description, created = excluded.created",
+            params![project.name, project.description, i64::try_from(project.created).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    fn delete_project(&self, name: &str) -> Result<(), StoreError> {
+        self.conn().execute("DELETE FROM projects WHERE name = ?1", [name])?;
+        Ok(())
+    }
+
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
         let c = self.conn();
         let mut st = c.prepare("SELECT name, body FROM networks ORDER BY name")?;
@@ -168,18 +252,19 @@ impl Store for SqliteStore {
 
     fn put_network(&self, net: &Network) -> Result<(), StoreError> {
         self.conn().execute(
-            "INSERT INTO networks (name, body) VALUES (?1, ?2) ON CONFLICT(name) DO UPDATE SET body = excluded.body",
-            params![net.name, encode(net)],
+            "INSERT INTO networks (name, project, body) VALUES (?1, ?2, ?3) \
+             ON CONFLICT(name) DO UPDATE SET project = excluded.project, body = excluded.body",
+            params![net.key(), net.project, encode(net)],
         )?;
         Ok(())
     }
 
-    fn delete_network(&self, name: &str) -> Result<(), StoreError> {
+    fn delete_network(&self, key: &str) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
-        tx.execute("DELETE FROM leases WHERE net = ?1", [name])?;
-        tx.execute("DELETE FROM ports WHERE net = ?1", [name])?;
-        tx.execute("DELETE FROM networks WHERE name = ?1", [name])?;
+        tx.execute("DELETE FROM leases WHERE net = ?1", [key])?;
+        tx.execute("DELETE FROM ports WHERE net = ?1", [key])?;
+        tx.execute("DELETE FROM networks WHERE name = ?1", [key])?;
         tx.commit()?;
         Ok(())
     }
@@ -200,10 +285,11 @@ impl Store for SqliteStore {
         let tx = c.transaction()?;
         {
             let mut st = tx.prepare_cached(
-                "INSERT INTO ports (id, net, body) VALUES (?1, ?2, ?3) ON CONFLICT(id) DO UPDATE SET net = excluded.net, body = excluded.body",
+                "INSERT INTO ports (id, net, project, body) VALUES (?1, ?2, ?3, ?4) ON CONFLICT(id) \
+                 DO UPDATE SET net = excluded.net, project = excluded.project, body = excluded.body",
             )?;
             for port in ports {
-                st.execute(params![port.id, port.net, encode(port)])?;
+                st.execute(params![port.id, port.net, port.project, encode(port)])?;
             }
         }
         tx.commit()?;
@@ -382,6 +468,7 @@ mod tests {
             s.put_network(&net()).unwrap();
             let port = Port {
                 id: "0011aabb".into(),
+                project: "default".into(),
                 net: "default".into(),
                 vm: "vm1".into(),
                 port_type: PortType::Tap,
@@ -421,5 +508,134 @@ mod tests {
         s.write_leases(&[LeaseChange::Remove { net: "default".into(), ip: "192.168.122.51".parse().unwrap() }])
             .unwrap();
         assert!(s.leases().unwrap().is_empty());
+    }
+
+    /// A database exactly as the lanyard before projects left it: its
+    /// tables, one network, two ports and two leases, written as it wrote
+    /// them (records without a project).
+    fn old_database(dir: &Path) {
+        let c = Connection::open(dir.join("lanyard.db")).unwrap();
+        c.pragma_update(None, "journal_mode", "WAL").unwrap();
+        c.execute_batch(
+            "CREATE TABLE IF NOT EXISTS networks (name TEXT PRIMARY KEY, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS ports (id TEXT PRIMARY KEY, net TEXT NOT NULL, body TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS leases (
+                 net TEXT NOT NULL,
+                 ip TEXT NOT NULL,
+                 mac TEXT NOT NULL,
+                 expiry INTEGER NOT NULL,
+                 hostname TEXT,
+                 client_id TEXT,
+                 kind TEXT NOT NULL,
+                 PRIMARY KEY (net, ip)
+             );
+             CREATE INDEX IF NOT EXISTS leases_by_mac ON leases (net, mac);",
+        )
+        .unwrap();
+        let mut body = serde_json::to_value(net()).unwrap();
+        body.as_object_mut().unwrap().remove("project");
+        c.execute("INSERT INTO networks (name, body) VALUES ('default', ?1)", [body.to_string()]).unwrap();
+        for (id, mac, ip) in
+            [("0011aabb", "52:54:00:01:02:03", "192.168.122.2"), ("0011aabc", "52:54:00:01:02:04", "192.168.122.3")]
+        {
+            let body = format!(
+                r#"{{"id":"{id}","net":"default","vm":"vm-{id}","type":"tap","ifname":"ly{id}","mac":"{mac}","ip":"{ip}","netns":null,"peer_ifname":null,"owner":null,"group":null,"adopted":false,"untagged":true}}"#
+            );
+            c.execute("INSERT INTO ports (id, net, body) VALUES (?1, 'default', ?2)", [id, body.as_str()]).unwrap();
+            c.execute(
+                "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES ('default', ?1, ?2, 0, ?3, NULL, 'static')",
+                params![ip, mac, format!("vm-{id}")],
+            )
+            .unwrap();
+        }
+        c.execute_batch(
+            "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) \
+             VALUES ('default', '192.168.122.200', '52:54:00:00:00:01', 100, 'h', '01aa', 'dynamic')",
+        )
+        .unwrap();
+        let version: i64 = c.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, 0);
+    }
+
+    #[test]
+    fn an_old_database_is_migrated_into_the_default_project() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        old_database(&dir);
+        for round in 0..2 {
+            // The second open finds version 1 and changes nothing.
+            let s = SqliteStore::open(&dir).unwrap();
+            let version: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+            assert_eq!(version, SCHEMA_VERSION, "round {round}");
+            let projects = s.projects().unwrap();
+            assert_eq!(projects.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["default"], "round {round}");
+            assert!(projects[0].created > 1_600_000_000, "{projects:?}");
+            assert_eq!(s.networks().unwrap(), vec![net()], "round {round}");
+            let ports = s.ports().unwrap();
+            assert_eq!(ports.len(), 2, "round {round}");
+            for p in &ports {
+                assert_eq!((p.project.as_str(), p.net.as_str()), ("default", "default"), "{p:?}");
+            }
+            assert_eq!(ports[1].ip, Some("192.168.122.3".parse().unwrap()));
+            let leases = s.leases().unwrap();
+            assert_eq!(leases.len(), 3, "round {round}: {leases:?}");
+            let dynamic = leases.iter().find(|l| l.kind == LeaseKind::Dynamic).unwrap();
+            assert_eq!(
+                (dynamic.ip.to_string().as_str(), dynamic.client_id.as_deref()),
+                ("192.168.122.200", Some("01aa"))
+            );
+            assert!(leases.iter().all(|l| l.net == "default"));
+            // The columns and the records agree on the project.
+            let c = s.conn();
+            let rows: Vec<(String, String)> = c
+                .prepare("SELECT project, json_extract(body, '$.project') FROM networks UNION ALL SELECT project, json_extract(body, '$.project') FROM ports")
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(rows, vec![("default".to_string(), "default".to_string()); 3]);
+        }
+        // Writing after the migration: a second project's network with the
+        // same name lives beside the first.
+        let s = SqliteStore::open(&dir).unwrap();
+        let mut blue = net();
+        blue.project = "blue".into();
+        s.put_project(&Project { name: "blue".into(), description: "b".into(), created: 5 }).unwrap();
+        s.put_network(&blue).unwrap();
+        assert_eq!(s.networks().unwrap().len(), 2);
+        s.delete_network("blue/default").unwrap();
+        s.delete_project("blue").unwrap();
+        assert_eq!(s.networks().unwrap(), vec![net()]);
+        assert_eq!(s.projects().unwrap().len(), 1);
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_newer_database_is_refused_untouched() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-newer-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = Connection::open(dir.join("lanyard.db")).unwrap();
+        c.pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        drop(c);
+        let e = SqliteStore::open(&dir).err().expect("a newer schema is refused").to_string();
+        assert!(e.contains(&format!("schema version {}", SCHEMA_VERSION + 1)), "{e}");
+        let c = Connection::open(dir.join("lanyard.db")).unwrap();
+        let tables: i64 = c.query_row("SELECT count(*) FROM sqlite_master", [], |r| r.get(0)).unwrap();
+        assert_eq!(tables, 0, "nothing was created");
+        drop(c);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_new_database_has_the_default_project() {
+        let s = SqliteStore::in_memory().unwrap();
+        assert_eq!(s.projects().unwrap().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["default"]);
+        s.put_project(&Project { name: "blue".into(), description: String::new(), created: 1 }).unwrap();
+        s.put_project(&Project { name: "blue".into(), description: "again".into(), created: 1 }).unwrap();
+        assert_eq!(s.projects().unwrap()[0].description, "again");
     }
 }

@@ -1,0 +1,138 @@
+//! Projects: create, list, show, delete, and the lookups that turn a
+//! user's (project, name) into a network's key. A project is a record and
+//! nothing in the kernel: its networks and ports carry it.
+
+use super::{Engine, EngineError};
+use crate::model::{network_key, ModelError, Network, Project, ProjectSpec, DEFAULT_PROJECT};
+
+/// A project as the API shows it: the record and what it owns.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProjectView {
+    /// The stored record.
+    #[serde(flatten)]
+    pub project: Project,
+    /// How many networks it owns.
+    pub networks: usize,
+    /// How many ports it owns.
+    pub ports: usize,
+}
+
+/// `n thing` or `n things`.
+fn count(n: usize, thing: &str) -> String {
+    format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
+}
+
+impl Engine {
+    /// The default project, made when the store has none (a new store, or
+    /// one whose migration did not make it).
+    pub(super) fn ensure_default_project(&mut self) -> Result<(), EngineError> {
+        if !self.projects.iter().any(|p| p.name == DEFAULT_PROJECT) {
+            let p = Project { name: DEFAULT_PROJECT.into(), description: String::new(), created: self.host.now() };
+            self.store.put_project(&p)?;
+            self.projects.push(p);
+            self.projects.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(())
+    }
+
+    /// Fails with one line when `project` does not exist (or is no valid
+    /// name at all).
+    pub fn check_project(&self, project: &str) -> Result<(), EngineError> {
+        crate::model::validate_project_name(project)?;
+        if self.projects.iter().any(|p| p.name == project) {
+            Ok(())
+        } else {
+            Err(EngineError::NotFound(format!(
+                "no project named {project:?}; create it with `lanyard project create {project}`"
+            )))
+        }
+    }
+
+    /// The key of network `name` in `project`, which must both exist.
+    pub fn network_key(&self, project: &str, name: &str) -> Result<String, EngineError> {
+        self.check_project(project)?;
+        let key = network_key(project, name);
+        if self.networks.iter().any(|n| n.key() == key) {
+            return Ok(key.into_owned());
+        }
+        Err(EngineError::NotFound(if project == DEFAULT_PROJECT {
+            format!("no network named {name:?} (see `lanyard net list`)")
+        } else {
+            format!("no network named {name:?} in project {project:?} (see `lanyard net list --project {project}`)")
+        }))
+    }
+
+    /// Networks, of one project or of all, by project and name (the same
+    /// order before and after a restart).
+    pub fn networks_of(&self, project: Option<&str>) -> Result<Vec<Network>, EngineError> {
+        if let Some(p) = project {
+            self.check_project(p)?;
+        }
+        let mut out: Vec<Network> =
+            self.networks.iter().filter(|n| project.is_none_or(|p| n.project == p)).cloned().collect();
+        out.sort_by(|a, b| (&a.project, &a.name).cmp(&(&b.project, &b.name)));
+        Ok(out)
+    }
+
+    fn project_view(&self, project: &Project) -> ProjectView {
+        ProjectView {
+            project: project.clone(),
+            networks: self.networks.iter().filter(|n| n.project == project.name).count(),
+            ports: self.ports.iter().filter(|p| p.project == project.name).count(),
+        }
+    }
+
+    /// All projects, by name.
+    pub fn projects(&self) -> Vec<ProjectView> {
+        self.projects.iter().map(|p| self.project_view(p)).collect()
+    }
+
+    /// One project.
+    pub fn project(&self, name: &str) -> Result<ProjectView, EngineError> {
+        self.check_project(name)?;
+        let p = self.projects.iter().find(|p| p.name == name).expect("checked");
+        Ok(self.project_view(p))
+    }
+
+    /// Creates a project.
+    pub fn create_project(&mut self, spec: ProjectSpec) -> Result<ProjectView, EngineError> {
+        let project = spec.validate(self.host.now())?;
+        if self.projects.iter().any(|p| p.name == project.name) {
+            return Err(EngineError::Conflict(format!("a project named {:?} already exists", project.name)));
+        }
+        self.store.put_project(&project)?;
+        let at = self.projects.partition_point(|p| p.name < project.name);
+        self.projects.insert(at, project.clone());
+        tracing::info!(project = project.name, "project created");
+        Ok(self.project_view(&project))
+    }
+
+    /// Deletes a project that owns nothing; the default project stays.
+    pub fn delete_project(&mut self, name: &str) -> Result<(), EngineError> {
+        if name == DEFAULT_PROJECT {
+            return Err(EngineError::Invalid(ModelError::Invalid {
+                what: "project",
+                value: name.into(),
+                why: "is the default project, which always exists and cannot be deleted".into(),
+            }));
+        }
+        let view = self.project(name)?;
+        if view.networks > 0 || view.ports > 0 {
+            let mut nets: Vec<&str> =
+                self.networks.iter().filter(|n| n.project == name).map(|n| n.name.as_str()).collect();
+            nets.truncate(5);
+            let more = if view.networks > nets.len() { ", ..." } else { "" };
+            return Err(EngineError::Conflict(format!(
+                "project {name:?} owns {} ({}{more}) and {}; delete them first \
+                 (`lanyard net delete --project {name} NAME` deletes a network with its ports)",
+                count(view.networks, "network"),
+                nets.join(", "),
+                count(view.ports, "port"),
+            )));
+        }
+        self.store.delete_project(name)?;
+        self.projects.retain(|p| p.name != name);
+        tracing::info!(project = name, "project deleted");
+        Ok(())
+    }
+}
