@@ -220,8 +220,9 @@ pub enum NetCommand {
 pub enum PortCommand {
     /// Create a port for a VM.
     Create {
-        /// Network to attach to (a trunk port's untagged network: --native).
-        #[arg(long, alias = "native", required_unless_present = "trunk")]
+        /// Network to attach to (a trunk port's untagged network: --native). Without it
+        /// (and --trunk): the project's own VLAN network from the VLAN manager.
+        #[arg(long, alias = "native")]
         net: Option<String>,
         /// A trunk port: the VLAN networks the guest receives tagged
         /// (NET[,NET...]); its untagged frames are --native's, or none.

@@ -197,6 +197,10 @@ pub enum Manager {
     /// given), DHCP hands each port its fixed IP; the host NATs.
     #[serde(rename = "flatdhcp")]
     FlatDhcp,
+    /// VLANManager: a project's own VLAN, bridge and subnet, made by
+    /// lanyard when the project's first port asks for no network
+    /// (`lanyard manager vlan set`); never asked for with `--manager`.
+    Vlan,
 }
 
 impl FromStr for Manager {
@@ -220,6 +224,7 @@ impl fmt::Display for Manager {
         f.write_str(match self {
             Manager::Flat => "flat",
             Manager::FlatDhcp => "flatdhcp",
+            Manager::Vlan => "vlan",
         })
     }
 }
@@ -850,7 +855,9 @@ impl FromStr for PortType {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
-    /// Network to attach to (a name in `project`).
+    /// Network to attach to (a name in `project`); empty: the project's
+    /// VLAN-manager network, made on first use.
+    #[serde(default)]
     pub net: String,
     /// The project of the network (default [`DEFAULT_PROJECT`]); the port
     /// belongs to it too.

@@ -51,6 +51,16 @@ impl Engine {
 
     /// Defines and starts a network.
     pub fn create_network(&mut self, spec: NetworkSpec) -> Result<Network, EngineError> {
+        self.create_network_as(spec, None)
+    }
+
+    /// Defines and starts a network, `manager` (the VLAN manager's, which
+    /// no user asks for by name) marking it as the manager's.
+    pub(super) fn create_network_as(
+        &mut self,
+        spec: NetworkSpec,
+        manager: Option<Manager>,
+    ) -> Result<Network, EngineError> {
         let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
         self.check_project(project)?;
         if self.networks.iter().any(|n| n.key() == network_key(project, &spec.name)) {
@@ -62,6 +72,9 @@ impl Engine {
         }
         let observed = self.observe()?;
         let mut net = self.validate_network(spec, &observed)?;
+        if manager.is_some() {
+            net.manager = manager;
+        }
         if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned()) {
             // A flat network's given bridge is someone else's: adopted,
             // never changed or deleted. Anything else with the name is a

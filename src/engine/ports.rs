@@ -30,7 +30,18 @@ impl Engine {
 
     /// Creates several ports all or nothing: one pass over the kernel, one
     /// store transaction. The bulk path for provisioning.
-    pub fn create_ports(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
+    pub fn create_ports(&mut self, mut specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
+        // Ports that name no network go on their project's VLAN-manager
+        // network, made now if need be, and gone again if the ports fail.
+        let made = self.resolve_project_networks(&mut specs)?;
+        let result = self.create_ports_on(specs);
+        if result.is_err() {
+            self.forget_networks(&made);
+        }
+        result
+    }
+
+    fn create_ports_on(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
         let mut batch = PortIndex::default();
         let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
         for (i, spec) in specs.iter().enumerate() {

@@ -117,7 +117,16 @@ impl Engine {
             }));
         }
         let view = self.project(name)?;
-        if view.networks > 0 || view.ports > 0 {
+        // The VLAN manager's network is the project's allocation: it goes
+        // with the project (once its ports are gone), freeing its VLAN and
+        // subnet.
+        let managed: Vec<String> = self
+            .networks
+            .iter()
+            .filter(|n| n.project == name && n.manager == Some(crate::model::Manager::Vlan))
+            .map(|n| n.key().into_owned())
+            .collect();
+        if view.networks > managed.len() || view.ports > 0 {
             let mut nets: Vec<&str> =
                 self.networks.iter().filter(|n| n.project == name).map(|n| n.name.as_str()).collect();
             nets.truncate(5);
@@ -129,6 +138,9 @@ impl Engine {
                 nets.join(", "),
                 count(view.ports, "port"),
             )));
+        }
+        for key in &managed {
+            self.delete_network(key)?;
         }
         self.store.delete_project(name)?;
         self.projects.retain(|p| p.name != name);

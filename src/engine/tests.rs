@@ -1066,3 +1066,109 @@ mod projects {
         assert_eq!(v["vlan"], "trunk 10,20");
     }
 }
+
+mod vlan_manager {
+    use super::*;
+    use crate::model::{Manager, ProjectSpec};
+    use crate::vlan_manager::VlanManagerSpec;
+
+    fn rig_with_manager(vlans: &str) -> Rig {
+        let mut r = rig();
+        let nic = crate::kernel::ObservedLink { name: "eth0".into(), up: true, mtu: 1500, ..Default::default() };
+        r.kernel.tamper(|s| {
+            s.observed.links.insert("eth0".into(), nic);
+        });
+        let spec = VlanManagerSpec {
+            uplink: "eth0".into(),
+            vlans: vlans.into(),
+            supernet: "10.0.0.0/16".into(),
+            prefix: 24,
+            ..Default::default()
+        };
+        r.engine.set_vlan_manager(spec).unwrap();
+        for p in ["a", "b", "c"] {
+            r.engine.create_project(ProjectSpec { name: p.into(), description: None }).unwrap();
+        }
+        r
+    }
+
+    fn vm(project: &str, vm: &str) -> PortSpec {
+        PortSpec { project: Some(project.into()), vm: vm.into(), ..Default::default() }
+    }
+
+    fn allocation(r: &Rig, project: &str) -> Option<(u16, String)> {
+        r.engine
+            .networks()
+            .into_iter()
+            .find(|n| n.project == project && n.manager == Some(Manager::Vlan))
+            .map(|n| (n.vlan.unwrap(), n.subnet.to_string()))
+    }
+
+    #[test]
+    fn each_project_gets_its_own_vlan_and_subnet_on_its_first_port() {
+        let mut r = rig_with_manager("100-101");
+        let a1 = r.engine.create_port(vm("a", "a1")).unwrap();
+        let a2 = r.engine.create_port(vm("a", "a2")).unwrap();
+        let b1 = r.engine.create_port(vm("b", "b1")).unwrap();
+        assert_eq!(allocation(&r, "a"), Some((100, "10.0.0.0/24".into())));
+        assert_eq!(allocation(&r, "b"), Some((101, "10.0.1.0/24".into())));
+        assert_eq!((a1.net.as_str(), a2.net.as_str(), b1.net.as_str()), ("a/vlan100", "a/vlan100", "b/vlan101"));
+        let k = r.kernel.snapshot();
+        assert_eq!(k.observed.links[&a1.ifname].master.as_deref(), Some("brvlan100"));
+        assert_eq!(k.observed.links["eth0.101"].master.as_deref(), Some("brvlan101"));
+        // The range is used up: a third project is told so, and nothing of
+        // it is made.
+        let before = r.world();
+        let err = r.engine.create_port(vm("c", "c1")).unwrap_err().to_string();
+        assert!(err.contains("no free VLAN in 100-101 on eth0"), "{err}");
+        assert_eq!(r.world(), before, "a refused allocation leaves nothing");
+        // A port that fails after its network was made takes the network back.
+        let mut bad = vm("c", "c1");
+        bad.mac = Some("01:00:5e:00:00:01".into());
+        let err = r.engine.delete_project("b").unwrap_err().to_string();
+        assert!(err.contains("1 port"), "{err}");
+        r.engine.delete_port(&b1.id).unwrap();
+        r.engine.delete_project("b").unwrap();
+        assert_eq!(allocation(&r, "b"), None);
+        assert!(!r.kernel.snapshot().observed.links.contains_key("brvlan101"), "VLAN 101 is free again");
+        let before = r.world();
+        assert!(r.engine.create_port(bad).is_err(), "a multicast MAC is refused");
+        assert_eq!(r.world(), before, "the network made for the failed port went with it");
+        let c1 = r.engine.create_port(vm("c", "c1")).unwrap();
+        assert_eq!((allocation(&r, "c"), c1.net.as_str()), (Some((101, "10.0.1.0/24".into())), "c/vlan101"));
+        // A restart keeps every allocation.
+        let restarted = Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
+        })
+        .unwrap();
+        let kept: Vec<(String, Option<u16>)> =
+            restarted.networks().into_iter().map(|n| (n.key().into_owned(), n.vlan)).collect();
+        assert_eq!(kept, vec![("a/vlan100".to_string(), Some(100)), ("c/vlan101".to_string(), Some(101))]);
+    }
+
+    #[test]
+    fn without_a_vlan_manager_a_port_must_name_its_network() {
+        let mut r = rig();
+        let before = r.world();
+        let err = r.engine.create_port(PortSpec { vm: "x".into(), ..Default::default() }).unwrap_err().to_string();
+        assert!(err.contains("name the port's network with --net, or configure the VLAN manager"), "{err}");
+        assert_eq!(r.world(), before);
+        let err = r.engine.vlan_manager().unwrap_err().to_string();
+        assert!(err.contains("the VLAN manager is not configured"), "{err}");
+        let err = r
+            .engine
+            .set_vlan_manager(VlanManagerSpec {
+                uplink: "eth7".into(),
+                vlans: "1-2".into(),
+                supernet: "10.0.0.0/16".into(),
+                prefix: 24,
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no interface named eth7"), "{err}");
+    }
+}
