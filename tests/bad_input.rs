@@ -148,6 +148,43 @@ fn wrong_input_is_refused_without_side_effects() {
     host.cli_ok(&["net", "create", "mine", "--mode", "nat", "--subnet", "10.99.0.0/24", "--project", OWNER]);
     let spare_ns = spare.name().to_string();
     let missing_ns = unique("miss"); // never created
+                                     // A VLAN manager whose only subnet is the default network's: a
+                                     // project's first port finds no free subnet.
+    host.cli_ok(&[
+        "manager",
+        "vlan",
+        "set",
+        "--uplink",
+        TAKEN,
+        "--vlans",
+        "100-101",
+        "--supernet",
+        SUBNET,
+        "--prefix",
+        "24",
+    ]);
+    let vlan_set = |extra: &[&str]| {
+        let mut a = argv(&[
+            "manager",
+            "vlan",
+            "set",
+            "--uplink",
+            TAKEN,
+            "--vlans",
+            "100-199",
+            "--supernet",
+            "10.64.0.0/16",
+            "--prefix",
+            "24",
+        ]);
+        for pair in extra.chunks(2) {
+            match a.iter().position(|x| x == pair[0]) {
+                Some(i) => a[i + 1] = pair[1].to_string(),
+                None => a.extend(pair.iter().map(|x| x.to_string())),
+            }
+        }
+        a
+    };
 
     let cases = vec![
         // Subnets, gateway, range, mode.
@@ -449,6 +486,42 @@ fn wrong_input_is_refused_without_side_effects() {
             &["project \"owner\" owns 1 network (mine) and 0 ports; delete them first"],
         ),
         case("delete the default project", argv(&["project", "delete", "default"]), INVALID, &["cannot be deleted"]),
+        // nova's managers.
+        case(
+            "unknown manager",
+            net_create("n1", "10.10.0.0/24", &["--manager", "nova"]),
+            INVALID,
+            &["flat or flatdhcp"],
+        ),
+        case(
+            "vlan manager asked for by name",
+            net_create("n1", "10.10.0.0/24", &["--manager", "vlan"]),
+            INVALID,
+            &["lanyard manager vlan set"],
+        ),
+        case(
+            "flat network with another mode",
+            argv(&["net", "create", "n1", "--manager", "flat", "--mode", "route", "--subnet", "10.10.0.0/24"]),
+            INVALID,
+            &["a flat network is a nat network; leave out --mode"],
+        ),
+        case("vlan range backwards", vlan_set(&["--vlans", "200-100"]), INVALID, &["FIRST-LAST"]),
+        case("vlan range past 4094", vlan_set(&["--vlans", "100-4095"]), INVALID, &["FIRST-LAST"]),
+        case(
+            "supernet with host bits",
+            vlan_set(&["--supernet", "10.64.0.1/16"]),
+            INVALID,
+            &["did you mean 10.64.0.0/16"],
+        ),
+        case("prefix wider than the supernet", vlan_set(&["--prefix", "8"]), INVALID, &["/16 and /29"]),
+        case("projects' networks in bridge mode", vlan_set(&["--mode", "bridge"]), INVALID, &["a project's network"]),
+        case("vlan manager on a missing trunk", vlan_set(&["--uplink", "nosuch0"]), NOT_FOUND, &["nosuch0"]),
+        case(
+            "vlan manager's pool used up",
+            argv(&["port", "create", "--vm", "vmx", "--type", "veth", "--netns", &spare_ns, "--ifname", "eth0"]),
+            CONFLICT,
+            &["no free /24 in 192.168.122.0/24"],
+        ),
     ];
 
     // Let the kernel settle (bridge carrier etc.) before taking the baseline.
