@@ -255,6 +255,10 @@ pub enum PortCommand {
         /// The project of the network (and so of the port).
         #[arg(long, default_value = DEFAULT_PROJECT)]
         project: String,
+        /// Let the guest send from any MAC and IP (a router VM); by default
+        /// the bridge drops what it sends from another than its own.
+        #[arg(long)]
+        no_spoof_check: bool,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -1025,6 +1029,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             owner,
             group,
             project,
+            no_spoof_check,
             out: _,
         }) => {
             // A trunk port without --native: listed under its first network,
@@ -1038,6 +1043,9 @@ fn body_of(cmd: &Command) -> Option<Value> {
             if let Some(t) = trunk {
                 body["trunk"] = json!(t);
                 body["untagged"] = json!(untagged);
+            }
+            if *no_spoof_check {
+                body["spoof_check"] = json!(false);
             }
             Some(body)
         }

@@ -899,6 +899,11 @@ pub struct PortSpec {
     /// only the network it is listed under, and it gets no fixed IP.
     #[serde(default)]
     pub untagged: Option<bool>,
+    /// Whether lanyard drops what the guest sends from another MAC or IP
+    /// than the port's (default true). False for a router VM, which
+    /// forwards others' packets; a trunk port is never checked.
+    #[serde(default)]
+    pub spoof_check: Option<bool>,
 }
 
 /// The parts of a port request that can be checked without any state.
@@ -1026,6 +1031,12 @@ pub struct Port {
     /// Whether the guest's untagged frames are `net`'s.
     #[serde(default = "yes")]
     pub untagged: bool,
+    /// Whether the bridge drops what the guest sends from another MAC or
+    /// IP than the port's (see docs/anti-spoofing.md). Records written
+    /// before it existed are checked. Always false on a trunk port: its
+    /// frames carry other VLANs' sources.
+    #[serde(default = "yes")]
+    pub spoof_check: bool,
 }
 
 fn yes() -> bool {
