@@ -1414,6 +1414,10 @@ mod tests {
         let body = body_of(&parse("lanyard port create --net n1 --vm v --project blue")).unwrap();
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!(spec.project.as_deref(), Some("blue"));
+        assert_eq!(spec.spoof_check, None, "checked unless asked otherwise");
+        let body = body_of(&parse("lanyard port create --net n1 --vm router --no-spoof-check")).unwrap();
+        let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.spoof_check, Some(false));
         for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));

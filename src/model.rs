@@ -1284,6 +1284,15 @@ mod tests {
     }
 
     #[test]
+    fn a_port_recorded_before_anti_spoofing_is_checked() {
+        let old = r#"{"id":"0000abcd","net":"default","vm":"v","type":"tap","ifname":"ly0000abcd","mac":"52:54:00:00:00:01","ip":"10.0.0.2","netns":null,"peer_ifname":null,"owner":null,"group":null}"#;
+        let p: Port = serde_json::from_str(old).unwrap();
+        assert!(p.spoof_check);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["spoof_check"], true, "the port's JSON shows it");
+    }
+
+    #[test]
     fn port_spec_checks() {
         let mut p = PortSpec { net: "default".into(), vm: "vm1".into(), ..Default::default() };
         assert_eq!(p.check().unwrap().port_type, PortType::Tap);
