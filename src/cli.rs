@@ -255,6 +255,10 @@ pub enum PortCommand {
         /// The project of the network (and so of the port).
         #[arg(long, default_value = DEFAULT_PROJECT)]
         project: String,
+        /// Let the guest send from any MAC and IP (a router VM); by default
+        /// the bridge drops what it sends from another than its own.
+        #[arg(long)]
+        no_spoof_check: bool,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -1025,6 +1029,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             owner,
             group,
             project,
+            no_spoof_check,
             out: _,
         }) => {
             // A trunk port without --native: listed under its first network,
@@ -1038,6 +1043,9 @@ fn body_of(cmd: &Command) -> Option<Value> {
             if let Some(t) = trunk {
                 body["trunk"] = json!(t);
                 body["untagged"] = json!(untagged);
+            }
+            if *no_spoof_check {
+                body["spoof_check"] = json!(false);
             }
             Some(body)
         }
@@ -1406,6 +1414,10 @@ mod tests {
         let body = body_of(&parse("lanyard port create --net n1 --vm v --project blue")).unwrap();
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!(spec.project.as_deref(), Some("blue"));
+        assert_eq!(spec.spoof_check, None, "checked unless asked otherwise");
+        let body = body_of(&parse("lanyard port create --net n1 --vm router --no-spoof-check")).unwrap();
+        let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.spoof_check, Some(false));
         for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));

@@ -210,6 +210,7 @@ mod tests {
             adopted: false,
             trunk: Vec::new(),
             untagged: true,
+            spoof_check: true,
             project: crate::model::DEFAULT_PROJECT.into(),
         }
     }

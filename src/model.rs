@@ -899,6 +899,11 @@ pub struct PortSpec {
     /// only the network it is listed under, and it gets no fixed IP.
     #[serde(default)]
     pub untagged: Option<bool>,
+    /// Whether lanyard drops what the guest sends from another MAC or IP
+    /// than the port's (default true). False for a router VM, which
+    /// forwards others' packets; a trunk port is never checked.
+    #[serde(default)]
+    pub spoof_check: Option<bool>,
 }
 
 /// The parts of a port request that can be checked without any state.
@@ -1026,6 +1031,12 @@ pub struct Port {
     /// Whether the guest's untagged frames are `net`'s.
     #[serde(default = "yes")]
     pub untagged: bool,
+    /// Whether the bridge drops what the guest sends from another MAC or
+    /// IP than the port's (see docs/anti-spoofing.md). Records written
+    /// before it existed are checked. Always false on a trunk port: its
+    /// frames carry other VLANs' sources.
+    #[serde(default = "yes")]
+    pub spoof_check: bool,
 }
 
 fn yes() -> bool {
@@ -1270,6 +1281,15 @@ mod tests {
         assert!(e.contains("unknown field `macc`") && e.contains("`mac`"), "{e}");
         let p: PortSpec = serde_json::from_str(r#"{"net":"n","vm":"v","type":"tap","adopt":"tap0"}"#).unwrap();
         assert_eq!((p.port_type.as_deref(), p.adopt.as_deref()), (Some("tap"), Some("tap0")));
+    }
+
+    #[test]
+    fn a_port_recorded_before_anti_spoofing_is_checked() {
+        let old = r#"{"id":"0000abcd","net":"default","vm":"v","type":"tap","ifname":"ly0000abcd","mac":"52:54:00:00:00:01","ip":"10.0.0.2","netns":null,"peer_ifname":null,"owner":null,"group":null}"#;
+        let p: Port = serde_json::from_str(old).unwrap();
+        assert!(p.spoof_check);
+        let json = serde_json::to_value(&p).unwrap();
+        assert_eq!(json["spoof_check"], true, "the port's JSON shows it");
     }
 
     #[test]

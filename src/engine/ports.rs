@@ -252,6 +252,7 @@ impl Engine {
             peer_ifname,
             owner: spec.owner.clone(),
             group: spec.group.clone(),
+            spoof_check: spec.spoof_check.unwrap_or(true) && trunk.is_empty(),
             trunk,
             untagged,
         };

@@ -200,7 +200,23 @@ fn create_network_builds_bridge_rules_and_services() {
     r.kernel.clear_log();
     let p = r.engine.create_port(port("b")).unwrap();
     let fw: Vec<String> = r.kernel.log().into_iter().filter(|l| l.starts_with("firewall")).collect();
-    assert_eq!(fw, vec![format!("firewall add element {{ \"{}\" }} in @dhcp_ports", p.ifname)]);
+    let element = |set: &str, e: String| format!("add element {{ {e} }} in @{set}");
+    let name = format!("\"{}\"", p.ifname);
+    assert_eq!(
+        fw,
+        vec![format!(
+            "firewall {}",
+            [
+                element("dhcp_ports", name.clone()),
+                element("guarded", name.clone()),
+                element("port_mac", format!("{name} . {}", p.mac)),
+                element("guarded_ip", name.clone()),
+                element("port_ip", format!("{name} . {}", p.ip.unwrap())),
+            ]
+            .join("; ")
+        )],
+        "a port's DHCP rate and anti-spoofing are elements, in one transaction"
+    );
     let bridge_table = &r.kernel.snapshot().tables[&planner::bridge_table_id()];
     assert_eq!(bridge_table.set("dhcp_ports").unwrap().elements.len(), 1);
     assert_eq!(r.engine.firewall[&planner::bridge_table_id()].set("dhcp_ports").unwrap().elements.len(), 1);

@@ -101,6 +101,28 @@ pub enum Value {
     Port(u16),
     /// A plain number (marks).
     Num(u32),
+    /// An Ethernet protocol (`ether type`).
+    EtherType(EtherType),
+    /// An ICMPv6 message type (`icmpv6 type`).
+    Icmpv6Type(Icmpv6Type),
+}
+
+/// The Ethernet protocols a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum EtherType {
+    /// IPv4.
+    Ip,
+    /// ARP.
+    Arp,
+    /// IPv6.
+    Ip6,
+}
+
+/// The ICMPv6 message types a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Icmpv6Type {
+    /// A router advertisement (neighbour discovery).
+    NdRouterAdvert,
 }
 
 impl fmt::Display for Value {
@@ -115,6 +137,14 @@ impl fmt::Display for Value {
             Value::Mac(m) => write!(f, "{m}"),
             Value::Port(p) => write!(f, "{p}"),
             Value::Num(n) => write!(f, "{n}"),
+            Value::EtherType(t) => f.write_str(match t {
+                EtherType::Ip => "ip",
+                EtherType::Arp => "arp",
+                EtherType::Ip6 => "ip6",
+            }),
+            Value::Icmpv6Type(t) => f.write_str(match t {
+                Icmpv6Type::NdRouterAdvert => "nd-router-advert",
+            }),
         }
     }
 }
@@ -298,6 +328,15 @@ pub enum Field {
     TcpSport,
     /// Ethernet source.
     EtherSaddr,
+    /// Ethernet protocol.
+    EtherType,
+    /// ARP: the sender's Ethernet address (in the ARP header, not the
+    /// frame's).
+    ArpSaddrEther,
+    /// ARP: the sender's IPv4 address.
+    ArpSaddrIp,
+    /// ICMPv6 message type.
+    Icmpv6Type,
     /// Conntrack state.
     CtState,
     /// Bridge family: the bridge a frame came in through.
@@ -316,6 +355,10 @@ impl Field {
             Field::TcpDport => "tcp dport",
             Field::TcpSport => "tcp sport",
             Field::EtherSaddr => "ether saddr",
+            Field::EtherType => "ether type",
+            Field::ArpSaddrEther => "arp saddr ether",
+            Field::ArpSaddrIp => "arp saddr ip",
+            Field::Icmpv6Type => "icmpv6 type",
             Field::CtState => "ct state",
             Field::Ibrname => "meta ibrname",
         }
@@ -377,6 +420,11 @@ impl Match {
     /// `field { values }` (or `field value`).
     pub fn any_of(field: Field, values: Vec<Value>) -> Match {
         Match { fields: vec![field], negate: false, operand: Operand::Values(values) }
+    }
+
+    /// `fields != @set`: the concatenation is not in the set.
+    pub fn not_in_set(fields: &[Field], set: &str) -> Match {
+        Match { negate: true, ..Match::in_set(fields, set) }
     }
 
     /// `field != { values }`.

@@ -4,8 +4,9 @@
 //!
 //! - `inet lanyard`: each mode's policy (forward, NAT, isolation);
 //! - `bridge lanyard`: what must be decided per bridge port, before the IP
-//!   layer: today a DHCP rate per port, so one guest cannot drown its
-//!   network's DHCP server.
+//!   layer: a DHCP rate per port, so one guest cannot drown its network's
+//!   DHCP server, and anti-spoofing, so a guest sends only from its own
+//!   MAC and IP (docs/anti-spoofing.md).
 
 use crate::kernel::firewall::{
     Action, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Rule, Set, Table,
@@ -63,46 +64,135 @@ fn port_element(port: &Port) -> Element {
     Element::key(vec![Value::Ifname(port.ifname.clone())])
 }
 
-/// The bridge-family table: a DHCP rate per bridge port, on the ports of
-/// the networks in [`dhcp_limited`]. None when there is no such network.
+/// Whether lanyard checks the sources of what guests send on `net`'s
+/// ports: an active network, but not an open one (no rules there).
+fn guards(net: &Network) -> bool {
+    net.state == NetState::Active && net.mode != Mode::Open
+}
+
+/// Whether `port` is checked for spoofing: asked for (the default) and
+/// not a trunk port, whose tagged frames carry other VLANs' sources.
+fn guarded(port: &Port) -> bool {
+    port.spoof_check && port.trunk.is_empty()
+}
+
+/// Each set of the bridge table and the elements one port puts in it.
+fn port_elements(port: &Port, net: &Network) -> Vec<(&'static str, Element)> {
+    let name = || Value::Ifname(port.ifname.clone());
+    let mut out = Vec::new();
+    if dhcp_limited(net) {
+        out.push(("dhcp_ports", port_element(port)));
+    }
+    if guards(net) && guarded(port) {
+        out.push(("guarded", port_element(port)));
+        out.push(("port_mac", Element::key(vec![name(), Value::Mac(port.mac)])));
+        if let Some(ip) = port.ip {
+            out.push(("guarded_ip", port_element(port)));
+            out.push(("port_ip", Element::key(vec![name(), Value::Ip(ip)])));
+        }
+    }
+    out
+}
+
+/// The bridge-family table: a DHCP rate per bridge port on the networks in
+/// [`dhcp_limited`], and anti-spoofing on the ports of the networks in
+/// [`guards`]. None when there is no such network. The rules are fixed;
+/// a port adds elements (see [`port_changes`]).
 /// (The ports are named one by one: this kernel family has no
 /// `meta ibrname` everywhere, see docs/reliability.md.)
 pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
-    let limited: std::collections::BTreeSet<std::borrow::Cow<'_, str>> =
-        networks.iter().filter(|n| dhcp_limited(n)).map(|n| n.key()).collect();
-    if limited.is_empty() {
+    // Every network in dhcp_limited is in guards too: the table exists
+    // whenever a port of either kind may come, so a port's elements
+    // always have their sets.
+    let nets: std::collections::BTreeMap<std::borrow::Cow<'_, str>, &Network> =
+        networks.iter().filter(|n| guards(n)).map(|n| (n.key(), n)).collect();
+    if nets.is_empty() {
         return None;
     }
-    let mut members = Set::new("dhcp_ports", &[DataType::Ifname], false);
-    members.elements = ports.iter().filter(|p| limited.contains(p.net.as_str())).map(port_element).collect();
-    let mut meter = Set::new("dhcp_rate", &[DataType::Ifname], false);
-    meter.dynamic_timeout = Some(60);
-    // Prerouting: an excess DHCP broadcast is dropped before the bridge
-    // floods it to every other port, not only before the server sees it.
-    let input = Chain {
-        name: "prerouting".into(),
-        base: base(ChainType::Filter, Hook::Prerouting, 0),
-        rules: vec![Rule::new(
-            vec![Match::in_set(&[Field::Iifname], "dhcp_ports"), Match::any_of(Field::UdpDport, ports_of(&[67]))],
+    use DataType::{EtherAddr, Ifname, Ipv4Addr};
+    let mut sets = vec![
+        Set::new("dhcp_ports", &[Ifname], false),
+        Set::new("dhcp_rate", &[Ifname], false),
+        // Ports whose guests may send only from their own MAC...
+        Set::new("guarded", &[Ifname], false),
+        Set::new("port_mac", &[Ifname, EtherAddr], false),
+        // ... and, when they have a fixed IP, only from it.
+        Set::new("guarded_ip", &[Ifname], false),
+        Set::new("port_ip", &[Ifname, Ipv4Addr], false),
+    ];
+    sets[1].dynamic_timeout = Some(60);
+    for p in ports {
+        let Some(net) = nets.get(p.net.as_str()) else { continue };
+        for (set, element) in port_elements(p, net) {
+            if let Some(s) = sets.iter_mut().find(|s| s.name == set) {
+                s.elements.insert(element);
+            }
+        }
+    }
+    // Prerouting: an excess DHCP broadcast or a forged frame is dropped
+    // before the bridge floods it to every other port, not only before
+    // the host sees it.
+    let input = Chain { name: "prerouting".into(), base: base(ChainType::Filter, Hook::Prerouting, 0), rules: rules() };
+    Some(Table { id: bridge_table_id(), sets, chains: vec![input] })
+}
+
+/// The bridge table's fixed rules: the DHCP rate, then anti-spoofing.
+fn rules() -> Vec<Rule> {
+    use crate::kernel::firewall::{EtherType, Icmpv6Type};
+    use Field::*;
+    let set = Match::in_set;
+    let not_in = Match::not_in_set;
+    let guarded = || set(&[Iifname], "guarded");
+    let guarded_ip = || set(&[Iifname], "guarded_ip");
+    let unspecified = || vec![Value::Ip(std::net::Ipv4Addr::UNSPECIFIED)];
+    let ether_types = [EtherType::Ip, EtherType::Arp, EtherType::Ip6].map(Value::EtherType).to_vec();
+    vec![
+        Rule::new(
+            vec![set(&[Iifname], "dhcp_ports"), Match::any_of(UdpDport, ports_of(&[67]))],
             Action::DropOverRate {
-                fields: vec![Field::Iifname],
+                fields: vec![Iifname],
                 set: "dhcp_rate".into(),
                 per_second: DHCP_PORT_RATE,
                 burst: DHCP_PORT_BURST,
             },
-        )],
-    };
-    Some(Table { id: bridge_table_id(), sets: vec![members, meter], chains: vec![input] })
+        ),
+        // Nothing but IPv4, ARP and IPv6 (no VLAN tags, no STP, no LLDP).
+        Rule::new(vec![guarded(), Match::none_of(EtherType, ether_types)], Action::Drop),
+        // Only the port's own MAC.
+        Rule::new(vec![guarded(), not_in(&[Iifname, EtherSaddr], "port_mac")], Action::Drop),
+        // No DHCP server, no IPv6 router.
+        Rule::new(vec![guarded(), Match::any_of(UdpSport, ports_of(&[67]))], Action::Drop),
+        Rule::new(
+            vec![guarded(), Match::any_of(Icmpv6Type, vec![Value::Icmpv6Type(Icmpv6Type::NdRouterAdvert)])],
+            Action::Drop,
+        ),
+        // A DHCP client before it has its address sends from 0.0.0.0; it
+        // leaves this chain here (so rules for IPv4 sources go below it).
+        Rule::new(
+            vec![guarded_ip(), Match::any_of(IpSaddr, unspecified()), Match::any_of(UdpDport, ports_of(&[67]))],
+            Action::Return,
+        ),
+        // Only the port's own IPv4 address.
+        Rule::new(vec![guarded_ip(), not_in(&[Iifname, IpSaddr], "port_ip")], Action::Drop),
+        // ARP only for the port's own MAC and address (a probe, from
+        // 0.0.0.0, stays allowed: it is how a guest checks its address).
+        Rule::new(vec![guarded(), not_in(&[Iifname, ArpSaddrEther], "port_mac")], Action::Drop),
+        Rule::new(
+            vec![guarded_ip(), Match::none_of(ArpSaddrIp, unspecified()), not_in(&[Iifname, ArpSaddrIp], "port_ip")],
+            Action::Drop,
+        ),
+    ]
 }
 
 /// The element changes that adding (or removing) `ports` makes to the
-/// bridge table: one per port on a [`dhcp_limited`] network. A port's own
-/// change costs one element, not a rebuilt set.
+/// bridge table: a port's DHCP rate and anti-spoofing elements. A port's
+/// own change costs a few elements, never a rebuilt set or a rule.
 pub fn port_changes(ports: &[Port], networks: &[Network], add: bool) -> Vec<ElementChange> {
     ports
         .iter()
-        .filter(|p| networks.iter().any(|n| n.key() == p.net && dhcp_limited(n)))
-        .map(|p| ElementChange { table: bridge_table_id(), set: "dhcp_ports".into(), add, element: port_element(p) })
+        .filter_map(|p| networks.iter().find(|n| n.key() == p.net && guards(n)).map(|n| (p, n)))
+        .flat_map(|(p, n)| port_elements(p, n))
+        .map(|(set, element)| ElementChange { table: bridge_table_id(), set: set.into(), add, element })
         .collect()
 }
 

@@ -34,7 +34,7 @@ pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed, current: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernel::{LinkKind, ObservedLink, Op, Tables};
+    use crate::kernel::{LinkKind, ObservedLink, Op, Table, Tables};
     use crate::model::test_network as net;
     use crate::model::{Mac, Mode, PortType};
 
@@ -55,6 +55,7 @@ mod tests {
             adopted: false,
             trunk: Vec::new(),
             untagged: true,
+            spoof_check: true,
         }
     }
 
@@ -240,6 +241,108 @@ mod tests {
 }
 ";
         assert_eq!(t.render(), expected.replace("FP", &t.fingerprint()));
+    }
+
+    #[test]
+    fn bridge_firewall_golden() {
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let t = firewall::bridge_table(std::slice::from_ref(&n), &[port("aa", "default", PortType::Tap)]).unwrap();
+        let expected = "table bridge lanyard {
+\tcomment \"FP\"
+\tset dhcp_ports { type ifname; elements = { \"lyaa\" }; }
+\tset dhcp_rate { type ifname; flags dynamic,timeout; timeout 60s; }
+\tset guarded { type ifname; elements = { \"lyaa\" }; }
+\tset port_mac { type ifname . ether_addr; elements = { \"lyaa\" . 52:54:00:00:00:01 }; }
+\tset guarded_ip { type ifname; elements = { \"lyaa\" }; }
+\tset port_ip { type ifname . ipv4_addr; elements = { \"lyaa\" . 192.168.122.2 }; }
+\tchain prerouting {
+\t\ttype filter hook prerouting priority 0; policy accept;
+\t\tiifname @dhcp_ports udp dport 67 update @dhcp_rate { iifname limit rate over 20/second burst 40 packets } drop
+\t\tiifname @guarded ether type != { ip, arp, ip6 } drop
+\t\tiifname @guarded iifname . ether saddr != @port_mac drop
+\t\tiifname @guarded udp sport 67 drop
+\t\tiifname @guarded icmpv6 type nd-router-advert drop
+\t\tiifname @guarded_ip ip saddr 0.0.0.0 udp dport 67 return
+\t\tiifname @guarded_ip iifname . ip saddr != @port_ip drop
+\t\tiifname @guarded iifname . arp saddr ether != @port_mac drop
+\t\tiifname @guarded_ip arp saddr ip != 0.0.0.0 iifname . arp saddr ip != @port_ip drop
+\t}
+}
+";
+        assert_eq!(t.render(), expected.replace("FP", &t.fingerprint()));
+    }
+
+    /// Which ports each anti-spoofing set names: the elements of a table
+    /// built from scratch, and the changes a port's create makes.
+    fn guard_sets(t: &Table) -> Vec<(String, Vec<String>)> {
+        ["guarded", "port_mac", "guarded_ip", "port_ip", "dhcp_ports"]
+            .iter()
+            .map(|s| (s.to_string(), t.set(s).unwrap().elements.iter().map(ToString::to_string).collect()))
+            .collect()
+    }
+
+    #[test]
+    fn anti_spoofing_guards_vm_ports_but_trunks_and_router_vms() {
+        let nat = net("default", "192.168.122.0/24", "lybr0");
+        let mut lan = net("lan", "10.9.0.0/24", "lybr1");
+        lan.mode = Mode::Bridge;
+        let mut open = net("o", "10.8.0.0/24", "lybr2");
+        open.mode = Mode::Open;
+        let nets = [nat, lan, open];
+        let plain = port("aa", "default", PortType::Tap);
+        let mut router = port("bb", "default", PortType::Tap);
+        router.spoof_check = false;
+        let mut trunk = port("cc", "default", PortType::Tap);
+        trunk.trunk = vec!["v10".into()];
+        // An old record of a trunk port says spoof_check: true (the default).
+        assert!(trunk.spoof_check);
+        let mut no_ip = port("dd", "lan", PortType::Tap);
+        no_ip.ip = None;
+        no_ip.mac = Mac([0x52, 0x54, 0, 0, 0, 4]);
+        let mut unruled = port("ee", "o", PortType::Tap);
+        unruled.ip = Some("10.8.0.2".parse().unwrap());
+        let ports = [plain.clone(), router.clone(), trunk.clone(), no_ip.clone(), unruled.clone()];
+        let t = firewall::bridge_table(&nets, &ports).unwrap();
+        let strings = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
+        assert_eq!(
+            guard_sets(&t),
+            [
+                ("guarded".into(), strings(&["\"lyaa\"", "\"lydd\""])),
+                ("port_mac".into(), strings(&["\"lyaa\" . 52:54:00:00:00:01", "\"lydd\" . 52:54:00:00:00:04"])),
+                ("guarded_ip".into(), strings(&["\"lyaa\""])),
+                ("port_ip".into(), strings(&["\"lyaa\" . 192.168.122.2"])),
+                ("dhcp_ports".into(), strings(&["\"lyaa\"", "\"lybb\"", "\"lycc\""])),
+            ],
+            "a router VM and a trunk port are not guarded, a port without IP only for its MAC, an open network not at all"
+        );
+        // A port's create and delete are exactly its elements, and a
+        // table rebuilt from the store (a restart) has the same.
+        let empty = firewall::bridge_table(&nets, &[]).unwrap();
+        assert_eq!(empty.fingerprint(), t.fingerprint(), "ports add elements, never rules");
+        let added = firewall::port_changes(&ports, &nets, true);
+        assert_eq!(
+            Some(added.clone()),
+            empty.element_changes(&t).map(|mut v| {
+                let order = |c: &crate::kernel::ElementChange| added.iter().position(|a| a == c);
+                v.sort_by_key(order);
+                v
+            })
+        );
+        let removed = firewall::port_changes(std::slice::from_ref(&plain), &nets, false);
+        assert_eq!(removed.len(), 5, "{removed:?}");
+        assert!(removed.iter().all(|c| !c.add && c.table == bridge_table_id()));
+        assert!(firewall::port_changes(&[router, trunk, unruled], &nets, true).iter().all(|c| c.set == "dhcp_ports"));
+        assert_eq!(firewall::port_changes(&[no_ip], &nets, true).len(), 2, "guarded and port_mac only");
+    }
+
+    #[test]
+    fn the_bridge_table_exists_for_any_network_whose_ports_are_guarded() {
+        let mut lan = net("lan", "10.9.0.0/24", "lybr1");
+        lan.mode = Mode::Bridge;
+        let mut open = net("o", "10.8.0.0/24", "lybr2");
+        open.mode = Mode::Open;
+        assert!(firewall::bridge_table(std::slice::from_ref(&lan), &[]).is_some(), "bridge mode: a port may come");
+        assert!(firewall::bridge_table(std::slice::from_ref(&open), &[]).is_none(), "open: no rules at all");
     }
 
     #[test]
@@ -439,7 +542,8 @@ mod vlan_tests {
                 "set eth0.20 up"
             ]
         );
-        assert!(p.firewall.is_empty(), "bridge mode gets no rules");
+        let tables: Vec<_> = p.firewall.iter().filter_map(FirewallChange::table).cloned().collect();
+        assert_eq!(tables, [bridge_table_id()], "bridge mode gets no IP rules, only its ports' anti-spoofing");
         let other = vnet("lan10", "bridge", "192.168.100.0/24", "eth0", 10);
         assert!(!n.clashes_with(&other), "two VLANs may share a subnet");
         let nat = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
@@ -486,6 +590,7 @@ mod vlan_tests {
             adopted: false,
             trunk: vec!["v10".into(), "v20".into()],
             untagged: true,
+            spoof_check: true,
         };
         let nets = vec![v10.clone(), v20.clone(), mgmt.clone()];
         let o = after(&with(vec![nic("eth0")]), &plan(&nets, &[], &with(vec![nic("eth0")]), &Tables::new()));
@@ -547,6 +652,7 @@ mod vlan_tests {
             adopted: false,
             trunk: Vec::new(),
             untagged: true,
+            spoof_check: true,
             project: crate::model::DEFAULT_PROJECT.into(),
         };
         let access = port("0000aaaa");

@@ -482,6 +482,7 @@ mod tests {
                 adopted: false,
                 trunk: Vec::new(),
                 untagged: true,
+                spoof_check: true,
             };
             s.put_ports(std::slice::from_ref(&port)).unwrap();
             s.write_leases(&[LeaseChange::Upsert(lease("192.168.122.50", "52:54:00:00:00:01"))]).unwrap();
