@@ -22,9 +22,10 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
-use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec, DEFAULT_PROJECT};
+use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
 
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
@@ -79,7 +80,7 @@ fn kind_of(status: StatusCode) -> &'static str {
 }
 
 /// An error on its way to the client.
-pub struct ApiError(EngineError);
+pub struct ApiError(pub EngineError);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -309,12 +310,6 @@ struct InProject {
     project: Option<String>,
 }
 
-impl InProject {
-    fn project(&self) -> &str {
-        self.project.as_deref().unwrap_or(DEFAULT_PROJECT)
-    }
-}
-
 /// Parses a route's query string as `T`; a refusal says what was wrong.
 fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
@@ -324,16 +319,19 @@ fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
     })
 }
 
-/// Runs `f` on the key of the network `name` names in the request's project.
+/// Runs `f` on the key of the network `name` names in the request's
+/// project (for a project's caller: its own).
 async fn on_network<T: Send + 'static>(
     state: Shared,
+    caller: Caller,
     uri: &Uri,
     name: String,
     f: impl FnOnce(&mut Engine, String) -> Result<T, EngineError> + Send + 'static,
 ) -> Result<T, Response> {
     let q: InProject = query(uri).map_err(IntoResponse::into_response)?;
     with_engine(state, move |e| {
-        let key = e.network_key(q.project(), &name)?;
+        let project = caller.project(q.project.as_deref())?;
+        let key = e.network_key(&project, &name)?;
         f(e, key)
     })
     .await
@@ -364,73 +362,153 @@ fn query_rejection(e: axum::extract::rejection::QueryRejection) -> Response {
     Rejection::new(StatusCode::BAD_REQUEST, format!("invalid query string: {}", why.replace('`', "\""))).into_response()
 }
 
-/// The API routes.
+/// A [`Response`] of an engine error.
+fn engine_err(e: EngineError) -> Response {
+    ApiError(e).into_response()
+}
+
+/// Runs `f` on the engine for an admin-only operation `what`.
+async fn admin<T: Send + 'static>(
+    state: Shared,
+    caller: &Caller,
+    what: &str,
+    f: impl FnOnce(&mut Engine) -> Result<T, EngineError> + Send + 'static,
+) -> Result<T, Response> {
+    caller.admin_only(what).map_err(IntoResponse::into_response)?;
+    with_engine(state, f).await.map_err(IntoResponse::into_response)
+}
+
+/// The API routes of the unix socket, where a request without a token is
+/// the admin's.
 pub fn router(state: Shared) -> Router {
+    router_for(state, Transport::Unix)
+}
+
+/// The API routes for requests that come in over `transport`: every
+/// request's [`Caller`] is resolved first ([`crate::auth::authenticate`]).
+pub fn router_for(state: Shared, transport: Transport) -> Router {
+    let auth_state = (state.clone(), transport);
     let routes = Router::new()
         .route(
             "/v1/projects",
-            get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.projects()))).await }).post(
-                |State(s): State<Shared>, JsonBody(spec): JsonBody<ProjectSpec>| async move {
-                    with_engine(s, move |e| e.create_project(spec)).await.map(|p| (StatusCode::CREATED, Json(p)))
+            get(|State(s): State<Shared>, caller: Caller| async move {
+                with_engine(s, move |e| {
+                    Ok(Json(
+                        e.projects()
+                            .into_iter()
+                            .filter(|p| caller.scope(None).ok().flatten().is_none_or(|own| p.project.name == own))
+                            .collect::<Vec<_>>(),
+                    ))
+                })
+                .await
+            })
+            .post(
+                |State(s): State<Shared>, caller: Caller, JsonBody(spec): JsonBody<ProjectSpec>| async move {
+                    admin(s, &caller, "creating a project", move |e| e.create_project(spec))
+                        .await
+                        .map(|p| (StatusCode::CREATED, Json(p)))
                 },
             ),
         )
         .route(
             "/v1/projects/{name}",
-            get(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.project(&name)).await.map(Json)
+            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                with_engine(s, move |e| e.project(&caller.project(Some(&name))?)).await.map(Json)
             })
-            .delete(|State(s): State<Shared>, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.delete_project(&name)).await.map(|()| StatusCode::NO_CONTENT)
+            .delete(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                admin(s, &caller, "deleting a project", move |e| e.delete_project(&name))
+                    .await
+                    .map(|()| StatusCode::NO_CONTENT)
             }),
         )
         .route(
+            "/v1/projects/{name}/tokens",
+            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                admin(s, &caller, "listing tokens", move |e| e.tokens_of(&name)).await.map(Json)
+            })
+            .post(
+                |State(s): State<Shared>,
+                 caller: Caller,
+                 Path(name): Path<String>,
+                 JsonBody(spec): JsonBody<TokenSpec>| async move {
+                    admin(s, &caller, "creating a token", move |e| e.create_token(&name, spec))
+                        .await
+                        .map(|t| (StatusCode::CREATED, Json(t)))
+                },
+            ),
+        )
+        .route(
+            "/v1/projects/{name}/tokens/{id}",
+            axum::routing::delete(
+                |State(s): State<Shared>, caller: Caller, Path((name, id)): Path<(String, String)>| async move {
+                    admin(s, &caller, "deleting a token", move |e| e.delete_token(&name, &id))
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                },
+            ),
+        )
+        .route(
             "/v1/networks",
-            get(|State(s): State<Shared>, uri: Uri| async move {
+            get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
                 let q: InProject = query(&uri).map_err(IntoResponse::into_response)?;
-                with_engine(s, move |e| e.networks_of(q.project.as_deref()))
+                with_engine(s, move |e| e.networks_of(caller.scope(q.project.as_deref())?.as_deref()))
                     .await
                     .map(Json)
                     .map_err(IntoResponse::into_response)
             })
-            .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<NetworkSpec>| async move {
-                with_engine(s, move |e| e.create_network(spec)).await.map(|n| (StatusCode::CREATED, Json(n)))
-            }),
+            .post(
+                |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<NetworkSpec>| async move {
+                    caller.check_network_spec(&spec).map_err(IntoResponse::into_response)?;
+                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                    with_engine(s, move |e| e.create_network(spec))
+                        .await
+                        .map(|n| (StatusCode::CREATED, Json(n)))
+                        .map_err(IntoResponse::into_response)
+                },
+            ),
         )
         .route(
             "/v1/networks/{name}",
-            get(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, &uri, name, |e, key| e.network(&key)).await.map(Json)
+            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, caller, &uri, name, |e, key| e.network(&key)).await.map(Json)
             })
-            .delete(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, &uri, name, |e, key| e.delete_network(&key)).await.map(|()| StatusCode::NO_CONTENT)
-            }),
+            .delete(
+                |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.delete_network(&key))
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                },
+            ),
         )
         .route(
             "/v1/networks/{name}/start",
-            post(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, &uri, name, |e, key| e.set_active(&key, true)).await.map(Json)
+            post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, caller, &uri, name, |e, key| e.set_active(&key, true)).await.map(Json)
             }),
         )
         .route(
             "/v1/networks/{name}/stop",
-            post(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, &uri, name, |e, key| e.set_active(&key, false)).await.map(Json)
+            post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                on_network(s, caller, &uri, name, |e, key| e.set_active(&key, false)).await.map(Json)
             }),
         )
         .route(
             "/v1/networks/{name}/autostart",
             post(
-                |State(s): State<Shared>, Path(name): Path<String>, uri: Uri, JsonBody(a): JsonBody<Autostart>| async move {
-                    on_network(s, &uri, name, move |e, key| e.set_autostart(&key, a.enabled)).await.map(Json)
+                |State(s): State<Shared>,
+                 caller: Caller,
+                 Path(name): Path<String>,
+                 uri: Uri,
+                 JsonBody(a): JsonBody<Autostart>| async move {
+                    on_network(s, caller, &uri, name, move |e, key| e.set_autostart(&key, a.enabled)).await.map(Json)
                 },
             ),
         )
         .route(
             "/v1/networks/{name}/leases",
-            get(|State(s): State<Shared>, Path(name): Path<String>, uri: Uri| async move {
+            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
                 let shown = name.clone();
-                on_network(s, &uri, name, move |e, key| {
+                on_network(s, caller, &uri, name, move |e, key| {
                     // Leases name their network as the user does.
                     let mut leases = e.leases(&key)?;
                     leases.iter_mut().for_each(|l| l.net.clone_from(&shown));
@@ -442,18 +520,19 @@ pub fn router(state: Shared) -> Router {
         )
         .route(
             "/v1/ports",
-            get(|State(s): State<Shared>, uri: Uri| async move {
+            get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
                 let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;
                 with_engine(s, move |e| {
-                    if let Some(p) = &f.project {
+                    let scope = caller.scope(f.project.as_deref())?;
+                    if let Some(p) = &scope {
                         e.check_project(p)?;
                     }
                     // A network is named in the project asked for (default
-                    // the default project); without one, ports of all projects.
-                    let project = f.project.as_deref().unwrap_or(DEFAULT_PROJECT);
-                    let key = f.net.as_deref().map(|n| crate::model::network_key(project, n).into_owned());
+                    // the caller's); without one, ports of all projects.
+                    let project = caller.project(scope.as_deref())?;
+                    let key = f.net.as_deref().map(|n| crate::model::network_key(&project, n).into_owned());
                     Ok(Json(
-                        e.ports_of(f.project.as_deref(), f.vm.as_deref(), key.as_deref())
+                        e.ports_of(scope.as_deref(), f.vm.as_deref(), key.as_deref())
                             .into_iter()
                             .map(|p| e.port_view(p))
                             .collect::<Vec<_>>(),
@@ -462,58 +541,90 @@ pub fn router(state: Shared) -> Router {
                 .await
                 .map_err(IntoResponse::into_response)
             })
-            .post(|State(s): State<Shared>, JsonBody(spec): JsonBody<PortSpec>| async move {
-                with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
-                    .await
-                    .map(|p| (StatusCode::CREATED, Json(p)))
-            }),
+            .post(
+                |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<PortSpec>| async move {
+                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                    with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
+                        .await
+                        .map(|p| (StatusCode::CREATED, Json(p)))
+                        .map_err(IntoResponse::into_response)
+                },
+            ),
         )
         .route(
             "/v1/managers/vlan",
-            get(|State(s): State<Shared>| async move { with_engine(s, |e| e.vlan_manager()).await.map(Json) }).put(
-                |State(s): State<Shared>, JsonBody(spec): JsonBody<crate::vlan_manager::VlanManagerSpec>| async move {
-                    with_engine(s, move |e| e.set_vlan_manager(spec)).await.map(Json)
+            get(|State(s): State<Shared>, caller: Caller| async move {
+                admin(s, &caller, "the VLAN manager's configuration", |e| e.vlan_manager()).await.map(Json)
+            })
+            .put(
+                |State(s): State<Shared>,
+                 caller: Caller,
+                 JsonBody(spec): JsonBody<crate::vlan_manager::VlanManagerSpec>| async move {
+                    admin(s, &caller, "configuring the VLAN manager", move |e| e.set_vlan_manager(spec)).await.map(Json)
                 },
             ),
         )
         .route(
             "/v1/ports/batch",
-            post(|State(s): State<Shared>, JsonBody(specs): JsonBody<Vec<PortSpec>>| async move {
+            post(|State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
+                for spec in &mut specs {
+                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                }
                 with_engine(s, move |e| {
                     e.create_ports(specs).map(|v| v.into_iter().map(|p| e.port_view(p)).collect::<Vec<_>>())
                 })
                 .await
                 .map(|ports| (StatusCode::CREATED, Json(ports)))
+                .map_err(IntoResponse::into_response)
             }),
         )
         .route(
             "/v1/ports/{id}",
-            axum::routing::delete(|State(s): State<Shared>, Path(id): Path<String>| async move {
-                with_engine(s, move |e| e.delete_port(&id)).await.map(|()| StatusCode::NO_CONTENT)
+            axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                with_engine(s, move |e| {
+                    e.check_port(&id, caller.scope(None)?.as_deref())?;
+                    e.delete_port(&id)
+                })
+                .await
+                .map(|()| StatusCode::NO_CONTENT)
             }),
         )
         .route(
             "/v1/ports/{id}/config",
-            get(|State(s): State<Shared>, Path(id): Path<String>, uri: Uri| async move {
+            get(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>, uri: Uri| async move {
                 let Query(q) = Query::<ConfigQuery>::try_from_uri(&uri).map_err(query_rejection)?;
                 let format = config_format(q.format.as_deref()).map_err(|e| ApiError(e).into_response())?;
-                with_engine(s, move |e| e.port_config(&id, format)).await.map(Json).map_err(IntoResponse::into_response)
+                with_engine(s, move |e| {
+                    e.check_port(&id, caller.scope(None)?.as_deref())?;
+                    e.port_config(&id, format)
+                })
+                .await
+                .map(Json)
+                .map_err(IntoResponse::into_response)
             }),
         )
         .route(
             "/v1/status",
-            get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.status()))).await }),
+            get(|State(s): State<Shared>, caller: Caller| async move {
+                admin(s, &caller, "the daemon's status", |e| Ok(Json(e.status()))).await
+            }),
         )
         .route(
             "/v1/bridges",
-            get(|State(s): State<Shared>| async move { with_engine(s, |e| e.bridges()).await.map(Json) }),
+            get(|State(s): State<Shared>, caller: Caller| async move {
+                admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
+            }),
         )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state);
     // Outside the routes, so that it sees their finished responses (a 405
-    // gets its Allow header only on its way out of the route).
-    Router::new().fallback_service(routes).layer(axum::middleware::from_fn(json_errors))
+    // gets its Allow header only on its way out of the route); inside it,
+    // who is asking is known before any route runs.
+    Router::new()
+        .fallback_service(routes)
+        .layer(axum::middleware::from_fn_with_state(auth_state, crate::auth::authenticate))
+        .layer(axum::middleware::from_fn(json_errors))
 }
 
 #[cfg(test)]
@@ -821,5 +932,201 @@ mod tests {
         assert_eq!(send(&app, "DELETE", "/v1/projects/blue", None, b"").await.0, 204);
         let (_, v, _) = send(&app, "GET", "/v1/projects", None, b"").await;
         assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+    }
+
+    fn shared() -> Shared {
+        let engine = Engine::start(Parts {
+            store: Arc::new(SqliteStore::in_memory().unwrap()),
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost::default()),
+        })
+        .unwrap();
+        Arc::new(Mutex::new(engine))
+    }
+
+    /// Sends one request with `Authorization: Bearer TOKEN` (none for the
+    /// admin); the status, the JSON body and the WWW-Authenticate header.
+    async fn send_as(app: &Router, token: Option<&str>, method: &str, uri: &str, body: &[u8]) -> (u16, Value, String) {
+        let mut req =
+            axum::http::Request::builder().method(method).uri(uri).header(header::CONTENT_TYPE, "application/json");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let resp = app.clone().oneshot(req.body(axum::body::Body::from(body.to_vec())).unwrap()).await.unwrap();
+        let status = resp.status().as_u16();
+        let challenge =
+            resp.headers().get(header::WWW_AUTHENTICATE).map(|a| a.to_str().unwrap().to_string()).unwrap_or_default();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+        let v = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
+        (status, v, challenge)
+    }
+
+    fn names(v: &Value, field: &str) -> Vec<String> {
+        let mut out: Vec<String> =
+            v.as_array().into_iter().flatten().map(|x| x[field].as_str().unwrap_or("?").to_string()).collect();
+        out.sort();
+        out
+    }
+
+    #[tokio::test]
+    async fn a_project_token_sees_and_changes_only_its_project() {
+        let state = shared();
+        let app = router(state.clone());
+        let tcp = router_for(state, Transport::Tcp);
+        let admin = None;
+        for p in ["blue", "red"] {
+            let (st, v, _) =
+                send_as(&app, admin, "POST", "/v1/projects", format!(r#"{{"name":"{p}"}}"#).as_bytes()).await;
+            assert_eq!(st, 201, "{v}");
+        }
+        let mut port_ids = Vec::new();
+        for (p, net, subnet) in [("blue", "b1", "10.31.0.0/24"), ("red", "r1", "10.32.0.0/24")] {
+            let body = format!(r#"{{"name":"{net}","mode":"nat","subnet":"{subnet}","project":"{p}"}}"#);
+            assert_eq!(send_as(&app, admin, "POST", "/v1/networks", body.as_bytes()).await.0, 201);
+            let body = format!(r#"{{"net":"{net}","vm":"vm-{p}","project":"{p}"}}"#);
+            let (st, v, _) = send_as(&app, admin, "POST", "/v1/ports", body.as_bytes()).await;
+            assert_eq!(st, 201, "{v}");
+            port_ids.push(v["id"].as_str().unwrap().to_string());
+        }
+        let (blue_port, red_port) = (port_ids[0].clone(), port_ids[1].clone());
+        let (st, made, _) = send_as(&app, admin, "POST", "/v1/projects/blue/tokens", br#"{"name":"ci"}"#).await;
+        assert_eq!((st, made["project"].as_str(), made["name"].as_str()), (201, Some("blue"), Some("ci")), "{made}");
+        let token = made["token"].as_str().unwrap().to_string();
+        assert!(crate::auth::well_formed(&token), "{token}");
+        let blue = Some(token.as_str());
+        let (_, listed, _) = send_as(&app, admin, "GET", "/v1/projects/blue/tokens", b"").await;
+        assert_eq!(listed.as_array().map(Vec::len), Some(1), "{listed}");
+        assert!(listed[0].get("token").is_none() && listed[0].get("hash").is_none(), "no secret listed: {listed}");
+        assert!(!listed.to_string().contains(&crate::auth::hash(&token)), "{listed}");
+
+        // The admin sees both projects; the token only its own.
+        let (_, v, _) = send_as(&app, admin, "GET", "/v1/networks", b"").await;
+        assert_eq!(names(&v, "name"), ["b1", "r1"], "{v}");
+        let (_, v, _) = send_as(&app, admin, "GET", "/v1/ports", b"").await;
+        assert_eq!(names(&v, "project"), ["blue", "red"], "{v}");
+        for app in [&app, &tcp] {
+            let (st, v, _) = send_as(app, blue, "GET", "/v1/networks", b"").await;
+            assert_eq!((st, names(&v, "name")), (200, vec!["b1".to_string()]), "{v}");
+            let (_, v, _) = send_as(app, blue, "GET", "/v1/ports", b"").await;
+            assert_eq!(names(&v, "id"), std::slice::from_ref(&blue_port), "{v}");
+            let (_, v, _) = send_as(app, blue, "GET", "/v1/projects", b"").await;
+            assert_eq!(names(&v, "name"), ["blue"], "{v}");
+            let (st, v, _) = send_as(app, blue, "GET", "/v1/networks/b1", b"").await;
+            assert_eq!((st, v["project"].as_str()), (200, Some("blue")), "its own project by default: {v}");
+        }
+
+        // Another project's objects are exactly as missing as missing ones.
+        let same_404 = |a: &(u16, Value, String), b: &(u16, Value, String), from: &str, to: &str, what: &str| {
+            assert_eq!(a.0, 404, "{what}: {}", a.1);
+            assert_eq!(a.1.to_string(), b.1.to_string().replace(from, to), "{what}");
+        };
+        let uris = [
+            ("GET", "/v1/networks/NAME"),
+            ("DELETE", "/v1/networks/NAME"),
+            ("POST", "/v1/networks/NAME/stop"),
+            ("GET", "/v1/networks/NAME/leases"),
+        ];
+        for (method, uri) in uris {
+            let theirs = send_as(&app, blue, method, &uri.replace("NAME", "r1"), b"").await;
+            let missing = send_as(&app, blue, method, &uri.replace("NAME", "zz"), b"").await;
+            same_404(&theirs, &missing, "zz", "r1", uri);
+            let theirs = send_as(&app, blue, method, &format!("{}?project=red", uri.replace("NAME", "r1")), b"").await;
+            let missing =
+                send_as(&app, blue, method, &format!("{}?project=nosuch", uri.replace("NAME", "r1")), b"").await;
+            same_404(&theirs, &missing, "nosuch", "red", &format!("{uri}?project=red"));
+        }
+        for (uri, method) in
+            [("/v1/networks?project=red", "GET"), ("/v1/ports?project=red", "GET"), ("/v1/projects/red", "GET")]
+        {
+            let theirs = send_as(&app, blue, method, uri, b"").await;
+            let missing = send_as(&app, blue, method, &uri.replace("red", "nosuch"), b"").await;
+            same_404(&theirs, &missing, "nosuch", "red", uri);
+        }
+        let fake = "0000beef";
+        for (method, uri) in [("DELETE", "/v1/ports/ID"), ("GET", "/v1/ports/ID/config?format=cloud-init")] {
+            let theirs = send_as(&app, blue, method, &uri.replace("ID", &red_port), b"").await;
+            let missing = send_as(&app, blue, method, &uri.replace("ID", fake), b"").await;
+            same_404(&theirs, &missing, fake, &red_port, uri);
+        }
+        let body = br#"{"net":"r1","vm":"x","project":"red"}"#;
+        assert_eq!(send_as(&app, blue, "POST", "/v1/ports", body).await.0, 404);
+        let body = br#"{"name":"x1","mode":"nat","subnet":"10.33.0.0/24","project":"red"}"#;
+        assert_eq!(send_as(&app, blue, "POST", "/v1/networks", body).await.0, 404);
+
+        // Admin-only kinds and operations: 403, one line, nothing changes.
+        let before = send_as(&app, admin, "GET", "/v1/networks", b"").await.1;
+        let refused: Vec<(&str, &str, &[u8])> = vec![
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"","manager":"flat","subnet":"10.40.0.0/24"}"#),
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"","manager":"flatdhcp","subnet":"10.40.0.0/24"}"#),
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"bridge","subnet":"","uplink":"eth0"}"#),
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"open","subnet":"10.40.0.0/24"}"#),
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"nat","subnet":"10.40.0.0/24","uplink":"eth0"}"#),
+            ("POST", "/v1/networks", br#"{"name":"f","mode":"nat","subnet":"10.40.0.0/24","vlan":7}"#),
+            (
+                "PUT",
+                "/v1/managers/vlan",
+                br#"{"uplink":"eth0","vlans":"100-199","supernet":"10.0.0.0/16","prefix":24}"#,
+            ),
+            ("GET", "/v1/managers/vlan", b""),
+            ("POST", "/v1/projects", br#"{"name":"green"}"#),
+            ("DELETE", "/v1/projects/red", b""),
+            ("DELETE", "/v1/projects/blue", b""),
+            ("POST", "/v1/projects/blue/tokens", b"{}"),
+            ("GET", "/v1/projects/blue/tokens", b""),
+            ("GET", "/v1/bridges", b""),
+            ("GET", "/v1/status", b""),
+        ];
+        for (method, uri, body) in refused {
+            let (st, v, _) = send_as(&app, blue, method, uri, body).await;
+            assert_eq!((st, v["kind"].as_str()), (403, Some("forbidden")), "{method} {uri}: {v}");
+            let e = v["error"].as_str().unwrap();
+            assert!(e.contains("admin only") && !e.contains('\n'), "{e}");
+        }
+        assert_eq!(send_as(&app, admin, "GET", "/v1/networks", b"").await.1, before, "a refusal changed something");
+        let (_, v, _) = send_as(&app, admin, "GET", "/v1/projects", b"").await;
+        assert_eq!(names(&v, "name"), ["blue", "default", "red"], "{v}");
+
+        // What it may do lands in its project.
+        let (st, v, _) =
+            send_as(&app, blue, "POST", "/v1/networks", br#"{"name":"b2","mode":"nat","subnet":"10.34.0.0/24"}"#).await;
+        assert_eq!((st, v["project"].as_str()), (201, Some("blue")), "{v}");
+        let (st, v, _) = send_as(&app, blue, "POST", "/v1/ports", br#"{"net":"b2","vm":"v2"}"#).await;
+        assert_eq!((st, v["project"].as_str()), (201, Some("blue")), "{v}");
+        let id = v["id"].as_str().unwrap().to_string();
+        assert_eq!(send_as(&app, blue, "GET", &format!("/v1/ports/{id}/config?format=cloud-init"), b"").await.0, 200);
+        assert_eq!(send_as(&app, blue, "DELETE", &format!("/v1/ports/{id}"), b"").await.0, 204);
+        assert_eq!(send_as(&app, blue, "DELETE", "/v1/networks/b2", b"").await.0, 204);
+
+        // Bad tokens: 401 with one line, on both transports; TCP needs one.
+        let unknown = format!("lyt_{}", "0".repeat(64));
+        for app in [&app, &tcp] {
+            for t in [unknown.as_str(), "lyt_short", "nonsense"] {
+                let (st, v, challenge) = send_as(app, Some(t), "GET", "/v1/networks", b"").await;
+                assert_eq!(
+                    (st, v["kind"].as_str(), challenge.as_str()),
+                    (401, Some("unauthorized"), "Bearer"),
+                    "{t}: {v}"
+                );
+                assert!(v["error"].as_str().unwrap().starts_with("invalid token"), "{v}");
+            }
+        }
+        let (st, v, _) = send_as(&tcp, None, "GET", "/v1/networks", b"").await;
+        assert_eq!((st, v["kind"].as_str()), (401, Some("unauthorized")), "{v}");
+        let (st, _, _) = send_as(&tcp, None, "GET", "/v1/nope", b"").await;
+        assert_eq!(st, 401, "TCP without a token learns nothing, not even the routes");
+
+        // A deleted token, or one of a deleted project, is no token.
+        let (_, red_made, _) = send_as(&app, admin, "POST", "/v1/projects/red/tokens", b"{}").await;
+        let red = red_made["token"].as_str().unwrap().to_string();
+        assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 200);
+        assert_eq!(send_as(&app, admin, "DELETE", "/v1/networks/r1?project=red", b"").await.0, 204);
+        assert_eq!(send_as(&app, admin, "DELETE", "/v1/projects/red", b"").await.0, 204);
+        assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 401);
+        let tid = made["id"].as_str().unwrap();
+        let (st, v, _) = send_as(&app, admin, "DELETE", "/v1/projects/red/tokens/nope", b"").await;
+        assert_eq!(st, 404, "{v}");
+        assert_eq!(send_as(&app, admin, "DELETE", &format!("/v1/projects/blue/tokens/{tid}"), b"").await.0, 204);
+        assert_eq!(send_as(&app, blue, "GET", "/v1/networks", b"").await.0, 401);
     }
 }

@@ -23,6 +23,9 @@ pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "LANYARD_SOCKET", default_value = DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// A project's token: act as that project (sent as `Authorization: Bearer`).
+    #[arg(long, global = true, env = "LANYARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -54,6 +57,10 @@ pub enum Command {
         /// Where the state database lives.
         #[arg(long, default_value = DEFAULT_STATE_DIR)]
         state_dir: PathBuf,
+        /// Give the API socket to this group (name or number): its members
+        /// are admins, like root.
+        #[arg(long)]
+        socket_group: Option<String>,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]
@@ -82,9 +89,9 @@ pub enum Command {
         /// Network (default: $LANYARD_NET, else "default").
         #[arg(long, env = "LANYARD_NET", default_value = "default")]
         net: String,
-        /// The network's project (default: $LANYARD_PROJECT, else "default").
-        #[arg(long, env = "LANYARD_PROJECT", default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: $LANYARD_PROJECT, else "default", or the token's).
+        #[arg(long, env = "LANYARD_PROJECT")]
+        project: Option<String>,
         /// VM name (default: $LANYARD_VM, else QEMU's -name, else the TAP's name).
         #[arg(long, env = "LANYARD_VM")]
         vm: Option<String>,
@@ -148,8 +155,8 @@ pub enum NetCommand {
         #[arg(long)]
         autostart: bool,
         /// The project the network belongs to.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        #[arg(long)]
+        project: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -171,9 +178,9 @@ pub enum NetCommand {
     Show {
         /// Network name.
         name: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -182,33 +189,33 @@ pub enum NetCommand {
     Delete {
         /// Network name.
         name: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Start a stopped network.
     Start {
         /// Network name.
         name: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Stop a network: bridge, rules and DHCP go; ports and leases stay.
     Stop {
         /// Network name.
         name: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
     },
     /// Mark a network to start at boot.
     Autostart {
         /// Network name.
         name: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
         /// Unmark it instead.
         #[arg(long)]
         disable: bool,
@@ -253,8 +260,8 @@ pub enum PortCommand {
         #[arg(long)]
         group: Option<String>,
         /// The project of the network (and so of the port).
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        #[arg(long)]
+        project: Option<String>,
         /// Let the guest send from any MAC and IP (a router VM); by default
         /// the bridge drops what it sends from another than its own.
         #[arg(long)]
@@ -347,6 +354,41 @@ pub enum ProjectCommand {
         /// Project name.
         name: String,
     },
+    /// A project's access tokens (admin only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `lanyard project token ...`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Make a token that acts for PROJECT; it is printed once and stored
+    /// only as a hash.
+    Create {
+        /// The project.
+        project: String,
+        /// A label for people (e.g. who holds it).
+        #[arg(long)]
+        name: Option<String>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// List PROJECT's tokens (never their secrets).
+    List {
+        /// The project.
+        project: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Delete one of PROJECT's tokens: it stops working at once.
+    Delete {
+        /// The project.
+        project: String,
+        /// Token id (see `lanyard project token list`).
+        id: String,
+    },
 }
 
 /// `lanyard lease ...`
@@ -356,9 +398,9 @@ pub enum LeaseCommand {
     List {
         /// Network name.
         net: String,
-        /// The network's project.
-        #[arg(long, default_value = DEFAULT_PROJECT)]
-        project: String,
+        /// The network's project (default: `default`, or the token's).
+        #[arg(long)]
+        project: Option<String>,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -453,7 +495,8 @@ pub enum CliError {
 
 impl CliError {
     /// Exit code: 2 bad input, 3 not found, 4 conflict, 5 daemon unreachable
-    /// (also when it dies mid-request), 0 when the reader of standard output
+    /// (also when it dies mid-request), 6 not allowed (a bad or missing
+    /// token, an operation for the admin only), 0 when the reader of standard output
     /// went away, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
@@ -461,6 +504,7 @@ impl CliError {
                 "invalid" => 2,
                 "not_found" => 3,
                 "conflict" => 4,
+                "unauthorized" | "forbidden" => 6,
                 _ => 1,
             },
             CliError::Unreachable { .. } | CliError::PermissionDenied { .. } | CliError::Disconnected { .. } => 5,
@@ -473,15 +517,45 @@ impl CliError {
 /// How long the CLI waits for the daemon's answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Where the CLI finds the daemon and who it is there.
+#[derive(Debug, Clone, Default)]
+pub struct Endpoint {
+    /// The unix socket.
+    pub socket: PathBuf,
+    /// A project's token, sent with every request.
+    pub token: Option<String>,
+}
+
 /// A minimal HTTP/1.1 client over the daemon's unix socket.
 pub struct Client {
     socket: PathBuf,
+    token: Option<String>,
 }
 
 impl Client {
-    /// A client for `socket`.
+    /// A client for `socket`, as the admin.
     pub fn new(socket: PathBuf) -> Self {
-        Client { socket }
+        Client { socket, token: None }
+    }
+
+    /// A client for `endpoint`.
+    pub fn of(endpoint: Endpoint) -> Self {
+        Client { socket: endpoint.socket, token: endpoint.token }
+    }
+
+    /// The `Authorization` header line, if the client has a token.
+    fn authorization(&self) -> Result<String, CliError> {
+        match &self.token {
+            None => Ok(String::new()),
+            // Checked here: the line goes into the request as it is.
+            Some(t) if !t.is_empty() && t.bytes().all(|b| b.is_ascii_graphic()) => {
+                Ok(format!("Authorization: Bearer {t}\r\n"))
+            }
+            Some(_) => Err(CliError::Refused {
+                message: "the token (--token or LANYARD_TOKEN) is empty or has characters no token has".into(),
+                kind: "invalid".into(),
+            }),
+        }
     }
 
     fn connect_error(&self, source: std::io::Error) -> CliError {
@@ -500,10 +574,11 @@ impl Client {
 
     /// Sends one request and returns the decoded JSON body (Null for 204).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let auth = self.authorization()?;
         let mut stream = UnixStream::connect(&self.socket).map_err(|e| self.connect_error(e))?;
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: lanyard\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
+            "{method} {path} HTTP/1.1\r\nHost: lanyard\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
             payload.len()
         );
         let sent = stream.set_read_timeout(Some(ANSWER_TIMEOUT)).and_then(|()| stream.write_all(req.as_bytes()));
@@ -548,6 +623,19 @@ impl Client {
             })
         }
     }
+}
+
+/// The number of group `name` (a name in /etc/group, or a number).
+pub fn group_id(name: &str) -> Option<u32> {
+    if let Ok(gid) = name.parse() {
+        return Some(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").ok()?;
+    groups.lines().find_map(|l| {
+        let mut f = l.split(':');
+        (f.next()? == name).then_some(())?;
+        f.nth(1)?.parse().ok()
+    })
 }
 
 /// The name of group `gid`, from /etc/group.
@@ -796,6 +884,16 @@ fn project_rows(v: &Value) -> String {
     table(&["Name", "Networks", "Ports", "Created (UTC)", "Description"], &rows)
 }
 
+fn token_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| vec![s(&t["id"]), s(&t["project"]), t["created"].as_u64().map(utc).unwrap_or_default(), s(&t["name"])])
+        .collect();
+    table(&["ID", "Project", "Created", "Name"], &rows)
+}
+
 fn project_detail(p: &Value) -> String {
     let fields = [
         ("Name", s(&p["name"])),
@@ -1004,6 +1102,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
         Command::Project(ProjectCommand::Create { name, description, out: _ }) => {
             Some(json!({ "name": name, "description": description }))
         }
+        Command::Project(ProjectCommand::Token(TokenCommand::Create { name, .. })) => Some(json!({ "name": name })),
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set {
             uplink,
@@ -1054,7 +1153,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
 }
 
 /// What `qemu-ifup` registers: the TAP QEMU created, adopted as a port.
-fn ifup_body(project: &str, net: &str, vm: &str, tap: &str, mac: &str) -> Value {
+fn ifup_body(project: Option<&str>, net: &str, vm: &str, tap: &str, mac: &str) -> Value {
     json!({ "project": project, "net": net, "vm": vm, "type": "tap", "adopt": tap, "mac": mac })
 }
 
@@ -1067,17 +1166,16 @@ fn with_project(path: &str, project: Option<&str>) -> String {
 }
 
 /// " in project P", or nothing for the default project.
-fn in_project(project: &str) -> String {
-    if project == DEFAULT_PROJECT {
-        String::new()
-    } else {
-        format!(" in project {}", printable(project))
+fn in_project(project: Option<&str>) -> String {
+    match project {
+        Some(p) if p != DEFAULT_PROJECT => format!(" in project {}", printable(p)),
+        _ => String::new(),
     }
 }
 
 /// Runs a client command against the daemon.
-pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
-    let c = Client::new(socket);
+pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
+    let c = Client::of(endpoint);
     let body = body_of(&cmd);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),
@@ -1101,6 +1199,25 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             c.call("DELETE", &format!("/v1/projects/{}", pct(&name)), None)?;
             emit(&format!("Project {} deleted\n", printable(&name)))?;
         }
+        Command::Project(ProjectCommand::Token(TokenCommand::Create { project, out, .. })) => {
+            let v = c.call("POST", &format!("/v1/projects/{}/tokens", pct(&project)), body.as_ref())?;
+            print(out.output, &v, |t| {
+                format!(
+                    "Token {} for project {} (shown once, keep it secret):\n{}\n",
+                    printable(&s(&t["id"])),
+                    printable(&s(&t["project"])),
+                    printable(&s(&t["token"]))
+                )
+            })?;
+        }
+        Command::Project(ProjectCommand::Token(TokenCommand::List { project, out })) => {
+            let v = c.call("GET", &format!("/v1/projects/{}/tokens", pct(&project)), None)?;
+            print(out.output, &v, token_rows)?;
+        }
+        Command::Project(ProjectCommand::Token(TokenCommand::Delete { project, id })) => {
+            c.call("DELETE", &format!("/v1/projects/{}/tokens/{}", pct(&project), pct(&id)), None)?;
+            emit(&format!("Token {} of project {} deleted\n", printable(&id), printable(&project)))?;
+        }
         Command::Net(NetCommand::List { all, project, out }) => {
             let mut v = c.call("GET", &with_project("/v1/networks", project.as_deref()), None)?;
             if let (false, Some(list)) = (all, v.as_array_mut()) {
@@ -1110,26 +1227,26 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
             print(out.output, &v, |v| network_rows(v, project.is_none()))?;
         }
         Command::Net(NetCommand::Show { name, project, out }) => {
-            let v = c.call("GET", &with_project(&format!("/v1/networks/{}", pct(&name)), Some(&project)), None)?;
+            let v = c.call("GET", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
             print(out.output, &v, network_detail)?;
         }
         Command::Net(NetCommand::Delete { name, project }) => {
-            c.call("DELETE", &with_project(&format!("/v1/networks/{}", pct(&name)), Some(&project)), None)?;
-            emit(&format!("Network {}{} deleted\n", printable(&name), in_project(&project)))?;
+            c.call("DELETE", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
+            emit(&format!("Network {}{} deleted\n", printable(&name), in_project(project.as_deref())))?;
         }
         Command::Net(NetCommand::Start { name, project }) => {
-            c.call("POST", &with_project(&format!("/v1/networks/{}/start", pct(&name)), Some(&project)), None)?;
-            emit(&format!("Network {}{} started\n", printable(&name), in_project(&project)))?;
+            c.call("POST", &with_project(&format!("/v1/networks/{}/start", pct(&name)), project.as_deref()), None)?;
+            emit(&format!("Network {}{} started\n", printable(&name), in_project(project.as_deref())))?;
         }
         Command::Net(NetCommand::Stop { name, project }) => {
-            c.call("POST", &with_project(&format!("/v1/networks/{}/stop", pct(&name)), Some(&project)), None)?;
-            emit(&format!("Network {}{} stopped\n", printable(&name), in_project(&project)))?;
+            c.call("POST", &with_project(&format!("/v1/networks/{}/stop", pct(&name)), project.as_deref()), None)?;
+            emit(&format!("Network {}{} stopped\n", printable(&name), in_project(project.as_deref())))?;
         }
         Command::Net(NetCommand::Autostart { name, disable, project }) => {
-            let path = with_project(&format!("/v1/networks/{}/autostart", pct(&name)), Some(&project));
+            let path = with_project(&format!("/v1/networks/{}/autostart", pct(&name)), project.as_deref());
             c.call("POST", &path, body.as_ref())?;
             let how = if disable { "unmarked as" } else { "marked as" };
-            emit(&format!("Network {}{} {how} autostarted\n", printable(&name), in_project(&project)))?;
+            emit(&format!("Network {}{} {how} autostarted\n", printable(&name), in_project(project.as_deref())))?;
         }
         Command::Port(PortCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/ports", body.as_ref())?;
@@ -1200,7 +1317,7 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
         }
         Command::Lease(LeaseCommand::List { net, project, out }) => {
             let v =
-                c.call("GET", &with_project(&format!("/v1/networks/{}/leases", pct(&net)), Some(&project)), None)?;
+                c.call("GET", &with_project(&format!("/v1/networks/{}/leases", pct(&net)), project.as_deref()), None)?;
             print(out.output, &v, lease_rows)?;
         }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
@@ -1221,10 +1338,10 @@ pub fn run_client(socket: PathBuf, cmd: Command) -> Result<(), CliError> {
                     kind: "invalid".into(),
                 })?;
             let vm = vm.or_else(|| vm_name_from_qemu_args(&qemu_args)).unwrap_or_else(|| ifname.clone());
-            let v = c.call("POST", "/v1/ports", Some(&ifup_body(&project, &net, &vm, &ifname, &mac)))?;
+            let v = c.call("POST", "/v1/ports", Some(&ifup_body(project.as_deref(), &net, &vm, &ifname, &mac)))?;
             note(&format!(
                 "lanyard: {ifname} attached to {net}{} as port {} ({} {})",
-                in_project(&project),
+                in_project(project.as_deref()),
                 s(&v["id"]),
                 s(&v["mac"]),
                 s(&v["ip"])
@@ -1403,7 +1520,7 @@ mod tests {
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!((spec.netns.as_deref(), spec.group.as_deref()), (Some("ns1"), Some("kvm")));
         let spec: crate::model::PortSpec =
-            serde_json::from_value(ifup_body("blue", "n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
+            serde_json::from_value(ifup_body(Some("blue"), "n1", "vm1", "tap0", "52:54:00:00:00:01")).unwrap();
         assert_eq!((spec.adopt.as_deref(), spec.project.as_deref()), (Some("tap0"), Some("blue")));
         let body = body_of(&parse("lanyard project create blue --description team -o json")).unwrap();
         let spec: crate::model::ProjectSpec = serde_json::from_value(body).unwrap();

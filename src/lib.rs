@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod cloudinit;
 pub mod daemon;

@@ -1,7 +1,7 @@
 //! The `lanyard` binary: the daemon and its command-line client.
 
 use clap::Parser;
-use lanyard::cli::{note, run_client, Cli, CliError, Command};
+use lanyard::cli::{note, run_client, Cli, CliError, Command, Endpoint};
 
 /// `lanyard-ifup` / `lanyard-ifdown` symlinks stand for `lanyard qemu-ifup` /
 /// `lanyard qemu-ifdown`, because QEMU's `script=` takes a path, no arguments.
@@ -43,7 +43,7 @@ fn main() {
         }
     };
     match cli.command {
-        Command::Daemon { state_dir } => {
+        Command::Daemon { state_dir, socket_group } => {
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
@@ -52,13 +52,14 @@ fn main() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir)) {
+            let options = lanyard::daemon::Options { socket_group };
+            if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir, &options)) {
                 eprintln!("error: {e}");
                 std::process::exit(1);
             }
         }
         cmd => {
-            match run_client(cli.socket, cmd) {
+            match run_client(Endpoint { socket: cli.socket, token: cli.token }, cmd) {
                 Ok(()) => {}
                 // `lanyard ... | head`: the reader has all it wanted.
                 Err(CliError::OutputClosed) => std::process::exit(0),

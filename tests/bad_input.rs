@@ -89,10 +89,12 @@ fn diff(before: &Snapshot, after: &Snapshot) -> String {
     out
 }
 
-/// Exit codes from the README: 2 bad input, 3 not found, 4 conflict.
+/// Exit codes from the README: 2 bad input, 3 not found, 4 conflict, 6 not allowed.
 const INVALID: Option<i32> = Some(2);
 const NOT_FOUND: Option<i32> = Some(3);
 const CONFLICT: Option<i32> = Some(4);
+/// 6: a bad token, or an operation for the admin only.
+const NOT_ALLOWED: Option<i32> = Some(6);
 /// Any non-zero code (the README's classes do not decide it).
 const ANY: Option<i32> = None;
 /// What the refusal of a name that begins with '-', '.' or '_' says.
@@ -146,6 +148,9 @@ fn wrong_input_is_refused_without_side_effects() {
     // A project that owns a network, for the project cases.
     host.cli_ok(&["project", "create", OWNER]);
     host.cli_ok(&["net", "create", "mine", "--mode", "nat", "--subnet", "10.99.0.0/24", "--project", OWNER]);
+    let made = host.cli_json(&["project", "token", "create", OWNER]);
+    let token = made["token"].as_str().expect("a token").to_string();
+    let as_owner = |args: &[&str]| -> Vec<String> { argv(&[&["--token", token.as_str()], args].concat()) };
     let spare_ns = spare.name().to_string();
     let missing_ns = unique("miss"); // never created
                                      // A VLAN manager whose only subnet is the default network's: a
@@ -522,6 +527,80 @@ fn wrong_input_is_refused_without_side_effects() {
             CONFLICT,
             &["no free /24 in 192.168.122.0/24"],
         ),
+        // A project's token: admin-only kinds and operations, bad tokens.
+        case(
+            "flat network from a project token",
+            as_owner(&["net", "create", "f1", "--manager", "flat", "--subnet", "10.98.0.0/24"]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "bridge network from a project token",
+            as_owner(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "open network from a project token",
+            as_owner(&["net", "create", "o1", "--mode", "open", "--subnet", "10.98.0.0/24"]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "VLAN network from a project token",
+            as_owner(&[
+                "net",
+                "create",
+                "v1",
+                "--mode",
+                "nat",
+                "--subnet",
+                "10.98.0.0/24",
+                "--vlan",
+                "5",
+                "--uplink",
+                TAKEN,
+            ]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "VLAN manager from a project token",
+            as_owner(&[
+                "manager",
+                "vlan",
+                "set",
+                "--uplink",
+                TAKEN,
+                "--vlans",
+                "100-110",
+                "--supernet",
+                "10.200.0.0/16",
+                "--prefix",
+                "24",
+            ]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "project create from a project token",
+            as_owner(&["project", "create", "p2"]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "another project's network from a project token",
+            as_owner(&["net", "delete", NET, "--project", "default"]),
+            NOT_FOUND,
+            &["no project named \"default\""],
+        ),
+        case(
+            "unknown token",
+            argv(&["--token", &format!("lyt_{}", "2".repeat(64)), "net", "list"]),
+            NOT_ALLOWED,
+            &["invalid token"],
+        ),
+        case("malformed token", argv(&["--token", "secret", "net", "list"]), NOT_ALLOWED, &["invalid token"]),
     ];
 
     // Let the kernel settle (bridge carrier etc.) before taking the baseline.

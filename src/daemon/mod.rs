@@ -42,6 +42,16 @@ pub enum DaemonError {
     /// Loading state failed.
     #[error(transparent)]
     Engine(#[from] EngineError),
+    /// An option is wrong.
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// How the daemon serves its API, beyond the socket and state directory.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The group the API socket is given to (`--socket-group`).
+    pub socket_group: Option<String>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
@@ -63,7 +73,14 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
 }
 
 /// Runs the daemon until a termination signal.
-pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
+pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(), DaemonError> {
+    let group = match &options.socket_group {
+        Some(g) => Some(
+            crate::cli::group_id(g)
+                .ok_or_else(|| DaemonError::Usage(format!("--socket-group {g:?}: no such group (see /etc/group)")))?,
+        ),
+        None => None,
+    };
     prepare_state_dir(state_dir)?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
@@ -90,6 +107,9 @@ pub async fn run(socket: &Path, state_dir: &Path) -> Result<(), DaemonError> {
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
         .map_err(io_err("cannot set mode of", socket))?;
+    if let Some(gid) = group {
+        std::os::unix::fs::chown(socket, None, Some(gid)).map_err(io_err("cannot give the socket's group", socket))?;
+    }
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
     let app = crate::api::router(shared.clone());
     axum::serve(listener, app)

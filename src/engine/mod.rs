@@ -25,6 +25,7 @@
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
 //! - [`managers`]: nova's VLAN manager configuration.
 
+pub mod access;
 pub mod config;
 pub mod heal;
 pub mod host;

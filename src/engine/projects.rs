@@ -22,6 +22,12 @@ fn count(n: usize, thing: &str) -> String {
     format!("{n} {thing}{}", if n == 1 { "" } else { "s" })
 }
 
+/// The error for a project that does not exist (or that the caller may not
+/// see: the answer is the same).
+pub fn no_such_project(project: &str) -> EngineError {
+    EngineError::NotFound(format!("no project named {project:?}; create it with `lanyard project create {project}`"))
+}
+
 impl Engine {
     /// The default project, made when the store has none (a new store, or
     /// one whose migration did not make it).
@@ -42,9 +48,7 @@ impl Engine {
         if self.projects.iter().any(|p| p.name == project) {
             Ok(())
         } else {
-            Err(EngineError::NotFound(format!(
-                "no project named {project:?}; create it with `lanyard project create {project}`"
-            )))
+            Err(no_such_project(project))
         }
     }
 

@@ -78,6 +78,20 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.write_leases(changes)
     }
+    fn tokens(&self) -> Result<Vec<crate::auth::Token>, StoreError> {
+        self.inner.tokens()
+    }
+    fn token_by_hash(&self, hash: &str) -> Result<Option<crate::auth::Token>, StoreError> {
+        self.inner.token_by_hash(hash)
+    }
+    fn put_token(&self, token: &crate::auth::Token) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.put_token(token)
+    }
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.delete_token(id)
+    }
 }
 
 struct Rig {

@@ -9,6 +9,7 @@ pub mod sqlite;
 
 use std::net::Ipv4Addr;
 
+use crate::auth::Token;
 use crate::model::{Lease, Network, Port, Project};
 
 /// A store operation failed.
@@ -92,8 +93,18 @@ pub trait Store: Send + Sync {
     fn projects(&self) -> Result<Vec<Project>, StoreError>;
     /// Inserts or replaces a project.
     fn put_project(&self, project: &Project) -> Result<(), StoreError>;
-    /// Deletes a project (the caller has made sure it owns nothing).
+    /// Deletes a project (the caller has made sure it owns nothing) and,
+    /// in the same transaction, its access tokens.
     fn delete_project(&self, name: &str) -> Result<(), StoreError>;
+    /// All access tokens (their hashes; secrets are never stored), by
+    /// project and creation.
+    fn tokens(&self) -> Result<Vec<Token>, StoreError>;
+    /// The token whose secret hashes to `hash`, if any.
+    fn token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError>;
+    /// Inserts a token.
+    fn put_token(&self, token: &Token) -> Result<(), StoreError>;
+    /// Deletes a token by id; whether there was one.
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError>;
     /// All networks.
     fn networks(&self) -> Result<Vec<Network>, StoreError>;
     /// Inserts or replaces a network.

@@ -15,6 +15,7 @@ use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
 
 use super::{LeaseChange, Store, StoreError};
+use crate::auth::Token;
 use crate::model::{Lease, LeaseKind, Network, Port, Project};
 
 /// SQLite-backed [`Store`].
@@ -57,9 +58,23 @@ CREATE INDEX networks_by_project ON networks (project);
 CREATE INDEX ports_by_project ON ports (project);
 ";
 
+/// Version 2, access tokens: each project's bearer tokens, by id, with the
+/// SHA-256 of the secret (never the secret) and its label. A project's
+/// tokens go with it ([`Store::delete_project`]).
+const V2_TOKENS: &str = "
+CREATE TABLE tokens (
+    id TEXT PRIMARY KEY,
+    project TEXT NOT NULL,
+    name TEXT NOT NULL DEFAULT '',
+    hash TEXT NOT NULL UNIQUE,
+    created INTEGER NOT NULL
+);
+CREATE INDEX tokens_by_project ON tokens (project);
+";
+
 /// Migration `i` takes a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`); each runs in the transaction that records it.
-const MIGRATIONS: &[&str] = &[V1_PROJECTS];
+const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -190,6 +205,16 @@ fn encode<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("model types always serialize")
 }
 
+fn token_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Token> {
+    Ok(Token {
+        id: r.get(0)?,
+        project: r.get(1)?,
+        name: r.get(2)?,
+        hash: r.get(3)?,
+        created: r.get::<_, i64>(4)?.max(0) as u64,
+    })
+}
+
 fn kind_str(k: LeaseKind) -> &'static str {
     match k {
         LeaseKind::Static => "static",
@@ -235,8 +260,38 @@ impl Store for SqliteStore {
     }
 
     fn delete_project(&self, name: &str) -> Result<(), StoreError> {
-        self.conn().execute("DELETE FROM projects WHERE name = ?1", [name])?;
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute("DELETE FROM tokens WHERE project = ?1", [name])?;
+        tx.execute("DELETE FROM projects WHERE name = ?1", [name])?;
+        tx.commit()?;
         Ok(())
+    }
+
+    fn tokens(&self) -> Result<Vec<Token>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id, project, name, hash, created FROM tokens ORDER BY project, created, id")?;
+        let rows = st.query_map([], token_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn token_by_hash(&self, hash: &str) -> Result<Option<Token>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id, project, name, hash, created FROM tokens WHERE hash = ?1")?;
+        let mut rows = st.query_map([hash], token_row)?;
+        Ok(rows.next().transpose()?)
+    }
+
+    fn put_token(&self, token: &Token) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO tokens (id, project, name, hash, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![token.id, token.project, token.name, token.hash, i64::try_from(token.created).unwrap_or(i64::MAX)],
+        )?;
+        Ok(())
+    }
+
+    fn delete_token(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.conn().execute("DELETE FROM tokens WHERE id = ?1", [id])? > 0)
     }
 
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
@@ -638,5 +693,47 @@ mod tests {
         s.put_project(&Project { name: "blue".into(), description: String::new(), created: 1 }).unwrap();
         s.put_project(&Project { name: "blue".into(), description: "again".into(), created: 1 }).unwrap();
         assert_eq!(s.projects().unwrap()[0].description, "again");
+    }
+
+    /// A database at version 1 (projects, before tokens) takes migration 2:
+    /// its projects stay, the tokens table is there, and a project's
+    /// tokens go with it.
+    #[test]
+    fn a_version_1_database_gets_tokens() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-v1-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        {
+            let mut c = Connection::open(dir.join("lanyard.db")).unwrap();
+            let tx = c.transaction().unwrap();
+            tx.execute_batch(SCHEMA_V0).unwrap();
+            tx.execute_batch(V1_PROJECTS).unwrap();
+            tx.execute("INSERT INTO projects (name, description, created) VALUES ('blue', 'b', 5)", []).unwrap();
+            tx.pragma_update(None, "user_version", 1).unwrap();
+            tx.commit().unwrap();
+        }
+        let s = SqliteStore::open(&dir).unwrap();
+        let version: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(s.projects().unwrap().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["blue", "default"]);
+        let token = |id: &str, project: &str| Token {
+            id: id.into(),
+            project: project.into(),
+            name: format!("label-{id}"),
+            hash: format!("hash-{id}"),
+            created: 7,
+        };
+        s.put_token(&token("t1", "blue")).unwrap();
+        s.put_token(&token("t2", "default")).unwrap();
+        assert!(s.put_token(&Token { id: "t3".into(), ..token("t1", "blue") }).is_err(), "hashes are unique");
+        assert_eq!(s.tokens().unwrap(), vec![token("t1", "blue"), token("t2", "default")]);
+        assert_eq!(s.token_by_hash("hash-t1").unwrap(), Some(token("t1", "blue")));
+        assert_eq!(s.token_by_hash("nope").unwrap(), None);
+        s.delete_project("blue").unwrap();
+        assert_eq!(s.tokens().unwrap(), vec![token("t2", "default")], "the project's tokens went with it");
+        assert!(s.delete_token("t2").unwrap());
+        assert!(!s.delete_token("t2").unwrap());
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

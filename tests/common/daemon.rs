@@ -241,7 +241,7 @@ impl Daemon {
 
     fn cli_command(&self, args: &[&str]) -> Command {
         let mut c = Command::new(LANYARD);
-        c.arg("--socket").arg(&self.socket).args(args).env_remove("LANYARD_SOCKET");
+        c.arg("--socket").arg(&self.socket).args(args).env_remove("LANYARD_SOCKET").env_remove("LANYARD_TOKEN");
         c
     }
 
