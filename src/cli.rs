@@ -26,6 +26,13 @@ pub struct Cli {
     /// A project's token: act as that project (sent as `Authorization: Bearer`).
     #[arg(long, global = true, env = "LANYARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Talk to a daemon's TLS listener, https://HOST:PORT, instead of the socket
+    /// (needs --token and --ca).
+    #[arg(long, global = true, env = "LANYARD_URL")]
+    pub url: Option<String>,
+    /// The CA certificate (PEM) that signed the daemon's TLS certificate.
+    #[arg(long, global = true, env = "LANYARD_CA", value_name = "PEM")]
+    pub ca: Option<PathBuf>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -61,6 +68,16 @@ pub enum Command {
         /// are admins, like root.
         #[arg(long)]
         socket_group: Option<String>,
+        /// Also serve the API on this TCP address (e.g. 0.0.0.0:7443), with
+        /// TLS only and to project tokens only.
+        #[arg(long, env = "LANYARD_LISTEN", value_name = "ADDR:PORT")]
+        listen: Option<std::net::SocketAddr>,
+        /// The TLS certificate chain for --listen (PEM).
+        #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM")]
+        tls_cert: Option<PathBuf>,
+        /// The TLS private key for --listen (PEM).
+        #[arg(long, env = "LANYARD_TLS_KEY", value_name = "PEM")]
+        tls_key: Option<PathBuf>,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]
@@ -484,6 +501,17 @@ pub enum CliError {
     /// The daemon's answer made no sense.
     #[error("unexpected answer from the daemon: {0}")]
     Protocol(String),
+    /// --url or --ca is wrong.
+    #[error("{0}")]
+    Usage(String),
+    /// No TLS session with the daemon's listener.
+    #[error("no TLS connection with the lanyard daemon at {url}: {why}")]
+    Tls {
+        /// The URL.
+        url: String,
+        /// Why.
+        why: String,
+    },
     /// Standard output could not be written.
     #[error("cannot write the output: {0}")]
     Output(std::io::Error),
@@ -507,7 +535,11 @@ impl CliError {
                 "unauthorized" | "forbidden" => 6,
                 _ => 1,
             },
-            CliError::Unreachable { .. } | CliError::PermissionDenied { .. } | CliError::Disconnected { .. } => 5,
+            CliError::Unreachable { .. }
+            | CliError::PermissionDenied { .. }
+            | CliError::Disconnected { .. }
+            | CliError::Tls { .. } => 5,
+            CliError::Usage(_) => 2,
             CliError::OutputClosed => 0,
             CliError::Protocol(_) | CliError::Output(_) => 1,
         }
@@ -524,23 +556,122 @@ pub struct Endpoint {
     pub socket: PathBuf,
     /// A project's token, sent with every request.
     pub token: Option<String>,
+    /// The daemon's TLS listener, `https://HOST:PORT`, instead of the socket.
+    pub url: Option<String>,
+    /// The CA that signed the listener's certificate (PEM).
+    pub ca: Option<PathBuf>,
 }
 
-/// A minimal HTTP/1.1 client over the daemon's unix socket.
+/// A minimal HTTP/1.1 client over the daemon's unix socket, or over TLS to
+/// its TCP listener: the same few lines of HTTP either way, so the answers
+/// and their errors are read by one parser.
 pub struct Client {
     socket: PathBuf,
     token: Option<String>,
+    remote: Option<Remote>,
+}
+
+/// A TLS listener to talk to.
+struct Remote {
+    url: String,
+    host: String,
+    port: u16,
+    name: rustls::pki_types::ServerName<'static>,
+    config: std::sync::Arc<rustls::ClientConfig>,
+}
+
+/// Anything the client reads answers from.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+impl Remote {
+    /// `https://HOST:PORT` trusting the CA in `ca`.
+    fn new(url: &str, ca: Option<&std::path::Path>) -> Result<Remote, CliError> {
+        use rustls::pki_types::pem::PemObject;
+        let usage = |m: String| CliError::Usage(m);
+        let rest = url
+            .strip_prefix("https://")
+            .ok_or_else(|| usage(format!("--url {url:?}: give https://HOST:PORT (the listener serves TLS only)")))?;
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        let (host, port) = rest
+            .rsplit_once(':')
+            .and_then(|(h, p)| Some((h, p.parse::<u16>().ok()?)))
+            .filter(|(h, _)| !h.is_empty() && !h.contains('/'))
+            .ok_or_else(|| usage(format!("--url {url:?}: give https://HOST:PORT")))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let name = rustls::pki_types::ServerName::try_from(host.clone())
+            .map_err(|e| usage(format!("--url {url:?}: {host:?} is no host name: {e}")))?;
+        let ca = ca.ok_or_else(|| {
+            usage("--url needs --ca PEM (or LANYARD_CA): the CA that signed the daemon's certificate".into())
+        })?;
+        let bad_ca = |why: String| usage(format!("cannot read the CA certificate {}: {why}", ca.display()));
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca).map_err(|e| bad_ca(e.to_string()))? {
+            roots.add(cert.map_err(|e| bad_ca(e.to_string()))?).map_err(|e| bad_ca(e.to_string()))?;
+        }
+        if roots.is_empty() {
+            return Err(bad_ca("no CERTIFICATE block in it".into()));
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| usage(format!("TLS: {e}")))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Remote { url: url.to_string(), host, port, name, config: std::sync::Arc::new(config) })
+    }
+
+    /// A TLS session, its handshake done (so that a certificate the CA did
+    /// not sign is told as such, not as a daemon that went away).
+    fn connect(&self) -> Result<Box<dyn Stream>, CliError> {
+        let tcp = std::net::TcpStream::connect((self.host.as_str(), self.port))
+            .map_err(|source| CliError::Unreachable { path: self.url.clone(), source })?;
+        let set = tcp.set_read_timeout(Some(ANSWER_TIMEOUT)).and_then(|()| tcp.set_write_timeout(Some(ANSWER_TIMEOUT)));
+        set.map_err(|source| CliError::Unreachable { path: self.url.clone(), source })?;
+        let conn = rustls::ClientConnection::new(self.config.clone(), self.name.clone())
+            .map_err(|e| CliError::Tls { url: self.url.clone(), why: e.to_string() })?;
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        while tls.conn.is_handshaking() {
+            tls.conn
+                .complete_io(&mut tls.sock)
+                .map_err(|e| CliError::Tls { url: self.url.clone(), why: e.to_string() })?;
+        }
+        Ok(Box::new(tls))
+    }
 }
 
 impl Client {
     /// A client for `socket`, as the admin.
     pub fn new(socket: PathBuf) -> Self {
-        Client { socket, token: None }
+        Client { socket, token: None, remote: None }
     }
 
     /// A client for `endpoint`.
-    pub fn of(endpoint: Endpoint) -> Self {
-        Client { socket: endpoint.socket, token: endpoint.token }
+    pub fn of(endpoint: Endpoint) -> Result<Self, CliError> {
+        let remote = match &endpoint.url {
+            Some(url) => Some(Remote::new(url, endpoint.ca.as_deref())?),
+            None => None,
+        };
+        Ok(Client { socket: endpoint.socket, token: endpoint.token, remote })
+    }
+
+    /// Where the daemon is, for messages.
+    fn place(&self) -> String {
+        match &self.remote {
+            Some(r) => r.url.clone(),
+            None => self.socket.display().to_string(),
+        }
+    }
+
+    fn connect(&self) -> Result<Box<dyn Stream>, CliError> {
+        match &self.remote {
+            Some(r) => r.connect(),
+            None => {
+                let s = UnixStream::connect(&self.socket).map_err(|e| self.connect_error(e))?;
+                s.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| self.connect_error(e))?;
+                Ok(Box::new(s))
+            }
+        }
     }
 
     /// The `Authorization` header line, if the client has a token.
@@ -575,13 +706,13 @@ impl Client {
     /// Sends one request and returns the decoded JSON body (Null for 204).
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
         let auth = self.authorization()?;
-        let mut stream = UnixStream::connect(&self.socket).map_err(|e| self.connect_error(e))?;
+        let mut stream = self.connect()?;
         let payload = body.map(|b| b.to_string()).unwrap_or_default();
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: lanyard\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{payload}",
             payload.len()
         );
-        let sent = stream.set_read_timeout(Some(ANSWER_TIMEOUT)).and_then(|()| stream.write_all(req.as_bytes()));
+        let sent = stream.write_all(req.as_bytes()).and_then(|()| stream.flush());
         // Read even if sending failed: the daemon may have answered (and
         // closed) before reading all of a request it refuses.
         let mut raw = Vec::new();
@@ -605,7 +736,7 @@ impl Client {
                         format!("closed the connection {how}{cause}")
                     }
                 };
-                return Err(CliError::Disconnected { path: self.socket.display().to_string(), what });
+                return Err(CliError::Disconnected { path: self.place(), what });
             }
         };
         let value: Value = if body.is_empty() {
@@ -1175,7 +1306,7 @@ fn in_project(project: Option<&str>) -> String {
 
 /// Runs a client command against the daemon.
 pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
-    let c = Client::of(endpoint);
+    let c = Client::of(endpoint)?;
     let body = body_of(&cmd);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),

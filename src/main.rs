@@ -43,7 +43,15 @@ fn main() {
         }
     };
     match cli.command {
-        Command::Daemon { state_dir, socket_group } => {
+        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key } => {
+            // Checked before anything starts: a wrong option changes nothing.
+            let options = match lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key) {
+                Ok(o) => o,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            };
             tracing_subscriber::fmt()
                 .with_env_filter(
                     tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
@@ -52,14 +60,13 @@ fn main() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            let options = lanyard::daemon::Options { socket_group };
             if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir, &options)) {
                 eprintln!("error: {e}");
                 std::process::exit(1);
             }
         }
         cmd => {
-            match run_client(Endpoint { socket: cli.socket, token: cli.token }, cmd) {
+            match run_client(Endpoint { socket: cli.socket, token: cli.token, url: cli.url, ca: cli.ca }, cmd) {
                 Ok(()) => {}
                 // `lanyard ... | head`: the reader has all it wanted.
                 Err(CliError::OutputClosed) => std::process::exit(0),

@@ -115,3 +115,102 @@ fn a_project_token_sees_only_its_project() {
     host.cli_ok(&["project", "token", "delete", "red", field(&made, "id")]);
     assert_eq!(cli_as(&host, &token, &["net", "list"]).status.code(), Some(6));
 }
+
+/// A CA and a server certificate for 127.0.0.1 it signed, made with
+/// `openssl` in `dir`: (ca.pem, cert.pem, key.pem).
+fn certificates(dir: &std::path::Path) -> [String; 3] {
+    let p = |f: &str| dir.join(f).display().to_string();
+    let openssl = |args: &[&str]| {
+        let o = run(Command::new(tool("openssl")).args(args).current_dir(dir), CLI_TIMEOUT);
+        assert!(o.status.success(), "{}", describe(&format!("openssl {}", args.join(" ")), &o));
+    };
+    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    openssl(
+        &[
+            &["req", "-x509"],
+            &ec[..],
+            &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=lanyard test CA"],
+        ]
+        .concat(),
+    );
+    openssl(&[&["req"], &ec[..], &["-keyout", "key.pem", "-out", "srv.csr", "-subj", "/CN=127.0.0.1"]].concat());
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "cert.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
+    [p("ca.pem"), p("cert.pem"), p("key.pem")]
+}
+
+/// The TCP listener, on the loopback of the test's namespace: TLS only and
+/// a project's token on every request.
+#[test]
+fn the_tls_listener_needs_a_token() {
+    if !privileged("the_tls_listener_needs_a_token", &["ip", "nft", "openssl", "bash"]) {
+        return;
+    }
+    let mut host = Host::start();
+    let [ca, cert, key] = certificates(host.ns.dir());
+    const ADDR: &str = "127.0.0.1:7443";
+    host.daemon.set_env("LANYARD_LISTEN", Some(ADDR));
+    host.daemon.set_env("LANYARD_TLS_CERT", Some(&cert));
+    host.daemon.set_env("LANYARD_TLS_KEY", Some(&key));
+    host.daemon.restart();
+    host.cli_ok(&["project", "create", "red"]);
+    host.cli_ok(&["net", "create", "net-red", "--mode", "nat", "--subnet", "10.85.0.0/24", "--project", "red"]);
+    host.cli_ok(&["net", "create", "net-admin", "--mode", "nat", "--subnet", "10.86.0.0/24"]);
+    let token = field(&host.cli_json(&["project", "token", "create", "red"]), "token").to_string();
+    let url = format!("https://{ADDR}");
+    // The CLI in the test's namespace, against the listener.
+    let remote = |token: Option<&str>, ca: &str, args: &[&str]| {
+        let mut c = host.ns.command(LANYARD, &[&["--url", url.as_str(), "--ca", ca], args].concat());
+        c.env_remove("LANYARD_TOKEN").env_remove("LANYARD_SOCKET").env("LANYARD_SOCKET", "/nonexistent/lanyard.sock");
+        if let Some(t) = token {
+            c.env("LANYARD_TOKEN", t);
+        }
+        run(&mut c, CLI_TIMEOUT)
+    };
+
+    let o = remote(Some(&token), &ca, &["net", "list", "-o", "json"]);
+    assert!(o.status.success(), "{}\n{}", describe("net list over TLS", &o), host.daemon.log());
+    let nets: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(names(&nets, "name"), ["net-red"], "{nets}");
+    let o = remote(None, &ca, &["net", "list"]);
+    assert_eq!(o.status.code(), Some(6), "no token: {}", stderr(&o));
+    assert!(stderr(&o).contains("needs a project token"), "{}", stderr(&o));
+    let o = remote(Some(&format!("lyt_{}", "3".repeat(64))), &ca, &["net", "list"]);
+    assert_eq!(o.status.code(), Some(6), "bad token: {}", stderr(&o));
+    assert!(stderr(&o).starts_with("error: invalid token"), "{}", stderr(&o));
+    // A CA that did not sign the daemon's certificate: no session at all.
+    let o = remote(Some(&token), &cert, &["net", "list"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("no TLS connection") && stderr(&o).lines().count() == 1, "{}", stderr(&o));
+
+    // Plain HTTP on the TLS port gets no HTTP answer.
+    let script = format!(
+        "exec 3<>/dev/tcp/{}/{}; printf 'GET /v1/networks HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n' >&3; timeout 5 cat <&3",
+        "127.0.0.1", "7443"
+    );
+    let o = host.ns.exec("bash", &["-c", &script]);
+    let answer = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(!answer.contains("HTTP/1.") && !answer.contains("net-red"), "plain HTTP was answered: {answer:?}");
+
+    // The listener is the namespace's loopback only, and the unix socket
+    // still serves the admin.
+    assert_eq!(names(&host.cli_json(&["net", "list"]), "name"), ["net-admin", "net-red"]);
+    let log = host.daemon.log();
+    assert!(log.contains("TLS listener ready") && !log.contains("ERROR"), "{log}");
+}

@@ -152,6 +152,7 @@ fn wrong_input_is_refused_without_side_effects() {
     let token = made["token"].as_str().expect("a token").to_string();
     let as_owner = |args: &[&str]| -> Vec<String> { argv(&[&["--token", token.as_str()], args].concat()) };
     let spare_ns = spare.name().to_string();
+    let never_state = spare.dir().join("never").display().to_string();
     let missing_ns = unique("miss"); // never created
                                      // A VLAN manager whose only subnet is the default network's: a
                                      // project's first port finds no free subnet.
@@ -601,6 +602,20 @@ fn wrong_input_is_refused_without_side_effects() {
             &["invalid token"],
         ),
         case("malformed token", argv(&["--token", "secret", "net", "list"]), NOT_ALLOWED, &["invalid token"]),
+        // Refused while parsing options, before the daemon touches anything
+        // (and the test daemon's live socket would stop it next).
+        case(
+            "--listen without a certificate and key",
+            argv(&["daemon", "--listen", "127.0.0.1:7444", "--state-dir", &never_state]),
+            INVALID,
+            &["--listen 127.0.0.1:7444 needs --tls-cert PEM and --tls-key PEM"],
+        ),
+        case(
+            "--listen without a key",
+            argv(&["daemon", "--listen", "127.0.0.1:7444", "--tls-cert", "/etc/hostname", "--state-dir", &never_state]),
+            INVALID,
+            &["needs --tls-cert PEM and --tls-key PEM"],
+        ),
     ];
 
     // Let the kernel settle (bridge carrier etc.) before taking the baseline.

@@ -5,6 +5,7 @@
 //! while the daemon restarts.
 
 pub mod healer;
+pub mod tls;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -45,6 +46,9 @@ pub enum DaemonError {
     /// An option is wrong.
     #[error("{0}")]
     Usage(String),
+    /// The TLS listener could not be set up.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
 }
 
 /// How the daemon serves its API, beyond the socket and state directory.
@@ -52,6 +56,33 @@ pub enum DaemonError {
 pub struct Options {
     /// The group the API socket is given to (`--socket-group`).
     pub socket_group: Option<String>,
+    /// The TLS listener for remote clients (`--listen`).
+    pub listen: Option<tls::ListenOptions>,
+}
+
+impl Options {
+    /// Options from the command line: `--listen` needs `--tls-cert` and
+    /// `--tls-key` (TCP is served with TLS only), and they need it.
+    pub fn new(
+        socket_group: Option<String>,
+        listen: Option<std::net::SocketAddr>,
+        cert: Option<std::path::PathBuf>,
+        key: Option<std::path::PathBuf>,
+    ) -> Result<Options, DaemonError> {
+        let listen = match (listen, cert, key) {
+            (Some(addr), Some(cert), Some(key)) => Some(tls::ListenOptions { addr, cert, key }),
+            (Some(addr), _, _) => {
+                return Err(DaemonError::Usage(format!(
+                    "--listen {addr} needs --tls-cert PEM and --tls-key PEM: the TCP listener serves TLS only"
+                )))
+            }
+            (None, None, None) => None,
+            (None, _, _) => {
+                return Err(DaemonError::Usage("--tls-cert and --tls-key are for --listen ADDR:PORT".into()))
+            }
+        };
+        Ok(Options { socket_group, listen })
+    }
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> DaemonError + 'a {
@@ -81,6 +112,10 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         ),
         None => None,
     };
+    // Certificate and key are read before anything else happens.
+    if let Some(l) = &options.listen {
+        tls::server_config(&l.cert, &l.key)?;
+    }
     prepare_state_dir(state_dir)?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
@@ -110,6 +145,14 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     if let Some(gid) = group {
         std::os::unix::fs::chown(socket, None, Some(gid)).map_err(io_err("cannot give the socket's group", socket))?;
     }
+    let remote = match &options.listen {
+        Some(l) => {
+            let (listener, acceptor) = tls::bind(l).await?;
+            tracing::info!(addr = %l.addr, "TLS listener ready (project tokens only)");
+            Some(tokio::spawn(tls::serve(listener, acceptor, shared.clone())))
+        }
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
     let app = crate::api::router(shared.clone());
     axum::serve(listener, app)
@@ -124,6 +167,9 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         })
         .await
         .map_err(io_err("serving API on", socket))?;
+    if let Some(r) = remote {
+        r.abort();
+    }
     healer.stop();
     shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     let _ = std::fs::remove_file(socket);
