@@ -543,6 +543,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             })
             .post(
                 |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<PortSpec>| async move {
+                    caller.check_port_spec(&spec).map_err(IntoResponse::into_response)?;
                     spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
                     with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
                         .await
@@ -568,6 +569,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             "/v1/ports/batch",
             post(|State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
                 for spec in &mut specs {
+                    caller.check_port_spec(spec).map_err(IntoResponse::into_response)?;
                     spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
                 }
                 with_engine(s, move |e| {

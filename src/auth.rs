@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::{error_response, Shared};
 use crate::engine::EngineError;
-use crate::model::{Mode, NetworkSpec, DEFAULT_PROJECT};
+use crate::model::{Mode, NetworkSpec, PortSpec, DEFAULT_PROJECT};
 
 /// The prefix of every token, so that one pasted in a log or a repository
 /// is recognisable (and secret scanners can match it).
@@ -212,6 +212,24 @@ impl Caller {
             return Ok(());
         };
         self.admin_only(&format!("creating {kind} (flat, flatdhcp, bridge, open, --uplink, --vlan)"))
+    }
+}
+
+impl Caller {
+    /// Refuses the port options only the admin may use: switching
+    /// anti-spoofing off (a project's guest could then pose as another
+    /// project's) and adopting an existing interface of the host.
+    pub fn check_port_spec(&self, spec: &PortSpec) -> Result<(), AccessError> {
+        if *self == Caller::Admin {
+            return Ok(());
+        }
+        if spec.spoof_check == Some(false) {
+            return self.admin_only("a port without anti-spoofing (--no-spoof-check)");
+        }
+        if spec.adopt.is_some() {
+            return self.admin_only("adopting an existing interface as a port");
+        }
+        Ok(())
     }
 }
 
