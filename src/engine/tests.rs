@@ -130,6 +130,17 @@ fn rig() -> Rig {
 }
 
 impl Rig {
+    /// A daemon restart: a new engine on the same kernel and store, its
+    /// clock at `time`.
+    fn restarted(&self, time: u64) -> Result<Engine, EngineError> {
+        Engine::start(Parts {
+            store: self.store.clone(),
+            kernel: self.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
+        })
+    }
+
     fn world(&self) -> World {
         let e = &self.engine;
         let mut stored_ports = self.store.ports().unwrap();
@@ -526,15 +537,7 @@ fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
     let again = PortSpec { net: "a".into(), vm: "vm2".into(), ip: Some(ip.to_string()), ..Default::default() };
     let err = r.engine.create_port(again.clone()).unwrap_err().to_string();
     assert!(err.contains("until unix time 4600"), "{err}");
-    let engine_at = |time: u64| {
-        Engine::start(Parts {
-            store: r.store.clone(),
-            kernel: r.kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
-        })
-        .unwrap()
-    };
+    let engine_at = |time: u64| r.restarted(time).unwrap();
     let mut restarted = engine_at(1000);
     let err = restarted.create_port(again.clone()).unwrap_err().to_string();
     assert!(err.contains("until unix time 4600"), "a restart forgot the hold: {err}");
@@ -599,13 +602,7 @@ mod managers {
         assert_eq!(r.kernel.snapshot().observed.links[&port.ifname].master.as_deref(), Some("br100"));
         // A restart finds it as it left it.
         r.kernel.clear_log();
-        let restarted = Engine::start(Parts {
-            store: r.store.clone(),
-            kernel: r.kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
-        })
-        .unwrap();
+        let restarted = r.restarted(1000).unwrap();
         assert_eq!(r.kernel.log(), Vec::<String>::new(), "a restart plans nothing");
         assert_eq!(restarted.network("flat").unwrap().state, NetState::Active, "an adopted bridge is not a stranger");
         drop(restarted);
@@ -862,13 +859,7 @@ mod vlans {
         // A restart finds everything in place and changes nothing.
         r.kernel.clear_log();
         let before = r.kernel.snapshot();
-        let restarted = Engine::start(Parts {
-            store: r.store.clone(),
-            kernel: r.kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
-        })
-        .unwrap();
+        let restarted = r.restarted(1000).unwrap();
         assert_eq!(r.kernel.log(), Vec::<String>::new(), "a restart plans nothing");
         assert_eq!(r.kernel.snapshot(), before);
         drop(restarted);
@@ -1167,13 +1158,7 @@ mod vlan_manager {
         let c1 = r.engine.create_port(vm("c", "c1")).unwrap();
         assert_eq!((allocation(&r, "c"), c1.net.as_str()), (Some((101, "10.0.1.0/24".into())), "c/vlan101"));
         // A restart keeps every allocation.
-        let restarted = Engine::start(Parts {
-            store: r.store.clone(),
-            kernel: r.kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 }),
-        })
-        .unwrap();
+        let restarted = r.restarted(1000).unwrap();
         let kept: Vec<(String, Option<u16>)> =
             restarted.networks().into_iter().map(|n| (n.key().into_owned(), n.vlan)).collect();
         assert_eq!(kept, vec![("a/vlan100".to_string(), Some(100)), ("c/vlan101".to_string(), Some(101))]);
@@ -1311,13 +1296,7 @@ fn no_vlan_subnet_or_address_is_ever_held_twice() {
                 _ => {
                     // A restart, up to two hours later.
                     now += rng.next(7200);
-                    r.engine = Engine::start(Parts {
-                        store: r.store.clone(),
-                        kernel: r.kernel.clone(),
-                        services: Box::<FakeServices>::default(),
-                        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: now }),
-                    })
-                    .unwrap_or_else(|e| panic!("{ctx}: restart: {e}"));
+                    r.engine = r.restarted(now).unwrap_or_else(|e| panic!("{ctx}: restart: {e}"));
                 }
             }
             // The invariants, on what the engine says and on what it stored.
