@@ -293,6 +293,14 @@ pub struct Autostart {
     pub enabled: bool,
 }
 
+/// The body of `POST /v1/projects/{name}/egress`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Egress {
+    /// "allow" or "deny".
+    pub egress: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PortFilter {
@@ -388,238 +396,260 @@ pub fn router(state: Shared) -> Router {
 /// request's [`Caller`] is resolved first ([`crate::auth::authenticate`]).
 pub fn router_for(state: Shared, transport: Transport) -> Router {
     let auth_state = (state.clone(), transport);
-    let routes = Router::new()
-        .route(
-            "/v1/projects",
-            get(|State(s): State<Shared>, caller: Caller| async move {
-                with_engine(s, move |e| {
-                    Ok(Json(
-                        e.projects()
-                            .into_iter()
-                            .filter(|p| caller.scope(None).ok().flatten().is_none_or(|own| p.project.name == own))
-                            .collect::<Vec<_>>(),
-                    ))
+    let routes =
+        Router::new()
+            .route(
+                "/v1/projects",
+                get(|State(s): State<Shared>, caller: Caller| async move {
+                    with_engine(s, move |e| {
+                        Ok(Json(
+                            e.projects()
+                                .into_iter()
+                                .filter(|p| caller.scope(None).ok().flatten().is_none_or(|own| p.project.name == own))
+                                .collect::<Vec<_>>(),
+                        ))
+                    })
+                    .await
                 })
-                .await
-            })
-            .post(
-                |State(s): State<Shared>, caller: Caller, JsonBody(spec): JsonBody<ProjectSpec>| async move {
-                    admin(s, &caller, "creating a project", move |e| e.create_project(spec))
+                .post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(spec): JsonBody<ProjectSpec>| async move {
+                        admin(s, &caller, "creating a project", move |e| e.create_project(spec))
+                            .await
+                            .map(|p| (StatusCode::CREATED, Json(p)))
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                    with_engine(s, move |e| e.project(&caller.project(Some(&name))?)).await.map(Json)
+                })
+                .delete(
+                    |State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                        admin(s, &caller, "deleting a project", move |e| e.delete_project(&name))
+                            .await
+                            .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}/egress",
+                post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     JsonBody(b): JsonBody<Egress>| async move {
+                        with_engine(s, move |e| e.set_project_egress(&caller.project(Some(&name))?, &b.egress))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}/tokens",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                    admin(s, &caller, "listing tokens", move |e| e.tokens_of(&name)).await.map(Json)
+                })
+                .post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     JsonBody(spec): JsonBody<TokenSpec>| async move {
+                        admin(s, &caller, "creating a token", move |e| e.create_token(&name, spec))
+                            .await
+                            .map(|t| (StatusCode::CREATED, Json(t)))
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}/tokens/{id}",
+                axum::routing::delete(
+                    |State(s): State<Shared>, caller: Caller, Path((name, id)): Path<(String, String)>| async move {
+                        admin(s, &caller, "deleting a token", move |e| e.delete_token(&name, &id))
+                            .await
+                            .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks",
+                get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
+                    let q: InProject = query(&uri).map_err(IntoResponse::into_response)?;
+                    with_engine(s, move |e| e.networks_of(caller.scope(q.project.as_deref())?.as_deref()))
                         .await
-                        .map(|p| (StatusCode::CREATED, Json(p)))
-                },
-            ),
-        )
-        .route(
-            "/v1/projects/{name}",
-            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
-                with_engine(s, move |e| e.project(&caller.project(Some(&name))?)).await.map(Json)
-            })
-            .delete(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
-                admin(s, &caller, "deleting a project", move |e| e.delete_project(&name))
+                        .map(Json)
+                        .map_err(IntoResponse::into_response)
+                })
+                .post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<NetworkSpec>| async move {
+                        caller.check_network_spec(&spec).map_err(IntoResponse::into_response)?;
+                        spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                        with_engine(s, move |e| e.create_network(spec))
+                            .await
+                            .map(|n| (StatusCode::CREATED, Json(n)))
+                            .map_err(IntoResponse::into_response)
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.network(&key)).await.map(Json)
+                })
+                .delete(
+                    |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                        on_network(s, caller, &uri, name, |e, key| e.delete_network(&key))
+                            .await
+                            .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}/start",
+                post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.set_active(&key, true)).await.map(Json)
+                }),
+            )
+            .route(
+                "/v1/networks/{name}/stop",
+                post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.set_active(&key, false)).await.map(Json)
+                }),
+            )
+            .route(
+                "/v1/networks/{name}/autostart",
+                post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     uri: Uri,
+                     JsonBody(a): JsonBody<Autostart>| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.set_autostart(&key, a.enabled))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}/leases",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    let shown = name.clone();
+                    on_network(s, caller, &uri, name, move |e, key| {
+                        // Leases name their network as the user does.
+                        let mut leases = e.leases(&key)?;
+                        leases.iter_mut().for_each(|l| l.net.clone_from(&shown));
+                        Ok(leases)
+                    })
+                    .await
+                    .map(Json)
+                }),
+            )
+            .route(
+                "/v1/ports",
+                get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
+                    let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;
+                    with_engine(s, move |e| {
+                        let scope = caller.scope(f.project.as_deref())?;
+                        if let Some(p) = &scope {
+                            e.check_project(p)?;
+                        }
+                        // A network is named in the project asked for (default
+                        // the caller's); without one, ports of all projects.
+                        let project = caller.project(scope.as_deref())?;
+                        let key = f.net.as_deref().map(|n| crate::model::network_key(&project, n).into_owned());
+                        Ok(Json(
+                            e.ports_of(scope.as_deref(), f.vm.as_deref(), key.as_deref())
+                                .into_iter()
+                                .map(|p| e.port_view(p))
+                                .collect::<Vec<_>>(),
+                        ))
+                    })
+                    .await
+                    .map_err(IntoResponse::into_response)
+                })
+                .post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<PortSpec>| async move {
+                        caller.check_port_spec(&spec).map_err(IntoResponse::into_response)?;
+                        spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                        with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
+                            .await
+                            .map(|p| (StatusCode::CREATED, Json(p)))
+                            .map_err(IntoResponse::into_response)
+                    },
+                ),
+            )
+            .route(
+                "/v1/managers/vlan",
+                get(|State(s): State<Shared>, caller: Caller| async move {
+                    admin(s, &caller, "the VLAN manager's configuration", |e| e.vlan_manager()).await.map(Json)
+                })
+                .put(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     JsonBody(spec): JsonBody<crate::vlan_manager::VlanManagerSpec>| async move {
+                        admin(s, &caller, "configuring the VLAN manager", move |e| e.set_vlan_manager(spec))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/ports/batch",
+                post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
+                        for spec in &mut specs {
+                            caller.check_port_spec(spec).map_err(IntoResponse::into_response)?;
+                            spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                        }
+                        with_engine(s, move |e| {
+                            e.create_ports(specs).map(|v| v.into_iter().map(|p| e.port_view(p)).collect::<Vec<_>>())
+                        })
+                        .await
+                        .map(|ports| (StatusCode::CREATED, Json(ports)))
+                        .map_err(IntoResponse::into_response)
+                    },
+                ),
+            )
+            .route(
+                "/v1/ports/{id}",
+                axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                    with_engine(s, move |e| {
+                        e.check_port(&id, caller.scope(None)?.as_deref())?;
+                        e.delete_port(&id)
+                    })
                     .await
                     .map(|()| StatusCode::NO_CONTENT)
-            }),
-        )
-        .route(
-            "/v1/projects/{name}/tokens",
-            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
-                admin(s, &caller, "listing tokens", move |e| e.tokens_of(&name)).await.map(Json)
-            })
-            .post(
-                |State(s): State<Shared>,
-                 caller: Caller,
-                 Path(name): Path<String>,
-                 JsonBody(spec): JsonBody<TokenSpec>| async move {
-                    admin(s, &caller, "creating a token", move |e| e.create_token(&name, spec))
-                        .await
-                        .map(|t| (StatusCode::CREATED, Json(t)))
-                },
-            ),
-        )
-        .route(
-            "/v1/projects/{name}/tokens/{id}",
-            axum::routing::delete(
-                |State(s): State<Shared>, caller: Caller, Path((name, id)): Path<(String, String)>| async move {
-                    admin(s, &caller, "deleting a token", move |e| e.delete_token(&name, &id))
-                        .await
-                        .map(|()| StatusCode::NO_CONTENT)
-                },
-            ),
-        )
-        .route(
-            "/v1/networks",
-            get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
-                let q: InProject = query(&uri).map_err(IntoResponse::into_response)?;
-                with_engine(s, move |e| e.networks_of(caller.scope(q.project.as_deref())?.as_deref()))
+                }),
+            )
+            .route(
+                "/v1/ports/{id}/config",
+                get(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>, uri: Uri| async move {
+                    let Query(q) = Query::<ConfigQuery>::try_from_uri(&uri).map_err(query_rejection)?;
+                    let format = config_format(q.format.as_deref()).map_err(|e| ApiError(e).into_response())?;
+                    with_engine(s, move |e| {
+                        e.check_port(&id, caller.scope(None)?.as_deref())?;
+                        e.port_config(&id, format)
+                    })
                     .await
                     .map(Json)
                     .map_err(IntoResponse::into_response)
-            })
-            .post(
-                |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<NetworkSpec>| async move {
-                    caller.check_network_spec(&spec).map_err(IntoResponse::into_response)?;
-                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
-                    with_engine(s, move |e| e.create_network(spec))
-                        .await
-                        .map(|n| (StatusCode::CREATED, Json(n)))
-                        .map_err(IntoResponse::into_response)
-                },
-            ),
-        )
-        .route(
-            "/v1/networks/{name}",
-            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, caller, &uri, name, |e, key| e.network(&key)).await.map(Json)
-            })
-            .delete(
-                |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                    on_network(s, caller, &uri, name, |e, key| e.delete_network(&key))
-                        .await
-                        .map(|()| StatusCode::NO_CONTENT)
-                },
-            ),
-        )
-        .route(
-            "/v1/networks/{name}/start",
-            post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, caller, &uri, name, |e, key| e.set_active(&key, true)).await.map(Json)
-            }),
-        )
-        .route(
-            "/v1/networks/{name}/stop",
-            post(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                on_network(s, caller, &uri, name, |e, key| e.set_active(&key, false)).await.map(Json)
-            }),
-        )
-        .route(
-            "/v1/networks/{name}/autostart",
-            post(
-                |State(s): State<Shared>,
-                 caller: Caller,
-                 Path(name): Path<String>,
-                 uri: Uri,
-                 JsonBody(a): JsonBody<Autostart>| async move {
-                    on_network(s, caller, &uri, name, move |e, key| e.set_autostart(&key, a.enabled)).await.map(Json)
-                },
-            ),
-        )
-        .route(
-            "/v1/networks/{name}/leases",
-            get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                let shown = name.clone();
-                on_network(s, caller, &uri, name, move |e, key| {
-                    // Leases name their network as the user does.
-                    let mut leases = e.leases(&key)?;
-                    leases.iter_mut().for_each(|l| l.net.clone_from(&shown));
-                    Ok(leases)
-                })
-                .await
-                .map(Json)
-            }),
-        )
-        .route(
-            "/v1/ports",
-            get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
-                let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;
-                with_engine(s, move |e| {
-                    let scope = caller.scope(f.project.as_deref())?;
-                    if let Some(p) = &scope {
-                        e.check_project(p)?;
-                    }
-                    // A network is named in the project asked for (default
-                    // the caller's); without one, ports of all projects.
-                    let project = caller.project(scope.as_deref())?;
-                    let key = f.net.as_deref().map(|n| crate::model::network_key(&project, n).into_owned());
-                    Ok(Json(
-                        e.ports_of(scope.as_deref(), f.vm.as_deref(), key.as_deref())
-                            .into_iter()
-                            .map(|p| e.port_view(p))
-                            .collect::<Vec<_>>(),
-                    ))
-                })
-                .await
-                .map_err(IntoResponse::into_response)
-            })
-            .post(
-                |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<PortSpec>| async move {
-                    caller.check_port_spec(&spec).map_err(IntoResponse::into_response)?;
-                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
-                    with_engine(s, move |e| e.create_port(spec).map(|p| e.port_view(p)))
-                        .await
-                        .map(|p| (StatusCode::CREATED, Json(p)))
-                        .map_err(IntoResponse::into_response)
-                },
-            ),
-        )
-        .route(
-            "/v1/managers/vlan",
-            get(|State(s): State<Shared>, caller: Caller| async move {
-                admin(s, &caller, "the VLAN manager's configuration", |e| e.vlan_manager()).await.map(Json)
-            })
-            .put(
-                |State(s): State<Shared>,
-                 caller: Caller,
-                 JsonBody(spec): JsonBody<crate::vlan_manager::VlanManagerSpec>| async move {
-                    admin(s, &caller, "configuring the VLAN manager", move |e| e.set_vlan_manager(spec)).await.map(Json)
-                },
-            ),
-        )
-        .route(
-            "/v1/ports/batch",
-            post(|State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
-                for spec in &mut specs {
-                    caller.check_port_spec(spec).map_err(IntoResponse::into_response)?;
-                    spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
-                }
-                with_engine(s, move |e| {
-                    e.create_ports(specs).map(|v| v.into_iter().map(|p| e.port_view(p)).collect::<Vec<_>>())
-                })
-                .await
-                .map(|ports| (StatusCode::CREATED, Json(ports)))
-                .map_err(IntoResponse::into_response)
-            }),
-        )
-        .route(
-            "/v1/ports/{id}",
-            axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
-                with_engine(s, move |e| {
-                    e.check_port(&id, caller.scope(None)?.as_deref())?;
-                    e.delete_port(&id)
-                })
-                .await
-                .map(|()| StatusCode::NO_CONTENT)
-            }),
-        )
-        .route(
-            "/v1/ports/{id}/config",
-            get(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>, uri: Uri| async move {
-                let Query(q) = Query::<ConfigQuery>::try_from_uri(&uri).map_err(query_rejection)?;
-                let format = config_format(q.format.as_deref()).map_err(|e| ApiError(e).into_response())?;
-                with_engine(s, move |e| {
-                    e.check_port(&id, caller.scope(None)?.as_deref())?;
-                    e.port_config(&id, format)
-                })
-                .await
-                .map(Json)
-                .map_err(IntoResponse::into_response)
-            }),
-        )
-        .route(
-            "/v1/status",
-            get(|State(s): State<Shared>, caller: Caller| async move {
-                admin(s, &caller, "the daemon's status", |e| Ok(Json(e.status()))).await
-            }),
-        )
-        .route(
-            "/v1/bridges",
-            get(|State(s): State<Shared>, caller: Caller| async move {
-                admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
-            }),
-        )
-        .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        .with_state(state);
+                }),
+            )
+            .route(
+                "/v1/status",
+                get(|State(s): State<Shared>, caller: Caller| async move {
+                    admin(s, &caller, "the daemon's status", |e| Ok(Json(e.status()))).await
+                }),
+            )
+            .route(
+                "/v1/bridges",
+                get(|State(s): State<Shared>, caller: Caller| async move {
+                    admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
+                }),
+            )
+            .fallback(not_found)
+            .layer(DefaultBodyLimit::max(BODY_LIMIT))
+            .with_state(state);
     // Outside the routes, so that it sees their finished responses (a 405
     // gets its Allow header only on its way out of the route); inside it,
     // who is asking is known before any route runs.

@@ -366,6 +366,18 @@ pub enum ProjectCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Change a project: --egress deny keeps its guests from starting connections beyond
+    /// their own networks (DHCP, DNS and replies to inbound connections still flow).
+    Set {
+        /// Project name.
+        name: String,
+        /// allow or deny.
+        #[arg(long)]
+        egress: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Delete a project that owns no networks or ports (`default` stays).
     Delete {
         /// Project name.
@@ -1032,6 +1044,7 @@ fn project_detail(p: &Value) -> String {
         ("Created", p["created"].as_u64().map(|t| format!("{} UTC", utc(t))).unwrap_or_else(|| "-".into())),
         ("Networks", s(&p["networks"])),
         ("Ports", s(&p["ports"])),
+        ("Egress", s(&p["egress"])),
     ];
     details(&fields, 13)
 }
@@ -1324,6 +1337,11 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         }
         Command::Project(ProjectCommand::Show { name, out }) => {
             let v = c.call("GET", &format!("/v1/projects/{}", pct(&name)), None)?;
+            print(out.output, &v, project_detail)?;
+        }
+        Command::Project(ProjectCommand::Set { name, egress, out }) => {
+            let body = json!({ "egress": egress });
+            let v = c.call("POST", &format!("/v1/projects/{}/egress", pct(&name)), Some(&body))?;
             print(out.output, &v, project_detail)?;
         }
         Command::Project(ProjectCommand::Delete { name }) => {
@@ -1782,7 +1800,7 @@ mod tests {
         let t = project_rows(&json!([{"name": "p", "description": hostile, "created": 0, "networks": 1, "ports": 0}]));
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));
-        assert!(inert(&t) && t.lines().count() == 5, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 6, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(

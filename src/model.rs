@@ -351,6 +351,11 @@ pub struct Network {
     /// them away again, and never creates, changes or deletes the bridge.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub adopted: bool,
+    /// Its project denies egress (`lanyard project set P --egress deny`):
+    /// its guests start no connection beyond their own network; DHCP, DNS
+    /// and replies to connections made to them still flow.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub egress_denied: bool,
 }
 
 impl Network {
@@ -724,6 +729,7 @@ impl NetworkSpec {
             vlan_backend,
             manager,
             adopted: false,
+            egress_denied: false,
         })
     }
 }

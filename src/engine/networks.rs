@@ -16,7 +16,7 @@ use crate::store::{LeaseChange, Store, StoreError};
 impl Engine {
     /// Plans `networks` + `ports` against `observed` and commits the plan
     /// with `persist`. Memory is the caller's to change afterwards.
-    fn commit_state(
+    pub(super) fn commit_state(
         &mut self,
         networks: &[Network],
         ports: &[Port],
@@ -75,6 +75,8 @@ impl Engine {
         if manager.is_some() {
             net.manager = manager;
         }
+        // A network follows its project's egress.
+        net.egress_denied = self.egress_denied(&net.project);
         if let Some(link) = observed.links.get(&net.bridge).filter(|l| !l.owned()) {
             // A flat network's given bridge is someone else's: adopted,
             // never changed or deleted. Anything else with the name is a

@@ -15,6 +15,14 @@ pub struct ProjectView {
     pub networks: usize,
     /// How many ports it owns.
     pub ports: usize,
+    /// "allow" or "deny": whether its guests may start connections beyond
+    /// their own networks.
+    pub egress: String,
+}
+
+/// The setting that holds a project's egress.
+fn egress_key(project: &str) -> String {
+    format!("egress:{project}")
 }
 
 /// `n thing` or `n things`.
@@ -83,7 +91,65 @@ impl Engine {
             project: project.clone(),
             networks: self.networks.iter().filter(|n| n.project == project.name).count(),
             ports: self.ports.iter().filter(|p| p.project == project.name).count(),
+            egress: if self.egress_denied(&project.name) { "deny" } else { "allow" }.into(),
         }
+    }
+
+    /// Whether `project` denies its guests egress (a setting; allowed
+    /// unless set).
+    pub(super) fn egress_denied(&self, project: &str) -> bool {
+        matches!(self.store.setting(&egress_key(project)), Ok(Some(v)) if v == "deny")
+    }
+
+    /// `lanyard project set P --egress allow|deny`: every network of the
+    /// project, and those it makes later, follow it. The firewall changes
+    /// by set elements only.
+    pub fn set_project_egress(&mut self, project: &str, egress: &str) -> Result<ProjectView, EngineError> {
+        self.check_project(project)?;
+        let deny = match egress {
+            "deny" => true,
+            "allow" => false,
+            other => {
+                return Err(EngineError::Invalid(ModelError::Invalid {
+                    what: "egress",
+                    value: other.into(),
+                    why: "use allow or deny".into(),
+                }))
+            }
+        };
+        let changed: Vec<Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.project == project && n.egress_denied != deny)
+            .map(|n| Network { egress_denied: deny, ..n.clone() })
+            .collect();
+        let networks: Vec<Network> = self
+            .networks
+            .iter()
+            .map(|n| changed.iter().find(|c| c.key() == n.key()).cloned().unwrap_or_else(|| n.clone()))
+            .collect();
+        let before: Vec<Network> =
+            self.networks.iter().filter(|n| changed.iter().any(|c| c.key() == n.key())).cloned().collect();
+        let was = if self.egress_denied(project) { "deny" } else { "allow" };
+        let key = egress_key(project);
+        let observed = self.kernel.observe()?;
+        let ports = self.ports.clone();
+        self.commit_state(
+            &networks,
+            &ports,
+            &observed,
+            |s| {
+                s.put_setting(&key, egress)?;
+                changed.iter().try_for_each(|n| s.put_network(n))
+            },
+            |s| {
+                s.put_setting(&key, was)?;
+                before.iter().try_for_each(|n| s.put_network(n))
+            },
+        )?;
+        self.networks = networks;
+        tracing::info!(project, egress, "project egress set");
+        self.project(project)
     }
 
     /// All projects, by name.

@@ -245,6 +245,12 @@ pub fn table(networks: &[Network]) -> Option<Table> {
         fill(Set::new("routed_nets", &[Ifname, Ipv4Addr], true), of(&[Mode::Route]).map(pair).collect()),
         // Networks whose guests may go out (with their own source address).
         fill(Set::new("outbound", &[Ifname, Ipv4Addr], true), of(&[Mode::Nat, Mode::Route]).map(pair).collect()),
+        // Networks whose project denies egress: their guests start no
+        // connection beyond their own network.
+        fill(
+            Set::new("egress_denied", &[Ifname], false),
+            nets.iter().filter(|n| n.egress_denied).map(|n| Element::key(vec![bridge(n)])).collect(),
+        ),
         // Subnets masqueraded on the way out.
         fill(
             Set::new("masq_nets", &[Ipv4Addr], true),
@@ -265,7 +271,7 @@ fn ports_of(v: &[u16]) -> Vec<Value> {
 /// The fixed rules. Every rule names a lanyard set, so traffic that is not
 /// lanyard's is left to whoever owns it; every chain's policy is accept.
 fn chains() -> Vec<Chain> {
-    use crate::kernel::firewall::CtState::{Established, Related};
+    use crate::kernel::firewall::CtState::{Established, New, Related};
     use Field::*;
     let set = Match::in_set;
     let rule = Rule::new;
@@ -295,6 +301,7 @@ fn chains() -> Vec<Chain> {
             rules: vec![
                 rule(vec![set(&[Iifname, Oifname], "same_bridge")], accept.clone()),
                 rule(vec![set(&[Iifname], "bridges"), set(&[Oifname], "bridges")], Action::Reject),
+                rule(vec![set(&[Iifname], "egress_denied"), Match::ct_state(&[New])], Action::Reject),
                 rule(
                     vec![Match::ct_state(&[Established, Related]), set(&[Oifname, IpDaddr], "nat_nets")],
                     accept.clone(),

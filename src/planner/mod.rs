@@ -210,6 +210,7 @@ mod tests {
 \tset nat_nets { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
 \tset routed_nets { type ifname . ipv4_addr; flags interval; }
 \tset outbound { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
+\tset egress_denied { type ifname; }
 \tset masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }
 \tchain input {
 \t\ttype filter hook input priority 0; policy accept;
@@ -227,6 +228,7 @@ mod tests {
 \t\ttype filter hook forward priority -1; policy accept;
 \t\tiifname . oifname @same_bridge meta mark set meta mark | 0x20000000 accept
 \t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
+\t\tiifname @egress_denied ct state new reject with icmpx admin-prohibited
 \t\tct state established,related oifname . ip daddr @nat_nets meta mark set meta mark | 0x20000000 accept
 \t\toifname . ip daddr @routed_nets meta mark set meta mark | 0x20000000 accept
 \t\tiifname . ip saddr @outbound meta mark set meta mark | 0x20000000 accept
