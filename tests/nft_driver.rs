@@ -109,9 +109,11 @@ fn network(name: &str, mode: &str, subnet: &str, bridge: &str) -> Network {
 /// Networks of every mode (open and bridge ask for no rules, the rest fill
 /// every set of the table).
 fn every_mode() -> Vec<Network> {
+    // One network's project denies egress, so that set has an element too.
+    let denied = Network { egress_denied: true, ..network("nat1", "nat", "10.10.0.0/16", "lybr1") };
     vec![
         network("nat0", "nat", "192.168.122.0/24", "lybr0"),
-        network("nat1", "nat", "10.10.0.0/16", "lybr1"),
+        denied,
         network("routed", "route", "10.20.0.0/24", "lybr2"),
         network("hostonly", "host-only", "10.30.0.0/24", "lybr3"),
         network("iso", "isolated", "10.40.0.0/24", "lybr4"),
