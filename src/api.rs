@@ -671,14 +671,7 @@ mod tests {
     use tower::ServiceExt;
 
     fn app() -> Router {
-        let engine = Engine::start(Parts {
-            store: Arc::new(SqliteStore::in_memory().unwrap()),
-            kernel: Arc::new(FakeKernel::default()),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost::default()),
-        })
-        .unwrap();
-        router(Arc::new(Mutex::new(engine)))
+        router(shared())
     }
 
     /// Sends one request; the status, the JSON body (Null if none) and the Allow header.

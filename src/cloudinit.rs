@@ -191,27 +191,15 @@ pub fn quote(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{test_network, Mac, PortType};
+    use crate::model::{test_network, Mac};
     use std::net::Ipv4Addr;
 
     fn port(ip: Option<Ipv4Addr>) -> Port {
         Port {
-            id: "5c42a4c5".into(),
-            net: "default".into(),
             vm: "vm2".into(),
-            port_type: PortType::Tap,
-            ifname: "ly5c42a4c5".into(),
             mac: Mac([0x52, 0x54, 0x00, 0x00, 0x43, 0x62]),
             ip,
-            netns: None,
-            peer_ifname: None,
-            owner: None,
-            group: None,
-            adopted: false,
-            trunk: Vec::new(),
-            untagged: true,
-            spoof_check: true,
-            project: crate::model::DEFAULT_PROJECT.into(),
+            ..crate::model::test_port("5c42a4c5", "default")
         }
     }
 

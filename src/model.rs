@@ -1097,6 +1097,31 @@ pub enum LeaseKind {
     Dynamic,
 }
 
+/// A TAP port of the default project for unit tests across modules:
+/// `ly<id>`, MAC 52:54:00:00:00:01, no fixed IP; tests change what they need
+/// with struct update syntax.
+#[cfg(test)]
+pub(crate) fn test_port(id: &str, net: &str) -> Port {
+    Port {
+        id: id.into(),
+        project: DEFAULT_PROJECT.into(),
+        net: net.into(),
+        vm: "vm".into(),
+        port_type: PortType::Tap,
+        ifname: Port::ifname_for(id),
+        mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
+        ip: None,
+        netns: None,
+        peer_ifname: None,
+        owner: None,
+        group: None,
+        adopted: false,
+        trunk: Vec::new(),
+        untagged: true,
+        spoof_check: true,
+    }
+}
+
 /// A valid NAT network for unit tests across modules.
 #[cfg(test)]
 pub(crate) fn test_network(name: &str, subnet: &str, bridge: &str) -> Network {

@@ -40,22 +40,11 @@ mod tests {
 
     fn port(id: &str, net: &str, ty: PortType) -> Port {
         Port {
-            id: id.into(),
-            project: crate::model::DEFAULT_PROJECT.into(),
-            net: net.into(),
-            vm: "vm".into(),
             port_type: ty,
-            ifname: Port::ifname_for(id),
-            mac: Mac([0x52, 0x54, 0, 0, 0, 1]),
             ip: Some("192.168.122.2".parse().unwrap()),
             netns: (ty == PortType::Veth).then(|| "ns1".into()),
             peer_ifname: (ty == PortType::Veth).then(|| "eth0".into()),
-            owner: None,
-            group: None,
-            adopted: false,
-            trunk: Vec::new(),
-            untagged: true,
-            spoof_check: true,
+            ..crate::model::test_port(id, net)
         }
     }
 
@@ -577,22 +566,10 @@ mod vlan_tests {
         let v20 = vnet("v20", "bridge", "192.168.100.0/24", "eth0", 20);
         let mgmt = crate::model::test_network("mgmt", "10.0.0.0/24", "lybr0");
         let mut port = crate::model::Port {
-            id: "0000abcd".into(),
-            project: crate::model::DEFAULT_PROJECT.into(),
-            net: "mgmt".into(),
             vm: "router".into(),
-            port_type: crate::model::PortType::Tap,
-            ifname: crate::model::Port::ifname_for("0000abcd"),
             mac: crate::model::Mac([0x52, 0x54, 0, 0, 0, 7]),
-            ip: None,
-            netns: None,
-            peer_ifname: None,
-            owner: None,
-            group: None,
-            adopted: false,
             trunk: vec!["v10".into(), "v20".into()],
-            untagged: true,
-            spoof_check: true,
+            ..crate::model::test_port("0000abcd", "mgmt")
         };
         let nets = vec![v10.clone(), v20.clone(), mgmt.clone()];
         let o = after(&with(vec![nic("eth0")]), &plan(&nets, &[], &with(vec![nic("eth0")]), &Tables::new()));
@@ -640,22 +617,9 @@ mod vlan_tests {
         };
         let nets = vec![filtering("v10", "nat", 10), filtering("v20", "bridge", 20)];
         let port = |id: &str| crate::model::Port {
-            id: id.into(),
-            net: "v10".into(),
-            vm: "vm".into(),
-            port_type: crate::model::PortType::Tap,
-            ifname: crate::model::Port::ifname_for(id),
             mac: crate::model::Mac([0x52, 0x54, 0, 0, 0, 7]),
             ip: Some("192.168.100.10".parse().unwrap()),
-            netns: None,
-            peer_ifname: None,
-            owner: None,
-            group: None,
-            adopted: false,
-            trunk: Vec::new(),
-            untagged: true,
-            spoof_check: true,
-            project: crate::model::DEFAULT_PROJECT.into(),
+            ..crate::model::test_port(id, "v10")
         };
         let access = port("0000aaaa");
         let mut trunk = port("0000bbbb");

@@ -222,6 +222,20 @@ fn kind_str(k: LeaseKind) -> &'static str {
     }
 }
 
+impl SqliteStore {
+    /// The JSON records a `SELECT key, body` query returns, decoded.
+    fn records<T: DeserializeOwned>(&self, sql: &str) -> Result<Vec<T>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare(sql)?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        rows.map(|r| {
+            let (k, b) = r?;
+            decode(&k, &b)
+        })
+        .collect()
+    }
+}
+
 impl Store for SqliteStore {
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         let c = self.conn();
@@ -295,14 +309,7 @@ impl Store for SqliteStore {
     }
 
     fn networks(&self) -> Result<Vec<Network>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare("SELECT name, body FROM networks ORDER BY name")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|r| {
-            let (k, b) = r?;
-            decode(&k, &b)
-        })
-        .collect()
+        self.records("SELECT name, body FROM networks ORDER BY name")
     }
 
     fn put_network(&self, net: &Network) -> Result<(), StoreError> {
@@ -325,14 +332,7 @@ impl Store for SqliteStore {
     }
 
     fn ports(&self) -> Result<Vec<Port>, StoreError> {
-        let c = self.conn();
-        let mut st = c.prepare("SELECT id, body FROM ports ORDER BY rowid")?;
-        let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
-        rows.map(|r| {
-            let (k, b) = r?;
-            decode(&k, &b)
-        })
-        .collect()
+        self.records("SELECT id, body FROM ports ORDER BY rowid")
     }
 
     fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError> {
@@ -454,7 +454,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Mac, PortType};
+    use crate::model::Mac;
 
     /// One network, the same every call (its gateway MAC is random when
     /// validated, so it is pinned here).
@@ -522,22 +522,10 @@ mod tests {
             let s = SqliteStore::open(&dir).unwrap();
             s.put_network(&net()).unwrap();
             let port = Port {
-                id: "0011aabb".into(),
-                project: "default".into(),
-                net: "default".into(),
                 vm: "vm1".into(),
-                port_type: PortType::Tap,
-                ifname: "ly0011aabb".into(),
                 mac: Mac([0x52, 0x54, 0, 1, 2, 3]),
                 ip: Some("192.168.122.2".parse().unwrap()),
-                netns: None,
-                peer_ifname: None,
-                owner: None,
-                group: None,
-                adopted: false,
-                trunk: Vec::new(),
-                untagged: true,
-                spoof_check: true,
+                ..crate::model::test_port("0011aabb", "default")
             };
             s.put_ports(std::slice::from_ref(&port)).unwrap();
             s.write_leases(&[LeaseChange::Upsert(lease("192.168.122.50", "52:54:00:00:00:01"))]).unwrap();
