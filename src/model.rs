@@ -13,6 +13,8 @@ use std::str::FromStr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
+pub mod floating;
+
 /// A request that can never succeed as written; the message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ModelError {

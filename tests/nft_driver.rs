@@ -24,6 +24,7 @@ use lanyard::kernel::firewall::{Action, Field, Match, Rule, Value};
 use lanyard::kernel::{Element, ElementChange, FirewallChange, KernelError, KernelEvent, Table};
 use lanyard::model::{NetState, Network, NetworkSpec};
 use lanyard::planner::firewall::{table, table_id};
+use lanyard::planner::floating::Association;
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------
@@ -123,7 +124,9 @@ fn every_mode() -> Vec<Network> {
 }
 
 fn every_mode_table() -> Table {
-    table(&every_mode()).expect("networks that need rules")
+    // One floating IP, so that its maps and set have elements too.
+    let fip = Association { fip: "203.0.113.10".parse().unwrap(), fixed: "192.168.122.5".parse().unwrap() };
+    table(&every_mode(), &[fip]).expect("networks that need rules")
 }
 
 fn replace(driver: &NftDriver, t: &Table) {
@@ -181,7 +184,8 @@ fn replace_creates_the_table_and_fingerprint_reads_it_back() {
         let listing = nft(&["list", "table", "inet", "lanyard"]);
         assert!(listing.contains(&format!("comment \"{}\"", t.fingerprint())), "{listing}");
         for set in &t.sets {
-            assert!(listing.contains(&format!("set {} {{", set.name)), "set {} missing: {listing}", set.name);
+            let kind = if set.data.is_empty() { "set" } else { "map" };
+            assert!(listing.contains(&format!("{kind} {} {{", set.name)), "{kind} {} missing: {listing}", set.name);
         }
         assert_eq!(driver.fingerprint(&table_id()).unwrap(), Some(t.fingerprint()));
         // A table of that name without lanyard's comment exists, with a
@@ -212,7 +216,7 @@ fn replace_swaps_any_table_for_another_structure_atomically() {
         replace(&driver, &first);
         assert!(!nft(&["list", "table", "inet", "lanyard"]).contains("junk"));
 
-        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")]).unwrap();
+        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")], &[]).unwrap();
         let mut other = second.clone();
         other.chains.retain(|c| c.name != "postrouting");
         assert_ne!(other.fingerprint(), first.fingerprint());
@@ -317,7 +321,7 @@ fn elements_round_trip_every_set_of_the_planned_table() {
             assert_eq!(driver.elements(&table_id(), set).unwrap(), set.elements, "set {}", set.name);
         }
         // The table for fewer networks, reached with element changes only.
-        let fewer = table(&every_mode()[..3]).unwrap();
+        let fewer = table(&every_mode()[..3], &[]).unwrap();
         let changes = t.element_changes(&fewer).expect("same structure");
         driver.apply(&FirewallChange::Elements(changes)).unwrap();
         for set in &fewer.sets {
@@ -537,8 +541,8 @@ fn measure() {
         let driver = NftDriver::new().expect("driver");
         let mut ctx = Context::new().unwrap();
         let id = table_id();
-        let small = table(&every_mode()).unwrap();
-        let big = table(&many_networks(10_000)).unwrap();
+        let small = table(&every_mode(), &[]).unwrap();
+        let big = table(&many_networks(10_000), &[]).unwrap();
         let big_elements: usize = big.sets.iter().map(|s| s.elements.len()).sum();
         println!("\n== nftables driver ({})", nft(&["--version"]).trim());
         replace(&driver, &small);

@@ -378,7 +378,8 @@ mod tests {
     #[test]
     fn firewall_failure_undoes_links() {
         let k = FakeKernel::default();
-        let table = crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")]).unwrap();
+        let table =
+            crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")], &[]).unwrap();
         k.fail_on("firewall replace inet lanyard");
         let plan = Plan { ops: vec![bridge("b")], firewall: vec![FirewallChange::Replace(Box::new(table.clone()))] };
         assert!(plan.apply(&k, &Default::default()).is_err());

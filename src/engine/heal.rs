@@ -201,7 +201,7 @@ impl Engine {
     /// The firewall changes that restore lanyard's tables, and the tables
     /// the kernel will then hold.
     fn firewall_repair(&self) -> Result<(Vec<FirewallChange>, Option<Tables>), EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports);
+        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
         let current = self.kernel_firewall()?;
         Ok((FirewallChange::all_between(&current, &wanted), Some(wanted)))
     }

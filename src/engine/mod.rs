@@ -40,6 +40,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::ipam::{AddressBook, IpamError};
 use crate::kernel::{ApplyError, Coexistence, Kernel, KernelError, Observed, Op, Plan, Table, Tables};
+use crate::model::floating::{FipPool, FloatingIp};
 use crate::model::{Lease, Mac, ModelError, NetState, Network, Port, PortType, Project};
 use crate::planner;
 use crate::store::{Store, StoreError};
@@ -213,6 +214,10 @@ pub struct Engine {
     host: Arc<dyn Host>,
     /// Projects, by name.
     projects: Vec<Project>,
+    /// Floating IP pools, by name.
+    pools: Vec<FipPool>,
+    /// Floating IPs, by address.
+    floating_ips: Vec<FloatingIp>,
     networks: Vec<Network>,
     ports: Vec<Port>,
     index: PortIndex,
@@ -238,7 +243,12 @@ impl Engine {
         let networks = store.networks()?;
         let ports = store.ports()?;
         let leases = store.leases()?;
+        let pools = crate::store::load(store.as_ref(), crate::store::FIP_POOLS)?;
+        let mut floating_ips: Vec<FloatingIp> = crate::store::load(store.as_ref(), crate::store::FLOATING_IPS)?;
+        floating_ips.sort_by_key(|f| f.ip);
         let mut engine = Engine {
+            pools,
+            floating_ips,
             store,
             kernel,
             services,
@@ -287,7 +297,7 @@ impl Engine {
     /// kernel's elements (so reconcile changes only elements); otherwise an
     /// unknown table, which reconcile replaces whole.
     fn kernel_firewall(&self) -> Result<Tables, EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports);
+        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
         let mut out = Tables::new();
         for id in planner::table_ids() {
             if let Some(t) = self.kernel_table(&id, wanted.get(&id))? {
@@ -389,14 +399,19 @@ impl Engine {
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let ports = self.plannable(&self.ports);
-        let plan = planner::plan(&self.networks, &ports, observed, &self.firewall);
+        let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
-        self.firewall = planner::firewall::tables(&self.networks, &self.ports);
+        self.firewall = planner::firewall::tables(&self.networks, &self.ports, self.policy());
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
         Ok(())
+    }
+
+    /// What the projects add to networks and ports: floating IPs.
+    fn policy(&self) -> planner::ProjectPolicy<'_> {
+        planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips }
     }
 
     /// Ports whose veth peer namespace is gone cannot be re-created; they

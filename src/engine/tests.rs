@@ -31,6 +31,13 @@ impl FlakyStore {
 }
 
 impl Store for FlakyStore {
+    fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
+        self.inner.documents(kind)
+    }
+    fn write_documents(&self, changes: &[crate::store::DocumentChange]) -> Result<(), StoreError> {
+        self.check()?;
+        self.inner.write_documents(changes)
+    }
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError> {
         self.inner.setting(key)
     }

@@ -339,6 +339,8 @@ pub enum Field {
     Icmpv6Type,
     /// Conntrack state.
     CtState,
+    /// Conntrack status bits (`ct status dnat`).
+    CtStatus,
     /// Bridge family: the bridge a frame came in through.
     Ibrname,
 }
@@ -360,6 +362,7 @@ impl Field {
             Field::ArpSaddrIp => "arp saddr ip",
             Field::Icmpv6Type => "icmpv6 type",
             Field::CtState => "ct state",
+            Field::CtStatus => "ct status",
             Field::Ibrname => "meta ibrname",
         }
     }
@@ -389,6 +392,21 @@ impl CtState {
     }
 }
 
+/// Conntrack status bits a rule names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CtStatus {
+    /// The connection's destination was translated (DNAT).
+    Dnat,
+}
+
+impl CtStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            CtStatus::Dnat => "dnat",
+        }
+    }
+}
+
 /// What a rule compares a field (or a concatenation of fields) with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operand {
@@ -398,6 +416,8 @@ pub enum Operand {
     Values(Vec<Value>),
     /// Conntrack states (any of).
     States(Vec<CtState>),
+    /// Conntrack status bits (all of).
+    Status(Vec<CtStatus>),
 }
 
 /// One comparison: `fields == operand` or `!=`.
@@ -436,6 +456,11 @@ impl Match {
     pub fn ct_state(states: &[CtState]) -> Match {
         Match { fields: vec![Field::CtState], negate: false, operand: Operand::States(states.to_vec()) }
     }
+
+    /// `ct status bits`: all of them set.
+    pub fn ct_status(bits: &[CtStatus]) -> Match {
+        Match { fields: vec![Field::CtStatus], negate: false, operand: Operand::Status(bits.to_vec()) }
+    }
 }
 
 impl fmt::Display for Match {
@@ -455,6 +480,10 @@ impl fmt::Display for Match {
             Operand::States(s) => {
                 let items: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
                 write!(f, " {}", items.join(","))
+            }
+            Operand::Status(s) => {
+                let items: Vec<&str> = s.iter().map(|x| x.as_str()).collect();
+                write!(f, " {}", items.join("|"))
             }
         }
     }

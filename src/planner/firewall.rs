@@ -2,12 +2,15 @@
 //! networks up in named sets. The number of rules (and the work per packet)
 //! does not grow with the number of networks; a network adds elements.
 //!
-//! - `inet lanyard`: each mode's policy (forward, NAT, isolation);
+//! - `inet lanyard`: each mode's policy (forward, NAT, isolation) and the
+//!   floating IPs: one DNAT map and one SNAT map, so a floating IP costs
+//!   two map elements and every packet one lookup, however many there are;
 //! - `bridge lanyard`: what must be decided per bridge port, before the IP
 //!   layer: a DHCP rate per port, so one guest cannot drown its network's
 //!   DHCP server, and anti-spoofing, so a guest sends only from its own
 //!   MAC and IP (docs/anti-spoofing.md).
 
+use super::floating::{associations, Association, ProjectPolicy};
 use crate::kernel::firewall::{
     Action, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Rule, Set, Table,
     TableId, Tables, Value,
@@ -48,10 +51,32 @@ pub const DHCP_PORT_RATE: u32 = 20;
 /// See [`DHCP_PORT_RATE`].
 pub const DHCP_PORT_BURST: u32 = 40;
 
-/// The tables for the active networks and their ports (only those some
-/// network needs).
-pub fn tables(networks: &[Network], ports: &[Port]) -> Tables {
-    table(networks).into_iter().chain(bridge_table(networks, ports)).map(|t| (t.id.clone(), t)).collect()
+/// The tables for the active networks, their ports and the projects'
+/// floating IPs (only those some network needs).
+pub fn tables(networks: &[Network], ports: &[Port], policy: ProjectPolicy<'_>) -> Tables {
+    let live = associations(networks, ports, policy);
+    table(networks, &live).into_iter().chain(bridge_table(networks, ports)).map(|t| (t.id.clone(), t)).collect()
+}
+
+/// The elements one live floating IP puts in the `inet` table's maps and
+/// sets: inbound DNAT, the port's own SNAT, and its fixed IP as one that
+/// new inbound flows may reach.
+fn association_elements(a: &Association) -> [(&'static str, Element); 3] {
+    [
+        ("fip_dnat", Element { key: vec![Value::Ip(a.fip)], data: vec![Value::Ip(a.fixed)] }),
+        ("fip_snat", Element { key: vec![Value::Ip(a.fixed)], data: vec![Value::Ip(a.fip)] }),
+        ("fip_fixed", Element::key(vec![Value::Ip(a.fixed)])),
+    ]
+}
+
+/// The element changes that make (or, with `add` false, unmake) the live
+/// associations `changed`: six elements per floating IP, never a rule.
+pub fn association_changes(changed: &[Association], add: bool) -> Vec<ElementChange> {
+    changed
+        .iter()
+        .flat_map(association_elements)
+        .map(|(set, element)| ElementChange { table: table_id(), set: set.into(), add, element })
+        .collect()
 }
 
 /// Whether lanyard limits DHCP per port on `net`: an active network it
@@ -196,9 +221,9 @@ pub fn port_changes(ports: &[Port], networks: &[Network], add: bool) -> Vec<Elem
         .collect()
 }
 
-/// The table for the active networks, None when no network needs rules
-/// (then lanyard has no table at all).
-pub fn table(networks: &[Network]) -> Option<Table> {
+/// The table for the active networks and the live floating IPs, None when
+/// no network needs rules (then lanyard has no table at all).
+pub fn table(networks: &[Network], live: &[Association]) -> Option<Table> {
     // Open networks ask for no rules; bridge-mode bridges are the physical
     // LAN (the host's own uplink), not a private network to wall off.
     let nets: Vec<&Network> = networks
@@ -256,8 +281,26 @@ pub fn table(networks: &[Network]) -> Option<Table> {
             Set::new("masq_nets", &[Ipv4Addr], true),
             of(&[Mode::Nat]).map(|n| Element::key(vec![Value::Net(n.subnet)])).collect(),
         ),
+        // Subnets whose guests may go out: those that may reach a
+        // floating IP from inside (hairpin).
+        fill(
+            Set::new("outbound_subnets", &[Ipv4Addr], true),
+            of(&[Mode::Nat, Mode::Route]).map(|n| Element::key(vec![Value::Net(n.subnet)])).collect(),
+        ),
+        // Floating IPs: inbound, to the port's fixed IP...
+        Set::map("fip_dnat", &[Ipv4Addr], &[Ipv4Addr], false),
+        // ... the port's own traffic out, from its floating IP...
+        Set::map("fip_snat", &[Ipv4Addr], &[Ipv4Addr], false),
+        // ... and the fixed IPs new inbound flows may reach.
+        Set::new("fip_fixed", &[Ipv4Addr], false),
     ];
-    Some(Table { id: table_id(), sets, chains: chains() })
+    let mut table = Table { id: table_id(), sets, chains: chains() };
+    for (set, element) in live.iter().flat_map(association_elements) {
+        if let Some(s) = table.sets.iter_mut().find(|s| s.name == set) {
+            s.elements.insert(element);
+        }
+    }
+    Some(table)
 }
 
 fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {
@@ -276,7 +319,23 @@ fn chains() -> Vec<Chain> {
     let set = Match::in_set;
     let rule = Rule::new;
     let accept = Action::MarkAccept(ACCEPT_MARK);
+    let dnat = || Match::ct_status(&[crate::kernel::firewall::CtStatus::Dnat]);
+    let to_floating = || Action::DnatMap { fields: vec![IpDaddr], map: "fip_dnat".into() };
+    let from_floating = || Action::SnatMap { fields: vec![IpSaddr], map: "fip_snat".into() };
+    // A flow a guest started to another guest's floating IP.
+    let hairpin = || vec![dnat(), set(&[IpSaddr], "outbound_subnets"), set(&[IpDaddr], "fip_fixed")];
     vec![
+        Chain {
+            name: "prerouting".into(),
+            base: base(ChainType::Nat, Hook::Prerouting, -100),
+            rules: vec![rule(vec![], to_floating())],
+        },
+        // The host itself reaches floating IPs too.
+        Chain {
+            name: "nat_output".into(),
+            base: base(ChainType::Nat, Hook::Output, -100),
+            rules: vec![rule(vec![], to_floating())],
+        },
         Chain {
             name: "input".into(),
             base: base(ChainType::Filter, Hook::Input, 0),
@@ -300,8 +359,20 @@ fn chains() -> Vec<Chain> {
             base: base(ChainType::Filter, Hook::Forward, FORWARD_PRIORITY),
             rules: vec![
                 rule(vec![set(&[Iifname, Oifname], "same_bridge")], accept.clone()),
-                rule(vec![set(&[Iifname], "bridges"), set(&[Oifname], "bridges")], Action::Reject),
                 rule(vec![set(&[Iifname], "egress_denied"), Match::ct_state(&[New])], Action::Reject),
+                // Floating IPs: new flows from outside to a port's floating
+                // IP; from a guest that may go out (hairpin); and the
+                // replies of hairpin flows, which cross bridges.
+                rule(
+                    vec![dnat(), Match::not_in_set(&[Iifname], "bridges"), set(&[IpDaddr], "fip_fixed")],
+                    accept.clone(),
+                ),
+                rule(vec![dnat(), set(&[Iifname, IpSaddr], "outbound"), set(&[IpDaddr], "fip_fixed")], accept.clone()),
+                rule(
+                    vec![dnat(), Match::ct_state(&[Established, Related]), set(&[IpSaddr], "fip_fixed")],
+                    accept.clone(),
+                ),
+                rule(vec![set(&[Iifname], "bridges"), set(&[Oifname], "bridges")], Action::Reject),
                 rule(
                     vec![Match::ct_state(&[Established, Related]), set(&[Oifname, IpDaddr], "nat_nets")],
                     accept.clone(),
@@ -316,7 +387,19 @@ fn chains() -> Vec<Chain> {
             name: "postrouting".into(),
             base: base(ChainType::Nat, Hook::Postrouting, 100),
             rules: vec![
-                rule(vec![set(&[Oifname, IpSaddr], "nat_nets")], Action::Return),
+                // Hairpin: the guest behind a floating IP answers whoever
+                // reached it through the host, not the other guest
+                // directly (whose reply would then come from the wrong
+                // address): a source with a floating IP of its own shows
+                // that, any other the gateway's address.
+                rule(hairpin(), from_floating()),
+                rule(hairpin(), Action::Masquerade),
+                // Nothing is translated onto a lanyard network's bridge
+                // (its own guests, or a grant's peers, see each other's
+                // addresses); a port's own traffic out leaves from its
+                // floating IP, everyone else's masqueraded.
+                rule(vec![set(&[Oifname], "bridges")], Action::Return),
+                rule(vec![], from_floating()),
                 rule(
                     vec![
                         set(&[IpSaddr], "masq_nets"),

@@ -10,25 +10,37 @@
 //! - [`links`]: bridges, ports, uplinks, stale links;
 //! - [`filtering`]: the `filtering` VLAN backend's shared bridges and their
 //!   VLAN tables;
-//! - [`firewall`]: lanyard's nftables table as a typed [`Table`].
+//! - [`firewall`]: lanyard's nftables table as a typed [`Table`];
+//! - [`floating`]: floating IPs: live associations, the pools' addresses.
 
 pub mod filtering;
 pub mod firewall;
+pub mod floating;
 pub mod links;
 
 pub use firewall::{bridge_table_id, table_id, table_ids, NFT_TABLE};
+pub use floating::ProjectPolicy;
 pub use links::{alias_uplink, bridge_alias, port_alias, port_ops};
 
 use crate::kernel::{FirewallChange, Observed, Plan, Tables};
 use crate::model::{Network, Port};
 
 /// Plans the changes that bring the kernel (`observed`, and the firewall
-/// tables `current` that it is known to hold) to `networks` + `ports`.
-pub fn plan(networks: &[Network], ports: &[Port], observed: &Observed, current: &Tables) -> Plan {
-    Plan {
-        ops: links::plan_links(networks, ports, observed),
-        firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports)),
-    }
+/// tables `current` that it is known to hold) to `networks` + `ports` +
+/// the projects' `policy`.
+pub fn plan(
+    networks: &[Network],
+    ports: &[Port],
+    policy: ProjectPolicy<'_>,
+    observed: &Observed,
+    current: &Tables,
+) -> Plan {
+    // The pools' addresses first: they are on interfaces that are not
+    // lanyard's, and never depend on its links.
+    let live = floating::associations(networks, ports, policy);
+    let mut ops = floating::address_ops(&live, policy, observed);
+    ops.extend(links::plan_links(networks, ports, observed));
+    Plan { ops, firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports, policy)) }
 }
 
 #[cfg(test)]
@@ -91,7 +103,7 @@ mod tests {
     fn fresh_kernel_gets_everything_in_order() {
         let n = net("default", "192.168.122.0/24", "lybr0");
         let ports = [port("aa", "default", PortType::Tap), port("bb", "default", PortType::Veth)];
-        let p = plan(std::slice::from_ref(&n), &ports, &Observed::default(), &Tables::new());
+        let p = plan(std::slice::from_ref(&n), &ports, Default::default(), &Observed::default(), &Tables::new());
         let kinds: Vec<String> = p.ops.iter().map(kind).collect();
         assert_eq!(
             kinds,
@@ -124,7 +136,13 @@ mod tests {
     fn converged_kernel_needs_nothing() {
         let n = vec![net("default", "192.168.122.0/24", "lybr0"), net("b", "10.9.0.0/24", "lybr1")];
         let ports = vec![port("aa", "default", PortType::Tap), port("bb", "b", PortType::Veth)];
-        let p = plan(&n, &ports, &converged(&n, &ports), &firewall::tables(&n, &ports));
+        let p = plan(
+            &n,
+            &ports,
+            Default::default(),
+            &converged(&n, &ports),
+            &firewall::tables(&n, &ports, Default::default()),
+        );
         assert!(p.is_empty(), "{p:?}");
     }
 
@@ -155,7 +173,7 @@ mod tests {
             "docker0".into(),
             ObservedLink { name: "docker0".into(), kind: LinkKind::Bridge, ..Default::default() },
         );
-        let p = plan(&n, &ports, &o, &firewall::tables(&n, &ports));
+        let p = plan(&n, &ports, Default::default(), &o, &firewall::tables(&n, &ports, Default::default()));
         assert_eq!(
             p.ops,
             vec![
@@ -174,12 +192,12 @@ mod tests {
         let mut p = port("aa", "default", PortType::Tap);
         p.adopted = true;
         p.ifname = "tap0".into();
-        let fw = firewall::tables(&n, std::slice::from_ref(&p));
-        assert!(plan(&n, std::slice::from_ref(&p), &converged(&n, &[]), &fw).ops.is_empty());
+        let fw = firewall::tables(&n, std::slice::from_ref(&p), Default::default());
+        assert!(plan(&n, std::slice::from_ref(&p), Default::default(), &converged(&n, &[]), &fw).ops.is_empty());
         let mut o = converged(&n, &[]);
         o.links.insert("tap0".into(), ObservedLink { name: "tap0".into(), ..Default::default() });
         assert_eq!(
-            plan(&n, &[p], &o, &fw).ops,
+            plan(&n, &[p], Default::default(), &o, &fw).ops,
             vec![
                 Op::SetMaster { link: "tap0".into(), master: Some("lybr0".into()), previous: None },
                 Op::SetUp { link: "tap0".into(), up: true }
@@ -190,7 +208,9 @@ mod tests {
     #[test]
     fn nat_firewall_golden() {
         let n = net("default", "192.168.122.0/24", "lybr0");
-        let t = firewall::table(std::slice::from_ref(&n)).unwrap();
+        let fip =
+            floating::Association { fip: "203.0.113.10".parse().unwrap(), fixed: "192.168.122.5".parse().unwrap() };
+        let t = firewall::table(std::slice::from_ref(&n), &[fip]).unwrap();
         let expected = "table inet lanyard {
 \tcomment \"FP\"
 \tset bridges { type ifname; elements = { \"lybr0\" }; }
@@ -201,6 +221,18 @@ mod tests {
 \tset outbound { type ifname . ipv4_addr; flags interval; elements = { \"lybr0\" . 192.168.122.0/24 }; }
 \tset egress_denied { type ifname; }
 \tset masq_nets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }
+\tset outbound_subnets { type ipv4_addr; flags interval; elements = { 192.168.122.0/24 }; }
+\tmap fip_dnat { type ipv4_addr : ipv4_addr; elements = { 203.0.113.10 : 192.168.122.5 }; }
+\tmap fip_snat { type ipv4_addr : ipv4_addr; elements = { 192.168.122.5 : 203.0.113.10 }; }
+\tset fip_fixed { type ipv4_addr; elements = { 192.168.122.5 }; }
+\tchain prerouting {
+\t\ttype nat hook prerouting priority -100; policy accept;
+\t\tdnat ip to ip daddr map @fip_dnat
+\t}
+\tchain nat_output {
+\t\ttype nat hook output priority -100; policy accept;
+\t\tdnat ip to ip daddr map @fip_dnat
+\t}
 \tchain input {
 \t\ttype filter hook input priority 0; policy accept;
 \t\tiifname @isolated udp dport { 53, 67 } accept
@@ -216,8 +248,11 @@ mod tests {
 \tchain forward {
 \t\ttype filter hook forward priority -1; policy accept;
 \t\tiifname . oifname @same_bridge meta mark set meta mark | 0x20000000 accept
-\t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
 \t\tiifname @egress_denied ct state new reject with icmpx admin-prohibited
+\t\tct status dnat iifname != @bridges ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
+\t\tct status dnat iifname . ip saddr @outbound ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
+\t\tct status dnat ct state established,related ip saddr @fip_fixed meta mark set meta mark | 0x20000000 accept
+\t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
 \t\tct state established,related oifname . ip daddr @nat_nets meta mark set meta mark | 0x20000000 accept
 \t\toifname . ip daddr @routed_nets meta mark set meta mark | 0x20000000 accept
 \t\tiifname . ip saddr @outbound meta mark set meta mark | 0x20000000 accept
@@ -226,7 +261,10 @@ mod tests {
 \t}
 \tchain postrouting {
 \t\ttype nat hook postrouting priority 100; policy accept;
-\t\toifname . ip saddr @nat_nets return
+\t\tct status dnat ip saddr @outbound_subnets ip daddr @fip_fixed snat ip to ip saddr map @fip_snat
+\t\tct status dnat ip saddr @outbound_subnets ip daddr @fip_fixed masquerade
+\t\toifname @bridges return
+\t\tsnat ip to ip saddr map @fip_snat
 \t\tip saddr @masq_nets ip daddr != { 224.0.0.0/24, 255.255.255.255 } masquerade
 \t}
 }
@@ -346,8 +384,9 @@ mod tests {
         host.mode = Mode::HostOnly;
         let mut routed = net("r", "10.10.0.0/24", "lybr4");
         routed.mode = Mode::Route;
-        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")]).unwrap();
-        let all = firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed]).unwrap();
+        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")], &[]).unwrap();
+        let all =
+            firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed], &[]).unwrap();
         let fw = all.render();
         for line in [
             "set bridges { type ifname; elements = { \"lybr0\", \"lybr1\", \"lybr3\", \"lybr4\" }; }",
@@ -363,15 +402,19 @@ mod tests {
         assert_eq!(one.fingerprint(), all.fingerprint(), "more networks add set elements, not rules");
         let changes = one.element_changes(&all).unwrap();
         assert!(changes.iter().all(|c| c.add), "{changes:?}");
-        assert_eq!(changes.len(), 3 * 2 + 1 + 1 + 1, "bridges and same_bridge 3 each, isolated, routed, outbound");
+        assert_eq!(
+            changes.len(),
+            3 * 2 + 1 + 1 + 1 + 1,
+            "bridges and same_bridge 3 each, isolated, routed, outbound, outbound_subnets"
+        );
     }
 
     #[test]
     fn firewall_changes_are_elements_once_the_table_exists() {
         let a = net("default", "192.168.122.0/24", "lybr0");
         let b = net("b", "10.9.0.0/24", "lybr1");
-        let current = firewall::tables(std::slice::from_ref(&a), &[]);
-        let p = plan(&[a.clone(), b], &[], &Observed::default(), &current);
+        let current = firewall::tables(std::slice::from_ref(&a), &[], Default::default());
+        let p = plan(&[a.clone(), b], &[], Default::default(), &Observed::default(), &current);
         let elements: Vec<usize> = p
             .firewall
             .iter()
@@ -380,14 +423,14 @@ mod tests {
                 other => panic!("{other:?}"),
             })
             .collect();
-        assert_eq!(elements, vec![5], "inet: 5 elements; the bridge table names ports, and there are none");
-        let p = plan(&[], &[], &Observed::default(), &current);
+        assert_eq!(elements, vec![6], "inet: 6 elements; the bridge table names ports, and there are none");
+        let p = plan(&[], &[], Default::default(), &Observed::default(), &current);
         assert_eq!(
             p.firewall,
             vec![FirewallChange::Delete(table_id()), FirewallChange::Delete(bridge_table_id())],
             "no network needs rules: the tables go"
         );
-        assert!(plan(&[], &[], &Observed::default(), &Tables::new()).firewall.is_empty());
+        assert!(plan(&[], &[], Default::default(), &Observed::default(), &Tables::new()).firewall.is_empty());
     }
 }
 
@@ -488,7 +531,7 @@ mod vlan_tests {
         let n = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
         assert_eq!(n.bridge, "brvlan10");
         let o = with(vec![nic("eth0")]);
-        let p = plan(std::slice::from_ref(&n), &[], &o, &Tables::new());
+        let p = plan(std::slice::from_ref(&n), &[], Default::default(), &o, &Tables::new());
         assert_eq!(
             p.ops,
             vec![
@@ -512,8 +555,13 @@ mod vlan_tests {
         );
         // The uplink is not touched: it stays the host's.
         assert!(p.ops.iter().all(|op| !op.to_string().contains("eth0 ") && !op.to_string().ends_with("eth0")));
-        let restarted =
-            plan(std::slice::from_ref(&n), &[], &after(&o, &p), &firewall::tables(std::slice::from_ref(&n), &[]));
+        let restarted = plan(
+            std::slice::from_ref(&n),
+            &[],
+            Default::default(),
+            &after(&o, &p),
+            &firewall::tables(std::slice::from_ref(&n), &[], Default::default()),
+        );
         assert!(restarted.is_empty(), "a restart plans nothing: {restarted:?}");
     }
 
@@ -521,7 +569,7 @@ mod vlan_tests {
     fn an_l2_network_on_a_vlan_gives_the_host_no_address_and_moves_nothing() {
         let n = vnet("lan20", "bridge", "192.168.100.0/24", "eth0", 20);
         assert!(!n.has_host_address() && !n.enslaves_uplink());
-        let p = plan(std::slice::from_ref(&n), &[], &with(vec![nic("eth0")]), &Tables::new());
+        let p = plan(std::slice::from_ref(&n), &[], Default::default(), &with(vec![nic("eth0")]), &Tables::new());
         let kinds: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
         assert_eq!(
             kinds,
@@ -553,8 +601,8 @@ mod vlan_tests {
         assert_ne!(long, links::vlan_ifname("enx001122334455", 101));
         let n = vnet("v10", "nat", "192.168.100.0/24", "eth0", 10);
         let o = with(vec![nic("eth0")]);
-        let up = after(&o, &plan(std::slice::from_ref(&n), &[], &o, &Tables::new()));
-        let gone = plan(&[], &[], &up, &Tables::new());
+        let up = after(&o, &plan(std::slice::from_ref(&n), &[], Default::default(), &o, &Tables::new()));
+        let gone = plan(&[], &[], Default::default(), &up, &Tables::new());
         let text: Vec<String> = gone.ops.iter().map(ToString::to_string).collect();
         assert_eq!(text, ["delete link eth0.10", "delete link brvlan10"], "the VLAN device first, then the bridge");
         assert!(up.links.contains_key("eth0"), "the uplink stays");
@@ -572,8 +620,17 @@ mod vlan_tests {
             ..crate::model::test_port("0000abcd", "mgmt")
         };
         let nets = vec![v10.clone(), v20.clone(), mgmt.clone()];
-        let o = after(&with(vec![nic("eth0")]), &plan(&nets, &[], &with(vec![nic("eth0")]), &Tables::new()));
-        let p = plan(&nets, std::slice::from_ref(&port), &o, &firewall::tables(&nets, &[]));
+        let o = after(
+            &with(vec![nic("eth0")]),
+            &plan(&nets, &[], Default::default(), &with(vec![nic("eth0")]), &Tables::new()),
+        );
+        let p = plan(
+            &nets,
+            std::slice::from_ref(&port),
+            Default::default(),
+            &o,
+            &firewall::tables(&nets, &[], Default::default()),
+        );
         let text: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -591,13 +648,24 @@ mod vlan_tests {
             "untagged frames are mgmt's, VLANs 10 and 20 are tagged, nothing else"
         );
         let applied = after(&o, &p);
-        let again =
-            plan(&nets, std::slice::from_ref(&port), &applied, &firewall::tables(&nets, std::slice::from_ref(&port)));
+        let again = plan(
+            &nets,
+            std::slice::from_ref(&port),
+            Default::default(),
+            &applied,
+            &firewall::tables(&nets, std::slice::from_ref(&port), Default::default()),
+        );
         assert!(again.ops.is_empty(), "a restart plans nothing: {:?}", again.ops);
         // Without a native network the port's own link is up in no bridge.
         port.untagged = false;
         port.net = "v10".into();
-        let bare = plan(&nets, std::slice::from_ref(&port), &o, &firewall::tables(&nets, &[]));
+        let bare = plan(
+            &nets,
+            std::slice::from_ref(&port),
+            Default::default(),
+            &o,
+            &firewall::tables(&nets, &[], Default::default()),
+        );
         assert!(bare.ops.iter().all(|op| op.to_string() != "enslave ly0000abcd to lybr0"));
         assert!(bare.ops.iter().any(|op| op.to_string() == "set ly0000abcd up"));
     }
@@ -631,7 +699,7 @@ mod vlan_tests {
             let mac = Some(crate::model::Mac([2, 0, 0, 0, 0, 5]));
             s.observed.links.insert("eth0".into(), ObservedLink { mac, ..nic("eth0") });
         });
-        let p = plan(&nets, &ports, &k.observe().unwrap(), &Tables::new());
+        let p = plan(&nets, &ports, Default::default(), &k.observe().unwrap(), &Tables::new());
         let text: Vec<String> = p.ops.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
@@ -666,11 +734,17 @@ mod vlan_tests {
         let uplink_mac = matches!(&p.ops[0], Op::CreateBridge { mac: Some(m), .. } if m.0 == [2, 0, 0, 0, 0, 5]);
         assert!(uplink_mac, "the bridge takes the uplink's MAC");
         p.apply(&k, &Tables::new()).unwrap();
-        let again = plan(&nets, &ports, &k.observe().unwrap(), &firewall::tables(&nets, &ports));
+        let again = plan(
+            &nets,
+            &ports,
+            Default::default(),
+            &k.observe().unwrap(),
+            &firewall::tables(&nets, &ports, Default::default()),
+        );
         assert!(again.is_empty(), "a restart plans nothing: {again:?}");
         // Without its networks, the bridge goes and the uplink gets the
         // host's address back.
-        let gone = plan(&[], &[], &k.observe().unwrap(), &Tables::new());
+        let gone = plan(&[], &[], Default::default(), &k.observe().unwrap(), &Tables::new());
         let text: Vec<String> = gone.ops.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,

@@ -80,11 +80,67 @@ pub enum LeaseChange {
     },
 }
 
+/// One change to the documents ([`Store::documents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DocumentChange {
+    /// Insert or replace the document of `kind` under `key`.
+    Put {
+        /// The kind of record (e.g. [`FIP_POOLS`]).
+        kind: &'static str,
+        /// Its key within the kind.
+        key: String,
+        /// The JSON body.
+        body: String,
+    },
+    /// Remove the document of `kind` under `key` (nothing when absent).
+    Delete {
+        /// The kind of record.
+        kind: &'static str,
+        /// Its key within the kind.
+        key: String,
+    },
+}
+
+impl DocumentChange {
+    /// Puts `value` as JSON under `key`.
+    pub fn put<T: serde::Serialize>(kind: &'static str, key: impl Into<String>, value: &T) -> DocumentChange {
+        let body = serde_json::to_string(value).expect("records serialize");
+        DocumentChange::Put { kind, key: key.into(), body }
+    }
+
+    /// Deletes the document under `key`.
+    pub fn delete(kind: &'static str, key: impl Into<String>) -> DocumentChange {
+        DocumentChange::Delete { kind, key: key.into() }
+    }
+}
+
+/// Documents: floating IP pools, by name.
+pub const FIP_POOLS: &str = "fip-pools";
+/// Documents: floating IPs, by address.
+pub const FLOATING_IPS: &str = "floating-ips";
+
+/// The documents of `kind`, decoded.
+pub fn load<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: &str) -> Result<Vec<T>, StoreError> {
+    store
+        .documents(kind)?
+        .into_iter()
+        .map(|(key, body)| {
+            serde_json::from_str(&body).map_err(|source| StoreError::Corrupt { key: format!("{kind}/{key}"), source })
+        })
+        .collect()
+}
+
 /// Persistent state. Implementations must make each call atomic.
 ///
 /// Networks are kept by their key ([`Network::key`]), which holds their
 /// project; ports and leases name their network by that key.
 pub trait Store: Send + Sync {
+    /// The documents of one kind (records that need no table of their
+    /// own: floating IP pools, floating IPs, grants), as (key, JSON body),
+    /// by key.
+    fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError>;
+    /// Applies document changes in one transaction.
+    fn write_documents(&self, changes: &[DocumentChange]) -> Result<(), StoreError>;
     /// A setting (a JSON document) by key, None when never set.
     fn setting(&self, key: &str) -> Result<Option<String>, StoreError>;
     /// Sets a setting.

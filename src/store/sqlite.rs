@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
 
-use super::{LeaseChange, Store, StoreError};
+use super::{DocumentChange, LeaseChange, Store, StoreError};
 use crate::auth::Token;
 use crate::model::{Lease, LeaseKind, Network, Port, Project};
 
@@ -72,9 +72,16 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_by_project ON tokens (project);
 ";
 
+/// Version 3, documents: records of further kinds (floating IP pools,
+/// floating IPs, inter-project grants), one JSON body per (kind, key), so a
+/// new kind needs no migration of its own ([`Store::documents`]).
+const V3_DOCUMENTS: &str = "
+CREATE TABLE documents (kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key));
+";
+
 /// Migration `i` takes a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`); each runs in the transaction that records it.
-const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS];
+const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS, V3_DOCUMENTS];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -252,6 +259,32 @@ impl Store for SqliteStore {
             "INSERT INTO settings (key, body) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET body = excluded.body",
             params![key, body],
         )?;
+        Ok(())
+    }
+
+    fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare_cached("SELECT key, body FROM documents WHERE kind = ?1 ORDER BY key")?;
+        let rows = st.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn write_documents(&self, changes: &[DocumentChange]) -> Result<(), StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        for change in changes {
+            match change {
+                DocumentChange::Put { kind, key, body } => tx.execute(
+                    "INSERT INTO documents (kind, key, body) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT(kind, key) DO UPDATE SET body = excluded.body",
+                    params![kind, key, body],
+                )?,
+                DocumentChange::Delete { kind, key } => {
+                    tx.execute("DELETE FROM documents WHERE kind = ?1 AND key = ?2", params![kind, key])?
+                }
+            };
+        }
+        tx.commit()?;
         Ok(())
     }
 
@@ -702,7 +735,7 @@ mod tests {
         }
         let s = SqliteStore::open(&dir).unwrap();
         let version: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(s.projects().unwrap().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["blue", "default"]);
         let token = |id: &str, project: &str| Token {
             id: id.into(),
