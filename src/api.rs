@@ -25,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
+use crate::model::floating::{FipPoolSpec, FipSpec};
 use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
 
 /// Shared daemon state.
@@ -291,6 +292,14 @@ async fn with_engine<T: Send + 'static>(
 pub struct Autostart {
     /// Start the network at boot.
     pub enabled: bool,
+}
+
+/// The body of `POST /v1/fips/{ip}/associate`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Associate {
+    /// A port id, or the name of a VM with one port.
+    pub port: String,
 }
 
 /// The body of `POST /v1/projects/{name}/egress`.
@@ -592,6 +601,77 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                             .map(Json)
                     },
                 ),
+            )
+            .route(
+                "/v1/fip-pools",
+                get(|State(s): State<Shared>| async move { with_engine(s, |e| Ok(Json(e.fip_pools()))).await }).post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(spec): JsonBody<FipPoolSpec>| async move {
+                        admin(s, &caller, "creating a floating IP pool", move |e| e.create_fip_pool(spec))
+                            .await
+                            .map(|p| (StatusCode::CREATED, Json(p)))
+                    },
+                ),
+            )
+            .route(
+                "/v1/fip-pools/{name}",
+                axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>| async move {
+                    admin(s, &caller, "deleting a floating IP pool", move |e| e.delete_fip_pool(&name))
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                }),
+            )
+            .route(
+                "/v1/fips",
+                get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
+                    let q: InProject = query(&uri).map_err(IntoResponse::into_response)?;
+                    with_engine(s, move |e| e.floating_ips(caller.scope(q.project.as_deref())?.as_deref()))
+                        .await
+                        .map(Json)
+                        .map_err(IntoResponse::into_response)
+                })
+                .post(
+                    |State(s): State<Shared>, caller: Caller, JsonBody(mut spec): JsonBody<FipSpec>| async move {
+                        spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
+                        with_engine(s, move |e| e.create_floating_ip(spec))
+                            .await
+                            .map(|f| (StatusCode::CREATED, Json(f)))
+                            .map_err(IntoResponse::into_response)
+                    },
+                ),
+            )
+            .route(
+                "/v1/fips/{ip}",
+                get(|State(s): State<Shared>, caller: Caller, Path(ip): Path<String>| async move {
+                    with_engine(s, move |e| e.floating_ip(&ip, caller.scope(None)?.as_deref())).await.map(Json)
+                })
+                .delete(
+                    |State(s): State<Shared>, caller: Caller, Path(ip): Path<String>| async move {
+                        with_engine(s, move |e| e.delete_floating_ip(&ip, caller.scope(None)?.as_deref()))
+                            .await
+                            .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
+                "/v1/fips/{ip}/associate",
+                post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(ip): Path<String>,
+                     JsonBody(b): JsonBody<Associate>| async move {
+                        with_engine(s, move |e| e.associate_floating_ip(&ip, &b.port, caller.scope(None)?.as_deref()))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/fips/{ip}/disassociate",
+                post(|State(s): State<Shared>, caller: Caller, Path(ip): Path<String>| async move {
+                    with_engine(s, move |e| e.disassociate_floating_ip(&ip, caller.scope(None)?.as_deref()))
+                        .await
+                        .map(Json)
+                }),
             )
             .route(
                 "/v1/ports/batch",

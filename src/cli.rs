@@ -11,6 +11,8 @@ use serde_json::{json, Value};
 
 use crate::model::DEFAULT_PROJECT;
 
+pub mod fip;
+
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/lanyard.sock";
 /// Default state directory.
@@ -91,6 +93,9 @@ pub enum Command {
     /// DHCP leases.
     #[command(subcommand)]
     Lease(LeaseCommand),
+    /// Floating IPs: outside addresses that lead to a port and move between ports.
+    #[command(subcommand)]
+    Fip(fip::FipCommand),
     /// nova-network's managers (the VLAN manager's configuration).
     #[command(subcommand)]
     Manager(ManagerCommand),
@@ -1520,6 +1525,7 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v = c.call("GET", "/v1/status", None)?;
             print(out.output, &v, status_detail)?;
         }
+        Command::Fip(cmd) => fip::run(&c, cmd)?,
     }
     Ok(())
 }

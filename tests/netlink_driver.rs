@@ -916,6 +916,14 @@ impl Kernel for FailAt<'_> {
     fn ensure_docker_user(&self, _: u32) -> Result<bool, KernelError> {
         Ok(false)
     }
+
+    fn forget_flows(&self, _: std::net::Ipv4Addr) -> Result<usize, KernelError> {
+        Ok(0)
+    }
+
+    fn announce(&self, _: &str, _: std::net::Ipv4Addr) -> Result<(), KernelError> {
+        Ok(())
+    }
 }
 
 /// Everything a plan could change, as the tools print it, without what

@@ -299,6 +299,16 @@ impl Kernel for FakeKernel {
         Ok(false)
     }
 
+    fn forget_flows(&self, ip: std::net::Ipv4Addr) -> Result<usize, KernelError> {
+        self.record(format!("forget flows of {ip}"));
+        Ok(0)
+    }
+
+    fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError> {
+        self.record(format!("announce {ip} on {link}"));
+        Ok(())
+    }
+
     fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError> {
         let line = describe_firewall(change);
         self.check(&line).map_err(|m| firewall_error(change, &m))?;

@@ -64,6 +64,25 @@ impl Kernel for LinuxKernel {
     fn ensure_docker_user(&self, mark: u32) -> Result<bool, KernelError> {
         self.firewall.ensure_docker_user(mark)
     }
+
+    fn forget_flows(&self, ip: std::net::Ipv4Addr) -> Result<usize, KernelError> {
+        super::conntrack::forget_flows(ip)
+    }
+
+    fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError> {
+        let links = self.links.observe_links(&[link])?;
+        let l = links.get(link).ok_or_else(|| KernelError::Op {
+            op: format!("announce {ip} on {link}"),
+            errno: Some(libc::ENODEV),
+            message: "no such interface".into(),
+        })?;
+        let mac = l.mac.ok_or_else(|| KernelError::Op {
+            op: format!("announce {ip} on {link}"),
+            errno: None,
+            message: "the interface has no hardware address".into(),
+        })?;
+        super::arp::announce(link, l.index, mac, ip)
+    }
 }
 
 impl Monitor for LinkMonitor {

@@ -8,8 +8,12 @@
 //! - [`tun`]: TAP creation through `/dev/net/tun` (where the driver's
 //!   `unsafe` is);
 //! - [`nft`]: the in-process nftables driver (libnftables) and monitor;
+//! - [`conntrack`]: removing tracked flows of an address (ctnetlink);
+//! - [`arp`]: gratuitous ARP announcements;
 //! - [`fake`]: a simulated kernel for unit tests.
 
+pub mod arp;
+pub mod conntrack;
 pub mod fake;
 pub mod linux;
 pub mod netlink;

@@ -23,10 +23,12 @@
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
-//! - [`managers`]: nova's VLAN manager configuration.
+//! - [`managers`]: nova's VLAN manager configuration;
+//! - [`floating`]: floating IP pools and floating IPs.
 
 pub mod access;
 pub mod config;
+pub mod floating;
 pub mod heal;
 pub mod host;
 pub mod managers;

@@ -390,19 +390,26 @@ impl Engine {
         let ports: Vec<Port> = self.ports.iter().filter(|p| p.net != name).cloned().collect();
         let old_ports: Vec<Port> = self.ports.iter().filter(|p| p.net == name).cloned().collect();
         let old_leases: Vec<LeaseChange> = self.leases(name)?.into_iter().map(LeaseChange::Upsert).collect();
+        // Their floating IPs stay the project's, associated with nothing.
+        let unbound = self.unbound_floating_ips(&old_ports);
         let restore = |s: &dyn Store| {
             s.put_network(&old)?;
             s.put_ports(&old_ports)?;
             s.write_leases(&old_leases)
         };
+        let persist = |s: &dyn Store| {
+            s.write_documents(&super::floating::unbind_writes(&unbound))?;
+            s.delete_network(name)
+        };
         self.services.stop(name);
-        if let Err(e) = self.commit_state(&networks, &ports, &observed, |s| s.delete_network(name), restore) {
+        if let Err(e) = self.commit_state(&networks, &ports, &observed, persist, restore) {
             self.ensure_services(&old);
             return Err(e);
         }
         self.networks = networks;
         self.index = super::PortIndex::of(&ports);
         self.ports = ports;
+        self.forget_ports_floating_ips(&unbound);
         self.books.remove(name);
         tracing::info!(net = name, "network deleted");
         Ok(())

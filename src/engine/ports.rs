@@ -10,6 +10,18 @@ use crate::kernel::{FirewallChange, Op, Plan};
 use crate::model::{network_key, Mac, ModelError, NetState, Port, PortSpec, DEFAULT_PROJECT};
 use crate::planner;
 
+/// Element changes as one firewall change per table (each is one
+/// nftables transaction).
+fn per_table(changes: &[crate::kernel::ElementChange]) -> Vec<FirewallChange> {
+    let mut tables: Vec<&crate::kernel::TableId> = changes.iter().map(|c| &c.table).collect();
+    tables.sort();
+    tables.dedup();
+    tables
+        .into_iter()
+        .map(|t| FirewallChange::Elements(changes.iter().filter(|c| &c.table == t).cloned().collect()))
+        .collect()
+}
+
 /// Names the failing entry of a batch request.
 fn in_batch(i: usize, e: EngineError) -> EngineError {
     match e {
@@ -293,8 +305,20 @@ impl Engine {
             Some(l) if l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
             _ => Vec::new(),
         };
-        let changes = planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false);
-        let firewall = if changes.is_empty() { Vec::new() } else { vec![FirewallChange::Elements(changes.clone())] };
+        let mut changes = planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false);
+        // Its floating IP stays the project's, associated with nothing.
+        let unbound = self.unbound_floating_ips(std::slice::from_ref(&port));
+        let mut ops = ops;
+        let bound: Vec<_> = self.floating_ips.iter().filter(|f| f.port.as_deref() == Some(id)).cloned().collect();
+        for f in &bound {
+            if let Some(a) = self.live_association(f) {
+                changes.extend(planner::firewall::association_changes(&[a], false));
+                if let Some(link) = self.pool_interface(&f.pool) {
+                    ops.insert(0, Op::DelAddress { link, addr: planner::floating::host_address(f.ip) });
+                }
+            }
+        }
+        let firewall = per_table(&changes);
         let plan = Plan { ops, firewall };
         let lease = self.books.get(&port.net).and_then(|b| lock(b).leases().find(|l| l.mac == port.mac).cloned());
         // The address waits for the guest's lease to end before anyone
@@ -308,7 +332,10 @@ impl Engine {
         self.commit(
             &plan,
             |t| apply_elements(t, &changes),
-            |s| s.release_port(&port, hold.as_ref()),
+            |s| {
+                s.write_documents(&super::floating::unbind_writes(&unbound))?;
+                s.release_port(&port, hold.as_ref())
+            },
             |s| {
                 s.put_ports(std::slice::from_ref(&port))?;
                 match &lease {
@@ -319,6 +346,7 @@ impl Engine {
         )?;
         self.ports.retain(|p| p.id != id);
         self.index.remove(&port);
+        self.forget_ports_floating_ips(&unbound);
         if let Some(book) = self.books.get(&port.net) {
             match hold {
                 Some(_) => drop(lock(book).release_static(port.mac, now)),

@@ -196,6 +196,13 @@ impl Engine {
             .filter(|n| n.project == name && n.manager == Some(crate::model::Manager::Vlan))
             .map(|n| n.key().into_owned())
             .collect();
+        let fips = self.floating_ips_held(name);
+        if fips > 0 {
+            return Err(EngineError::Conflict(format!(
+                "project {name:?} holds {}; delete them first (`lanyard fip list --project {name}`)",
+                count(fips, "floating IP")
+            )));
+        }
         if view.networks > managed.len() || view.ports > 0 {
             let mut nets: Vec<&str> =
                 self.networks.iter().filter(|n| n.project == name).map(|n| n.name.as_str()).collect();

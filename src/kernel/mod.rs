@@ -110,6 +110,13 @@ pub trait Kernel: Send + Sync {
     /// top (one transaction) unless they are there. Returns whether it
     /// changed anything.
     fn ensure_docker_user(&self, mark: u32) -> Result<bool, KernelError>;
+    /// Removes the tracked connections to and from `ip` (original or reply
+    /// destination): their NAT was decided for where `ip` led before.
+    /// Returns how many went.
+    fn forget_flows(&self, ip: std::net::Ipv4Addr) -> Result<usize, KernelError>;
+    /// Announces `ip` on `link` with a gratuitous ARP, so neighbours send
+    /// to this host at once.
+    fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError>;
 }
 
 /// Something changed in the kernel, as a monitor reports it. Monitors

@@ -22,7 +22,7 @@ pub mod ffi;
 mod messages;
 mod monitor;
 mod script;
-mod socket;
+pub(crate) mod socket;
 mod table_query;
 
 pub use driver::NftDriver;
