@@ -439,7 +439,8 @@ impl Engine {
     }
 }
 
-/// The document writes that persist `unbound`.
-pub(super) fn unbind_writes(unbound: &[FloatingIp]) -> Vec<DocumentChange> {
-    unbound.iter().map(|f| DocumentChange::put(FLOATING_IPS, f.ip.to_string(), f)).collect()
+/// The document writes that persist `records` (floating IPs unbound from
+/// deleted ports, or, to undo that, as they were).
+pub(super) fn unbind_writes(records: &[FloatingIp]) -> Vec<DocumentChange> {
+    records.iter().map(|f| DocumentChange::put(FLOATING_IPS, f.ip.to_string(), f)).collect()
 }

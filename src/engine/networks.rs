@@ -392,9 +392,12 @@ impl Engine {
         let old_leases: Vec<LeaseChange> = self.leases(name)?.into_iter().map(LeaseChange::Upsert).collect();
         // Their floating IPs stay the project's, associated with nothing.
         let unbound = self.unbound_floating_ips(&old_ports);
+        let bound: Vec<_> =
+            self.floating_ips.iter().filter(|f| unbound.iter().any(|u| u.ip == f.ip)).cloned().collect();
         let restore = |s: &dyn Store| {
             s.put_network(&old)?;
             s.put_ports(&old_ports)?;
+            s.write_documents(&super::floating::unbind_writes(&bound))?;
             s.write_leases(&old_leases)
         };
         let persist = |s: &dyn Store| {

@@ -337,6 +337,7 @@ impl Engine {
                 s.release_port(&port, hold.as_ref())
             },
             |s| {
+                s.write_documents(&super::floating::unbind_writes(&bound))?;
                 s.put_ports(std::slice::from_ref(&port))?;
                 match &lease {
                     Some(l) => s.write_leases(&[crate::store::LeaseChange::Upsert(l.clone())]),

@@ -117,6 +117,8 @@ struct World {
     leases: Vec<Vec<Lease>>,
     running: Vec<bool>,
     firewall: Tables,
+    /// Floating IPs: stored, and in memory.
+    floating: (Vec<crate::model::floating::FloatingIp>, Vec<crate::model::floating::FloatingIp>),
 }
 
 fn rig() -> Rig {
@@ -162,6 +164,10 @@ impl Rig {
             leases: e.networks().iter().map(|n| e.leases(&n.key()).unwrap()).collect(),
             running: e.networks().iter().map(|n| e.services.running(&n.key())).collect(),
             firewall: e.firewall.clone(),
+            floating: (
+                crate::store::load(self.store.as_ref(), crate::store::FLOATING_IPS).unwrap(),
+                e.floating_ips.clone(),
+            ),
         }
     }
 
@@ -936,6 +942,8 @@ mod vlans {
         r.refuses_cleanly("remove vlan 1 from ly*", |e| e.create_port(port.clone()));
     }
 }
+
+mod floating;
 
 mod projects {
     use super::*;
