@@ -26,6 +26,7 @@ use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
 use crate::model::floating::{FipPoolSpec, FipSpec};
+use crate::model::grants::GrantSpec;
 use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
 
 /// Shared daemon state.
@@ -449,6 +450,32 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                      Path(name): Path<String>,
                      JsonBody(b): JsonBody<Egress>| async move {
                         with_engine(s, move |e| e.set_project_egress(&caller.project(Some(&name))?, &b.egress))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}/allow",
+                post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     JsonBody(spec): JsonBody<GrantSpec>| async move {
+                        admin(s, &caller, "granting access between projects", move |e| e.allow_project(&name, spec))
+                            .await
+                            .map(Json)
+                    },
+                ),
+            )
+            .route(
+                "/v1/projects/{name}/deny",
+                post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     JsonBody(spec): JsonBody<GrantSpec>| async move {
+                        admin(s, &caller, "taking back access between projects", move |e| e.deny_project(&name, spec))
                             .await
                             .map(Json)
                     },

@@ -383,6 +383,41 @@ pub enum ProjectCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Let PROJECT's guests start connections to another project's guests (all traffic, one
+    /// protocol, or one port); the answers flow back. One direction only (admin only).
+    Allow {
+        /// The project whose guests connect.
+        name: String,
+        /// The project whose guests are reached.
+        #[arg(long)]
+        to: String,
+        /// tcp, udp or icmp (default: all traffic).
+        #[arg(long)]
+        proto: Option<String>,
+        /// A TCP or UDP destination port (with --proto).
+        #[arg(long)]
+        port: Option<u16>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
+    /// Take back exactly the grant `project allow` made with the same arguments (admin only).
+    Deny {
+        /// The project whose guests connected.
+        name: String,
+        /// The project whose guests were reached.
+        #[arg(long)]
+        to: String,
+        /// tcp, udp or icmp.
+        #[arg(long)]
+        proto: Option<String>,
+        /// The port.
+        #[arg(long)]
+        port: Option<u16>,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Delete a project that owns no networks or ports (`default` stays).
     Delete {
         /// Project name.
@@ -1050,6 +1085,14 @@ fn project_detail(p: &Value) -> String {
         ("Networks", s(&p["networks"])),
         ("Ports", s(&p["ports"])),
         ("Egress", s(&p["egress"])),
+        ("Allows", {
+            let allows: Vec<String> = p["allows"].as_array().into_iter().flatten().map(s).collect();
+            if allows.is_empty() {
+                "-".into()
+            } else {
+                allows.join(", ")
+            }
+        }),
     ];
     details(&fields, 13)
 }
@@ -1347,6 +1390,16 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         Command::Project(ProjectCommand::Set { name, egress, out }) => {
             let body = json!({ "egress": egress });
             let v = c.call("POST", &format!("/v1/projects/{}/egress", pct(&name)), Some(&body))?;
+            print(out.output, &v, project_detail)?;
+        }
+        Command::Project(ProjectCommand::Allow { name, to, proto, port, out }) => {
+            let body = json!({ "to": to, "proto": proto, "port": port });
+            let v = c.call("POST", &format!("/v1/projects/{}/allow", pct(&name)), Some(&body))?;
+            print(out.output, &v, project_detail)?;
+        }
+        Command::Project(ProjectCommand::Deny { name, to, proto, port, out }) => {
+            let body = json!({ "to": to, "proto": proto, "port": port });
+            let v = c.call("POST", &format!("/v1/projects/{}/deny", pct(&name)), Some(&body))?;
             print(out.output, &v, project_detail)?;
         }
         Command::Project(ProjectCommand::Delete { name }) => {
@@ -1806,7 +1859,7 @@ mod tests {
         let t = project_rows(&json!([{"name": "p", "description": hostile, "created": 0, "networks": 1, "ports": 0}]));
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));
-        assert!(inert(&t) && t.lines().count() == 6, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
         let t = bridge_rows(

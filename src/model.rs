@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod floating;
+pub mod grants;
 
 /// A request that can never succeed as written; the message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -7,7 +7,14 @@
 //! inside (hairpin); a running UDP stream and a ping follow a re-association
 //! within a second (conntrack entries are removed); disassociation stops
 //! them; a restart rebuilds the maps exactly; deleting the port leaves the
-//! floating IP with its project. Needs root; see `common::privileged`.
+//! floating IP with its project.
+//!
+//! With two projects: each one's floating IP leads to its VM; egress deny
+//! on one holds (its VM starts nothing outward, its inbound floating-IP
+//! flows still get answers) while the other keeps going out; a grant
+//! `allow red --to blue --proto tcp --port 22` lets red reach blue's port
+//! 22 and nothing else, and not blue reach red; `deny` takes it back; a
+//! restart keeps it. Needs root; see `common::privileged`.
 
 mod common;
 
@@ -95,13 +102,17 @@ impl Drop for Running {
 }
 
 fn serve(ns: &Netns, name: &str) -> Running {
-    let mut cmd = ns.command("python3", &["-c", SERVER, name, &PORT.to_string()]);
+    serve_on(ns, name, PORT)
+}
+
+fn serve_on(ns: &Netns, name: &str, port: u16) -> Running {
+    let mut cmd = ns.command("python3", &["-c", SERVER, name, &port.to_string()]);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
     let child = cmd.spawn().expect("the listener starts");
     // Until it answers on its own address.
     let running = Running(child);
     let ok = (0..50).any(|_| {
-        let a = ask(ns, "udp", "127.0.0.1");
+        let a = ask_on(ns, "udp", "127.0.0.1", port);
         a.starts_with(name) || {
             std::thread::sleep(Duration::from_millis(100));
             false
@@ -113,7 +124,11 @@ fn serve(ns: &Netns, name: &str) -> Running {
 
 /// The answer to one question from `ns`: `NAME PEER` or `-`.
 fn ask(ns: &Netns, proto: &str, host: &str) -> String {
-    let out = ns.exec("python3", &["-c", ASK, proto, host, &PORT.to_string()]);
+    ask_on(ns, proto, host, PORT)
+}
+
+fn ask_on(ns: &Netns, proto: &str, host: &str, port: u16) -> String {
+    let out = ns.exec("python3", &["-c", ASK, proto, host, &port.to_string()]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -229,4 +244,68 @@ fn a_floating_ip_leads_in_and_out_moves_with_its_flows_and_hairpins() {
     assert_ne!(refused.status.code(), Some(0), "a pool whose addresses are held was deleted");
     host.cli_ok(&["fip", "delete", FIP]);
     host.cli_ok(&["fip", "pool", "delete", "public"]);
+}
+
+#[test]
+fn two_projects_floating_ips_egress_and_a_grant() {
+    let tools = [NAT_TOOLS, &["python3"]].concat();
+    if !privileged("two_projects_floating_ips_egress_and_a_grant", &tools) {
+        return;
+    }
+    let mut host = Host::start();
+    let out = host.add_outside(&format!("{HOST_UP}/24"), &format!("{OUT}/24"));
+    fip_json(&host, &["pool", "create", "public", "--range", "198.51.100.10-198.51.100.19", "--interface", "up0"]);
+    let mut vms = Vec::new();
+    for (p, subnet, gateway) in [("red", "10.81.0.0/24", "10.81.0.1"), ("blue", "10.82.0.0/24", "10.82.0.1")] {
+        host.cli_ok(&["project", "create", p]);
+        host.cli_ok(&["net", "create", "private", "--mode", "nat", "--subnet", subnet, "--project", p]);
+        let vm = host.attach_vm("private", &format!("vm-{p}"), &["--project", p]);
+        vm.configure_static(24, gateway);
+        let fip = fip_json(&host, &["create", "--project", p]);
+        fip_json(&host, &["associate", field(&fip, "ip"), &format!("vm-{p}")]);
+        vms.push((vm, field(&fip, "ip").to_string()));
+    }
+    let (red, red_fip) = (&vms[0].0, vms[0].1.clone());
+    let (blue, blue_fip) = (&vms[1].0, vms[1].1.clone());
+    let _servers = [
+        serve(&red.ns, "red"),
+        serve(&blue.ns, "blue"),
+        serve(&out, "out"),
+        serve_on(&red.ns, "red-ssh", 22),
+        serve_on(&blue.ns, "blue-ssh", 22),
+    ];
+    let listed = fip_json(&host, &["list", "--project", "red"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(1), "red sees only its own: {listed}");
+
+    // Each floating IP leads to its project's VM, which goes out from it.
+    assert_eq!(ask(&out, "udp", &red_fip), format!("red {OUT}"));
+    assert_eq!(ask(&out, "udp", &blue_fip), format!("blue {OUT}"));
+    assert_eq!(ask(&red.ns, "udp", OUT), format!("out {red_fip}"));
+    assert_eq!(ask(&blue.ns, "udp", OUT), format!("out {blue_fip}"));
+
+    // Egress deny on red: red starts nothing outward, its floating IP's
+    // inbound flows are still answered; blue keeps going out.
+    host.cli_ok(&["project", "set", "red", "--egress", "deny"]);
+    assert_eq!(ask(&red.ns, "udp", OUT), "-", "red goes out with egress denied");
+    assert_eq!(ask(&red.ns, "tcp", OUT), "-", "red goes out over TCP with egress denied");
+    assert_eq!(ask(&out, "tcp", &red_fip), format!("red {OUT}"), "red's inbound floating-IP flow got no answer");
+    assert_eq!(ask(&blue.ns, "udp", OUT), format!("out {blue_fip}"), "blue lost its egress with red's denial");
+
+    // Between the projects: nothing, until a grant opens red -> blue:22/tcp.
+    let (red_ip, blue_ip) = (red.ip().to_string(), blue.ip().to_string());
+    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), "-", "red reaches blue without a grant");
+    let shown = host.cli_json(&["project", "allow", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
+    assert_eq!(shown["allows"], serde_json::json!(["blue tcp/22"]), "{shown}");
+    let bad = host.cli(&["project", "allow", "red", "--to", "blue", "--port", "22"]);
+    assert_eq!(bad.status.code(), Some(2), "a port without a protocol is bad input");
+    host.daemon.restart();
+    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), format!("blue-ssh {red_ip}"), "the grant does not let red in");
+    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, PORT), "-", "the grant opens more than port 22");
+    assert_eq!(ask_on(&red.ns, "udp", &blue_ip, 22), "-", "the grant opens UDP too");
+    assert_eq!(ask_on(&blue.ns, "tcp", &red_ip, 22), "-", "the grant opens the other direction");
+    assert_eq!(ask(&red.ns, "udp", OUT), "-", "the grant lifted red's egress denial");
+    host.cli_ok(&["project", "deny", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
+    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), "-", "deny did not take the grant back");
+    let again = host.cli(&["project", "deny", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
+    assert_eq!(again.status.code(), Some(3), "taking back a grant that is not there (not found): {again:?}");
 }

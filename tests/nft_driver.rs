@@ -22,6 +22,7 @@ use lanyard::dataplane::nft::ffi::{Context, Output};
 use lanyard::dataplane::nft::{NftDriver, NftMonitor};
 use lanyard::kernel::firewall::{Action, Field, Match, Rule, Value};
 use lanyard::kernel::{Element, ElementChange, FirewallChange, KernelError, KernelEvent, Table};
+use lanyard::model::grants::{Grant, Proto};
 use lanyard::model::{NetState, Network, NetworkSpec};
 use lanyard::planner::firewall::{table, table_id};
 use lanyard::planner::floating::Association;
@@ -110,8 +111,10 @@ fn network(name: &str, mode: &str, subnet: &str, bridge: &str) -> Network {
 /// Networks of every mode (open and bridge ask for no rules, the rest fill
 /// every set of the table).
 fn every_mode() -> Vec<Network> {
-    // One network's project denies egress, so that set has an element too.
-    let denied = Network { egress_denied: true, ..network("nat1", "nat", "10.10.0.0/16", "lybr1") };
+    // One network's project denies egress, so that set has an element too;
+    // it is another project's, which the grants of every_mode_table name.
+    let denied =
+        Network { egress_denied: true, project: "other".into(), ..network("nat1", "nat", "10.10.0.0/16", "lybr1") };
     vec![
         network("nat0", "nat", "192.168.122.0/24", "lybr0"),
         denied,
@@ -126,7 +129,10 @@ fn every_mode() -> Vec<Network> {
 fn every_mode_table() -> Table {
     // One floating IP, so that its maps and set have elements too.
     let fip = Association { fip: "203.0.113.10".parse().unwrap(), fixed: "192.168.122.5".parse().unwrap() };
-    table(&every_mode(), &[fip]).expect("networks that need rules")
+    // Grants of every kind, so that their sets have elements too.
+    let grant = |proto, port| Grant { from: "default".into(), to: "other".into(), proto, port };
+    let grants = [grant(None, None), grant(Some(Proto::Icmp), None), grant(Some(Proto::Tcp), Some(22))];
+    table(&every_mode(), &[fip], &grants).expect("networks that need rules")
 }
 
 fn replace(driver: &NftDriver, t: &Table) {
@@ -216,7 +222,7 @@ fn replace_swaps_any_table_for_another_structure_atomically() {
         replace(&driver, &first);
         assert!(!nft(&["list", "table", "inet", "lanyard"]).contains("junk"));
 
-        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")], &[]).unwrap();
+        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")], &[], &[]).unwrap();
         let mut other = second.clone();
         other.chains.retain(|c| c.name != "postrouting");
         assert_ne!(other.fingerprint(), first.fingerprint());
@@ -321,7 +327,7 @@ fn elements_round_trip_every_set_of_the_planned_table() {
             assert_eq!(driver.elements(&table_id(), set).unwrap(), set.elements, "set {}", set.name);
         }
         // The table for fewer networks, reached with element changes only.
-        let fewer = table(&every_mode()[..3], &[]).unwrap();
+        let fewer = table(&every_mode()[..3], &[], &[]).unwrap();
         let changes = t.element_changes(&fewer).expect("same structure");
         driver.apply(&FirewallChange::Elements(changes)).unwrap();
         for set in &fewer.sets {
@@ -541,8 +547,8 @@ fn measure() {
         let driver = NftDriver::new().expect("driver");
         let mut ctx = Context::new().unwrap();
         let id = table_id();
-        let small = table(&every_mode(), &[]).unwrap();
-        let big = table(&many_networks(10_000), &[]).unwrap();
+        let small = table(&every_mode(), &[], &[]).unwrap();
+        let big = table(&many_networks(10_000), &[], &[]).unwrap();
         let big_elements: usize = big.sets.iter().map(|s| s.elements.len()).sum();
         println!("\n== nftables driver ({})", nft(&["--version"]).trim());
         replace(&driver, &small);

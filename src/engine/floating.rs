@@ -290,7 +290,7 @@ impl Engine {
 
     /// The live association of `fip` (as the planner sees it), if any.
     fn live(&self, fip: &FloatingIp) -> Option<Association> {
-        let policy = ProjectPolicy { pools: &self.pools, floating_ips: std::slice::from_ref(fip) };
+        let policy = ProjectPolicy { floating_ips: std::slice::from_ref(fip), ..self.policy() };
         associations(&self.networks, &self.ports, policy).pop()
     }
 

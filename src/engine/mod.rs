@@ -24,11 +24,13 @@
 //! - [`host`]: the host facts seam;
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
 //! - [`managers`]: nova's VLAN manager configuration;
-//! - [`floating`]: floating IP pools and floating IPs.
+//! - [`floating`]: floating IP pools and floating IPs;
+//! - [`grants`]: grants between projects.
 
 pub mod access;
 pub mod config;
 pub mod floating;
+pub mod grants;
 pub mod heal;
 pub mod host;
 pub mod managers;
@@ -220,6 +222,8 @@ pub struct Engine {
     pools: Vec<FipPool>,
     /// Floating IPs, by address.
     floating_ips: Vec<FloatingIp>,
+    /// Grants between projects, ordered.
+    grants: Vec<crate::model::grants::Grant>,
     networks: Vec<Network>,
     ports: Vec<Port>,
     index: PortIndex,
@@ -248,7 +252,10 @@ impl Engine {
         let pools = crate::store::load(store.as_ref(), crate::store::FIP_POOLS)?;
         let mut floating_ips: Vec<FloatingIp> = crate::store::load(store.as_ref(), crate::store::FLOATING_IPS)?;
         floating_ips.sort_by_key(|f| f.ip);
+        let mut grants: Vec<crate::model::grants::Grant> = crate::store::load(store.as_ref(), crate::store::GRANTS)?;
+        grants.sort();
         let mut engine = Engine {
+            grants,
             pools,
             floating_ips,
             store,
@@ -413,7 +420,7 @@ impl Engine {
 
     /// What the projects add to networks and ports: floating IPs.
     fn policy(&self) -> planner::ProjectPolicy<'_> {
-        planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips }
+        planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips, grants: &self.grants }
     }
 
     /// Ports whose veth peer namespace is gone cannot be re-created; they

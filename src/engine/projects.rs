@@ -18,6 +18,8 @@ pub struct ProjectView {
     /// "allow" or "deny": whether its guests may start connections beyond
     /// their own networks.
     pub egress: String,
+    /// The projects its guests may reach, and what: `Q all`, `Q tcp/22`.
+    pub allows: Vec<String>,
 }
 
 /// The setting that holds a project's egress.
@@ -92,6 +94,7 @@ impl Engine {
             networks: self.networks.iter().filter(|n| n.project == project.name).count(),
             ports: self.ports.iter().filter(|p| p.project == project.name).count(),
             egress: if self.egress_denied(&project.name) { "deny" } else { "allow" }.into(),
+            allows: self.allows_of(&project.name),
         }
     }
 
@@ -219,7 +222,10 @@ impl Engine {
         for key in &managed {
             self.delete_network(key)?;
         }
+        // Grants from and to it go with it.
+        self.store.write_documents(&self.grants_of_deleted_project(name))?;
         self.store.delete_project(name)?;
+        self.grants.retain(|g| g.from != name && g.to != name);
         self.projects.retain(|p| p.name != name);
         tracing::info!(project = name, "project deleted");
         Ok(())

@@ -69,6 +69,8 @@ pub enum DataType {
     InetService,
     /// A packet mark.
     Mark,
+    /// A transport protocol (`meta l4proto`).
+    InetProto,
 }
 
 impl DataType {
@@ -79,6 +81,7 @@ impl DataType {
             DataType::EtherAddr => "ether_addr",
             DataType::InetService => "inet_service",
             DataType::Mark => "mark",
+            DataType::InetProto => "inet_proto",
         }
     }
 }
@@ -105,6 +108,41 @@ pub enum Value {
     EtherType(EtherType),
     /// An ICMPv6 message type (`icmpv6 type`).
     Icmpv6Type(Icmpv6Type),
+    /// A transport protocol.
+    Proto(Proto),
+}
+
+/// The transport protocols a rule or an element names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// ICMP.
+    Icmp,
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl Proto {
+    /// nft's (and the user's) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Proto::Icmp => "icmp",
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// From the name, or the protocol number nft may print.
+    pub fn parse(text: &str) -> Option<Proto> {
+        match text {
+            "icmp" | "1" => Some(Proto::Icmp),
+            "tcp" | "6" => Some(Proto::Tcp),
+            "udp" | "17" => Some(Proto::Udp),
+            _ => None,
+        }
+    }
 }
 
 /// The Ethernet protocols a rule names.
@@ -145,6 +183,7 @@ impl fmt::Display for Value {
             Value::Icmpv6Type(t) => f.write_str(match t {
                 Icmpv6Type::NdRouterAdvert => "nd-router-advert",
             }),
+            Value::Proto(p) => f.write_str(p.as_str()),
         }
     }
 }
@@ -343,6 +382,14 @@ pub enum Field {
     CtStatus,
     /// Bridge family: the bridge a frame came in through.
     Ibrname,
+    /// The transport protocol.
+    L4Proto,
+    /// The transport header's destination port (TCP or UDP).
+    ThDport,
+    /// Conntrack: the source of the connection's first packet.
+    CtOriginalIpSaddr,
+    /// Conntrack: the destination of the connection's first packet.
+    CtOriginalIpDaddr,
 }
 
 impl Field {
@@ -364,6 +411,10 @@ impl Field {
             Field::CtState => "ct state",
             Field::CtStatus => "ct status",
             Field::Ibrname => "meta ibrname",
+            Field::L4Proto => "meta l4proto",
+            Field::ThDport => "th dport",
+            Field::CtOriginalIpSaddr => "ct original ip saddr",
+            Field::CtOriginalIpDaddr => "ct original ip daddr",
         }
     }
 }

@@ -16,6 +16,7 @@ use crate::kernel::firewall::{
     TableId, Tables, Value,
 };
 use crate::kernel::ElementChange;
+use crate::model::grants::Grant;
 use crate::model::{Mode, NetState, Network, Port};
 
 /// Name of lanyard's nftables table (family inet).
@@ -55,7 +56,11 @@ pub const DHCP_PORT_BURST: u32 = 40;
 /// floating IPs (only those some network needs).
 pub fn tables(networks: &[Network], ports: &[Port], policy: ProjectPolicy<'_>) -> Tables {
     let live = associations(networks, ports, policy);
-    table(networks, &live).into_iter().chain(bridge_table(networks, ports)).map(|t| (t.id.clone(), t)).collect()
+    table(networks, &live, policy.grants)
+        .into_iter()
+        .chain(bridge_table(networks, ports))
+        .map(|t| (t.id.clone(), t))
+        .collect()
 }
 
 /// The elements one live floating IP puts in the `inet` table's maps and
@@ -221,9 +226,41 @@ pub fn port_changes(ports: &[Port], networks: &[Network], add: bool) -> Vec<Elem
         .collect()
 }
 
-/// The table for the active networks and the live floating IPs, None when
-/// no network needs rules (then lanyard has no table at all).
-pub fn table(networks: &[Network], live: &[Association]) -> Option<Table> {
+/// The elements of the grant sets: for each grant, every pair of an active
+/// walled-off network of the granting project and one of the granted
+/// project (by subnet), into the set for what it carries; and each pair
+/// once into `grant_pairs`, which lets the answers back.
+fn grant_elements(nets: &[&Network], grants: &[Grant]) -> Vec<(&'static str, Element)> {
+    let of = |project: &str| -> Vec<&Network> {
+        nets.iter().filter(|n| n.project == project && n.has_host_address()).copied().collect()
+    };
+    let mut out = Vec::new();
+    for g in grants {
+        for from in of(&g.from) {
+            for to in of(&g.to) {
+                let pair = vec![Value::Net(from.subnet), Value::Net(to.subnet)];
+                out.push(("grant_pairs", Element::key(pair.clone())));
+                // A new connection names the bridge it comes in on too: a
+                // packet from elsewhere with a source in `from`'s subnet
+                // is not `from`'s.
+                let start = [vec![Value::Ifname(from.l3_ifname())], pair].concat();
+                out.push(match (g.proto, g.port) {
+                    (None, _) => ("grants", Element::key(start)),
+                    (Some(p), None) => ("grants_proto", Element::key([start, vec![Value::Proto(p)]].concat())),
+                    (Some(p), Some(port)) => {
+                        ("grants_port", Element::key([start, vec![Value::Proto(p), Value::Port(port)]].concat()))
+                    }
+                });
+            }
+        }
+    }
+    out
+}
+
+/// The table for the active networks, the live floating IPs and the
+/// grants between projects, None when no network needs rules (then
+/// lanyard has no table at all).
+pub fn table(networks: &[Network], live: &[Association], grants: &[Grant]) -> Option<Table> {
     // Open networks ask for no rules; bridge-mode bridges are the physical
     // LAN (the host's own uplink), not a private network to wall off.
     let nets: Vec<&Network> = networks
@@ -242,7 +279,7 @@ pub fn table(networks: &[Network], live: &[Association]) -> Option<Table> {
         s.elements = elements.into_iter().collect();
         s
     };
-    use DataType::{Ifname, Ipv4Addr};
+    use DataType::{Ifname, InetProto, InetService, Ipv4Addr};
     let sets = vec![
         // Every walled-off network's bridge.
         fill(Set::new("bridges", &[Ifname], false), nets.iter().map(|n| Element::key(vec![bridge(n)])).collect()),
@@ -293,9 +330,18 @@ pub fn table(networks: &[Network], live: &[Association]) -> Option<Table> {
         Set::map("fip_snat", &[Ipv4Addr], &[Ipv4Addr], false),
         // ... and the fixed IPs new inbound flows may reach.
         Set::new("fip_fixed", &[Ipv4Addr], false),
+        // Grants between projects, by (from bridge, from subnet, to
+        // subnet): all traffic, one protocol, one port of one protocol;
+        // and every granted pair of subnets, for the answers.
+        Set::new("grants", &[Ifname, Ipv4Addr, Ipv4Addr], true),
+        Set::new("grants_proto", &[Ifname, Ipv4Addr, Ipv4Addr, InetProto], true),
+        Set::new("grants_port", &[Ifname, Ipv4Addr, Ipv4Addr, InetProto, InetService], true),
+        Set::new("grant_pairs", &[Ipv4Addr, Ipv4Addr], true),
     ];
     let mut table = Table { id: table_id(), sets, chains: chains() };
-    for (set, element) in live.iter().flat_map(association_elements) {
+    let grant_elements = grant_elements(&nets, grants);
+    let live_elements = live.iter().flat_map(association_elements);
+    for (set, element) in live_elements.chain(grant_elements) {
         if let Some(s) = table.sets.iter_mut().find(|s| s.name == set) {
             s.elements.insert(element);
         }
@@ -320,6 +366,7 @@ fn chains() -> Vec<Chain> {
     let rule = Rule::new;
     let accept = Action::MarkAccept(ACCEPT_MARK);
     let dnat = || Match::ct_status(&[crate::kernel::firewall::CtStatus::Dnat]);
+    let new = || Match::ct_state(&[New]);
     let to_floating = || Action::DnatMap { fields: vec![IpDaddr], map: "fip_dnat".into() };
     let from_floating = || Action::SnatMap { fields: vec![IpSaddr], map: "fip_snat".into() };
     // A flow a guest started to another guest's floating IP.
@@ -359,6 +406,19 @@ fn chains() -> Vec<Chain> {
             base: base(ChainType::Filter, Hook::Forward, FORWARD_PRIORITY),
             rules: vec![
                 rule(vec![set(&[Iifname, Oifname], "same_bridge")], accept.clone()),
+                // Grants: new connections in the granted direction, and
+                // the answers of connections a grant let start. Before egress
+                // control: a grant is the admin's explicit exception to it.
+                rule(vec![new(), set(&[Iifname, IpSaddr, IpDaddr], "grants")], accept.clone()),
+                rule(vec![new(), set(&[Iifname, IpSaddr, IpDaddr, L4Proto], "grants_proto")], accept.clone()),
+                rule(vec![new(), set(&[Iifname, IpSaddr, IpDaddr, L4Proto, ThDport], "grants_port")], accept.clone()),
+                rule(
+                    vec![
+                        Match::ct_state(&[Established, Related]),
+                        set(&[CtOriginalIpSaddr, CtOriginalIpDaddr], "grant_pairs"),
+                    ],
+                    accept.clone(),
+                ),
                 rule(vec![set(&[Iifname], "egress_denied"), Match::ct_state(&[New])], Action::Reject),
                 // Floating IPs: new flows from outside to a port's floating
                 // IP; from a guest that may go out (hairpin); and the

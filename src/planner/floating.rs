@@ -15,13 +15,16 @@ use crate::kernel::{Observed, Op};
 use crate::model::floating::{FipPool, FloatingIp};
 use crate::model::{Mode, NetState, Network, Port};
 
-/// What projects add to networks and ports: floating IPs and their pools.
+/// What projects add to networks and ports: floating IPs and their pools,
+/// and the grants between projects.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct ProjectPolicy<'a> {
     /// Floating IP pools.
     pub pools: &'a [FipPool],
     /// Floating IPs, associated or not.
     pub floating_ips: &'a [FloatingIp],
+    /// Inter-project grants.
+    pub grants: &'a [crate::model::grants::Grant],
 }
 
 /// Whether a floating IP may point at a guest on `net`: lanyard routes
@@ -130,7 +133,7 @@ mod tests {
         let ports = [port("aa", "192.168.122.5"), port("bb", "192.168.122.6")];
         let fips = [fip("203.0.113.10", Some("aa")), fip("203.0.113.11", None), fip("203.0.113.12", Some("gone"))];
         let pools = [pool()];
-        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips };
+        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips, ..Default::default() };
         let live = associations(std::slice::from_ref(&nat), &ports, policy);
         assert_eq!(live, [Association { fip: fips[0].ip, fixed: "192.168.122.5".parse().unwrap() }]);
         for (mode, state) in [(Mode::Isolated, NetState::Active), (Mode::Nat, NetState::Inactive)] {
@@ -143,7 +146,7 @@ mod tests {
     fn the_pool_interface_carries_exactly_the_live_addresses() {
         let pools = [pool()];
         let fips = [fip("203.0.113.10", Some("aa"))];
-        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips };
+        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips, ..Default::default() };
         let live = [Association { fip: fips[0].ip, fixed: "192.168.122.5".parse().unwrap() }];
         let mut o = Observed::default();
         let eth0 = ObservedLink {

@@ -210,7 +210,7 @@ mod tests {
         let n = net("default", "192.168.122.0/24", "lybr0");
         let fip =
             floating::Association { fip: "203.0.113.10".parse().unwrap(), fixed: "192.168.122.5".parse().unwrap() };
-        let t = firewall::table(std::slice::from_ref(&n), &[fip]).unwrap();
+        let t = firewall::table(std::slice::from_ref(&n), &[fip], &[]).unwrap();
         let expected = "table inet lanyard {
 \tcomment \"FP\"
 \tset bridges { type ifname; elements = { \"lybr0\" }; }
@@ -225,6 +225,10 @@ mod tests {
 \tmap fip_dnat { type ipv4_addr : ipv4_addr; elements = { 203.0.113.10 : 192.168.122.5 }; }
 \tmap fip_snat { type ipv4_addr : ipv4_addr; elements = { 192.168.122.5 : 203.0.113.10 }; }
 \tset fip_fixed { type ipv4_addr; elements = { 192.168.122.5 }; }
+\tset grants { type ifname . ipv4_addr . ipv4_addr; flags interval; }
+\tset grants_proto { type ifname . ipv4_addr . ipv4_addr . inet_proto; flags interval; }
+\tset grants_port { type ifname . ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval; }
+\tset grant_pairs { type ipv4_addr . ipv4_addr; flags interval; }
 \tchain prerouting {
 \t\ttype nat hook prerouting priority -100; policy accept;
 \t\tdnat ip to ip daddr map @fip_dnat
@@ -248,6 +252,10 @@ mod tests {
 \tchain forward {
 \t\ttype filter hook forward priority -1; policy accept;
 \t\tiifname . oifname @same_bridge meta mark set meta mark | 0x20000000 accept
+\t\tct state new iifname . ip saddr . ip daddr @grants meta mark set meta mark | 0x20000000 accept
+\t\tct state new iifname . ip saddr . ip daddr . meta l4proto @grants_proto meta mark set meta mark | 0x20000000 accept
+\t\tct state new iifname . ip saddr . ip daddr . meta l4proto . th dport @grants_port meta mark set meta mark | 0x20000000 accept
+\t\tct state established,related ct original ip saddr . ct original ip daddr @grant_pairs meta mark set meta mark | 0x20000000 accept
 \t\tiifname @egress_denied ct state new reject with icmpx admin-prohibited
 \t\tct status dnat iifname != @bridges ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
 \t\tct status dnat iifname . ip saddr @outbound ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
@@ -384,9 +392,9 @@ mod tests {
         host.mode = Mode::HostOnly;
         let mut routed = net("r", "10.10.0.0/24", "lybr4");
         routed.mode = Mode::Route;
-        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")], &[]).unwrap();
+        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")], &[], &[]).unwrap();
         let all =
-            firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed], &[]).unwrap();
+            firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed], &[], &[]).unwrap();
         let fw = all.render();
         for line in [
             "set bridges { type ifname; elements = { \"lybr0\", \"lybr1\", \"lybr3\", \"lybr4\" }; }",

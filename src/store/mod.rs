@@ -118,6 +118,8 @@ impl DocumentChange {
 pub const FIP_POOLS: &str = "fip-pools";
 /// Documents: floating IPs, by address.
 pub const FLOATING_IPS: &str = "floating-ips";
+/// Documents: inter-project grants, by `FROM>TO>WHAT`.
+pub const GRANTS: &str = "grants";
 
 /// The documents of `kind`, decoded.
 pub fn load<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: &str) -> Result<Vec<T>, StoreError> {

@@ -25,7 +25,7 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde_json::Value as Json;
 
-use crate::kernel::firewall::{DataType, Value};
+use crate::kernel::firewall::{DataType, Proto, Value};
 use crate::kernel::{Element, Set};
 use crate::model::Mac;
 
@@ -86,6 +86,10 @@ fn parse_value(json: &Json, ty: DataType, interval: bool) -> Result<Value, Strin
         DataType::EtherAddr => json.as_str().and_then(parse_mac).map(Value::Mac).ok_or_else(bad),
         DataType::InetService => number(json).and_then(|n| u16::try_from(n).ok()).map(Value::Port).ok_or_else(bad),
         DataType::Mark => number(json).and_then(|n| u32::try_from(n).ok()).map(Value::Num).ok_or_else(bad),
+        DataType::InetProto => {
+            let text = json.as_str().map(String::from).or_else(|| json.as_u64().map(|n| n.to_string()));
+            text.as_deref().and_then(Proto::parse).map(Value::Proto).ok_or_else(bad)
+        }
     }
 }
 
@@ -150,6 +154,7 @@ fn type_name(ty: DataType) -> &'static str {
         DataType::EtherAddr => "Ethernet address",
         DataType::InetService => "port",
         DataType::Mark => "mark",
+        DataType::InetProto => "transport protocol",
     }
 }
 
