@@ -26,6 +26,7 @@ use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
 use crate::engine::{Engine, EngineError};
 use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
+use crate::store::StoreError;
 
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
@@ -74,6 +75,7 @@ fn kind_of(status: StatusCode) -> &'static str {
     match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "invalid",
     }
@@ -88,6 +90,9 @@ impl IntoResponse for ApiError {
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            // The cluster store is down: the request may be retried as is.
+            EngineError::Store(StoreError::Unavailable { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            EngineError::Store(StoreError::Exists(_)) => (StatusCode::CONFLICT, "conflict"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -1153,5 +1158,15 @@ mod tests {
         assert_eq!(st, 404, "{v}");
         assert_eq!(send_as(&app, admin, "DELETE", &format!("/v1/projects/blue/tokens/{tid}"), b"").await.0, 204);
         assert_eq!(send_as(&app, blue, "GET", "/v1/networks", b"").await.0, 401);
+    }
+
+    #[test]
+    fn an_unreachable_cluster_store_is_503() {
+        let e = ApiError(EngineError::Store(StoreError::Unavailable { endpoints: "http://10.0.0.1:2379".into() }));
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(kind_of(StatusCode::SERVICE_UNAVAILABLE), "unavailable");
+        let r = ApiError(EngineError::Store(StoreError::Exists("token t1".into()))).into_response();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
     }
 }

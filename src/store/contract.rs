@@ -255,6 +255,70 @@ fn contract(s: &dyn Store) {
     s.delete_network("nonexistent").unwrap();
     assert_eq!(names(s), ["default"]);
     assert!(s.ports().unwrap().is_empty() && s.leases().unwrap().is_empty());
+
+    // Claims: the first owner wins, a repeat by it is still its, only the
+    // holder releases, and a released value is free again. Values may hold
+    // slashes (`NET/IP`), kinds are apart.
+    assert!(s.claim("ip", "azure/web/192.168.122.2", "host-a").unwrap());
+    assert!(s.claim("ip", "azure/web/192.168.122.2", "host-a").unwrap());
+    assert!(!s.claim("ip", "azure/web/192.168.122.2", "host-b").unwrap());
+    assert!(s.claim("ip", "azure/192.168.122.2", "host-b").unwrap(), "another network's address");
+    assert!(s.claim("mac", "azure/web/192.168.122.2", "host-b").unwrap(), "another kind");
+    assert!(!s.release_claim("ip", "azure/web/192.168.122.2", "host-b").unwrap());
+    assert!(!s.claim("ip", "azure/web/192.168.122.2", "host-b").unwrap(), "still host-a's");
+    assert!(s.release_claim("ip", "azure/web/192.168.122.2", "host-a").unwrap());
+    assert!(!s.release_claim("ip", "azure/web/192.168.122.2", "host-a").unwrap());
+    assert!(s.claim("ip", "azure/web/192.168.122.2", "host-b").unwrap());
+}
+
+/// `hosts` (stores on one state, each a host) race with `threads` threads
+/// each to claim the same 200 values: every value is won exactly once.
+fn claims_race(hosts: &[Arc<dyn Store>], threads: usize) {
+    const VALUES: usize = 200;
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let store = hosts[t % hosts.len()].clone();
+            std::thread::spawn(move || {
+                // Each thread walks the values from its own starting point,
+                // so threads meet on every value at different moments.
+                (0..VALUES)
+                    .map(|i| (i + t * 37) % VALUES)
+                    .filter(|&v| {
+                        store
+                            .claim(
+                                "mac",
+                                &format!("52:54:00:00:{:02x}:{:02x}", v / 256, v % 256),
+                                &format!("owner-{t}"),
+                            )
+                            .expect("claim")
+                    })
+                    .collect::<Vec<usize>>()
+            })
+        })
+        .collect();
+    let mut won = vec![0usize; VALUES];
+    for w in workers {
+        for v in w.join().expect("a claiming thread panicked") {
+            won[v] += 1;
+        }
+    }
+    let wrong: Vec<(usize, usize)> = won.iter().copied().enumerate().filter(|&(_, n)| n != 1).collect();
+    assert!(wrong.is_empty(), "values not won exactly once (value, winners): {wrong:?}");
+}
+
+#[test]
+fn sqlite_claims_are_won_exactly_once() {
+    let s: Arc<dyn Store> = Arc::new(SqliteStore::in_memory().unwrap());
+    claims_race(&[s], 8);
+}
+
+#[test]
+fn etcd_claims_are_won_exactly_once_across_hosts() {
+    let Some(etcd) = EtcdServer::start("etcd_claims_are_won_exactly_once_across_hosts") else { return };
+    // Two clients, two "hosts", four threads each.
+    let a: Arc<dyn Store> = Arc::new(etcd.store("/lanyard-test/race"));
+    let b: Arc<dyn Store> = Arc::new(etcd.store("/lanyard-test/race"));
+    claims_race(&[a, b], 8);
 }
 
 #[test]

@@ -513,6 +513,34 @@ impl Store for EtcdStore {
         })
     }
 
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        let key = self.key(&["claims", &segment(kind), &segment(value)]);
+        let resp = self.txn(
+            Txn::new()
+                .when([Compare::version(key.clone(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(key.clone(), owner, None)])
+                .or_else([TxnOp::get(key, None)]),
+        )?;
+        if resp.succeeded() {
+            return Ok(true);
+        }
+        // Held already: by this owner (a repeated claim) or another.
+        Ok(resp.op_responses().iter().any(|r| match r {
+            TxnOpResponse::Get(g) => g.kvs().iter().any(|kv| kv.value() == owner.as_bytes()),
+            _ => false,
+        }))
+    }
+
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        let key = self.key(&["claims", &segment(kind), &segment(value)]);
+        let resp = self.txn(
+            Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, owner)])
+                .and_then([TxnOp::delete(key, None)]),
+        )?;
+        Ok(resp.succeeded())
+    }
+
     fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         let mut out: Vec<Lease> = self.records(&["leases"])?.into_iter().map(|(_, l)| l).collect();
         // SQLite's order: network, then the address as text.

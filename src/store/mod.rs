@@ -147,4 +147,12 @@ pub trait Store: Send + Sync {
     /// Applies a batch of lease changes in one durable transaction
     /// (the DHCP server's group commit).
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError>;
+    /// Claims `value` of `kind` (a fixed IP as `NET/IP`, a MAC, a VNI, a
+    /// floating IP) for `owner` unless someone else holds it; whether
+    /// `owner` holds it now. Create-if-absent: of any number of concurrent
+    /// claims of one value, on any number of hosts, exactly one wins.
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError>;
+    /// Gives up `owner`'s claim of `value`; whether it held it (a claim of
+    /// another owner is left alone).
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError>;
 }

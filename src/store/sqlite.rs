@@ -72,9 +72,20 @@ CREATE TABLE tokens (
 CREATE INDEX tokens_by_project ON tokens (project);
 ";
 
+/// Version 3, claims: which owner holds an allocated value of a kind
+/// ([`Store::claim`]); the primary key makes a claim create-if-absent.
+const V3_CLAIMS: &str = "
+CREATE TABLE claims (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+";
+
 /// Migration `i` takes a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`); each runs in the transaction that records it.
-const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS];
+const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS, V3_CLAIMS];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -411,6 +422,28 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO claims (kind, value, owner) VALUES (?1, ?2, ?3) ON CONFLICT(kind, value) DO NOTHING",
+            params![kind, value, owner],
+        )?;
+        let holder: String =
+            tx.query_row("SELECT owner FROM claims WHERE kind = ?1 AND value = ?2", params![kind, value], |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+        Ok(holder == owner)
+    }
+
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM claims WHERE kind = ?1 AND value = ?2 AND owner = ?3", params![kind, value, owner])?
+            > 0)
+    }
+
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
@@ -683,7 +716,7 @@ mod tests {
         assert_eq!(s.projects().unwrap()[0].description, "again");
     }
 
-    /// A database at version 1 (projects, before tokens) takes migration 2:
+    /// A database at version 1 (projects, before tokens) takes migration 2 (and the later ones):
     /// its projects stay, the tokens table is there, and a project's
     /// tokens go with it.
     #[test]
@@ -702,7 +735,7 @@ mod tests {
         }
         let s = SqliteStore::open(&dir).unwrap();
         let version: i64 = s.conn().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(s.projects().unwrap().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["blue", "default"]);
         let token = |id: &str, project: &str| Token {
             id: id.into(),
