@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
+use crate::daemon::cluster::Nodes;
 use crate::engine::{Engine, EngineError};
 use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
 use crate::store::StoreError;
@@ -652,6 +653,26 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                     admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
                 }),
             )
+            .route(
+                "/v1/nodes",
+                get(|caller: Caller, nodes: Option<axum::Extension<Arc<Nodes>>>| async move {
+                    caller.admin_only("the cluster's nodes").map_err(IntoResponse::into_response)?;
+                    // The daemon adds the node list; a router without one
+                    // (tests) has none to show.
+                    let Some(axum::Extension(nodes)) = nodes else {
+                        return Err(error_response(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "this daemon keeps no node list",
+                        ));
+                    };
+                    tokio::task::spawn_blocking(move || nodes.list())
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::Etcd(format!("the node list did not complete: {e}"))))
+                        .map(Json)
+                        .map_err(|e| engine_err(EngineError::Store(e)))
+                }),
+            )
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state);
@@ -1106,6 +1127,7 @@ mod tests {
             ("GET", "/v1/projects/blue/tokens", b""),
             ("GET", "/v1/bridges", b""),
             ("GET", "/v1/status", b""),
+            ("GET", "/v1/nodes", b""),
         ];
         for (method, uri, body) in refused {
             let (st, v, _) = send_as(&app, blue, method, uri, body).await;
@@ -1158,6 +1180,21 @@ mod tests {
         assert_eq!(st, 404, "{v}");
         assert_eq!(send_as(&app, admin, "DELETE", &format!("/v1/projects/blue/tokens/{tid}"), b"").await.0, 204);
         assert_eq!(send_as(&app, blue, "GET", "/v1/networks", b"").await.0, 401);
+    }
+
+    #[tokio::test]
+    async fn the_node_list_is_the_daemons() {
+        use crate::daemon::cluster::NodeRecord;
+        let record = NodeRecord { name: "h1".into(), underlay_ip: None, started: 5, version: "0.1.0".into() };
+        let with_nodes = router(shared()).layer(axum::Extension(Arc::new(Nodes::Single(record))));
+        let (st, v, _) = send(&with_nodes, "GET", "/v1/nodes", None, b"").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v,
+            serde_json::json!([{"name": "h1", "underlay_ip": null, "started": 5, "version": "0.1.0", "state": "up", "local": true}])
+        );
+        let (st, v, _) = send(&app(), "GET", "/v1/nodes", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (404, Some("not_found")), "{v}");
     }
 
     #[test]

@@ -222,6 +222,12 @@ impl EtcdStore {
         }
     }
 
+    /// Runs `fut` in the background on the store's runtime (where the
+    /// client's connections live), e.g. a lease's keep-alive.
+    pub fn spawn(&self, fut: impl Future<Output = ()> + Send + 'static) -> tokio::task::JoinHandle<()> {
+        self.runner.handle.spawn(fut)
+    }
+
     /// The full key of a record: root, then the parts.
     pub fn key(&self, parts: &[&str]) -> String {
         let mut k = self.root.clone();
