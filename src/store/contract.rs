@@ -271,6 +271,51 @@ fn contract(s: &dyn Store) {
     assert!(s.claim("ip", "azure/web/192.168.122.2", "host-b").unwrap());
 }
 
+/// A DHCP group commit beyond one etcd transaction's default limit (128
+/// operations) is still written whole: 600 lease changes; a batch of 100
+/// ports is one call.
+fn large_batches(s: &dyn Store) {
+    s.put_network(&net("big", "default")).unwrap();
+    let ports: Vec<Port> = (0..100u8)
+        .map(|i| Port {
+            mac: Mac([0x52, 0x54, 0, 2, 0, i]),
+            ..port(&format!("p{i:03}"), "big", 0, &format!("10.1.0.{}", i + 1))
+        })
+        .collect();
+    s.put_ports(&ports).unwrap();
+    assert_eq!(s.ports().unwrap(), ports);
+    let changes: Vec<LeaseChange> = (0..600u16)
+        .map(|i| {
+            let l = lease("big", &format!("10.2.{}.{}", i / 250, i % 250 + 1), 0);
+            LeaseChange::Upsert(Lease { mac: Mac([0x52, 0x54, 0, 3, (i >> 8) as u8, i as u8]), ..l })
+        })
+        .collect();
+    s.write_leases(&changes).unwrap();
+    assert_eq!(s.leases().unwrap().len(), 600);
+    s.delete_network("big").unwrap();
+    assert!(s.ports().unwrap().is_empty() && s.leases().unwrap().is_empty());
+}
+
+#[test]
+fn sqlite_takes_large_batches() {
+    large_batches(&SqliteStore::in_memory().unwrap());
+}
+
+#[test]
+fn etcd_takes_large_batches() {
+    let Some(etcd) = EtcdServer::start("etcd_takes_large_batches") else { return };
+    let s = etcd.store("/lanyard-test/large");
+    large_batches(&s);
+    // A port batch must stay one transaction (create-batch is all or
+    // nothing): beyond etcd's limit it is refused whole, with the way out.
+    let ports: Vec<Port> = (0..200u8)
+        .map(|i| Port { mac: Mac([0x52, 0x54, 0, 4, 0, i]), ..port(&format!("q{i:03}"), "big", 0, "10.3.0.1") })
+        .collect();
+    let e = s.put_ports(&ports).expect_err("beyond --max-txn-ops").to_string();
+    assert!(e.contains("--max-txn-ops") && !e.contains('\n'), "{e}");
+    assert!(s.ports().unwrap().is_empty(), "nothing of the refused batch was written");
+}
+
 /// `hosts` (stores on one state, each a host) race with `threads` threads
 /// each to claim the same 200 values: every value is won exactly once.
 fn claims_race(hosts: &[Arc<dyn Store>], threads: usize) {

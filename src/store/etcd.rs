@@ -49,6 +49,14 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// between; past that the call fails (it is contention, not an outage).
 const CAS_ATTEMPTS: usize = 16;
 
+/// Lease changes written per transaction. etcd refuses a transaction of
+/// more than `--max-txn-ops` operations (default 128, nested transactions
+/// included); a lease change is at most two (its put, the delete of the
+/// client's other lease), so a larger group commit is written as
+/// consecutive transactions of this many changes. Each is atomic; the
+/// lease writer's promise (durable before the ACK) holds for all of them.
+const LEASE_CHANGES_PER_TXN: usize = 60;
+
 /// Runs etcd-client's futures for synchronous callers.
 ///
 /// The engine calls the store from `spawn_blocking` threads, the lease
@@ -353,6 +361,11 @@ fn error(endpoints: &str, e: etcd_client::Error) -> StoreError {
         {
             StoreError::Unavailable { endpoints: endpoints.to_string() }
         }
+        E::GRpcStatus(s) if s.message().contains("too many operations") => StoreError::Etcd(format!(
+            "etcd at {endpoints} refused a change this large in one transaction ({}): write fewer records at once, \
+             or raise etcd's --max-txn-ops (default 128)",
+            s.message()
+        )),
         _ => StoreError::Etcd(format!("etcd at {endpoints}: {e}")),
     }
 }
@@ -555,6 +568,13 @@ impl Store for EtcdStore {
     }
 
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
+        changes.chunks(LEASE_CHANGES_PER_TXN).try_for_each(|chunk| self.write_lease_chunk(chunk))
+    }
+}
+
+impl EtcdStore {
+    /// [`Store::write_leases`] for at most [`LEASE_CHANGES_PER_TXN`] changes: one transaction.
+    fn write_lease_chunk(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let nets: BTreeSet<String> = changes
             .iter()
             .map(|c| match c {
