@@ -6,7 +6,8 @@
 //! by host B once B reads the store again (a restart: the watch-driven
 //! mirror is the next slice); `node list` shows both nodes with their
 //! underlay addresses; a SIGKILLed daemon's node leaves the list within
-//! the lease's TTL, a cleanly stopped one at once. Needs root and etcd;
+//! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
+//! is refused in one line and leaves nothing behind. Needs root and etcd;
 //! see `common::privileged`.
 
 mod common;
@@ -100,7 +101,22 @@ fn two_daemons_share_state_and_see_each_other() {
     assert!(status.success(), "daemon B exited with {status}; log:\n{}", b.log());
     assert_eq!(node_names(&a.cli_json(&["node", "list"])), [node_a.as_str()], "B's node outlived its clean stop");
     assert_eq!(net_names(&a.cli_json(&["net", "list"])), ["shared"]);
+
+    // etcd gone: a change is refused in one line (503 from the API, exit
+    // 1), and nothing of it stays, in the kernel or in the daemon's memory.
+    let links = ha.links().len();
     drop(etcd);
+    let o = a.cli(&["net", "create", "late", "--mode", "isolated", "--subnet", "10.78.0.0/24"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ")
+            && err.trim_end().lines().count() == 1
+            && err.contains("10.213.1.1:2379 is unreachable"),
+        "{err}"
+    );
+    assert_eq!(ha.links().len(), links, "the refused network left links behind");
+    assert_eq!(net_names(&a.cli_json(&["net", "list", "--all"])), ["shared"]);
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
