@@ -65,8 +65,13 @@ const LEASE_CHANGES_PER_TXN: usize = 60;
 /// and `block_in_place` needs a multi-thread runtime's worker, so neither
 /// fits every caller. Instead the store owns a small runtime on a thread of
 /// its own; a call spawns its future there and waits on a plain channel,
-/// which is correct from any thread. The runtime is also dropped on that
-/// thread (dropping a runtime inside another one's async context panics).
+/// which is correct from any thread (from an async context it holds that
+/// worker for up to the call's timeout, so the daemon calls the store from
+/// blocking threads). The one caller it must never have is a future on its
+/// own runtime, which would wait on itself: background work there (the
+/// node's keep-alive) uses the client directly. The runtime is also
+/// dropped on its thread (dropping a runtime inside another one's async
+/// context panics).
 struct Runner {
     handle: tokio::runtime::Handle,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
