@@ -24,10 +24,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Caller, TokenSpec, Transport};
 use crate::cloudinit::Format;
+use crate::daemon::cluster::Nodes;
 use crate::engine::{Engine, EngineError};
 use crate::model::floating::{FipPoolSpec, FipSpec};
 use crate::model::grants::GrantSpec;
 use crate::model::{ModelError, NetworkSpec, PortSpec, ProjectSpec};
+use crate::store::StoreError;
 
 /// Shared daemon state.
 pub type Shared = Arc<Mutex<Engine>>;
@@ -76,6 +78,7 @@ fn kind_of(status: StatusCode) -> &'static str {
     match status {
         StatusCode::NOT_FOUND => "not_found",
         StatusCode::CONFLICT => "conflict",
+        StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         s if s.is_server_error() => "internal",
         _ => "invalid",
     }
@@ -90,6 +93,9 @@ impl IntoResponse for ApiError {
             EngineError::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
             EngineError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             EngineError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            // The cluster store is down: the request may be retried as is.
+            EngineError::Store(StoreError::Unavailable { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            EngineError::Store(StoreError::Exists(_)) => (StatusCode::CONFLICT, "conflict"),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status == StatusCode::INTERNAL_SERVER_ERROR {
@@ -754,6 +760,26 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                     admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
                 }),
             )
+            .route(
+                "/v1/nodes",
+                get(|caller: Caller, nodes: Option<axum::Extension<Arc<Nodes>>>| async move {
+                    caller.admin_only("the cluster's nodes").map_err(IntoResponse::into_response)?;
+                    // The daemon adds the node list; a router without one
+                    // (tests) has none to show.
+                    let Some(axum::Extension(nodes)) = nodes else {
+                        return Err(error_response(
+                            StatusCode::NOT_FOUND,
+                            "not_found",
+                            "this daemon keeps no node list",
+                        ));
+                    };
+                    tokio::task::spawn_blocking(move || nodes.list())
+                        .await
+                        .unwrap_or_else(|e| Err(StoreError::Etcd(format!("the node list did not complete: {e}"))))
+                        .map(Json)
+                        .map_err(|e| engine_err(EngineError::Store(e)))
+                }),
+            )
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state);
@@ -1208,6 +1234,7 @@ mod tests {
             ("GET", "/v1/projects/blue/tokens", b""),
             ("GET", "/v1/bridges", b""),
             ("GET", "/v1/status", b""),
+            ("GET", "/v1/nodes", b""),
         ];
         for (method, uri, body) in refused {
             let (st, v, _) = send_as(&app, blue, method, uri, body).await;
@@ -1260,5 +1287,30 @@ mod tests {
         assert_eq!(st, 404, "{v}");
         assert_eq!(send_as(&app, admin, "DELETE", &format!("/v1/projects/blue/tokens/{tid}"), b"").await.0, 204);
         assert_eq!(send_as(&app, blue, "GET", "/v1/networks", b"").await.0, 401);
+    }
+
+    #[tokio::test]
+    async fn the_node_list_is_the_daemons() {
+        use crate::daemon::cluster::NodeRecord;
+        let record = NodeRecord { name: "h1".into(), underlay_ip: None, started: 5, version: "0.1.0".into() };
+        let with_nodes = router(shared()).layer(axum::Extension(Arc::new(Nodes::Single(record))));
+        let (st, v, _) = send(&with_nodes, "GET", "/v1/nodes", None, b"").await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(
+            v,
+            serde_json::json!([{"name": "h1", "underlay_ip": null, "started": 5, "version": "0.1.0", "state": "up", "local": true}])
+        );
+        let (st, v, _) = send(&app(), "GET", "/v1/nodes", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (404, Some("not_found")), "{v}");
+    }
+
+    #[test]
+    fn an_unreachable_cluster_store_is_503() {
+        let e = ApiError(EngineError::Store(StoreError::Unavailable { endpoints: "http://10.0.0.1:2379".into() }));
+        let r = e.into_response();
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(kind_of(StatusCode::SERVICE_UNAVAILABLE), "unavailable");
+        let r = ApiError(EngineError::Store(StoreError::Exists("token t1".into()))).into_response();
+        assert_eq!(r.status(), StatusCode::CONFLICT);
     }
 }

@@ -80,6 +80,17 @@ pub enum Command {
         /// The TLS private key for --listen (PEM).
         #[arg(long, env = "LANYARD_TLS_KEY", value_name = "PEM")]
         tls_key: Option<PathBuf>,
+        /// Join a cluster: keep desired state in etcd at these client URLs
+        /// (http://HOST:PORT, comma-separated) instead of the state database.
+        #[arg(long, value_name = "URL[,URL...]", value_delimiter = ',')]
+        etcd: Vec<String>,
+        /// This host's name in the cluster (with --etcd).
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+        /// The interface whose first IPv4 address this node publishes as
+        /// its underlay address (with --etcd).
+        #[arg(long, value_name = "IF")]
+        underlay: Option<String>,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]
@@ -96,6 +107,9 @@ pub enum Command {
     /// Floating IPs: outside addresses that lead to a port and move between ports.
     #[command(subcommand)]
     Fip(fip::FipCommand),
+    /// The hosts of the cluster (a single-host daemon: itself).
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// nova-network's managers (the VLAN manager's configuration).
     #[command(subcommand)]
     Manager(ManagerCommand),
@@ -474,6 +488,13 @@ pub enum LeaseCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+}
+
+/// `lanyard node ...`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes: each registered daemon while its etcd lease lives.
+    List(OutputArg),
 }
 
 /// `lanyard manager ...`
@@ -1210,6 +1231,25 @@ fn lease_rows(v: &Value) -> String {
     table(&["Expiry (UTC)", "MAC", "IP", "Hostname", "Client-ID", "Kind"], &rows)
 }
 
+fn node_rows(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|n| {
+            let name = if n["local"] == true { format!("{} (this)", s(&n["name"])) } else { s(&n["name"]) };
+            vec![
+                name,
+                s(&n["state"]),
+                s(&n["underlay_ip"]),
+                n["started"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
+                s(&n["version"]),
+            ]
+        })
+        .collect();
+    table(&["Name", "State", "Underlay", "Started (UTC)", "Version"], &rows)
+}
+
 fn bridge_rows(v: &Value) -> String {
     // brctl show: bridge name, bridge id, STP enabled, interfaces (one per line).
     let mut rows = Vec::new();
@@ -1526,6 +1566,10 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v =
                 c.call("GET", &with_project(&format!("/v1/networks/{}/leases", pct(&net)), project.as_deref()), None)?;
             print(out.output, &v, lease_rows)?;
+        }
+        Command::Node(NodeCommand::List(out)) => {
+            let v = c.call("GET", "/v1/nodes", None)?;
+            print(out.output, &v, node_rows)?;
         }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
             let v = c.call("PUT", "/v1/managers/vlan", body.as_ref())?;

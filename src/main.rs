@@ -43,9 +43,15 @@ fn main() {
         }
     };
     match cli.command {
-        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key } => {
+        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key, etcd, node, underlay } => {
             // Checked before anything starts: a wrong option changes nothing.
-            let options = match lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key) {
+            let options = lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key).and_then(|o| {
+                Ok(lanyard::daemon::Options {
+                    cluster: lanyard::daemon::ClusterOptions::new(etcd, node, underlay)?,
+                    ..o
+                })
+            });
+            let options = match options {
                 Ok(o) => o,
                 Err(e) => {
                     eprintln!("error: {e}");

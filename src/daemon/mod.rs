@@ -4,6 +4,7 @@
 //! Shutdown leaves every kernel object in place, so VMs keep their network
 //! while the daemon restarts.
 
+pub mod cluster;
 pub mod healer;
 pub mod tls;
 
@@ -18,6 +19,7 @@ use crate::dhcp::writer::LeaseWriter;
 use crate::engine::host::SystemHost;
 use crate::engine::services::NetworkServices;
 use crate::engine::{Engine, EngineError, Parts};
+use crate::store::etcd::EtcdStore;
 use crate::store::sqlite::SqliteStore;
 use crate::store::{Store, StoreError};
 
@@ -58,6 +60,64 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// The TLS listener for remote clients (`--listen`).
     pub listen: Option<tls::ListenOptions>,
+    /// Cluster membership (`--etcd`), None for a single host.
+    pub cluster: Option<ClusterOptions>,
+}
+
+/// `--etcd URL[,URL...] --node NAME [--underlay IF]`.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    /// etcd's client URLs.
+    pub endpoints: Vec<String>,
+    /// This node's name in the cluster.
+    pub node: String,
+    /// The interface whose first IPv4 address this node publishes.
+    pub underlay: Option<String>,
+}
+
+impl ClusterOptions {
+    /// Checks the cluster flags: `--node` and `--underlay` belong to
+    /// `--etcd`, which needs `--node`; URLs are `http://HOST:PORT`.
+    pub fn new(
+        etcd: Vec<String>,
+        node: Option<String>,
+        underlay: Option<String>,
+    ) -> Result<Option<ClusterOptions>, DaemonError> {
+        if etcd.is_empty() {
+            if node.is_some() || underlay.is_some() {
+                return Err(DaemonError::Usage(
+                    "--node and --underlay are for a cluster member: add --etcd URL".into(),
+                ));
+            }
+            return Ok(None);
+        }
+        let node =
+            node.ok_or_else(|| DaemonError::Usage("--etcd needs --node NAME: this host's name in the cluster".into()))?;
+        // A node name is a key segment in etcd and a column in tables:
+        // the rule of every lanyard name (letters, digits, '-', '_', '.').
+        let ok = |n: &str| {
+            n.len() <= 63
+                && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+                && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !ok(&node) {
+            return Err(DaemonError::Usage(format!(
+                "--node {node:?}: use 1 to 63 letters, digits, '-', '_' or '.', beginning with a letter or a digit"
+            )));
+        }
+        if let Some(i) = &underlay {
+            crate::model::validate_ifname("underlay", i).map_err(|e| DaemonError::Usage(format!("--underlay: {e}")))?;
+        }
+        for url in &etcd {
+            let rest = url.strip_prefix("http://").ok_or_else(|| {
+                DaemonError::Usage(format!("--etcd {url:?}: give etcd's client URL as http://HOST:PORT"))
+            })?;
+            if rest.is_empty() || rest.contains('/') || rest.chars().any(char::is_whitespace) {
+                return Err(DaemonError::Usage(format!("--etcd {url:?}: give etcd's client URL as http://HOST:PORT")));
+            }
+        }
+        Ok(Some(ClusterOptions { endpoints: etcd, node, underlay }))
+    }
 }
 
 impl Options {
@@ -81,7 +141,7 @@ impl Options {
                 return Err(DaemonError::Usage("--tls-cert and --tls-key are for --listen ADDR:PORT".into()))
             }
         };
-        Ok(Options { socket_group, listen })
+        Ok(Options { socket_group, listen, cluster: None })
     }
 }
 
@@ -126,7 +186,44 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         }
         std::fs::remove_file(socket).map_err(io_err("cannot remove stale socket", socket))?;
     }
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(state_dir)?);
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let mut record = cluster::NodeRecord {
+        name: options.cluster.as_ref().map(|c| c.node.clone()).unwrap_or_else(host_name),
+        underlay_ip: None,
+        started,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    };
+    let (store, nodes, registration): (Arc<dyn Store>, cluster::Nodes, Option<cluster::Registration>) =
+        match &options.cluster {
+            None => (Arc::new(SqliteStore::open(state_dir)?), cluster::Nodes::Single(record), None),
+            Some(c) => {
+                if let Some(ifname) = &c.underlay {
+                    if !cluster::interface_exists(ifname) {
+                        return Err(DaemonError::Usage(format!("--underlay {ifname}: no such interface here")));
+                    }
+                    record.underlay_ip = cluster::first_ipv4(ifname)
+                        .map_err(io_err("cannot read the addresses of", Path::new(ifname)))?;
+                    if record.underlay_ip.is_none() {
+                        return Err(DaemonError::Usage(format!("--underlay {ifname} has no IPv4 address")));
+                    }
+                }
+                // The etcd client blocks its caller (see store::etcd): off
+                // the runtime's worker threads.
+                let endpoints = c.endpoints.clone();
+                let etcd = tokio::task::spawn_blocking(move || EtcdStore::connect(&endpoints).map(Arc::new))
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("connecting to etcd failed: {e}")))??;
+                let reg = {
+                    let (etcd, record) = (etcd.clone(), record.clone());
+                    tokio::task::spawn_blocking(move || cluster::Registration::start(etcd, &record))
+                        .await
+                        .map_err(|e| EngineError::Internal(format!("node registration failed: {e}")))??
+                };
+                tracing::info!(node = %c.node, etcd = %etcd.endpoints(), "registered in the cluster");
+                let nodes = cluster::Nodes::Cluster { store: etcd.clone(), local: c.node.clone() };
+                (etcd, nodes, Some(reg))
+            }
+        };
     let rt = tokio::runtime::Handle::current();
     let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone())));
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
@@ -154,7 +251,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         None => None,
     };
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
-    let app = crate::api::router(shared.clone());
+    let app = crate::api::router(shared.clone()).layer(axum::Extension(Arc::new(nodes)));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let mut term =
@@ -172,8 +269,21 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     }
     healer.stop();
     shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
+    if let Some(reg) = registration {
+        // Leaves the node list now, not after the lease's TTL.
+        let _ = tokio::task::spawn_blocking(move || reg.stop()).await;
+    }
     let _ = std::fs::remove_file(socket);
     Ok(())
+}
+
+/// The host's name, the node name of a single-host daemon.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]

@@ -85,6 +85,14 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.write_leases(changes)
     }
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.claim(kind, value, owner)
+    }
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        self.check()?;
+        self.inner.release_claim(kind, value, owner)
+    }
     fn tokens(&self) -> Result<Vec<crate::auth::Token>, StoreError> {
         self.inner.tokens()
     }

@@ -5,6 +5,9 @@
 //! one transaction per change; a multi-host store (etcd) implements the same
 //! trait. Nothing above this module knows which one it talks to.
 
+#[cfg(test)]
+mod contract;
+pub mod etcd;
 pub mod sqlite;
 
 use std::net::Ipv4Addr;
@@ -54,6 +57,18 @@ pub enum StoreError {
         /// Cause.
         source: serde_json::Error,
     },
+    /// The cluster store (etcd) did not answer in time: nothing was written.
+    #[error("etcd at {endpoints} is unreachable, so writes are refused (nothing was changed): retry when it is back")]
+    Unavailable {
+        /// The etcd endpoints, comma-separated.
+        endpoints: String,
+    },
+    /// etcd answered with a refusal or could not be used.
+    #[error("cluster store: {0}")]
+    Etcd(String),
+    /// A record that must be unique already exists; nothing was written.
+    #[error("{0} already exists")]
+    Exists(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -190,4 +205,12 @@ pub trait Store: Send + Sync {
     /// Applies a batch of lease changes in one durable transaction
     /// (the DHCP server's group commit).
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError>;
+    /// Claims `value` of `kind` (a fixed IP as `NET/IP`, a MAC, a VNI, a
+    /// floating IP) for `owner` unless someone else holds it; whether
+    /// `owner` holds it now. Create-if-absent: of any number of concurrent
+    /// claims of one value, on any number of hosts, exactly one wins.
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError>;
+    /// Gives up `owner`'s claim of `value`; whether it held it (a claim of
+    /// another owner is left alone).
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError>;
 }

@@ -79,9 +79,20 @@ const V3_DOCUMENTS: &str = "
 CREATE TABLE documents (kind TEXT NOT NULL, key TEXT NOT NULL, body TEXT NOT NULL, PRIMARY KEY (kind, key));
 ";
 
+/// Version 4, claims: which owner holds an allocated value of a kind
+/// ([`Store::claim`]); the primary key makes a claim create-if-absent.
+const V4_CLAIMS: &str = "
+CREATE TABLE claims (
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    PRIMARY KEY (kind, value)
+);
+";
+
 /// Migration `i` takes a database from version `i` to `i + 1`
 /// (`PRAGMA user_version`); each runs in the transaction that records it.
-const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS, V3_DOCUMENTS];
+const MIGRATIONS: &[&str] = &[V1_PROJECTS, V2_TOKENS, V3_DOCUMENTS, V4_CLAIMS];
 
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -444,6 +455,28 @@ impl Store for SqliteStore {
         Ok(out)
     }
 
+    fn claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        tx.execute(
+            "INSERT INTO claims (kind, value, owner) VALUES (?1, ?2, ?3) ON CONFLICT(kind, value) DO NOTHING",
+            params![kind, value, owner],
+        )?;
+        let holder: String =
+            tx.query_row("SELECT owner FROM claims WHERE kind = ?1 AND value = ?2", params![kind, value], |r| {
+                r.get(0)
+            })?;
+        tx.commit()?;
+        Ok(holder == owner)
+    }
+
+    fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM claims WHERE kind = ?1 AND value = ?2 AND owner = ?3", params![kind, value, owner])?
+            > 0)
+    }
+
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let mut c = self.conn();
         let tx = c.transaction()?;
@@ -716,7 +749,7 @@ mod tests {
         assert_eq!(s.projects().unwrap()[0].description, "again");
     }
 
-    /// A database at version 1 (projects, before tokens) takes migration 2:
+    /// A database at version 1 (projects, before tokens) takes migration 2 (and the later ones):
     /// its projects stay, the tokens table is there, and a project's
     /// tokens go with it.
     #[test]

@@ -38,6 +38,8 @@ pub struct Daemon {
     /// A command and its arguments the daemon runs under (between
     /// `ip netns exec NS` and lanyard), e.g. to give it a mount namespace.
     wrapper: Vec<String>,
+    /// Extra `lanyard daemon` arguments (e.g. `--etcd URL --node NAME`).
+    args: Vec<String>,
     /// For a daemon on a private tmpfs: the process that holds the mount
     /// namespace with the tmpfs, so restarts find the same state.
     holder: Option<Child>,
@@ -47,6 +49,12 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon in `ns` and waits until it answers.
     pub fn start(ns: &Netns) -> Daemon {
+        Daemon::start_with(ns, &[])
+    }
+
+    /// Starts the daemon in `ns` with extra `lanyard daemon` arguments
+    /// (kept for restarts) and waits until it answers.
+    pub fn start_with(ns: &Netns, args: &[&str]) -> Daemon {
         let tmp = TempDir::new("daemon");
         let mut d = Daemon {
             netns: ns.name().to_string(),
@@ -57,6 +65,7 @@ impl Daemon {
             starts: 0,
             env: Vec::new(),
             wrapper: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
             holder: None,
             tmp,
         };
@@ -99,6 +108,7 @@ impl Daemon {
             starts: 0,
             env: Vec::new(),
             wrapper: ["nsenter", "--target", &pid, "--mount", "--"].iter().map(|s| s.to_string()).collect(),
+            args: Vec::new(),
             holder: Some(holder),
             tmp,
         };
@@ -130,6 +140,7 @@ impl Daemon {
             .arg(&self.socket)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .args(&self.args)
             .env_remove("LANYARD_SOCKET")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone().expect("log fd")))

@@ -20,6 +20,7 @@
 //! | `process.rs` | commands with time limits, signals, polling, temp dirs, unique names |
 //! | `netns.rs` | [`Netns`], the namespace guard, and what `ip`/`nft`/sysctl show in it |
 //! | `daemon.rs` | [`Daemon`]: start, stop, restart, the CLI |
+//! | `etcd.rs` | [`Etcd`]: an etcd in a test namespace, for cluster tests |
 //! | `topology.rs` | [`Host`], [`Vm`], outsides, hand-made bridge ports, and [`Topology`], the one builder of host + outsides + networks + VMs |
 //! | `dhcp_clients.rs` | [`udhcpc`], [`dhclient`], [`DhcpLease`] |
 //! | `probes.rs` | [`ping`], [`PingJob`], [`dig`], [`Dnsmasq`], parsing helpers |
@@ -30,6 +31,7 @@
 
 mod daemon;
 mod dhcp_clients;
+mod etcd;
 mod netns;
 mod privilege;
 mod probes;
@@ -38,4 +40,4 @@ mod topology;
 
 // A test binary that uses nothing from one of them would warn here.
 #[allow(unused_imports)]
-pub use {daemon::*, dhcp_clients::*, netns::*, privilege::*, probes::*, process::*, topology::*};
+pub use {daemon::*, dhcp_clients::*, etcd::*, netns::*, privilege::*, probes::*, process::*, topology::*};

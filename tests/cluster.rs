@@ -1,0 +1,170 @@
+//! Two lanyard daemons sharing desired state in one etcd (the first slice
+//! of multi-host, docs/multi-host.md), in throw-away namespaces: a "store"
+//! namespace runs etcd, each host namespace runs a daemon with `--etcd`
+//! and reaches etcd over a veth pair of its own (10.213.N.0/24); nothing
+//! touches the root namespace. A network created through host A is listed
+//! by host B once B reads the store again (a restart: the watch-driven
+//! mirror is the next slice); `node list` shows both nodes with their
+//! underlay addresses; a SIGKILLed daemon's node leaves the list within
+//! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
+//! is refused in one line and leaves nothing behind. Needs root and etcd;
+//! see `common::privileged`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+/// The node registration's lease TTL (src/daemon/cluster.rs) and a margin.
+const NODE_GONE_WITHIN: Duration = Duration::from_secs(10 + 5);
+
+/// A host namespace joined to the store namespace by a veth pair: the
+/// host's end `u0` gets `10.213.N.2/24`, the store's `hN` gets `.1`.
+fn joined(store: &Netns, n: u8) -> Netns {
+    let host = Netns::new(&format!("h{n}"));
+    let peer = format!("h{n}");
+    host.ip_ok(&["link", "add", "name", "u0", "type", "veth", "peer", "name", &peer, "netns", store.name()]);
+    host.ip_ok(&["addr", "add", &format!("10.213.{n}.2/24"), "dev", "u0"]);
+    host.ip_ok(&["link", "set", "u0", "up"]);
+    store.ip_ok(&["addr", "add", &format!("10.213.{n}.1/24"), "dev", &peer]);
+    store.ip_ok(&["link", "set", &peer, "up"]);
+    host
+}
+
+fn node_names(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(String::from)).collect()
+}
+
+fn net_names(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|n| n["name"].as_str().map(String::from)).collect()
+}
+
+#[test]
+fn two_daemons_share_state_and_see_each_other() {
+    if !privileged("two_daemons_share_state_and_see_each_other", &["ip", "etcd", "busybox", "kill"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let (node_a, node_b) = (unique("nda"), unique("ndb"));
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &node_a, "--underlay", "u0"]);
+    let mut b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &node_b, "--underlay", "u0"]);
+
+    // Both nodes, seen from either daemon, with their underlay addresses.
+    for d in [&a, &b] {
+        let nodes = d.cli_json(&["node", "list"]);
+        assert_eq!(node_names(&nodes), sorted(vec![node_a.clone(), node_b.clone()]), "{nodes}");
+        for n in nodes.as_array().unwrap() {
+            assert_eq!(n["state"], "up", "{n}");
+            let want = if n["name"] == node_a.as_str() { "10.213.1.2" } else { "10.213.2.2" };
+            assert_eq!(n["underlay_ip"], want, "{n}");
+        }
+    }
+    let table = a.cli_ok(&["node", "list"]);
+    assert!(table.contains(&format!("{node_a} (this)")) && table.contains("10.213.2.2"), "{table}");
+
+    // A network made through A is in the shared store: B lists it once it
+    // reads the store again, and (autostart) brings its bridge up too.
+    // (Without autostart B would find no bridge of it at start and keep it
+    // stopped: a network's active state is still one record for all hosts,
+    // which the next slice makes per host.)
+    a.cli_ok(&["net", "create", "shared", "--mode", "isolated", "--subnet", "10.77.0.0/24", "--autostart"]);
+    assert_eq!(net_names(&a.cli_json(&["net", "list"])), ["shared"]);
+    assert!(hb.link("lybr0").is_none(), "B made the bridge before reading the store again");
+    b.restart();
+    let on_b = b.cli_json(&["net", "list"]);
+    assert_eq!(net_names(&on_b), ["shared"], "B does not list A's network: {on_b}");
+    assert_eq!(on_b[0]["subnet"], "10.77.0.0/24", "{on_b}");
+    assert!(hb.link("lybr0").is_some(), "B did not bring up the shared network's bridge");
+
+    // SIGKILL: A's node leaves B's list within the lease's TTL.
+    let mut a = a;
+    assert!(signal(a.pid(), "KILL"), "cannot kill daemon A");
+    assert!(a.exited(Duration::from_secs(10)).is_some(), "daemon A survived SIGKILL");
+    let gone = poll(NODE_GONE_WITHIN, Duration::from_millis(500), || {
+        let names = node_names(&b.cli_json(&["node", "list"]));
+        (names == [node_b.as_str()]).then_some(())
+    });
+    assert!(
+        gone.is_some(),
+        "A's node is still listed {NODE_GONE_WITHIN:?} after SIGKILL: {}",
+        b.cli_ok(&["node", "list"])
+    );
+
+    // A clean stop revokes the lease: B's node is gone at once, as A,
+    // started again on the same etcd, sees.
+    a.start_again();
+    let status = b.stop();
+    assert!(status.success(), "daemon B exited with {status}; log:\n{}", b.log());
+    assert_eq!(node_names(&a.cli_json(&["node", "list"])), [node_a.as_str()], "B's node outlived its clean stop");
+    assert_eq!(net_names(&a.cli_json(&["net", "list"])), ["shared"]);
+
+    // etcd gone: a change is refused in one line (503 from the API, exit
+    // 1), and nothing of it stays, in the kernel or in the daemon's memory.
+    let links = ha.links().len();
+    drop(etcd);
+    let o = a.cli(&["net", "create", "late", "--mode", "isolated", "--subnet", "10.78.0.0/24"]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("error: ")
+            && err.trim_end().lines().count() == 1
+            && err.contains("10.213.1.1:2379 is unreachable"),
+        "{err}"
+    );
+    assert_eq!(ha.links().len(), links, "the refused network left links behind");
+    assert_eq!(net_names(&a.cli_json(&["net", "list", "--all"])), ["shared"]);
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+/// Without --etcd the daemon is a single host: `node list` shows it alone.
+#[test]
+fn a_single_host_daemon_lists_itself() {
+    if !privileged("a_single_host_daemon_lists_itself", &["ip"]) {
+        return;
+    }
+    let ns = Netns::new("solo");
+    let d = Daemon::start(&ns);
+    let nodes = d.cli_json(&["node", "list"]);
+    let list = nodes.as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{nodes}");
+    assert_eq!((list[0]["state"].as_str(), list[0]["local"].as_bool()), (Some("up"), Some(true)), "{nodes}");
+    assert!(list[0]["underlay_ip"].is_null(), "{nodes}");
+}
+
+/// Wrong cluster flags are refused before anything starts, in one line.
+#[test]
+fn cluster_flags_are_checked() {
+    for (args, want) in [
+        (&["--node", "a"][..], "--etcd"),
+        (&["--etcd", "http://10.213.9.1:2379"][..], "--node"),
+        (&["--etcd", "10.213.9.1:2379", "--node", "a"][..], "http://HOST:PORT"),
+        (&["--etcd", "http://10.213.9.1:2379", "--node", "a/b"][..], "--node"),
+        (&["--underlay", "u0"][..], "--etcd"),
+    ] {
+        let dir = TempDir::new("flags");
+        let o = run(
+            std::process::Command::new(LANYARD)
+                .arg("--socket")
+                .arg(dir.path().join("s"))
+                .args(["daemon", "--state-dir"])
+                .arg(dir.path().join("state"))
+                .args(args),
+            Duration::from_secs(30),
+        );
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.starts_with("error: ") && err.trim_end().lines().count() == 1 && err.contains(want),
+            "{args:?}: {err}"
+        );
+        assert!(!dir.path().join("state").exists(), "{args:?} created the state directory");
+    }
+}
