@@ -45,6 +45,8 @@ struct Scope {
     firewall: bool,
     /// Another tool's table changed: look at coexistence again.
     foreign: bool,
+    /// Floating IP pools' interfaces whose addresses changed.
+    pool_interfaces: BTreeSet<String>,
 }
 
 impl Engine {
@@ -55,7 +57,7 @@ impl Engine {
         if scope.foreign {
             self.check_coexistence();
         }
-        if scope.networks.is_empty() && scope.ports.is_empty() && !scope.firewall {
+        if scope.networks.is_empty() && scope.ports.is_empty() && !scope.firewall && scope.pool_interfaces.is_empty() {
             return Ok(0);
         }
         let result = self.repair(&scope);
@@ -86,6 +88,10 @@ impl Engine {
                     scope.firewall = true;
                 }
                 KernelEvent::Link { name, .. } | KernelEvent::Address { link: name, .. } => {
+                    // A floating IP's address on its pool's interface.
+                    if self.pools.iter().any(|p| &p.interface == name) {
+                        scope.pool_interfaces.insert(name.clone());
+                    }
                     // A trunk carries every VLAN network on it.
                     for net in active().filter(|n| {
                         &n.bridge == name
@@ -165,6 +171,12 @@ impl Engine {
             self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
         for p in &ports {
             ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), &self.trunk_of(p), &links));
+        }
+        if !scope.pool_interfaces.is_empty() {
+            let names: Vec<&str> = scope.pool_interfaces.iter().map(String::as_str).collect();
+            let observed = Observed { links: self.kernel.observe_links(&names)?, ..Default::default() };
+            let live = planner::floating::associations(&self.networks, &self.ports, self.policy());
+            ops.extend(planner::floating::address_ops(&live, self.policy(), &observed));
         }
         let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
         let plan = Plan { ops, firewall };
