@@ -70,18 +70,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError> {
-        let links = self.links.observe_links(&[link])?;
-        let l = links.get(link).ok_or_else(|| KernelError::Op {
-            op: format!("announce {ip} on {link}"),
-            errno: Some(libc::ENODEV),
-            message: "no such interface".into(),
-        })?;
-        let mac = l.mac.ok_or_else(|| KernelError::Op {
-            op: format!("announce {ip} on {link}"),
-            errno: None,
-            message: "the interface has no hardware address".into(),
-        })?;
-        super::arp::announce(link, l.index, mac, ip)
+        super::arp::announce(link, ip)
     }
 }
 
