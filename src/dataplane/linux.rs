@@ -18,12 +18,17 @@ use crate::kernel::{
 pub struct LinuxKernel {
     links: NetlinkDriver,
     firewall: NftDriver,
+    announcer: super::arp::Announcer,
 }
 
 impl LinuxKernel {
     /// Opens both drivers in the calling thread's network namespace.
     pub fn new() -> Result<LinuxKernel, KernelError> {
-        Ok(LinuxKernel { links: NetlinkDriver::new()?, firewall: NftDriver::new()? })
+        Ok(LinuxKernel {
+            links: NetlinkDriver::new()?,
+            firewall: NftDriver::new()?,
+            announcer: super::arp::Announcer::default(),
+        })
     }
 
     /// The monitors of this namespace: links/addresses/routes and nftables.
@@ -70,7 +75,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError> {
-        super::arp::announce(link, ip)
+        self.announcer.announce(link, ip)
     }
 }
 
