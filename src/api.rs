@@ -318,6 +318,15 @@ struct InProject {
     project: Option<String>,
 }
 
+/// The query of `DELETE /v1/networks/{name}`: `?force=true` deletes a
+/// network that has ports, with them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteNetwork {
+    project: Option<String>,
+    force: Option<bool>,
+}
+
 /// Parses a route's query string as `T`; a refusal says what was wrong.
 fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
@@ -498,9 +507,14 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 })
                 .delete(
                     |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                        on_network(s, caller, &uri, name, |e, key| e.delete_network(&key))
-                            .await
-                            .map(|()| StatusCode::NO_CONTENT)
+                        let q: DeleteNetwork = query(&uri).map_err(IntoResponse::into_response)?;
+                        with_engine(s, move |e| {
+                            let key = e.network_key(&caller.project(q.project.as_deref())?, &name)?;
+                            e.delete_network_checked(&key, q.force.unwrap_or(false))
+                        })
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                        .map_err(IntoResponse::into_response)
                     },
                 ),
             )
@@ -556,7 +570,8 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                         // A network is named in the project asked for (default
                         // the caller's); without one, ports of all projects.
                         let project = caller.project(scope.as_deref())?;
-                        let key = f.net.as_deref().map(|n| crate::model::network_key(&project, n).into_owned());
+                        // A network that does not exist is an error, not an empty list.
+                        let key = f.net.as_deref().map(|n| e.network_key(&project, n)).transpose()?;
                         Ok(Json(
                             e.ports_of(scope.as_deref(), f.vm.as_deref(), key.as_deref())
                                 .into_iter()
@@ -952,7 +967,13 @@ mod tests {
             assert_eq!((got, v["kind"].as_str()), (status, Some(kind)), "{method} {uri}: {v}");
             assert!(v["error"].as_str().unwrap().contains(says), "{method} {uri}: {v}");
         }
-        assert_eq!(send(&app, "DELETE", "/v1/networks/n1?project=blue", None, b"").await.0, 204);
+        // n1 of blue has a port: deleted with it only when forced.
+        let (st, v, _) = send(&app, "DELETE", "/v1/networks/n1?project=blue", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (409, Some("conflict")), "{v}");
+        assert!(v["error"].as_str().unwrap().contains("has 1 port ("), "{v}");
+        let (st, v, _) = send(&app, "DELETE", "/v1/networks/n1?project=blue&force=yes", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (400, Some("invalid")), "{v}");
+        assert_eq!(send(&app, "DELETE", "/v1/networks/n1?project=blue&force=true", None, b"").await.0, 204);
         assert_eq!(send(&app, "GET", "/v1/networks/n1", None, b"").await.0, 200, "the default project's n1 stays");
         assert_eq!(send(&app, "DELETE", "/v1/projects/blue", None, b"").await.0, 204);
         let (_, v, _) = send(&app, "GET", "/v1/projects", None, b"").await;
@@ -1145,7 +1166,7 @@ mod tests {
         let (_, red_made, _) = send_as(&app, admin, "POST", "/v1/projects/red/tokens", b"{}").await;
         let red = red_made["token"].as_str().unwrap().to_string();
         assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 200);
-        assert_eq!(send_as(&app, admin, "DELETE", "/v1/networks/r1?project=red", b"").await.0, 204);
+        assert_eq!(send_as(&app, admin, "DELETE", "/v1/networks/r1?project=red&force=true", b"").await.0, 204);
         assert_eq!(send_as(&app, admin, "DELETE", "/v1/projects/red", b"").await.0, 204);
         assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 401);
         let tid = made["id"].as_str().unwrap();

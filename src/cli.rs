@@ -6,6 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser as NonEmpty;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -194,6 +195,7 @@ pub enum NetCommand {
     /// Show one network.
     Show {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -202,17 +204,23 @@ pub enum NetCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Stop and delete a network, its ports and leases.
+    /// Stop and delete a network with its leases; one that has ports only
+    /// with --force, which deletes them too.
     Delete {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
         project: Option<String>,
+        /// Delete its ports too (their VMs lose their network).
+        #[arg(long)]
+        force: bool,
     },
     /// Start a stopped network.
     Start {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -221,6 +229,7 @@ pub enum NetCommand {
     /// Stop a network: bridge, rules and DHCP go; ports and leases stay.
     Stop {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -229,6 +238,7 @@ pub enum NetCommand {
     /// Mark a network to start at boot.
     Autostart {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -315,6 +325,7 @@ pub enum PortCommand {
     /// Delete a port.
     Delete {
         /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
         id: String,
     },
     /// A port's configuration for its guest: with `--format cloud-init`,
@@ -322,6 +333,7 @@ pub enum PortCommand {
     /// ISO (`--iso PATH`) to attach to the VM.
     Config {
         /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
         id: String,
         /// What to generate: cloud-init (the only format so far).
         #[arg(long, default_value = "cloud-init")]
@@ -361,6 +373,7 @@ pub enum ProjectCommand {
     /// Show one project.
     Show {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// Output format.
         #[command(flatten)]
@@ -370,6 +383,7 @@ pub enum ProjectCommand {
     /// their own networks (DHCP, DNS and replies to inbound connections still flow).
     Set {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// allow or deny.
         #[arg(long)]
@@ -381,6 +395,7 @@ pub enum ProjectCommand {
     /// Delete a project that owns no networks or ports (`default` stays).
     Delete {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
     },
     /// A project's access tokens (admin only).
@@ -426,6 +441,7 @@ pub enum LeaseCommand {
     /// List a network's leases.
     List {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         net: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -870,6 +886,29 @@ fn emit(text: &str) -> Result<(), CliError> {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::OutputClosed),
         Err(e) => Err(CliError::Output(e)),
+    }
+}
+
+/// clap's message for a command line it refused, as one line: clap spreads
+/// it over several (the missing arguments, a "did you mean" tip, the
+/// allowed values, then a usage block), and the first alone names nothing
+/// ("the following required arguments were not provided:"). The usage
+/// block is left out; `--help` has it.
+pub fn usage_error_line(clap_text: &str) -> String {
+    let mut lines = clap_text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = lines.map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(l)).collect();
+    match (rest.is_empty(), first.strip_suffix(':')) {
+        (true, _) => first.to_string(),
+        // "...not provided: --vm <VM>, --net <NET>"
+        (false, Some(head)) => format!("{head}: {}", rest.join(", ")),
+        // "unexpected argument '--subnt' found (tip: a similar argument exists: '--subnet')"
+        (false, None) => format!("{first} ({})", rest.join("; ")),
     }
 }
 
@@ -1379,8 +1418,11 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v = c.call("GET", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
             print(out.output, &v, network_detail)?;
         }
-        Command::Net(NetCommand::Delete { name, project }) => {
-            c.call("DELETE", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
+        Command::Net(NetCommand::Delete { name, project, force }) => {
+            let path = with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref());
+            let path =
+                if force { format!("{path}{}force=true", if path.contains('?') { '&' } else { '?' }) } else { path };
+            c.call("DELETE", &path, None)?;
             emit(&format!("Network {}{} deleted\n", printable(&name), in_project(project.as_deref())))?;
         }
         Command::Net(NetCommand::Start { name, project }) => {
@@ -1739,6 +1781,25 @@ mod tests {
         assert!(port_rows(&ports, false).starts_with(" ID "));
         assert_eq!(with_project("/v1/networks/n", Some("a&b")), "/v1/networks/n?project=a%26b");
         assert_eq!(with_project("/v1/networks", None), "/v1/networks");
+    }
+
+    #[test]
+    fn refused_command_lines_keep_what_clap_names_on_one_line() {
+        let line = |argv: &str| {
+            let e = Cli::try_parse_from(argv.split_whitespace()).expect_err(argv);
+            usage_error_line(&e.to_string())
+        };
+        let l = line("lanyard port create --net n1");
+        assert_eq!(l, "the following required arguments were not provided: --vm <VM>");
+        let l = line("lanyard net create n1 --mode nat --subnt 10.0.0.0/24");
+        assert!(l.starts_with("unexpected argument '--subnt' found (tip: ") && l.contains("'--subnet'"), "{l}");
+        let l = line("lanyard net list -o xml");
+        assert!(l.contains("'xml'") && l.contains("possible values: table, json"), "{l}");
+        let l = line("lanyard net lst");
+        assert!(l.contains("'lst'") && l.contains("'list'"), "{l}");
+        for argv in ["lanyard port create --net n1", "lanyard net list -o xml", "lanyard net lst"] {
+            assert_eq!(line(argv).lines().count(), 1, "{argv}");
+        }
     }
 
     #[test]

@@ -35,10 +35,10 @@ fn main() {
             ) {
                 e.exit();
             }
-            // One line, not clap's multi-line usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("error: {first} (see `lanyard --help`)");
+            // One line, not clap's multi-line usage block, but with what
+            // clap's other lines name (the missing arguments, its tips).
+            let line = lanyard::cli::usage_error_line(&e.to_string());
+            eprintln!("error: {line} (see `lanyard --help`)");
             std::process::exit(2);
         }
     };

@@ -26,6 +26,9 @@ pub enum ModelError {
         /// Why it is refused and what would be accepted.
         why: String,
     },
+    /// A required option is missing: the message names it.
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// `value` quoted as `{:?}` does, but a value of more than 64 bytes shows
@@ -565,6 +568,12 @@ fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
     if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.octets()[0] >= 240 {
         return Err(invalid("subnet", s, "is not a unicast range usable for guests"));
     }
+    // Link-local addresses are what a host gives itself without DHCP
+    // (APIPA): routers never forward them, so NAT and routing cannot work.
+    let link_local: Ipv4Net = "169.254.0.0/16".parse().expect("a CIDR");
+    if link_local.contains(&a) || net.contains(&link_local.network()) {
+        return Err(invalid("subnet", s, "overlaps 169.254.0.0/16, the link-local range hosts give themselves"));
+    }
     Ok(net)
 }
 
@@ -573,6 +582,26 @@ fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
 }
 
 impl NetworkSpec {
+    /// Refuses options a bridge-mode network has no use for: the LAN's own
+    /// router and DHCP server give guests their gateway, addresses and
+    /// domain, and lanyard serves neither DHCP nor DNS there.
+    pub fn check_bridge_options(&self) -> Result<(), ModelError> {
+        if self.mode()? != Mode::Bridge {
+            return Ok(());
+        }
+        let given = [("--gateway", &self.gateway), ("--dhcp-range", &self.dhcp_range), ("--domain", &self.domain)];
+        match given.iter().find(|(_, v)| v.is_some()) {
+            Some((flag, v)) => Err(invalid(
+                "option",
+                format!("{flag} {}", v.as_deref().unwrap_or_default()),
+                format!(
+                    "{flag} means nothing in bridge mode: the LAN's router and DHCP server serve its guests; leave it out"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The mode asked for; a network with a manager is nat (nova's flat
     /// networks NAT to the outside through the host).
     pub fn mode(&self) -> Result<Mode, ModelError> {
@@ -604,6 +633,11 @@ impl NetworkSpec {
         if mode == Mode::Bridge && self.uplink.is_none() {
             return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"));
         }
+        if self.subnet.is_empty() {
+            return Err(ModelError::Missing(format!(
+                "a {mode} network needs --subnet CIDR, e.g. --subnet 192.168.122.0/24"
+            )));
+        }
         let subnet = parse_subnet(&self.subnet)?;
         let first_host = u32::from(subnet.network()) + 1;
         let last_host = u32::from(subnet.broadcast()) - 1;
@@ -632,8 +666,14 @@ impl NetworkSpec {
                         "first address is after the last",
                     ));
                 }
-                if r.first == gateway && r.last == gateway {
-                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "holds only the gateway"));
+                // The gateway is the host's; a guest leased it would cut
+                // the network off.
+                if (r.first..=r.last).contains(&gateway) {
+                    return Err(invalid(
+                        "dhcp range",
+                        format!("{}-{}", r.first, r.last),
+                        format!("holds the gateway {gateway}; give a range without it"),
+                    ));
                 }
                 r
             }
@@ -1175,6 +1215,44 @@ mod tests {
         assert!(s.validate(|| "b".into()).is_err());
         s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
         assert!(s.validate(|| "b".into()).is_ok());
+        // A range over the gateway would lease it to a guest.
+        for r in ["10.1.0.1-10.1.0.20", "10.1.0.1-10.1.0.1"] {
+            s.dhcp_range = Some(r.into());
+            let e = s.validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.contains("holds the gateway 10.1.0.1"), "{e}");
+        }
+        s.gateway = Some("10.1.0.55".into());
+        s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
+        assert!(s.validate(|| "b".into()).is_err());
+    }
+
+    #[test]
+    fn missing_or_link_local_subnets_are_named() {
+        let e = spec("").validate(|| "b".into()).unwrap_err().to_string();
+        assert_eq!(e, "a nat network needs --subnet CIDR, e.g. --subnet 192.168.122.0/24");
+        for s in ["169.254.0.0/16", "169.254.10.0/24", "169.0.0.0/8"] {
+            let e = spec(s).validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.contains("link-local"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn bridge_mode_refuses_what_only_lanyard_served_networks_use() {
+        let mut s = NetworkSpec { mode: "bridge".into(), uplink: Some("eth0".into()), ..spec("") };
+        assert!(s.check_bridge_options().is_ok());
+        for (flag, set) in [
+            ("--gateway", (|s: &mut NetworkSpec| s.gateway = Some("10.0.0.1".into())) as fn(&mut NetworkSpec)),
+            ("--dhcp-range", |s| s.dhcp_range = Some("10.0.0.5-10.0.0.9".into())),
+            ("--domain", |s| s.domain = Some("lan".into())),
+        ] {
+            let mut t = s.clone();
+            set(&mut t);
+            let e = t.check_bridge_options().unwrap_err().to_string();
+            assert!(e.contains(&format!("{flag} means nothing in bridge mode")), "{e}");
+        }
+        s.mode = "nat".into();
+        s.domain = Some("lan".into());
+        assert!(s.check_bridge_options().is_ok());
     }
 
     #[test]

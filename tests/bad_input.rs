@@ -240,6 +240,58 @@ fn wrong_input_is_refused_without_side_effects() {
             INVALID,
             &["wifi", "mode"],
         ),
+        case(
+            "nat network without a subnet",
+            argv(&["net", "create", "n1", "--mode", "nat"]),
+            INVALID,
+            &["a nat network needs --subnet CIDR"],
+        ),
+        case("link-local subnet", net_create("n1", "169.254.0.0/16", &[]), INVALID, &["link-local"]),
+        case(
+            "dhcp range over the gateway",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.0.1-10.10.0.20"]),
+            INVALID,
+            &["holds the gateway 10.10.0.1"],
+        ),
+        case(
+            "bridge mode with a gateway",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--gateway", "10.10.0.1"]),
+            INVALID,
+            &["--gateway means nothing in bridge mode"],
+        ),
+        case(
+            "bridge mode with a dhcp range",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--dhcp-range", "10.0.0.5-10.0.0.9"]),
+            INVALID,
+            &["--dhcp-range means nothing in bridge mode"],
+        ),
+        case(
+            "bridge mode with a domain",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--domain", "lan"]),
+            INVALID,
+            &["--domain means nothing in bridge mode"],
+        ),
+        case(
+            "network name differing only in case",
+            net_create("Default", "10.10.0.0/24", &[]),
+            CONFLICT,
+            &["differ only in case"],
+        ),
+        // Refused by the command line parser: one line that names what is wrong.
+        case(
+            "missing required option",
+            argv(&["port", "create", "--net", NET]),
+            INVALID,
+            &["the following required arguments were not provided: --vm <VM>"],
+        ),
+        case(
+            "misspelt option",
+            argv(&["net", "create", "n1", "--mode", "nat", "--subnt", "10.10.0.0/24"]),
+            INVALID,
+            &["a similar argument exists: '--subnet'"],
+        ),
+        case("unknown output format", argv(&["net", "list", "-o", "xml"]), INVALID, &["possible values: table, json"]),
+        case("empty network name", argv(&["net", "show", ""]), INVALID, &["a value is required for '<NAME>'"]),
         case("mtu not a number", net_create("n1", "10.10.0.0/24", &["--mtu", "abc"]), INVALID, &["mtu", "abc"]),
         // VLANs (refused before the kernel is asked, so this kernel's lack
         // of 802.1Q does not matter).
@@ -424,7 +476,40 @@ fn wrong_input_is_refused_without_side_effects() {
             NOT_FOUND,
             &["namespace", "netns", &missing_ns],
         ),
-        case("veth peer name taken in the namespace", port_create(NET, &spare_ns, "lo", &[]), ANY, &["lo", "exists"]),
+        case(
+            "veth peer name taken in the namespace",
+            port_create(NET, &spare_ns, "lo", &[]),
+            CONFLICT,
+            &["an interface named lo already exists in network namespace"],
+        ),
+        case(
+            "a second port of one VM on one network",
+            argv(&[
+                "port", "create", "--net", NET, "--vm", "vm1", "--type", "veth", "--netns", &spare_ns, "--ifname",
+                "eth0",
+            ]),
+            CONFLICT,
+            &["vm \"vm1\" already has port"],
+        ),
+        case(
+            "tap owner that is no user",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--owner", "nosuchuser"]),
+            INVALID,
+            &["invalid owner \"nosuchuser\": no user of that name"],
+        ),
+        case(
+            "tap group that is no group",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--group", "nosuchgroup"]),
+            INVALID,
+            &["invalid group \"nosuchgroup\": no group of that name"],
+        ),
+        case("ports of an unknown network", argv(&["port", "list", "--net", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case(
+            "delete a network that has ports",
+            argv(&["net", "delete", NET]),
+            CONFLICT,
+            &["network \"default\" has 1 port (vm1): delete them first or use `lanyard net delete default --force`"],
+        ),
         // Unknown objects.
         case("delete unknown network", argv(&["net", "delete", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),

@@ -15,6 +15,16 @@ pub trait Host: Send + Sync {
     fn resolv_conf(&self) -> String;
     /// Seconds since the epoch.
     fn now(&self) -> u64;
+    /// Whether namespace `ns` has an interface named `ifname` (a veth
+    /// peer of that name could not move there).
+    fn netns_has_link(&self, _ns: &str, _ifname: &str) -> bool {
+        false
+    }
+    /// Whether the user (`what` = "owner") or group (`what` = "group")
+    /// `name` exists; digits count as an id, as `ip tuntap` takes them.
+    fn account_exists(&self, _what: &str, _name: &str) -> bool {
+        true
+    }
 }
 
 /// The real host.
@@ -32,6 +42,34 @@ impl Host for SystemHost {
 
     fn now(&self) -> u64 {
         crate::dhcp::server::now()
+    }
+
+    fn netns_has_link(&self, ns: &str, ifname: &str) -> bool {
+        use std::os::fd::AsRawFd;
+        let (Ok(file), Ok(name)) = (std::fs::File::open(Path::new(NETNS_DIR).join(ns)), std::ffi::CString::new(ifname))
+        else {
+            return false;
+        };
+        // A thread of its own enters the namespace and ends there: the
+        // daemon's threads stay in theirs.
+        std::thread::spawn(move || {
+            // SAFETY: setns takes an open namespace file descriptor, which
+            // `file` keeps open for the call; it changes only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return false;
+            }
+            // SAFETY: `name` is a NUL-terminated string that outlives the call.
+            unsafe { libc::if_nametoindex(name.as_ptr()) != 0 }
+        })
+        .join()
+        .unwrap_or(false)
+    }
+
+    fn account_exists(&self, what: &str, name: &str) -> bool {
+        match what {
+            "owner" => crate::dataplane::tun::user_id(name).is_ok(),
+            _ => crate::dataplane::tun::group_id(name).is_ok(),
+        }
     }
 }
 

@@ -159,6 +159,9 @@ struct PortIndex {
     /// Ports per network: a Linux bridge takes at most
     /// [`BRIDGE_MAX_PORTS`].
     per_net: HashMap<String, usize>,
+    /// (network key, VM name) -> port id: a VM name is a DNS name on its
+    /// network, so one port per name and network.
+    vms: HashMap<(String, String), String>,
 }
 
 /// The most ports a Linux bridge takes (port numbers are 10 bits, 0 is
@@ -177,6 +180,7 @@ impl PortIndex {
         self.ids.insert(p.id.clone());
         self.ifnames.insert(p.ifname.clone(), p.id.clone());
         *self.per_net.entry(p.net.clone()).or_default() += 1;
+        self.vms.insert((p.net.clone(), p.vm.clone()), p.id.clone());
     }
 
     fn remove(&mut self, p: &Port) {
@@ -185,6 +189,10 @@ impl PortIndex {
         self.ifnames.remove(&p.ifname);
         if let Some(n) = self.per_net.get_mut(&p.net) {
             *n = n.saturating_sub(1);
+        }
+        let vm = (p.net.clone(), p.vm.clone());
+        if self.vms.get(&vm) == Some(&p.id) {
+            self.vms.remove(&vm);
         }
     }
 

@@ -70,6 +70,16 @@ impl Engine {
                 format!("a network named {:?} already exists in project {project:?}", spec.name)
             }));
         }
+        // `default` and `Default` side by side would be told apart by
+        // nobody reading a listing or typing a command.
+        if let Some(other) =
+            self.networks.iter().find(|n| n.project == project && n.name.eq_ignore_ascii_case(&spec.name))
+        {
+            return Err(EngineError::Conflict(format!(
+                "a network named {:?} exists; names that differ only in case are refused",
+                other.name
+            )));
+        }
         let observed = self.observe()?;
         let mut net = self.validate_network(spec, &observed)?;
         if manager.is_some() {
@@ -110,6 +120,8 @@ impl Engine {
             || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
         let mut spec = spec;
         let mode: Mode = spec.mode()?;
+        // Before the uplink's address fills in a bridge network's gateway.
+        spec.check_bridge_options()?;
         if let (Some(uplink), Some(vid)) = (spec.uplink.as_deref(), spec.vlan) {
             crate::model::validate_ifname("uplink", uplink)?;
             let backend = spec.vlan_backend.as_deref().map(str::parse).transpose()?.unwrap_or(VlanBackend::Subif);
@@ -374,6 +386,30 @@ impl Engine {
             n.autostart = autostart;
         }
         Ok(net)
+    }
+
+    /// Deletes a network (by key) as `net delete` asks: one with ports
+    /// (VMs may be running on them) only when `force`d, so that no one
+    /// loses a VM's network by naming the wrong one.
+    pub fn delete_network_checked(&mut self, name: &str, force: bool) -> Result<(), EngineError> {
+        let net = self.network(name)?;
+        let vms: Vec<&str> = self.ports.iter().filter(|p| p.net == name).map(|p| p.vm.as_str()).collect();
+        if !force && !vms.is_empty() {
+            let mut shown = vms.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            if vms.len() > 3 {
+                shown.push_str(", ...");
+            }
+            let project =
+                if net.project == DEFAULT_PROJECT { String::new() } else { format!(" --project {}", net.project) };
+            return Err(EngineError::Conflict(format!(
+                "network {:?} has {} port{} ({shown}): delete them first or use `lanyard net delete {}{project} --force`",
+                net.name,
+                vms.len(),
+                if vms.len() == 1 { "" } else { "s" },
+                net.name,
+            )));
+        }
+        self.delete_network(name)
     }
 
     /// Stops and deletes a network (by key) with its ports and leases.

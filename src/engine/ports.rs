@@ -177,11 +177,40 @@ impl Engine {
                 net.name
             )));
         }
-        if let Some((ns, _)) = &checked.peer {
+        // The VM's name is its DNS name on the network: two ports with one
+        // name would make DNS answer for whichever came last.
+        let vm = (key.clone(), spec.vm.clone());
+        if let Some(id) = self.index.vms.get(&vm) {
+            return Err(EngineError::Conflict(format!(
+                "vm {:?} already has port {id} on network {:?} (its DNS name there); give this port another --vm",
+                spec.vm, net.name
+            )));
+        }
+        if batch.vms.contains_key(&vm) {
+            return Err(EngineError::Conflict(format!("vm {:?} is given twice on network {:?}", spec.vm, net.name)));
+        }
+        if let Some((ns, ifname)) = &checked.peer {
             if !self.host.netns_exists(ns) {
                 return Err(EngineError::NotFound(format!(
                     "no network namespace named {ns:?} (create it with `ip netns add {ns}`)"
                 )));
+            }
+            if self.host.netns_has_link(ns, ifname) {
+                return Err(EngineError::Conflict(format!(
+                    "an interface named {ifname} already exists in network namespace {ns:?}; give another --ifname"
+                )));
+            }
+        }
+        // Checked here, not when the TAP is made: a user or group that does
+        // not exist is a mistake in the request.
+        for (what, name) in [("owner", &spec.owner), ("group", &spec.group)] {
+            if let Some(name) = name.as_deref().filter(|n| !self.host.account_exists(what, n)) {
+                let kind = if what == "owner" { "user" } else { "group" };
+                return Err(EngineError::Invalid(ModelError::Invalid {
+                    what,
+                    value: name.to_string(),
+                    why: format!("no {kind} of that name on this host"),
+                }));
             }
         }
         if let Some(tap) = &checked.adopt {

@@ -183,8 +183,63 @@ fn spec(name: &str, mode: &str, subnet: &str) -> NetworkSpec {
     NetworkSpec { name: name.into(), mode: mode.into(), subnet: subnet.into(), ..Default::default() }
 }
 
+/// A VM name no other port has: one port per VM name and network.
+fn next_vm() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("vm{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+#[test]
+fn one_port_per_vm_name_and_network() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "open", "10.1.0.0/24")).unwrap();
+    r.engine.create_network(spec("b", "open", "10.2.0.0/24")).unwrap();
+    let named = |net: &str| PortSpec { net: net.into(), vm: "web".into(), ..Default::default() };
+    let first = r.engine.create_port(named("a")).unwrap();
+    let before = r.world();
+    let e = r.engine.create_port(named("a")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains(&format!("vm \"web\" already has port {} on network \"a\"", first.id)), "{e}");
+    let e = r.engine.create_ports(vec![named("b"), named("b")]).unwrap_err();
+    assert!(e.to_string().contains("vm \"web\" is given twice"), "{e}");
+    assert_eq!(r.world(), before);
+    r.engine.create_port(named("b")).unwrap();
+    r.engine.delete_port(&first.id).unwrap();
+    r.engine.create_port(named("a")).unwrap();
+}
+
+#[test]
+fn networks_differing_only_in_case_are_refused() {
+    let mut r = rig();
+    r.engine.create_network(spec("default", "nat", "10.1.0.0/24")).unwrap();
+    let e = r.engine.create_network(spec("Default", "nat", "10.2.0.0/24")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("differ only in case"), "{e}");
+}
+
+#[test]
+fn a_network_with_ports_is_deleted_only_when_forced() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    for vm in ["vm1", "vm2", "vm3", "vm4"] {
+        r.engine.create_port(PortSpec { net: "a".into(), vm: vm.into(), ..Default::default() }).unwrap();
+    }
+    let before = r.world();
+    let e = r.engine.delete_network_checked("a", false).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "network \"a\" has 4 ports (vm1, vm2, vm3, ...): delete them first or use `lanyard net delete a --force`"
+    );
+    assert_eq!(r.world(), before);
+    r.engine.delete_network_checked("a", true).unwrap();
+    assert!(r.engine.networks().is_empty() && r.engine.ports(None, None).is_empty());
+    r.engine.create_network(spec("b", "nat", "10.2.0.0/24")).unwrap();
+    r.engine.delete_network_checked("b", false).unwrap();
+}
+
 fn port(net: &str) -> PortSpec {
-    PortSpec { net: net.into(), vm: "vm".into(), ..Default::default() }
+    PortSpec { net: net.into(), vm: next_vm(), ..Default::default() }
 }
 
 #[test]
@@ -290,7 +345,7 @@ fn ports_get_unique_macs_and_ips() {
     e.create_network(spec("a", "open", "10.1.0.0/29")).unwrap();
     let p = |ip: Option<&str>, mac: Option<&str>| PortSpec {
         net: "a".into(),
-        vm: "vm".into(),
+        vm: next_vm(),
         ip: ip.map(Into::into),
         mac: mac.map(Into::into),
         ..Default::default()
@@ -312,12 +367,8 @@ fn ports_get_unique_macs_and_ips() {
 fn a_batch_is_all_or_nothing() {
     let mut r = rig();
     r.engine.create_network(spec("a", "open", "10.1.0.0/24")).unwrap();
-    let p = |mac: Option<&str>| PortSpec {
-        net: "a".into(),
-        vm: "vm".into(),
-        mac: mac.map(Into::into),
-        ..Default::default()
-    };
+    let p =
+        |mac: Option<&str>| PortSpec { net: "a".into(), vm: next_vm(), mac: mac.map(Into::into), ..Default::default() };
     let before = r.world();
     let err =
         r.engine.create_ports(vec![p(None), p(Some("52:54:00:00:00:07")), p(Some("52:54:00:00:00:07"))]).unwrap_err();
@@ -519,7 +570,7 @@ fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
     let ip: Ipv4Addr = "10.1.0.5".parse().unwrap();
     let port = r
         .engine
-        .create_port(PortSpec { net: "a".into(), vm: "vm".into(), ip: Some(ip.to_string()), ..Default::default() })
+        .create_port(PortSpec { net: "a".into(), vm: next_vm(), ip: Some(ip.to_string()), ..Default::default() })
         .unwrap();
     // The guest leased its fixed IP until 1000 + 3600.
     let lease = Lease {
@@ -596,8 +647,7 @@ mod managers {
         assert!(log.iter().all(|l| !l.contains("create bridge") && !l.contains("set address")), "{log:?}");
         let k = r.kernel.snapshot();
         assert_eq!(k.observed.links["br100"].addrs, vec!["10.100.0.1/24".parse().unwrap()], "the host is the gateway");
-        let port =
-            r.engine.create_port(PortSpec { net: "flat".into(), vm: "vm".into(), ..Default::default() }).unwrap();
+        let port = r.engine.create_port(PortSpec { net: "flat".into(), vm: next_vm(), ..Default::default() }).unwrap();
         assert!(port.ip.is_some(), "a flat port has its fixed IP from the subnet");
         assert_eq!(r.kernel.snapshot().observed.links[&port.ifname].master.as_deref(), Some("br100"));
         // A restart finds it as it left it.
@@ -925,7 +975,7 @@ mod vlans {
         with_nic(&r, "eth0", 1500);
         r.refuses_cleanly("add vlan 10 to eth0", |e| e.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)));
         r.engine.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)).unwrap();
-        let port = PortSpec { net: "v10".into(), vm: "vm".into(), ..Default::default() };
+        let port = PortSpec { net: "v10".into(), vm: next_vm(), ..Default::default() };
         r.refuses_cleanly("remove vlan 1 from ly*", |e| e.create_port(port.clone()));
     }
 }
