@@ -37,6 +37,9 @@ pub enum DaemonError {
     /// Another daemon answers on the socket.
     #[error("another lanyard daemon is already serving {0}; stop it first or pick another --socket")]
     AlreadyRunning(String),
+    /// Another daemon holds the state directory's lock.
+    #[error("another lanyard daemon{0} uses the state directory {1}; stop it first or give another --state-dir")]
+    StateDirLocked(String, String),
     /// The state database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -103,6 +106,40 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Takes the state directory's lock (`lock`, flock'ed, holding the pid):
+/// two daemons on one state would both serve DHCP on its bridges and undo
+/// each other's changes. The lock lasts as long as the returned file is
+/// open, and the kernel drops it when the process dies, however it dies.
+pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("cannot open the lock file", &path))?;
+    // SAFETY: flock takes a file descriptor, which `file` keeps open for
+    // the call; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err("cannot lock", &path)(e));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim().parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        return Err(DaemonError::StateDirLocked(pid, dir.display().to_string()));
+    }
+    let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.map_err(io_err("cannot write", &path))?;
+    Ok(file)
+}
+
 /// Runs the daemon until a termination signal.
 pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(), DaemonError> {
     let group = match &options.socket_group {
@@ -117,6 +154,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         tls::server_config(&l.cert, &l.key)?;
     }
     prepare_state_dir(state_dir)?;
+    let _lock = lock_state_dir(state_dir)?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
     }
@@ -197,5 +235,25 @@ mod tests {
         prepare_state_dir(&old).unwrap();
         assert_eq!(mode(&old), 0o500, "a stricter mode is kept");
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn one_daemon_per_state_dir() {
+        let dir = std::env::temp_dir().join(format!("lanyard-state-lock-{}", std::process::id()));
+        prepare_state_dir(&dir).unwrap();
+        let held = lock_state_dir(&dir).unwrap();
+        // flock locks belong to the open file: a second open is a second daemon.
+        let e = lock_state_dir(&dir).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "another lanyard daemon (pid {}) uses the state directory {}; stop it first or give another --state-dir",
+                std::process::id(),
+                dir.display()
+            )
+        );
+        drop(held);
+        drop(lock_state_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
