@@ -140,6 +140,44 @@ pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
     Ok(file)
 }
 
+/// The kernel's boot id now and the one of the daemon's last start (in
+/// `STATE/boot_id`): autostart applies when they differ, i.e. at the
+/// daemon's first start after the host booted, as virsh's does at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootId {
+    /// This boot's id (None when the kernel does not say).
+    pub now: Option<String>,
+    /// The id stored at the last start (None before the first).
+    pub last: Option<String>,
+}
+
+/// Where the kernel tells its boot id, new at every boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+impl BootId {
+    /// Reads both ids.
+    pub fn read(state_dir: &Path) -> BootId {
+        let read = |p: &Path| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        BootId { now: read(Path::new(BOOT_ID)), last: read(&state_dir.join("boot_id")) }
+    }
+
+    /// Whether the host booted since the last start; None when either id
+    /// is unknown (the engine then takes missing bridges for a boot).
+    pub fn booted(&self) -> Option<bool> {
+        Some(self.now.as_ref()? != self.last.as_ref()?)
+    }
+
+    /// Stores this boot's id for the next start.
+    pub fn remember(&self, state_dir: &Path) {
+        let Some(now) = &self.now else { return };
+        if self.last.as_ref() != Some(now) {
+            if let Err(e) = std::fs::write(state_dir.join("boot_id"), format!("{now}\n")) {
+                tracing::warn!("cannot store the boot id in {}: {e}", state_dir.display());
+            }
+        }
+    }
+}
+
 /// Runs the daemon until a termination signal.
 pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(), DaemonError> {
     let group = match &options.socket_group {
@@ -170,10 +208,14 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
     // Monitors first: what changes while the engine reconciles is seen.
     let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;
-    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost) };
+    let boot = BootId::read(state_dir);
+    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost { booted: boot.booted() }) };
     let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
+    // Only once the boot's autostart is done: a start that fails before
+    // tries it again.
+    boot.remember(state_dir);
     let shared = Arc::new(Mutex::new(engine));
     let healer = healer::Healer::start(shared.clone(), monitors);
     crate::fault::arm();
@@ -235,6 +277,20 @@ mod tests {
         prepare_state_dir(&old).unwrap();
         assert_eq!(mode(&old), 0o500, "a stricter mode is kept");
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn the_boot_id_tells_a_boot_from_a_restart() {
+        let dir = std::env::temp_dir().join(format!("lanyard-boot-id-{}", std::process::id()));
+        prepare_state_dir(&dir).unwrap();
+        let first = BootId::read(&dir);
+        assert!(first.now.is_some(), "Linux tells its boot id");
+        assert_eq!(first.booted(), None, "no id stored yet: unknown");
+        first.remember(&dir);
+        assert_eq!(BootId::read(&dir).booted(), Some(false), "a restart");
+        std::fs::write(dir.join("boot_id"), "another-boot\n").unwrap();
+        assert_eq!(BootId::read(&dir).booted(), Some(true), "a boot");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

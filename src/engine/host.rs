@@ -15,6 +15,11 @@ pub trait Host: Send + Sync {
     fn resolv_conf(&self) -> String;
     /// Seconds since the epoch.
     fn now(&self) -> u64;
+    /// Whether the host booted since the daemon last started, if known:
+    /// autostart applies at boot, not at every daemon restart.
+    fn booted(&self) -> Option<bool> {
+        None
+    }
     /// Whether namespace `ns` has an interface named `ifname` (a veth
     /// peer of that name could not move there).
     fn netns_has_link(&self, _ns: &str, _ifname: &str) -> bool {
@@ -29,9 +34,17 @@ pub trait Host: Send + Sync {
 
 /// The real host.
 #[derive(Debug, Default)]
-pub struct SystemHost;
+pub struct SystemHost {
+    /// Whether the host booted since the daemon last started (the daemon
+    /// compares the kernel's boot id with the one it stored), if known.
+    pub booted: Option<bool>,
+}
 
 impl Host for SystemHost {
+    fn booted(&self) -> Option<bool> {
+        self.booted
+    }
+
     fn netns_exists(&self, name: &str) -> bool {
         Path::new(NETNS_DIR).join(name).exists()
     }
@@ -80,6 +93,8 @@ pub struct FakeHost {
     pub netns: std::sync::Mutex<Vec<String>>,
     /// The clock.
     pub time: u64,
+    /// What [`Host::booted`] says.
+    pub booted: Option<bool>,
 }
 
 impl Host for FakeHost {
@@ -93,5 +108,9 @@ impl Host for FakeHost {
 
     fn now(&self) -> u64 {
         self.time
+    }
+
+    fn booted(&self) -> Option<bool> {
+        self.booted
     }
 }

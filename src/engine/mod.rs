@@ -325,8 +325,12 @@ impl Engine {
 
     /// After a host reboot the kernel has none of lanyard's bridges: like
     /// libvirt, networks come back only if they are marked autostart. A
-    /// daemon restart finds the bridges in place and keeps networks active.
+    /// daemon restart keeps every network as it was: an active one whose
+    /// bridge went meanwhile is re-created (drift is healed), and one the
+    /// user stopped stays stopped, autostart or not. When the host cannot
+    /// tell whether it booted, a missing bridge is taken for a reboot.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        let booted = self.host.booted();
         let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
@@ -372,12 +376,12 @@ impl Engine {
                 }
                 self.store.put_network(net)?;
             }
-            let want = if net.autostart {
-                NetState::Active
-            } else if present {
-                net.state
-            } else {
-                NetState::Inactive
+            let want = match booted {
+                Some(false) => net.state,
+                Some(true) | None if net.autostart => NetState::Active,
+                Some(true) => NetState::Inactive,
+                None if present => net.state,
+                None => NetState::Inactive,
             };
             if want != net.state {
                 net.state = want;

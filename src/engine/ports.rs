@@ -73,8 +73,23 @@ impl Engine {
     fn commit_ports(&mut self, ports: &[Port]) -> Result<(), EngineError> {
         let names: Vec<String> =
             ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let active: Vec<&crate::model::Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.state == NetState::Active && ports.iter().any(|p| p.net == n.key()))
+            .collect();
+        names.extend(active.iter().map(|n| n.bridge.as_str()));
         let links = self.kernel.observe_links(&names)?;
+        // A bridge gone (or taken) under lanyard is the healer's to restore
+        // (or to stop the network); until then a port cannot join it.
+        if let Some(n) = active.iter().find(|n| !links.get(&n.bridge).is_some_and(|l| l.owned() || n.adopted)) {
+            return Err(EngineError::Conflict(format!(
+                "network {:?} has lost its bridge {} (see `lanyard status` and the daemon's log); try again once \
+                 it is restored",
+                n.name, n.bridge
+            )));
+        }
         let mut ops = Vec::new();
         for p in ports {
             let net = self.networks.iter().find(|n| n.key() == p.net && n.state == NetState::Active);

@@ -118,7 +118,7 @@ fn rig() -> Rig {
         inner: SqliteStore::in_memory().expect("in-memory store"),
         broken: AtomicBool::new(false),
     });
-    let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 };
+    let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000, booted: None };
     let engine = Engine::start(Parts {
         store: store.clone(),
         kernel: kernel.clone(),
@@ -137,7 +137,7 @@ impl Rig {
             store: self.store.clone(),
             kernel: self.kernel.clone(),
             services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time, booted: None }),
         })
     }
 
@@ -407,6 +407,24 @@ mod healing {
         let net = r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
         let ports = r.engine.create_ports(vec![port("a"), port("a")]).unwrap();
         (r, net, ports)
+    }
+
+    #[test]
+    fn a_bridge_whose_name_someone_else_took_stops_its_network() {
+        let (mut r, net, ports) = healthy();
+        let foreign = crate::kernel::ObservedLink { name: net.bridge.clone(), mtu: 1500, ..Default::default() };
+        r.kernel.tamper(|s| {
+            s.observed.links.insert(net.bridge.clone(), foreign.clone());
+        });
+        r.engine.heal(&[link_gone(&net.bridge)]).unwrap();
+        assert_eq!(r.engine.network("a").unwrap().state, NetState::Inactive, "shown as it is");
+        assert_eq!(r.store.networks().unwrap()[0].state, NetState::Inactive);
+        assert!(!r.engine.services.running("a"));
+        assert_eq!(r.kernel.snapshot().observed.links[&net.bridge], foreign, "the foreign link is untouched");
+        assert!(r.engine.repair_stats().last.unwrap().contains("took its bridge's name"));
+        // Ports stay, detached, as on any stopped network; a new one too.
+        assert_eq!(r.engine.ports(None, None).len(), ports.len());
+        r.engine.create_port(port("a")).unwrap();
     }
 
     #[test]
@@ -1378,4 +1396,60 @@ fn no_vlan_subnet_or_address_is_ever_held_twice() {
             }
         }
     }
+}
+
+#[test]
+fn a_port_on_a_network_whose_bridge_vanished_is_refused_and_leaves_no_tap() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let bridge = r.engine.network("a").unwrap().bridge;
+    r.kernel.tamper(|s| {
+        s.observed.links.remove(&bridge);
+    });
+    let before = r.world();
+    let e = r.engine.create_port(port("a")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("has lost its bridge lybr0"), "{e}");
+    assert_eq!(r.world(), before, "no TAP, no record, no address left");
+}
+
+/// A daemon restart after a host boot (`booted`), or not, on the state of
+/// `r` with an empty kernel (what a boot leaves) when `booted`.
+fn started(r: &Rig, booted: Option<bool>, kernel: Arc<FakeKernel>) -> Engine {
+    Engine::start(Parts {
+        store: r.store.clone(),
+        kernel,
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost { booted, ..Default::default() }),
+    })
+    .unwrap()
+}
+
+#[test]
+fn autostart_applies_at_boot_and_a_stopped_network_stays_stopped_across_restarts() {
+    let mut r = rig();
+    for (name, subnet) in [("auto", "10.1.0.0/24"), ("plain", "10.2.0.0/24"), ("stopped", "10.3.0.0/24")] {
+        r.engine.create_network(spec(name, "nat", subnet)).unwrap();
+    }
+    r.engine.set_autostart("auto", true).unwrap();
+    r.engine.set_autostart("stopped", true).unwrap();
+    r.engine.set_active("stopped", false).unwrap();
+    let states = |e: &Engine| -> Vec<NetState> {
+        ["auto", "plain", "stopped"].iter().map(|n| e.network(n).unwrap().state).collect()
+    };
+    use NetState::{Active, Inactive};
+    // A daemon restart: the stopped autostart network stays stopped.
+    let e = started(&r, Some(false), r.kernel.clone());
+    assert_eq!(states(&e), [Active, Active, Inactive]);
+    drop(e);
+    // A bridge deleted while the daemon was down is drift: it comes back.
+    let plain = r.engine.network("plain").unwrap().bridge;
+    r.kernel.apply_op(&crate::kernel::Op::DeleteLink { name: plain.clone() }).unwrap();
+    let e = started(&r, Some(false), r.kernel.clone());
+    assert_eq!(states(&e), [Active, Active, Inactive]);
+    assert!(r.kernel.snapshot().observed.links.contains_key(&plain), "the bridge is re-created");
+    drop(e);
+    // A boot: only autostart networks come up, the stopped one too.
+    let e = started(&r, Some(true), Arc::new(FakeKernel::default()));
+    assert_eq!(states(&e), [Active, Inactive, Active]);
 }
