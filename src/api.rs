@@ -627,14 +627,25 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             )
             .route(
                 "/v1/ports/{id}",
-                axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                get(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
                     with_engine(s, move |e| {
                         e.check_port(&id, caller.scope(None)?.as_deref())?;
-                        e.delete_port(&id)
+                        let port = e.ports(None, None).into_iter().find(|p| p.id == id);
+                        let port = port.ok_or_else(|| EngineError::Internal(format!("port {id} went")))?;
+                        Ok(Json(e.port_view(port)))
                     })
                     .await
-                    .map(|()| StatusCode::NO_CONTENT)
-                }),
+                })
+                .delete(
+                    |State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                        with_engine(s, move |e| {
+                            e.check_port(&id, caller.scope(None)?.as_deref())?;
+                            e.delete_port(&id)
+                        })
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
             )
             .route(
                 "/v1/ports/{id}/config",
@@ -902,6 +913,21 @@ mod tests {
         assert_eq!(got, 405, "{v}");
     }
 
+    #[tokio::test]
+    async fn one_port_is_shown_by_its_id() {
+        let app = app();
+        assert_eq!(send(&app, "POST", "/v1/networks", JSON, NET.as_bytes()).await.0, 201);
+        let body = br#"{"net":"n1","vm":"web1","mac":"52:54:00:00:00:05"}"#;
+        let (_, made, _) = send(&app, "POST", "/v1/ports", JSON, body).await;
+        let id = made["id"].as_str().unwrap();
+        let (got, shown, _) = send(&app, "GET", &format!("/v1/ports/{id}"), None, b"").await;
+        assert_eq!(got, 200, "{shown}");
+        assert_eq!(shown, made, "the port as it was created, QEMU arguments and all");
+        assert!(shown["qemu_args"].as_str().unwrap().contains("mac=52:54:00:00:00:05"), "{shown}");
+        let (got, v, _) = send(&app, "GET", "/v1/ports/nope", None, b"").await;
+        assert_eq!((got, v["kind"].as_str()), (404, Some("not_found")), "{v}");
+    }
+
     #[test]
     fn long_messages_lose_their_middle() {
         assert_eq!(elide("short", 512), "short");
@@ -1090,7 +1116,9 @@ mod tests {
             same_404(&theirs, &missing, "nosuch", "red", uri);
         }
         let fake = "0000beef";
-        for (method, uri) in [("DELETE", "/v1/ports/ID"), ("GET", "/v1/ports/ID/config?format=cloud-init")] {
+        for (method, uri) in
+            [("DELETE", "/v1/ports/ID"), ("GET", "/v1/ports/ID"), ("GET", "/v1/ports/ID/config?format=cloud-init")]
+        {
             let theirs = send_as(&app, blue, method, &uri.replace("ID", &red_port), b"").await;
             let missing = send_as(&app, blue, method, &uri.replace("ID", fake), b"").await;
             same_404(&theirs, &missing, fake, &red_port, uri);

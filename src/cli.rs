@@ -322,6 +322,15 @@ pub enum PortCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Show one port: its row and, for a TAP, the QEMU arguments.
+    Show {
+        /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Delete a port.
     Delete {
         /// Port id (see `lanyard port list`).
@@ -1182,6 +1191,16 @@ fn port_rows(v: &Value, projects: bool) -> String {
     table(&project_headers(projects, &["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP", "VLAN"]), &rows)
 }
 
+/// One port (`port create`, `port show`): its row and, for a TAP, the
+/// QEMU arguments that use it.
+fn port_detail(p: &Value) -> String {
+    let mut t = port_rows(&Value::Array(vec![p.clone()]), false);
+    if let Some(q) = p["qemu_args"].as_str() {
+        t.push_str(&format!("\nQEMU: {}\n", printable(q)));
+    }
+    t
+}
+
 fn lease_rows(v: &Value) -> String {
     let rows: Vec<Vec<String>> = v
         .as_array()
@@ -1441,13 +1460,11 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         }
         Command::Port(PortCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/ports", body.as_ref())?;
-            print(out.output, &v, |p| {
-                let mut t = port_rows(&Value::Array(vec![p.clone()]), false);
-                if let Some(q) = p["qemu_args"].as_str() {
-                    t.push_str(&format!("\nQEMU: {}\n", printable(q)));
-                }
-                t
-            })?;
+            print(out.output, &v, port_detail)?;
+        }
+        Command::Port(PortCommand::Show { id, out }) => {
+            let v = c.call("GET", &format!("/v1/ports/{}", pct(&id)), None)?;
+            print(out.output, &v, port_detail)?;
         }
         Command::Port(PortCommand::CreateBatch { file, out }) => {
             let text = if file.as_os_str() == "-" {

@@ -515,6 +515,7 @@ fn wrong_input_is_refused_without_side_effects() {
         case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("leases of unknown network", argv(&["lease", "list", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
+        case("show unknown port", argv(&["port", "show", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
         // Projects.
         case(
             "network in an unknown project",
