@@ -12,6 +12,10 @@ use serde_json::{json, Value};
 
 use crate::model::DEFAULT_PROJECT;
 
+/// `lanyard --version`: the release and the git commit it was built from
+/// ("unknown" when built outside git).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LANYARD_COMMIT"), ")");
+
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/lanyard.sock";
 /// Default state directory.
@@ -19,7 +23,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanyard";
 
 /// lanyard: virtual networks for virtual machines.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about)]
+#[command(name = "lanyard", version = VERSION, about)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "LANYARD_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -1817,6 +1821,15 @@ mod tests {
         for argv in ["lanyard port create --net n1", "lanyard net list -o xml", "lanyard net lst"] {
             assert_eq!(line(argv).lines().count(), 1, "{argv}");
         }
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        let e = Cli::try_parse_from(["lanyard", "--version"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("lanyard {} (commit ", env!("CARGO_PKG_VERSION"))), "{text}");
+        let commit = env!("LANYARD_COMMIT");
+        assert!(commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
     }
 
     #[test]
