@@ -83,6 +83,10 @@ pub enum Command {
         /// The TLS private key for --listen (PEM).
         #[arg(long, env = "LANYARD_TLS_KEY", value_name = "PEM")]
         tls_key: Option<PathBuf>,
+        /// What to log: error, warn, info, debug or trace, or a `tracing`
+        /// filter such as `lanyard::dhcp=debug,info`.
+        #[arg(long, env = "LANYARD_LOG", value_name = "FILTER", default_value = "info")]
+        log_level: String,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]

@@ -43,8 +43,16 @@ fn main() {
         }
     };
     match cli.command {
-        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key } => {
+        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key, log_level } => {
             // Checked before anything starts: a wrong option changes nothing.
+            let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
+                Ok(f) => f,
+                Err(e) => {
+                    let shown = lanyard::cli::printable(&log_level).into_owned();
+                    eprintln!("error: invalid --log-level (or LANYARD_LOG) {shown:?}: {e}");
+                    std::process::exit(2);
+                }
+            };
             let options = match lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key) {
                 Ok(o) => o,
                 Err(e) => {
@@ -53,9 +61,7 @@ fn main() {
                 }
             };
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
-                )
+                .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();

@@ -717,6 +717,14 @@ fn wrong_input_is_refused_without_side_effects() {
             &["--listen 127.0.0.1:7444 needs --tls-cert PEM and --tls-key PEM"],
         ),
         case(
+            "--log-level that is no level",
+            // --listen without its PEMs too: were the level taken, the
+            // daemon would still stop before it starts.
+            argv(&["daemon", "--log-level", "lanyard=loud", "--listen", "127.0.0.1:7444", "--state-dir", &never_state]),
+            INVALID,
+            &["invalid --log-level (or LANYARD_LOG) \"lanyard=loud\""],
+        ),
+        case(
             "--listen without a key",
             argv(&["daemon", "--listen", "127.0.0.1:7444", "--tls-cert", "/etc/hostname", "--state-dir", &never_state]),
             INVALID,
