@@ -559,6 +559,19 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 }),
             )
             .route(
+                "/v1/networks/{name}/leases/{lease}",
+                axum::routing::delete(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path((name, lease)): Path<(String, String)>,
+                     uri: Uri| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.delete_lease(&key, &lease))
+                            .await
+                            .map(|_| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
                 "/v1/ports",
                 get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
                     let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;

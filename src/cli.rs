@@ -467,6 +467,23 @@ pub enum LeaseCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Forget a guest's dynamic lease: its address is free again at once
+    /// (a port's fixed address goes only with the port).
+    Delete(LeaseDelete),
+}
+
+/// The arguments of `lanyard lease delete`.
+#[derive(Debug, Args)]
+pub struct LeaseDelete {
+    /// Network name.
+    #[arg(value_parser = NonEmpty::new())]
+    pub net: String,
+    /// The lease's IP address, or its client's MAC.
+    #[arg(value_parser = NonEmpty::new())]
+    pub lease: String,
+    /// The network's project (default: `default`, or the token's).
+    #[arg(long)]
+    pub project: Option<String>,
 }
 
 /// `lanyard manager ...`
@@ -1535,6 +1552,16 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v =
                 c.call("GET", &with_project(&format!("/v1/networks/{}/leases", pct(&net)), project.as_deref()), None)?;
             print(out.output, &v, lease_rows)?;
+        }
+        Command::Lease(LeaseCommand::Delete(LeaseDelete { net, lease, project })) => {
+            let path = format!("/v1/networks/{}/leases/{}", pct(&net), pct(&lease));
+            c.call("DELETE", &with_project(&path, project.as_deref()), None)?;
+            emit(&format!(
+                "Lease {} on {}{} deleted\n",
+                printable(&lease),
+                printable(&net),
+                in_project(project.as_deref())
+            ))?;
         }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
             let v = c.call("PUT", "/v1/managers/vlan", body.as_ref())?;

@@ -514,6 +514,18 @@ fn wrong_input_is_refused_without_side_effects() {
         case("delete unknown network", argv(&["net", "delete", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("leases of unknown network", argv(&["lease", "list", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case(
+            "delete a lease nobody holds",
+            argv(&["lease", "delete", NET, "192.168.122.99"]),
+            NOT_FOUND,
+            &["no lease of 192.168.122.99 on network \"default\""],
+        ),
+        case(
+            "delete a lease named by neither IP nor MAC",
+            argv(&["lease", "delete", NET, "banana"]),
+            INVALID,
+            &["banana"],
+        ),
         case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
         case("show unknown port", argv(&["port", "show", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
         // Projects.

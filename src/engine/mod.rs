@@ -19,6 +19,7 @@
 //! - [`networks`]: create, delete, start, stop, autostart;
 //! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
+//! - [`leases`]: delete (an operator forgets a guest's lease);
 //! - [`projects`]: create, delete, and (project, name) -> network key;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
@@ -29,6 +30,7 @@ pub mod access;
 pub mod config;
 pub mod heal;
 pub mod host;
+pub mod leases;
 pub mod managers;
 pub mod networks;
 pub mod ports;

@@ -1453,3 +1453,34 @@ fn autostart_applies_at_boot_and_a_stopped_network_stays_stopped_across_restarts
     let e = started(&r, Some(true), Arc::new(FakeKernel::default()));
     assert_eq!(states(&e), [Active, Inactive, Active]);
 }
+
+#[test]
+fn a_dynamic_lease_is_deleted_by_ip_or_mac_and_a_fixed_one_never() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let port = r.engine.create_port(port("a")).unwrap();
+    let book = r.engine.books.get("a").cloned().unwrap();
+    let lease = |mac: Mac| {
+        let mut b = lock(&book);
+        let ip = b.offer(mac, None, 1000).unwrap();
+        let l = b.ack(mac, ip, 1000, 3600, None, None).unwrap();
+        r.store.write_leases(&[crate::store::LeaseChange::Upsert(l.clone())]).unwrap();
+        l
+    };
+    let one = lease(Mac([0x52, 0x54, 0, 1, 1, 1]));
+    let two = lease(Mac([0x52, 0x54, 0, 2, 2, 2]));
+    let fixed = lease(port.mac);
+    assert_eq!(r.engine.leases("a").unwrap().len(), 3);
+    assert_eq!(r.engine.delete_lease("a", &one.ip.to_string()).unwrap(), one);
+    assert_eq!(r.engine.delete_lease("a", "52:54:00:02:02:02").unwrap(), two);
+    assert_eq!(r.engine.leases("a").unwrap(), vec![fixed.clone()]);
+    assert_eq!(r.store.leases().unwrap(), vec![fixed.clone()], "the store agrees");
+    let e = r.engine.delete_lease("a", &fixed.ip.to_string()).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)) && e.to_string().contains("delete the port instead"), "{e}");
+    let e = r.engine.delete_lease("a", &one.ip.to_string()).unwrap_err();
+    assert!(matches!(e, EngineError::NotFound(_)), "{e}");
+    let e = r.engine.delete_lease("a", "banana").unwrap_err();
+    assert!(matches!(e, EngineError::Invalid(_)), "{e}");
+    // Its address is free again at once.
+    assert_eq!(lock(&book).offer(Mac([0x52, 0x54, 0, 3, 3, 3]), Some(one.ip), 1000).unwrap(), one.ip);
+}
