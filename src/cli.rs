@@ -177,6 +177,9 @@ pub enum NetCommand {
         /// DNS domain for guests (default: the network name).
         #[arg(long)]
         domain: Option<String>,
+        /// DHCP lease time in seconds (default 3600), 120 to 31536000.
+        #[arg(long, value_name = "SECS")]
+        lease_time: Option<u32>,
         /// Start the network at boot.
         #[arg(long)]
         autostart: bool,
@@ -1141,6 +1144,7 @@ fn network_detail(n: &Value) -> String {
         ("Gateway", s(&n["gateway"])),
         ("DHCP range", range),
         ("Domain", s(&n["domain"])),
+        ("Lease time", format!("{} s", n["lease_time"].as_u64().unwrap_or(crate::dhcp::DEFAULT_LEASE_SECS.into()))),
         ("MTU", s(&n["mtu"])),
         ("Uplink", s(&n["uplink"])),
         ("VLAN", s(&n["vlan"])),
@@ -1316,6 +1320,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             bridge,
             mtu,
             domain,
+            lease_time,
             autostart,
             project,
             out: _,
@@ -1324,7 +1329,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
             "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-            "autostart": autostart, "project": project,
+            "autostart": autostart, "project": project, "lease_time": lease_time,
         })),
         Command::Project(ProjectCommand::Create { name, description, out: _ }) => {
             Some(json!({ "name": name, "description": description }))
@@ -1750,10 +1755,12 @@ mod tests {
         // every flag given, must be one the request type declares.
         let body = body_of(&parse(
             "lanyard net create n1 --mode bridge --subnet 10.0.0.0/24 --uplink eth0 --gateway 10.0.0.1 \
-             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart -o json",
+             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart \
+             --lease-time 600 -o json",
         ))
         .unwrap();
         let spec: crate::model::NetworkSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.lease_time, Some(600));
         assert_eq!((spec.uplink.as_deref(), spec.mtu, spec.autostart), (Some("eth0"), Some(9000), Some(true)));
         let body = body_of(&parse(
             "lanyard port create --net n1 --vm vm1 --type veth --netns ns1 --ifname eth0 --mac 52:54:00:00:00:01 \
@@ -1918,7 +1925,7 @@ mod tests {
         let t = port_rows(&ports, true);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
-        assert!(inert(&t) && t.lines().count() == 16, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 17, "{t:?}");
         let t = project_rows(&json!([{"name": "p", "description": hostile, "created": 0, "networks": 1, "ports": 0}]));
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));

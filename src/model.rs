@@ -185,6 +185,9 @@ pub struct NetworkSpec {
     /// nova-network's manager: "flat" or "flatdhcp" (the mode is then nat).
     #[serde(default)]
     pub manager: Option<String>,
+    /// DHCP lease time in seconds (default one hour).
+    #[serde(default)]
+    pub lease_time: Option<u32>,
 }
 
 /// nova-network's network managers, as network kinds.
@@ -359,6 +362,9 @@ pub struct Network {
     /// and replies to connections made to them still flow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub egress_denied: bool,
+    /// DHCP lease time in seconds; None: the default, one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_time: Option<u32>,
 }
 
 impl Network {
@@ -589,7 +595,13 @@ impl NetworkSpec {
         if self.mode()? != Mode::Bridge {
             return Ok(());
         }
-        let given = [("--gateway", &self.gateway), ("--dhcp-range", &self.dhcp_range), ("--domain", &self.domain)];
+        let lease_time = self.lease_time.map(|t| t.to_string());
+        let given = [
+            ("--gateway", &self.gateway),
+            ("--dhcp-range", &self.dhcp_range),
+            ("--domain", &self.domain),
+            ("--lease-time", &lease_time),
+        ];
         match given.iter().find(|(_, v)| v.is_some()) {
             Some((flag, v)) => Err(invalid(
                 "option",
@@ -707,6 +719,7 @@ impl NetworkSpec {
         }
         let domain = self.domain.clone().unwrap_or_else(|| self.name.clone());
         validate_domain(&domain)?;
+        let lease_time = self.lease_time.map(validate_lease_time).transpose()?;
         if let Some(v) = self.vlan {
             if !(1..=VLAN_MAX).contains(&v) {
                 return Err(invalid("vlan", v, format!("VLAN ids are 1 to {VLAN_MAX}")));
@@ -770,7 +783,21 @@ impl NetworkSpec {
             manager,
             adopted: false,
             egress_denied: false,
+            lease_time,
         })
+    }
+}
+
+/// The shortest and longest DHCP lease times taken: dnsmasq's minimum
+/// (shorter ones flood the server with renewals) and a year.
+pub const LEASE_TIME_RANGE: std::ops::RangeInclusive<u32> = 120..=31_536_000;
+
+/// Checks a DHCP lease time in seconds.
+pub fn validate_lease_time(secs: u32) -> Result<u32, ModelError> {
+    if LEASE_TIME_RANGE.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(invalid("lease time", secs, "give seconds from 120 (two minutes) to 31536000 (a year)"))
     }
 }
 
@@ -1224,6 +1251,19 @@ mod tests {
         s.gateway = Some("10.1.0.55".into());
         s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
         assert!(s.validate(|| "b".into()).is_err());
+    }
+
+    #[test]
+    fn lease_times_are_kept_within_reason() {
+        assert_eq!(spec("10.1.0.0/24").validate(|| "b".into()).unwrap().lease_time, None);
+        let mut s = spec("10.1.0.0/24");
+        s.lease_time = Some(86_400);
+        assert_eq!(s.validate(|| "b".into()).unwrap().lease_time, Some(86_400));
+        for bad in [0, 119, 31_536_001] {
+            s.lease_time = Some(bad);
+            let e = s.validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid lease time \"{bad}\": give seconds from 120")), "{e}");
+        }
     }
 
     #[test]

@@ -266,6 +266,12 @@ fn wrong_input_is_refused_without_side_effects() {
             &["--dhcp-range means nothing in bridge mode"],
         ),
         case(
+            "lease time under two minutes",
+            net_create("n1", "10.10.0.0/24", &["--lease-time", "60"]),
+            INVALID,
+            &["invalid lease time \"60\""],
+        ),
+        case(
             "bridge mode with a domain",
             argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--domain", "lan"]),
             INVALID,
