@@ -1133,6 +1133,17 @@ impl Port {
             )
         })
     }
+
+    /// [`Port::qemu_args`] for a port on a network of MTU `mtu`: above
+    /// Ethernet's 1500, `host_mtu=` tells the guest's virtio-net driver
+    /// the larger MTU, which it would not use otherwise.
+    pub fn qemu_args_on(&self, mtu: Option<u32>) -> Option<String> {
+        let args = self.qemu_args()?;
+        Some(match mtu.filter(|m| *m > 1500) {
+            Some(m) => format!("{args},host_mtu={m}"),
+            None => args,
+        })
+    }
 }
 
 /// One DHCP lease, in the shape of dnsmasq's lease file.

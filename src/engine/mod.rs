@@ -537,8 +537,9 @@ impl Engine {
             Some(format!("trunk {}", tagged.join(",")))
         };
         let name_of = |key: &String| find(key).map_or_else(|| key.clone(), |n| n.name.clone());
+        let qemu_args = port.qemu_args_on(find(&port.net).and_then(|n| n.mtu));
         let shown = Port { net: name_of(&port.net), trunk: port.trunk.iter().map(name_of).collect(), ..port };
-        PortView { vlan, ..PortView::from(shown) }
+        PortView { vlan, qemu_args, port: shown }
     }
 
     /// Leases of a network (by key), ordered by address.

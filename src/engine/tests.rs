@@ -1484,3 +1484,15 @@ fn a_dynamic_lease_is_deleted_by_ip_or_mac_and_a_fixed_one_never() {
     // Its address is free again at once.
     assert_eq!(lock(&book).offer(Mac([0x52, 0x54, 0, 3, 3, 3]), Some(one.ip), 1000).unwrap(), one.ip);
 }
+
+#[test]
+fn a_jumbo_networks_qemu_line_tells_the_guest_its_mtu() {
+    let mut r = rig();
+    r.engine.create_network(NetworkSpec { mtu: Some(9000), ..spec("jumbo", "nat", "10.1.0.0/24") }).unwrap();
+    r.engine.create_network(NetworkSpec { mtu: Some(1500), ..spec("plain", "nat", "10.2.0.0/24") }).unwrap();
+    let jumbo = r.engine.create_port(port("jumbo")).unwrap();
+    let plain = r.engine.create_port(port("plain")).unwrap();
+    let line = |p: Port| r.engine.port_view(p).qemu_args.unwrap();
+    assert!(line(jumbo).ends_with(",host_mtu=9000"));
+    assert!(!line(plain).contains("host_mtu"));
+}
