@@ -505,6 +505,15 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
                     on_network(s, caller, &uri, name, |e, key| e.network(&key)).await.map(Json)
                 })
+                .patch(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     uri: Uri,
+                     JsonBody(patch): JsonBody<crate::model::NetworkPatch>| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.edit_network(&key, &patch)).await.map(Json)
+                    },
+                )
                 .delete(
                     |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
                         let q: DeleteNetwork = query(&uri).map_err(IntoResponse::into_response)?;

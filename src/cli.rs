@@ -228,6 +228,10 @@ pub enum NetCommand {
         #[arg(long)]
         force: bool,
     },
+    /// Change a network's autostart, DNS domain, DHCP range or lease time
+    /// (the rest of a network cannot change: its bridge, addresses and
+    /// guests depend on it).
+    Edit(NetEdit),
     /// Start a stopped network.
     Start {
         /// Network name.
@@ -473,6 +477,50 @@ pub enum LeaseCommand {
     /// Forget a guest's dynamic lease: its address is free again at once
     /// (a port's fixed address goes only with the port).
     Delete(LeaseDelete),
+}
+
+/// The arguments of `lanyard net edit`.
+#[derive(Debug, Args)]
+pub struct NetEdit {
+    /// Network name.
+    #[arg(value_parser = NonEmpty::new())]
+    pub name: String,
+    /// Start the network at boot.
+    #[arg(long, conflicts_with = "no_autostart")]
+    pub autostart: bool,
+    /// Do not start the network at boot.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// DNS domain for guests.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Dynamic DHCP pool, FIRST-LAST (leases outside it end at their renewal).
+    #[arg(long)]
+    pub dhcp_range: Option<String>,
+    /// DHCP lease time in seconds, 120 to 31536000.
+    #[arg(long, value_name = "SECS")]
+    pub lease_time: Option<u32>,
+    /// Refused with the reason: what `net create` fixes for good.
+    #[arg(long, hide = true)]
+    pub subnet: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub gateway: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub mode: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub bridge: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub mtu: Option<String>,
+    /// The network's project (default: `default`, or the token's).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
 }
 
 /// The arguments of `lanyard lease delete`.
@@ -1336,6 +1384,26 @@ fn body_of(cmd: &Command) -> Option<Value> {
         }
         Command::Project(ProjectCommand::Token(TokenCommand::Create { name, .. })) => Some(json!({ "name": name })),
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
+        Command::Net(NetCommand::Edit(e)) => {
+            let autostart = match (e.autostart, e.no_autostart) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let body = json!({
+                "autostart": autostart, "domain": e.domain, "dhcp_range": e.dhcp_range, "lease_time": e.lease_time,
+                "subnet": e.subnet, "gateway": e.gateway, "mode": e.mode, "bridge": e.bridge, "mtu": e.mtu,
+            });
+            // Only what was given: an absent field changes nothing.
+            let given: serde_json::Map<String, Value> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some(Value::Object(given))
+        }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set {
             uplink,
             vlans,
@@ -1473,6 +1541,11 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
                 if force { format!("{path}{}force=true", if path.contains('?') { '&' } else { '?' }) } else { path };
             c.call("DELETE", &path, None)?;
             emit(&format!("Network {}{} deleted\n", printable(&name), in_project(project.as_deref())))?;
+        }
+        Command::Net(NetCommand::Edit(NetEdit { name, project, out, .. })) => {
+            let path = with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref());
+            let v = c.call("PATCH", &path, body.as_ref())?;
+            print(out.output, &v, network_detail)?;
         }
         Command::Net(NetCommand::Start { name, project }) => {
             c.call("POST", &with_project(&format!("/v1/networks/{}/start", pct(&name)), project.as_deref()), None)?;
@@ -1785,6 +1858,17 @@ mod tests {
         let body = body_of(&parse("lanyard port create --net n1 --vm router --no-spoof-check")).unwrap();
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!(spec.spoof_check, Some(false));
+        let body = body_of(&parse(
+            "lanyard net edit n1 --no-autostart --domain lan --dhcp-range 10.0.0.100-10.0.0.200 --lease-time 600 --mtu 9000",
+        ))
+        .unwrap();
+        let patch: crate::model::NetworkPatch = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(
+            (patch.autostart, patch.lease_time, patch.mtu),
+            (Some(false), Some(600), Some(json!("9000"))),
+            "{body}"
+        );
+        assert_eq!(body_of(&parse("lanyard net edit n1")).unwrap(), json!({}), "nothing given, nothing sent");
         for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));

@@ -306,6 +306,45 @@ pub enum NetState {
     Inactive,
 }
 
+/// A change to a defined network (`PATCH /v1/networks/{name}`, `net
+/// edit`): only what changes nothing in the kernel and takes nothing from
+/// running guests. The other fields are listed so that asking to change
+/// them is answered with why not, rather than "unknown field".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPatch {
+    /// Start the network at boot.
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    /// DNS domain served to guests.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Dynamic pool, "FIRST-LAST".
+    #[serde(default)]
+    pub dhcp_range: Option<String>,
+    /// DHCP lease time in seconds.
+    #[serde(default)]
+    pub lease_time: Option<u32>,
+    /// Refused: the subnet.
+    #[serde(default)]
+    pub subnet: Option<serde_json::Value>,
+    /// Refused: the gateway.
+    #[serde(default)]
+    pub gateway: Option<serde_json::Value>,
+    /// Refused: the mode.
+    #[serde(default)]
+    pub mode: Option<serde_json::Value>,
+    /// Refused: the bridge.
+    #[serde(default)]
+    pub bridge: Option<serde_json::Value>,
+    /// Refused: the MTU.
+    #[serde(default)]
+    pub mtu: Option<serde_json::Value>,
+    /// Refused: the name.
+    #[serde(default)]
+    pub name: Option<serde_json::Value>,
+}
+
 /// A validated network record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
@@ -368,6 +407,58 @@ pub struct Network {
 }
 
 impl Network {
+    /// This network with `patch` applied, checked as `net create` checks
+    /// the same fields.
+    pub fn edited(&self, patch: &NetworkPatch) -> Result<Network, ModelError> {
+        let fixed = [
+            ("subnet", &patch.subnet),
+            ("gateway", &patch.gateway),
+            ("mode", &patch.mode),
+            ("bridge", &patch.bridge),
+            ("mtu", &patch.mtu),
+            ("name", &patch.name),
+        ];
+        if let Some((what, v)) = fixed.iter().find(|(_, v)| v.is_some()) {
+            let value = match v {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            return Err(invalid(
+                what,
+                value,
+                format!(
+                    "a network's {what} cannot be changed (its bridge, addresses and guests depend on it); \
+                     create another network; `net edit` changes autostart, domain, DHCP range and lease time"
+                ),
+            ));
+        }
+        let mut net = self.clone();
+        if self.mode == Mode::Bridge
+            && (patch.domain.is_some() || patch.dhcp_range.is_some() || patch.lease_time.is_some())
+        {
+            return Err(invalid(
+                "option",
+                "bridge",
+                "a bridge-mode network's guests are served by the LAN's DHCP server; only autostart can be changed",
+            ));
+        }
+        if let Some(a) = patch.autostart {
+            net.autostart = a;
+        }
+        if let Some(d) = &patch.domain {
+            validate_domain(d)?;
+            net.domain = d.clone();
+        }
+        if let Some(r) = &patch.dhcp_range {
+            net.dhcp_range = parse_dhcp_range(r, self.subnet, self.gateway)?;
+        }
+        if let Some(t) = patch.lease_time {
+            net.lease_time = Some(validate_lease_time(t)?);
+        }
+        Ok(net)
+    }
+
     /// The network's key inside lanyard (store rows, ports' `net`, leases,
     /// ownership marks, logs): see [`network_key`].
     pub fn key(&self) -> Cow<'_, str> {
@@ -583,6 +674,25 @@ fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
     Ok(net)
 }
 
+/// A DHCP range "FIRST-LAST" for `subnet` with `gateway`: inside its host
+/// addresses, in order, and without the gateway.
+fn parse_dhcp_range(r: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<DhcpRange, ModelError> {
+    let r: DhcpRange = r.parse()?;
+    let shown = format!("{}-{}", r.first, r.last);
+    let in_hosts = |ip: Ipv4Addr| ip != subnet.network() && ip != subnet.broadcast() && subnet.contains(&ip);
+    if !in_hosts(r.first) || !in_hosts(r.last) {
+        return Err(invalid("dhcp range", shown, format!("must lie within the host addresses of {subnet}")));
+    }
+    if r.first > r.last {
+        return Err(invalid("dhcp range", shown, "first address is after the last"));
+    }
+    // The gateway is the host's; a guest leased it would cut the network off.
+    if (r.first..=r.last).contains(&gateway) {
+        return Err(invalid("dhcp range", shown, format!("holds the gateway {gateway}; give a range without it")));
+    }
+    Ok(r)
+}
+
 fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
     s.parse().map_err(|_| invalid(what, s, "write an IPv4 address such as 192.168.122.1"))
 }
@@ -662,33 +772,7 @@ impl NetworkSpec {
             return Err(invalid("gateway", gateway, format!("is not a host address of {subnet}")));
         }
         let dhcp_range = match &self.dhcp_range {
-            Some(r) => {
-                let r: DhcpRange = r.parse()?;
-                if !in_hosts(r.first) || !in_hosts(r.last) {
-                    return Err(invalid(
-                        "dhcp range",
-                        format!("{}-{}", r.first, r.last),
-                        format!("must lie within the host addresses of {subnet}"),
-                    ));
-                }
-                if r.first > r.last {
-                    return Err(invalid(
-                        "dhcp range",
-                        format!("{}-{}", r.first, r.last),
-                        "first address is after the last",
-                    ));
-                }
-                // The gateway is the host's; a guest leased it would cut
-                // the network off.
-                if (r.first..=r.last).contains(&gateway) {
-                    return Err(invalid(
-                        "dhcp range",
-                        format!("{}-{}", r.first, r.last),
-                        format!("holds the gateway {gateway}; give a range without it"),
-                    ));
-                }
-                r
-            }
+            Some(r) => parse_dhcp_range(r, subnet, gateway)?,
             None => {
                 // The upper half of the host addresses (.128-.254 in a /24);
                 // ports' fixed IPs come from the lower half first. libvirt

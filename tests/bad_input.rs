@@ -533,6 +533,24 @@ fn wrong_input_is_refused_without_side_effects() {
             &["banana"],
         ),
         case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
+        case(
+            "edit a network's subnet",
+            argv(&["net", "edit", NET, "--subnet", "10.10.0.0/24"]),
+            INVALID,
+            &["a network's subnet cannot be changed"],
+        ),
+        case(
+            "edit a network's range over the gateway",
+            argv(&["net", "edit", NET, "--dhcp-range", "192.168.122.1-192.168.122.20"]),
+            INVALID,
+            &["holds the gateway 192.168.122.1"],
+        ),
+        case(
+            "edit an unknown network",
+            argv(&["net", "edit", "nosuchnet", "--domain", "lan"]),
+            NOT_FOUND,
+            &["nosuchnet"],
+        ),
         case("show unknown port", argv(&["port", "show", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
         // Projects.
         case(

@@ -377,6 +377,32 @@ impl Engine {
         Ok(net)
     }
 
+    /// Changes what `patch` names of a network (by key): autostart, DNS
+    /// domain, DHCP range, lease time. Nothing of it is in the kernel: the
+    /// record is stored, then the address book and the DHCP/DNS servers
+    /// take it (the servers are restarted; guests keep their leases).
+    pub fn edit_network(&mut self, name: &str, patch: &crate::model::NetworkPatch) -> Result<Network, EngineError> {
+        let old = self.network(name)?;
+        let net = old.edited(patch)?;
+        if net == old {
+            return Ok(net);
+        }
+        self.store.put_network(&net)?;
+        if let Some(n) = self.networks.iter_mut().find(|n| n.key() == name) {
+            *n = net.clone();
+        }
+        if let Some(book) = self.books.get(name) {
+            super::lock(book).set_network(net.clone());
+        }
+        let served = (old.domain.clone(), old.dhcp_range, old.lease_time);
+        if served != (net.domain.clone(), net.dhcp_range, net.lease_time) && self.services.running(name) {
+            self.services.stop(name);
+            self.ensure_services(&net);
+        }
+        tracing::info!(net = name, "network edited");
+        Ok(net)
+    }
+
     /// Marks a network (by key) to start (or not) at boot.
     pub fn set_autostart(&mut self, name: &str, autostart: bool) -> Result<Network, EngineError> {
         let mut net = self.network(name)?;

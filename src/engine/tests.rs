@@ -1496,3 +1496,43 @@ fn a_jumbo_networks_qemu_line_tells_the_guest_its_mtu() {
     assert!(line(jumbo).ends_with(",host_mtu=9000"));
     assert!(!line(plain).contains("host_mtu"));
 }
+
+#[test]
+fn net_edit_changes_only_what_no_kernel_object_or_guest_depends_on() {
+    use crate::model::NetworkPatch;
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let kernel = r.kernel.snapshot();
+    let patch = NetworkPatch {
+        autostart: Some(true),
+        domain: Some("lab.example".into()),
+        dhcp_range: Some("10.1.0.200-10.1.0.210".into()),
+        lease_time: Some(600),
+        ..Default::default()
+    };
+    let net = r.engine.edit_network("a", &patch).unwrap();
+    assert_eq!((net.autostart, net.domain.as_str(), net.lease_time), (true, "lab.example", Some(600)));
+    assert_eq!(net.dhcp_range.first, Ipv4Addr::new(10, 1, 0, 200));
+    assert_eq!(r.store.networks().unwrap(), vec![net.clone()], "stored");
+    assert_eq!(r.engine.network("a").unwrap(), net, "in memory");
+    assert_eq!(r.kernel.snapshot(), kernel, "nothing in the kernel changed");
+    assert!(r.engine.services.running("a"), "the servers run with the new settings");
+    let book = r.engine.books.get("a").cloned().unwrap();
+    let offered = lock(&book).offer(Mac([0x52, 0x54, 0, 7, 7, 7]), None, 1000).unwrap();
+    assert_eq!(offered, Ipv4Addr::new(10, 1, 0, 200), "offers come from the new range");
+    let before = r.world();
+    for (patch, says) in [
+        (
+            NetworkPatch { subnet: Some(serde_json::json!("10.9.0.0/24")), ..Default::default() },
+            "subnet cannot be changed",
+        ),
+        (NetworkPatch { mtu: Some(serde_json::json!(9000)), ..Default::default() }, "mtu cannot be changed"),
+        (NetworkPatch { dhcp_range: Some("10.1.0.1-10.1.0.9".into()), ..Default::default() }, "holds the gateway"),
+        (NetworkPatch { lease_time: Some(5), ..Default::default() }, "invalid lease time"),
+        (NetworkPatch { domain: Some("a b".into()), ..Default::default() }, "invalid domain"),
+    ] {
+        let e = r.engine.edit_network("a", &patch).unwrap_err();
+        assert!(matches!(e, EngineError::Invalid(_)) && e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(r.world(), before, "a refused edit changes nothing");
+}
