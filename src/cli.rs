@@ -283,7 +283,8 @@ pub enum PortCommand {
         /// tap (for QEMU & co) or veth (for namespaces and containers).
         #[arg(long = "type", default_value = "tap")]
         port_type: String,
-        /// veth: namespace that receives the peer.
+        /// veth: namespace that receives the peer: a name under /run/netns,
+        /// or a process's, as its PID or /proc/PID/ns/net.
         #[arg(long)]
         netns: Option<String>,
         /// veth: the peer's name in that namespace.

@@ -638,10 +638,43 @@ pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError>
     validate_name(what, name, IFNAME_MAX)
 }
 
-/// Checks a network namespace name: a file name under /run/netns (CNI and
-/// podman use names like `cni-<uuid>`), so up to 255 bytes.
+/// Checks a network namespace reference: a name under /run/netns (CNI and
+/// podman use names like `cni-<uuid>`, so up to 255 bytes), or a process's
+/// namespace as `/proc/PID/ns/net` (what container runtimes hand out).
 pub fn validate_netns(name: &str) -> Result<(), ModelError> {
+    if let Some(pid) = name.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/ns/net")) {
+        if !pid.is_empty() && pid.len() <= 10 && pid.bytes().all(|b| b.is_ascii_digit()) && pid != "0" {
+            return Ok(());
+        }
+        return Err(invalid("netns", name, "give a namespace name, a PID or /proc/PID/ns/net"));
+    }
     validate_name("netns", name, 255)
+}
+
+/// The netns a request names, as it is stored: a PID (digits only) is
+/// the process's namespace, `/proc/PID/ns/net`; anything else as given.
+pub fn netns_reference(given: &str) -> String {
+    if !given.is_empty() && given.len() <= 10 && given.bytes().all(|b| b.is_ascii_digit()) {
+        format!("/proc/{given}/ns/net")
+    } else {
+        given.to_string()
+    }
+}
+
+/// Whether a (validated) netns reference names a process's namespace
+/// rather than one under /run/netns.
+pub fn netns_is_process(ns: &str) -> bool {
+    ns.starts_with("/proc/")
+}
+
+/// The file of a (validated) netns reference: `/proc/PID/ns/net` as it
+/// is, a name under /run/netns.
+pub fn netns_path(ns: &str) -> String {
+    if netns_is_process(ns) {
+        ns.to_string()
+    } else {
+        format!("/run/netns/{ns}")
+    }
 }
 
 /// Checks a VM name: up to 63 bytes (a DNS label), since it becomes the
@@ -1092,9 +1125,10 @@ impl PortSpec {
         let ip = self.ip.as_deref().map(|s| parse_ip("ip", s)).transpose()?;
         let peer = match (port_type, &self.netns, &self.ifname) {
             (PortType::Veth, Some(ns), Some(ifn)) => {
-                validate_netns(ns)?;
+                let ns = netns_reference(ns);
+                validate_netns(&ns)?;
                 validate_ifname("ifname", ifn)?;
-                Some((ns.clone(), ifn.clone()))
+                Some((ns, ifn.clone()))
             }
             (PortType::Veth, _, _) => {
                 return Err(invalid("port", "veth", "a veth port needs --netns NS and --ifname IF"));
@@ -1346,6 +1380,27 @@ mod tests {
         s.gateway = Some("10.1.0.55".into());
         s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
         assert!(s.validate(|| "b".into()).is_err());
+    }
+
+    #[test]
+    fn a_netns_is_a_name_a_pid_or_a_process_path() {
+        for ok in ["vm1", "cni-1234-abcd", "/proc/1/ns/net", "/proc/4194304/ns/net"] {
+            assert!(validate_netns(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/proc/abc/ns/net",
+            "/proc//ns/net",
+            "/proc/0/ns/net",
+            "/proc/1/ns/../../etc",
+            "/etc/passwd",
+            "/run/netns/x",
+        ] {
+            assert!(validate_netns(bad).is_err(), "{bad}");
+        }
+        assert_eq!(netns_reference("4242"), "/proc/4242/ns/net");
+        assert_eq!(netns_reference("vm1"), "vm1");
+        assert_eq!(netns_path("/proc/7/ns/net"), "/proc/7/ns/net");
+        assert_eq!(netns_path("vm1"), "/run/netns/vm1");
     }
 
     #[test]

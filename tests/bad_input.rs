@@ -726,6 +726,20 @@ fn wrong_input_is_refused_without_side_effects() {
             &["admin only", "--no-spoof-check"],
         ),
         case(
+            "a port in a process's namespace from a project token",
+            as_owner(&[
+                "port", "create", "--net", "mine", "--vm", "vmx", "--type", "veth", "--netns", "1", "--ifname", "eth0",
+            ]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "netns path that is no process's",
+            port_create(NET, "/proc/self/ns/net", "eth0", &[]),
+            INVALID,
+            &["give a namespace name, a PID or /proc/PID/ns/net"],
+        ),
+        case(
             "project create from a project token",
             as_owner(&["project", "create", "p2"]),
             NOT_ALLOWED,

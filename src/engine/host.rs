@@ -46,7 +46,7 @@ impl Host for SystemHost {
     }
 
     fn netns_exists(&self, name: &str) -> bool {
-        Path::new(NETNS_DIR).join(name).exists()
+        Path::new(&crate::model::netns_path(name)).exists()
     }
 
     fn resolv_conf(&self) -> String {
@@ -59,7 +59,7 @@ impl Host for SystemHost {
 
     fn netns_has_link(&self, ns: &str, ifname: &str) -> bool {
         use std::os::fd::AsRawFd;
-        let (Ok(file), Ok(name)) = (std::fs::File::open(Path::new(NETNS_DIR).join(ns)), std::ffi::CString::new(ifname))
+        let (Ok(file), Ok(name)) = (std::fs::File::open(crate::model::netns_path(ns)), std::ffi::CString::new(ifname))
         else {
             return false;
         };

@@ -402,7 +402,7 @@ impl Engine {
 
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
-        let ports = self.plannable(&self.ports);
+        let ports = self.plannable(&self.ports, observed);
         let plan = planner::plan(&self.networks, &ports, observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
@@ -415,12 +415,16 @@ impl Engine {
 
     /// Ports whose veth peer namespace is gone cannot be re-created; they
     /// are left out of the plan (and logged) instead of failing everything.
-    fn plannable(&self, ports: &[Port]) -> Vec<Port> {
+    /// So is a veth gone from a process's namespace (`/proc/PID/ns/net`):
+    /// the pair dies with the namespace, and the PID may be another
+    /// process's by now, whose namespace must not get the peer.
+    fn plannable(&self, ports: &[Port], observed: &Observed) -> Vec<Port> {
         ports
             .iter()
             .filter(|p| match (&p.port_type, &p.netns) {
                 (PortType::Veth, Some(ns)) => {
-                    let ok = self.host.netns_exists(ns);
+                    let reused = crate::model::netns_is_process(ns) && !observed.links.contains_key(&p.ifname);
+                    let ok = !reused && self.host.netns_exists(ns);
                     if !ok {
                         tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
                     }

@@ -43,7 +43,7 @@ impl Engine {
                 }
             }
         }
-        let mut plan = planner::plan(networks, &self.plannable(ports), &after_release, &self.firewall);
+        let mut plan = planner::plan(networks, &self.plannable(ports, observed), &after_release, &self.firewall);
         plan.ops.splice(0..0, release);
         let tables = planner::firewall::tables(networks, ports);
         self.commit(&plan, |t| *t = tables, persist, restore)

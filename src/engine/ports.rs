@@ -206,9 +206,11 @@ impl Engine {
         }
         if let Some((ns, ifname)) = &checked.peer {
             if !self.host.netns_exists(ns) {
-                return Err(EngineError::NotFound(format!(
-                    "no network namespace named {ns:?} (create it with `ip netns add {ns}`)"
-                )));
+                return Err(EngineError::NotFound(if crate::model::netns_is_process(ns) {
+                    format!("no network namespace {ns}: is the process running?")
+                } else {
+                    format!("no network namespace named {ns:?} (create it with `ip netns add {ns}`)")
+                }));
             }
             if self.host.netns_has_link(ns, ifname) {
                 return Err(EngineError::Conflict(format!(

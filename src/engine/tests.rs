@@ -1536,3 +1536,49 @@ fn net_edit_changes_only_what_no_kernel_object_or_guest_depends_on() {
     }
     assert_eq!(r.world(), before, "a refused edit changes nothing");
 }
+
+#[test]
+fn a_process_namespace_is_named_by_pid_and_never_reused_after_it_went() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let veth = |ns: &str| PortSpec {
+        port_type: Some("veth".into()),
+        ifname: Some("eth0".into()),
+        netns: Some(ns.into()),
+        ..port("a")
+    };
+    let e = r.engine.create_port(veth("4242")).unwrap_err();
+    assert_eq!(e.to_string(), "no network namespace /proc/4242/ns/net: is the process running?");
+    let host = FakeHost {
+        netns: std::sync::Mutex::new(vec!["vmns".into(), "/proc/4242/ns/net".into()]),
+        ..Default::default()
+    };
+    let start = |r: &Rig| {
+        Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost {
+                netns: std::sync::Mutex::new(host.netns.lock().unwrap().clone()),
+                ..Default::default()
+            }),
+        })
+        .unwrap()
+    };
+    let mut e = start(&r);
+    let by_pid = e.create_port(veth("4242")).unwrap();
+    assert_eq!(by_pid.netns.as_deref(), Some("/proc/4242/ns/net"), "stored as the namespace's path");
+    let by_path = e.create_port(PortSpec { ifname: Some("eth1".into()), ..veth("/proc/4242/ns/net") }).unwrap();
+    let by_name = e.create_port(veth("vmns")).unwrap();
+    drop(e);
+    // The process went (its veths with it) and its PID is another's now;
+    // a named namespace's veth that went is drift, and comes back.
+    for p in [&by_pid, &by_path, &by_name] {
+        r.kernel.apply_op(&crate::kernel::Op::DeleteLink { name: p.ifname.clone() }).unwrap();
+    }
+    let e = start(&r);
+    let links = r.kernel.snapshot().observed.links;
+    assert!(!links.contains_key(&by_pid.ifname) && !links.contains_key(&by_path.ifname), "nothing into a reused PID");
+    assert!(links.contains_key(&by_name.ifname), "the named namespace's port is re-created");
+    assert_eq!(e.ports(None, None).len(), 3, "the records stay until deleted");
+}
