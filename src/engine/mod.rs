@@ -19,6 +19,7 @@
 //! - [`networks`]: create, delete, start, stop, autostart;
 //! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
+//! - [`leases`]: delete (an operator forgets a guest's lease);
 //! - [`projects`]: create, delete, and (project, name) -> network key;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
@@ -33,6 +34,7 @@ pub mod floating;
 pub mod grants;
 pub mod heal;
 pub mod host;
+pub mod leases;
 pub mod managers;
 pub mod networks;
 pub mod ports;
@@ -164,6 +166,9 @@ struct PortIndex {
     /// Ports per network: a Linux bridge takes at most
     /// [`BRIDGE_MAX_PORTS`].
     per_net: HashMap<String, usize>,
+    /// (network key, VM name) -> port id: a VM name is a DNS name on its
+    /// network, so one port per name and network.
+    vms: HashMap<(String, String), String>,
 }
 
 /// The most ports a Linux bridge takes (port numbers are 10 bits, 0 is
@@ -182,6 +187,7 @@ impl PortIndex {
         self.ids.insert(p.id.clone());
         self.ifnames.insert(p.ifname.clone(), p.id.clone());
         *self.per_net.entry(p.net.clone()).or_default() += 1;
+        self.vms.insert((p.net.clone(), p.vm.clone()), p.id.clone());
     }
 
     fn remove(&mut self, p: &Port) {
@@ -190,6 +196,10 @@ impl PortIndex {
         self.ifnames.remove(&p.ifname);
         if let Some(n) = self.per_net.get_mut(&p.net) {
             *n = n.saturating_sub(1);
+        }
+        let vm = (p.net.clone(), p.vm.clone());
+        if self.vms.get(&vm) == Some(&p.id) {
+            self.vms.remove(&vm);
         }
     }
 
@@ -336,8 +346,12 @@ impl Engine {
 
     /// After a host reboot the kernel has none of lanyard's bridges: like
     /// libvirt, networks come back only if they are marked autostart. A
-    /// daemon restart finds the bridges in place and keeps networks active.
+    /// daemon restart keeps every network as it was: an active one whose
+    /// bridge went meanwhile is re-created (drift is healed), and one the
+    /// user stopped stays stopped, autostart or not. When the host cannot
+    /// tell whether it booted, a missing bridge is taken for a reboot.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        let booted = self.host.booted();
         let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
@@ -383,12 +397,12 @@ impl Engine {
                 }
                 self.store.put_network(net)?;
             }
-            let want = if net.autostart {
-                NetState::Active
-            } else if present {
-                net.state
-            } else {
-                NetState::Inactive
+            let want = match booted {
+                Some(false) => net.state,
+                Some(true) | None if net.autostart => NetState::Active,
+                Some(true) => NetState::Inactive,
+                None if present => net.state,
+                None => NetState::Inactive,
             };
             if want != net.state {
                 net.state = want;
@@ -407,7 +421,7 @@ impl Engine {
 
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
-        let ports = self.plannable(&self.ports);
+        let ports = self.plannable(&self.ports, observed);
         let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
@@ -425,12 +439,16 @@ impl Engine {
 
     /// Ports whose veth peer namespace is gone cannot be re-created; they
     /// are left out of the plan (and logged) instead of failing everything.
-    fn plannable(&self, ports: &[Port]) -> Vec<Port> {
+    /// So is a veth gone from a process's namespace (`/proc/PID/ns/net`):
+    /// the pair dies with the namespace, and the PID may be another
+    /// process's by now, whose namespace must not get the peer.
+    fn plannable(&self, ports: &[Port], observed: &Observed) -> Vec<Port> {
         ports
             .iter()
             .filter(|p| match (&p.port_type, &p.netns) {
                 (PortType::Veth, Some(ns)) => {
-                    let ok = self.host.netns_exists(ns);
+                    let reused = crate::model::netns_is_process(ns) && !observed.links.contains_key(&p.ifname);
+                    let ok = !reused && self.host.netns_exists(ns);
                     if !ok {
                         tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
                     }
@@ -547,8 +565,9 @@ impl Engine {
             Some(format!("trunk {}", tagged.join(",")))
         };
         let name_of = |key: &String| find(key).map_or_else(|| key.clone(), |n| n.name.clone());
+        let qemu_args = port.qemu_args_on(find(&port.net).and_then(|n| n.mtu));
         let shown = Port { net: name_of(&port.net), trunk: port.trunk.iter().map(name_of).collect(), ..port };
-        PortView { vlan, ..PortView::from(shown) }
+        PortView { vlan, qemu_args, port: shown }
     }
 
     /// Leases of a network (by key), ordered by address.
