@@ -247,14 +247,26 @@ impl Engine {
                 _ => {}
             }
         }
-        let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
+        // A firewall event at the generation lanyard's own last change left
+        // is that change: nothing to read. Otherwise read and compare all.
+        let read_at = self.generation();
+        let check = scope.firewall && !(read_at.is_some() && read_at == self.known_generation);
+        let (firewall, wanted) = if check { self.firewall_repair()? } else { (Vec::new(), None) };
+        if check {
+            self.known_generation = None;
+        }
         let plan = Plan { ops, firewall };
         if plan.is_empty() {
+            if check {
+                // Read in full and found as wanted: known from here.
+                self.known_generation = self.generation_after(read_at, &plan);
+            }
             return Ok(stopped);
         }
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
         if let Some(wanted) = wanted {
             self.firewall = wanted;
+            self.known_generation = self.generation_after(read_at, &plan);
         }
         // Servers bound to a bridge that was re-created (or whose gateway
         // address came back) listen on a device that is gone: restart them.

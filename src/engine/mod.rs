@@ -243,6 +243,12 @@ pub struct Engine {
     /// only writer, so after start it need not ask nftables).
     firewall: Tables,
     repair_stats: heal::RepairStats,
+    /// The nftables generation at which the kernel is known to hold
+    /// exactly `firewall` (set after lanyard's own changes and full
+    /// checks): a firewall event at that generation is lanyard's own, and
+    /// healing needs no read of the sets (which hold thousands of elements
+    /// at scale). None: unknown, check in full.
+    known_generation: Option<u32>,
     /// What other tools' firewalls do at the forward hook.
     coexistence: Coexistence,
 }
@@ -279,6 +285,7 @@ impl Engine {
             books: HashMap::new(),
             firewall: Tables::new(),
             repair_stats: heal::RepairStats::default(),
+            known_generation: None,
             coexistence: Coexistence::default(),
         };
         engine.ensure_default_project()?;
@@ -301,8 +308,9 @@ impl Engine {
         }
         let observed = engine.kernel.observe()?;
         engine.boot_states(&observed)?;
+        let read_at = engine.generation();
         engine.firewall = engine.kernel_firewall()?;
-        if let Err(e) = engine.reconcile_with(&observed) {
+        if let Err(e) = engine.reconcile_with(&observed, read_at) {
             // The daemon still serves its API and the networks that work;
             // the error names what the operator has to look at.
             tracing::error!("reconcile incomplete: {e}");
@@ -420,12 +428,13 @@ impl Engine {
     }
 
     /// Brings the kernel to the stored state and starts missing servers.
-    fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
+    fn reconcile_with(&mut self, observed: &Observed, read_at: Option<u32>) -> Result<(), EngineError> {
         let ports = self.plannable(&self.ports, observed);
         let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
         self.firewall = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        self.known_generation = self.generation_after(read_at, &plan);
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
@@ -491,6 +500,10 @@ impl Engine {
         persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
         restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
+        // Known before: the kernel held `self.firewall` at the generation
+        // it is at now (no one else's transaction since).
+        let before = self.generation().filter(|g| Some(*g) == self.known_generation);
+        self.known_generation = None;
         if plan.reversible() {
             plan.apply(self.kernel.as_ref(), &self.firewall)?;
             crate::fault::point("store");
@@ -511,6 +524,7 @@ impl Engine {
             }
         }
         crate::fault::point("memory");
+        self.known_generation = self.generation_after(before, plan);
         let inet = planner::table_id();
         let had_rules = self.firewall.contains_key(&inet);
         firewall(&mut self.firewall);
@@ -519,6 +533,29 @@ impl Engine {
             self.check_coexistence();
         }
         Ok(())
+    }
+
+    /// The kernel's nftables generation, when the driver tells it.
+    fn generation(&self) -> Option<u32> {
+        self.kernel.firewall_generation().ok().flatten()
+    }
+
+    /// The generation at which the kernel holds the tables `plan` led to,
+    /// when it held the ones before at `before` and nothing but `plan`'s
+    /// own transactions (one per non-empty firewall change) came between;
+    /// None when that cannot be told.
+    fn generation_after(&self, before: Option<u32>, plan: &Plan) -> Option<u32> {
+        let own = plan
+            .firewall
+            .iter()
+            .filter(|c| match c {
+                crate::kernel::FirewallChange::None => false,
+                crate::kernel::FirewallChange::Elements(v) => !v.is_empty(),
+                _ => true,
+            })
+            .count();
+        let after = self.generation()?;
+        (before?.wrapping_add(u32::try_from(own).ok()?) == after).then_some(after)
     }
 
     /// All networks of all projects.

@@ -480,6 +480,28 @@ mod healing {
     }
 
     #[test]
+    fn lanyard_s_own_firewall_changes_cost_no_read_of_the_sets() {
+        let (mut r, _, _) = healthy();
+        let fw = KernelEvent::Firewall { table: planner::table_id() };
+        // The events of its own changes: nothing read, nothing done.
+        r.engine.create_port(PortSpec { vm: "vm3".into(), ..port("a") }).unwrap();
+        let reads = r.kernel.element_reads();
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 0);
+        assert_eq!(r.kernel.element_reads(), reads, "lanyard's own change was read back in full");
+        // Someone else's change moves the generation: read in full, repaired,
+        // and known again after.
+        r.kernel.tamper(|s| {
+            let t = s.tables.get_mut(&planner::table_id()).unwrap();
+            t.sets.iter_mut().find(|s| s.name == "masq_nets").unwrap().elements.clear();
+        });
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 1);
+        assert!(r.kernel.element_reads() > reads, "a foreign change was not read");
+        let reads = r.kernel.element_reads();
+        assert_eq!(r.engine.heal(&[fw]).unwrap(), 0);
+        assert_eq!(r.kernel.element_reads(), reads, "after its repair the table is known again");
+    }
+
+    #[test]
     fn a_flushed_or_edited_table_is_restored() {
         let (mut r, _, _) = healthy();
         let good = r.kernel.snapshot();
