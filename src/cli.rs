@@ -124,8 +124,25 @@ pub enum Command {
     Manager(ManagerCommand),
     /// lanyard's bridges, as `brctl show` prints them.
     Bridges(OutputArg),
-    /// The daemon's counts and what self-healing repaired.
+    /// The daemon in one screen: version, uptime, store, counts, self-healing.
     Status(OutputArg),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: `lanyard completions bash > /etc/bash_completion.d/lanyard`;
+    /// zsh: into a directory of $fpath as `_lanyard`; fish: into
+    /// ~/.config/fish/completions/lanyard.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page lanyard(1), or write one page per command into --dir.
+    Man {
+        /// Write lanyard.1, lanyard-net.1, lanyard-net-create.1, ... here
+        /// (the directory must exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// QEMU `script=`: attach the TAP QEMU just created to a network and
     /// register it as a port (also run as `lanyard-ifup` through a symlink).
     QemuIfup {
@@ -149,6 +166,59 @@ pub enum Command {
         /// The TAP QEMU is closing.
         ifname: String,
     },
+}
+
+/// The shells `lanyard completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// `lanyard completions SHELL`: the script, generated from the clap
+/// definitions so that it never lags behind them.
+pub fn completions(shell: CompletionShell) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lanyard", &mut script);
+    emit(&String::from_utf8_lossy(&script))
+}
+
+/// `lanyard man [--dir DIR]`: lanyard(1) on stdout, or a page per command
+/// (and subcommand) written into `dir`.
+pub fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let internal = |message: String| CliError::Refused { message, kind: "internal".into() };
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(|e| internal(format!("cannot render the man page: {e}")))?;
+            emit(&String::from_utf8_lossy(&page))
+        }
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "--dir {}: no such directory",
+                    printable(&dir.display().to_string())
+                )));
+            }
+            clap_mangen::generate_to(cmd, dir)
+                .map_err(|e| internal(format!("cannot write man pages into {}: {e}", dir.display())))
+        }
+    }
 }
 
 /// `lanyard net ...`
@@ -1564,10 +1634,17 @@ fn in_project(project: Option<&str>) -> String {
 
 /// Runs a client command against the daemon.
 pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
+    // Made from the clap definitions alone: no daemon needed.
+    match &cmd {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let c = Client::of(endpoint)?;
     let body = body_of(&cmd);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Net(NetCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/networks", body.as_ref())?;
             print(out.output, &v, network_detail)?;
