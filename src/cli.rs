@@ -79,6 +79,10 @@ pub enum Command {
         /// TLS only and to project tokens only.
         #[arg(long, env = "LANYARD_LISTEN", value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics (GET /metrics only, plain HTTP, no token)
+        /// on this TCP address, e.g. 127.0.0.1:9477.
+        #[arg(long, env = "LANYARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// The TLS certificate chain for --listen (PEM).
         #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM")]
         tls_cert: Option<PathBuf>,
@@ -1361,9 +1365,19 @@ fn status_detail(v: &Value) -> String {
         (Some(what), Some(at)) => format!("{} UTC: {what}", utc(at)),
         _ => "-".to_string(),
     };
+    let started = match (v["started_at"].as_u64(), v["uptime_secs"].as_u64()) {
+        (Some(at), Some(up)) => format!("{} (since {} UTC)", uptime(up), utc(at)),
+        _ => "-".to_string(),
+    };
     let rows = [
+        ("Version", s(&v["version"])),
+        ("Uptime", started),
+        ("Store", s(&v["store"])),
+        ("Projects", s(&v["projects"])),
         ("Networks", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
         ("Ports", s(&v["ports"])),
+        ("Leases", s(&v["leases"])),
+        ("Floating IPs", s(&v["floating_ips"])),
         ("Repairs", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
         ("Last repair", last),
         ("Heal failures", s(&h["failures"])),
@@ -1381,6 +1395,18 @@ fn status_detail(v: &Value) -> String {
         ("DHCP handler panics", s(&v["dhcp_handler_panics"])),
     ];
     details(&rows, 22)
+}
+
+/// `secs` as `3d 4h 5m 6s`, largest unit first, zero units left out
+/// (`0s` for none).
+fn uptime(secs: u64) -> String {
+    let parts = [(secs / 86_400, "d"), (secs / 3600 % 24, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect();
+    if shown.is_empty() {
+        "0s".into()
+    } else {
+        shown.join(" ")
+    }
 }
 
 /// `port list`; with a Project column when `projects` (all projects listed).
@@ -2170,6 +2196,14 @@ mod tests {
     }
 
     #[test]
+    fn uptime_reads_largest_unit_first() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(59), "59s");
+        assert_eq!(uptime(3600), "1h");
+        assert_eq!(uptime(2 * 86_400 + 3 * 3600 + 4 * 60 + 5), "2d 3h 4m 5s");
+    }
+
+    #[test]
     fn hostile_guest_strings_cannot_escape_their_cell() {
         let hostile = "a\x1b[31mb\n 52:54:00:00:00:99   10.0.0.99   forged\r\u{9b}2J\u{202e}";
         let leases = json!([
@@ -2195,8 +2229,8 @@ mod tests {
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
-        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
-        assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
+        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}, "store": hostile}));
+        assert!(inert(&t) && t.lines().count() == 13, "{t:?}");
         let t = bridge_rows(
             &json!([{"name": "lybr0", "bridge_id": "8000.1", "stp": "no", "interfaces": [hostile, "ly1"]}]),
         );

@@ -198,6 +198,8 @@ pub struct Resolver {
     upstreams: Vec<SocketAddr>,
     in_flight: Arc<tokio::sync::Semaphore>,
     limiter: Mutex<ClientLimiter>,
+    /// Queries received (the network's counter, see [`crate::metrics`]).
+    queries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What to do with one datagram from a client.
@@ -214,6 +216,7 @@ impl Resolver {
     /// A resolver over `book`'s names; `forwards` is false on isolated networks.
     pub fn new(net: String, book: Arc<Mutex<AddressBook>>, forwards: bool, upstreams: Vec<SocketAddr>) -> Self {
         Resolver {
+            queries: crate::metrics::dns_queries(&net),
             net,
             book,
             forwards,
@@ -251,6 +254,7 @@ impl Resolver {
 
     /// The reply to `query` from `client`, if it deserves one.
     async fn resolve(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.decide(query, client) {
             Next::Reply(b) => Some(b),
             Next::Drop => None,
