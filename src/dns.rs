@@ -235,6 +235,8 @@ impl Resolver {
     /// or nothing (malformed, or over the client's rate). When every forward
     /// permit is taken the client gets SERVFAIL at once.
     fn decide(&self, query: &[u8], client: IpAddr) -> Next {
+        // Every query over UDP and TCP passes here once.
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(client, std::time::Instant::now()) {
             return Next::Drop;
         }
@@ -254,7 +256,6 @@ impl Resolver {
 
     /// The reply to `query` from `client`, if it deserves one.
     async fn resolve(&self, query: &[u8], client: IpAddr) -> Option<Vec<u8>> {
-        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         match self.decide(query, client) {
             Next::Reply(b) => Some(b),
             Next::Drop => None,

@@ -8,7 +8,9 @@
 //! no lock; the registry's lock is taken only at server start and at
 //! scrape time. Counters are kept per network key across a network's
 //! stop and start (a counter must not go back), and are process-wide, like
-//! the DHCP handler panics.
+//! the DHCP handler panics. A deleted network's counters stay until the
+//! daemon exits (a few hundred bytes each); a new network of the same key
+//! counts on from them, which Prometheus' `rate()` reads correctly.
 //!
 //! Gauges (leases, free addresses, ports, repairs) are read from the
 //! engine at scrape time: [`render`] takes them as [`Gauges`].

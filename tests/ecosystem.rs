@@ -184,7 +184,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 /// token is refused; `--metrics-listen` serves the same.
 #[test]
 fn metrics_count_a_lease_and_pass_promtool() {
-    if !privileged("metrics_count_a_lease_and_pass_promtool", &["ip", "nft", "udhcpc", "busybox"]) {
+    if !privileged("metrics_count_a_lease_and_pass_promtool", &["ip", "nft", "udhcpc", "busybox", "dig"]) {
         return;
     }
     let promtool = which("promtool");
@@ -212,6 +212,9 @@ fn metrics_count_a_lease_and_pass_promtool() {
     let lease = udhcpc(&vm_ns, "eth0", None).unwrap_or_else(|e| panic!("no lease: {e}\n{}", daemon.log()));
     assert!(lease.ip.to_string().starts_with("10.79.0."), "{lease:?}");
 
+    let answer = dig(&vm_ns, "10.79.0.1", "vm1.mnet");
+    assert_eq!(answer.answers, [lease.ip], "{}", answer.output);
+
     let (code, text) = http_get(daemon.socket(), "/metrics", None);
     assert_eq!(code, 200, "{text}");
     assert!(sample(&text, discover).unwrap_or(0.0) > d0, "DISCOVER not counted:\n{text}");
@@ -223,7 +226,8 @@ fn metrics_count_a_lease_and_pass_promtool() {
     assert!(sample(&text, "lanyard_kernel_apply_seconds_count").unwrap_or(0.0) >= 2.0, "{text}");
     assert!(sample(&text, "lanyard_store_commit_seconds_count").unwrap_or(0.0) >= 2.0, "{text}");
     assert!(sample(&text, "lanyard_kernel_repairs_total").is_some(), "{text}");
-    assert!(text.contains("# TYPE lanyard_dns_queries_total counter"), "{text}");
+    let queries = r#"lanyard_dns_queries_total{network="mnet"}"#;
+    assert!(sample(&text, queries).unwrap_or(0.0) >= 1.0, "the DNS query not counted:\n{text}");
 
     if let Some(promtool) = promtool {
         let dir = TempDir::new("metrics");
