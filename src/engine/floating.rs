@@ -150,7 +150,7 @@ impl Engine {
     }
 
     fn fip_view(&self, f: &FloatingIp) -> FipView {
-        let port = f.port.as_deref().and_then(|id| self.ports.iter().find(|p| p.id == id));
+        let port = f.port.as_deref().and_then(|id| self.index.by_id.get(id));
         let net = port.and_then(|p| self.networks.iter().find(|n| n.key() == p.net)).map(|n| n.name.clone());
         FipView {
             ip: f.ip,
@@ -185,9 +185,11 @@ impl Engine {
     /// project's is as absent as one nobody holds.
     fn held(&self, ip: &str, scope: Option<&str>) -> Result<FloatingIp, EngineError> {
         let ip = parse_fip(ip)?;
+        // Kept sorted by address.
+        let at = self.floating_ips.partition_point(|f| f.ip < ip);
         self.floating_ips
-            .iter()
-            .find(|f| f.ip == ip && scope.is_none_or(|p| f.project == p))
+            .get(at)
+            .filter(|f| f.ip == ip && scope.is_none_or(|p| f.project == p))
             .cloned()
             .ok_or_else(|| no_such_fip(ip))
     }
@@ -257,10 +259,10 @@ impl Engine {
     /// The port `port` names among `project`'s: a port id, or the name of
     /// a VM with exactly one port.
     fn port_named(&self, port: &str, project: &str) -> Result<Port, EngineError> {
-        let own = || self.ports.iter().filter(|p| p.project == project);
-        if let Some(p) = own().find(|p| p.id == port) {
+        if let Some(p) = self.index.by_id.get(port).filter(|p| p.project == project) {
             return Ok(p.clone());
         }
+        let own = || self.ports.iter().filter(|p| p.project == project);
         let of_vm: Vec<&Port> = own().filter(|p| p.vm == port).collect();
         match of_vm.as_slice() {
             [one] => Ok((*one).clone()),
@@ -291,7 +293,7 @@ impl Engine {
     /// The live association of `fip` (as the planner sees it), if any: one
     /// look at its port and network, whatever else exists.
     fn live(&self, fip: &FloatingIp) -> Option<Association> {
-        let port = self.ports.iter().find(|p| Some(p.id.as_str()) == fip.port.as_deref())?;
+        let port = self.index.by_id.get(fip.port.as_deref()?)?;
         let net = self.networks.iter().find(|n| n.key() == port.net)?;
         association(fip, port, net)
     }

@@ -173,6 +173,9 @@ pub struct StatusView {
 struct PortIndex {
     macs: HashSet<Mac>,
     ids: HashSet<String>,
+    /// The ports by id: what a floating IP leads to is found without a
+    /// scan of ten thousand ports.
+    by_id: HashMap<String, Port>,
     /// Host-side interface name -> port id (the monitor reports names).
     ifnames: HashMap<String, String>,
     /// Ports per network: a Linux bridge takes at most
@@ -197,6 +200,7 @@ impl PortIndex {
     fn insert(&mut self, p: &Port) {
         self.macs.insert(p.mac);
         self.ids.insert(p.id.clone());
+        self.by_id.insert(p.id.clone(), p.clone());
         self.ifnames.insert(p.ifname.clone(), p.id.clone());
         *self.per_net.entry(p.net.clone()).or_default() += 1;
         self.vms.insert((p.net.clone(), p.vm.clone()), p.id.clone());
@@ -205,6 +209,7 @@ impl PortIndex {
     fn remove(&mut self, p: &Port) {
         self.macs.remove(&p.mac);
         self.ids.remove(&p.id);
+        self.by_id.remove(&p.id);
         self.ifnames.remove(&p.ifname);
         if let Some(n) = self.per_net.get_mut(&p.net) {
             *n = n.saturating_sub(1);
