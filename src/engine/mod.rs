@@ -245,6 +245,10 @@ impl Engine {
     /// Loads the stored state and reconciles the kernel with it.
     pub fn start(parts: Parts) -> Result<Self, EngineError> {
         let Parts { store, kernel, services, host } = parts;
+        // Claims before ports: a claim is written with its port, so every
+        // claim read here whose port the next read lacks is an orphan.
+        let mut held = store.claims(crate::store::CLAIM_IP)?;
+        held.extend(store.claims(crate::store::CLAIM_MAC)?);
         let projects = store.projects()?;
         let networks = store.networks()?;
         let ports = store.ports()?;
@@ -289,6 +293,7 @@ impl Engine {
                 lock(b).restore_lease(l);
             }
         }
+        engine.sync_claims(held)?;
         let observed = engine.kernel.observe()?;
         engine.boot_states(&observed)?;
         engine.firewall = engine.kernel_firewall()?;
@@ -299,6 +304,31 @@ impl Engine {
         }
         engine.check_coexistence();
         Ok(engine)
+    }
+
+    /// Brings the claims of ports' fixed IPs and MACs in line with the
+    /// ports (`held`: the claims read before the ports): claims the values
+    /// of ports written before claims existed, and releases the claims of
+    /// ports that are gone (a network's claims are released after its
+    /// delete, which a daemon stopped in between leaves undone).
+    fn sync_claims(&self, held: Vec<crate::store::Claim>) -> Result<(), EngineError> {
+        let have: HashSet<&crate::store::Claim> = held.iter().collect();
+        let missing: Vec<crate::store::Claim> =
+            self.ports.iter().flat_map(crate::store::port_claims).filter(|c| !have.contains(c)).collect();
+        if !missing.is_empty() {
+            let taken = self.store.claim_many(&missing)?;
+            tracing::info!(claims = missing.len() - taken.len(), "claimed the fixed IPs and MACs of existing ports");
+            for c in taken {
+                tracing::warn!(port = c.owner, "the port's {} {} is claimed by another owner too", c.kind, c.value);
+            }
+        }
+        let ids: HashSet<&str> = self.ports.iter().map(|p| p.id.as_str()).collect();
+        for c in held.iter().filter(|c| !ids.contains(c.owner.as_str())) {
+            if let Err(e) = self.store.release_claim(&c.kind, &c.value, &c.owner) {
+                tracing::warn!("cannot release the {} claim of {} (port {} is gone): {e}", c.kind, c.value, c.owner);
+            }
+        }
+        Ok(())
     }
 
     /// The table the kernel holds, as far as lanyard can tell: when its

@@ -93,6 +93,13 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.release_claim(kind, value, owner)
     }
+    fn claims(&self, kind: &str) -> Result<Vec<crate::store::Claim>, StoreError> {
+        self.inner.claims(kind)
+    }
+    fn claim_many(&self, claims: &[crate::store::Claim]) -> Result<Vec<crate::store::Claim>, StoreError> {
+        self.check()?;
+        self.inner.claim_many(claims)
+    }
     fn tokens(&self) -> Result<Vec<crate::auth::Token>, StoreError> {
         self.inner.tokens()
     }
@@ -1351,4 +1358,94 @@ fn no_vlan_subnet_or_address_is_ever_held_twice() {
             }
         }
     }
+}
+
+/// A port's fixed IP and MAC are claimed with its record and released with
+/// it (and with its network); a restart claims what ports written before
+/// claims existed hold, and releases the claims of ports that are gone.
+#[test]
+fn ports_claim_their_ip_and_mac() {
+    use crate::store::{CLAIM_IP, CLAIM_MAC};
+    let mut r = rig();
+    r.engine.create_network(spec("a", "isolated", "10.1.0.0/24")).unwrap();
+    let p = r.engine.create_port(port("a")).unwrap();
+    let q = r.engine.create_port(port("a")).unwrap();
+    let held = |s: &FlakyStore| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = [CLAIM_IP, CLAIM_MAC]
+            .iter()
+            .flat_map(|k| s.claims(k).unwrap())
+            .map(|c| (c.kind, c.value, c.owner))
+            .collect();
+        v.sort();
+        v
+    };
+    let of = |p: &Port| {
+        vec![
+            (CLAIM_IP.to_string(), format!("a/{}", p.ip.unwrap()), p.id.clone()),
+            (CLAIM_MAC.to_string(), p.mac.to_string(), p.id.clone()),
+        ]
+    };
+    let mut want = [of(&p), of(&q)].concat();
+    want.sort();
+    assert_eq!(held(&r.store), want);
+    r.engine.delete_port(&p.id).unwrap();
+    assert_eq!(held(&r.store), of(&q));
+    // Claims lost (a store from before claims) and an orphan (a port gone
+    // without its claims): a restart puts both right.
+    for c in of(&q) {
+        assert!(r.store.release_claim(&c.0, &c.1, &c.2).unwrap());
+    }
+    assert!(r.store.claim(CLAIM_MAC, "52:54:00:99:99:99", "gone").unwrap());
+    r.engine = r.restarted(1000).unwrap();
+    assert_eq!(held(&r.store), of(&q));
+    // A MAC another port holds is a conflict, as it always was.
+    let mut again = port("a");
+    again.mac = Some(q.mac.to_string());
+    assert!(matches!(r.engine.create_port(again), Err(EngineError::Conflict(_))));
+    r.engine.delete_network("a").unwrap();
+    assert_eq!(held(&r.store), vec![]);
+}
+
+/// Two hosts (two engines, each with its own etcd client and kernel) race
+/// to create ports on one small network: every IP and MAC is handed out
+/// once, and the only failures are exhaustion.
+#[test]
+fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
+    use crate::store::contract::EtcdServer;
+    let Some(etcd) = EtcdServer::start("two_hosts_racing_port_creates_never_share_an_ip_or_mac") else { return };
+    let host = |store: Arc<dyn Store>| {
+        Engine::start(Parts {
+            store,
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+        })
+        .expect("engine starts")
+    };
+    let a_store: Arc<dyn Store> = Arc::new(etcd.store("/lanyard-test/ports-race"));
+    let mut a = host(a_store.clone());
+    // A /26: 61 guest addresses for 80 ports.
+    a.create_network(spec("small", "isolated", "10.9.0.0/26")).unwrap();
+    let b = host(Arc::new(etcd.store("/lanyard-test/ports-race")));
+    const PER_HOST: usize = 40;
+    let workers: Vec<_> = [a, b]
+        .into_iter()
+        .map(|mut e| {
+            std::thread::spawn(move || {
+                (0..PER_HOST).map(|_| e.create_port(port("small")).map_err(|e| e.to_string())).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Result<Port, String>> =
+        workers.into_iter().flat_map(|w| w.join().expect("a host's thread panicked")).collect();
+    let (made, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let made: Vec<Port> = made.into_iter().map(Result::unwrap).collect();
+    for e in failed.iter().map(|r| r.as_ref().unwrap_err()) {
+        assert!(e.contains("no free address"), "a failure that is not exhaustion: {e}");
+    }
+    assert_eq!(made.len(), 61, "{} ports made, {} refused: {failed:?}", made.len(), failed.len());
+    let ips: HashSet<Ipv4Addr> = made.iter().filter_map(|p| p.ip).collect();
+    let macs: HashSet<Mac> = made.iter().map(|p| p.mac).collect();
+    assert_eq!((ips.len(), macs.len()), (61, 61), "an IP or a MAC was handed out twice");
+    assert_eq!(a_store.ports().unwrap().len(), 61);
 }
