@@ -2,9 +2,9 @@
 //! of multi-host, docs/multi-host.md), in throw-away namespaces: a "store"
 //! namespace runs etcd, each host namespace runs a daemon with `--etcd`
 //! and reaches etcd over a veth pair of its own (10.213.N.0/24); nothing
-//! touches the root namespace. A network created through host A is listed
-//! by host B once B reads the store again (a restart: the watch-driven
-//! mirror is the next slice); `node list` shows both nodes with their
+//! touches the root namespace. A network created through host A appears on
+//! host B (listed, its bridge up) without a restart, and goes from B when
+//! deleted through A (B's mirror follows etcd); `node list` shows both nodes with their
 //! underlay addresses; a SIGKILLed daemon's node leaves the list within
 //! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
 //! is refused in one line and leaves nothing behind. Needs root and etcd;
@@ -16,6 +16,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+
+/// How soon a change made through one host shows on another.
+const FOLLOWS_WITHIN: Duration = Duration::from_secs(3);
 
 /// The node registration's lease TTL (src/daemon/cluster.rs) and a margin.
 const NODE_GONE_WITHIN: Duration = Duration::from_secs(10 + 5);
@@ -66,19 +69,39 @@ fn two_daemons_share_state_and_see_each_other() {
     let table = a.cli_ok(&["node", "list"]);
     assert!(table.contains(&format!("{node_a} (this)")) && table.contains("10.213.2.2"), "{table}");
 
-    // A network made through A is in the shared store: B lists it once it
-    // reads the store again, and (autostart) brings its bridge up too.
-    // (Without autostart B would find no bridge of it at start and keep it
-    // stopped: a network's active state is still one record for all hosts,
-    // which the next slice makes per host.)
-    a.cli_ok(&["net", "create", "shared", "--mode", "isolated", "--subnet", "10.77.0.0/24", "--autostart"]);
+    // A network made through A appears on B with no restart (B's mirror
+    // follows etcd): listed, its bridge up in B's namespace. A network
+    // deleted through A goes from B the same way.
+    a.cli_ok(&["net", "create", "shared", "--mode", "isolated", "--subnet", "10.77.0.0/24"]);
     assert_eq!(net_names(&a.cli_json(&["net", "list"])), ["shared"]);
-    assert!(hb.link("lybr0").is_none(), "B made the bridge before reading the store again");
-    b.restart();
-    let on_b = b.cli_json(&["net", "list"]);
-    assert_eq!(net_names(&on_b), ["shared"], "B does not list A's network: {on_b}");
+    let started = std::time::Instant::now();
+    let on_b = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        let v = b.cli_json(&["net", "list"]);
+        (net_names(&v) == ["shared"] && hb.link("lybr0").is_some()).then_some(v)
+    });
+    let Some(on_b) = on_b else {
+        panic!("B did not follow A's network within {FOLLOWS_WITHIN:?}: {}\n{}", b.cli_ok(&["net", "list"]), b.log())
+    };
+    eprintln!("B followed A's new network in {:?}", started.elapsed());
     assert_eq!(on_b[0]["subnet"], "10.77.0.0/24", "{on_b}");
-    assert!(hb.link("lybr0").is_some(), "B did not bring up the shared network's bridge");
+    assert_eq!(on_b[0]["state"], "active", "{on_b}");
+    a.cli_ok(&["net", "create", "brief", "--mode", "nat", "--subnet", "10.79.0.0/24"]);
+    let bridge = a.cli_json(&["net", "list"]).as_array().unwrap().iter().find(|n| n["name"] == "brief").unwrap()
+        ["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let came = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge));
+    assert!(came.is_some(), "B did not bring up {bridge}: {}", b.log());
+    a.cli_ok(&["net", "delete", "brief"]);
+    let went = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (hb.link(&bridge).is_none() && net_names(&b.cli_json(&["net", "list", "--all"])) == ["shared"]).then_some(())
+    });
+    assert!(went.is_some(), "B kept the network deleted through A: {}", b.cli_ok(&["net", "list", "--all"]));
+    // A restart keeps what B follows.
+    b.restart();
+    assert_eq!(net_names(&b.cli_json(&["net", "list"])), ["shared"]);
+    assert!(hb.link("lybr0").is_some(), "B's restart lost the shared network's bridge");
 
     // SIGKILL: A's node leaves B's list within the lease's TTL.
     let mut a = a;

@@ -25,7 +25,8 @@
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
 //! - [`managers`]: nova's VLAN manager configuration;
 //! - [`floating`]: floating IP pools and floating IPs;
-//! - [`grants`]: grants between projects.
+//! - [`grants`]: grants between projects;
+//! - [`mirror`]: following changes other hosts made to the store.
 
 pub mod access;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod grants;
 pub mod heal;
 pub mod host;
 pub mod managers;
+pub mod mirror;
 pub mod networks;
 pub mod ports;
 pub mod projects;

@@ -1449,3 +1449,49 @@ fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
     assert_eq!((ips.len(), macs.len()), (61, 61), "an IP or a MAC was handed out twice");
     assert_eq!(a_store.ports().unwrap().len(), 61);
 }
+
+/// A second engine on the same store (another host) follows what the
+/// first one changes: its networks' bridges, servers and ports come and go
+/// without a restart; its own writes are recognised and not applied again;
+/// what did not change is not touched.
+#[test]
+fn an_engine_follows_changes_another_made_to_the_store() {
+    use crate::store::Change;
+    let mut a = rig();
+    let b_kernel = Arc::new(FakeKernel::default());
+    let mut b = Engine::start(Parts {
+        store: a.store.clone(),
+        kernel: b_kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+    })
+    .unwrap();
+    let net = a.engine.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    let change = Change::Network("n1".into(), Some(net.clone()));
+    assert!(!a.engine.follow(std::slice::from_ref(&change), false).unwrap(), "A's own write");
+    assert!(b.follow(&[change], false).unwrap());
+    assert_eq!(b.networks(), vec![net.clone()]);
+    assert!(b_kernel.snapshot().observed.links.contains_key(&net.bridge), "no bridge on B");
+    assert!(b.services.running("n1"));
+    let p = a.engine.create_port(port("n1")).unwrap();
+    assert!(b.follow(&[Change::Port(p.id.clone(), Some(p.clone()))], false).unwrap());
+    assert_eq!(b.ports(None, None), vec![p.clone()]);
+    assert_eq!(lock(&b.books["n1"]).static_ip(p.mac), p.ip);
+    // Another network: the first one's bridge and servers are left alone.
+    b_kernel.clear_log();
+    let net2 = a.engine.create_network(spec("n2", "isolated", "10.2.0.0/24")).unwrap();
+    assert!(b.follow(&[Change::Other], false).unwrap());
+    assert!(!b.follow(&[Change::Other], false).unwrap(), "nothing left to follow");
+    let touched: Vec<String> = b_kernel.log().into_iter().filter(|l| l.contains(&net.bridge)).collect();
+    assert!(touched.is_empty(), "the unchanged network was touched: {touched:?}");
+    assert!(b_kernel.snapshot().observed.links.contains_key(&net2.bridge));
+    // Deletes: the port's address is free on B, the network goes.
+    a.engine.delete_port(&p.id).unwrap();
+    assert!(b.follow(&[Change::Port(p.id.clone(), None)], false).unwrap());
+    assert!(b.ports(None, None).is_empty() && lock(&b.books["n1"]).static_ip(p.mac).is_none());
+    a.engine.delete_network("n1").unwrap();
+    assert!(b.follow(&[Change::Network("n1".into(), None)], false).unwrap());
+    assert_eq!(b.networks(), vec![net2]);
+    assert!(!b_kernel.snapshot().observed.links.contains_key(&net.bridge), "B kept the deleted network's bridge");
+    assert!(!b.services.running("n1"));
+}

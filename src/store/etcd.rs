@@ -36,7 +36,7 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{port_claims, Claim, DocumentChange, LeaseChange, Store, StoreError};
+use super::{port_claims, Change, Claim, DocumentChange, LeaseChange, Store, StoreError};
 use crate::auth::Token;
 use crate::model::{Lease, Network, Port, Project};
 
@@ -699,7 +699,48 @@ impl Store for EtcdStore {
     }
 }
 
+/// What a watched key's new value (None: deleted) means to the mirror;
+/// None for the keys it does not follow: leases (each host's DHCP writes
+/// them, and serves its own ports), claims (they come with their ports),
+/// nodes and tokens (never held in memory). `root` is the store's root.
+pub fn change_of(root: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change> {
+    let key = std::str::from_utf8(key).ok()?.strip_prefix(root)?.strip_prefix('/')?;
+    let (dir, rest) = key.split_once('/')?;
+    // A record that does not decode is left to a read of the store
+    // (Other), which reports it.
+    match dir {
+        "networks" => match value.map(serde_json::from_slice::<Network>) {
+            Some(Err(_)) => Some(Change::Other),
+            Some(Ok(n)) => Some(Change::Network(unsegment(rest), Some(n))),
+            None => Some(Change::Network(unsegment(rest), None)),
+        },
+        "ports" => {
+            let (_, id) = rest.rsplit_once('/')?;
+            match value.map(serde_json::from_slice::<Port>) {
+                Some(Err(_)) => Some(Change::Other),
+                Some(Ok(p)) => Some(Change::Port(id.to_string(), Some(p))),
+                None => Some(Change::Port(id.to_string(), None)),
+            }
+        }
+        "projects" | "documents" | "settings" => Some(Change::Other),
+        _ => None,
+    }
+}
+
 impl EtcdStore {
+    /// The root of this store's keys (`/lanyard/v1`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The store's current revision: a watch from the next one sees every
+    /// change written after this call.
+    pub fn revision(&self) -> Result<i64, StoreError> {
+        let key = self.key(&["projects", "default"]);
+        let resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
     fn claim_key(&self, c: &Claim) -> String {
         self.key(&["claims", &segment(&c.kind), &segment(&c.value)])
     }

@@ -179,6 +179,19 @@ pub fn port_claims(p: &Port) -> Vec<Claim> {
     out
 }
 
+/// A change to desired state made by any writer, as the cluster store's
+/// watch reports it (the mirror of a multi-host daemon follows these).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The network with this key is now the record, or gone (None).
+    Network(String, Option<Network>),
+    /// The port with this id is now the record, or gone (None).
+    Port(String, Option<Port>),
+    /// Some other record of desired state (a project, a document, a
+    /// setting) changed: only a read of the store tells what it means.
+    Other,
+}
+
 /// The documents of `kind`, decoded.
 pub fn load<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: &str) -> Result<Vec<T>, StoreError> {
     store
