@@ -142,6 +142,58 @@ fn two_daemons_share_state_and_see_each_other() {
     assert_eq!(net_names(&a.cli_json(&["net", "list", "--all"])), ["shared"]);
 }
 
+/// Ports belong to the host they were created through: only it has the
+/// port's device, every host lists it, `node list` counts it for its node.
+/// Every host has every network's bridge, and a host that comes up without
+/// one (a reboot) brings it up without stopping the network for the others.
+#[test]
+fn ports_belong_to_the_host_they_were_created_through() {
+    if !privileged("ports_belong_to_the_host_they_were_created_through", &["ip", "etcd", "busybox", "kill"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let (node_a, node_b) = (unique("nda"), unique("ndb"));
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &node_a, "--underlay", "u0"]);
+    let mut b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &node_b, "--underlay", "u0"]);
+    let net = a.cli_json(&["net", "create", "pn", "--mode", "isolated", "--subnet", "10.81.0.0/24"]);
+    let bridge = net["bridge"].as_str().expect("a bridge name").to_string();
+    assert!(poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge)).is_some(), "{}", b.log());
+
+    let pa = a.cli_json(&["port", "create", "--net", "pn", "--vm", "va"]);
+    let pb = b.cli_json(&["port", "create", "--net", "pn", "--vm", "vb"]);
+    assert_eq!((pa["node"].as_str(), pb["node"].as_str()), (Some(node_a.as_str()), Some(node_b.as_str())));
+    assert_ne!(pa["ip"], pb["ip"], "two hosts handed out one address");
+    let (ia, ib) = (pa["ifname"].as_str().unwrap(), pb["ifname"].as_str().unwrap());
+    for d in [&a, &b] {
+        let both = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+            (d.cli_json(&["port", "list"]).as_array().map(Vec::len) == Some(2)).then_some(())
+        });
+        assert!(both.is_some(), "a host does not list both ports: {}", d.cli_ok(&["port", "list"]));
+    }
+    assert!(ha.link(ia).is_some() && ha.link(ib).is_none(), "A's devices: {:?}", ha.links());
+    assert!(hb.link(ib).is_some() && hb.link(ia).is_none(), "B's devices: {:?}", hb.links());
+    let nodes = a.cli_json(&["node", "list"]);
+    for n in nodes.as_array().unwrap() {
+        assert_eq!(n["ports"], 1, "{nodes}");
+    }
+    let table = a.cli_ok(&["node", "list"]);
+    assert!(table.contains("Ports"), "{table}");
+
+    // B "reboots": its bridge and TAP are gone when it starts. It brings
+    // both back, and the network stays active for A (it is not autostart).
+    b.stop();
+    hb.ip_ok(&["link", "del", ib]);
+    hb.ip_ok(&["link", "del", &bridge]);
+    b.start_again();
+    assert!(hb.link(&bridge).is_some() && hb.link(ib).is_some(), "B did not bring back its network and port");
+    assert!(hb.link(ia).is_none(), "B made A's port's device");
+    let on_a = a.cli_json(&["net", "list", "--all"]);
+    assert_eq!(on_a[0]["state"], "active", "B's start stopped the network for A: {on_a}");
+    assert!(ha.link(&bridge).is_some());
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v

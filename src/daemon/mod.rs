@@ -239,7 +239,8 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
     // Monitors first: what changes while the engine reconciles is seen.
     let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;
-    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost) };
+    let node = options.cluster.as_ref().map(|c| c.node.clone());
+    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost), node };
     let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;

@@ -150,6 +150,7 @@ impl Engine {
             .ports
             .iter()
             .filter(|p| scope.ports.contains(&p.id) || rebuilt.contains(&p.net))
+            .filter(|p| self.is_local(p))
             .filter(|p| match (&p.port_type, &p.netns) {
                 // A veth whose namespace is gone (the VM is gone) stays gone.
                 (PortType::Veth, Some(ns)) => self.host.netns_exists(ns),
@@ -201,7 +202,7 @@ impl Engine {
     /// The firewall changes that restore lanyard's tables, and the tables
     /// the kernel will then hold.
     fn firewall_repair(&self) -> Result<(Vec<FirewallChange>, Option<Tables>), EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         let current = self.kernel_firewall()?;
         Ok((FirewallChange::all_between(&current, &wanted), Some(wanted)))
     }

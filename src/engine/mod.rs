@@ -210,6 +210,8 @@ pub struct Parts {
     pub services: Box<dyn Services>,
     /// Namespaces, resolvers, clock.
     pub host: Arc<dyn Host>,
+    /// This host's cluster node (`--node`), None on a single host.
+    pub node: Option<String>,
 }
 
 /// The control plane of one daemon.
@@ -237,6 +239,9 @@ pub struct Engine {
     repair_stats: heal::RepairStats,
     /// What other tools' firewalls do at the forward hook.
     coexistence: Coexistence,
+    /// This host's cluster node: ports of other nodes are known (listed,
+    /// their addresses taken) but have no device here.
+    node: Option<String>,
 }
 
 fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
@@ -246,7 +251,7 @@ fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
 impl Engine {
     /// Loads the stored state and reconciles the kernel with it.
     pub fn start(parts: Parts) -> Result<Self, EngineError> {
-        let Parts { store, kernel, services, host } = parts;
+        let Parts { store, kernel, services, host, node } = parts;
         // Claims before ports: a claim is written with its port, so every
         // claim read here whose port the next read lacks is an orphan.
         let mut held = store.claims(crate::store::CLAIM_IP)?;
@@ -276,6 +281,7 @@ impl Engine {
             firewall: Tables::new(),
             repair_stats: heal::RepairStats::default(),
             coexistence: Coexistence::default(),
+            node,
         };
         engine.ensure_default_project()?;
         for net in &engine.networks {
@@ -338,7 +344,7 @@ impl Engine {
     /// kernel's elements (so reconcile changes only elements); otherwise an
     /// unknown table, which reconcile replaces whole.
     fn kernel_firewall(&self) -> Result<Tables, EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         let mut out = Tables::new();
         for id in planner::table_ids() {
             if let Some(t) = self.kernel_table(&id, wanted.get(&id))? {
@@ -369,6 +375,7 @@ impl Engine {
     /// After a host reboot the kernel has none of lanyard's bridges: like
     /// libvirt, networks come back only if they are marked autostart. A
     /// daemon restart finds the bridges in place and keeps networks active.
+    /// A cluster member keeps every network as its shared record says.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let mut pin = Vec::new();
         for net in &mut self.networks {
@@ -394,7 +401,11 @@ impl Engine {
                 }
                 if net.state != NetState::Inactive {
                     net.state = NetState::Inactive;
-                    self.store.put_network(net)?;
+                    // A cluster's record is every host's: the network
+                    // stays down here only.
+                    if self.node.is_none() {
+                        self.store.put_network(net)?;
+                    }
                 }
                 continue;
             }
@@ -415,7 +426,12 @@ impl Engine {
                 }
                 self.store.put_network(net)?;
             }
-            let want = if net.autostart {
+            // In a cluster the record's state is the cluster's, not this
+            // host's: a host that starts without the bridge (a reboot, a
+            // new host) brings it up as the record says, and writes nothing.
+            let want = if self.node.is_some() {
+                net.state
+            } else if net.autostart {
                 NetState::Active
             } else if present {
                 net.state
@@ -443,7 +459,7 @@ impl Engine {
         let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
-        self.firewall = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
@@ -455,11 +471,28 @@ impl Engine {
         planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips, grants: &self.grants }
     }
 
+    /// Whether `port` is this host's: created through it, or a record
+    /// that names no node.
+    fn is_local(&self, port: &Port) -> bool {
+        port.node.is_none() || port.node == self.node
+    }
+
+    /// This host's ports of `ports` ([`Engine::is_local`]): the ones its
+    /// kernel holds devices and firewall elements for.
+    fn local<'a>(&self, ports: &'a [Port]) -> std::borrow::Cow<'a, [Port]> {
+        if self.node.is_none() || ports.iter().all(|p| self.is_local(p)) {
+            std::borrow::Cow::Borrowed(ports)
+        } else {
+            std::borrow::Cow::Owned(ports.iter().filter(|p| self.is_local(p)).cloned().collect())
+        }
+    }
+
     /// Ports whose veth peer namespace is gone cannot be re-created; they
     /// are left out of the plan (and logged) instead of failing everything.
     fn plannable(&self, ports: &[Port]) -> Vec<Port> {
         ports
             .iter()
+            .filter(|p| self.is_local(p))
             .filter(|p| match (&p.port_type, &p.netns) {
                 (PortType::Veth, Some(ns)) => {
                     let ok = self.host.netns_exists(ns);
@@ -683,6 +716,16 @@ impl Engine {
             coexistence: self.coexistence.clone(),
             dhcp_handler_panics: crate::dhcp::server::handler_panics(),
         }
+    }
+
+    /// Ports by the node that carries them (None: records that name no
+    /// node, this host's), for `node list`.
+    pub fn ports_per_node(&self) -> HashMap<Option<String>, usize> {
+        let mut out = HashMap::new();
+        for p in &self.ports {
+            *out.entry(p.node.clone()).or_default() += 1;
+        }
+        out
     }
 
     /// Stops the DHCP and DNS servers (the kernel state stays: VMs keep running).

@@ -343,6 +343,7 @@ impl Engine {
             spoof_check: spec.spoof_check.unwrap_or(true) && trunk.is_empty(),
             trunk,
             untagged,
+            node: self.node.clone(),
         };
         batch.insert(&port);
         Ok(port)
@@ -375,18 +376,25 @@ impl Engine {
             .find(|p| p.id == id)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
+        // Another node's port (deleted through this host) has no device or
+        // firewall elements here: only its records go.
+        let local = self.is_local(&port);
         let links: BTreeMap<_, _> = self.kernel.observe_links(&[&port.ifname])?;
         // lanyard deletes only what it created; an adopted TAP is QEMU's.
         let ops = match links.get(&port.ifname) {
-            Some(l) if l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
+            Some(l) if local && l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
             _ => Vec::new(),
         };
-        let mut changes = planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false);
+        let mut changes = if local {
+            planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false)
+        } else {
+            Vec::new()
+        };
         // Its floating IP stays the project's, associated with nothing.
         let unbound = self.unbound_floating_ips(std::slice::from_ref(&port));
         let mut ops = ops;
         let bound: Vec<_> = self.floating_ips.iter().filter(|f| f.port.as_deref() == Some(id)).cloned().collect();
-        for f in &bound {
+        for f in bound.iter().filter(|_| local) {
             if let Some(a) = self.live_association(f) {
                 changes.extend(planner::firewall::association_changes(&[a], false));
                 if let Some(link) = self.pool_interface(&f.pool) {

@@ -148,6 +148,7 @@ fn rig() -> Rig {
         kernel: kernel.clone(),
         services: Box::<FakeServices>::default(),
         host: Arc::new(host),
+        node: None,
     })
     .expect("engine starts");
     Rig { engine, kernel, store }
@@ -162,6 +163,7 @@ impl Rig {
             kernel: self.kernel.clone(),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
+            node: None,
         })
     }
 
@@ -494,6 +496,7 @@ fn a_foreign_interface_with_the_bridge_name_is_left_alone_and_named() {
         kernel: kernel.clone(),
         services: Box::<FakeServices>::default(),
         host: Arc::new(FakeHost::default()),
+        node: None,
     })
     .unwrap();
     assert_eq!(e.network("a").unwrap().state, NetState::Inactive, "the network waits for its name");
@@ -1030,6 +1033,7 @@ mod projects {
             kernel: r.kernel.clone(),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost::default()),
+            node: None,
         })
         .unwrap();
         let changes: Vec<String> = r.kernel.log().into_iter().filter(|l| !l.starts_with("observe")).collect();
@@ -1419,6 +1423,7 @@ fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
             kernel: Arc::new(FakeKernel::default()),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+            node: None,
         })
         .expect("engine starts")
     };
@@ -1464,6 +1469,7 @@ fn an_engine_follows_changes_another_made_to_the_store() {
         kernel: b_kernel.clone(),
         services: Box::<FakeServices>::default(),
         host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+        node: None,
     })
     .unwrap();
     let net = a.engine.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
@@ -1494,4 +1500,56 @@ fn an_engine_follows_changes_another_made_to_the_store() {
     assert_eq!(b.networks(), vec![net2]);
     assert!(!b_kernel.snapshot().observed.links.contains_key(&net.bridge), "B kept the deleted network's bridge");
     assert!(!b.services.running("n1"));
+}
+
+/// Cluster members (engines with a node name) on one store: a port
+/// belongs to the node it was created through, and only that host has its
+/// device; every host has every network's bridge; a host that starts
+/// without a network's bridge brings it up and leaves the shared record
+/// as it is (not autostart, still active).
+#[test]
+fn cluster_members_make_devices_only_for_their_own_ports() {
+    use crate::store::Change;
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+    });
+    let member = |node: &str, kernel: &Arc<FakeKernel>| {
+        Engine::start(Parts {
+            store: store.clone(),
+            kernel: kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+            node: Some(node.into()),
+        })
+        .unwrap()
+    };
+    let (ka, kb) = (Arc::new(FakeKernel::default()), Arc::new(FakeKernel::default()));
+    let mut a = member("a", &ka);
+    let net = a.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    assert!(!net.autostart);
+    // B starts after the network exists, with no bridge of it: it brings
+    // the bridge up and writes nothing.
+    let mut b = member("b", &kb);
+    assert!(kb.snapshot().observed.links.contains_key(&net.bridge), "B did not bring the network up");
+    assert_eq!(store.networks().unwrap(), vec![net.clone()], "B's start changed the shared record");
+    let pa = a.create_port(port("n1")).unwrap();
+    assert_eq!(pa.node.as_deref(), Some("a"));
+    assert!(b.follow(&[Change::Port(pa.id.clone(), Some(pa.clone()))], false).unwrap());
+    let pb = b.create_port(port("n1")).unwrap();
+    assert!(a.follow(&[Change::Port(pb.id.clone(), Some(pb.clone()))], false).unwrap());
+    let has = |k: &FakeKernel, p: &Port| k.snapshot().observed.links.contains_key(&p.ifname);
+    assert!(has(&ka, &pa) && !has(&ka, &pb), "A's devices: its own port's only");
+    assert!(has(&kb, &pb) && !has(&kb, &pa), "B's devices: its own port's only");
+    assert_eq!(a.ports(None, None).len(), 2);
+    let counts = b.ports_per_node();
+    assert_eq!((counts[&Some("a".into())], counts[&Some("b".into())]), (1, 1));
+    // A port of A deleted through B: its records go; A's device goes when
+    // A follows; nothing of it was ever on B.
+    b.delete_port(&pa.id).unwrap();
+    assert!(a.follow(&[Change::Port(pa.id.clone(), None)], false).unwrap());
+    assert!(!has(&ka, &pa) && a.ports(None, None) == vec![pb.clone()]);
+    // A restart of A keeps B's port off A's kernel.
+    let a = member("a", &ka);
+    assert!(!has(&ka, &pb) && a.ports(None, None) == vec![pb]);
 }
