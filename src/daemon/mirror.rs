@@ -180,3 +180,62 @@ async fn follow(mut rx: mpsc::UnboundedReceiver<News>, engine: Arc<Mutex<Engine>
         };
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::fake::FakeKernel;
+    use crate::engine::host::FakeHost;
+    use crate::engine::services::FakeServices;
+    use crate::engine::Parts;
+    use crate::model::NetState;
+    use crate::store::contract::EtcdServer;
+    use crate::store::Store;
+
+    /// Waits (bounded) until `f` holds of the engine.
+    async fn until(engine: &Arc<Mutex<Engine>>, what: &str, f: impl Fn(&Engine) -> bool) {
+        for _ in 0..100 {
+            if f(&engine.lock().unwrap()) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("the mirror did not follow: {what}");
+    }
+
+    /// A mirror started from a revision etcd has compacted away reads the
+    /// whole state instead, then follows changes as they come.
+    #[test]
+    fn a_compacted_watch_reads_the_state_again_and_follows_on() {
+        let Some(etcd) = EtcdServer::start("a_compacted_watch_reads_the_state_again_and_follows_on") else { return };
+        let other = etcd.store("/lanyard-test/mirror");
+        let here = etcd.store("/lanyard-test/mirror");
+        let from = here.revision().unwrap() + 1;
+        let engine = Engine::start(Parts {
+            store: Arc::new(etcd.store("/lanyard-test/mirror")),
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost::default()),
+            node: Some("here".into()),
+        })
+        .unwrap();
+        let engine = Arc::new(Mutex::new(engine));
+        // Another host writes, and etcd forgets the history since `from`.
+        let n1 = crate::model::test_network("n1", "10.61.0.0/24", "lybr61");
+        other.put_network(&n1).unwrap();
+        other.put_network(&crate::model::test_network("n2", "10.62.0.0/24", "lybr62")).unwrap();
+        let now = other.revision().unwrap();
+        other.call(move |mut c| async move { c.compact(now, None).await }).unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let _mirror = Mirror::start(&here, from, engine.clone());
+            until(&engine, "the networks written before the compaction", |e| e.networks().len() == 2).await;
+            // From here on, events.
+            let mut stopped = n1.clone();
+            stopped.state = NetState::Inactive;
+            other.put_network(&stopped).unwrap();
+            other.delete_network("n2").unwrap();
+            until(&engine, "a stop and a delete", |e| e.networks() == vec![stopped.clone()]).await;
+        });
+    }
+}

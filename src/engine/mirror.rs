@@ -69,7 +69,7 @@ impl Engine {
     /// it; whether anything differed. On a kernel failure memory stays as
     /// it was, so the next call tries again.
     pub fn resync(&mut self) -> Result<bool, EngineError> {
-        let d = self.read_desired()?;
+        let mut d = self.read_desired()?;
         if d.projects == self.projects
             && d.networks == self.networks
             && d.ports == self.ports
@@ -80,6 +80,13 @@ impl Engine {
             return Ok(false);
         }
         let observed = self.observe()?;
+        // As at start: a network whose bridge name another tool's
+        // interface has stays down on this host (in memory only).
+        for n in &mut d.networks {
+            if observed.links.get(&n.bridge).is_some_and(|l| !l.owned() && !n.adopted) {
+                n.state = NetState::Inactive;
+            }
+        }
         // Servers of networks that go or stop are bound to bridges about
         // to go.
         let active = |nets: &[Network], key: &str| nets.iter().any(|n| n.key() == key && n.state == NetState::Active);
