@@ -7,7 +7,9 @@
 //! deleted through A (B's mirror follows etcd); `node list` shows both nodes with their
 //! underlay addresses; a SIGKILLed daemon's node leaves the list within
 //! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
-//! is refused in one line and leaves nothing behind. Needs root and etcd;
+//! is refused in one line and leaves nothing behind; ports belong to the
+//! host they were created through; two hosts racing port creates on one
+//! network never share an IP or MAC. Needs root and etcd;
 //! see `common::privileged`.
 
 mod common;
@@ -192,6 +194,55 @@ fn ports_belong_to_the_host_they_were_created_through() {
     let on_a = a.cli_json(&["net", "list", "--all"]);
     assert_eq!(on_a[0]["state"], "active", "B's start stopped the network for A: {on_a}");
     assert!(ha.link(&bridge).is_some());
+}
+
+/// Two hosts create ports on one small network at once, through their own
+/// daemons: every IP and MAC is handed out once (the claims in etcd), and
+/// the only failures are exhaustion.
+#[test]
+fn two_hosts_creating_ports_at_once_never_share_an_ip_or_mac() {
+    if !privileged("two_hosts_creating_ports_at_once_never_share_an_ip_or_mac", &["ip", "etcd", "busybox", "kill"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &unique("nda")]);
+    let b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &unique("ndb")]);
+    // A /26: 61 guest addresses for 80 ports.
+    a.cli_ok(&["net", "create", "race", "--mode", "isolated", "--subnet", "10.82.0.0/26"]);
+    let on_b = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["race"]).then_some(())
+    });
+    assert!(on_b.is_some(), "B did not follow the network: {}", b.log());
+    const PER_HOST: usize = 40;
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        let workers: Vec<_> = [&a, &b]
+            .into_iter()
+            .map(|d| {
+                s.spawn(move || {
+                    (0..PER_HOST)
+                        .map(|i| d.cli(&["port", "create", "--net", "race", "--vm", &format!("v{i}"), "-o", "json"]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
+    });
+    let (made, refused): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.status.success());
+    for o in &refused {
+        assert!(stderr(o).contains("no free address"), "a failure that is not exhaustion: {}", stderr(o));
+    }
+    assert_eq!(made.len(), 61, "{} made, {} refused", made.len(), refused.len());
+    let ports = poll(FOLLOWS_WITHIN, Duration::from_millis(100), || {
+        let v = a.cli_json(&["port", "list"]);
+        (v.as_array().map(Vec::len) == Some(61)).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("A does not list 61 ports: {}", a.cli_ok(&["port", "list"])));
+    let list = ports.as_array().unwrap();
+    let ips: std::collections::HashSet<&str> = list.iter().filter_map(|p| p["ip"].as_str()).collect();
+    let macs: std::collections::HashSet<&str> = list.iter().filter_map(|p| p["mac"].as_str()).collect();
+    assert_eq!((ips.len(), macs.len()), (61, 61), "an IP or a MAC was handed out twice: {ports}");
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
