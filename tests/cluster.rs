@@ -1,11 +1,11 @@
-//! Two lanyard daemons sharing desired state in one etcd (the first slice
-//! of multi-host, docs/multi-host.md), in throw-away namespaces: a "store"
+//! Two lanyard daemons sharing desired state in one etcd (multi-host,
+//! docs/multi-host.md), in throw-away namespaces: a "store"
 //! namespace runs etcd, each host namespace runs a daemon with `--etcd`
 //! and reaches etcd over a veth pair of its own (10.213.N.0/24); nothing
 //! touches the root namespace. A network created through host A appears on
 //! host B (listed, its bridge up) without a restart, and goes from B when
-//! deleted through A (B's mirror follows etcd); `node list` shows both nodes with their
-//! underlay addresses; a SIGKILLed daemon's node leaves the list within
+//! deleted through A (B's mirror follows etcd); `node list` shows both
+//! nodes with their underlay addresses; a SIGKILLed daemon's node leaves the list within
 //! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
 //! is refused in one line and leaves nothing behind; ports belong to the
 //! host they were created through; two hosts racing port creates on one
