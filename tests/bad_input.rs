@@ -26,6 +26,7 @@ const OWNER: &str = "owner";
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     projects: Value,
+    fips: Value,
     nets: Value,
     ports: Value,
     leases: Value,
@@ -48,6 +49,7 @@ fn links_without_operstate(host: &Host) -> Value {
 fn snapshot(host: &Host) -> Snapshot {
     Snapshot {
         projects: host.cli_json(&["project", "list"]),
+        fips: host.cli_json(&["fip", "list"]),
         nets: host.cli_json(&["net", "list", "--all"]),
         ports: host.cli_json(&["port", "list"]),
         leases: host.cli_json(&["lease", "list", NET]),
@@ -81,6 +83,7 @@ fn diff(before: &Snapshot, after: &Snapshot) -> String {
         }
     };
     part("project list", items(&before.projects), items(&after.projects));
+    part("fip list", items(&before.fips), items(&after.fips));
     part("net list", items(&before.nets), items(&after.nets));
     part("port list", items(&before.ports), items(&after.ports));
     part("lease list", items(&before.leases), items(&after.leases));
@@ -151,6 +154,9 @@ fn wrong_input_is_refused_without_side_effects() {
     let made = host.cli_json(&["project", "token", "create", OWNER]);
     let token = made["token"].as_str().expect("a token").to_string();
     let as_owner = |args: &[&str]| -> Vec<String> { argv(&[&["--token", token.as_str()], args].concat()) };
+    // A floating IP pool on the foreign link, with one address held.
+    host.cli_ok(&["fip", "pool", "create", "pub", "--range", "198.51.100.10-198.51.100.12", "--interface", TAKEN]);
+    host.cli_ok(&["fip", "create", "--ip", "198.51.100.10"]);
     let spare_ns = spare.name().to_string();
     let never_state = spare.dir().join("never").display().to_string();
     let missing_ns = unique("miss"); // never created
@@ -622,6 +628,95 @@ fn wrong_input_is_refused_without_side_effects() {
             &["invalid token"],
         ),
         case("malformed token", argv(&["--token", "secret", "net", "list"]), NOT_ALLOWED, &["invalid token"]),
+        // Floating IPs and grants.
+        case(
+            "floating IP pool with a reversed range",
+            argv(&["fip", "pool", "create", "p2", "--range", "198.51.100.30-198.51.100.20", "--interface", TAKEN]),
+            INVALID,
+            &["after its last"],
+        ),
+        case(
+            "floating IP pool overlapping another",
+            argv(&["fip", "pool", "create", "p2", "--range", "198.51.100.12-198.51.100.20", "--interface", TAKEN]),
+            CONFLICT,
+            &["overlaps pool \"pub\""],
+        ),
+        case(
+            "floating IP pool inside a network",
+            argv(&["fip", "pool", "create", "p2", "--range", "192.168.122.200-192.168.122.210", "--interface", TAKEN]),
+            CONFLICT,
+            &["overlaps subnet"],
+        ),
+        case(
+            "floating IP pool on lanyard's bridge",
+            argv(&["fip", "pool", "create", "p2", "--range", "198.51.100.20-198.51.100.21", "--interface", &bridge]),
+            CONFLICT,
+            &["one of lanyard's interfaces"],
+        ),
+        case(
+            "floating IP pool on a missing interface",
+            argv(&["fip", "pool", "create", "p2", "--range", "198.51.100.20-198.51.100.21", "--interface", "nosuch0"]),
+            NOT_FOUND,
+            &["no interface named nosuch0"],
+        ),
+        case(
+            "floating IP pool from a project token",
+            as_owner(&["fip", "pool", "create", "p2", "--range", "198.51.100.20-198.51.100.21", "--interface", TAKEN]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "floating IP outside its pool",
+            argv(&["fip", "create", "--ip", "198.51.100.99"]),
+            INVALID,
+            &["is not in pool"],
+        ),
+        case(
+            "floating IP held already",
+            argv(&["fip", "create", "--ip", "198.51.100.10"]),
+            CONFLICT,
+            &["already held"],
+        ),
+        case("floating IP from a missing pool", argv(&["fip", "create", "--pool", "nosuch"]), NOT_FOUND, &["nosuch"]),
+        case("malformed floating IP", argv(&["fip", "associate", "banana", "vm1"]), INVALID, &["banana"]),
+        case(
+            "floating IP to a missing VM",
+            argv(&["fip", "associate", "198.51.100.10", "nosuchvm"]),
+            NOT_FOUND,
+            &["nosuchvm"],
+        ),
+        case(
+            "another project's floating IP from a project token",
+            as_owner(&["fip", "associate", "198.51.100.10", "vm1"]),
+            NOT_FOUND,
+            &["no floating IP 198.51.100.10"],
+        ),
+        case("deleting a pool with held addresses", argv(&["fip", "pool", "delete", "pub"]), CONFLICT, &["held"]),
+        case("grant to the project itself", argv(&["project", "allow", OWNER, "--to", OWNER]), INVALID, &["itself"]),
+        case(
+            "grant of a port without a protocol",
+            argv(&["project", "allow", OWNER, "--to", "default", "--port", "22"]),
+            INVALID,
+            &["needs --proto"],
+        ),
+        case(
+            "grant to a missing project",
+            argv(&["project", "allow", OWNER, "--to", "nosuch"]),
+            NOT_FOUND,
+            &["no project named \"nosuch\""],
+        ),
+        case(
+            "grant from a project token",
+            as_owner(&["project", "allow", OWNER, "--to", "default"]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "taking back a grant that was never made",
+            argv(&["project", "deny", OWNER, "--to", "default", "--proto", "tcp", "--port", "22"]),
+            NOT_FOUND,
+            &["has no grant"],
+        ),
         // Refused while parsing options, before the daemon touches anything
         // (and the test daemon's live socket would stop it next).
         case(

@@ -91,6 +91,24 @@ while time.time() - start < secs:
     time.sleep(max(0.0, end - time.time()))
 "#;
 
+/// Captures ARP for `secs` seconds; prints the sender address of each
+/// gratuitous request (sender address = target address).
+const GARP: &str = r#"
+import socket, sys, time
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.settimeout(0.2)
+end = time.time() + float(sys.argv[1])
+print("ready", flush=True)
+while time.time() < end:
+    try:
+        f = s.recv(2048)
+    except socket.timeout:
+        continue
+    a = f[14:]
+    if len(a) >= 28 and a[6:8] == b"\x00\x01" and a[14:18] == a[24:28]:
+        print(socket.inet_ntoa(a[14:18]), flush=True)
+"#;
+
 /// A process the test started, killed and reaped on drop.
 struct Running(Child);
 
@@ -175,8 +193,17 @@ fn a_floating_ip_leads_in_and_out_moves_with_its_flows_and_hairpins() {
     assert!(ask(&out, "udp", FIP).starts_with('-'), "an unassociated floating IP answers");
 
     // Inbound reaches a, which sees the outside's own address; a's own
-    // traffic leaves from the floating IP, b's is masqueraded.
+    // traffic leaves from the floating IP, b's is masqueraded. The
+    // association is announced by gratuitous ARP on the pool's interface.
+    let mut garp = out.command("python3", &["-u", "-c", GARP, "3"]);
+    garp.stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut garp = garp.spawn().expect("the ARP capture starts");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(garp.stdout.as_mut().expect("stdout")), &mut ready)
+        .expect("the capture is ready");
     let shown = fip_json(&host, &["associate", FIP, "a"]);
+    let announced = String::from_utf8_lossy(&garp.wait_with_output().expect("capture output").stdout).to_string();
+    assert!(announced.lines().any(|l| l == FIP), "no gratuitous ARP for {FIP} reached the outside: {announced:?}");
     assert_eq!(field(&shown, "vm"), "a", "{shown}");
     assert_eq!(field(&shown, "fixed_ip"), a.ip().to_string(), "{shown}");
     assert!(addresses(&host, "up0").contains(&format!("{FIP}/32")), "the host does not carry {FIP} on up0");

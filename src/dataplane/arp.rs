@@ -31,16 +31,41 @@ fn failed(link: &str, ip: Ipv4Addr, e: impl std::fmt::Display) -> KernelError {
     KernelError::Op { op: format!("announce {ip} on {link}"), errno: None, message: e.to_string() }
 }
 
-/// Broadcasts a gratuitous ARP request for `ip` from `mac` on the
-/// interface `index` (named `link`, for messages).
-pub fn announce(link: &str, index: u32, mac: Mac, ip: Ipv4Addr) -> Result<(), KernelError> {
+/// A packet socket kept open for the daemon's life: closing one waits for
+/// an RCU grace period in the kernel (8 ms measured here), which would be
+/// most of what an association costs.
+#[derive(Debug, Default)]
+pub struct Announcer {
+    socket: std::sync::Mutex<Option<OwnedFd>>,
+}
+
+impl Announcer {
+    /// Broadcasts a gratuitous ARP request for `ip` on interface `link`,
+    /// from the interface's own MAC. Two ioctls and one send: no look at
+    /// the interface's addresses, of which a pool's interface may carry
+    /// thousands.
+    pub fn announce(&self, link: &str, ip: Ipv4Addr) -> Result<(), KernelError> {
+        let mut guard = self.socket.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.is_none() {
+            *guard = Some(open().map_err(|e| failed(link, ip, e))?);
+        }
+        let socket = guard.as_ref().expect("opened above");
+        send(socket, link, ip)
+    }
+}
+
+fn open() -> std::io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call with constant arguments.
     let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
-        return Err(failed(link, ip, std::io::Error::last_os_error()));
+        return Err(std::io::Error::last_os_error());
     }
     // SAFETY: `fd` was just returned by socket(2) and nothing else owns it.
-    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn send(socket: &OwnedFd, link: &str, ip: Ipv4Addr) -> Result<(), KernelError> {
+    let (index, mac) = interface(socket, link).map_err(|e| failed(link, ip, e))?;
     // SAFETY: sockaddr_ll is plain data; all zeros is a valid value.
     let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
     to.sll_family = libc::AF_PACKET as u16;
@@ -64,6 +89,37 @@ pub fn announce(link: &str, index: u32, mac: Mac, ip: Ipv4Addr) -> Result<(), Ke
         return Err(failed(link, ip, std::io::Error::last_os_error()));
     }
     Ok(())
+}
+
+/// The index and hardware address of interface `name`.
+fn interface(socket: &OwnedFd, name: &str) -> std::io::Result<(u32, Mac)> {
+    // SAFETY: ifreq is plain data; all zeros is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.is_empty() || bytes.len() >= req.ifr_name.len() || bytes.contains(&0) {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not an interface name"));
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: `req` is an ifreq with a NUL-terminated name, valid for the
+    // call; SIOCGIFINDEX writes only its ifru_ifindex.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFINDEX, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFINDEX filled the union's index member.
+    let index = u32::try_from(unsafe { req.ifr_ifru.ifru_ifindex }).unwrap_or(0);
+    // SAFETY: as above; SIOCGIFHWADDR writes only its ifru_hwaddr.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFHWADDR filled the union's hwaddr member.
+    let data = unsafe { req.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (m, d) in mac.iter_mut().zip(data.iter()) {
+        *m = *d as u8;
+    }
+    Ok((index, Mac(mac)))
 }
 
 #[cfg(test)]

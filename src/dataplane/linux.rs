@@ -18,12 +18,17 @@ use crate::kernel::{
 pub struct LinuxKernel {
     links: NetlinkDriver,
     firewall: NftDriver,
+    announcer: super::arp::Announcer,
 }
 
 impl LinuxKernel {
     /// Opens both drivers in the calling thread's network namespace.
     pub fn new() -> Result<LinuxKernel, KernelError> {
-        Ok(LinuxKernel { links: NetlinkDriver::new()?, firewall: NftDriver::new()? })
+        Ok(LinuxKernel {
+            links: NetlinkDriver::new()?,
+            firewall: NftDriver::new()?,
+            announcer: super::arp::Announcer::default(),
+        })
     }
 
     /// The monitors of this namespace: links/addresses/routes and nftables.
@@ -70,18 +75,7 @@ impl Kernel for LinuxKernel {
     }
 
     fn announce(&self, link: &str, ip: std::net::Ipv4Addr) -> Result<(), KernelError> {
-        let links = self.links.observe_links(&[link])?;
-        let l = links.get(link).ok_or_else(|| KernelError::Op {
-            op: format!("announce {ip} on {link}"),
-            errno: Some(libc::ENODEV),
-            message: "no such interface".into(),
-        })?;
-        let mac = l.mac.ok_or_else(|| KernelError::Op {
-            op: format!("announce {ip} on {link}"),
-            errno: None,
-            message: "the interface has no hardware address".into(),
-        })?;
-        super::arp::announce(link, l.index, mac, ip)
+        self.announcer.announce(link, ip)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
 use crate::model::floating::{parse_fip, FipPool, FipPoolSpec, FipSpec, FloatingIp};
 use crate::model::{ModelError, Port, DEFAULT_PROJECT};
-use crate::planner::floating::{associations, host_address, takes_floating_ips, Association, ProjectPolicy};
+use crate::planner::floating::{association, host_address, takes_floating_ips, Association};
 use crate::store::{DocumentChange, FIP_POOLS, FLOATING_IPS};
 
 /// A pool as the API shows it.
@@ -288,10 +288,16 @@ impl Engine {
         self.live(fip)
     }
 
-    /// The live association of `fip` (as the planner sees it), if any.
+    /// The live association of `fip` (as the planner sees it), if any: one
+    /// look at its port and network, whatever else exists.
     fn live(&self, fip: &FloatingIp) -> Option<Association> {
-        let policy = ProjectPolicy { floating_ips: std::slice::from_ref(fip), ..self.policy() };
-        associations(&self.networks, &self.ports, policy).pop()
+        let port = self.ports.iter().find(|p| Some(p.id.as_str()) == fip.port.as_deref())?;
+        // Another node's port's floating IP is NATed on that node.
+        if !self.is_local(port) {
+            return None;
+        }
+        let net = self.networks.iter().find(|n| n.key() == port.net)?;
+        association(fip, port, net)
     }
 
     /// Associates floating IP `ip` with `port` (an id, or a VM with one

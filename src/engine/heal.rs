@@ -45,6 +45,13 @@ struct Scope {
     firewall: bool,
     /// Another tool's table changed: look at coexistence again.
     foreign: bool,
+    /// Floating IP pools' interfaces that changed (re-created, say): all
+    /// their pool addresses are checked.
+    pool_interfaces: BTreeSet<String>,
+    /// Pool addresses reported added (true) or removed, the last report of
+    /// each: lanyard's own association costs this one look, not a read of
+    /// an interface that may carry thousands of addresses.
+    pool_addresses: BTreeMap<std::net::Ipv4Addr, (String, bool)>,
 }
 
 impl Engine {
@@ -55,7 +62,12 @@ impl Engine {
         if scope.foreign {
             self.check_coexistence();
         }
-        if scope.networks.is_empty() && scope.ports.is_empty() && !scope.firewall {
+        if scope.networks.is_empty()
+            && scope.ports.is_empty()
+            && !scope.firewall
+            && scope.pool_interfaces.is_empty()
+            && scope.pool_addresses.is_empty()
+        {
             return Ok(0);
         }
         let result = self.repair(&scope);
@@ -85,7 +97,17 @@ impl Engine {
                     scope.ports.extend(self.ports.iter().map(|p| p.id.clone()));
                     scope.firewall = true;
                 }
+                KernelEvent::Address { link, addr, gone }
+                    if addr.prefix_len() == 32
+                        && self.pools.iter().any(|p| &p.interface == link && p.contains(addr.addr())) =>
+                {
+                    // A floating IP's address on its pool's interface.
+                    scope.pool_addresses.insert(addr.addr(), (link.clone(), !gone));
+                }
                 KernelEvent::Link { name, .. } | KernelEvent::Address { link: name, .. } => {
+                    if matches!(ev, KernelEvent::Link { .. }) && self.pools.iter().any(|p| &p.interface == name) {
+                        scope.pool_interfaces.insert(name.clone());
+                    }
                     // A trunk carries every VLAN network on it.
                     for net in active().filter(|n| {
                         &n.bridge == name
@@ -166,6 +188,25 @@ impl Engine {
             self.networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
         for p in &ports {
             ops.extend(planner::port_ops(p, active.get(p.net.as_str()).copied(), &self.trunk_of(p), &links));
+        }
+        if !scope.pool_interfaces.is_empty() {
+            let names: Vec<&str> = scope.pool_interfaces.iter().map(String::as_str).collect();
+            let observed = Observed { links: self.kernel.observe_links(&names)?, ..Default::default() };
+            let live = planner::floating::associations(&self.networks, &self.local(&self.ports), self.policy());
+            ops.extend(planner::floating::address_ops(&live, self.policy(), &observed));
+        }
+        for (ip, (link, present)) in &scope.pool_addresses {
+            if scope.pool_interfaces.contains(link) {
+                continue;
+            }
+            let wanted =
+                self.floating_ips.iter().find(|f| f.ip == *ip).and_then(|f| self.live_association(f)).is_some();
+            let addr = planner::floating::host_address(*ip);
+            match (wanted, present) {
+                (true, false) => ops.push(Op::AddAddress { link: link.clone(), addr }),
+                (false, true) => ops.push(Op::DelAddress { link: link.clone(), addr }),
+                _ => {}
+            }
         }
         let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
         let plan = Plan { ops, firewall };

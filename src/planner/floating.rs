@@ -60,12 +60,21 @@ pub fn associations(networks: &[Network], ports: &[Port], policy: ProjectPolicy<
         .iter()
         .filter_map(|f| {
             let port = by_id.get(f.port.as_deref()?)?;
-            live.get(port.net.as_str())?;
-            Some(Association { fip: f.ip, fixed: port.ip? })
+            association(f, port, live.get(port.net.as_str())?)
         })
         .collect();
     out.sort();
     out
+}
+
+/// The live association of `fip` with `port` on `net` (see the module's
+/// doc), if it is one: the rule [`associations`] applies to each.
+pub fn association(fip: &FloatingIp, port: &Port, net: &Network) -> Option<Association> {
+    let live = fip.port.as_deref() == Some(port.id.as_str())
+        && port.net == net.key()
+        && net.state == NetState::Active
+        && takes_floating_ips(net);
+    live.then_some(Association { fip: fip.ip, fixed: port.ip? })
 }
 
 /// The addresses a pool's interface carries for the live associations:

@@ -3,6 +3,7 @@
 //! that plan nothing, and a property test of the invariants.
 
 use super::*;
+use crate::kernel::{KernelEvent, Op};
 use crate::model::floating::{FipPoolSpec, FipSpec, FloatingIp};
 use crate::model::ProjectSpec;
 
@@ -273,4 +274,28 @@ fn no_floating_ip_is_ever_associated_twice_or_held_by_two_projects() {
             assert_eq!(on_eth0, wanted, "{ctx}: eth0's addresses are not the associated floating IPs");
         }
     }
+}
+
+#[test]
+fn a_floating_ip_address_removed_under_lanyard_comes_back_and_a_stray_one_goes() {
+    let mut r = rig_with_pool();
+    let p = r.engine.create_port(port("a")).unwrap();
+    r.engine.create_floating_ip(FipSpec::default()).unwrap();
+    r.engine.associate_floating_ip(FIP, &p.id, None).unwrap();
+    let good = r.kernel.snapshot();
+    let ours: ipnet::Ipv4Net = format!("{FIP}/32").parse().unwrap();
+    let stray: ipnet::Ipv4Net = "198.51.100.15/32".parse().unwrap();
+    r.kernel.apply_op(&Op::DelAddress { link: "eth0".into(), addr: ours }).unwrap();
+    r.kernel.apply_op(&Op::AddAddress { link: "eth0".into(), addr: stray }).unwrap();
+    let events = [
+        KernelEvent::Address { link: "eth0".into(), addr: ours, gone: true },
+        KernelEvent::Address { link: "eth0".into(), addr: stray, gone: false },
+    ];
+    assert_eq!(r.engine.heal(&events).unwrap(), 2, "the floating IP back, the stray pool address gone");
+    assert_eq!(r.kernel.snapshot(), good);
+    // The host's own address changing is none of lanyard's business.
+    let own: ipnet::Ipv4Net = "198.51.100.1/24".parse().unwrap();
+    r.kernel.apply_op(&Op::DelAddress { link: "eth0".into(), addr: own }).unwrap();
+    let event = KernelEvent::Address { link: "eth0".into(), addr: own, gone: true };
+    assert_eq!(r.engine.heal(&[event]).unwrap(), 0);
 }
