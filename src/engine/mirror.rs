@@ -19,6 +19,21 @@ use crate::model::grants::Grant;
 use crate::model::{NetState, Network, Port, Project};
 use crate::store::Change;
 
+/// Whether `held` (memory's records of one kind) has what a document's
+/// new `body` says of the record `is_key` picks: the same record, or none
+/// when the body is gone. A body that does not decode is not held.
+fn holds_document<T: serde::de::DeserializeOwned + PartialEq>(
+    held: &[T],
+    is_key: impl Fn(&T) -> bool,
+    body: Option<&str>,
+) -> bool {
+    let mine = held.iter().find(|t| is_key(t));
+    match body {
+        None => mine.is_none(),
+        Some(b) => serde_json::from_str::<T>(b).is_ok_and(|t| Some(&t) == mine),
+    }
+}
+
 /// Desired state as read from the store.
 struct Desired {
     projects: Vec<Project>,
@@ -41,10 +56,22 @@ impl Engine {
     }
 
     /// Whether memory already holds `change` (this engine wrote it).
-    fn holds(&self, change: &Change) -> bool {
+    pub(super) fn holds(&self, change: &Change) -> bool {
         match change {
             Change::Network(key, n) => self.networks.iter().find(|m| m.key() == key.as_str()) == n.as_ref(),
             Change::Port(id, p) => self.ports.iter().find(|q| q.id == *id) == p.as_ref(),
+            Change::Project(name, p) => self.projects.iter().find(|q| q.name == *name) == p.as_ref(),
+            Change::Document { kind, key, body } => {
+                let body = body.as_deref();
+                match kind.as_str() {
+                    crate::store::FIP_POOLS => holds_document(&self.pools, |p| p.name == *key, body),
+                    crate::store::FLOATING_IPS => {
+                        holds_document(&self.floating_ips, |f| f.ip.to_string() == *key, body)
+                    }
+                    crate::store::GRANTS => holds_document(&self.grants, |g| g.key() == *key, body),
+                    _ => false,
+                }
+            }
             Change::Other => false,
         }
     }

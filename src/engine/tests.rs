@@ -1553,3 +1553,63 @@ fn cluster_members_make_devices_only_for_their_own_ports() {
     let a = member("a", &ka);
     assert!(!has(&ka, &pb) && a.ports(None, None) == vec![pb]);
 }
+
+/// What the watch reports of an engine's own writes (projects, networks,
+/// ports, floating IP pools and floating IPs, and their deletes) is
+/// recognised as held: following it reads nothing again. A record it does
+/// not hold is not.
+#[test]
+fn an_engine_recognises_its_own_writes_on_the_watch() {
+    use crate::model::floating::{FipPoolSpec, FipSpec};
+    use crate::model::ProjectSpec;
+    use crate::store::{Change, FIP_POOLS, FLOATING_IPS, GRANTS};
+    let mut r = rig();
+    let nic = crate::kernel::ObservedLink {
+        name: "eth0".into(),
+        up: true,
+        mtu: 1500,
+        addrs: vec!["198.51.100.1/24".parse().unwrap()],
+        mac: Some("02:00:00:00:00:e0".parse().unwrap()),
+        ..Default::default()
+    };
+    r.kernel.tamper(|s| {
+        s.observed.links.insert("eth0".into(), nic);
+    });
+    r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let pool =
+        FipPoolSpec { name: "public".into(), range: "198.51.100.10-198.51.100.19".into(), interface: "eth0".into() };
+    r.engine.create_fip_pool(pool).unwrap();
+    let p = r.engine.create_port(port("a")).unwrap();
+    let f = r.engine.create_floating_ip(FipSpec::default()).unwrap();
+    r.engine.associate_floating_ip(&f.ip.to_string(), &p.id, None).unwrap();
+    let s = &r.store;
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(s.projects().unwrap().into_iter().map(|p| Change::Project(p.name.clone(), Some(p))));
+    changes.extend(s.networks().unwrap().into_iter().map(|n| Change::Network(n.key().into_owned(), Some(n))));
+    changes.extend(s.ports().unwrap().into_iter().map(|p| Change::Port(p.id.clone(), Some(p))));
+    for kind in [FIP_POOLS, FLOATING_IPS, GRANTS] {
+        changes.extend(s.documents(kind).unwrap().into_iter().map(|(key, body)| Change::Document {
+            kind: kind.into(),
+            key,
+            body: Some(body),
+        }));
+    }
+    assert!(changes.len() >= 6, "{changes:?}");
+    for c in &changes {
+        assert!(r.engine.holds(c), "not recognised: {c:?}");
+    }
+    r.kernel.clear_log();
+    assert!(!r.engine.follow(&changes, false).unwrap());
+    r.engine.delete_floating_ip(&f.ip.to_string(), None).unwrap();
+    let gone = Change::Document { kind: FLOATING_IPS.into(), key: f.ip.to_string(), body: None };
+    assert!(r.engine.holds(&gone));
+    // Records this engine does not have.
+    let theirs = Change::Document { kind: FLOATING_IPS.into(), key: "198.51.100.11".into(), body: Some("{}".into()) };
+    assert!(!r.engine.holds(&theirs));
+    assert!(!r.engine.holds(&Change::Project(
+        "blue".into(),
+        Some(Project { name: "blue".into(), description: String::new(), created: 1 })
+    )));
+    assert!(!r.engine.holds(&Change::Port("nope".into(), Some(p.clone()))));
+}

@@ -722,7 +722,21 @@ pub fn change_of(root: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change>
                 None => Some(Change::Port(id.to_string(), None)),
             }
         }
-        "projects" | "documents" | "settings" => Some(Change::Other),
+        "projects" => match value.map(serde_json::from_slice::<Project>) {
+            Some(Err(_)) => Some(Change::Other),
+            Some(Ok(p)) => Some(Change::Project(rest.to_string(), Some(p))),
+            None => Some(Change::Project(rest.to_string(), None)),
+        },
+        "documents" => {
+            let (kind, key) = rest.split_once('/')?;
+            let body = match value.map(std::str::from_utf8) {
+                Some(Err(_)) => return Some(Change::Other),
+                Some(Ok(b)) => Some(b.to_string()),
+                None => None,
+            };
+            Some(Change::Document { kind: unsegment(kind), key: unsegment(key), body })
+        }
+        "settings" => Some(Change::Other),
         _ => None,
     }
 }
@@ -779,5 +793,36 @@ impl EtcdStore {
             }
             Vec::new()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the mirror makes of watched keys: networks and ports by key and
+    /// id (a project's network's key holds '/'), projects, documents with
+    /// '/' in their keys, deletes; leases, claims and nodes are not followed.
+    #[test]
+    fn watched_keys_become_changes() {
+        let net = crate::model::test_network("web", "10.1.0.0/24", "lybr0");
+        let port = crate::model::test_port("00aa", "blue/web");
+        let (n, p) = (serde_json::to_vec(&net).unwrap(), serde_json::to_vec(&port).unwrap());
+        let change = |k: &str, v: Option<&[u8]>| change_of("/lanyard/v1", k.as_bytes(), v);
+        let net_key = "/lanyard/v1/networks/blue%2Fweb";
+        assert_eq!(change(net_key, Some(&n)), Some(Change::Network("blue/web".into(), Some(net))));
+        assert_eq!(change(net_key, None), Some(Change::Network("blue/web".into(), None)));
+        let port_key = "/lanyard/v1/ports/blue%2Fweb/00aa";
+        assert_eq!(change(port_key, Some(&p)), Some(Change::Port("00aa".into(), Some(port))));
+        assert_eq!(change(port_key, None), Some(Change::Port("00aa".into(), None)));
+        assert_eq!(change("/lanyard/v1/projects/blue", None), Some(Change::Project("blue".into(), None)));
+        let grant = Change::Document { kind: "grants".into(), key: "a>b/c>all".into(), body: Some("{}".into()) };
+        assert_eq!(change("/lanyard/v1/documents/grants/a>b%2Fc>all", Some(b"{}")), Some(grant));
+        assert_eq!(change(net_key, Some(b"not json")), Some(Change::Other));
+        assert_eq!(change("/lanyard/v1/settings/vlan", Some(b"{}")), Some(Change::Other));
+        for ignored in ["leases/web/10.1.0.5", "claims/mac/52:54:00:00:00:01", "nodes/h1", "tokens/t1"] {
+            assert_eq!(change(&format!("/lanyard/v1/{ignored}"), Some(b"{}")), None, "{ignored}");
+        }
+        assert_eq!(change("/other/networks/web", Some(&n)), None);
     }
 }

@@ -187,8 +187,20 @@ pub enum Change {
     Network(String, Option<Network>),
     /// The port with this id is now the record, or gone (None).
     Port(String, Option<Port>),
-    /// Some other record of desired state (a project, a document, a
-    /// setting) changed: only a read of the store tells what it means.
+    /// The project with this name is now the record, or gone (None).
+    Project(String, Option<Project>),
+    /// The document of this kind and key ([`Store::documents`]) is now
+    /// this JSON body, or gone (None).
+    Document {
+        /// Its kind ([`FIP_POOLS`], ...).
+        kind: String,
+        /// Its key within the kind.
+        key: String,
+        /// The body.
+        body: Option<String>,
+    },
+    /// Some other record of desired state (a setting, a record that does
+    /// not decode) changed: only a read of the store tells what it means.
     Other,
 }
 
