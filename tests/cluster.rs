@@ -100,6 +100,23 @@ fn two_daemons_share_state_and_see_each_other() {
         (hb.link(&bridge).is_none() && net_names(&b.cli_json(&["net", "list", "--all"])) == ["shared"]).then_some(())
     });
     assert!(went.is_some(), "B kept the network deleted through A: {}", b.cli_ok(&["net", "list", "--all"]));
+    // etcd unreachable for a while (paused past the client's keep-alive
+    // timeout, so B's watch breaks): once it answers again, B watches
+    // again and follows what changed.
+    assert!(signal(etcd.pid(), "STOP"), "cannot pause etcd");
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(signal(etcd.pid(), "CONT"), "cannot resume etcd");
+    a.cli_ok(&["net", "create", "later", "--mode", "isolated", "--subnet", "10.80.0.0/24"]);
+    let back = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["later", "shared"]).then_some(())
+    });
+    assert!(back.is_some(), "B did not follow a change after etcd came back: {}", b.log());
+    a.cli_ok(&["net", "delete", "later"]);
+    let gone = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["shared"]).then_some(())
+    });
+    assert!(gone.is_some(), "{}", b.cli_ok(&["net", "list"]));
+
     // A restart keeps what B follows.
     b.restart();
     assert_eq!(net_names(&b.cli_json(&["net", "list"])), ["shared"]);
