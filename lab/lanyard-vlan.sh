@@ -164,7 +164,7 @@ seed_experiment static
 
 # --- 2. v10 with lanyard's DHCP (nat), v20 L2 ----------------------------------
 for p in vm1 vm3; do ly port delete "$(json_str id "/tmp/$p.json")" > /dev/null || fail "port delete $p"; done
-ly net delete v10 > /dev/null || fail "net delete v10"
+ly net delete v10 --force > /dev/null || fail "net delete v10"
 ip link show dev trunk0.10 > /dev/null 2>&1 && fail "trunk0.10 is left after net delete"
 if [ "$B" = filtering ]; then
     [ "$(vlan_table trunk0)" = "1P 20" ] || fail "trunk0 still carries '$(vlan_table trunk0)' after VLAN 10's network went"
@@ -238,11 +238,11 @@ ly port list
 ly bridges
 ly port delete "$(json_str id /tmp/router.json)" > /dev/null || fail "port delete router"
 ly port delete "$(json_str id /tmp/vm4.json)" > /dev/null || fail "port delete vm4"
-ly net delete v30 > /dev/null || fail "net delete v30"
+ly net delete v30 --force > /dev/null || fail "net delete v30"
 
 # --- cleanup: everything lanyard made goes, the trunk stays --------------------
-ly net delete v10 > /dev/null || fail "net delete v10"
-ly net delete v20 > /dev/null || fail "net delete v20"
+ly net delete v10 --force > /dev/null || fail "net delete v10"
+ly net delete v20 --force > /dev/null || fail "net delete v20"
 for dev in trunk0.10 trunk0.20 trunk0.30 brvlan10 brvlan20 brvlan30 "$FBR" "$FBR.10"; do
     if ip link show dev "$dev" > /dev/null 2>&1; then fail "$dev is left after the networks were deleted"; fi
 done

@@ -334,6 +334,15 @@ struct InProject {
     project: Option<String>,
 }
 
+/// The query of `DELETE /v1/networks/{name}`: `?force=true` deletes a
+/// network that has ports, with them.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteNetwork {
+    project: Option<String>,
+    force: Option<bool>,
+}
+
 /// Parses a route's query string as `T`; a refusal says what was wrong.
 fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
@@ -538,11 +547,25 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
                     on_network(s, caller, &uri, name, |e, key| e.network(&key)).await.map(Json)
                 })
+                .patch(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     uri: Uri,
+                     JsonBody(patch): JsonBody<crate::model::NetworkPatch>| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.edit_network(&key, &patch)).await.map(Json)
+                    },
+                )
                 .delete(
                     |State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
-                        on_network(s, caller, &uri, name, |e, key| e.delete_network(&key))
-                            .await
-                            .map(|()| StatusCode::NO_CONTENT)
+                        let q: DeleteNetwork = query(&uri).map_err(IntoResponse::into_response)?;
+                        with_engine(s, move |e| {
+                            let key = e.network_key(&caller.project(q.project.as_deref())?, &name)?;
+                            e.delete_network_checked(&key, q.force.unwrap_or(false))
+                        })
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                        .map_err(IntoResponse::into_response)
                     },
                 ),
             )
@@ -587,6 +610,19 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 }),
             )
             .route(
+                "/v1/networks/{name}/leases/{lease}",
+                axum::routing::delete(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path((name, lease)): Path<(String, String)>,
+                     uri: Uri| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.delete_lease(&key, &lease))
+                            .await
+                            .map(|_| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
                 "/v1/ports",
                 get(|State(s): State<Shared>, caller: Caller, uri: Uri| async move {
                     let f: PortFilter = query(&uri).map_err(IntoResponse::into_response)?;
@@ -598,7 +634,8 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                         // A network is named in the project asked for (default
                         // the caller's); without one, ports of all projects.
                         let project = caller.project(scope.as_deref())?;
-                        let key = f.net.as_deref().map(|n| crate::model::network_key(&project, n).into_owned());
+                        // A network that does not exist is an error, not an empty list.
+                        let key = f.net.as_deref().map(|n| e.network_key(&project, n)).transpose()?;
                         Ok(Json(
                             e.ports_of(scope.as_deref(), f.vm.as_deref(), key.as_deref())
                                 .into_iter()
@@ -725,14 +762,25 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             )
             .route(
                 "/v1/ports/{id}",
-                axum::routing::delete(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                get(|State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
                     with_engine(s, move |e| {
                         e.check_port(&id, caller.scope(None)?.as_deref())?;
-                        e.delete_port(&id)
+                        let port = e.ports(None, None).into_iter().find(|p| p.id == id);
+                        let port = port.ok_or_else(|| EngineError::Internal(format!("port {id} went")))?;
+                        Ok(Json(e.port_view(port)))
                     })
                     .await
-                    .map(|()| StatusCode::NO_CONTENT)
-                }),
+                })
+                .delete(
+                    |State(s): State<Shared>, caller: Caller, Path(id): Path<String>| async move {
+                        with_engine(s, move |e| {
+                            e.check_port(&id, caller.scope(None)?.as_deref())?;
+                            e.delete_port(&id)
+                        })
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                    },
+                ),
             )
             .route(
                 "/v1/ports/{id}/config",
@@ -1030,6 +1078,21 @@ mod tests {
         assert_eq!(got, 405, "{v}");
     }
 
+    #[tokio::test]
+    async fn one_port_is_shown_by_its_id() {
+        let app = app();
+        assert_eq!(send(&app, "POST", "/v1/networks", JSON, NET.as_bytes()).await.0, 201);
+        let body = br#"{"net":"n1","vm":"web1","mac":"52:54:00:00:00:05"}"#;
+        let (_, made, _) = send(&app, "POST", "/v1/ports", JSON, body).await;
+        let id = made["id"].as_str().unwrap();
+        let (got, shown, _) = send(&app, "GET", &format!("/v1/ports/{id}"), None, b"").await;
+        assert_eq!(got, 200, "{shown}");
+        assert_eq!(shown, made, "the port as it was created, QEMU arguments and all");
+        assert!(shown["qemu_args"].as_str().unwrap().contains("mac=52:54:00:00:00:05"), "{shown}");
+        let (got, v, _) = send(&app, "GET", "/v1/ports/nope", None, b"").await;
+        assert_eq!((got, v["kind"].as_str()), (404, Some("not_found")), "{v}");
+    }
+
     #[test]
     fn long_messages_lose_their_middle() {
         assert_eq!(elide("short", 512), "short");
@@ -1095,7 +1158,13 @@ mod tests {
             assert_eq!((got, v["kind"].as_str()), (status, Some(kind)), "{method} {uri}: {v}");
             assert!(v["error"].as_str().unwrap().contains(says), "{method} {uri}: {v}");
         }
-        assert_eq!(send(&app, "DELETE", "/v1/networks/n1?project=blue", None, b"").await.0, 204);
+        // n1 of blue has a port: deleted with it only when forced.
+        let (st, v, _) = send(&app, "DELETE", "/v1/networks/n1?project=blue", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (409, Some("conflict")), "{v}");
+        assert!(v["error"].as_str().unwrap().contains("has 1 port ("), "{v}");
+        let (st, v, _) = send(&app, "DELETE", "/v1/networks/n1?project=blue&force=yes", None, b"").await;
+        assert_eq!((st, v["kind"].as_str()), (400, Some("invalid")), "{v}");
+        assert_eq!(send(&app, "DELETE", "/v1/networks/n1?project=blue&force=true", None, b"").await.0, 204);
         assert_eq!(send(&app, "GET", "/v1/networks/n1", None, b"").await.0, 200, "the default project's n1 stays");
         assert_eq!(send(&app, "DELETE", "/v1/projects/blue", None, b"").await.0, 204);
         let (_, v, _) = send(&app, "GET", "/v1/projects", None, b"").await;
@@ -1213,7 +1282,9 @@ mod tests {
             same_404(&theirs, &missing, "nosuch", "red", uri);
         }
         let fake = "0000beef";
-        for (method, uri) in [("DELETE", "/v1/ports/ID"), ("GET", "/v1/ports/ID/config?format=cloud-init")] {
+        for (method, uri) in
+            [("DELETE", "/v1/ports/ID"), ("GET", "/v1/ports/ID"), ("GET", "/v1/ports/ID/config?format=cloud-init")]
+        {
             let theirs = send_as(&app, blue, method, &uri.replace("ID", &red_port), b"").await;
             let missing = send_as(&app, blue, method, &uri.replace("ID", fake), b"").await;
             same_404(&theirs, &missing, fake, &red_port, uri);
@@ -1290,7 +1361,7 @@ mod tests {
         let (_, red_made, _) = send_as(&app, admin, "POST", "/v1/projects/red/tokens", b"{}").await;
         let red = red_made["token"].as_str().unwrap().to_string();
         assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 200);
-        assert_eq!(send_as(&app, admin, "DELETE", "/v1/networks/r1?project=red", b"").await.0, 204);
+        assert_eq!(send_as(&app, admin, "DELETE", "/v1/networks/r1?project=red&force=true", b"").await.0, 204);
         assert_eq!(send_as(&app, admin, "DELETE", "/v1/projects/red", b"").await.0, 204);
         assert_eq!(send_as(&app, Some(&red), "GET", "/v1/networks", b"").await.0, 401);
         let tid = made["id"].as_str().unwrap();

@@ -229,6 +229,10 @@ impl Caller {
         if spec.adopt.is_some() {
             return self.admin_only("adopting an existing interface as a port");
         }
+        // A PID names any process's namespace, the host's own too.
+        if spec.netns.as_deref().is_some_and(|ns| crate::model::netns_is_process(&crate::model::netns_reference(ns))) {
+            return self.admin_only("a port in a process's namespace (--netns PID or /proc/PID/ns/net)");
+        }
         Ok(())
     }
 }

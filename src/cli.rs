@@ -6,12 +6,17 @@ use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::NonEmptyStringValueParser as NonEmpty;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
 use crate::model::DEFAULT_PROJECT;
 
 pub mod fip;
+
+/// `lanyard --version`: the release and the git commit it was built from
+/// ("unknown" when built outside git).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("LANYARD_COMMIT"), ")");
 
 /// Default API socket.
 pub const DEFAULT_SOCKET: &str = "/run/lanyard/lanyard.sock";
@@ -20,7 +25,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanyard";
 
 /// lanyard: virtual networks for virtual machines.
 #[derive(Debug, Parser)]
-#[command(name = "lanyard", version, about)]
+#[command(name = "lanyard", version = VERSION, about)]
 pub struct Cli {
     /// The daemon's API socket.
     #[arg(long, global = true, env = "LANYARD_SOCKET", default_value = DEFAULT_SOCKET)]
@@ -91,6 +96,10 @@ pub enum Command {
         /// its underlay address (with --etcd).
         #[arg(long, value_name = "IF")]
         underlay: Option<String>,
+        /// What to log: error, warn, info, debug or trace, or a `tracing`
+        /// filter such as `lanyard::dhcp=debug,info`.
+        #[arg(long, env = "LANYARD_LOG", value_name = "FILTER", default_value = "info")]
+        log_level: String,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]
@@ -187,6 +196,9 @@ pub enum NetCommand {
         /// DNS domain for guests (default: the network name).
         #[arg(long)]
         domain: Option<String>,
+        /// DHCP lease time in seconds (default 3600), 120 to 31536000.
+        #[arg(long, value_name = "SECS")]
+        lease_time: Option<u32>,
         /// Start the network at boot.
         #[arg(long)]
         autostart: bool,
@@ -213,6 +225,7 @@ pub enum NetCommand {
     /// Show one network.
     Show {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -221,17 +234,27 @@ pub enum NetCommand {
         #[command(flatten)]
         out: OutputArg,
     },
-    /// Stop and delete a network, its ports and leases.
+    /// Stop and delete a network with its leases; one that has ports only
+    /// with --force, which deletes them too.
     Delete {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
         project: Option<String>,
+        /// Delete its ports too (their VMs lose their network).
+        #[arg(long)]
+        force: bool,
     },
+    /// Change a network's autostart, DNS domain, DHCP range or lease time
+    /// (the rest of a network cannot change: its bridge, addresses and
+    /// guests depend on it).
+    Edit(NetEdit),
     /// Start a stopped network.
     Start {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -240,6 +263,7 @@ pub enum NetCommand {
     /// Stop a network: bridge, rules and DHCP go; ports and leases stay.
     Stop {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -248,6 +272,7 @@ pub enum NetCommand {
     /// Mark a network to start at boot.
     Autostart {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -277,7 +302,8 @@ pub enum PortCommand {
         /// tap (for QEMU & co) or veth (for namespaces and containers).
         #[arg(long = "type", default_value = "tap")]
         port_type: String,
-        /// veth: namespace that receives the peer.
+        /// veth: namespace that receives the peer: a name under /run/netns,
+        /// or a process's, as its PID or /proc/PID/ns/net.
         #[arg(long)]
         netns: Option<String>,
         /// veth: the peer's name in that namespace.
@@ -331,9 +357,19 @@ pub enum PortCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Show one port: its row and, for a TAP, the QEMU arguments.
+    Show {
+        /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
+        id: String,
+        /// Output format.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Delete a port.
     Delete {
         /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
         id: String,
     },
     /// A port's configuration for its guest: with `--format cloud-init`,
@@ -341,6 +377,7 @@ pub enum PortCommand {
     /// ISO (`--iso PATH`) to attach to the VM.
     Config {
         /// Port id (see `lanyard port list`).
+        #[arg(value_parser = NonEmpty::new())]
         id: String,
         /// What to generate: cloud-init (the only format so far).
         #[arg(long, default_value = "cloud-init")]
@@ -380,6 +417,7 @@ pub enum ProjectCommand {
     /// Show one project.
     Show {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// Output format.
         #[command(flatten)]
@@ -389,6 +427,7 @@ pub enum ProjectCommand {
     /// their own networks (DHCP, DNS and replies to inbound connections still flow).
     Set {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
         /// allow or deny.
         #[arg(long)]
@@ -435,6 +474,7 @@ pub enum ProjectCommand {
     /// Delete a project that owns no networks or ports (`default` stays).
     Delete {
         /// Project name.
+        #[arg(value_parser = NonEmpty::new())]
         name: String,
     },
     /// A project's access tokens (admin only).
@@ -480,6 +520,7 @@ pub enum LeaseCommand {
     /// List a network's leases.
     List {
         /// Network name.
+        #[arg(value_parser = NonEmpty::new())]
         net: String,
         /// The network's project (default: `default`, or the token's).
         #[arg(long)]
@@ -488,6 +529,67 @@ pub enum LeaseCommand {
         #[command(flatten)]
         out: OutputArg,
     },
+    /// Forget a guest's dynamic lease: its address is free again at once
+    /// (a port's fixed address goes only with the port).
+    Delete(LeaseDelete),
+}
+
+/// The arguments of `lanyard net edit`.
+#[derive(Debug, Args)]
+pub struct NetEdit {
+    /// Network name.
+    #[arg(value_parser = NonEmpty::new())]
+    pub name: String,
+    /// Start the network at boot.
+    #[arg(long, conflicts_with = "no_autostart")]
+    pub autostart: bool,
+    /// Do not start the network at boot.
+    #[arg(long)]
+    pub no_autostart: bool,
+    /// DNS domain for guests.
+    #[arg(long)]
+    pub domain: Option<String>,
+    /// Dynamic DHCP pool, FIRST-LAST (leases outside it end at their renewal).
+    #[arg(long)]
+    pub dhcp_range: Option<String>,
+    /// DHCP lease time in seconds, 120 to 31536000.
+    #[arg(long, value_name = "SECS")]
+    pub lease_time: Option<u32>,
+    /// Refused with the reason: what `net create` fixes for good.
+    #[arg(long, hide = true)]
+    pub subnet: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub gateway: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub mode: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub bridge: Option<String>,
+    /// Refused with the reason.
+    #[arg(long, hide = true)]
+    pub mtu: Option<String>,
+    /// The network's project (default: `default`, or the token's).
+    #[arg(long)]
+    pub project: Option<String>,
+    /// Output format.
+    #[command(flatten)]
+    pub out: OutputArg,
+}
+
+/// The arguments of `lanyard lease delete`.
+#[derive(Debug, Args)]
+pub struct LeaseDelete {
+    /// Network name.
+    #[arg(value_parser = NonEmpty::new())]
+    pub net: String,
+    /// The lease's IP address, or its client's MAC.
+    #[arg(value_parser = NonEmpty::new())]
+    pub lease: String,
+    /// The network's project (default: `default`, or the token's).
+    #[arg(long)]
+    pub project: Option<String>,
 }
 
 /// `lanyard node ...`
@@ -934,6 +1036,29 @@ fn emit(text: &str) -> Result<(), CliError> {
     }
 }
 
+/// clap's message for a command line it refused, as one line: clap spreads
+/// it over several (the missing arguments, a "did you mean" tip, the
+/// allowed values, then a usage block), and the first alone names nothing
+/// ("the following required arguments were not provided:"). The usage
+/// block is left out; `--help` has it.
+pub fn usage_error_line(clap_text: &str) -> String {
+    let mut lines = clap_text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let rest: Vec<&str> = lines.map(|l| l.strip_prefix('[').and_then(|l| l.strip_suffix(']')).unwrap_or(l)).collect();
+    match (rest.is_empty(), first.strip_suffix(':')) {
+        (true, _) => first.to_string(),
+        // "...not provided: --vm <VM>, --net <NET>"
+        (false, Some(head)) => format!("{head}: {}", rest.join(", ")),
+        // "unexpected argument '--subnt' found (tip: a similar argument exists: '--subnet')"
+        (false, None) => format!("{first} ({})", rest.join("; ")),
+    }
+}
+
 /// One line on standard error, made [`printable`]; a closed standard error
 /// is ignored (there is nowhere left to say anything).
 pub fn note(line: &str) {
@@ -1137,6 +1262,7 @@ fn network_detail(n: &Value) -> String {
         ("Gateway", s(&n["gateway"])),
         ("DHCP range", range),
         ("Domain", s(&n["domain"])),
+        ("Lease time", format!("{} s", n["lease_time"].as_u64().unwrap_or(crate::dhcp::DEFAULT_LEASE_SECS.into()))),
         ("MTU", s(&n["mtu"])),
         ("Uplink", s(&n["uplink"])),
         ("VLAN", s(&n["vlan"])),
@@ -1210,6 +1336,16 @@ fn port_rows(v: &Value, projects: bool) -> String {
         })
         .collect();
     table(&project_headers(projects, &["ID", "VM", "Interface", "Type", "Source", "Model", "MAC", "IP", "VLAN"]), &rows)
+}
+
+/// One port (`port create`, `port show`): its row and, for a TAP, the
+/// QEMU arguments that use it.
+fn port_detail(p: &Value) -> String {
+    let mut t = port_rows(&Value::Array(vec![p.clone()]), false);
+    if let Some(q) = p["qemu_args"].as_str() {
+        t.push_str(&format!("\nQEMU: {}\n", printable(q)));
+    }
+    t
 }
 
 fn lease_rows(v: &Value) -> String {
@@ -1322,6 +1458,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             bridge,
             mtu,
             domain,
+            lease_time,
             autostart,
             project,
             out: _,
@@ -1330,13 +1467,33 @@ fn body_of(cmd: &Command) -> Option<Value> {
             "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
             "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-            "autostart": autostart, "project": project,
+            "autostart": autostart, "project": project, "lease_time": lease_time,
         })),
         Command::Project(ProjectCommand::Create { name, description, out: _ }) => {
             Some(json!({ "name": name, "description": description }))
         }
         Command::Project(ProjectCommand::Token(TokenCommand::Create { name, .. })) => Some(json!({ "name": name })),
         Command::Net(NetCommand::Autostart { disable, .. }) => Some(json!({ "enabled": !disable })),
+        Command::Net(NetCommand::Edit(e)) => {
+            let autostart = match (e.autostart, e.no_autostart) {
+                (true, _) => Some(true),
+                (_, true) => Some(false),
+                _ => None,
+            };
+            let body = json!({
+                "autostart": autostart, "domain": e.domain, "dhcp_range": e.dhcp_range, "lease_time": e.lease_time,
+                "subnet": e.subnet, "gateway": e.gateway, "mode": e.mode, "bridge": e.bridge, "mtu": e.mtu,
+            });
+            // Only what was given: an absent field changes nothing.
+            let given: serde_json::Map<String, Value> = body
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            Some(Value::Object(given))
+        }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set {
             uplink,
             vlans,
@@ -1478,9 +1635,17 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v = c.call("GET", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
             print(out.output, &v, network_detail)?;
         }
-        Command::Net(NetCommand::Delete { name, project }) => {
-            c.call("DELETE", &with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref()), None)?;
+        Command::Net(NetCommand::Delete { name, project, force }) => {
+            let path = with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref());
+            let path =
+                if force { format!("{path}{}force=true", if path.contains('?') { '&' } else { '?' }) } else { path };
+            c.call("DELETE", &path, None)?;
             emit(&format!("Network {}{} deleted\n", printable(&name), in_project(project.as_deref())))?;
+        }
+        Command::Net(NetCommand::Edit(NetEdit { name, project, out, .. })) => {
+            let path = with_project(&format!("/v1/networks/{}", pct(&name)), project.as_deref());
+            let v = c.call("PATCH", &path, body.as_ref())?;
+            print(out.output, &v, network_detail)?;
         }
         Command::Net(NetCommand::Start { name, project }) => {
             c.call("POST", &with_project(&format!("/v1/networks/{}/start", pct(&name)), project.as_deref()), None)?;
@@ -1498,13 +1663,11 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         }
         Command::Port(PortCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/ports", body.as_ref())?;
-            print(out.output, &v, |p| {
-                let mut t = port_rows(&Value::Array(vec![p.clone()]), false);
-                if let Some(q) = p["qemu_args"].as_str() {
-                    t.push_str(&format!("\nQEMU: {}\n", printable(q)));
-                }
-                t
-            })?;
+            print(out.output, &v, port_detail)?;
+        }
+        Command::Port(PortCommand::Show { id, out }) => {
+            let v = c.call("GET", &format!("/v1/ports/{}", pct(&id)), None)?;
+            print(out.output, &v, port_detail)?;
         }
         Command::Port(PortCommand::CreateBatch { file, out }) => {
             let text = if file.as_os_str() == "-" {
@@ -1571,6 +1734,16 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         Command::Node(NodeCommand::List(out)) => {
             let v = c.call("GET", "/v1/nodes", None)?;
             print(out.output, &v, node_rows)?;
+        }
+        Command::Lease(LeaseCommand::Delete(LeaseDelete { net, lease, project })) => {
+            let path = format!("/v1/networks/{}/leases/{}", pct(&net), pct(&lease));
+            c.call("DELETE", &with_project(&path, project.as_deref()), None)?;
+            emit(&format!(
+                "Lease {} on {}{} deleted\n",
+                printable(&lease),
+                printable(&net),
+                in_project(project.as_deref())
+            ))?;
         }
         Command::Manager(ManagerCommand::Vlan(VlanManagerCommand::Set { out, .. })) => {
             let v = c.call("PUT", "/v1/managers/vlan", body.as_ref())?;
@@ -1760,10 +1933,12 @@ mod tests {
         // every flag given, must be one the request type declares.
         let body = body_of(&parse(
             "lanyard net create n1 --mode bridge --subnet 10.0.0.0/24 --uplink eth0 --gateway 10.0.0.1 \
-             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart -o json",
+             --dhcp-range 10.0.0.100-10.0.0.200 --bridge br9 --mtu 9000 --domain lan --autostart \
+             --lease-time 600 -o json",
         ))
         .unwrap();
         let spec: crate::model::NetworkSpec = serde_json::from_value(body).unwrap();
+        assert_eq!(spec.lease_time, Some(600));
         assert_eq!((spec.uplink.as_deref(), spec.mtu, spec.autostart), (Some("eth0"), Some(9000), Some(true)));
         let body = body_of(&parse(
             "lanyard port create --net n1 --vm vm1 --type veth --netns ns1 --ifname eth0 --mac 52:54:00:00:00:01 \
@@ -1788,6 +1963,17 @@ mod tests {
         let body = body_of(&parse("lanyard port create --net n1 --vm router --no-spoof-check")).unwrap();
         let spec: crate::model::PortSpec = serde_json::from_value(body).unwrap();
         assert_eq!(spec.spoof_check, Some(false));
+        let body = body_of(&parse(
+            "lanyard net edit n1 --no-autostart --domain lan --dhcp-range 10.0.0.100-10.0.0.200 --lease-time 600 --mtu 9000",
+        ))
+        .unwrap();
+        let patch: crate::model::NetworkPatch = serde_json::from_value(body.clone()).unwrap();
+        assert_eq!(
+            (patch.autostart, patch.lease_time, patch.mtu),
+            (Some(false), Some(600), Some(json!("9000"))),
+            "{body}"
+        );
+        assert_eq!(body_of(&parse("lanyard net edit n1")).unwrap(), json!({}), "nothing given, nothing sent");
         for line in ["lanyard net autostart n1", "lanyard net autostart n1 --disable"] {
             let a: crate::api::Autostart = serde_json::from_value(body_of(&parse(line)).unwrap()).unwrap();
             assert_eq!(a.enabled, !line.ends_with("--disable"));
@@ -1846,6 +2032,34 @@ mod tests {
     }
 
     #[test]
+    fn refused_command_lines_keep_what_clap_names_on_one_line() {
+        let line = |argv: &str| {
+            let e = Cli::try_parse_from(argv.split_whitespace()).expect_err(argv);
+            usage_error_line(&e.to_string())
+        };
+        let l = line("lanyard port create --net n1");
+        assert_eq!(l, "the following required arguments were not provided: --vm <VM>");
+        let l = line("lanyard net create n1 --mode nat --subnt 10.0.0.0/24");
+        assert!(l.starts_with("unexpected argument '--subnt' found (tip: ") && l.contains("'--subnet'"), "{l}");
+        let l = line("lanyard net list -o xml");
+        assert!(l.contains("'xml'") && l.contains("possible values: table, json"), "{l}");
+        let l = line("lanyard net lst");
+        assert!(l.contains("'lst'") && l.contains("'list'"), "{l}");
+        for argv in ["lanyard port create --net n1", "lanyard net list -o xml", "lanyard net lst"] {
+            assert_eq!(line(argv).lines().count(), 1, "{argv}");
+        }
+    }
+
+    #[test]
+    fn the_version_names_the_commit() {
+        let e = Cli::try_parse_from(["lanyard", "--version"]).unwrap_err();
+        let text = e.to_string();
+        assert!(text.starts_with(&format!("lanyard {} (commit ", env!("CARGO_PKG_VERSION"))), "{text}");
+        let commit = env!("LANYARD_COMMIT");
+        assert!(commit == "unknown" || commit.bytes().all(|b| b.is_ascii_hexdigit()), "{commit}");
+    }
+
+    #[test]
     fn tables_align() {
         let t = table(&["Name", "State"], &[vec!["default".into(), "active".into()]]);
         assert_eq!(t, " Name      State\n-----------------\n default   active\n");
@@ -1900,7 +2114,7 @@ mod tests {
         let t = port_rows(&ports, true);
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = network_detail(&json!({"name": hostile, "domain": hostile, "dhcp_range": {"first": hostile}}));
-        assert!(inert(&t) && t.lines().count() == 16, "{t:?}");
+        assert!(inert(&t) && t.lines().count() == 17, "{t:?}");
         let t = project_rows(&json!([{"name": "p", "description": hostile, "created": 0, "networks": 1, "ports": 0}]));
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));

@@ -95,6 +95,16 @@ impl AddressBook {
         &self.net
     }
 
+    /// Serves `net`, an edited version of the network (`net edit`): a new
+    /// DHCP range applies to the next offer; leases outside it last until
+    /// their clients renew, which the range then refuses (NAK).
+    pub fn set_network(&mut self, net: Network) {
+        if net.dhcp_range != self.net.dhcp_range {
+            self.cursor = u32::from(net.dhcp_range.first);
+        }
+        self.net = net;
+    }
+
     /// Loads a lease read back from the store.
     pub fn restore_lease(&mut self, lease: Lease) {
         if lease.kind == LeaseKind::Static && self.statics.get(&lease.mac) != Some(&lease.ip) {

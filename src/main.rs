@@ -35,16 +35,24 @@ fn main() {
             ) {
                 e.exit();
             }
-            // One line, not clap's multi-line usage block.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ");
-            eprintln!("error: {first} (see `lanyard --help`)");
+            // One line, not clap's multi-line usage block, but with what
+            // clap's other lines name (the missing arguments, its tips).
+            let line = lanyard::cli::usage_error_line(&e.to_string());
+            eprintln!("error: {line} (see `lanyard --help`)");
             std::process::exit(2);
         }
     };
     match cli.command {
-        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key, etcd, node, underlay } => {
+        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key, log_level, etcd, node, underlay } => {
             // Checked before anything starts: a wrong option changes nothing.
+            let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
+                Ok(f) => f,
+                Err(e) => {
+                    let shown = lanyard::cli::printable(&log_level).into_owned();
+                    eprintln!("error: invalid --log-level (or LANYARD_LOG) {shown:?}: {e}");
+                    std::process::exit(2);
+                }
+            };
             let options = lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key).and_then(|o| {
                 Ok(lanyard::daemon::Options {
                     cluster: lanyard::daemon::ClusterOptions::new(etcd, node, underlay)?,
@@ -59,9 +67,7 @@ fn main() {
                 }
             };
             tracing_subscriber::fmt()
-                .with_env_filter(
-                    tracing_subscriber::EnvFilter::try_from_env("LANYARD_LOG").unwrap_or_else(|_| "info".into()),
-                )
+                .with_env_filter(filter)
                 .with_writer(std::io::stderr)
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .init();

@@ -29,6 +29,9 @@ pub enum ModelError {
         /// Why it is refused and what would be accepted.
         why: String,
     },
+    /// A required option is missing: the message names it.
+    #[error("{0}")]
+    Missing(String),
 }
 
 /// `value` quoted as `{:?}` does, but a value of more than 64 bytes shows
@@ -185,6 +188,9 @@ pub struct NetworkSpec {
     /// nova-network's manager: "flat" or "flatdhcp" (the mode is then nat).
     #[serde(default)]
     pub manager: Option<String>,
+    /// DHCP lease time in seconds (default one hour).
+    #[serde(default)]
+    pub lease_time: Option<u32>,
 }
 
 /// nova-network's network managers, as network kinds.
@@ -303,6 +309,45 @@ pub enum NetState {
     Inactive,
 }
 
+/// A change to a defined network (`PATCH /v1/networks/{name}`, `net
+/// edit`): only what changes nothing in the kernel and takes nothing from
+/// running guests. The other fields are listed so that asking to change
+/// them is answered with why not, rather than "unknown field".
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkPatch {
+    /// Start the network at boot.
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    /// DNS domain served to guests.
+    #[serde(default)]
+    pub domain: Option<String>,
+    /// Dynamic pool, "FIRST-LAST".
+    #[serde(default)]
+    pub dhcp_range: Option<String>,
+    /// DHCP lease time in seconds.
+    #[serde(default)]
+    pub lease_time: Option<u32>,
+    /// Refused: the subnet.
+    #[serde(default)]
+    pub subnet: Option<serde_json::Value>,
+    /// Refused: the gateway.
+    #[serde(default)]
+    pub gateway: Option<serde_json::Value>,
+    /// Refused: the mode.
+    #[serde(default)]
+    pub mode: Option<serde_json::Value>,
+    /// Refused: the bridge.
+    #[serde(default)]
+    pub bridge: Option<serde_json::Value>,
+    /// Refused: the MTU.
+    #[serde(default)]
+    pub mtu: Option<serde_json::Value>,
+    /// Refused: the name.
+    #[serde(default)]
+    pub name: Option<serde_json::Value>,
+}
+
 /// A validated network record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Network {
@@ -359,9 +404,64 @@ pub struct Network {
     /// and replies to connections made to them still flow.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub egress_denied: bool,
+    /// DHCP lease time in seconds; None: the default, one hour.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_time: Option<u32>,
 }
 
 impl Network {
+    /// This network with `patch` applied, checked as `net create` checks
+    /// the same fields.
+    pub fn edited(&self, patch: &NetworkPatch) -> Result<Network, ModelError> {
+        let fixed = [
+            ("subnet", &patch.subnet),
+            ("gateway", &patch.gateway),
+            ("mode", &patch.mode),
+            ("bridge", &patch.bridge),
+            ("mtu", &patch.mtu),
+            ("name", &patch.name),
+        ];
+        if let Some((what, v)) = fixed.iter().find(|(_, v)| v.is_some()) {
+            let value = match v {
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+                None => String::new(),
+            };
+            return Err(invalid(
+                what,
+                value,
+                format!(
+                    "a network's {what} cannot be changed (its bridge, addresses and guests depend on it); \
+                     create another network; `net edit` changes autostart, domain, DHCP range and lease time"
+                ),
+            ));
+        }
+        let mut net = self.clone();
+        if self.mode == Mode::Bridge
+            && (patch.domain.is_some() || patch.dhcp_range.is_some() || patch.lease_time.is_some())
+        {
+            return Err(invalid(
+                "option",
+                "bridge",
+                "a bridge-mode network's guests are served by the LAN's DHCP server; only autostart can be changed",
+            ));
+        }
+        if let Some(a) = patch.autostart {
+            net.autostart = a;
+        }
+        if let Some(d) = &patch.domain {
+            validate_domain(d)?;
+            net.domain = d.clone();
+        }
+        if let Some(r) = &patch.dhcp_range {
+            net.dhcp_range = parse_dhcp_range(r, self.subnet, self.gateway)?;
+        }
+        if let Some(t) = patch.lease_time {
+            net.lease_time = Some(validate_lease_time(t)?);
+        }
+        Ok(net)
+    }
+
     /// The network's key inside lanyard (store rows, ports' `net`, leases,
     /// ownership marks, logs): see [`network_key`].
     pub fn key(&self) -> Cow<'_, str> {
@@ -541,10 +641,43 @@ pub fn validate_ifname(what: &'static str, name: &str) -> Result<(), ModelError>
     validate_name(what, name, IFNAME_MAX)
 }
 
-/// Checks a network namespace name: a file name under /run/netns (CNI and
-/// podman use names like `cni-<uuid>`), so up to 255 bytes.
+/// Checks a network namespace reference: a name under /run/netns (CNI and
+/// podman use names like `cni-<uuid>`, so up to 255 bytes), or a process's
+/// namespace as `/proc/PID/ns/net` (what container runtimes hand out).
 pub fn validate_netns(name: &str) -> Result<(), ModelError> {
+    if let Some(pid) = name.strip_prefix("/proc/").and_then(|r| r.strip_suffix("/ns/net")) {
+        if !pid.is_empty() && pid.len() <= 10 && pid.bytes().all(|b| b.is_ascii_digit()) && pid != "0" {
+            return Ok(());
+        }
+        return Err(invalid("netns", name, "give a namespace name, a PID or /proc/PID/ns/net"));
+    }
     validate_name("netns", name, 255)
+}
+
+/// The netns a request names, as it is stored: a PID (digits only) is
+/// the process's namespace, `/proc/PID/ns/net`; anything else as given.
+pub fn netns_reference(given: &str) -> String {
+    if !given.is_empty() && given.len() <= 10 && given.bytes().all(|b| b.is_ascii_digit()) {
+        format!("/proc/{given}/ns/net")
+    } else {
+        given.to_string()
+    }
+}
+
+/// Whether a (validated) netns reference names a process's namespace
+/// rather than one under /run/netns.
+pub fn netns_is_process(ns: &str) -> bool {
+    ns.starts_with("/proc/")
+}
+
+/// The file of a (validated) netns reference: `/proc/PID/ns/net` as it
+/// is, a name under /run/netns.
+pub fn netns_path(ns: &str) -> String {
+    if netns_is_process(ns) {
+        ns.to_string()
+    } else {
+        format!("/run/netns/{ns}")
+    }
 }
 
 /// Checks a VM name: up to 63 bytes (a DNS label), since it becomes the
@@ -568,7 +701,32 @@ fn parse_subnet(s: &str) -> Result<Ipv4Net, ModelError> {
     if a.is_loopback() || a.is_multicast() || a.is_unspecified() || a.is_broadcast() || a.octets()[0] >= 240 {
         return Err(invalid("subnet", s, "is not a unicast range usable for guests"));
     }
+    // Link-local addresses are what a host gives itself without DHCP
+    // (APIPA): routers never forward them, so NAT and routing cannot work.
+    let link_local: Ipv4Net = "169.254.0.0/16".parse().expect("a CIDR");
+    if link_local.contains(&a) || net.contains(&link_local.network()) {
+        return Err(invalid("subnet", s, "overlaps 169.254.0.0/16, the link-local range hosts give themselves"));
+    }
     Ok(net)
+}
+
+/// A DHCP range "FIRST-LAST" for `subnet` with `gateway`: inside its host
+/// addresses, in order, and without the gateway.
+fn parse_dhcp_range(r: &str, subnet: Ipv4Net, gateway: Ipv4Addr) -> Result<DhcpRange, ModelError> {
+    let r: DhcpRange = r.parse()?;
+    let shown = format!("{}-{}", r.first, r.last);
+    let in_hosts = |ip: Ipv4Addr| ip != subnet.network() && ip != subnet.broadcast() && subnet.contains(&ip);
+    if !in_hosts(r.first) || !in_hosts(r.last) {
+        return Err(invalid("dhcp range", shown, format!("must lie within the host addresses of {subnet}")));
+    }
+    if r.first > r.last {
+        return Err(invalid("dhcp range", shown, "first address is after the last"));
+    }
+    // The gateway is the host's; a guest leased it would cut the network off.
+    if (r.first..=r.last).contains(&gateway) {
+        return Err(invalid("dhcp range", shown, format!("holds the gateway {gateway}; give a range without it")));
+    }
+    Ok(r)
 }
 
 fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
@@ -576,6 +734,32 @@ fn parse_ip(what: &'static str, s: &str) -> Result<Ipv4Addr, ModelError> {
 }
 
 impl NetworkSpec {
+    /// Refuses options a bridge-mode network has no use for: the LAN's own
+    /// router and DHCP server give guests their gateway, addresses and
+    /// domain, and lanyard serves neither DHCP nor DNS there.
+    pub fn check_bridge_options(&self) -> Result<(), ModelError> {
+        if self.mode()? != Mode::Bridge {
+            return Ok(());
+        }
+        let lease_time = self.lease_time.map(|t| t.to_string());
+        let given = [
+            ("--gateway", &self.gateway),
+            ("--dhcp-range", &self.dhcp_range),
+            ("--domain", &self.domain),
+            ("--lease-time", &lease_time),
+        ];
+        match given.iter().find(|(_, v)| v.is_some()) {
+            Some((flag, v)) => Err(invalid(
+                "option",
+                format!("{flag} {}", v.as_deref().unwrap_or_default()),
+                format!(
+                    "{flag} means nothing in bridge mode: the LAN's router and DHCP server serve its guests; leave it out"
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// The mode asked for; a network with a manager is nat (nova's flat
     /// networks NAT to the outside through the host).
     pub fn mode(&self) -> Result<Mode, ModelError> {
@@ -607,6 +791,11 @@ impl NetworkSpec {
         if mode == Mode::Bridge && self.uplink.is_none() {
             return Err(invalid("uplink", "", "bridge mode needs --uplink IF, the NIC that joins the bridge"));
         }
+        if self.subnet.is_empty() {
+            return Err(ModelError::Missing(format!(
+                "a {mode} network needs --subnet CIDR, e.g. --subnet 192.168.122.0/24"
+            )));
+        }
         let subnet = parse_subnet(&self.subnet)?;
         let first_host = u32::from(subnet.network()) + 1;
         let last_host = u32::from(subnet.broadcast()) - 1;
@@ -619,27 +808,7 @@ impl NetworkSpec {
             return Err(invalid("gateway", gateway, format!("is not a host address of {subnet}")));
         }
         let dhcp_range = match &self.dhcp_range {
-            Some(r) => {
-                let r: DhcpRange = r.parse()?;
-                if !in_hosts(r.first) || !in_hosts(r.last) {
-                    return Err(invalid(
-                        "dhcp range",
-                        format!("{}-{}", r.first, r.last),
-                        format!("must lie within the host addresses of {subnet}"),
-                    ));
-                }
-                if r.first > r.last {
-                    return Err(invalid(
-                        "dhcp range",
-                        format!("{}-{}", r.first, r.last),
-                        "first address is after the last",
-                    ));
-                }
-                if r.first == gateway && r.last == gateway {
-                    return Err(invalid("dhcp range", format!("{}-{}", r.first, r.last), "holds only the gateway"));
-                }
-                r
-            }
+            Some(r) => parse_dhcp_range(r, subnet, gateway)?,
             None => {
                 // The upper half of the host addresses (.128-.254 in a /24);
                 // ports' fixed IPs come from the lower half first. libvirt
@@ -670,6 +839,7 @@ impl NetworkSpec {
         }
         let domain = self.domain.clone().unwrap_or_else(|| self.name.clone());
         validate_domain(&domain)?;
+        let lease_time = self.lease_time.map(validate_lease_time).transpose()?;
         if let Some(v) = self.vlan {
             if !(1..=VLAN_MAX).contains(&v) {
                 return Err(invalid("vlan", v, format!("VLAN ids are 1 to {VLAN_MAX}")));
@@ -733,7 +903,21 @@ impl NetworkSpec {
             manager,
             adopted: false,
             egress_denied: false,
+            lease_time,
         })
+    }
+}
+
+/// The shortest and longest DHCP lease times taken: dnsmasq's minimum
+/// (shorter ones flood the server with renewals) and a year.
+pub const LEASE_TIME_RANGE: std::ops::RangeInclusive<u32> = 120..=31_536_000;
+
+/// Checks a DHCP lease time in seconds.
+pub fn validate_lease_time(secs: u32) -> Result<u32, ModelError> {
+    if LEASE_TIME_RANGE.contains(&secs) {
+        Ok(secs)
+    } else {
+        Err(invalid("lease time", secs, "give seconds from 120 (two minutes) to 31536000 (a year)"))
     }
 }
 
@@ -944,9 +1128,10 @@ impl PortSpec {
         let ip = self.ip.as_deref().map(|s| parse_ip("ip", s)).transpose()?;
         let peer = match (port_type, &self.netns, &self.ifname) {
             (PortType::Veth, Some(ns), Some(ifn)) => {
-                validate_netns(ns)?;
+                let ns = netns_reference(ns);
+                validate_netns(&ns)?;
                 validate_ifname("ifname", ifn)?;
-                Some((ns.clone(), ifn.clone()))
+                Some((ns, ifn.clone()))
             }
             (PortType::Veth, _, _) => {
                 return Err(invalid("port", "veth", "a veth port needs --netns NS and --ifname IF"));
@@ -1075,6 +1260,17 @@ impl Port {
             )
         })
     }
+
+    /// [`Port::qemu_args`] for a port on a network of MTU `mtu`: above
+    /// Ethernet's 1500, `host_mtu=` tells the guest's virtio-net driver
+    /// the larger MTU, which it would not use otherwise.
+    pub fn qemu_args_on(&self, mtu: Option<u32>) -> Option<String> {
+        let args = self.qemu_args()?;
+        Some(match mtu.filter(|m| *m > 1500) {
+            Some(m) => format!("{args},host_mtu={m}"),
+            None => args,
+        })
+    }
 }
 
 /// One DHCP lease, in the shape of dnsmasq's lease file.
@@ -1185,6 +1381,78 @@ mod tests {
         assert!(s.validate(|| "b".into()).is_err());
         s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
         assert!(s.validate(|| "b".into()).is_ok());
+        // A range over the gateway would lease it to a guest.
+        for r in ["10.1.0.1-10.1.0.20", "10.1.0.1-10.1.0.1"] {
+            s.dhcp_range = Some(r.into());
+            let e = s.validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.contains("holds the gateway 10.1.0.1"), "{e}");
+        }
+        s.gateway = Some("10.1.0.55".into());
+        s.dhcp_range = Some("10.1.0.50-10.1.0.60".into());
+        assert!(s.validate(|| "b".into()).is_err());
+    }
+
+    #[test]
+    fn a_netns_is_a_name_a_pid_or_a_process_path() {
+        for ok in ["vm1", "cni-1234-abcd", "/proc/1/ns/net", "/proc/4194304/ns/net"] {
+            assert!(validate_netns(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "/proc/abc/ns/net",
+            "/proc//ns/net",
+            "/proc/0/ns/net",
+            "/proc/1/ns/../../etc",
+            "/etc/passwd",
+            "/run/netns/x",
+        ] {
+            assert!(validate_netns(bad).is_err(), "{bad}");
+        }
+        assert_eq!(netns_reference("4242"), "/proc/4242/ns/net");
+        assert_eq!(netns_reference("vm1"), "vm1");
+        assert_eq!(netns_path("/proc/7/ns/net"), "/proc/7/ns/net");
+        assert_eq!(netns_path("vm1"), "/run/netns/vm1");
+    }
+
+    #[test]
+    fn lease_times_are_kept_within_reason() {
+        assert_eq!(spec("10.1.0.0/24").validate(|| "b".into()).unwrap().lease_time, None);
+        let mut s = spec("10.1.0.0/24");
+        s.lease_time = Some(86_400);
+        assert_eq!(s.validate(|| "b".into()).unwrap().lease_time, Some(86_400));
+        for bad in [0, 119, 31_536_001] {
+            s.lease_time = Some(bad);
+            let e = s.validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("invalid lease time \"{bad}\": give seconds from 120")), "{e}");
+        }
+    }
+
+    #[test]
+    fn missing_or_link_local_subnets_are_named() {
+        let e = spec("").validate(|| "b".into()).unwrap_err().to_string();
+        assert_eq!(e, "a nat network needs --subnet CIDR, e.g. --subnet 192.168.122.0/24");
+        for s in ["169.254.0.0/16", "169.254.10.0/24", "169.0.0.0/8"] {
+            let e = spec(s).validate(|| "b".into()).unwrap_err().to_string();
+            assert!(e.contains("link-local"), "{s}: {e}");
+        }
+    }
+
+    #[test]
+    fn bridge_mode_refuses_what_only_lanyard_served_networks_use() {
+        let mut s = NetworkSpec { mode: "bridge".into(), uplink: Some("eth0".into()), ..spec("") };
+        assert!(s.check_bridge_options().is_ok());
+        for (flag, set) in [
+            ("--gateway", (|s: &mut NetworkSpec| s.gateway = Some("10.0.0.1".into())) as fn(&mut NetworkSpec)),
+            ("--dhcp-range", |s| s.dhcp_range = Some("10.0.0.5-10.0.0.9".into())),
+            ("--domain", |s| s.domain = Some("lan".into())),
+        ] {
+            let mut t = s.clone();
+            set(&mut t);
+            let e = t.check_bridge_options().unwrap_err().to_string();
+            assert!(e.contains(&format!("{flag} means nothing in bridge mode")), "{e}");
+        }
+        s.mode = "nat".into();
+        s.domain = Some("lan".into());
+        assert!(s.check_bridge_options().is_ok());
     }
 
     #[test]

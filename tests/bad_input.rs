@@ -246,6 +246,64 @@ fn wrong_input_is_refused_without_side_effects() {
             INVALID,
             &["wifi", "mode"],
         ),
+        case(
+            "nat network without a subnet",
+            argv(&["net", "create", "n1", "--mode", "nat"]),
+            INVALID,
+            &["a nat network needs --subnet CIDR"],
+        ),
+        case("link-local subnet", net_create("n1", "169.254.0.0/16", &[]), INVALID, &["link-local"]),
+        case(
+            "dhcp range over the gateway",
+            net_create("n1", "10.10.0.0/24", &["--dhcp-range", "10.10.0.1-10.10.0.20"]),
+            INVALID,
+            &["holds the gateway 10.10.0.1"],
+        ),
+        case(
+            "bridge mode with a gateway",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--gateway", "10.10.0.1"]),
+            INVALID,
+            &["--gateway means nothing in bridge mode"],
+        ),
+        case(
+            "bridge mode with a dhcp range",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--dhcp-range", "10.0.0.5-10.0.0.9"]),
+            INVALID,
+            &["--dhcp-range means nothing in bridge mode"],
+        ),
+        case(
+            "lease time under two minutes",
+            net_create("n1", "10.10.0.0/24", &["--lease-time", "60"]),
+            INVALID,
+            &["invalid lease time \"60\""],
+        ),
+        case(
+            "bridge mode with a domain",
+            argv(&["net", "create", "b1", "--mode", "bridge", "--uplink", TAKEN, "--domain", "lan"]),
+            INVALID,
+            &["--domain means nothing in bridge mode"],
+        ),
+        case(
+            "network name differing only in case",
+            net_create("Default", "10.10.0.0/24", &[]),
+            CONFLICT,
+            &["differ only in case"],
+        ),
+        // Refused by the command line parser: one line that names what is wrong.
+        case(
+            "missing required option",
+            argv(&["port", "create", "--net", NET]),
+            INVALID,
+            &["the following required arguments were not provided: --vm <VM>"],
+        ),
+        case(
+            "misspelt option",
+            argv(&["net", "create", "n1", "--mode", "nat", "--subnt", "10.10.0.0/24"]),
+            INVALID,
+            &["a similar argument exists: '--subnet'"],
+        ),
+        case("unknown output format", argv(&["net", "list", "-o", "xml"]), INVALID, &["possible values: table, json"]),
+        case("empty network name", argv(&["net", "show", ""]), INVALID, &["a value is required for '<NAME>'"]),
         case("mtu not a number", net_create("n1", "10.10.0.0/24", &["--mtu", "abc"]), INVALID, &["mtu", "abc"]),
         // VLANs (refused before the kernel is asked, so this kernel's lack
         // of 802.1Q does not matter).
@@ -430,12 +488,76 @@ fn wrong_input_is_refused_without_side_effects() {
             NOT_FOUND,
             &["namespace", "netns", &missing_ns],
         ),
-        case("veth peer name taken in the namespace", port_create(NET, &spare_ns, "lo", &[]), ANY, &["lo", "exists"]),
+        case(
+            "veth peer name taken in the namespace",
+            port_create(NET, &spare_ns, "lo", &[]),
+            CONFLICT,
+            &["an interface named lo already exists in network namespace"],
+        ),
+        case(
+            "a second port of one VM on one network",
+            argv(&[
+                "port", "create", "--net", NET, "--vm", "vm1", "--type", "veth", "--netns", &spare_ns, "--ifname",
+                "eth0",
+            ]),
+            CONFLICT,
+            &["vm \"vm1\" already has port"],
+        ),
+        case(
+            "tap owner that is no user",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--owner", "nosuchuser"]),
+            INVALID,
+            &["invalid owner \"nosuchuser\": no user of that name"],
+        ),
+        case(
+            "tap group that is no group",
+            argv(&["port", "create", "--net", NET, "--vm", "vmx", "--group", "nosuchgroup"]),
+            INVALID,
+            &["invalid group \"nosuchgroup\": no group of that name"],
+        ),
+        case("ports of an unknown network", argv(&["port", "list", "--net", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case(
+            "delete a network that has ports",
+            argv(&["net", "delete", NET]),
+            CONFLICT,
+            &["network \"default\" has 1 port (vm1): delete them first or use `lanyard net delete default --force`"],
+        ),
         // Unknown objects.
         case("delete unknown network", argv(&["net", "delete", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("show unknown network", argv(&["net", "show", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
         case("leases of unknown network", argv(&["lease", "list", "nosuchnet"]), NOT_FOUND, &["nosuchnet"]),
+        case(
+            "delete a lease nobody holds",
+            argv(&["lease", "delete", NET, "192.168.122.99"]),
+            NOT_FOUND,
+            &["no lease of 192.168.122.99 on network \"default\""],
+        ),
+        case(
+            "delete a lease named by neither IP nor MAC",
+            argv(&["lease", "delete", NET, "banana"]),
+            INVALID,
+            &["banana"],
+        ),
         case("delete unknown port", argv(&["port", "delete", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
+        case(
+            "edit a network's subnet",
+            argv(&["net", "edit", NET, "--subnet", "10.10.0.0/24"]),
+            INVALID,
+            &["a network's subnet cannot be changed"],
+        ),
+        case(
+            "edit a network's range over the gateway",
+            argv(&["net", "edit", NET, "--dhcp-range", "192.168.122.1-192.168.122.20"]),
+            INVALID,
+            &["holds the gateway 192.168.122.1"],
+        ),
+        case(
+            "edit an unknown network",
+            argv(&["net", "edit", "nosuchnet", "--domain", "lan"]),
+            NOT_FOUND,
+            &["nosuchnet"],
+        ),
+        case("show unknown port", argv(&["port", "show", "nosuchport"]), NOT_FOUND, &["nosuchport"]),
         // Projects.
         case(
             "network in an unknown project",
@@ -610,6 +732,20 @@ fn wrong_input_is_refused_without_side_effects() {
             &["admin only", "--no-spoof-check"],
         ),
         case(
+            "a port in a process's namespace from a project token",
+            as_owner(&[
+                "port", "create", "--net", "mine", "--vm", "vmx", "--type", "veth", "--netns", "1", "--ifname", "eth0",
+            ]),
+            NOT_ALLOWED,
+            &["admin only"],
+        ),
+        case(
+            "netns path that is no process's",
+            port_create(NET, "/proc/self/ns/net", "eth0", &[]),
+            INVALID,
+            &["give a namespace name, a PID or /proc/PID/ns/net"],
+        ),
+        case(
             "project create from a project token",
             as_owner(&["project", "create", "p2"]),
             NOT_ALLOWED,
@@ -724,6 +860,14 @@ fn wrong_input_is_refused_without_side_effects() {
             argv(&["daemon", "--listen", "127.0.0.1:7444", "--state-dir", &never_state]),
             INVALID,
             &["--listen 127.0.0.1:7444 needs --tls-cert PEM and --tls-key PEM"],
+        ),
+        case(
+            "--log-level that is no level",
+            // --listen without its PEMs too: were the level taken, the
+            // daemon would still stop before it starts.
+            argv(&["daemon", "--log-level", "lanyard=loud", "--listen", "127.0.0.1:7444", "--state-dir", &never_state]),
+            INVALID,
+            &["invalid --log-level (or LANYARD_LOG) \"lanyard=loud\""],
         ),
         case(
             "--listen without a key",

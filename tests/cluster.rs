@@ -234,12 +234,15 @@ fn two_hosts_creating_ports_at_once_never_share_an_ip_or_mac() {
     assert!(on_b.is_some(), "B did not follow the network: {}", b.log());
     const PER_HOST: usize = 40;
     let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
-        let workers: Vec<_> = [&a, &b]
+        // VM names are DNS names on the network: each host's its own.
+        let workers: Vec<_> = [(&a, "a"), (&b, "b")]
             .into_iter()
-            .map(|d| {
+            .map(|(d, host)| {
                 s.spawn(move || {
                     (0..PER_HOST)
-                        .map(|i| d.cli(&["port", "create", "--net", "race", "--vm", &format!("v{i}"), "-o", "json"]))
+                        .map(|i| {
+                            d.cli(&["port", "create", "--net", "race", "--vm", &format!("{host}{i}"), "-o", "json"])
+                        })
                         .collect::<Vec<_>>()
                 })
             })

@@ -150,7 +150,7 @@ fn crash_during_network_stop_start_delete() {
     }
     let n = crash_everywhere("net stop", false, |h, _| h.cli(&["net", "stop", "a"]))
         + crash_everywhere("net start", true, |h, _| h.cli(&["net", "start", "a"]))
-        + crash_everywhere("net delete", false, |h, _| h.cli(&["net", "delete", "a"]));
+        + crash_everywhere("net delete", false, |h, _| h.cli(&["net", "delete", "a", "--force"]));
     assert!(n >= 12, "only {n} crash points reached");
 }
 

@@ -137,3 +137,33 @@ fn lanyard_alone_triggers_no_repairs() {
     let status = host.cli_json(&["status"]);
     assert_eq!(status["self_healing"]["repairs"], 0, "lanyard's own changes were taken for damage: {status}");
 }
+
+/// A running network's bridge deleted and its name taken by someone else's
+/// interface at once: lanyard cannot re-create it without touching what is
+/// not its own, so it stops the network and says so, rather than show it
+/// active; a new port then stays detached (no stray TAP on a failure).
+#[test]
+fn a_bridge_name_taken_by_a_foreign_link_stops_the_network() {
+    if !privileged("a_bridge_name_taken_by_a_foreign_link_stops_the_network", NAT_TOOLS) {
+        return;
+    }
+    let host = Host::start();
+    let net = host.cli_json(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let bridge = net["bridge"].as_str().expect("a bridge").to_string();
+    let state = || host.cli_json(&["net", "show", NET])["state"].as_str().unwrap_or_default().to_string();
+    // With the daemon paused, so that the healer sees the name already taken.
+    signal(host.daemon.pid(), "STOP");
+    host.ns.ip_ok(&["link", "del", &bridge]);
+    host.ns.ip_ok(&["link", "add", &bridge, "type", "veth", "peer", "name", "foreign1"]);
+    signal(host.daemon.pid(), "CONT");
+    let stopped = poll(Duration::from_secs(5), Duration::from_millis(50), || (state() == "inactive").then_some(()));
+    assert!(stopped.is_some(), "the network is shown {}; daemon log:\n{}", state(), host.daemon.log());
+    assert!(host.daemon.log().contains("took its bridge's name and is not lanyard's"), "{}", host.daemon.log());
+    let link = host.ns.link(&bridge).expect("the foreign link stays");
+    assert_eq!(link["link_type"], "ether", "{link}");
+    let status = host.cli_json(&["status"]);
+    assert!(status["self_healing"]["last"].as_str().is_some_and(|l| l.contains(&bridge)), "{status}");
+    let port = host.cli_json(&["port", "create", "--net", NET, "--vm", "vm1"]);
+    let tap = host.ns.link(port["ifname"].as_str().expect("an ifname")).expect("the TAP");
+    assert!(tap["master"].is_null(), "a port of a stopped network joins no bridge: {tap}");
+}

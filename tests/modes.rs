@@ -770,7 +770,7 @@ fn bridge_mode_matrix() {
         let t = Instant::now();
         let job = PingJob::start(&lab.host.ns, lan.router, &["-i", "0.05", "-c", "20", "-W", "1"]);
         sleep(Duration::from_millis(300));
-        lab.host.cli_ok(&["net", "delete", lan.net]);
+        lab.host.cli_ok(&["net", "delete", lan.net, "--force"]);
         let took = t.elapsed();
         let p = job.wait(Duration::from_secs(20));
         // The docs promise no loss only for the move onto the bridge; report this one.

@@ -693,3 +693,24 @@ fn measure() {
         );
     });
 }
+
+#[test]
+fn every_transaction_moves_the_generation_on_by_one() {
+    if !may_run("every_transaction_moves_the_generation_on_by_one") {
+        return;
+    }
+    in_private_netns(|| {
+        let driver = NftDriver::new().expect("driver");
+        let g0 = driver.generation().expect("generation");
+        let t = every_mode_table();
+        replace(&driver, &t);
+        let g1 = driver.generation().unwrap();
+        assert_eq!(g1, g0.wrapping_add(1), "one replace, one transaction");
+        let change = ElementChange { table: table_id(), set: "bridges".into(), add: true, element: ifname("lybr9") };
+        driver.apply(&FirewallChange::Elements(vec![change])).unwrap();
+        assert_eq!(driver.generation().unwrap(), g1.wrapping_add(1), "one element change, one transaction");
+        // Anyone's transaction counts, another table's too.
+        nft(&["add", "table", "inet", "other"]);
+        assert_eq!(driver.generation().unwrap(), g1.wrapping_add(2));
+    });
+}

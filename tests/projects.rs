@@ -115,7 +115,7 @@ fn two_projects_each_with_a_network_called_private() {
     assert!(!log.contains("ERROR"), "errors in the daemon log:\n{log}");
 
     // Deleting the network empties the project, which then goes.
-    host.cli_ok(&["net", "delete", "private", "--project", "red"]);
+    host.cli_ok(&["net", "delete", "private", "--project", "red", "--force"]);
     host.cli_ok(&["project", "delete", "red"]);
     assert_eq!(net_names(&host.cli_json(&["net", "list"])), vec![("blue".to_string(), "private".to_string())]);
 }

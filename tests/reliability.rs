@@ -134,3 +134,27 @@ fn a_full_disk_keeps_running_vms_leased() {
     host.daemon.restart();
     assert_eq!(listed(&host), vec![lease.ip.to_string()], "the store lost the client's lease");
 }
+
+/// Two daemons on one state directory would both serve DHCP on its bridges
+/// and undo each other's changes: the second is refused before it does
+/// anything (even on another socket), in one line, and the first serves on.
+#[test]
+fn a_second_daemon_on_the_same_state_directory_is_refused() {
+    if !privileged("a_second_daemon_on_the_same_state_directory_is_refused", NAT_TOOLS) {
+        return;
+    }
+    let host = Host::start();
+    host.cli_ok(&["net", "create", NET, "--mode", "nat", "--subnet", SUBNET]);
+    let other = host.daemon.state_dir().with_file_name("other.sock");
+    let state = host.daemon.state_dir().display().to_string();
+    let mut second =
+        host.ns.command(LANYARD, &["--socket", &other.display().to_string(), "daemon", "--state-dir", &state]);
+    let o = run(&mut second, Duration::from_secs(30));
+    let err = stderr(&o);
+    assert!(!o.status.success(), "the second daemon ran: {err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("error: another lanyard daemon (pid "), "{err}");
+    assert!(err.contains(&format!("uses the state directory {state}")), "{err}");
+    assert!(!other.exists(), "the second daemon made its socket");
+    assert_eq!(host.cli_json(&["net", "list"]).as_array().map(Vec::len), Some(1), "the first serves on");
+}

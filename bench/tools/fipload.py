@@ -5,8 +5,11 @@ would): POST /v1/fips, then POST /v1/fips/IP/associate. Prints one JSON
 object: done, failed, seconds, the first errors, and the latency (ms) of the
 last association, the median and p99 of the last 100, and the median of the
 first 100 (to see whether an association costs more with more of them).
+With --again N, the last floating IP is then disassociated and associated
+again N times: the median and p99 of those associations (the cost of the
+Nth floating IP, measured more than once).
 
-    fipload.py SOCKET [--deadline S]
+    fipload.py SOCKET [--deadline S] [--again N]
 """
 import argparse
 import http.client
@@ -40,6 +43,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("socket")
     ap.add_argument("--deadline", type=float, default=600)
+    ap.add_argument("--again", type=int, default=0)
     a = ap.parse_args()
     conn = UnixConnection(a.socket)
     _, ports = call(conn, "GET", "/v1/ports")
@@ -64,7 +68,17 @@ def main():
             errors.append(v)
             continue
         done += 1
+        last = (f["ip"], pid)
     seconds = time.monotonic() - t0
+    again = []
+    for _ in range(a.again if done else 0):
+        ip, pid = last
+        call(conn, "POST", "/v1/fips/%s/disassociate" % ip, {})
+        t = time.monotonic()
+        st, v = call(conn, "POST", "/v1/fips/%s/associate" % ip, {"port": pid})
+        again.append((time.monotonic() - t) * 1000)
+        if st != 200:
+            errors.append(v)
 
     def median(v):
         v = sorted(v)
@@ -83,6 +97,8 @@ def main():
         "last100_p50_ms": median(lat[-100:]),
         "last100_p99_ms": p99(lat[-100:]),
         "first100_p50_ms": median(lat[:100]),
+        "again_p50_ms": median(again),
+        "again_p99_ms": p99(again),
     }))
 
 

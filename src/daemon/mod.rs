@@ -40,6 +40,9 @@ pub enum DaemonError {
     /// Another daemon answers on the socket.
     #[error("another lanyard daemon is already serving {0}; stop it first or pick another --socket")]
     AlreadyRunning(String),
+    /// Another daemon holds the state directory's lock.
+    #[error("another lanyard daemon{0} uses the state directory {1}; stop it first or give another --state-dir")]
+    StateDirLocked(String, String),
     /// The state database could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -164,6 +167,78 @@ pub fn prepare_state_dir(dir: &Path) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Takes the state directory's lock (`lock`, flock'ed, holding the pid):
+/// two daemons on one state would both serve DHCP on its bridges and undo
+/// each other's changes. The lock lasts as long as the returned file is
+/// open, and the kernel drops it when the process dies, however it dies.
+pub fn lock_state_dir(dir: &Path) -> Result<std::fs::File, DaemonError> {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("cannot open the lock file", &path))?;
+    // SAFETY: flock takes a file descriptor, which `file` keeps open for
+    // the call; it touches no memory.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(io_err("cannot lock", &path)(e));
+        }
+        let mut pid = String::new();
+        let _ = file.read_to_string(&mut pid);
+        let pid = pid.trim().parse::<u32>().map(|p| format!(" (pid {p})")).unwrap_or_default();
+        return Err(DaemonError::StateDirLocked(pid, dir.display().to_string()));
+    }
+    let written = file.set_len(0).and_then(|()| file.rewind()).and_then(|()| writeln!(file, "{}", std::process::id()));
+    written.map_err(io_err("cannot write", &path))?;
+    Ok(file)
+}
+
+/// The kernel's boot id now and the one of the daemon's last start (in
+/// `STATE/boot_id`): autostart applies when they differ, i.e. at the
+/// daemon's first start after the host booted, as virsh's does at boot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootId {
+    /// This boot's id (None when the kernel does not say).
+    pub now: Option<String>,
+    /// The id stored at the last start (None before the first).
+    pub last: Option<String>,
+}
+
+/// Where the kernel tells its boot id, new at every boot.
+const BOOT_ID: &str = "/proc/sys/kernel/random/boot_id";
+
+impl BootId {
+    /// Reads both ids.
+    pub fn read(state_dir: &Path) -> BootId {
+        let read = |p: &Path| std::fs::read_to_string(p).ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty());
+        BootId { now: read(Path::new(BOOT_ID)), last: read(&state_dir.join("boot_id")) }
+    }
+
+    /// Whether the host booted since the last start; None when either id
+    /// is unknown (the engine then takes missing bridges for a boot).
+    pub fn booted(&self) -> Option<bool> {
+        Some(self.now.as_ref()? != self.last.as_ref()?)
+    }
+
+    /// Stores this boot's id for the next start.
+    pub fn remember(&self, state_dir: &Path) {
+        let Some(now) = &self.now else { return };
+        if self.last.as_ref() != Some(now) {
+            if let Err(e) = std::fs::write(state_dir.join("boot_id"), format!("{now}\n")) {
+                tracing::warn!("cannot store the boot id in {}: {e}", state_dir.display());
+            }
+        }
+    }
+}
+
 /// Runs the daemon until a termination signal.
 pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(), DaemonError> {
     let group = match &options.socket_group {
@@ -178,6 +253,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         tls::server_config(&l.cert, &l.key)?;
     }
     prepare_state_dir(state_dir)?;
+    let _lock = lock_state_dir(state_dir)?;
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).map_err(io_err("cannot create socket directory", dir))?;
     }
@@ -240,10 +316,14 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     // Monitors first: what changes while the engine reconciles is seen.
     let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;
     let node = options.cluster.as_ref().map(|c| c.node.clone());
-    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost), node };
+    let boot = BootId::read(state_dir);
+    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost { booted: boot.booted() }), node };
     let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
+    // Only once the boot's autostart is done: a start that fails before
+    // tries it again.
+    boot.remember(state_dir);
     let shared = Arc::new(Mutex::new(engine));
     let healer = healer::Healer::start(shared.clone(), monitors);
     let (registration, mirror) = match membership {
@@ -323,5 +403,39 @@ mod tests {
         prepare_state_dir(&old).unwrap();
         assert_eq!(mode(&old), 0o500, "a stricter mode is kept");
         std::fs::remove_dir_all(&top).unwrap();
+    }
+
+    #[test]
+    fn the_boot_id_tells_a_boot_from_a_restart() {
+        let dir = std::env::temp_dir().join(format!("lanyard-boot-id-{}", std::process::id()));
+        prepare_state_dir(&dir).unwrap();
+        let first = BootId::read(&dir);
+        assert!(first.now.is_some(), "Linux tells its boot id");
+        assert_eq!(first.booted(), None, "no id stored yet: unknown");
+        first.remember(&dir);
+        assert_eq!(BootId::read(&dir).booted(), Some(false), "a restart");
+        std::fs::write(dir.join("boot_id"), "another-boot\n").unwrap();
+        assert_eq!(BootId::read(&dir).booted(), Some(true), "a boot");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_daemon_per_state_dir() {
+        let dir = std::env::temp_dir().join(format!("lanyard-state-lock-{}", std::process::id()));
+        prepare_state_dir(&dir).unwrap();
+        let held = lock_state_dir(&dir).unwrap();
+        // flock locks belong to the open file: a second open is a second daemon.
+        let e = lock_state_dir(&dir).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "another lanyard daemon (pid {}) uses the state directory {}; stop it first or give another --state-dir",
+                std::process::id(),
+                dir.display()
+            )
+        );
+        drop(held);
+        drop(lock_state_dir(&dir).unwrap());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

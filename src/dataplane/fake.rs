@@ -30,6 +30,11 @@ pub struct FakeKernel {
     state: Mutex<FakeState>,
     log: Mutex<Vec<String>>,
     fail: Mutex<Vec<String>>,
+    /// The nftables generation: every firewall transaction and every
+    /// tampering moves it on.
+    generation: std::sync::atomic::AtomicU32,
+    /// How many set listings were read (what a full firewall check costs).
+    element_reads: std::sync::atomic::AtomicUsize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -70,6 +75,12 @@ impl FakeKernel {
     /// Changes the state behind lanyard's back (a test playing the operator).
     pub fn tamper(&self, f: impl FnOnce(&mut FakeState)) {
         f(&mut lock(&self.state));
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// How many set listings lanyard has read so far.
+    pub fn element_reads(&self) -> usize {
+        self.element_reads.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     fn check(&self, line: &str) -> Result<(), String> {
@@ -287,6 +298,7 @@ impl Kernel for FakeKernel {
     }
 
     fn firewall_elements(&self, table: &TableId, set: &Set) -> Result<BTreeSet<Element>, KernelError> {
+        self.element_reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let s = lock(&self.state);
         Ok(s.tables.get(table).and_then(|t| t.set(&set.name)).map(|x| x.elements.clone()).unwrap_or_default())
     }
@@ -344,8 +356,15 @@ impl Kernel for FakeKernel {
             }
         }
         drop(s);
+        if *change != FirewallChange::None {
+            self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         self.record(line);
         Ok(())
+    }
+
+    fn firewall_generation(&self) -> Result<Option<u32>, KernelError> {
+        Ok(Some(self.generation.load(std::sync::atomic::Ordering::SeqCst)))
     }
 }
 

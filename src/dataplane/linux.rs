@@ -62,6 +62,10 @@ impl Kernel for LinuxKernel {
         self.firewall.apply(change)
     }
 
+    fn firewall_generation(&self) -> Result<Option<u32>, KernelError> {
+        self.firewall.generation().map(Some)
+    }
+
     fn coexistence(&self, mark: u32) -> Result<Coexistence, KernelError> {
         self.firewall.coexistence(mark)
     }

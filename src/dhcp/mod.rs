@@ -55,7 +55,7 @@ impl DhcpConfig {
             dns,
             domain: net.domain.clone(),
             mtu: net.mtu.and_then(|m| u16::try_from(m).ok()),
-            lease_secs: DEFAULT_LEASE_SECS,
+            lease_secs: net.lease_time.unwrap_or(DEFAULT_LEASE_SECS),
         }
     }
 }
@@ -278,6 +278,14 @@ mod tests {
         let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
         let cfg = DhcpConfig::for_network(&net, None);
         (AddressBook::new(net), cfg)
+    }
+
+    #[test]
+    fn a_networks_lease_time_is_what_clients_are_offered() {
+        let mut net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
+        assert_eq!(DhcpConfig::for_network(&net, None).lease_secs, DEFAULT_LEASE_SECS);
+        net.lease_time = Some(600);
+        assert_eq!(DhcpConfig::for_network(&net, None).lease_secs, 600);
     }
 
     fn msg(kind: MessageType, mac: [u8; 6], opts: Vec<DhcpOption>) -> Message {

@@ -131,9 +131,49 @@ impl Engine {
         scope
     }
 
+    /// Stops the networks of `scope` whose bridge's name someone else's
+    /// interface has taken: lanyard cannot re-create the bridge without
+    /// touching what is not its own, and showing such a network as active
+    /// would be a lie (its ports could not join it). Returns how many.
+    fn stop_displaced(&mut self, scope: &Scope) -> Result<usize, EngineError> {
+        let nets: Vec<Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.state == NetState::Active && !n.adopted && scope.networks.contains(n.key().as_ref()))
+            .cloned()
+            .collect();
+        let names: Vec<&str> = nets.iter().map(|n| n.bridge.as_str()).collect();
+        let links = self.kernel.observe_links(&names)?;
+        let mut stopped = 0;
+        for net in nets.iter().filter(|n| links.get(&n.bridge).is_some_and(|l| !l.owned())) {
+            let key = net.key().into_owned();
+            let project = if net.project == crate::model::DEFAULT_PROJECT {
+                String::new()
+            } else {
+                format!("--project {} ", net.project)
+            };
+            let words = format!(
+                "stopped network {key:?}: interface {} took its bridge's name and is not lanyard's; remove or rename \
+                 it, then `lanyard net start {project}{}`",
+                net.bridge, net.name
+            );
+            self.set_active(&key, false)?;
+            tracing::error!(net = %key, "{words}");
+            self.repair_stats.last = Some(words);
+            self.repair_stats.last_at = Some(self.host.now());
+            stopped += 1;
+        }
+        Ok(stopped)
+    }
+
     fn repair(&mut self, scope: &Scope) -> Result<usize, EngineError> {
-        let nets: Vec<Network> =
-            self.networks.iter().filter(|n| scope.networks.contains(n.key().as_ref())).cloned().collect();
+        let stopped = self.stop_displaced(scope)?;
+        let nets: Vec<Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.state == NetState::Active && scope.networks.contains(n.key().as_ref()))
+            .cloned()
+            .collect();
         // A VLAN-filtering bridge is planned with every network on it.
         let groups = planner::filtering::groups(
             self.networks
@@ -208,14 +248,26 @@ impl Engine {
                 _ => {}
             }
         }
-        let (firewall, wanted) = if scope.firewall { self.firewall_repair()? } else { (Vec::new(), None) };
+        // A firewall event at the generation lanyard's own last change left
+        // is that change: nothing to read. Otherwise read and compare all.
+        let read_at = self.generation();
+        let check = scope.firewall && !(read_at.is_some() && read_at == self.known_generation);
+        let (firewall, wanted) = if check { self.firewall_repair()? } else { (Vec::new(), None) };
+        if check {
+            self.known_generation = None;
+        }
         let plan = Plan { ops, firewall };
         if plan.is_empty() {
-            return Ok(0);
+            if check {
+                // Read in full and found as wanted: known from here.
+                self.known_generation = self.generation_after(read_at, &plan);
+            }
+            return Ok(stopped);
         }
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
         if let Some(wanted) = wanted {
             self.firewall = wanted;
+            self.known_generation = self.generation_after(read_at, &plan);
         }
         // Servers bound to a bridge that was re-created (or whose gateway
         // address came back) listen on a device that is gone: restart them.

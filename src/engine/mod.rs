@@ -19,6 +19,7 @@
 //! - [`networks`]: create, delete, start, stop, autostart;
 //! - [`heal`]: restoring what was changed under lanyard;
 //! - [`ports`]: create (one or a batch), delete;
+//! - [`leases`]: delete (an operator forgets a guest's lease);
 //! - [`projects`]: create, delete, and (project, name) -> network key;
 //! - [`services`]: the DHCP/DNS servers seam;
 //! - [`host`]: the host facts seam;
@@ -34,6 +35,7 @@ pub mod floating;
 pub mod grants;
 pub mod heal;
 pub mod host;
+pub mod leases;
 pub mod managers;
 pub mod mirror;
 pub mod networks;
@@ -166,6 +168,9 @@ struct PortIndex {
     /// Ports per network: a Linux bridge takes at most
     /// [`BRIDGE_MAX_PORTS`].
     per_net: HashMap<String, usize>,
+    /// (network key, VM name) -> port id: a VM name is a DNS name on its
+    /// network, so one port per name and network.
+    vms: HashMap<(String, String), String>,
 }
 
 /// The most ports a Linux bridge takes (port numbers are 10 bits, 0 is
@@ -184,6 +189,7 @@ impl PortIndex {
         self.ids.insert(p.id.clone());
         self.ifnames.insert(p.ifname.clone(), p.id.clone());
         *self.per_net.entry(p.net.clone()).or_default() += 1;
+        self.vms.insert((p.net.clone(), p.vm.clone()), p.id.clone());
     }
 
     fn remove(&mut self, p: &Port) {
@@ -192,6 +198,10 @@ impl PortIndex {
         self.ifnames.remove(&p.ifname);
         if let Some(n) = self.per_net.get_mut(&p.net) {
             *n = n.saturating_sub(1);
+        }
+        let vm = (p.net.clone(), p.vm.clone());
+        if self.vms.get(&vm) == Some(&p.id) {
+            self.vms.remove(&vm);
         }
     }
 
@@ -237,6 +247,12 @@ pub struct Engine {
     /// only writer, so after start it need not ask nftables).
     firewall: Tables,
     repair_stats: heal::RepairStats,
+    /// The nftables generation at which the kernel is known to hold
+    /// exactly `firewall` (set after lanyard's own changes and full
+    /// checks): a firewall event at that generation is lanyard's own, and
+    /// healing needs no read of the sets (which hold thousands of elements
+    /// at scale). None: unknown, check in full.
+    known_generation: Option<u32>,
     /// What other tools' firewalls do at the forward hook.
     coexistence: Coexistence,
     /// This host's cluster node: ports of other nodes are known (listed,
@@ -280,6 +296,7 @@ impl Engine {
             books: HashMap::new(),
             firewall: Tables::new(),
             repair_stats: heal::RepairStats::default(),
+            known_generation: None,
             coexistence: Coexistence::default(),
             node,
         };
@@ -304,8 +321,9 @@ impl Engine {
         engine.sync_claims(held)?;
         let observed = engine.kernel.observe()?;
         engine.boot_states(&observed)?;
+        let read_at = engine.generation();
         engine.firewall = engine.kernel_firewall()?;
-        if let Err(e) = engine.reconcile_with(&observed) {
+        if let Err(e) = engine.reconcile_with(&observed, read_at) {
             // The daemon still serves its API and the networks that work;
             // the error names what the operator has to look at.
             tracing::error!("reconcile incomplete: {e}");
@@ -374,9 +392,13 @@ impl Engine {
 
     /// After a host reboot the kernel has none of lanyard's bridges: like
     /// libvirt, networks come back only if they are marked autostart. A
-    /// daemon restart finds the bridges in place and keeps networks active.
-    /// A cluster member keeps every network as its shared record says.
+    /// daemon restart keeps every network as it was: an active one whose
+    /// bridge went meanwhile is re-created (drift is healed), and one the
+    /// user stopped stays stopped, autostart or not. When the host cannot
+    /// tell whether it booted, a missing bridge is taken for a reboot. A
+    /// cluster member keeps every network as its shared record says.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
+        let booted = self.host.booted();
         let mut pin = Vec::new();
         for net in &mut self.networks {
             let present = observed.links.contains_key(&net.bridge);
@@ -429,14 +451,13 @@ impl Engine {
             // In a cluster the record's state is the cluster's, not this
             // host's: a host that starts without the bridge (a reboot, a
             // new host) brings it up as the record says, and writes nothing.
-            let want = if self.node.is_some() {
-                net.state
-            } else if net.autostart {
-                NetState::Active
-            } else if present {
-                net.state
-            } else {
-                NetState::Inactive
+            let want = match booted {
+                _ if self.node.is_some() => net.state,
+                Some(false) => net.state,
+                Some(true) | None if net.autostart => NetState::Active,
+                Some(true) => NetState::Inactive,
+                None if present => net.state,
+                None => NetState::Inactive,
             };
             if want != net.state {
                 net.state = want;
@@ -454,12 +475,13 @@ impl Engine {
     }
 
     /// Brings the kernel to the stored state and starts missing servers.
-    fn reconcile_with(&mut self, observed: &Observed) -> Result<(), EngineError> {
-        let ports = self.plannable(&self.ports);
+    fn reconcile_with(&mut self, observed: &Observed, read_at: Option<u32>) -> Result<(), EngineError> {
+        let ports = self.plannable(&self.ports, observed);
         let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
         self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
+        self.known_generation = self.generation_after(read_at, &plan);
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
@@ -489,13 +511,17 @@ impl Engine {
 
     /// Ports whose veth peer namespace is gone cannot be re-created; they
     /// are left out of the plan (and logged) instead of failing everything.
-    fn plannable(&self, ports: &[Port]) -> Vec<Port> {
+    /// So is a veth gone from a process's namespace (`/proc/PID/ns/net`):
+    /// the pair dies with the namespace, and the PID may be another
+    /// process's by now, whose namespace must not get the peer.
+    fn plannable(&self, ports: &[Port], observed: &Observed) -> Vec<Port> {
         ports
             .iter()
             .filter(|p| self.is_local(p))
             .filter(|p| match (&p.port_type, &p.netns) {
                 (PortType::Veth, Some(ns)) => {
-                    let ok = self.host.netns_exists(ns);
+                    let reused = crate::model::netns_is_process(ns) && !observed.links.contains_key(&p.ifname);
+                    let ok = !reused && self.host.netns_exists(ns);
                     if !ok {
                         tracing::warn!(port = p.id, netns = ns, "namespace is gone; port left detached");
                     }
@@ -538,6 +564,10 @@ impl Engine {
         persist: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
         restore: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
     ) -> Result<(), EngineError> {
+        // Known before: the kernel held `self.firewall` at the generation
+        // it is at now (no one else's transaction since).
+        let before = self.generation().filter(|g| Some(*g) == self.known_generation);
+        self.known_generation = None;
         if plan.reversible() {
             plan.apply(self.kernel.as_ref(), &self.firewall)?;
             crate::fault::point("store");
@@ -558,6 +588,7 @@ impl Engine {
             }
         }
         crate::fault::point("memory");
+        self.known_generation = self.generation_after(before, plan);
         let inet = planner::table_id();
         let had_rules = self.firewall.contains_key(&inet);
         firewall(&mut self.firewall);
@@ -566,6 +597,29 @@ impl Engine {
             self.check_coexistence();
         }
         Ok(())
+    }
+
+    /// The kernel's nftables generation, when the driver tells it.
+    fn generation(&self) -> Option<u32> {
+        self.kernel.firewall_generation().ok().flatten()
+    }
+
+    /// The generation at which the kernel holds the tables `plan` led to,
+    /// when it held the ones before at `before` and nothing but `plan`'s
+    /// own transactions (one per non-empty firewall change) came between;
+    /// None when that cannot be told.
+    fn generation_after(&self, before: Option<u32>, plan: &Plan) -> Option<u32> {
+        let own = plan
+            .firewall
+            .iter()
+            .filter(|c| match c {
+                crate::kernel::FirewallChange::None => false,
+                crate::kernel::FirewallChange::Elements(v) => !v.is_empty(),
+                _ => true,
+            })
+            .count();
+        let after = self.generation()?;
+        (before?.wrapping_add(u32::try_from(own).ok()?) == after).then_some(after)
     }
 
     /// All networks of all projects.
@@ -612,8 +666,9 @@ impl Engine {
             Some(format!("trunk {}", tagged.join(",")))
         };
         let name_of = |key: &String| find(key).map_or_else(|| key.clone(), |n| n.name.clone());
+        let qemu_args = port.qemu_args_on(find(&port.net).and_then(|n| n.mtu));
         let shown = Port { net: name_of(&port.net), trunk: port.trunk.iter().map(name_of).collect(), ..port };
-        PortView { vlan, ..PortView::from(shown) }
+        PortView { vlan, qemu_args, port: shown }
     }
 
     /// Leases of a network (by key), ordered by address.

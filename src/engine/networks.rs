@@ -43,7 +43,8 @@ impl Engine {
                 }
             }
         }
-        let mut plan = planner::plan(networks, &self.plannable(ports), self.policy(), &after_release, &self.firewall);
+        let mut plan =
+            planner::plan(networks, &self.plannable(ports, observed), self.policy(), &after_release, &self.firewall);
         plan.ops.splice(0..0, release);
         let tables = planner::firewall::tables(networks, &self.local(ports), self.policy());
         self.commit(&plan, |t| *t = tables, persist, restore)
@@ -69,6 +70,16 @@ impl Engine {
             } else {
                 format!("a network named {:?} already exists in project {project:?}", spec.name)
             }));
+        }
+        // `default` and `Default` side by side would be told apart by
+        // nobody reading a listing or typing a command.
+        if let Some(other) =
+            self.networks.iter().find(|n| n.project == project && n.name.eq_ignore_ascii_case(&spec.name))
+        {
+            return Err(EngineError::Conflict(format!(
+                "a network named {:?} exists; names that differ only in case are refused",
+                other.name
+            )));
         }
         let observed = self.observe()?;
         let mut net = self.validate_network(spec, &observed)?;
@@ -110,6 +121,8 @@ impl Engine {
             || (0..).map(|i| format!("lybr{i}")).find(|b| !taken.contains(b.as_str())).expect("unbounded");
         let mut spec = spec;
         let mode: Mode = spec.mode()?;
+        // Before the uplink's address fills in a bridge network's gateway.
+        spec.check_bridge_options()?;
         if let (Some(uplink), Some(vid)) = (spec.uplink.as_deref(), spec.vlan) {
             crate::model::validate_ifname("uplink", uplink)?;
             let backend = spec.vlan_backend.as_deref().map(str::parse).transpose()?.unwrap_or(VlanBackend::Subif);
@@ -365,6 +378,32 @@ impl Engine {
         Ok(net)
     }
 
+    /// Changes what `patch` names of a network (by key): autostart, DNS
+    /// domain, DHCP range, lease time. Nothing of it is in the kernel: the
+    /// record is stored, then the address book and the DHCP/DNS servers
+    /// take it (the servers are restarted; guests keep their leases).
+    pub fn edit_network(&mut self, name: &str, patch: &crate::model::NetworkPatch) -> Result<Network, EngineError> {
+        let old = self.network(name)?;
+        let net = old.edited(patch)?;
+        if net == old {
+            return Ok(net);
+        }
+        self.store.put_network(&net)?;
+        if let Some(n) = self.networks.iter_mut().find(|n| n.key() == name) {
+            *n = net.clone();
+        }
+        if let Some(book) = self.books.get(name) {
+            super::lock(book).set_network(net.clone());
+        }
+        let served = (old.domain.clone(), old.dhcp_range, old.lease_time);
+        if served != (net.domain.clone(), net.dhcp_range, net.lease_time) && self.services.running(name) {
+            self.services.stop(name);
+            self.ensure_services(&net);
+        }
+        tracing::info!(net = name, "network edited");
+        Ok(net)
+    }
+
     /// Marks a network (by key) to start (or not) at boot.
     pub fn set_autostart(&mut self, name: &str, autostart: bool) -> Result<Network, EngineError> {
         let mut net = self.network(name)?;
@@ -374,6 +413,30 @@ impl Engine {
             n.autostart = autostart;
         }
         Ok(net)
+    }
+
+    /// Deletes a network (by key) as `net delete` asks: one with ports
+    /// (VMs may be running on them) only when `force`d, so that no one
+    /// loses a VM's network by naming the wrong one.
+    pub fn delete_network_checked(&mut self, name: &str, force: bool) -> Result<(), EngineError> {
+        let net = self.network(name)?;
+        let vms: Vec<&str> = self.ports.iter().filter(|p| p.net == name).map(|p| p.vm.as_str()).collect();
+        if !force && !vms.is_empty() {
+            let mut shown = vms.iter().take(3).copied().collect::<Vec<_>>().join(", ");
+            if vms.len() > 3 {
+                shown.push_str(", ...");
+            }
+            let project =
+                if net.project == DEFAULT_PROJECT { String::new() } else { format!(" --project {}", net.project) };
+            return Err(EngineError::Conflict(format!(
+                "network {:?} has {} port{} ({shown}): delete them first or use `lanyard net delete {}{project} --force`",
+                net.name,
+                vms.len(),
+                if vms.len() == 1 { "" } else { "s" },
+                net.name,
+            )));
+        }
+        self.delete_network(name)
     }
 
     /// Stops and deletes a network (by key) with its ports and leases.

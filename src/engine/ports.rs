@@ -136,8 +136,23 @@ impl Engine {
     fn commit_ports(&mut self, ports: &[Port]) -> Result<(), EngineError> {
         let names: Vec<String> =
             ports.iter().flat_map(|p| planner::links::port_link_names(p, &self.trunk_of(p))).collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let mut names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let active: Vec<&crate::model::Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.state == NetState::Active && ports.iter().any(|p| p.net == n.key()))
+            .collect();
+        names.extend(active.iter().map(|n| n.bridge.as_str()));
         let links = self.kernel.observe_links(&names)?;
+        // A bridge gone (or taken) under lanyard is the healer's to restore
+        // (or to stop the network); until then a port cannot join it.
+        if let Some(n) = active.iter().find(|n| !links.get(&n.bridge).is_some_and(|l| l.owned() || n.adopted)) {
+            return Err(EngineError::Conflict(format!(
+                "network {:?} has lost its bridge {} (see `lanyard status` and the daemon's log); try again once \
+                 it is restored",
+                n.name, n.bridge
+            )));
+        }
         let mut ops = Vec::new();
         for p in ports {
             let net = self.networks.iter().find(|n| n.key() == p.net && n.state == NetState::Active);
@@ -261,11 +276,42 @@ impl Engine {
                 net.name
             )));
         }
-        if let Some((ns, _)) = &checked.peer {
+        // The VM's name is its DNS name on the network: two ports with one
+        // name would make DNS answer for whichever came last.
+        let vm = (key.clone(), spec.vm.clone());
+        if let Some(id) = self.index.vms.get(&vm) {
+            return Err(EngineError::Conflict(format!(
+                "vm {:?} already has port {id} on network {:?} (its DNS name there); give this port another --vm",
+                spec.vm, net.name
+            )));
+        }
+        if batch.vms.contains_key(&vm) {
+            return Err(EngineError::Conflict(format!("vm {:?} is given twice on network {:?}", spec.vm, net.name)));
+        }
+        if let Some((ns, ifname)) = &checked.peer {
             if !self.host.netns_exists(ns) {
-                return Err(EngineError::NotFound(format!(
-                    "no network namespace named {ns:?} (create it with `ip netns add {ns}`)"
+                return Err(EngineError::NotFound(if crate::model::netns_is_process(ns) {
+                    format!("no network namespace {ns}: is the process running?")
+                } else {
+                    format!("no network namespace named {ns:?} (create it with `ip netns add {ns}`)")
+                }));
+            }
+            if self.host.netns_has_link(ns, ifname) {
+                return Err(EngineError::Conflict(format!(
+                    "an interface named {ifname} already exists in network namespace {ns:?}; give another --ifname"
                 )));
+            }
+        }
+        // Checked here, not when the TAP is made: a user or group that does
+        // not exist is a mistake in the request.
+        for (what, name) in [("owner", &spec.owner), ("group", &spec.group)] {
+            if let Some(name) = name.as_deref().filter(|n| !self.host.account_exists(what, n)) {
+                let kind = if what == "owner" { "user" } else { "group" };
+                return Err(EngineError::Invalid(ModelError::Invalid {
+                    what,
+                    value: name.to_string(),
+                    why: format!("no {kind} of that name on this host"),
+                }));
             }
         }
         if let Some(tap) = &checked.adopt {

@@ -142,7 +142,7 @@ fn rig() -> Rig {
         inner: SqliteStore::in_memory().expect("in-memory store"),
         broken: AtomicBool::new(false),
     });
-    let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000 };
+    let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000, booted: None };
     let engine = Engine::start(Parts {
         store: store.clone(),
         kernel: kernel.clone(),
@@ -162,7 +162,7 @@ impl Rig {
             store: self.store.clone(),
             kernel: self.kernel.clone(),
             services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time }),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time, booted: None }),
             node: None,
         })
     }
@@ -213,8 +213,63 @@ fn spec(name: &str, mode: &str, subnet: &str) -> NetworkSpec {
     NetworkSpec { name: name.into(), mode: mode.into(), subnet: subnet.into(), ..Default::default() }
 }
 
+/// A VM name no other port has: one port per VM name and network.
+fn next_vm() -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    format!("vm{}", NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+#[test]
+fn one_port_per_vm_name_and_network() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "open", "10.1.0.0/24")).unwrap();
+    r.engine.create_network(spec("b", "open", "10.2.0.0/24")).unwrap();
+    let named = |net: &str| PortSpec { net: net.into(), vm: "web".into(), ..Default::default() };
+    let first = r.engine.create_port(named("a")).unwrap();
+    let before = r.world();
+    let e = r.engine.create_port(named("a")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains(&format!("vm \"web\" already has port {} on network \"a\"", first.id)), "{e}");
+    let e = r.engine.create_ports(vec![named("b"), named("b")]).unwrap_err();
+    assert!(e.to_string().contains("vm \"web\" is given twice"), "{e}");
+    assert_eq!(r.world(), before);
+    r.engine.create_port(named("b")).unwrap();
+    r.engine.delete_port(&first.id).unwrap();
+    r.engine.create_port(named("a")).unwrap();
+}
+
+#[test]
+fn networks_differing_only_in_case_are_refused() {
+    let mut r = rig();
+    r.engine.create_network(spec("default", "nat", "10.1.0.0/24")).unwrap();
+    let e = r.engine.create_network(spec("Default", "nat", "10.2.0.0/24")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("differ only in case"), "{e}");
+}
+
+#[test]
+fn a_network_with_ports_is_deleted_only_when_forced() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    for vm in ["vm1", "vm2", "vm3", "vm4"] {
+        r.engine.create_port(PortSpec { net: "a".into(), vm: vm.into(), ..Default::default() }).unwrap();
+    }
+    let before = r.world();
+    let e = r.engine.delete_network_checked("a", false).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert_eq!(
+        e.to_string(),
+        "network \"a\" has 4 ports (vm1, vm2, vm3, ...): delete them first or use `lanyard net delete a --force`"
+    );
+    assert_eq!(r.world(), before);
+    r.engine.delete_network_checked("a", true).unwrap();
+    assert!(r.engine.networks().is_empty() && r.engine.ports(None, None).is_empty());
+    r.engine.create_network(spec("b", "nat", "10.2.0.0/24")).unwrap();
+    r.engine.delete_network_checked("b", false).unwrap();
+}
+
 fn port(net: &str) -> PortSpec {
-    PortSpec { net: net.into(), vm: "vm".into(), ..Default::default() }
+    PortSpec { net: net.into(), vm: next_vm(), ..Default::default() }
 }
 
 #[test]
@@ -320,7 +375,7 @@ fn ports_get_unique_macs_and_ips() {
     e.create_network(spec("a", "open", "10.1.0.0/29")).unwrap();
     let p = |ip: Option<&str>, mac: Option<&str>| PortSpec {
         net: "a".into(),
-        vm: "vm".into(),
+        vm: next_vm(),
         ip: ip.map(Into::into),
         mac: mac.map(Into::into),
         ..Default::default()
@@ -342,12 +397,8 @@ fn ports_get_unique_macs_and_ips() {
 fn a_batch_is_all_or_nothing() {
     let mut r = rig();
     r.engine.create_network(spec("a", "open", "10.1.0.0/24")).unwrap();
-    let p = |mac: Option<&str>| PortSpec {
-        net: "a".into(),
-        vm: "vm".into(),
-        mac: mac.map(Into::into),
-        ..Default::default()
-    };
+    let p =
+        |mac: Option<&str>| PortSpec { net: "a".into(), vm: next_vm(), mac: mac.map(Into::into), ..Default::default() };
     let before = r.world();
     let err =
         r.engine.create_ports(vec![p(None), p(Some("52:54:00:00:00:07")), p(Some("52:54:00:00:00:07"))]).unwrap_err();
@@ -389,6 +440,24 @@ mod healing {
     }
 
     #[test]
+    fn a_bridge_whose_name_someone_else_took_stops_its_network() {
+        let (mut r, net, ports) = healthy();
+        let foreign = crate::kernel::ObservedLink { name: net.bridge.clone(), mtu: 1500, ..Default::default() };
+        r.kernel.tamper(|s| {
+            s.observed.links.insert(net.bridge.clone(), foreign.clone());
+        });
+        r.engine.heal(&[link_gone(&net.bridge)]).unwrap();
+        assert_eq!(r.engine.network("a").unwrap().state, NetState::Inactive, "shown as it is");
+        assert_eq!(r.store.networks().unwrap()[0].state, NetState::Inactive);
+        assert!(!r.engine.services.running("a"));
+        assert_eq!(r.kernel.snapshot().observed.links[&net.bridge], foreign, "the foreign link is untouched");
+        assert!(r.engine.repair_stats().last.unwrap().contains("took its bridge's name"));
+        // Ports stay, detached, as on any stopped network; a new one too.
+        assert_eq!(r.engine.ports(None, None).len(), ports.len());
+        r.engine.create_port(port("a")).unwrap();
+    }
+
+    #[test]
     fn a_deleted_bridge_comes_back_with_its_ports_and_servers() {
         let (mut r, net, ports) = healthy();
         let good = r.kernel.snapshot();
@@ -417,6 +486,28 @@ mod healing {
         ];
         assert!(r.engine.heal(&events).unwrap() > 0);
         assert_eq!(r.kernel.snapshot(), good);
+    }
+
+    #[test]
+    fn lanyard_s_own_firewall_changes_cost_no_read_of_the_sets() {
+        let (mut r, _, _) = healthy();
+        let fw = KernelEvent::Firewall { table: planner::table_id() };
+        // The events of its own changes: nothing read, nothing done.
+        r.engine.create_port(PortSpec { vm: "vm3".into(), ..port("a") }).unwrap();
+        let reads = r.kernel.element_reads();
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 0);
+        assert_eq!(r.kernel.element_reads(), reads, "lanyard's own change was read back in full");
+        // Someone else's change moves the generation: read in full, repaired,
+        // and known again after.
+        r.kernel.tamper(|s| {
+            let t = s.tables.get_mut(&planner::table_id()).unwrap();
+            t.sets.iter_mut().find(|s| s.name == "masq_nets").unwrap().elements.clear();
+        });
+        assert_eq!(r.engine.heal(std::slice::from_ref(&fw)).unwrap(), 1);
+        assert!(r.kernel.element_reads() > reads, "a foreign change was not read");
+        let reads = r.kernel.element_reads();
+        assert_eq!(r.engine.heal(&[fw]).unwrap(), 0);
+        assert_eq!(r.kernel.element_reads(), reads, "after its repair the table is known again");
     }
 
     #[test]
@@ -550,7 +641,7 @@ fn a_deleted_ports_address_waits_for_its_lease_across_restarts() {
     let ip: Ipv4Addr = "10.1.0.5".parse().unwrap();
     let port = r
         .engine
-        .create_port(PortSpec { net: "a".into(), vm: "vm".into(), ip: Some(ip.to_string()), ..Default::default() })
+        .create_port(PortSpec { net: "a".into(), vm: next_vm(), ip: Some(ip.to_string()), ..Default::default() })
         .unwrap();
     // The guest leased its fixed IP until 1000 + 3600.
     let lease = Lease {
@@ -627,8 +718,7 @@ mod managers {
         assert!(log.iter().all(|l| !l.contains("create bridge") && !l.contains("set address")), "{log:?}");
         let k = r.kernel.snapshot();
         assert_eq!(k.observed.links["br100"].addrs, vec!["10.100.0.1/24".parse().unwrap()], "the host is the gateway");
-        let port =
-            r.engine.create_port(PortSpec { net: "flat".into(), vm: "vm".into(), ..Default::default() }).unwrap();
+        let port = r.engine.create_port(PortSpec { net: "flat".into(), vm: next_vm(), ..Default::default() }).unwrap();
         assert!(port.ip.is_some(), "a flat port has its fixed IP from the subnet");
         assert_eq!(r.kernel.snapshot().observed.links[&port.ifname].master.as_deref(), Some("br100"));
         // A restart finds it as it left it.
@@ -956,7 +1046,7 @@ mod vlans {
         with_nic(&r, "eth0", 1500);
         r.refuses_cleanly("add vlan 10 to eth0", |e| e.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)));
         r.engine.create_network(filtering("v10", "nat", "10.10.0.0/24", 10)).unwrap();
-        let port = PortSpec { net: "v10".into(), vm: "vm".into(), ..Default::default() };
+        let port = PortSpec { net: "v10".into(), vm: next_vm(), ..Default::default() };
         r.refuses_cleanly("remove vlan 1 from ly*", |e| e.create_port(port.clone()));
     }
 }
@@ -1422,7 +1512,7 @@ fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
             store,
             kernel: Arc::new(FakeKernel::default()),
             services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
             node: None,
         })
         .expect("engine starts")
@@ -1468,7 +1558,7 @@ fn an_engine_follows_changes_another_made_to_the_store() {
         store: a.store.clone(),
         kernel: b_kernel.clone(),
         services: Box::<FakeServices>::default(),
-        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
         node: None,
     })
     .unwrap();
@@ -1519,7 +1609,7 @@ fn cluster_members_make_devices_only_for_their_own_ports() {
             store: store.clone(),
             kernel: kernel.clone(),
             services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000 }),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
             node: Some(node.into()),
         })
         .unwrap()
@@ -1612,4 +1702,191 @@ fn an_engine_recognises_its_own_writes_on_the_watch() {
         Some(Project { name: "blue".into(), description: String::new(), created: 1 })
     )));
     assert!(!r.engine.holds(&Change::Port("nope".into(), Some(p.clone()))));
+}
+
+#[test]
+fn a_port_on_a_network_whose_bridge_vanished_is_refused_and_leaves_no_tap() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let bridge = r.engine.network("a").unwrap().bridge;
+    r.kernel.tamper(|s| {
+        s.observed.links.remove(&bridge);
+    });
+    let before = r.world();
+    let e = r.engine.create_port(port("a")).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)), "{e}");
+    assert!(e.to_string().contains("has lost its bridge lybr0"), "{e}");
+    assert_eq!(r.world(), before, "no TAP, no record, no address left");
+}
+
+/// A daemon restart after a host boot (`booted`), or not, on the state of
+/// `r` with an empty kernel (what a boot leaves) when `booted`.
+fn started(r: &Rig, booted: Option<bool>, kernel: Arc<FakeKernel>) -> Engine {
+    Engine::start(Parts {
+        store: r.store.clone(),
+        kernel,
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost { booted, ..Default::default() }),
+        node: None,
+    })
+    .unwrap()
+}
+
+#[test]
+fn autostart_applies_at_boot_and_a_stopped_network_stays_stopped_across_restarts() {
+    let mut r = rig();
+    for (name, subnet) in [("auto", "10.1.0.0/24"), ("plain", "10.2.0.0/24"), ("stopped", "10.3.0.0/24")] {
+        r.engine.create_network(spec(name, "nat", subnet)).unwrap();
+    }
+    r.engine.set_autostart("auto", true).unwrap();
+    r.engine.set_autostart("stopped", true).unwrap();
+    r.engine.set_active("stopped", false).unwrap();
+    let states = |e: &Engine| -> Vec<NetState> {
+        ["auto", "plain", "stopped"].iter().map(|n| e.network(n).unwrap().state).collect()
+    };
+    use NetState::{Active, Inactive};
+    // A daemon restart: the stopped autostart network stays stopped.
+    let e = started(&r, Some(false), r.kernel.clone());
+    assert_eq!(states(&e), [Active, Active, Inactive]);
+    drop(e);
+    // A bridge deleted while the daemon was down is drift: it comes back.
+    let plain = r.engine.network("plain").unwrap().bridge;
+    r.kernel.apply_op(&crate::kernel::Op::DeleteLink { name: plain.clone() }).unwrap();
+    let e = started(&r, Some(false), r.kernel.clone());
+    assert_eq!(states(&e), [Active, Active, Inactive]);
+    assert!(r.kernel.snapshot().observed.links.contains_key(&plain), "the bridge is re-created");
+    drop(e);
+    // A boot: only autostart networks come up, the stopped one too.
+    let e = started(&r, Some(true), Arc::new(FakeKernel::default()));
+    assert_eq!(states(&e), [Active, Inactive, Active]);
+}
+
+#[test]
+fn a_dynamic_lease_is_deleted_by_ip_or_mac_and_a_fixed_one_never() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let port = r.engine.create_port(port("a")).unwrap();
+    let book = r.engine.books.get("a").cloned().unwrap();
+    let lease = |mac: Mac| {
+        let mut b = lock(&book);
+        let ip = b.offer(mac, None, 1000).unwrap();
+        let l = b.ack(mac, ip, 1000, 3600, None, None).unwrap();
+        r.store.write_leases(&[crate::store::LeaseChange::Upsert(l.clone())]).unwrap();
+        l
+    };
+    let one = lease(Mac([0x52, 0x54, 0, 1, 1, 1]));
+    let two = lease(Mac([0x52, 0x54, 0, 2, 2, 2]));
+    let fixed = lease(port.mac);
+    assert_eq!(r.engine.leases("a").unwrap().len(), 3);
+    assert_eq!(r.engine.delete_lease("a", &one.ip.to_string()).unwrap(), one);
+    assert_eq!(r.engine.delete_lease("a", "52:54:00:02:02:02").unwrap(), two);
+    assert_eq!(r.engine.leases("a").unwrap(), vec![fixed.clone()]);
+    assert_eq!(r.store.leases().unwrap(), vec![fixed.clone()], "the store agrees");
+    let e = r.engine.delete_lease("a", &fixed.ip.to_string()).unwrap_err();
+    assert!(matches!(e, EngineError::Conflict(_)) && e.to_string().contains("delete the port instead"), "{e}");
+    let e = r.engine.delete_lease("a", &one.ip.to_string()).unwrap_err();
+    assert!(matches!(e, EngineError::NotFound(_)), "{e}");
+    let e = r.engine.delete_lease("a", "banana").unwrap_err();
+    assert!(matches!(e, EngineError::Invalid(_)), "{e}");
+    // Its address is free again at once.
+    assert_eq!(lock(&book).offer(Mac([0x52, 0x54, 0, 3, 3, 3]), Some(one.ip), 1000).unwrap(), one.ip);
+}
+
+#[test]
+fn a_jumbo_networks_qemu_line_tells_the_guest_its_mtu() {
+    let mut r = rig();
+    r.engine.create_network(NetworkSpec { mtu: Some(9000), ..spec("jumbo", "nat", "10.1.0.0/24") }).unwrap();
+    r.engine.create_network(NetworkSpec { mtu: Some(1500), ..spec("plain", "nat", "10.2.0.0/24") }).unwrap();
+    let jumbo = r.engine.create_port(port("jumbo")).unwrap();
+    let plain = r.engine.create_port(port("plain")).unwrap();
+    let line = |p: Port| r.engine.port_view(p).qemu_args.unwrap();
+    assert!(line(jumbo).ends_with(",host_mtu=9000"));
+    assert!(!line(plain).contains("host_mtu"));
+}
+
+#[test]
+fn net_edit_changes_only_what_no_kernel_object_or_guest_depends_on() {
+    use crate::model::NetworkPatch;
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let kernel = r.kernel.snapshot();
+    let patch = NetworkPatch {
+        autostart: Some(true),
+        domain: Some("lab.example".into()),
+        dhcp_range: Some("10.1.0.200-10.1.0.210".into()),
+        lease_time: Some(600),
+        ..Default::default()
+    };
+    let net = r.engine.edit_network("a", &patch).unwrap();
+    assert_eq!((net.autostart, net.domain.as_str(), net.lease_time), (true, "lab.example", Some(600)));
+    assert_eq!(net.dhcp_range.first, Ipv4Addr::new(10, 1, 0, 200));
+    assert_eq!(r.store.networks().unwrap(), vec![net.clone()], "stored");
+    assert_eq!(r.engine.network("a").unwrap(), net, "in memory");
+    assert_eq!(r.kernel.snapshot(), kernel, "nothing in the kernel changed");
+    assert!(r.engine.services.running("a"), "the servers run with the new settings");
+    let book = r.engine.books.get("a").cloned().unwrap();
+    let offered = lock(&book).offer(Mac([0x52, 0x54, 0, 7, 7, 7]), None, 1000).unwrap();
+    assert_eq!(offered, Ipv4Addr::new(10, 1, 0, 200), "offers come from the new range");
+    let before = r.world();
+    for (patch, says) in [
+        (
+            NetworkPatch { subnet: Some(serde_json::json!("10.9.0.0/24")), ..Default::default() },
+            "subnet cannot be changed",
+        ),
+        (NetworkPatch { mtu: Some(serde_json::json!(9000)), ..Default::default() }, "mtu cannot be changed"),
+        (NetworkPatch { dhcp_range: Some("10.1.0.1-10.1.0.9".into()), ..Default::default() }, "holds the gateway"),
+        (NetworkPatch { lease_time: Some(5), ..Default::default() }, "invalid lease time"),
+        (NetworkPatch { domain: Some("a b".into()), ..Default::default() }, "invalid domain"),
+    ] {
+        let e = r.engine.edit_network("a", &patch).unwrap_err();
+        assert!(matches!(e, EngineError::Invalid(_)) && e.to_string().contains(says), "{e}");
+    }
+    assert_eq!(r.world(), before, "a refused edit changes nothing");
+}
+
+#[test]
+fn a_process_namespace_is_named_by_pid_and_never_reused_after_it_went() {
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let veth = |ns: &str| PortSpec {
+        port_type: Some("veth".into()),
+        ifname: Some("eth0".into()),
+        netns: Some(ns.into()),
+        ..port("a")
+    };
+    let e = r.engine.create_port(veth("4242")).unwrap_err();
+    assert_eq!(e.to_string(), "no network namespace /proc/4242/ns/net: is the process running?");
+    let host = FakeHost {
+        netns: std::sync::Mutex::new(vec!["vmns".into(), "/proc/4242/ns/net".into()]),
+        ..Default::default()
+    };
+    let start = |r: &Rig| {
+        Engine::start(Parts {
+            store: r.store.clone(),
+            kernel: r.kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost {
+                netns: std::sync::Mutex::new(host.netns.lock().unwrap().clone()),
+                ..Default::default()
+            }),
+            node: None,
+        })
+        .unwrap()
+    };
+    let mut e = start(&r);
+    let by_pid = e.create_port(veth("4242")).unwrap();
+    assert_eq!(by_pid.netns.as_deref(), Some("/proc/4242/ns/net"), "stored as the namespace's path");
+    let by_path = e.create_port(PortSpec { ifname: Some("eth1".into()), ..veth("/proc/4242/ns/net") }).unwrap();
+    let by_name = e.create_port(veth("vmns")).unwrap();
+    drop(e);
+    // The process went (its veths with it) and its PID is another's now;
+    // a named namespace's veth that went is drift, and comes back.
+    for p in [&by_pid, &by_path, &by_name] {
+        r.kernel.apply_op(&crate::kernel::Op::DeleteLink { name: p.ifname.clone() }).unwrap();
+    }
+    let e = start(&r);
+    let links = r.kernel.snapshot().observed.links;
+    assert!(!links.contains_key(&by_pid.ifname) && !links.contains_key(&by_path.ifname), "nothing into a reused PID");
+    assert!(links.contains_key(&by_name.ifname), "the named namespace's port is re-created");
+    assert_eq!(e.ports(None, None).len(), 3, "the records stay until deleted");
 }

@@ -104,6 +104,12 @@ pub trait Kernel: Send + Sync {
     fn firewall_elements(&self, table: &TableId, set: &Set) -> Result<BTreeSet<Element>, KernelError>;
     /// Applies one firewall change in one nftables transaction.
     fn apply_firewall(&self, change: &FirewallChange) -> Result<(), KernelError>;
+    /// The ruleset's generation, which every committed nftables
+    /// transaction (anyone's) moves on by one; None where the driver
+    /// cannot tell (then every firewall event is checked in full).
+    fn firewall_generation(&self) -> Result<Option<u32>, KernelError> {
+        Ok(None)
+    }
     /// Reads what other tables do at the forward hook (read only).
     fn coexistence(&self, mark: u32) -> Result<Coexistence, KernelError>;
     /// When Docker's DOCKER-USER chain exists, puts lanyard's rules at its

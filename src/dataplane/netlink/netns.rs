@@ -8,16 +8,13 @@ use std::os::fd::AsRawFd;
 
 use super::socket::{NlError, RouteSocket};
 
-/// Where `ip netns add` leaves a namespace.
-const NETNS_DIR: &str = "/run/netns";
-
-/// The namespace `name`, as an open file (what IFLA_NET_NS_FD and setns
-/// take).
+/// The namespace `name` (a name under /run/netns, or `/proc/PID/ns/net`),
+/// as an open file (what IFLA_NET_NS_FD and setns take).
 pub fn open(name: &str) -> Result<File, NlError> {
     // The planner only passes validated names; checked again here because
     // the name becomes a path.
     crate::model::validate_netns(name).map_err(|e| NlError { errno: Some(libc::EINVAL), message: e.to_string() })?;
-    let path = format!("{NETNS_DIR}/{name}");
+    let path = crate::model::netns_path(name);
     File::open(&path).map_err(|e| NlError::io(&e).about(&path))
 }
 

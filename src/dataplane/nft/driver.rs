@@ -48,6 +48,11 @@ impl NftDriver {
         Ok(comment.map(|c| c.filter(|c| c.starts_with(FINGERPRINT_PREFIX)).unwrap_or_default()))
     }
 
+    /// The ruleset's generation (see [`TableQuery::generation`]).
+    pub fn generation(&self) -> Result<u32, KernelError> {
+        self.query.lock().unwrap_or_else(|p| p.into_inner()).generation()
+    }
+
     /// The elements the kernel has in `set` (a map when `set.data` is not
     /// empty) of `table`, typed by the set's declared key and data types.
     pub fn elements(&self, table: &TableId, set: &Set) -> Result<BTreeSet<Element>, KernelError> {

@@ -156,6 +156,38 @@ pub fn get_table_request(table: &TableId, seq: u32) -> Vec<u8> {
     m
 }
 
+/// An NFT_MSG_GETGEN request (the ruleset's generation), numbered `seq`.
+pub fn get_gen_request(seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDRLEN + NFGENMSG_LEN;
+    let mut m = Vec::with_capacity(len);
+    m.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_ne_bytes());
+    m.extend_from_slice(&(NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_GETGEN).to_ne_bytes());
+    m.extend_from_slice(&NLM_F_REQUEST.to_ne_bytes());
+    m.extend_from_slice(&seq.to_ne_bytes());
+    m.extend_from_slice(&0u32.to_ne_bytes());
+    m.extend_from_slice(&[0, 0, 0, 0]); // AF_UNSPEC, NFNETLINK_V0, res_id
+    m
+}
+
+/// NFTA_GEN_ID: the generation, big-endian.
+const NFTA_GEN_ID: u16 = 1;
+
+/// The answer to GETGEN request `seq` in a datagram, if it holds one: the
+/// generation, or the errno it failed with.
+pub fn gen_reply(datagram: &[u8], seq: u32) -> Option<Result<u32, i32>> {
+    messages(datagram).filter(|m| m.seq == seq).find_map(|m| {
+        if m.kind == NLMSG_ERROR {
+            let errno = i32::from_ne_bytes(m.body.get(..4)?.try_into().ok()?);
+            return (errno != 0).then(|| Err(errno.checked_neg().unwrap_or(i32::MAX)));
+        }
+        if m.kind != NFNL_SUBSYS_NFTABLES << 8 | NFT_MSG_NEWGEN {
+            return None;
+        }
+        let (_, id) = attributes(m.body).find(|(kind, _)| *kind == NFTA_GEN_ID)?;
+        Some(Ok(u32::from_be_bytes(id.get(..4)?.try_into().ok()?)))
+    })
+}
+
 /// The kernel's answer to a GETTABLE request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TableReply {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use super::messages::{get_table_request, table_reply, TableReply};
+use super::messages::{gen_reply, get_gen_request, get_table_request, table_reply, TableReply};
 use super::socket::NfSocket;
 use crate::kernel::firewall::TableId;
 use crate::kernel::KernelError;
@@ -58,6 +58,29 @@ impl TableQuery {
                 Some(TableReply::Error(errno)) => {
                     return Err(query_error(table, std::io::Error::from_raw_os_error(errno)));
                 }
+            }
+        }
+    }
+
+    /// The ruleset's generation: every committed nftables transaction in
+    /// the namespace, anyone's, moves it on.
+    pub fn generation(&mut self) -> Result<u32, KernelError> {
+        let error = |what: String| KernelError::Observe { what: "nftables generation", message: what };
+        self.seq = self.seq.wrapping_add(1);
+        self.socket.send(&get_gen_request(self.seq)).map_err(|e| error(e.to_string()))?;
+        loop {
+            if !self.socket.wait_readable(REPLY_TIMEOUT).map_err(|e| error(e.to_string()))? {
+                return Err(error("the kernel did not answer NFT_MSG_GETGEN".into()));
+            }
+            let n = match self.socket.recv(&mut self.buffer) {
+                Ok(n) => n,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => continue,
+                Err(e) => return Err(error(e.to_string())),
+            };
+            match gen_reply(&self.buffer[..n.min(self.buffer.len())], self.seq) {
+                None => continue,
+                Some(Ok(generation)) => return Ok(generation),
+                Some(Err(errno)) => return Err(error(std::io::Error::from_raw_os_error(errno).to_string())),
             }
         }
     }
