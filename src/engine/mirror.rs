@@ -136,6 +136,19 @@ impl Engine {
             return Err(e);
         }
         self.follow_books(&d.networks, &d.ports)?;
+        // An edited network (`net edit` through another host): its book
+        // takes the record, and its servers restart when what they serve
+        // changed (they start again below), as `edit_network` does.
+        for n in &d.networks {
+            let Some(old) = self.networks.iter().find(|m| m.key() == n.key() && *m != n) else { continue };
+            let key = n.key();
+            if let Some(book) = self.books.get(key.as_ref()) {
+                lock(book).set_network(n.clone());
+            }
+            if (&old.domain, old.dhcp_range, old.lease_time) != (&n.domain, n.dhcp_range, n.lease_time) {
+                self.services.stop(&key);
+            }
+        }
         let (added, removed) = (
             d.networks.iter().filter(|n| !self.networks.iter().any(|m| m.key() == n.key())).count(),
             self.networks.iter().filter(|n| !d.networks.iter().any(|m| m.key() == n.key())).count(),

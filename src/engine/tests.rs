@@ -1581,6 +1581,12 @@ fn an_engine_follows_changes_another_made_to_the_store() {
     let touched: Vec<String> = b_kernel.log().into_iter().filter(|l| l.contains(&net.bridge)).collect();
     assert!(touched.is_empty(), "the unchanged network was touched: {touched:?}");
     assert!(b_kernel.snapshot().observed.links.contains_key(&net2.bridge));
+    // An edit: B's address book serves the new record.
+    let patch = crate::model::NetworkPatch { lease_time: Some(7200), ..Default::default() };
+    let edited = a.engine.edit_network("n1", &patch).unwrap();
+    assert!(b.follow(&[Change::Network("n1".into(), Some(edited.clone()))], false).unwrap());
+    assert_eq!(lock(&b.books["n1"]).network(), &edited);
+    assert!(b.services.running("n1"));
     // Deletes: the port's address is free on B, the network goes.
     a.engine.delete_port(&p.id).unwrap();
     assert!(b.follow(&[Change::Port(p.id.clone(), None)], false).unwrap());
