@@ -47,12 +47,12 @@ impl Mirror {
     /// Follows `store` from revision `from` (the one after the store's
     /// state the engine was started from) into `engine`. Call from the
     /// daemon's runtime.
-    pub fn start(store: &EtcdStore, from: i64, engine: Arc<Mutex<Engine>>) -> Mirror {
+    pub fn start(store: &Arc<EtcdStore>, from: i64, engine: Arc<Mutex<Engine>>) -> Mirror {
         let (tx, rx) = mpsc::unbounded_channel();
         let client = store.client();
         let root = store.root().to_string();
         let watcher = store.spawn(watch(client, root, from, tx));
-        let follower = tokio::spawn(follow(rx, engine));
+        let follower = tokio::spawn(follow(rx, engine, store.clone()));
         Mirror { watcher, follower }
     }
 }
@@ -133,14 +133,23 @@ async fn watch(client: etcd_client::Client, root: String, mut next: i64, tx: mps
     }
 }
 
-async fn follow(mut rx: mpsc::UnboundedReceiver<News>, engine: Arc<Mutex<Engine>>) {
+async fn follow(mut rx: mpsc::UnboundedReceiver<News>, engine: Arc<Mutex<Engine>>, store: Arc<EtcdStore>) {
     let mut retry = false;
     loop {
         let first = if retry {
             match tokio::time::timeout(RETRY_AFTER, rx.recv()).await {
                 Ok(Some(n)) => Some(n),
                 Ok(None) => return,
-                Err(_) => None,
+                Err(_) => {
+                    // A re-read holds the engine's lock; while etcd does
+                    // not answer it would hold it for the call's timeout
+                    // each time, stalling the API. Ask etcd first, unlocked.
+                    let s = store.clone();
+                    if !matches!(tokio::task::spawn_blocking(move || s.revision()).await, Ok(Ok(_))) {
+                        continue;
+                    }
+                    None
+                }
             }
         } else {
             match rx.recv().await {
@@ -209,7 +218,7 @@ mod tests {
     fn a_compacted_watch_reads_the_state_again_and_follows_on() {
         let Some(etcd) = EtcdServer::start("a_compacted_watch_reads_the_state_again_and_follows_on") else { return };
         let other = etcd.store("/lanyard-test/mirror");
-        let here = etcd.store("/lanyard-test/mirror");
+        let here = Arc::new(etcd.store("/lanyard-test/mirror"));
         let from = here.revision().unwrap() + 1;
         let engine = Engine::start(Parts {
             store: Arc::new(etcd.store("/lanyard-test/mirror")),
