@@ -1500,13 +1500,13 @@ fn ports_claim_their_ip_and_mac() {
     assert_eq!(held(&r.store), vec![]);
 }
 
-/// Two hosts (two engines, each with its own etcd client and kernel) race
-/// to create ports on one small network: every IP and MAC is handed out
-/// once, and the only failures are exhaustion.
-#[test]
-fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
+/// Hosts (engines, each with its own etcd client and kernel) race to
+/// create `per_host` ports each on one network of `subnet`, made through
+/// the first: the ports made, and the refusals.
+fn race_port_creates(test: &str, hosts: usize, per_host: usize, subnet: &str) -> Option<(Vec<Port>, Vec<String>)> {
     use crate::store::contract::EtcdServer;
-    let Some(etcd) = EtcdServer::start("two_hosts_racing_port_creates_never_share_an_ip_or_mac") else { return };
+    let etcd = EtcdServer::start(test)?;
+    let root = format!("/lanyard-test/{test}");
     let host = |store: Arc<dyn Store>| {
         Engine::start(Parts {
             store,
@@ -1517,17 +1517,16 @@ fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
         })
         .expect("engine starts")
     };
-    let a_store: Arc<dyn Store> = Arc::new(etcd.store("/lanyard-test/ports-race"));
-    let mut a = host(a_store.clone());
-    // A /26: 61 guest addresses for 80 ports.
-    a.create_network(spec("small", "isolated", "10.9.0.0/26")).unwrap();
-    let b = host(Arc::new(etcd.store("/lanyard-test/ports-race")));
-    const PER_HOST: usize = 40;
-    let workers: Vec<_> = [a, b]
+    let first_store: Arc<dyn Store> = Arc::new(etcd.store(&root));
+    let mut first = host(first_store.clone());
+    first.create_network(spec("shared", "isolated", subnet)).unwrap();
+    let mut engines = vec![first];
+    engines.extend((1..hosts).map(|_| host(Arc::new(etcd.store(&root)))));
+    let workers: Vec<_> = engines
         .into_iter()
         .map(|mut e| {
             std::thread::spawn(move || {
-                (0..PER_HOST).map(|_| e.create_port(port("small")).map_err(|e| e.to_string())).collect::<Vec<_>>()
+                (0..per_host).map(|_| e.create_port(port("shared")).map_err(|e| e.to_string())).collect::<Vec<_>>()
             })
         })
         .collect();
@@ -1535,14 +1534,34 @@ fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
         workers.into_iter().flat_map(|w| w.join().expect("a host's thread panicked")).collect();
     let (made, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
     let made: Vec<Port> = made.into_iter().map(Result::unwrap).collect();
-    for e in failed.iter().map(|r| r.as_ref().unwrap_err()) {
+    let ips: HashSet<Ipv4Addr> = made.iter().filter_map(|p| p.ip).collect();
+    let macs: HashSet<Mac> = made.iter().map(|p| p.mac).collect();
+    assert_eq!((ips.len(), macs.len()), (made.len(), made.len()), "an IP or a MAC was handed out twice");
+    assert_eq!(first_store.ports().unwrap().len(), made.len());
+    Some((made, failed.into_iter().map(Result::unwrap_err).collect()))
+}
+
+/// The concurrency case: 3 hosts each create 200 ports on one
+/// network at once: 600 ports, distinct IPs and MACs, no failure.
+#[test]
+fn three_hosts_creating_200_ports_each_get_600_distinct_ips_and_macs() {
+    let test = "three_hosts_creating_200_ports_each";
+    let Some((made, failed)) = race_port_creates(test, 3, 200, "10.10.0.0/22") else { return };
+    assert!(failed.is_empty(), "{} refused: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert_eq!(made.len(), 600);
+}
+
+/// Two hosts race for a network too small for both: every IP and MAC is
+/// handed out once, and the only failures are exhaustion.
+#[test]
+fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
+    let test = "two_hosts_racing_port_creates_never_share_an_ip_or_mac";
+    // A /26: 61 guest addresses for 80 ports.
+    let Some((made, failed)) = race_port_creates(test, 2, 40, "10.9.0.0/26") else { return };
+    for e in &failed {
         assert!(e.contains("no free address"), "a failure that is not exhaustion: {e}");
     }
     assert_eq!(made.len(), 61, "{} ports made, {} refused: {failed:?}", made.len(), failed.len());
-    let ips: HashSet<Ipv4Addr> = made.iter().filter_map(|p| p.ip).collect();
-    let macs: HashSet<Mac> = made.iter().map(|p| p.mac).collect();
-    assert_eq!((ips.len(), macs.len()), (61, 61), "an IP or a MAC was handed out twice");
-    assert_eq!(a_store.ports().unwrap().len(), 61);
 }
 
 /// A second engine on the same store (another host) follows what the
