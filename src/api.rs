@@ -411,6 +411,26 @@ async fn admin<T: Send + 'static>(
     with_engine(state, f).await.map_err(IntoResponse::into_response)
 }
 
+/// The exposition of the engine's `gauges` and the process's counters.
+fn metrics_response(gauges: crate::metrics::Gauges) -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], crate::metrics::render(&gauges)).into_response()
+}
+
+/// `daemon --metrics-listen`: plain HTTP for Prometheus, `GET /metrics`
+/// only, no token. It reads and changes nothing else, so it can face a
+/// monitoring network without exposing the API.
+pub fn metrics_router(state: Shared) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(
+                |State(s): State<Shared>| async move { with_engine(s, |e| Ok(e.gauges())).await.map(metrics_response) },
+            ),
+        )
+        .fallback(|| async { (StatusCode::NOT_FOUND, "only /metrics is served here\n") })
+        .with_state(state)
+}
+
 /// The API routes of the unix socket, where a request without a token is
 /// the admin's.
 pub fn router(state: Shared) -> Router {
@@ -803,6 +823,14 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 }),
             )
             .route(
+                // Admin only, like /v1/status: it names every project's
+                // networks. Prometheus scrapes --metrics-listen instead.
+                "/metrics",
+                get(|State(s): State<Shared>, caller: Caller| async move {
+                    admin(s, &caller, "the daemon's metrics", |e| Ok(e.gauges())).await.map(metrics_response)
+                }),
+            )
+            .route(
                 "/v1/bridges",
                 get(|State(s): State<Shared>, caller: Caller| async move {
                     admin(s, &caller, "the host's bridges", |e| e.bridges()).await.map(Json)
@@ -888,6 +916,21 @@ mod tests {
     /// Method, URI, content type, body; the status, kind and part of the message wanted.
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16, &'a str, &'a str);
     const NET: &str = r#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24"}"#;
+
+    #[tokio::test]
+    async fn metrics_are_the_text_exposition_of_every_network() {
+        let app = app();
+        assert_eq!(send(&app, "POST", "/v1/networks", JSON, NET.as_bytes()).await.0, 201);
+        let req = axum::http::Request::builder().uri("/metrics").body(axum::body::Body::empty()).unwrap();
+        let resp = app.clone().oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], crate::metrics::CONTENT_TYPE);
+        let text =
+            String::from_utf8(axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+        assert!(text.contains("lanyard_network_active{network=\"n1\"} 1\n"), "{text}");
+        assert!(text.contains("lanyard_dhcp_addresses_free{network=\"n1\"} "), "{text}");
+        assert!(text.contains("# TYPE lanyard_kernel_apply_seconds histogram\n"), "{text}");
+    }
 
     #[tokio::test]
     async fn every_refusal_is_an_error_body() {
@@ -1316,6 +1359,7 @@ mod tests {
             ("GET", "/v1/projects/blue/tokens", b""),
             ("GET", "/v1/bridges", b""),
             ("GET", "/v1/status", b""),
+            ("GET", "/metrics", b""),
             ("GET", "/v1/nodes", b""),
         ];
         for (method, uri, body) in refused {

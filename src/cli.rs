@@ -79,6 +79,10 @@ pub enum Command {
         /// TLS only and to project tokens only.
         #[arg(long, env = "LANYARD_LISTEN", value_name = "ADDR:PORT")]
         listen: Option<std::net::SocketAddr>,
+        /// Serve Prometheus metrics (GET /metrics only, plain HTTP, no token)
+        /// on this TCP address, e.g. 127.0.0.1:9477.
+        #[arg(long, env = "LANYARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// The TLS certificate chain for --listen (PEM).
         #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM")]
         tls_cert: Option<PathBuf>,
@@ -124,8 +128,25 @@ pub enum Command {
     Manager(ManagerCommand),
     /// lanyard's bridges, as `brctl show` prints them.
     Bridges(OutputArg),
-    /// The daemon's counts and what self-healing repaired.
+    /// The daemon in one screen: version, uptime, store, counts, self-healing.
     Status(OutputArg),
+    /// Print the shell completion script for bash, zsh or fish.
+    ///
+    /// bash: `lanyard completions bash > /etc/bash_completion.d/lanyard`;
+    /// zsh: into a directory of $fpath as `_lanyard`; fish: into
+    /// ~/.config/fish/completions/lanyard.fish.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print the man page lanyard(1), or write one page per command into --dir.
+    Man {
+        /// Write lanyard.1, lanyard-net.1, lanyard-net-create.1, ... here
+        /// (the directory must exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
     /// QEMU `script=`: attach the TAP QEMU just created to a network and
     /// register it as a port (also run as `lanyard-ifup` through a symlink).
     QemuIfup {
@@ -149,6 +170,59 @@ pub enum Command {
         /// The TAP QEMU is closing.
         ifname: String,
     },
+}
+
+/// The shells `lanyard completions` writes a script for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompletionShell {
+    /// GNU bash.
+    Bash,
+    /// Z shell.
+    Zsh,
+    /// fish.
+    Fish,
+}
+
+/// `lanyard completions SHELL`: the script, generated from the clap
+/// definitions so that it never lags behind them.
+pub fn completions(shell: CompletionShell) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    use clap_complete::Shell;
+    let shell = match shell {
+        CompletionShell::Bash => Shell::Bash,
+        CompletionShell::Zsh => Shell::Zsh,
+        CompletionShell::Fish => Shell::Fish,
+    };
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "lanyard", &mut script);
+    emit(&String::from_utf8_lossy(&script))
+}
+
+/// `lanyard man [--dir DIR]`: lanyard(1) on stdout, or a page per command
+/// (and subcommand) written into `dir`.
+pub fn man(dir: Option<&std::path::Path>) -> Result<(), CliError> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let internal = |message: String| CliError::Refused { message, kind: "internal".into() };
+    match dir {
+        None => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .render(&mut page)
+                .map_err(|e| internal(format!("cannot render the man page: {e}")))?;
+            emit(&String::from_utf8_lossy(&page))
+        }
+        Some(dir) => {
+            if !dir.is_dir() {
+                return Err(CliError::Usage(format!(
+                    "--dir {}: no such directory",
+                    printable(&dir.display().to_string())
+                )));
+            }
+            clap_mangen::generate_to(cmd, dir)
+                .map_err(|e| internal(format!("cannot write man pages into {}: {e}", dir.display())))
+        }
+    }
 }
 
 /// `lanyard net ...`
@@ -1291,9 +1365,19 @@ fn status_detail(v: &Value) -> String {
         (Some(what), Some(at)) => format!("{} UTC: {what}", utc(at)),
         _ => "-".to_string(),
     };
+    let started = match (v["started_at"].as_u64(), v["uptime_secs"].as_u64()) {
+        (Some(at), Some(up)) => format!("{} (since {} UTC)", uptime(up), utc(at)),
+        _ => "-".to_string(),
+    };
     let rows = [
+        ("Version", s(&v["version"])),
+        ("Uptime", started),
+        ("Store", s(&v["store"])),
+        ("Projects", s(&v["projects"])),
         ("Networks", format!("{} ({} active)", s(&v["networks"]), s(&v["active_networks"]))),
         ("Ports", s(&v["ports"])),
+        ("Leases", s(&v["leases"])),
+        ("Floating IPs", s(&v["floating_ips"])),
         ("Repairs", format!("{} in {} heals", s(&h["repairs"]), s(&h["heals"]))),
         ("Last repair", last),
         ("Heal failures", s(&h["failures"])),
@@ -1311,6 +1395,18 @@ fn status_detail(v: &Value) -> String {
         ("DHCP handler panics", s(&v["dhcp_handler_panics"])),
     ];
     details(&rows, 22)
+}
+
+/// `secs` as `3d 4h 5m 6s`, largest unit first, zero units left out
+/// (`0s` for none).
+fn uptime(secs: u64) -> String {
+    let parts = [(secs / 86_400, "d"), (secs / 3600 % 24, "h"), (secs / 60 % 60, "m"), (secs % 60, "s")];
+    let shown: Vec<String> = parts.iter().filter(|(n, _)| *n > 0).map(|(n, u)| format!("{n}{u}")).collect();
+    if shown.is_empty() {
+        "0s".into()
+    } else {
+        shown.join(" ")
+    }
 }
 
 /// `port list`; with a Project column when `projects` (all projects listed).
@@ -1565,10 +1661,17 @@ fn in_project(project: Option<&str>) -> String {
 
 /// Runs a client command against the daemon.
 pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
+    // Made from the clap definitions alone: no daemon needed.
+    match &cmd {
+        Command::Completions { shell } => return completions(*shell),
+        Command::Man { dir } => return man(dir.as_deref()),
+        _ => {}
+    }
     let c = Client::of(endpoint)?;
     let body = body_of(&cmd);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),
+        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Net(NetCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/networks", body.as_ref())?;
             print(out.output, &v, network_detail)?;
@@ -2094,6 +2197,14 @@ mod tests {
     }
 
     #[test]
+    fn uptime_reads_largest_unit_first() {
+        assert_eq!(uptime(0), "0s");
+        assert_eq!(uptime(59), "59s");
+        assert_eq!(uptime(3600), "1h");
+        assert_eq!(uptime(2 * 86_400 + 3 * 3600 + 4 * 60 + 5), "2d 3h 4m 5s");
+    }
+
+    #[test]
     fn hostile_guest_strings_cannot_escape_their_cell() {
         let hostile = "a\x1b[31mb\n 52:54:00:00:00:99   10.0.0.99   forged\r\u{9b}2J\u{202e}";
         let leases = json!([
@@ -2119,8 +2230,8 @@ mod tests {
         assert!(inert(&t) && t.lines().count() == 3, "{t:?}");
         let t = project_detail(&json!({"name": "p", "description": hostile}));
         assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
-        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}}));
-        assert!(inert(&t) && t.lines().count() == 7, "{t:?}");
+        let t = status_detail(&json!({"self_healing": {"last": hostile, "last_at": 0}, "store": hostile}));
+        assert!(inert(&t) && t.lines().count() == 13, "{t:?}");
         let t = bridge_rows(
             &json!([{"name": "lybr0", "bridge_id": "8000.1", "stp": "no", "interfaces": [hostile, "ly1"]}]),
         );

@@ -198,6 +198,8 @@ pub struct Resolver {
     upstreams: Vec<SocketAddr>,
     in_flight: Arc<tokio::sync::Semaphore>,
     limiter: Mutex<ClientLimiter>,
+    /// Queries received (the network's counter, see [`crate::metrics`]).
+    queries: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// What to do with one datagram from a client.
@@ -214,6 +216,7 @@ impl Resolver {
     /// A resolver over `book`'s names; `forwards` is false on isolated networks.
     pub fn new(net: String, book: Arc<Mutex<AddressBook>>, forwards: bool, upstreams: Vec<SocketAddr>) -> Self {
         Resolver {
+            queries: crate::metrics::dns_queries(&net),
             net,
             book,
             forwards,
@@ -232,6 +235,8 @@ impl Resolver {
     /// or nothing (malformed, or over the client's rate). When every forward
     /// permit is taken the client gets SERVFAIL at once.
     fn decide(&self, query: &[u8], client: IpAddr) -> Next {
+        // Every query over UDP and TCP passes here once.
+        self.queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.limiter.lock().unwrap_or_else(|p| p.into_inner()).allow(client, std::time::Instant::now()) {
             return Next::Drop;
         }

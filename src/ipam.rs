@@ -457,6 +457,22 @@ impl AddressBook {
         }
     }
 
+    /// For metrics and status: leases not expired at `now`, and addresses
+    /// of the dynamic range that no lease, port or decline holds.
+    pub fn usage(&self, now: u64) -> (u64, u64) {
+        let range = &self.net.dhcp_range;
+        let size = u64::from(u32::from(range.last)).saturating_sub(u64::from(u32::from(range.first))) + 1;
+        let active: Vec<Ipv4Addr> = self.leases.values().filter(|l| l.expiry > now).map(|l| l.ip).collect();
+        let held: std::collections::HashSet<Ipv4Addr> = active
+            .iter()
+            .copied()
+            .chain(self.static_owner.keys().copied())
+            .chain(self.declined.iter().filter(|(_, t)| **t > now).map(|(ip, _)| *ip))
+            .filter(|ip| range.contains(*ip))
+            .collect();
+        (active.len() as u64, size.saturating_sub(held.len() as u64))
+    }
+
     /// Every lease a client holds or held (expired ones stay until reused).
     pub fn leases(&self) -> impl Iterator<Item = &Lease> {
         self.leases.values()

@@ -17,6 +17,7 @@
 //! - [`vlan_manager`]: nova's VLAN manager: its configuration and the choice
 //!   of a project's VLAN and subnet;
 //! - [`daemon`]: process start-up and shutdown;
+//! - [`metrics`]: the daemon's counters and its Prometheus exposition;
 //! - [`fault`]: crash points for the crash-safety tests (debug builds only).
 #![warn(missing_docs)]
 
@@ -32,6 +33,7 @@ pub mod engine;
 pub mod fault;
 pub mod ipam;
 pub mod kernel;
+pub mod metrics;
 pub mod model;
 pub mod planner;
 pub mod store;

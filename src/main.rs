@@ -43,7 +43,18 @@ fn main() {
         }
     };
     match cli.command {
-        Command::Daemon { state_dir, socket_group, listen, tls_cert, tls_key, log_level, etcd, node, underlay } => {
+        Command::Daemon {
+            state_dir,
+            socket_group,
+            listen,
+            metrics_listen,
+            tls_cert,
+            tls_key,
+            log_level,
+            etcd,
+            node,
+            underlay,
+        } => {
             // Checked before anything starts: a wrong option changes nothing.
             let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
                 Ok(f) => f,
@@ -56,6 +67,7 @@ fn main() {
             let options = lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key).and_then(|o| {
                 Ok(lanyard::daemon::Options {
                     cluster: lanyard::daemon::ClusterOptions::new(etcd, node, underlay)?,
+                    metrics_listen,
                     ..o
                 })
             });

@@ -66,6 +66,8 @@ pub struct Options {
     pub listen: Option<tls::ListenOptions>,
     /// Cluster membership (`--etcd`), None for a single host.
     pub cluster: Option<ClusterOptions>,
+    /// Where Prometheus scrapes `GET /metrics` over plain HTTP (`--metrics-listen`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// `--etcd URL[,URL...] --node NAME [--underlay IF]`.
@@ -145,7 +147,7 @@ impl Options {
                 return Err(DaemonError::Usage("--tls-cert and --tls-key are for --listen ADDR:PORT".into()))
             }
         };
-        Ok(Options { socket_group, listen, cluster: None })
+        Ok(Options { socket_group, listen, cluster: None, metrics_listen: None })
     }
 }
 
@@ -310,6 +312,11 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
             (etcd.clone(), nodes, Some((reg, etcd, from)))
         }
     };
+    let store_text = match &options.cluster {
+        None => format!("sqlite {}", state_dir.join("lanyard.db").display()),
+        Some(c) => format!("etcd {}", c.endpoints.join(",")),
+    };
+    crate::metrics::daemon_started(crate::metrics::DaemonFacts { started_at: started, store: store_text });
     let rt = tokio::runtime::Handle::current();
     let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone())));
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
@@ -345,6 +352,24 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         }
         None => None,
     };
+    let metrics = match options.metrics_listen {
+        Some(addr) => {
+            let what = "cannot listen for metrics on";
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
+                what,
+                path: addr.to_string(),
+                source,
+            })?;
+            tracing::info!(%addr, "metrics listener ready (GET /metrics only)");
+            let app = crate::api::metrics_router(shared.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(%addr, "metrics listener failed: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
     let app = crate::api::router(shared.clone()).layer(axum::Extension(Arc::new(nodes)));
     axum::serve(listener, app)
@@ -359,8 +384,8 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         })
         .await
         .map_err(io_err("serving API on", socket))?;
-    if let Some(r) = remote {
-        r.abort();
+    for task in [remote, metrics].into_iter().flatten() {
+        task.abort();
     }
     drop(mirror);
     healer.stop();

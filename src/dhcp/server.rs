@@ -98,6 +98,10 @@ pub struct ServerStats {
     pub nakked: AtomicU64,
     /// Lease writes that failed (disk full?); the reply was withheld.
     pub store_failures: AtomicU64,
+    /// Client messages parsed, by option 53 value ([`crate::metrics::DHCP_TYPES`]).
+    pub received_by_type: [AtomicU64; 9],
+    /// Replies sent, by option 53 value.
+    pub sent_by_type: [AtomicU64; 9],
 }
 
 impl ServerStats {
@@ -142,6 +146,7 @@ pub fn process(
             return None;
         }
     };
+    ServerStats::bump(&stats.received_by_type[crate::metrics::dhcp_type_index(u8::from(req.kind))]);
     if !state.limiter.allow(req.mac, Instant::now()) {
         ServerStats::bump(&stats.rate_limited);
         return None;
@@ -189,8 +194,9 @@ pub async fn serve(
     cfg: DhcpConfig,
     writer: LeaseWriter,
 ) {
-    let server =
-        Arc::new(Server { net, socket: Arc::new(socket), book, writer, stats: Arc::new(ServerStats::default()) });
+    // The network's counters outlive this server: a restart goes on counting.
+    let stats = crate::metrics::dhcp_stats(&net);
+    let server = Arc::new(Server { net, socket: Arc::new(socket), book, writer, stats });
     let mut buf = vec![0u8; 1500];
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
@@ -311,8 +317,12 @@ async fn send(server: &Server, reply: &dhcproto::v4::Message, dest: Destination)
         Destination::Client(ip) => SocketAddrV4::new(ip, 68),
         Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
     };
-    if let Err(e) = server.socket.send_to(&out, to).await {
-        tracing::debug!(net = server.net, %to, "dhcp send failed: {e}");
+    match server.socket.send_to(&out, to).await {
+        Ok(_) => {
+            let kind = reply.opts().msg_type().map_or(0, |k| crate::metrics::dhcp_type_index(u8::from(k)));
+            ServerStats::bump(&server.stats.sent_by_type[kind]);
+        }
+        Err(e) => tracing::debug!(net = server.net, %to, "dhcp send failed: {e}"),
     }
 }
 

@@ -141,6 +141,18 @@ pub struct BridgeView {
 /// `lanyard status`: counts and the self-healing record.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct StatusView {
+    /// The daemon's version and git commit.
+    pub version: String,
+    /// Unix time the daemon started (None outside a daemon).
+    pub started_at: Option<u64>,
+    /// Seconds since then.
+    pub uptime_secs: Option<u64>,
+    /// Where desired state lives: `sqlite PATH` or `etcd URL,...`.
+    pub store: Option<String>,
+    /// Leases not expired, over all networks.
+    pub leases: u64,
+    /// Floating IPs.
+    pub floating_ips: usize,
     /// Projects.
     pub projects: usize,
     /// Defined networks.
@@ -568,10 +580,11 @@ impl Engine {
         // it is at now (no one else's transaction since).
         let before = self.generation().filter(|g| Some(*g) == self.known_generation);
         self.known_generation = None;
+        use crate::metrics::{KERNEL_APPLY, STORE_COMMIT};
         if plan.reversible() {
-            plan.apply(self.kernel.as_ref(), &self.firewall)?;
+            KERNEL_APPLY.time(|| plan.apply(self.kernel.as_ref(), &self.firewall))?;
             crate::fault::point("store");
-            if let Err(e) = persist(self.store.as_ref()) {
+            if let Err(e) = STORE_COMMIT.time(|| persist(self.store.as_ref())) {
                 for re in plan.undo(self.kernel.as_ref(), &self.firewall) {
                     tracing::error!("undo after a store failure incomplete: {re}");
                 }
@@ -579,8 +592,8 @@ impl Engine {
             }
         } else {
             crate::fault::point("store");
-            persist(self.store.as_ref())?;
-            if let Err(e) = plan.apply(self.kernel.as_ref(), &self.firewall) {
+            STORE_COMMIT.time(|| persist(self.store.as_ref()))?;
+            if let Err(e) = KERNEL_APPLY.time(|| plan.apply(self.kernel.as_ref(), &self.firewall)) {
                 if let Err(se) = restore(self.store.as_ref()) {
                     tracing::error!("restoring the store after a kernel failure failed: {se}");
                 }
@@ -762,7 +775,16 @@ impl Engine {
 
     /// The daemon's health in numbers.
     pub fn status(&self) -> StatusView {
+        let facts = crate::metrics::daemon_facts();
+        let now = self.host.now();
+        let leases = self.books.values().map(|b| lock(b).usage(now).0).sum();
         StatusView {
+            version: crate::cli::VERSION.to_string(),
+            started_at: facts.map(|f| f.started_at),
+            uptime_secs: facts.map(|f| now.saturating_sub(f.started_at)),
+            store: facts.map(|f| f.store.clone()),
+            leases,
+            floating_ips: self.floating_ips.len(),
             projects: self.projects.len(),
             networks: self.networks.len(),
             active_networks: self.networks.iter().filter(|n| n.state == NetState::Active).count(),
@@ -781,6 +803,28 @@ impl Engine {
             *out.entry(p.node.clone()).or_default() += 1;
         }
         out
+    }
+
+    /// What `GET /metrics` shows of the engine: per network its leases and
+    /// free addresses, and the totals.
+    pub fn gauges(&self) -> crate::metrics::Gauges {
+        let now = self.host.now();
+        let networks = self
+            .networks
+            .iter()
+            .map(|n| {
+                let key = n.key().into_owned();
+                let (leases, free) = self.books.get(&key).map_or((0, 0), |b| lock(b).usage(now));
+                crate::metrics::NetGauges { network: key, active: n.state == NetState::Active, leases, free }
+            })
+            .collect();
+        crate::metrics::Gauges {
+            networks,
+            ports: self.ports.len() as u64,
+            floating_ips: self.floating_ips.len() as u64,
+            repairs: self.repair_stats.repairs,
+            heal_failures: self.repair_stats.failures,
+        }
     }
 
     /// Stops the DHCP and DNS servers (the kernel state stays: VMs keep running).
