@@ -838,7 +838,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             )
             .route(
                 "/v1/nodes",
-                get(|caller: Caller, nodes: Option<axum::Extension<Arc<Nodes>>>| async move {
+                get(|State(s): State<Shared>, caller: Caller, nodes: Option<axum::Extension<Arc<Nodes>>>| async move {
                     caller.admin_only("the cluster's nodes").map_err(IntoResponse::into_response)?;
                     // The daemon adds the node list; a router without one
                     // (tests) has none to show.
@@ -849,11 +849,21 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                             "this daemon keeps no node list",
                         ));
                     };
-                    tokio::task::spawn_blocking(move || nodes.list())
-                        .await
-                        .unwrap_or_else(|e| Err(StoreError::Etcd(format!("the node list did not complete: {e}"))))
-                        .map(Json)
-                        .map_err(|e| engine_err(EngineError::Store(e)))
+                    tokio::task::spawn_blocking(move || {
+                        let mut list = nodes.list()?;
+                        // Port counts from the engine, which knows every
+                        // host's ports (its mirror follows them).
+                        let counts = s.lock().unwrap_or_else(|p| p.into_inner()).ports_per_node();
+                        for n in &mut list {
+                            n.ports = counts.get(&Some(n.record.name.clone())).copied().unwrap_or(0)
+                                + if n.local { counts.get(&None).copied().unwrap_or(0) } else { 0 };
+                        }
+                        Ok(list)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(StoreError::Etcd(format!("the node list did not complete: {e}"))))
+                    .map(Json)
+                    .map_err(|e| engine_err(EngineError::Store(e)))
                 }),
             )
             .fallback(not_found)
@@ -1210,6 +1220,7 @@ mod tests {
             kernel: Arc::new(FakeKernel::default()),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost::default()),
+            node: None,
         })
         .unwrap();
         Arc::new(Mutex::new(engine))
@@ -1413,7 +1424,7 @@ mod tests {
         assert_eq!(st, 200, "{v}");
         assert_eq!(
             v,
-            serde_json::json!([{"name": "h1", "underlay_ip": null, "started": 5, "version": "0.1.0", "state": "up", "local": true}])
+            serde_json::json!([{"name": "h1", "underlay_ip": null, "started": 5, "version": "0.1.0", "state": "up", "local": true, "ports": 0}])
         );
         let (st, v, _) = send(&app(), "GET", "/v1/nodes", None, b"").await;
         assert_eq!((st, v["kind"].as_str()), (404, Some("not_found")), "{v}");

@@ -1474,12 +1474,13 @@ fn node_rows(v: &Value) -> String {
                 name,
                 s(&n["state"]),
                 s(&n["underlay_ip"]),
+                n["ports"].as_u64().unwrap_or(0).to_string(),
                 n["started"].as_u64().map(utc).unwrap_or_else(|| "-".into()),
                 s(&n["version"]),
             ]
         })
         .collect();
-    table(&["Name", "State", "Underlay", "Started (UTC)", "Version"], &rows)
+    table(&["Name", "State", "Underlay", "Ports", "Started (UTC)", "Version"], &rows)
 }
 
 fn bridge_rows(v: &Value) -> String {

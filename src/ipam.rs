@@ -63,6 +63,9 @@ pub struct AddressBook {
     /// Index of `offers` by address, so checks stay O(1) with many clients.
     offered: HashMap<Ipv4Addr, Mac>,
     declined: HashMap<Ipv4Addr, u64>,
+    /// Addresses another host's port holds (its claim in the cluster
+    /// store said so) that this table does not know yet, until when.
+    elsewhere: HashMap<Ipv4Addr, u64>,
     /// Where the next search for a free pool address starts, so allocation
     /// stays O(1) amortised instead of rescanning from the bottom each time.
     cursor: u32,
@@ -82,6 +85,7 @@ impl AddressBook {
             offers: HashMap::new(),
             offered: HashMap::new(),
             declined: HashMap::new(),
+            elsewhere: HashMap::new(),
             cursor,
         }
     }
@@ -135,6 +139,9 @@ impl AddressBook {
         if self.declined.get(&ip).is_some_and(|&t| t > now) {
             return Some("a client that declined it (address conflict)".into());
         }
+        if self.elsewhere.get(&ip).is_some_and(|&t| t > now) {
+            return Some("a port created through another host".into());
+        }
         None
     }
 
@@ -151,7 +158,7 @@ impl AddressBook {
         if self.offered.get(&ip).is_some_and(|m| *m != mac && self.offers.get(m).is_some_and(|o| o.until > now)) {
             return false;
         }
-        self.declined.get(&ip).is_none_or(|&t| t <= now)
+        self.declined.get(&ip).is_none_or(|&t| t <= now) && self.elsewhere.get(&ip).is_none_or(|&t| t <= now)
     }
 
     /// Reserves a fixed IP for a new port with `mac`: `requested` if it is
@@ -176,6 +183,27 @@ impl AddressBook {
         Ok(ip)
     }
 
+    /// Like [`AddressBook::reserve_fixed`] without a requested address,
+    /// but the search starts at the `start`-th candidate (wrapping) instead
+    /// of the lowest: hosts that keep choosing the same lowest address at
+    /// the same moment (and losing it to each other's claims) spread out.
+    pub fn reserve_fixed_from(&mut self, mac: Mac, start: usize, now: u64) -> Result<Ipv4Addr, IpamError> {
+        let first = u32::from(self.net.subnet.network()) + 1;
+        let last = u32::from(self.net.subnet.broadcast()) - 1;
+        let range = self.net.dhcp_range;
+        let outside = (first..=last).map(Ipv4Addr::from).filter(|ip| !range.contains(*ip));
+        let inside = (u32::from(range.first)..=u32::from(range.last)).map(Ipv4Addr::from);
+        let all: Vec<Ipv4Addr> = outside.chain(inside).collect();
+        let n = all.len().max(1);
+        let ip = (0..all.len())
+            .map(|i| all[(start + i) % n])
+            .find(|ip| self.free_for(*ip, mac, now))
+            .ok_or_else(|| IpamError::Exhausted(self.net.subnet.to_string()))?;
+        self.drop_lease(mac);
+        self.add_static(mac, ip);
+        Ok(ip)
+    }
+
     fn lowest_free_fixed(&self, mac: Mac, now: u64) -> Result<Ipv4Addr, IpamError> {
         let first = u32::from(self.net.subnet.network()) + 1;
         let last = u32::from(self.net.subnet.broadcast()) - 1;
@@ -186,6 +214,13 @@ impl AddressBook {
             .chain(inside)
             .find(|ip| self.free_for(*ip, mac, now))
             .ok_or_else(|| IpamError::Exhausted(self.net.subnet.to_string()))
+    }
+
+    /// Keeps `ip` from being given out here until `until`: another host's
+    /// port holds it (its claim said so) and this table does not know that
+    /// port yet.
+    pub fn hold_elsewhere(&mut self, ip: Ipv4Addr, until: u64) {
+        self.elsewhere.insert(ip, until);
     }
 
     /// Records a port's fixed IP (at start-up, from the store).
@@ -452,6 +487,7 @@ impl AddressBook {
         let offers = &self.offers;
         self.offered.retain(|ip, m| offers.get(m).is_some_and(|o| o.ip == *ip));
         self.declined.retain(|_, t| *t > now);
+        self.elsewhere.retain(|_, t| *t > now);
         let stale: Vec<Mac> = self
             .leases
             .values()

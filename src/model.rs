@@ -1231,6 +1231,12 @@ pub struct Port {
     /// frames carry other VLANs' sources.
     #[serde(default = "yes")]
     pub spoof_check: bool,
+    /// The cluster node whose host carries the port (`--node` of the
+    /// daemon it was created through); only that host makes its device.
+    /// None on a single host, and on records written before nodes: those
+    /// belong to whichever host reads them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 fn yes() -> bool {
@@ -1318,6 +1324,7 @@ pub(crate) fn test_port(id: &str, net: &str) -> Port {
         trunk: Vec::new(),
         untagged: true,
         spoof_check: true,
+        node: None,
     }
 }
 

@@ -1,13 +1,15 @@
-//! Two lanyard daemons sharing desired state in one etcd (the first slice
-//! of multi-host, docs/multi-host.md), in throw-away namespaces: a "store"
+//! Two lanyard daemons sharing desired state in one etcd (multi-host,
+//! docs/multi-host.md), in throw-away namespaces: a "store"
 //! namespace runs etcd, each host namespace runs a daemon with `--etcd`
 //! and reaches etcd over a veth pair of its own (10.213.N.0/24); nothing
-//! touches the root namespace. A network created through host A is listed
-//! by host B once B reads the store again (a restart: the watch-driven
-//! mirror is the next slice); `node list` shows both nodes with their
-//! underlay addresses; a SIGKILLed daemon's node leaves the list within
+//! touches the root namespace. A network created through host A appears on
+//! host B (listed, its bridge up) without a restart, and goes from B when
+//! deleted through A (B's mirror follows etcd); `node list` shows both
+//! nodes with their underlay addresses; a SIGKILLed daemon's node leaves the list within
 //! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
-//! is refused in one line and leaves nothing behind. Needs root and etcd;
+//! is refused in one line and leaves nothing behind; ports belong to the
+//! host they were created through; two hosts racing port creates on one
+//! network never share an IP or MAC. Needs root and etcd;
 //! see `common::privileged`.
 
 mod common;
@@ -16,6 +18,9 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+
+/// How soon a change made through one host shows on another.
+const FOLLOWS_WITHIN: Duration = Duration::from_secs(3);
 
 /// The node registration's lease TTL (src/daemon/cluster.rs) and a margin.
 const NODE_GONE_WITHIN: Duration = Duration::from_secs(10 + 5);
@@ -66,19 +71,56 @@ fn two_daemons_share_state_and_see_each_other() {
     let table = a.cli_ok(&["node", "list"]);
     assert!(table.contains(&format!("{node_a} (this)")) && table.contains("10.213.2.2"), "{table}");
 
-    // A network made through A is in the shared store: B lists it once it
-    // reads the store again, and (autostart) brings its bridge up too.
-    // (Without autostart B would find no bridge of it at start and keep it
-    // stopped: a network's active state is still one record for all hosts,
-    // which the next slice makes per host.)
-    a.cli_ok(&["net", "create", "shared", "--mode", "isolated", "--subnet", "10.77.0.0/24", "--autostart"]);
+    // A network made through A appears on B with no restart (B's mirror
+    // follows etcd): listed, its bridge up in B's namespace. A network
+    // deleted through A goes from B the same way.
+    a.cli_ok(&["net", "create", "shared", "--mode", "isolated", "--subnet", "10.77.0.0/24"]);
     assert_eq!(net_names(&a.cli_json(&["net", "list"])), ["shared"]);
-    assert!(hb.link("lybr0").is_none(), "B made the bridge before reading the store again");
-    b.restart();
-    let on_b = b.cli_json(&["net", "list"]);
-    assert_eq!(net_names(&on_b), ["shared"], "B does not list A's network: {on_b}");
+    let started = std::time::Instant::now();
+    let on_b = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        let v = b.cli_json(&["net", "list"]);
+        (net_names(&v) == ["shared"] && hb.link("lybr0").is_some()).then_some(v)
+    });
+    let Some(on_b) = on_b else {
+        panic!("B did not follow A's network within {FOLLOWS_WITHIN:?}: {}\n{}", b.cli_ok(&["net", "list"]), b.log())
+    };
+    eprintln!("B followed A's new network in {:?}", started.elapsed());
     assert_eq!(on_b[0]["subnet"], "10.77.0.0/24", "{on_b}");
-    assert!(hb.link("lybr0").is_some(), "B did not bring up the shared network's bridge");
+    assert_eq!(on_b[0]["state"], "active", "{on_b}");
+    a.cli_ok(&["net", "create", "brief", "--mode", "nat", "--subnet", "10.79.0.0/24"]);
+    let bridge = a.cli_json(&["net", "list"]).as_array().unwrap().iter().find(|n| n["name"] == "brief").unwrap()
+        ["bridge"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let came = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge));
+    assert!(came.is_some(), "B did not bring up {bridge}: {}", b.log());
+    a.cli_ok(&["net", "delete", "brief"]);
+    let went = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (hb.link(&bridge).is_none() && net_names(&b.cli_json(&["net", "list", "--all"])) == ["shared"]).then_some(())
+    });
+    assert!(went.is_some(), "B kept the network deleted through A: {}", b.cli_ok(&["net", "list", "--all"]));
+    // etcd unreachable for a while (paused past the client's keep-alive
+    // timeout, so B's watch breaks): once it answers again, B watches
+    // again and follows what changed.
+    assert!(signal(etcd.pid(), "STOP"), "cannot pause etcd");
+    std::thread::sleep(Duration::from_secs(10));
+    assert!(signal(etcd.pid(), "CONT"), "cannot resume etcd");
+    a.cli_ok(&["net", "create", "later", "--mode", "isolated", "--subnet", "10.80.0.0/24"]);
+    let back = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["later", "shared"]).then_some(())
+    });
+    assert!(back.is_some(), "B did not follow a change after etcd came back: {}", b.log());
+    a.cli_ok(&["net", "delete", "later"]);
+    let gone = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["shared"]).then_some(())
+    });
+    assert!(gone.is_some(), "{}", b.cli_ok(&["net", "list"]));
+
+    // A restart keeps what B follows.
+    b.restart();
+    assert_eq!(net_names(&b.cli_json(&["net", "list"])), ["shared"]);
+    assert!(hb.link("lybr0").is_some(), "B's restart lost the shared network's bridge");
 
     // SIGKILL: A's node leaves B's list within the lease's TTL.
     let mut a = a;
@@ -117,6 +159,110 @@ fn two_daemons_share_state_and_see_each_other() {
     );
     assert_eq!(ha.links().len(), links, "the refused network left links behind");
     assert_eq!(net_names(&a.cli_json(&["net", "list", "--all"])), ["shared"]);
+}
+
+/// Ports belong to the host they were created through: only it has the
+/// port's device, every host lists it, `node list` counts it for its node.
+/// Every host has every network's bridge, and a host that comes up without
+/// one (a reboot) brings it up without stopping the network for the others.
+#[test]
+fn ports_belong_to_the_host_they_were_created_through() {
+    if !privileged("ports_belong_to_the_host_they_were_created_through", &["ip", "etcd", "busybox", "kill"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let (node_a, node_b) = (unique("nda"), unique("ndb"));
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &node_a, "--underlay", "u0"]);
+    let mut b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &node_b, "--underlay", "u0"]);
+    let net = a.cli_json(&["net", "create", "pn", "--mode", "isolated", "--subnet", "10.81.0.0/24"]);
+    let bridge = net["bridge"].as_str().expect("a bridge name").to_string();
+    assert!(poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge)).is_some(), "{}", b.log());
+
+    let pa = a.cli_json(&["port", "create", "--net", "pn", "--vm", "va"]);
+    let pb = b.cli_json(&["port", "create", "--net", "pn", "--vm", "vb"]);
+    assert_eq!((pa["node"].as_str(), pb["node"].as_str()), (Some(node_a.as_str()), Some(node_b.as_str())));
+    assert_ne!(pa["ip"], pb["ip"], "two hosts handed out one address");
+    let (ia, ib) = (pa["ifname"].as_str().unwrap(), pb["ifname"].as_str().unwrap());
+    for d in [&a, &b] {
+        let both = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+            (d.cli_json(&["port", "list"]).as_array().map(Vec::len) == Some(2)).then_some(())
+        });
+        assert!(both.is_some(), "a host does not list both ports: {}", d.cli_ok(&["port", "list"]));
+    }
+    assert!(ha.link(ia).is_some() && ha.link(ib).is_none(), "A's devices: {:?}", ha.links());
+    assert!(hb.link(ib).is_some() && hb.link(ia).is_none(), "B's devices: {:?}", hb.links());
+    let nodes = a.cli_json(&["node", "list"]);
+    for n in nodes.as_array().unwrap() {
+        assert_eq!(n["ports"], 1, "{nodes}");
+    }
+    let table = a.cli_ok(&["node", "list"]);
+    assert!(table.contains("Ports"), "{table}");
+
+    // B "reboots": its bridge and TAP are gone when it starts. It brings
+    // both back, and the network stays active for A (it is not autostart).
+    b.stop();
+    hb.ip_ok(&["link", "del", ib]);
+    hb.ip_ok(&["link", "del", &bridge]);
+    b.start_again();
+    assert!(hb.link(&bridge).is_some() && hb.link(ib).is_some(), "B did not bring back its network and port");
+    assert!(hb.link(ia).is_none(), "B made A's port's device");
+    let on_a = a.cli_json(&["net", "list", "--all"]);
+    assert_eq!(on_a[0]["state"], "active", "B's start stopped the network for A: {on_a}");
+    assert!(ha.link(&bridge).is_some());
+}
+
+/// Two hosts create ports on one small network at once, through their own
+/// daemons: every IP and MAC is handed out once (the claims in etcd), and
+/// the only failures are exhaustion.
+#[test]
+fn two_hosts_creating_ports_at_once_never_share_an_ip_or_mac() {
+    if !privileged("two_hosts_creating_ports_at_once_never_share_an_ip_or_mac", &["ip", "etcd", "busybox", "kill"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &unique("nda")]);
+    let b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &unique("ndb")]);
+    // A /26: 61 guest addresses for 80 ports.
+    a.cli_ok(&["net", "create", "race", "--mode", "isolated", "--subnet", "10.82.0.0/26"]);
+    let on_b = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (net_names(&b.cli_json(&["net", "list"])) == ["race"]).then_some(())
+    });
+    assert!(on_b.is_some(), "B did not follow the network: {}", b.log());
+    const PER_HOST: usize = 40;
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        // VM names are DNS names on the network: each host's its own.
+        let workers: Vec<_> = [(&a, "a"), (&b, "b")]
+            .into_iter()
+            .map(|(d, host)| {
+                s.spawn(move || {
+                    (0..PER_HOST)
+                        .map(|i| {
+                            d.cli(&["port", "create", "--net", "race", "--vm", &format!("{host}{i}"), "-o", "json"])
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
+    });
+    let (made, refused): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.status.success());
+    for o in &refused {
+        assert!(stderr(o).contains("no free address"), "a failure that is not exhaustion: {}", stderr(o));
+    }
+    assert_eq!(made.len(), 61, "{} made, {} refused", made.len(), refused.len());
+    let ports = poll(FOLLOWS_WITHIN, Duration::from_millis(100), || {
+        let v = a.cli_json(&["port", "list"]);
+        (v.as_array().map(Vec::len) == Some(61)).then_some(v)
+    })
+    .unwrap_or_else(|| panic!("A does not list 61 ports: {}", a.cli_ok(&["port", "list"])));
+    let list = ports.as_array().unwrap();
+    let ips: std::collections::HashSet<&str> = list.iter().filter_map(|p| p["ip"].as_str()).collect();
+    let macs: std::collections::HashSet<&str> = list.iter().filter_map(|p| p["mac"].as_str()).collect();
+    assert_eq!((ips.len(), macs.len()), (61, 61), "an IP or a MAC was handed out twice: {ports}");
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {

@@ -44,6 +44,10 @@ pub struct NodeView {
     pub state: String,
     /// Whether this is the daemon that answered.
     pub local: bool,
+    /// The ports the node carries (this one's include the records that
+    /// name no node).
+    #[serde(default)]
+    pub ports: usize,
 }
 
 /// Where the node list comes from.
@@ -63,7 +67,7 @@ impl Nodes {
     /// The nodes, by name. Blocks (on etcd): call from a blocking thread.
     pub fn list(&self) -> Result<Vec<NodeView>, StoreError> {
         match self {
-            Nodes::Single(r) => Ok(vec![NodeView { record: r.clone(), state: "up".into(), local: true }]),
+            Nodes::Single(r) => Ok(vec![NodeView { record: r.clone(), state: "up".into(), local: true, ports: 0 }]),
             Nodes::Cluster { store, local } => {
                 let prefix = format!("{}/", store.key(&["nodes"]));
                 let mut resp = store
@@ -74,7 +78,7 @@ impl Nodes {
                         StoreError::Corrupt { key: String::from_utf8_lossy(kv.key()).into_owned(), source }
                     })?;
                     let local = &record.name == local;
-                    out.push(NodeView { record, state: "up".into(), local });
+                    out.push(NodeView { record, state: "up".into(), local, ports: 0 });
                 }
                 out.sort_by(|a, b| a.record.name.cmp(&b.record.name));
                 Ok(out)

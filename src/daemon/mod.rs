@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod healer;
+pub mod mirror;
 pub mod tls;
 
 use std::os::unix::fs::PermissionsExt;
@@ -271,37 +272,46 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         started,
         version: env!("CARGO_PKG_VERSION").to_string(),
     };
-    let (store, nodes, registration): (Arc<dyn Store>, cluster::Nodes, Option<cluster::Registration>) =
-        match &options.cluster {
-            None => (Arc::new(SqliteStore::open(state_dir)?), cluster::Nodes::Single(record), None),
-            Some(c) => {
-                if let Some(ifname) = &c.underlay {
-                    if !cluster::interface_exists(ifname) {
-                        return Err(DaemonError::Usage(format!("--underlay {ifname}: no such interface here")));
-                    }
-                    record.underlay_ip = cluster::first_ipv4(ifname)
-                        .map_err(io_err("cannot read the addresses of", Path::new(ifname)))?;
-                    if record.underlay_ip.is_none() {
-                        return Err(DaemonError::Usage(format!("--underlay {ifname} has no IPv4 address")));
-                    }
+    type Cluster = (Arc<dyn Store>, cluster::Nodes, Option<(cluster::Registration, Arc<EtcdStore>, i64)>);
+    let (store, nodes, membership): Cluster = match &options.cluster {
+        None => (Arc::new(SqliteStore::open(state_dir)?), cluster::Nodes::Single(record), None),
+        Some(c) => {
+            if let Some(ifname) = &c.underlay {
+                if !cluster::interface_exists(ifname) {
+                    return Err(DaemonError::Usage(format!("--underlay {ifname}: no such interface here")));
                 }
-                // The etcd client blocks its caller (see store::etcd): off
-                // the runtime's worker threads.
-                let endpoints = c.endpoints.clone();
-                let etcd = tokio::task::spawn_blocking(move || EtcdStore::connect(&endpoints).map(Arc::new))
-                    .await
-                    .map_err(|e| EngineError::Internal(format!("connecting to etcd failed: {e}")))??;
-                let reg = {
-                    let (etcd, record) = (etcd.clone(), record.clone());
-                    tokio::task::spawn_blocking(move || cluster::Registration::start(etcd, &record))
-                        .await
-                        .map_err(|e| EngineError::Internal(format!("node registration failed: {e}")))??
-                };
-                tracing::info!(node = %c.node, etcd = %etcd.endpoints(), "registered in the cluster");
-                let nodes = cluster::Nodes::Cluster { store: etcd.clone(), local: c.node.clone() };
-                (etcd, nodes, Some(reg))
+                record.underlay_ip =
+                    cluster::first_ipv4(ifname).map_err(io_err("cannot read the addresses of", Path::new(ifname)))?;
+                if record.underlay_ip.is_none() {
+                    return Err(DaemonError::Usage(format!("--underlay {ifname} has no IPv4 address")));
+                }
             }
-        };
+            // The etcd client blocks its caller (see store::etcd): off
+            // the runtime's worker threads.
+            let endpoints = c.endpoints.clone();
+            let etcd = tokio::task::spawn_blocking(move || EtcdStore::connect(&endpoints).map(Arc::new))
+                .await
+                .map_err(|e| EngineError::Internal(format!("connecting to etcd failed: {e}")))??;
+            let reg = {
+                let (etcd, record) = (etcd.clone(), record.clone());
+                tokio::task::spawn_blocking(move || cluster::Registration::start(etcd, &record))
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("node registration failed: {e}")))??
+            };
+            tracing::info!(node = %c.node, etcd = %etcd.endpoints(), "registered in the cluster");
+            // The mirror follows every change after this revision: the
+            // engine reads the store after it, so nothing falls between.
+            let from = {
+                let etcd = etcd.clone();
+                tokio::task::spawn_blocking(move || etcd.revision())
+                    .await
+                    .map_err(|e| EngineError::Internal(format!("reading etcd's revision failed: {e}")))??
+                    + 1
+            };
+            let nodes = cluster::Nodes::Cluster { store: etcd.clone(), local: c.node.clone() };
+            (etcd.clone(), nodes, Some((reg, etcd, from)))
+        }
+    };
     let store_text = match &options.cluster {
         None => format!("sqlite {}", state_dir.join("lanyard.db").display()),
         Some(c) => format!("etcd {}", c.endpoints.join(",")),
@@ -312,8 +322,9 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
     // Monitors first: what changes while the engine reconciles is seen.
     let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;
+    let node = options.cluster.as_ref().map(|c| c.node.clone());
     let boot = BootId::read(state_dir);
-    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost { booted: boot.booted() }) };
+    let parts = Parts { store, kernel, services, host: Arc::new(SystemHost { booted: boot.booted() }), node };
     let engine = tokio::task::spawn_blocking(move || Engine::start(parts))
         .await
         .map_err(|e| EngineError::Internal(format!("engine start-up failed: {e}")))??;
@@ -322,6 +333,10 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     boot.remember(state_dir);
     let shared = Arc::new(Mutex::new(engine));
     let healer = healer::Healer::start(shared.clone(), monitors);
+    let (registration, mirror) = match membership {
+        Some((reg, etcd, from)) => (Some(reg), Some(mirror::Mirror::start(&etcd, from, shared.clone()))),
+        None => (None, None),
+    };
     crate::fault::arm();
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
     std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
@@ -372,6 +387,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     for task in [remote, metrics].into_iter().flatten() {
         task.abort();
     }
+    drop(mirror);
     healer.stop();
     shared.lock().unwrap_or_else(|p| p.into_inner()).shutdown();
     if let Some(reg) = registration {

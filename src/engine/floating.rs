@@ -294,6 +294,10 @@ impl Engine {
     /// look at its port and network, whatever else exists.
     fn live(&self, fip: &FloatingIp) -> Option<Association> {
         let port = self.index.by_id.get(fip.port.as_deref()?)?;
+        // Another node's port's floating IP is NATed on that node.
+        if !self.is_local(port) {
+            return None;
+        }
         let net = self.networks.iter().find(|n| n.key() == port.net)?;
         association(fip, port, net)
     }

@@ -60,7 +60,7 @@ impl Engine {
         undo: DocumentChange,
     ) -> Result<(), EngineError> {
         let policy = planner::ProjectPolicy { grants: &grants, ..self.policy() };
-        let wanted = planner::firewall::tables(&self.networks, &self.ports, policy);
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), policy);
         let firewall = FirewallChange::all_between(&self.firewall, &wanted);
         self.commit(
             &Plan { ops: Vec::new(), firewall },

@@ -212,6 +212,7 @@ impl Engine {
             .ports
             .iter()
             .filter(|p| scope.ports.contains(&p.id) || rebuilt.contains(&p.net))
+            .filter(|p| self.is_local(p))
             .filter(|p| match (&p.port_type, &p.netns) {
                 // A veth whose namespace is gone (the VM is gone) stays gone.
                 (PortType::Veth, Some(ns)) => self.host.netns_exists(ns),
@@ -231,7 +232,7 @@ impl Engine {
         if !scope.pool_interfaces.is_empty() {
             let names: Vec<&str> = scope.pool_interfaces.iter().map(String::as_str).collect();
             let observed = Observed { links: self.kernel.observe_links(&names)?, ..Default::default() };
-            let live = planner::floating::associations(&self.networks, &self.ports, self.policy());
+            let live = planner::floating::associations(&self.networks, &self.local(&self.ports), self.policy());
             ops.extend(planner::floating::address_ops(&live, self.policy(), &observed));
         }
         for (ip, (link, present)) in &scope.pool_addresses {
@@ -294,7 +295,7 @@ impl Engine {
     /// The firewall changes that restore lanyard's tables, and the tables
     /// the kernel will then hold.
     fn firewall_repair(&self) -> Result<(Vec<FirewallChange>, Option<Tables>), EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         let current = self.kernel_firewall()?;
         Ok((FirewallChange::all_between(&current, &wanted), Some(wanted)))
     }

@@ -26,7 +26,8 @@
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
 //! - [`managers`]: nova's VLAN manager configuration;
 //! - [`floating`]: floating IP pools and floating IPs;
-//! - [`grants`]: grants between projects.
+//! - [`grants`]: grants between projects;
+//! - [`mirror`]: following changes other hosts made to the store.
 
 pub mod access;
 pub mod config;
@@ -36,6 +37,7 @@ pub mod heal;
 pub mod host;
 pub mod leases;
 pub mod managers;
+pub mod mirror;
 pub mod networks;
 pub mod ports;
 pub mod projects;
@@ -235,6 +237,8 @@ pub struct Parts {
     pub services: Box<dyn Services>,
     /// Namespaces, resolvers, clock.
     pub host: Arc<dyn Host>,
+    /// This host's cluster node (`--node`), None on a single host.
+    pub node: Option<String>,
 }
 
 /// The control plane of one daemon.
@@ -268,6 +272,9 @@ pub struct Engine {
     known_generation: Option<u32>,
     /// What other tools' firewalls do at the forward hook.
     coexistence: Coexistence,
+    /// This host's cluster node: ports of other nodes are known (listed,
+    /// their addresses taken) but have no device here.
+    node: Option<String>,
 }
 
 fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
@@ -277,7 +284,11 @@ fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
 impl Engine {
     /// Loads the stored state and reconciles the kernel with it.
     pub fn start(parts: Parts) -> Result<Self, EngineError> {
-        let Parts { store, kernel, services, host } = parts;
+        let Parts { store, kernel, services, host, node } = parts;
+        // Claims before ports: a claim is written with its port, so every
+        // claim read here whose port the next read lacks is an orphan.
+        let mut held = store.claims(crate::store::CLAIM_IP)?;
+        held.extend(store.claims(crate::store::CLAIM_MAC)?);
         let projects = store.projects()?;
         let networks = store.networks()?;
         let ports = store.ports()?;
@@ -304,6 +315,7 @@ impl Engine {
             repair_stats: heal::RepairStats::default(),
             known_generation: None,
             coexistence: Coexistence::default(),
+            node,
         };
         engine.ensure_default_project()?;
         for net in &engine.networks {
@@ -323,6 +335,7 @@ impl Engine {
                 lock(b).restore_lease(l);
             }
         }
+        engine.sync_claims(held)?;
         let observed = engine.kernel.observe()?;
         engine.boot_states(&observed)?;
         let read_at = engine.generation();
@@ -336,12 +349,37 @@ impl Engine {
         Ok(engine)
     }
 
+    /// Brings the claims of ports' fixed IPs and MACs in line with the
+    /// ports (`held`: the claims read before the ports): claims the values
+    /// of ports written before claims existed, and releases the claims of
+    /// ports that are gone (a network's claims are released after its
+    /// delete, which a daemon stopped in between leaves undone).
+    fn sync_claims(&self, held: Vec<crate::store::Claim>) -> Result<(), EngineError> {
+        let have: HashSet<&crate::store::Claim> = held.iter().collect();
+        let missing: Vec<crate::store::Claim> =
+            self.ports.iter().flat_map(crate::store::port_claims).filter(|c| !have.contains(c)).collect();
+        if !missing.is_empty() {
+            let taken = self.store.claim_many(&missing)?;
+            tracing::info!(claims = missing.len() - taken.len(), "claimed the fixed IPs and MACs of existing ports");
+            for c in taken {
+                tracing::warn!(port = c.owner, "the port's {} {} is claimed by another owner too", c.kind, c.value);
+            }
+        }
+        let ids: HashSet<&str> = self.ports.iter().map(|p| p.id.as_str()).collect();
+        for c in held.iter().filter(|c| !ids.contains(c.owner.as_str())) {
+            if let Err(e) = self.store.release_claim(&c.kind, &c.value, &c.owner) {
+                tracing::warn!("cannot release the {} claim of {} (port {} is gone): {e}", c.kind, c.value, c.owner);
+            }
+        }
+        Ok(())
+    }
+
     /// The table the kernel holds, as far as lanyard can tell: when its
     /// fingerprint is the wanted one, the wanted structure with the
     /// kernel's elements (so reconcile changes only elements); otherwise an
     /// unknown table, which reconcile replaces whole.
     fn kernel_firewall(&self) -> Result<Tables, EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         let mut out = Tables::new();
         for id in planner::table_ids() {
             if let Some(t) = self.kernel_table(&id, wanted.get(&id))? {
@@ -374,7 +412,8 @@ impl Engine {
     /// daemon restart keeps every network as it was: an active one whose
     /// bridge went meanwhile is re-created (drift is healed), and one the
     /// user stopped stays stopped, autostart or not. When the host cannot
-    /// tell whether it booted, a missing bridge is taken for a reboot.
+    /// tell whether it booted, a missing bridge is taken for a reboot. A
+    /// cluster member keeps every network as its shared record says.
     fn boot_states(&mut self, observed: &Observed) -> Result<(), EngineError> {
         let booted = self.host.booted();
         let mut pin = Vec::new();
@@ -401,7 +440,11 @@ impl Engine {
                 }
                 if net.state != NetState::Inactive {
                     net.state = NetState::Inactive;
-                    self.store.put_network(net)?;
+                    // A cluster's record is every host's: the network
+                    // stays down here only.
+                    if self.node.is_none() {
+                        self.store.put_network(net)?;
+                    }
                 }
                 continue;
             }
@@ -422,7 +465,11 @@ impl Engine {
                 }
                 self.store.put_network(net)?;
             }
+            // In a cluster the record's state is the cluster's, not this
+            // host's: a host that starts without the bridge (a reboot, a
+            // new host) brings it up as the record says, and writes nothing.
             let want = match booted {
+                _ if self.node.is_some() => net.state,
                 Some(false) => net.state,
                 Some(true) | None if net.autostart => NetState::Active,
                 Some(true) => NetState::Inactive,
@@ -450,7 +497,7 @@ impl Engine {
         let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
-        self.firewall = planner::firewall::tables(&self.networks, &self.ports, self.policy());
+        self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         self.known_generation = self.generation_after(read_at, &plan);
         for net in self.networks.clone() {
             self.ensure_services(&net);
@@ -463,6 +510,22 @@ impl Engine {
         planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips, grants: &self.grants }
     }
 
+    /// Whether `port` is this host's: created through it, or a record
+    /// that names no node.
+    fn is_local(&self, port: &Port) -> bool {
+        port.node.is_none() || port.node == self.node
+    }
+
+    /// This host's ports of `ports` ([`Engine::is_local`]): the ones its
+    /// kernel holds devices and firewall elements for.
+    fn local<'a>(&self, ports: &'a [Port]) -> std::borrow::Cow<'a, [Port]> {
+        if self.node.is_none() || ports.iter().all(|p| self.is_local(p)) {
+            std::borrow::Cow::Borrowed(ports)
+        } else {
+            std::borrow::Cow::Owned(ports.iter().filter(|p| self.is_local(p)).cloned().collect())
+        }
+    }
+
     /// Ports whose veth peer namespace is gone cannot be re-created; they
     /// are left out of the plan (and logged) instead of failing everything.
     /// So is a veth gone from a process's namespace (`/proc/PID/ns/net`):
@@ -471,6 +534,7 @@ impl Engine {
     fn plannable(&self, ports: &[Port], observed: &Observed) -> Vec<Port> {
         ports
             .iter()
+            .filter(|p| self.is_local(p))
             .filter(|p| match (&p.port_type, &p.netns) {
                 (PortType::Veth, Some(ns)) => {
                     let reused = crate::model::netns_is_process(ns) && !observed.links.contains_key(&p.ifname);
@@ -734,6 +798,16 @@ impl Engine {
             coexistence: self.coexistence.clone(),
             dhcp_handler_panics: crate::dhcp::server::handler_panics(),
         }
+    }
+
+    /// Ports by the node that carries them (None: records that name no
+    /// node, this host's), for `node list`.
+    pub fn ports_per_node(&self) -> HashMap<Option<String>, usize> {
+        let mut out = HashMap::new();
+        for p in &self.ports {
+            *out.entry(p.node.clone()).or_default() += 1;
+        }
+        out
     }
 
     /// What `GET /metrics` shows of the engine: per network its leases and

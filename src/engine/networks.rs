@@ -46,7 +46,7 @@ impl Engine {
         let mut plan =
             planner::plan(networks, &self.plannable(ports, observed), self.policy(), &after_release, &self.firewall);
         plan.ops.splice(0..0, release);
-        let tables = planner::firewall::tables(networks, ports, self.policy());
+        let tables = planner::firewall::tables(networks, &self.local(ports), self.policy());
         self.commit(&plan, |t| *t = tables, persist, restore)
     }
 

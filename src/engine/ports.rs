@@ -2,13 +2,14 @@
 //! port's cost does not depend on how many ports exist: only its own link
 //! is read and changed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::{lock, Engine, EngineError, PortIndex, BRIDGE_MAX_PORTS};
 use crate::kernel::firewall::apply_elements;
 use crate::kernel::{FirewallChange, Op, Plan};
 use crate::model::{network_key, Mac, ModelError, NetState, Port, PortSpec, DEFAULT_PROJECT};
 use crate::planner;
+use crate::store::{port_claims, StoreError, CLAIM_IP};
 
 /// Element changes as one firewall change per table (each is one
 /// nftables transaction).
@@ -34,6 +35,32 @@ fn in_batch(i: usize, e: EngineError) -> EngineError {
     }
 }
 
+/// How often a port create chooses again when other hosts' ports took
+/// the values it chose (each time after learning what they hold).
+const CLAIM_ATTEMPTS: usize = 16;
+
+/// How long an address another host's port holds is kept out of this
+/// host's choices after its claim was seen (the watch brings the port
+/// itself well within that).
+const CLAIMED_ELSEWHERE_HOLD_SECS: u64 = 60;
+
+/// The conflict a lost claim becomes.
+fn claimed(kind: &str, value: &str, holder: &str, named: bool) -> EngineError {
+    let what = if kind == CLAIM_IP {
+        format!("IP {}", value.rsplit_once('/').map_or(value, |(_, ip)| ip))
+    } else {
+        format!("MAC {value}")
+    };
+    EngineError::Conflict(if named {
+        format!("{what} is in use by port {holder} (possibly created through another host)")
+    } else {
+        format!(
+            "{what} was taken by port {holder} while this port was being created, {CLAIM_ATTEMPTS} times in a row: \
+             other hosts are creating ports on this network too; retry"
+        )
+    })
+}
+
 impl Engine {
     /// Creates a port: its device, bridge membership and fixed IP.
     pub fn create_port(&mut self, spec: PortSpec) -> Result<Port, EngineError> {
@@ -54,21 +81,45 @@ impl Engine {
     }
 
     fn create_ports_on(&mut self, specs: Vec<PortSpec>) -> Result<Vec<Port>, EngineError> {
-        let mut batch = PortIndex::default();
-        let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
-        for (i, spec) in specs.iter().enumerate() {
-            match self.prepare_port(spec, &mut batch) {
-                Ok(p) => ports.push(p),
-                Err(e) => {
-                    self.release_addresses(&ports);
-                    return Err(if specs.len() > 1 { in_batch(i, e) } else { e });
+        let mut attempt = 1;
+        let ports = loop {
+            let mut batch = PortIndex::default();
+            let mut ports: Vec<Port> = Vec::with_capacity(specs.len());
+            for (i, spec) in specs.iter().enumerate() {
+                match self.prepare_port(spec, &mut batch, attempt > 1) {
+                    Ok(p) => ports.push(p),
+                    Err(e) => {
+                        self.release_addresses(&ports);
+                        return Err(if specs.len() > 1 { in_batch(i, e) } else { e });
+                    }
                 }
             }
-        }
-        if let Err(e) = self.commit_ports(&ports) {
-            self.release_addresses(&ports);
-            return Err(e);
-        }
+            match self.commit_ports(&ports) {
+                Ok(()) => break ports,
+                Err(EngineError::Store(StoreError::Claimed { kind, value, holder })) => {
+                    // Another host's port holds a value this host thought
+                    // free: one it chose is chosen again, after learning
+                    // what the others hold; one the request named is a
+                    // conflict, as on a single host.
+                    self.release_addresses(&ports);
+                    let named = ports.iter().zip(&specs).any(|(p, spec)| {
+                        port_claims(p).iter().any(|c| c.kind == kind && c.value == value)
+                            && if kind == CLAIM_IP { spec.ip.is_some() } else { spec.mac.is_some() }
+                    });
+                    if named || attempt >= CLAIM_ATTEMPTS {
+                        return Err(claimed(&kind, &value, &holder, named));
+                    }
+                    if kind == CLAIM_IP {
+                        self.learn_claimed_addresses()?;
+                    }
+                    attempt += 1;
+                }
+                Err(e) => {
+                    self.release_addresses(&ports);
+                    return Err(e);
+                }
+            }
+        };
         for p in &ports {
             if let Some(book) = self.books.get(&p.net) {
                 lock(book).set_name(p.mac, &p.vm);
@@ -177,6 +228,25 @@ impl Engine {
         Ok(keys)
     }
 
+    /// Keeps out of this host's address books, for a while, the fixed IPs
+    /// other hosts' ports hold (their claims) that this host does not know
+    /// of yet: the next choice avoids them.
+    fn learn_claimed_addresses(&self) -> Result<(), EngineError> {
+        let until = self.host.now() + CLAIMED_ELSEWHERE_HOLD_SECS;
+        let ours: HashSet<&str> = self.ports.iter().map(|p| p.id.as_str()).collect();
+        for c in self.store.claims(CLAIM_IP)? {
+            if ours.contains(c.owner.as_str()) {
+                continue;
+            }
+            // `NET/IP`: the address is after the last '/', the rest is the
+            // network's key (which may hold '/' itself).
+            let Some((net, ip)) = c.value.rsplit_once('/') else { continue };
+            let (Some(book), Ok(ip)) = (self.books.get(net), ip.parse()) else { continue };
+            lock(book).hold_elsewhere(ip, until);
+        }
+        Ok(())
+    }
+
     fn release_addresses(&self, ports: &[Port]) {
         for p in ports {
             if let Some(book) = self.books.get(&p.net) {
@@ -186,8 +256,10 @@ impl Engine {
     }
 
     /// Validates one port request against the state (and the ports earlier
-    /// in the same batch) and reserves its MAC, id and fixed IP.
-    fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex) -> Result<Port, EngineError> {
+    /// in the same batch) and reserves its MAC, id and fixed IP; `scatter`:
+    /// a chosen IP is a random free one, not the lowest (after another
+    /// host's port took the lowest).
+    fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex, scatter: bool) -> Result<Port, EngineError> {
         let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m);
         let taken_ifname = |n: &str| self.index.has_ifname(n) || batch.has_ifname(n);
         let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
@@ -284,7 +356,11 @@ impl Engine {
         let ip = if !untagged {
             None
         } else if net.mode.serves_dhcp() {
-            Some(lock(&book).reserve_fixed(mac, checked.ip, self.host.now())?)
+            let now = self.host.now();
+            Some(match checked.ip {
+                None if scatter => lock(&book).reserve_fixed_from(mac, rand::random::<u16>().into(), now)?,
+                ip => lock(&book).reserve_fixed(mac, ip, now)?,
+            })
         } else if let Some(ip) = checked.ip {
             return Err(EngineError::Invalid(ModelError::Invalid {
                 what: "ip",
@@ -313,6 +389,7 @@ impl Engine {
             spoof_check: spec.spoof_check.unwrap_or(true) && trunk.is_empty(),
             trunk,
             untagged,
+            node: self.node.clone(),
         };
         batch.insert(&port);
         Ok(port)
@@ -345,18 +422,25 @@ impl Engine {
             .find(|p| p.id == id)
             .cloned()
             .ok_or_else(|| EngineError::NotFound(format!("no port with id {id:?} (see `lanyard port list`)")))?;
+        // Another node's port (deleted through this host) has no device or
+        // firewall elements here: only its records go.
+        let local = self.is_local(&port);
         let links: BTreeMap<_, _> = self.kernel.observe_links(&[&port.ifname])?;
         // lanyard deletes only what it created; an adopted TAP is QEMU's.
         let ops = match links.get(&port.ifname) {
-            Some(l) if l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
+            Some(l) if local && l.owned() => vec![Op::DeleteLink { name: port.ifname.clone() }],
             _ => Vec::new(),
         };
-        let mut changes = planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false);
+        let mut changes = if local {
+            planner::firewall::port_changes(std::slice::from_ref(&port), &self.networks, false)
+        } else {
+            Vec::new()
+        };
         // Its floating IP stays the project's, associated with nothing.
         let unbound = self.unbound_floating_ips(std::slice::from_ref(&port));
         let mut ops = ops;
         let bound: Vec<_> = self.floating_ips.iter().filter(|f| f.port.as_deref() == Some(id)).cloned().collect();
-        for f in &bound {
+        for f in bound.iter().filter(|_| local) {
             if let Some(a) = self.live_association(f) {
                 changes.extend(planner::firewall::association_changes(&[a], false));
                 if let Some(link) = self.pool_interface(&f.pool) {

@@ -93,6 +93,13 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.release_claim(kind, value, owner)
     }
+    fn claims(&self, kind: &str) -> Result<Vec<crate::store::Claim>, StoreError> {
+        self.inner.claims(kind)
+    }
+    fn claim_many(&self, claims: &[crate::store::Claim]) -> Result<Vec<crate::store::Claim>, StoreError> {
+        self.check()?;
+        self.inner.claim_many(claims)
+    }
     fn tokens(&self) -> Result<Vec<crate::auth::Token>, StoreError> {
         self.inner.tokens()
     }
@@ -141,6 +148,7 @@ fn rig() -> Rig {
         kernel: kernel.clone(),
         services: Box::<FakeServices>::default(),
         host: Arc::new(host),
+        node: None,
     })
     .expect("engine starts");
     Rig { engine, kernel, store }
@@ -155,6 +163,7 @@ impl Rig {
             kernel: self.kernel.clone(),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time, booted: None }),
+            node: None,
         })
     }
 
@@ -578,6 +587,7 @@ fn a_foreign_interface_with_the_bridge_name_is_left_alone_and_named() {
         kernel: kernel.clone(),
         services: Box::<FakeServices>::default(),
         host: Arc::new(FakeHost::default()),
+        node: None,
     })
     .unwrap();
     assert_eq!(e.network("a").unwrap().state, NetState::Inactive, "the network waits for its name");
@@ -1113,6 +1123,7 @@ mod projects {
             kernel: r.kernel.clone(),
             services: Box::<FakeServices>::default(),
             host: Arc::new(FakeHost::default()),
+            node: None,
         })
         .unwrap();
         let changes: Vec<String> = r.kernel.log().into_iter().filter(|l| !l.starts_with("observe")).collect();
@@ -1443,6 +1454,281 @@ fn no_vlan_subnet_or_address_is_ever_held_twice() {
     }
 }
 
+/// A port's fixed IP and MAC are claimed with its record and released with
+/// it (and with its network); a restart claims what ports written before
+/// claims existed hold, and releases the claims of ports that are gone.
+#[test]
+fn ports_claim_their_ip_and_mac() {
+    use crate::store::{CLAIM_IP, CLAIM_MAC};
+    let mut r = rig();
+    r.engine.create_network(spec("a", "isolated", "10.1.0.0/24")).unwrap();
+    let p = r.engine.create_port(port("a")).unwrap();
+    let q = r.engine.create_port(port("a")).unwrap();
+    let held = |s: &FlakyStore| -> Vec<(String, String, String)> {
+        let mut v: Vec<_> = [CLAIM_IP, CLAIM_MAC]
+            .iter()
+            .flat_map(|k| s.claims(k).unwrap())
+            .map(|c| (c.kind, c.value, c.owner))
+            .collect();
+        v.sort();
+        v
+    };
+    let of = |p: &Port| {
+        vec![
+            (CLAIM_IP.to_string(), format!("a/{}", p.ip.unwrap()), p.id.clone()),
+            (CLAIM_MAC.to_string(), p.mac.to_string(), p.id.clone()),
+        ]
+    };
+    let mut want = [of(&p), of(&q)].concat();
+    want.sort();
+    assert_eq!(held(&r.store), want);
+    r.engine.delete_port(&p.id).unwrap();
+    assert_eq!(held(&r.store), of(&q));
+    // Claims lost (a store from before claims) and an orphan (a port gone
+    // without its claims): a restart puts both right.
+    for c in of(&q) {
+        assert!(r.store.release_claim(&c.0, &c.1, &c.2).unwrap());
+    }
+    assert!(r.store.claim(CLAIM_MAC, "52:54:00:99:99:99", "gone").unwrap());
+    r.engine = r.restarted(1000).unwrap();
+    assert_eq!(held(&r.store), of(&q));
+    // A MAC another port holds is a conflict, as it always was.
+    let mut again = port("a");
+    again.mac = Some(q.mac.to_string());
+    assert!(matches!(r.engine.create_port(again), Err(EngineError::Conflict(_))));
+    r.engine.delete_network("a").unwrap();
+    assert_eq!(held(&r.store), vec![]);
+}
+
+/// Hosts (engines, each with its own etcd client and kernel) race to
+/// create `per_host` ports each on one network of `subnet`, made through
+/// the first: the ports made, and the refusals.
+fn race_port_creates(test: &str, hosts: usize, per_host: usize, subnet: &str) -> Option<(Vec<Port>, Vec<String>)> {
+    use crate::store::contract::EtcdServer;
+    let etcd = EtcdServer::start(test)?;
+    let root = format!("/lanyard-test/{test}");
+    let host = |store: Arc<dyn Store>| {
+        Engine::start(Parts {
+            store,
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+            node: None,
+        })
+        .expect("engine starts")
+    };
+    let first_store: Arc<dyn Store> = Arc::new(etcd.store(&root));
+    let mut first = host(first_store.clone());
+    first.create_network(spec("shared", "isolated", subnet)).unwrap();
+    let mut engines = vec![first];
+    engines.extend((1..hosts).map(|_| host(Arc::new(etcd.store(&root)))));
+    let workers: Vec<_> = engines
+        .into_iter()
+        .map(|mut e| {
+            std::thread::spawn(move || {
+                (0..per_host).map(|_| e.create_port(port("shared")).map_err(|e| e.to_string())).collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let results: Vec<Result<Port, String>> =
+        workers.into_iter().flat_map(|w| w.join().expect("a host's thread panicked")).collect();
+    let (made, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(Result::is_ok);
+    let made: Vec<Port> = made.into_iter().map(Result::unwrap).collect();
+    let ips: HashSet<Ipv4Addr> = made.iter().filter_map(|p| p.ip).collect();
+    let macs: HashSet<Mac> = made.iter().map(|p| p.mac).collect();
+    assert_eq!((ips.len(), macs.len()), (made.len(), made.len()), "an IP or a MAC was handed out twice");
+    assert_eq!(first_store.ports().unwrap().len(), made.len());
+    Some((made, failed.into_iter().map(Result::unwrap_err).collect()))
+}
+
+/// The concurrency case: 3 hosts each create 200 ports on one
+/// network at once: 600 ports, distinct IPs and MACs, no failure.
+#[test]
+fn three_hosts_creating_200_ports_each_get_600_distinct_ips_and_macs() {
+    let test = "three_hosts_creating_200_ports_each";
+    let Some((made, failed)) = race_port_creates(test, 3, 200, "10.10.0.0/22") else { return };
+    assert!(failed.is_empty(), "{} refused: {:?}", failed.len(), &failed[..failed.len().min(3)]);
+    assert_eq!(made.len(), 600);
+}
+
+/// Two hosts race for a network too small for both: every IP and MAC is
+/// handed out once, and the only failures are exhaustion.
+#[test]
+fn two_hosts_racing_port_creates_never_share_an_ip_or_mac() {
+    let test = "two_hosts_racing_port_creates_never_share_an_ip_or_mac";
+    // A /26: 61 guest addresses for 80 ports.
+    let Some((made, failed)) = race_port_creates(test, 2, 40, "10.9.0.0/26") else { return };
+    for e in &failed {
+        assert!(e.contains("no free address"), "a failure that is not exhaustion: {e}");
+    }
+    assert_eq!(made.len(), 61, "{} ports made, {} refused: {failed:?}", made.len(), failed.len());
+}
+
+/// A second engine on the same store (another host) follows what the
+/// first one changes: its networks' bridges, servers and ports come and go
+/// without a restart; its own writes are recognised and not applied again;
+/// what did not change is not touched.
+#[test]
+fn an_engine_follows_changes_another_made_to_the_store() {
+    use crate::store::Change;
+    let mut a = rig();
+    let b_kernel = Arc::new(FakeKernel::default());
+    let mut b = Engine::start(Parts {
+        store: a.store.clone(),
+        kernel: b_kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+        node: None,
+    })
+    .unwrap();
+    let net = a.engine.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    let change = Change::Network("n1".into(), Some(net.clone()));
+    assert!(!a.engine.follow(std::slice::from_ref(&change), false).unwrap(), "A's own write");
+    assert!(b.follow(&[change], false).unwrap());
+    assert_eq!(b.networks(), vec![net.clone()]);
+    assert!(b_kernel.snapshot().observed.links.contains_key(&net.bridge), "no bridge on B");
+    assert!(b.services.running("n1"));
+    let p = a.engine.create_port(port("n1")).unwrap();
+    assert!(b.follow(&[Change::Port(p.id.clone(), Some(p.clone()))], false).unwrap());
+    assert_eq!(b.ports(None, None), vec![p.clone()]);
+    assert_eq!(lock(&b.books["n1"]).static_ip(p.mac), p.ip);
+    // Another network: the first one's bridge and servers are left alone.
+    b_kernel.clear_log();
+    let net2 = a.engine.create_network(spec("n2", "isolated", "10.2.0.0/24")).unwrap();
+    assert!(b.follow(&[Change::Other], false).unwrap());
+    assert!(!b.follow(&[Change::Other], false).unwrap(), "nothing left to follow");
+    let touched: Vec<String> = b_kernel.log().into_iter().filter(|l| l.contains(&net.bridge)).collect();
+    assert!(touched.is_empty(), "the unchanged network was touched: {touched:?}");
+    assert!(b_kernel.snapshot().observed.links.contains_key(&net2.bridge));
+    // An edit: B's address book serves the new record.
+    let patch = crate::model::NetworkPatch { lease_time: Some(7200), ..Default::default() };
+    let edited = a.engine.edit_network("n1", &patch).unwrap();
+    assert!(b.follow(&[Change::Network("n1".into(), Some(edited.clone()))], false).unwrap());
+    assert_eq!(lock(&b.books["n1"]).network(), &edited);
+    assert!(b.services.running("n1"));
+    // Deletes: the port's address is free on B, the network goes.
+    a.engine.delete_port(&p.id).unwrap();
+    assert!(b.follow(&[Change::Port(p.id.clone(), None)], false).unwrap());
+    assert!(b.ports(None, None).is_empty() && lock(&b.books["n1"]).static_ip(p.mac).is_none());
+    a.engine.delete_network("n1").unwrap();
+    assert!(b.follow(&[Change::Network("n1".into(), None)], false).unwrap());
+    assert_eq!(b.networks(), vec![net2]);
+    assert!(!b_kernel.snapshot().observed.links.contains_key(&net.bridge), "B kept the deleted network's bridge");
+    assert!(!b.services.running("n1"));
+}
+
+/// Cluster members (engines with a node name) on one store: a port
+/// belongs to the node it was created through, and only that host has its
+/// device; every host has every network's bridge; a host that starts
+/// without a network's bridge brings it up and leaves the shared record
+/// as it is (not autostart, still active).
+#[test]
+fn cluster_members_make_devices_only_for_their_own_ports() {
+    use crate::store::Change;
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+    });
+    let member = |node: &str, kernel: &Arc<FakeKernel>| {
+        Engine::start(Parts {
+            store: store.clone(),
+            kernel: kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+            node: Some(node.into()),
+        })
+        .unwrap()
+    };
+    let (ka, kb) = (Arc::new(FakeKernel::default()), Arc::new(FakeKernel::default()));
+    let mut a = member("a", &ka);
+    let net = a.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    assert!(!net.autostart);
+    // B starts after the network exists, with no bridge of it: it brings
+    // the bridge up and writes nothing.
+    let mut b = member("b", &kb);
+    assert!(kb.snapshot().observed.links.contains_key(&net.bridge), "B did not bring the network up");
+    assert_eq!(store.networks().unwrap(), vec![net.clone()], "B's start changed the shared record");
+    let pa = a.create_port(port("n1")).unwrap();
+    assert_eq!(pa.node.as_deref(), Some("a"));
+    assert!(b.follow(&[Change::Port(pa.id.clone(), Some(pa.clone()))], false).unwrap());
+    let pb = b.create_port(port("n1")).unwrap();
+    assert!(a.follow(&[Change::Port(pb.id.clone(), Some(pb.clone()))], false).unwrap());
+    let has = |k: &FakeKernel, p: &Port| k.snapshot().observed.links.contains_key(&p.ifname);
+    assert!(has(&ka, &pa) && !has(&ka, &pb), "A's devices: its own port's only");
+    assert!(has(&kb, &pb) && !has(&kb, &pa), "B's devices: its own port's only");
+    assert_eq!(a.ports(None, None).len(), 2);
+    let counts = b.ports_per_node();
+    assert_eq!((counts[&Some("a".into())], counts[&Some("b".into())]), (1, 1));
+    // A port of A deleted through B: its records go; A's device goes when
+    // A follows; nothing of it was ever on B.
+    b.delete_port(&pa.id).unwrap();
+    assert!(a.follow(&[Change::Port(pa.id.clone(), None)], false).unwrap());
+    assert!(!has(&ka, &pa) && a.ports(None, None) == vec![pb.clone()]);
+    // A restart of A keeps B's port off A's kernel.
+    let a = member("a", &ka);
+    assert!(!has(&ka, &pb) && a.ports(None, None) == vec![pb]);
+}
+
+/// What the watch reports of an engine's own writes (projects, networks,
+/// ports, floating IP pools and floating IPs, and their deletes) is
+/// recognised as held: following it reads nothing again. A record it does
+/// not hold is not.
+#[test]
+fn an_engine_recognises_its_own_writes_on_the_watch() {
+    use crate::model::floating::{FipPoolSpec, FipSpec};
+    use crate::model::ProjectSpec;
+    use crate::store::{Change, FIP_POOLS, FLOATING_IPS, GRANTS};
+    let mut r = rig();
+    let nic = crate::kernel::ObservedLink {
+        name: "eth0".into(),
+        up: true,
+        mtu: 1500,
+        addrs: vec!["198.51.100.1/24".parse().unwrap()],
+        mac: Some("02:00:00:00:00:e0".parse().unwrap()),
+        ..Default::default()
+    };
+    r.kernel.tamper(|s| {
+        s.observed.links.insert("eth0".into(), nic);
+    });
+    r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let pool =
+        FipPoolSpec { name: "public".into(), range: "198.51.100.10-198.51.100.19".into(), interface: "eth0".into() };
+    r.engine.create_fip_pool(pool).unwrap();
+    let p = r.engine.create_port(port("a")).unwrap();
+    let f = r.engine.create_floating_ip(FipSpec::default()).unwrap();
+    r.engine.associate_floating_ip(&f.ip.to_string(), &p.id, None).unwrap();
+    let s = &r.store;
+    let mut changes: Vec<Change> = Vec::new();
+    changes.extend(s.projects().unwrap().into_iter().map(|p| Change::Project(p.name.clone(), Some(p))));
+    changes.extend(s.networks().unwrap().into_iter().map(|n| Change::Network(n.key().into_owned(), Some(n))));
+    changes.extend(s.ports().unwrap().into_iter().map(|p| Change::Port(p.id.clone(), Some(p))));
+    for kind in [FIP_POOLS, FLOATING_IPS, GRANTS] {
+        changes.extend(s.documents(kind).unwrap().into_iter().map(|(key, body)| Change::Document {
+            kind: kind.into(),
+            key,
+            body: Some(body),
+        }));
+    }
+    assert!(changes.len() >= 6, "{changes:?}");
+    for c in &changes {
+        assert!(r.engine.holds(c), "not recognised: {c:?}");
+    }
+    r.kernel.clear_log();
+    assert!(!r.engine.follow(&changes, false).unwrap());
+    r.engine.delete_floating_ip(&f.ip.to_string(), None).unwrap();
+    let gone = Change::Document { kind: FLOATING_IPS.into(), key: f.ip.to_string(), body: None };
+    assert!(r.engine.holds(&gone));
+    // Records this engine does not have.
+    let theirs = Change::Document { kind: FLOATING_IPS.into(), key: "198.51.100.11".into(), body: Some("{}".into()) };
+    assert!(!r.engine.holds(&theirs));
+    assert!(!r.engine.holds(&Change::Project(
+        "blue".into(),
+        Some(Project { name: "blue".into(), description: String::new(), created: 1 })
+    )));
+    assert!(!r.engine.holds(&Change::Port("nope".into(), Some(p.clone()))));
+}
+
 #[test]
 fn a_port_on_a_network_whose_bridge_vanished_is_refused_and_leaves_no_tap() {
     let mut r = rig();
@@ -1466,6 +1752,7 @@ fn started(r: &Rig, booted: Option<bool>, kernel: Arc<FakeKernel>) -> Engine {
         kernel,
         services: Box::<FakeServices>::default(),
         host: Arc::new(FakeHost { booted, ..Default::default() }),
+        node: None,
     })
     .unwrap()
 }
@@ -1607,6 +1894,7 @@ fn a_process_namespace_is_named_by_pid_and_never_reused_after_it_went() {
                 netns: std::sync::Mutex::new(host.netns.lock().unwrap().clone()),
                 ..Default::default()
             }),
+            node: None,
         })
         .unwrap()
     };

@@ -200,6 +200,35 @@ fn contract(s: &dyn Store) {
     s.put_ports(std::slice::from_ref(&c2)).unwrap();
     assert_eq!(s.ports().unwrap(), vec![c2.clone(), a.clone(), b.clone()]);
 
+    // Ports claim their fixed IP (per network) and MAC (across networks)
+    // with their write: another port's value refuses the whole call.
+    let e = s
+        .put_ports(&[
+            port("00ff", "azure", 10, "192.168.122.10"),
+            Port { mac: a.mac, ..port("00ee", "azure/web", 9, "192.168.122.9") },
+        ])
+        .expect_err("a's MAC");
+    assert!(
+        matches!(&e, StoreError::Claimed { kind, value, holder } if kind == "mac" && *value == a.mac.to_string() && holder == "00aa"),
+        "{e:?}"
+    );
+    let e = s.put_ports(&[port("00ee", "azure/web", 9, "192.168.122.2")]).expect_err("b's IP");
+    assert!(matches!(&e, StoreError::Claimed { kind, holder, .. } if kind == "ip" && holder == "00bb"), "{e:?}");
+    assert_eq!(s.ports().unwrap().len(), 3, "nothing of a refused call was written");
+    let held = |s: &dyn Store, kind: &str| -> Vec<(String, String)> {
+        s.claims(kind).unwrap().into_iter().map(|c| (c.value, c.owner)).collect()
+    };
+    let pair = |v: &str, o: &str| (v.to_string(), o.to_string());
+    assert_eq!(
+        held(s, "ip"),
+        [
+            pair("azure/192.168.122.2", "00aa"),
+            pair("azure/192.168.122.3", "00cc"),
+            pair("azure/web/192.168.122.2", "00bb")
+        ]
+    );
+    assert_eq!(held(s, "mac").iter().map(|(_, o)| o.as_str()).collect::<Vec<_>>(), ["00aa", "00bb", "00cc"]);
+
     // Leases: one per address and one per client (MAC) in a network.
     s.write_leases(&[
         LeaseChange::Upsert(lease("azure", "192.168.122.50", 9)),
@@ -233,6 +262,10 @@ fn contract(s: &dyn Store) {
     let left: Vec<(String, Ipv4Addr)> = s.leases().unwrap().into_iter().map(|l| (l.net, l.ip)).collect();
     assert!(!left.contains(&("azure".into(), "192.168.122.2".parse().unwrap())), "{left:?}");
     assert!(left.contains(&("azure/web".into(), "192.168.122.60".parse().unwrap())), "{left:?}");
+    assert!(!held(s, "ip").iter().chain(&held(s, "mac")).any(|(_, o)| o == "00aa"), "a's claims went with it");
+    let e = Port { mac: a.mac, ..port("00ee", "azure/web", 9, "192.168.122.9") };
+    s.put_ports(std::slice::from_ref(&e)).expect("a's MAC is free again");
+    s.delete_port(&e).unwrap();
 
     // release_port keeps the lease its guest still holds, as a dynamic one.
     s.write_leases(&[LeaseChange::Upsert(Lease { kind: LeaseKind::Static, ..lease("azure", "192.168.122.3", 3) })])
@@ -255,6 +288,17 @@ fn contract(s: &dyn Store) {
     s.delete_network("nonexistent").unwrap();
     assert_eq!(names(s), ["default"]);
     assert!(s.ports().unwrap().is_empty() && s.leases().unwrap().is_empty());
+    assert_eq!((held(s, "ip"), held(s, "mac")), (vec![], vec![]), "claims went with the networks");
+
+    // The start-up backfill: what is free is claimed, what another holds is
+    // left to it and reported.
+    use super::Claim;
+    let claim = |v: &str, o: &str| Claim { kind: "mac".into(), value: v.into(), owner: o.into() };
+    assert!(s.claim("mac", "m1", "p1").unwrap());
+    let taken = s.claim_many(&[claim("m1", "p2"), claim("m2", "p2"), claim("m1", "p1")]).unwrap();
+    assert_eq!(taken, [claim("m1", "p2")]);
+    assert_eq!(held(s, "mac"), [pair("m1", "p1"), pair("m2", "p2")]);
+    assert!(s.release_claim("mac", "m1", "p1").unwrap() && s.release_claim("mac", "m2", "p2").unwrap());
 
     // Claims: the first owner wins, a repeat by it is still its, only the
     // holder releases, and a released value is free again. Values may hold
@@ -289,11 +333,11 @@ fn contract(s: &dyn Store) {
 }
 
 /// A DHCP group commit beyond one etcd transaction's default limit (128
-/// operations) is still written whole: 600 lease changes; a batch of 100
-/// ports is one call.
+/// operations) is still written whole: 600 lease changes; a batch of 40
+/// ports (120 operations with their claims) is one call.
 fn large_batches(s: &dyn Store) {
     s.put_network(&net("big", "default")).unwrap();
-    let ports: Vec<Port> = (0..100u8)
+    let ports: Vec<Port> = (0..40u8)
         .map(|i| Port {
             mac: Mac([0x52, 0x54, 0, 2, 0, i]),
             ..port(&format!("p{i:03}"), "big", 0, &format!("10.1.0.{}", i + 1))

@@ -36,7 +36,7 @@ use etcd_client::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{DocumentChange, LeaseChange, Store, StoreError};
+use super::{port_claims, Change, Claim, DocumentChange, LeaseChange, Store, StoreError};
 use crate::auth::Token;
 use crate::model::{Lease, Network, Port, Project};
 
@@ -158,6 +158,16 @@ impl From<StoredToken> for Token {
 fn segment(key: &str) -> String {
     key.replace('%', "%25").replace('/', "%2F")
 }
+
+/// The inverse of [`segment`].
+fn unsegment(seg: &str) -> String {
+    seg.replace("%2F", "/").replace("%25", "%")
+}
+
+/// Claims released per transaction: each is a nested transaction (a
+/// delete guarded by its owner), which etcd counts against
+/// `--max-txn-ops` with its own operations.
+const RELEASES_PER_TXN: usize = 50;
 
 fn encode<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("model types always serialize")
@@ -523,13 +533,32 @@ impl Store for EtcdStore {
 
     fn delete_network(&self, key: &str) -> Result<(), StoreError> {
         let seg = segment(key);
+        let ports_dir = self.dir(&["ports", &seg]);
         let all = || Some(DeleteOptions::new().with_prefix());
-        self.txn(Txn::new().and_then([
-            TxnOp::delete(self.dir(&["leases", &seg]), all()),
-            TxnOp::delete(self.dir(&["ports", &seg]), all()),
-            TxnOp::delete(self.key(&["networks", &seg]), None),
-        ]))?;
-        Ok(())
+        // The ports are read first, for their claims; the delete holds only
+        // if no port was written since (else its claims would be missed).
+        for _ in 0..CAS_ATTEMPTS {
+            let (kvs, rev) = self.list(ports_dir.clone())?;
+            let ports = kvs.iter().map(decode::<Port>).collect::<Result<Vec<_>, _>>()?;
+            let resp = self.txn(Txn::new().when([Self::unchanged_since(&ports_dir, rev)]).and_then([
+                TxnOp::delete(self.dir(&["leases", &seg]), all()),
+                TxnOp::delete(ports_dir.clone(), all()),
+                TxnOp::delete(self.key(&["networks", &seg]), None),
+            ]))?;
+            if resp.succeeded() {
+                // A network's claims may be more than one transaction takes:
+                // they go after it, in consecutive ones. Should this daemon
+                // stop in between, the next engine start releases the claims
+                // whose port is gone (see Engine::start).
+                let claims: Vec<Claim> = ports.iter().flat_map(port_claims).collect();
+                for chunk in claims.chunks(RELEASES_PER_TXN) {
+                    let ops: Vec<TxnOp> = chunk.iter().map(|c| self.release_op(c)).collect();
+                    self.txn(Txn::new().and_then(ops))?;
+                }
+                return Ok(());
+            }
+        }
+        Err(self.contention("ports"))
     }
 
     fn ports(&self) -> Result<Vec<Port>, StoreError> {
@@ -545,12 +574,50 @@ impl Store for EtcdStore {
         if ports.is_empty() {
             return Ok(());
         }
-        let ops: Vec<TxnOp> = ports
-            .iter()
-            .map(|p| TxnOp::put(self.key(&["ports", &segment(&p.net), &p.id]), encode(p), None::<PutOptions>))
-            .collect();
-        self.txn(Txn::new().and_then(ops))?;
-        Ok(())
+        let claims: Vec<Claim> = ports.iter().flat_map(port_claims).collect();
+        // First the common case, new values: one transaction that creates
+        // every claim if none exists. When one does, the transaction reads
+        // them all instead; the ones already this port's are then compared
+        // by owner (and not written again), and any other owner fails the call.
+        let mut ours = vec![false; claims.len()];
+        for _ in 0..CAS_ATTEMPTS {
+            let mut guards = Vec::with_capacity(claims.len());
+            let mut ops = Vec::with_capacity(claims.len() + ports.len());
+            for (c, mine) in claims.iter().zip(&ours) {
+                let key = self.claim_key(c);
+                if *mine {
+                    guards.push(Compare::value(key, CompareOp::Equal, c.owner.as_str()));
+                } else {
+                    guards.push(Compare::version(key.clone(), CompareOp::Equal, 0));
+                    ops.push(TxnOp::put(key, c.owner.as_str(), None));
+                }
+            }
+            ops.extend(
+                ports
+                    .iter()
+                    .map(|p| TxnOp::put(self.key(&["ports", &segment(&p.net), &p.id]), encode(p), None::<PutOptions>)),
+            );
+            let reads: Vec<TxnOp> = claims.iter().map(|c| TxnOp::get(self.claim_key(c), None)).collect();
+            let resp = self.txn(Txn::new().when(guards).and_then(ops).or_else(reads))?;
+            if resp.succeeded() {
+                return Ok(());
+            }
+            for ((c, mine), r) in claims.iter().zip(ours.iter_mut()).zip(resp.op_responses()) {
+                let TxnOpResponse::Get(g) = r else { continue };
+                match g.kvs().first() {
+                    None => *mine = false,
+                    Some(kv) if kv.value() == c.owner.as_bytes() => *mine = true,
+                    Some(kv) => {
+                        return Err(StoreError::Claimed {
+                            kind: c.kind.clone(),
+                            value: c.value.clone(),
+                            holder: String::from_utf8_lossy(kv.value()).into_owned(),
+                        })
+                    }
+                }
+            }
+        }
+        Err(self.contention("claims"))
     }
 
     fn delete_port(&self, port: &Port) -> Result<(), StoreError> {
@@ -568,7 +635,9 @@ impl Store for EtcdStore {
             if let Some(l) = hold {
                 upsert(leases, l);
             }
-            vec![TxnOp::delete(key.clone(), None)]
+            let mut ops = vec![TxnOp::delete(key.clone(), None)];
+            ops.extend(port_claims(port).iter().map(|c| self.release_op(c)));
+            ops
         })
     }
 
@@ -600,6 +669,24 @@ impl Store for EtcdStore {
         Ok(resp.succeeded())
     }
 
+    fn claims(&self, kind: &str) -> Result<Vec<Claim>, StoreError> {
+        let prefix = self.dir(&["claims", &segment(kind)]);
+        let (kvs, _) = self.list(prefix.clone())?;
+        let mut out: Vec<Claim> = kvs
+            .iter()
+            .map(|kv| {
+                let key = String::from_utf8_lossy(kv.key());
+                Claim {
+                    kind: kind.to_string(),
+                    value: unsegment(key.strip_prefix(&prefix).unwrap_or(&key)),
+                    owner: String::from_utf8_lossy(kv.value()).into_owned(),
+                }
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
     fn leases(&self) -> Result<Vec<Lease>, StoreError> {
         let mut out: Vec<Lease> = self.records(&["leases"])?.into_iter().map(|(_, l)| l).collect();
         // SQLite's order: network, then the address as text.
@@ -612,7 +699,77 @@ impl Store for EtcdStore {
     }
 }
 
+/// What a watched key's new value (None: deleted) means to the mirror;
+/// None for the keys it does not follow: leases (each host's DHCP writes
+/// them, and serves its own ports), claims (they come with their ports),
+/// nodes and tokens (never held in memory). `root` is the store's root.
+pub fn change_of(root: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change> {
+    let key = std::str::from_utf8(key).ok()?.strip_prefix(root)?.strip_prefix('/')?;
+    let (dir, rest) = key.split_once('/')?;
+    // A record that does not decode is left to a read of the store
+    // (Other), which reports it.
+    match dir {
+        "networks" => match value.map(serde_json::from_slice::<Network>) {
+            Some(Err(_)) => Some(Change::Other),
+            Some(Ok(n)) => Some(Change::Network(unsegment(rest), Some(n))),
+            None => Some(Change::Network(unsegment(rest), None)),
+        },
+        "ports" => {
+            let (_, id) = rest.rsplit_once('/')?;
+            match value.map(serde_json::from_slice::<Port>) {
+                Some(Err(_)) => Some(Change::Other),
+                Some(Ok(p)) => Some(Change::Port(id.to_string(), Some(p))),
+                None => Some(Change::Port(id.to_string(), None)),
+            }
+        }
+        "projects" => match value.map(serde_json::from_slice::<Project>) {
+            Some(Err(_)) => Some(Change::Other),
+            Some(Ok(p)) => Some(Change::Project(rest.to_string(), Some(p))),
+            None => Some(Change::Project(rest.to_string(), None)),
+        },
+        "documents" => {
+            let (kind, key) = rest.split_once('/')?;
+            let body = match value.map(std::str::from_utf8) {
+                Some(Err(_)) => return Some(Change::Other),
+                Some(Ok(b)) => Some(b.to_string()),
+                None => None,
+            };
+            Some(Change::Document { kind: unsegment(kind), key: unsegment(key), body })
+        }
+        "settings" => Some(Change::Other),
+        _ => None,
+    }
+}
+
 impl EtcdStore {
+    /// The root of this store's keys (`/lanyard/v1`).
+    pub fn root(&self) -> &str {
+        &self.root
+    }
+
+    /// The store's current revision: a watch from the next one sees every
+    /// change written after this call.
+    pub fn revision(&self) -> Result<i64, StoreError> {
+        let key = self.key(&["projects", "default"]);
+        let resp = self.call(move |mut c| async move { c.get(key, None).await })?;
+        Ok(resp.header().map(|h| h.revision()).unwrap_or(0))
+    }
+
+    fn claim_key(&self, c: &Claim) -> String {
+        self.key(&["claims", &segment(&c.kind), &segment(&c.value)])
+    }
+
+    /// An operation that deletes claim `c` if its owner still holds it (a
+    /// nested transaction: a plain delete could take another owner's).
+    fn release_op(&self, c: &Claim) -> TxnOp {
+        let key = self.claim_key(c);
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::value(key.clone(), CompareOp::Equal, c.owner.as_str())])
+                .and_then([TxnOp::delete(key, None)]),
+        )
+    }
+
     /// [`Store::write_leases`] for at most [`LEASE_CHANGES_PER_TXN`] changes: one transaction.
     fn write_lease_chunk(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         let nets: BTreeSet<String> = changes
@@ -636,5 +793,36 @@ impl EtcdStore {
             }
             Vec::new()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the mirror makes of watched keys: networks and ports by key and
+    /// id (a project's network's key holds '/'), projects, documents with
+    /// '/' in their keys, deletes; leases, claims and nodes are not followed.
+    #[test]
+    fn watched_keys_become_changes() {
+        let net = crate::model::test_network("web", "10.1.0.0/24", "lybr0");
+        let port = crate::model::test_port("00aa", "blue/web");
+        let (n, p) = (serde_json::to_vec(&net).unwrap(), serde_json::to_vec(&port).unwrap());
+        let change = |k: &str, v: Option<&[u8]>| change_of("/lanyard/v1", k.as_bytes(), v);
+        let net_key = "/lanyard/v1/networks/blue%2Fweb";
+        assert_eq!(change(net_key, Some(&n)), Some(Change::Network("blue/web".into(), Some(net))));
+        assert_eq!(change(net_key, None), Some(Change::Network("blue/web".into(), None)));
+        let port_key = "/lanyard/v1/ports/blue%2Fweb/00aa";
+        assert_eq!(change(port_key, Some(&p)), Some(Change::Port("00aa".into(), Some(port))));
+        assert_eq!(change(port_key, None), Some(Change::Port("00aa".into(), None)));
+        assert_eq!(change("/lanyard/v1/projects/blue", None), Some(Change::Project("blue".into(), None)));
+        let grant = Change::Document { kind: "grants".into(), key: "a>b/c>all".into(), body: Some("{}".into()) };
+        assert_eq!(change("/lanyard/v1/documents/grants/a>b%2Fc>all", Some(b"{}")), Some(grant));
+        assert_eq!(change(net_key, Some(b"not json")), Some(Change::Other));
+        assert_eq!(change("/lanyard/v1/settings/vlan", Some(b"{}")), Some(Change::Other));
+        for ignored in ["leases/web/10.1.0.5", "claims/mac/52:54:00:00:00:01", "nodes/h1", "tokens/t1"] {
+            assert_eq!(change(&format!("/lanyard/v1/{ignored}"), Some(b"{}")), None, "{ignored}");
+        }
+        assert_eq!(change("/other/networks/web", Some(&n)), None);
     }
 }

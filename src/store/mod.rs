@@ -6,7 +6,7 @@
 //! trait. Nothing above this module knows which one it talks to.
 
 #[cfg(test)]
-mod contract;
+pub(crate) mod contract;
 pub mod etcd;
 pub mod sqlite;
 
@@ -69,6 +69,18 @@ pub enum StoreError {
     /// A record that must be unique already exists; nothing was written.
     #[error("{0} already exists")]
     Exists(String),
+    /// A value a write claims ([`Store::put_ports`]) is held by another
+    /// owner (another port, possibly created through another host):
+    /// nothing was written.
+    #[error("{kind} {value} is taken (by {holder})")]
+    Claimed {
+        /// The claim's kind ([`CLAIM_IP`], [`CLAIM_MAC`]).
+        kind: String,
+        /// The value.
+        value: String,
+        /// Who holds it.
+        holder: String,
+    },
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -136,6 +148,62 @@ pub const FLOATING_IPS: &str = "floating-ips";
 /// Documents: inter-project grants, by `FROM>TO>WHAT`.
 pub const GRANTS: &str = "grants";
 
+/// Claims: a port's fixed IP, as `NET/IP` (unique per network).
+pub const CLAIM_IP: &str = "ip";
+/// Claims: a port's MAC. Unique across all networks, not per network: the
+/// engine has always refused a MAC already used by any port (a guest's MAC
+/// names it in DHCP leases, the anti-spoofing sets and, with VXLAN, the
+/// FDB of every host), and one rule on every host keeps that true for
+/// the cluster.
+pub const CLAIM_MAC: &str = "mac";
+
+/// One held value: `owner` holds `value` of `kind`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Claim {
+    /// The kind ([`CLAIM_IP`], [`CLAIM_MAC`], ...).
+    pub kind: String,
+    /// The value.
+    pub value: String,
+    /// The holder (for a port's values, the port's id).
+    pub owner: String,
+}
+
+/// The values a port holds while it exists: its fixed IP in its network
+/// and its MAC, both owned by the port's id.
+pub fn port_claims(p: &Port) -> Vec<Claim> {
+    let mut out = Vec::with_capacity(2);
+    if let Some(ip) = p.ip {
+        out.push(Claim { kind: CLAIM_IP.into(), value: format!("{}/{ip}", p.net), owner: p.id.clone() });
+    }
+    out.push(Claim { kind: CLAIM_MAC.into(), value: p.mac.to_string(), owner: p.id.clone() });
+    out
+}
+
+/// A change to desired state made by any writer, as the cluster store's
+/// watch reports it (the mirror of a multi-host daemon follows these).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The network with this key is now the record, or gone (None).
+    Network(String, Option<Network>),
+    /// The port with this id is now the record, or gone (None).
+    Port(String, Option<Port>),
+    /// The project with this name is now the record, or gone (None).
+    Project(String, Option<Project>),
+    /// The document of this kind and key ([`Store::documents`]) is now
+    /// this JSON body, or gone (None).
+    Document {
+        /// Its kind ([`FIP_POOLS`], ...).
+        kind: String,
+        /// Its key within the kind.
+        key: String,
+        /// The body.
+        body: Option<String>,
+    },
+    /// Some other record of desired state (a setting, a record that does
+    /// not decode) changed: only a read of the store tells what it means.
+    Other,
+}
+
 /// The documents of `kind`, decoded.
 pub fn load<T: serde::de::DeserializeOwned>(store: &dyn Store, kind: &str) -> Result<Vec<T>, StoreError> {
     store
@@ -182,13 +250,18 @@ pub trait Store: Send + Sync {
     fn networks(&self) -> Result<Vec<Network>, StoreError>;
     /// Inserts or replaces a network.
     fn put_network(&self, net: &Network) -> Result<(), StoreError>;
-    /// Deletes a network (by key) with its ports and leases.
+    /// Deletes a network (by key) with its ports and leases, and releases
+    /// its ports' claims ([`port_claims`]).
     fn delete_network(&self, key: &str) -> Result<(), StoreError>;
     /// All ports.
     fn ports(&self) -> Result<Vec<Port>, StoreError>;
-    /// Inserts or replaces ports, in one transaction.
+    /// Inserts or replaces ports and claims their values ([`port_claims`],
+    /// owned by each port's id), all in one transaction: when any value is
+    /// held by another owner nothing is written and the call fails with
+    /// [`StoreError::Claimed`]. A port's own claims are claimed again
+    /// harmlessly (an update, a restore).
     fn put_ports(&self, ports: &[Port]) -> Result<(), StoreError>;
-    /// Deletes a port and its lease.
+    /// Deletes a port and its lease, and releases its claims.
     fn delete_port(&self, port: &Port) -> Result<(), StoreError>;
     /// Deletes a port like [`Store::delete_port`] and, in the same
     /// transaction where the store has them, keeps `hold`: the lease its
@@ -213,4 +286,19 @@ pub trait Store: Send + Sync {
     /// Gives up `owner`'s claim of `value`; whether it held it (a claim of
     /// another owner is left alone).
     fn release_claim(&self, kind: &str, value: &str, owner: &str) -> Result<bool, StoreError>;
+    /// Every claim of `kind`, by value.
+    fn claims(&self, kind: &str) -> Result<Vec<Claim>, StoreError>;
+    /// Claims each of `claims` that nobody holds; returns those held by
+    /// another owner (left as they are). The start-up backfill of claims
+    /// for ports written before claims existed; a store that can should do
+    /// it in one transaction.
+    fn claim_many(&self, claims: &[Claim]) -> Result<Vec<Claim>, StoreError> {
+        let mut taken = Vec::new();
+        for c in claims {
+            if !self.claim(&c.kind, &c.value, &c.owner)? {
+                taken.push(c.clone());
+            }
+        }
+        Ok(taken)
+    }
 }

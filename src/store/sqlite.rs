@@ -14,7 +14,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
 
-use super::{DocumentChange, LeaseChange, Store, StoreError};
+use super::{port_claims, Claim, DocumentChange, LeaseChange, Store, StoreError, CLAIM_IP, CLAIM_MAC};
 use crate::auth::Token;
 use crate::model::{Lease, LeaseKind, Network, Port, Project};
 
@@ -369,6 +369,10 @@ impl Store for SqliteStore {
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute("DELETE FROM leases WHERE net = ?1", [key])?;
+        tx.execute(
+            "DELETE FROM claims WHERE kind IN (?2, ?3) AND owner IN (SELECT id FROM ports WHERE net = ?1)",
+            params![key, CLAIM_IP, CLAIM_MAC],
+        )?;
         tx.execute("DELETE FROM ports WHERE net = ?1", [key])?;
         tx.execute("DELETE FROM networks WHERE name = ?1", [key])?;
         tx.commit()?;
@@ -390,6 +394,20 @@ impl Store for SqliteStore {
             for port in ports {
                 st.execute(params![port.id, port.net, port.project, encode(port)])?;
             }
+            // The claims go in the same transaction (one commit, one
+            // fsync); a value held by another owner rolls it all back.
+            let mut claim = tx.prepare_cached(
+                "INSERT INTO claims (kind, value, owner) VALUES (?1, ?2, ?3) ON CONFLICT(kind, value) DO NOTHING",
+            )?;
+            let mut holder = tx.prepare_cached("SELECT owner FROM claims WHERE kind = ?1 AND value = ?2")?;
+            for c in ports.iter().flat_map(port_claims) {
+                if claim.execute(params![c.kind, c.value, c.owner])? == 0 {
+                    let owner: String = holder.query_row(params![c.kind, c.value], |r| r.get(0))?;
+                    if owner != c.owner {
+                        return Err(StoreError::Claimed { kind: c.kind, value: c.value, holder: owner });
+                    }
+                }
+            }
         }
         tx.commit()?;
         Ok(())
@@ -404,6 +422,12 @@ impl Store for SqliteStore {
         let tx = c.transaction()?;
         tx.execute("DELETE FROM leases WHERE net = ?1 AND mac = ?2", params![port.net, port.mac.to_string()])?;
         tx.execute("DELETE FROM ports WHERE id = ?1", [&port.id])?;
+        for c in port_claims(port) {
+            tx.execute(
+                "DELETE FROM claims WHERE kind = ?1 AND value = ?2 AND owner = ?3",
+                params![c.kind, c.value, c.owner],
+            )?;
+        }
         if let Some(l) = hold {
             tx.execute(
                 "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -475,6 +499,36 @@ impl Store for SqliteStore {
             .conn()
             .execute("DELETE FROM claims WHERE kind = ?1 AND value = ?2 AND owner = ?3", params![kind, value, owner])?
             > 0)
+    }
+
+    fn claims(&self, kind: &str) -> Result<Vec<Claim>, StoreError> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT value, owner FROM claims WHERE kind = ?1 ORDER BY value")?;
+        let rows =
+            st.query_map([kind], |r| Ok(Claim { kind: kind.to_string(), value: r.get(0)?, owner: r.get(1)? }))?;
+        Ok(rows.collect::<Result<Vec<_>, _>>()?)
+    }
+
+    fn claim_many(&self, claims: &[Claim]) -> Result<Vec<Claim>, StoreError> {
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        let mut taken = Vec::new();
+        {
+            let mut claim = tx.prepare_cached(
+                "INSERT INTO claims (kind, value, owner) VALUES (?1, ?2, ?3) ON CONFLICT(kind, value) DO NOTHING",
+            )?;
+            let mut holder = tx.prepare_cached("SELECT owner FROM claims WHERE kind = ?1 AND value = ?2")?;
+            for c in claims {
+                if claim.execute(params![c.kind, c.value, c.owner])? == 0 {
+                    let owner: String = holder.query_row(params![c.kind, c.value], |r| r.get(0))?;
+                    if owner != c.owner {
+                        taken.push(c.clone());
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(taken)
     }
 
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {

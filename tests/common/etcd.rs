@@ -65,6 +65,11 @@ impl Etcd {
         etcd
     }
 
+    /// etcd's pid (`ip netns exec` execs etcd), to pause it with SIGSTOP.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// What etcd logged.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
