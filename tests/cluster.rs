@@ -213,6 +213,116 @@ fn ports_belong_to_the_host_they_were_created_through() {
     assert!(ha.link(&bridge).is_some());
 }
 
+/// A network spans hosts over VXLAN: each host has the network's VXLAN
+/// device (learning off, its underlay address as local end, MTU of the
+/// underlay − 50) on the bridge, and an entry towards the other host for
+/// each of its ports; a VM on A pings a VM on B across the underlay; the
+/// entry goes when B's port is deleted.
+#[test]
+fn vms_on_two_hosts_reach_each_other_over_vxlan() {
+    if !privileged("vms_on_two_hosts_reach_each_other_over_vxlan", &["ip", "etcd", "busybox", "kill", "ping", "bridge"])
+    {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    // The underlay: the store namespace routes between the hosts' subnets.
+    store.set_ip_forward(true);
+    ha.ip_ok(&["route", "add", "10.213.2.0/24", "via", "10.213.1.1"]);
+    hb.ip_ok(&["route", "add", "10.213.1.0/24", "via", "10.213.2.1"]);
+    assert!(ping(&ha, "10.213.2.2", 1, 5).all_replied(), "the hosts do not reach each other's underlay address");
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let (node_a, node_b) = (unique("nda"), unique("ndb"));
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &node_a, "--underlay", "u0"]);
+    let b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &node_b, "--underlay", "u0"]);
+    let net = a.cli_json(&["net", "create", "ov", "--mode", "isolated", "--subnet", "10.83.0.0/24"]);
+    let bridge = net["bridge"].as_str().expect("a bridge name").to_string();
+    assert!(poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge)).is_some(), "{}", b.log());
+
+    // One VXLAN device per host on the bridge, as the brief says.
+    let vxlan_of = |h: &Netns| {
+        h.links().into_iter().find(|l| l["linkinfo"]["info_kind"] == "vxlan" && l["master"] == bridge.as_str())
+    };
+    let (va, vb) = (vxlan_of(&ha), poll(FOLLOWS_WITHIN, Duration::from_millis(50), || vxlan_of(&hb)));
+    let (va, vb) = (va.expect("no VXLAN device on A's bridge"), vb.expect("no VXLAN device on B's bridge"));
+    let vxlan = va["ifname"].as_str().unwrap().to_string();
+    assert_eq!(vb["ifname"], vxlan.as_str(), "the hosts named the network's VXLAN device differently");
+    assert_eq!(va["linkinfo"]["info_data"]["id"], vb["linkinfo"]["info_data"]["id"], "different VNIs");
+    for (v, local) in [(&va, "10.213.1.2"), (&vb, "10.213.2.2")] {
+        let data = &v["linkinfo"]["info_data"];
+        assert_eq!((data["local"].as_str(), data["port"].as_u64()), (Some(local), Some(4789)), "{v}");
+        assert_eq!(data["learning"], false, "{v}");
+        assert_eq!(v["mtu"], 1450, "{v}");
+        assert!(v["ifalias"].as_str().is_some_and(|a| a.starts_with("lanyard:")), "{v}");
+    }
+    assert_eq!(ha.link(&bridge).unwrap()["mtu"], 1450);
+
+    // A VM (a namespace with a veth port) on each host, addressed as its
+    // port says.
+    let vm = |d: &Daemon, name: &str| {
+        let ns = Netns::new(name);
+        let p = d.cli_json(&[
+            "port",
+            "create",
+            "--net",
+            "ov",
+            "--vm",
+            name,
+            "--type",
+            "veth",
+            "--netns",
+            ns.name(),
+            "--ifname",
+            "eth0",
+        ]);
+        let ip = p["ip"].as_str().expect("a fixed address").to_string();
+        ns.ip_ok(&["addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+        (ns, p, ip)
+    };
+    let (vm_a, _pa, _ip_a) = vm(&a, "vma");
+    let (_vm_b, pb, ip_b) = vm(&b, "vmb");
+    let mac_b = pb["mac"].as_str().unwrap().to_string();
+    // A follows B's port: B's MAC towards B's underlay address, and B's
+    // flood entry.
+    let fdb_a = || ha.exec_ok("bridge", &["fdb", "show", "dev", &vxlan]);
+    let entry = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        let f = fdb_a();
+        (f.contains(&format!("{mac_b} dst 10.213.2.2")) && f.contains("00:00:00:00:00:00 dst 10.213.2.2")).then_some(f)
+    });
+    assert!(entry.is_some(), "A has no entry for B's port: {}\n{}", fdb_a(), a.log());
+    let fdb_b = hb.exec_ok("bridge", &["fdb", "show", "dev", &vxlan]);
+    assert!(fdb_b.contains("00:00:00:00:00:00 dst 10.213.1.2"), "B has no flood entry towards A: {fdb_b}");
+
+    let tx_before = vxlan_tx_packets(&ha, &vxlan);
+    let p = ping(&vm_a, &ip_b, 3, 10);
+    assert!(p.all_replied(), "VM A cannot reach VM B across hosts: {}", p.output);
+    // The replies came over the tunnel: A's VXLAN device sent the requests.
+    assert!(vxlan_tx_packets(&ha, &vxlan) >= tx_before + 3, "the pings did not go through {vxlan}");
+
+    // B's port deleted: A drops its entries (B has no port left there).
+    b.cli_ok(&["port", "delete", pb["id"].as_str().unwrap()]);
+    let gone = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        let f = fdb_a();
+        // (The bridge's own learned entry for the MAC ages out; the
+        // device's entries, `dst`, are lanyard's.)
+        (!f.contains(&format!("{mac_b} dst")) && !f.contains("dst 10.213.2.2")).then_some(())
+    });
+    assert!(gone.is_some(), "A kept B's deleted port's entries: {}", fdb_a());
+
+    // The network deleted: its VXLAN devices go with the bridges.
+    a.cli_ok(&["net", "delete", "ov", "--force"]);
+    let cleared = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        (ha.link(&vxlan).is_none() && hb.link(&vxlan).is_none()).then_some(())
+    });
+    assert!(cleared.is_some(), "a VXLAN device outlived its network");
+}
+
+/// Packets a link has sent (`ip -s link`).
+fn vxlan_tx_packets(ns: &Netns, ifname: &str) -> u64 {
+    let v = ns.ip_json(&["-s", "link", "show", "dev", ifname]);
+    v[0]["stats64"]["tx"]["packets"].as_u64().unwrap_or(0)
+}
+
 /// Two hosts create ports on one small network at once, through their own
 /// daemons: every IP and MAC is handed out once (the claims in etcd), and
 /// the only failures are exhaustion.

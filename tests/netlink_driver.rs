@@ -744,7 +744,7 @@ fn observed_by_iproute2() -> Observed {
             },
         })
         .collect();
-    Observed { links, routes, ip_forward: ip_forward() == "1" }
+    Observed { links, routes, ip_forward: ip_forward() == "1", ..Default::default() }
 }
 
 /// A namespace with one of everything: bridges (one with a port and

@@ -153,6 +153,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
         Op::DeleteLinks { names } => {
             for name in names {
                 if links.remove(name).is_some() {
+                    s.observed.fdb.remove(name);
                     for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                         l.master = None;
                         l.vlans.clear();
@@ -163,6 +164,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
         }
         Op::DeleteLink { name } => {
             links.remove(name).ok_or_else(missing)?;
+            s.observed.fdb.remove(name);
             for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                 l.master = None;
                 l.vlans.clear();
@@ -247,10 +249,16 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
                 return Err(missing());
             }
             s.fdb.insert((link.clone(), mac.to_string(), format!("{dst:?}")));
+            if let Some(dst) = dst {
+                s.observed.fdb.entry(link.clone()).or_default().insert((*mac, *dst));
+            }
         }
         Op::DelFdb { link, mac, dst } => {
             if !s.fdb.remove(&(link.clone(), mac.to_string(), format!("{dst:?}"))) {
                 return Err(refuse(op, 2, "No such file or directory"));
+            }
+            if let (Some(dst), Some(entries)) = (dst, s.observed.fdb.get_mut(link)) {
+                entries.remove(&(*mac, *dst));
             }
         }
         Op::SetForwarding { on } => s.observed.ip_forward = *on,

@@ -189,8 +189,12 @@ impl Engine {
         let mut rebuilt = BTreeSet::new();
         let rebuilds = |ops: &[Op]| ops.iter().any(|o| matches!(o, Op::CreateBridge { .. } | Op::AddAddress { .. }));
         for net in nets.iter().filter(|n| !n.filtering()) {
-            let observed =
-                Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(net)?, ip_forward: true };
+            let observed = Observed {
+                links: bridge_links.clone(),
+                routes: self.kernel_routes_for(net)?,
+                ip_forward: true,
+                ..Default::default()
+            };
             let bridge_ops = planner::links::bridge_ops(net, &observed);
             if rebuilds(&bridge_ops) {
                 rebuilt.insert(net.key().into_owned());
@@ -198,8 +202,12 @@ impl Engine {
             ops.extend(bridge_ops);
         }
         for (uplink, group) in &groups {
-            let observed =
-                Observed { links: bridge_links.clone(), routes: self.kernel_routes_for(group[0])?, ip_forward: true };
+            let observed = Observed {
+                links: bridge_links.clone(),
+                routes: self.kernel_routes_for(group[0])?,
+                ip_forward: true,
+                ..Default::default()
+            };
             let group_ops = planner::filtering::bridge_ops(uplink, group, &observed);
             if rebuilds(&group_ops) {
                 rebuilt.extend(group.iter().map(|n| n.key().into_owned()));

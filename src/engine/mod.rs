@@ -275,6 +275,27 @@ pub struct Engine {
     /// This host's cluster node: ports of other nodes are known (listed,
     /// their addresses taken) but have no device here.
     node: Option<String>,
+    /// This node's tunnel address, once its registration was read: kept,
+    /// so a registration that lapses for a moment does not take the
+    /// overlay down with it.
+    underlay: Option<std::net::Ipv4Addr>,
+}
+
+/// This node's tunnel address and the others' underlay addresses by name.
+type OverlayNodes = (std::net::Ipv4Addr, std::collections::BTreeMap<String, std::net::Ipv4Addr>);
+
+/// What the planner needs of the cluster to plan the VXLAN overlay
+/// ([`planner::overlay::Overlay`]), owned.
+pub(crate) struct OverlayInputs {
+    local: std::net::Ipv4Addr,
+    remotes: std::collections::BTreeMap<String, std::net::Ipv4Addr>,
+    remote_ports: Vec<Port>,
+}
+
+impl OverlayInputs {
+    pub(crate) fn view(&self) -> planner::overlay::Overlay<'_> {
+        planner::overlay::Overlay { local: self.local, remotes: &self.remotes, remote_ports: &self.remote_ports }
+    }
 }
 
 fn lock(book: &Mutex<AddressBook>) -> std::sync::MutexGuard<'_, AddressBook> {
@@ -316,6 +337,7 @@ impl Engine {
             known_generation: None,
             coexistence: Coexistence::default(),
             node,
+            underlay: None,
         };
         engine.ensure_default_project()?;
         for net in &engine.networks {
@@ -494,7 +516,19 @@ impl Engine {
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed, read_at: Option<u32>) -> Result<(), EngineError> {
         let ports = self.plannable(&self.ports, observed);
-        let plan = planner::plan(&self.networks, &ports, self.policy(), observed, &self.firewall);
+        let overlay = self.overlay_nodes()?.map(|(local, remotes)| OverlayInputs {
+            local,
+            remotes,
+            remote_ports: self.ports.iter().filter(|p| !self.is_local(p)).cloned().collect(),
+        });
+        let plan = planner::plan_with(
+            &self.networks,
+            &ports,
+            self.policy(),
+            observed,
+            &self.firewall,
+            overlay.as_ref().map(OverlayInputs::view).as_ref(),
+        );
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall)?;
         self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
@@ -503,6 +537,26 @@ impl Engine {
             self.ensure_services(&net);
         }
         Ok(())
+    }
+
+    /// This node's tunnel address and the other nodes' underlay addresses
+    /// of a cluster member whose node has one (`--underlay`); None on a
+    /// single host, which has no VXLAN devices. Reads the node
+    /// registrations from the store.
+    fn overlay_nodes(&mut self) -> Result<Option<OverlayNodes>, EngineError> {
+        let Some(node) = self.node.clone() else { return Ok(None) };
+        let mut remotes = self.store.node_addresses()?;
+        if let Some(local) = remotes.remove(&node) {
+            self.underlay = Some(local);
+        }
+        Ok(self.underlay.map(|local| (local, remotes)))
+    }
+
+    /// [`Engine::overlay_nodes`] with the other nodes' ports of `ports`.
+    fn overlay_inputs(&mut self, ports: &[Port]) -> Result<Option<OverlayInputs>, EngineError> {
+        let Some((local, remotes)) = self.overlay_nodes()? else { return Ok(None) };
+        let remote_ports = ports.iter().filter(|p| !self.is_local(p)).cloned().collect();
+        Ok(Some(OverlayInputs { local, remotes, remote_ports }))
     }
 
     /// What the projects add to networks and ports: floating IPs.

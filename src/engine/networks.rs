@@ -13,6 +13,9 @@ use crate::model::{
 use crate::planner;
 use crate::store::{LeaseChange, Store, StoreError};
 
+/// Claim kind of a network's VXLAN network identifier.
+pub const CLAIM_VNI: &str = "vni";
+
 impl Engine {
     /// Plans `networks` + `ports` against `observed` and commits the plan
     /// with `persist`. Memory is the caller's to change afterwards.
@@ -43,8 +46,15 @@ impl Engine {
                 }
             }
         }
-        let mut plan =
-            planner::plan(networks, &self.plannable(ports, observed), self.policy(), &after_release, &self.firewall);
+        let overlay = self.overlay_inputs(ports)?;
+        let mut plan = planner::plan_with(
+            networks,
+            &self.plannable(ports, observed),
+            self.policy(),
+            &after_release,
+            &self.firewall,
+            overlay.as_ref().map(super::OverlayInputs::view).as_ref(),
+        );
         plan.ops.splice(0..0, release);
         let tables = planner::firewall::tables(networks, &self.local(ports), self.policy());
         self.commit(&plan, |t| *t = tables, persist, restore)
@@ -103,7 +113,13 @@ impl Engine {
         networks.push(net.clone());
         let ports = self.ports.clone();
         let key = net.key().into_owned();
-        self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.delete_network(&key))?;
+        let vni = self.claim_vni(&net)?;
+        if let Err(e) =
+            self.commit_state(&networks, &ports, &observed, |s| s.put_network(&net), |s| s.delete_network(&key))
+        {
+            self.release_vni(vni.as_deref(), &key);
+            return Err(e);
+        }
 
         self.networks = networks;
         self.books.insert(key.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
@@ -477,7 +493,48 @@ impl Engine {
         self.ports = ports;
         self.forget_ports_floating_ips(&unbound);
         self.books.remove(name);
+        if self.node.is_some() && planner::overlay::spans(&old) {
+            self.release_vni(Some(&planner::overlay::vni(name).to_string()), name);
+        }
         tracing::info!(net = name, "network deleted");
         Ok(())
+    }
+
+    /// A cluster member claims a spanning network's VNI (kind `vni`, owner
+    /// the network's key): the VNI is derived from the key, and two keys
+    /// that meet on one VNI would join their networks on every host. The
+    /// claimed value, None where there is none to claim (a single host, a
+    /// network that does not span).
+    fn claim_vni(&self, net: &Network) -> Result<Option<String>, EngineError> {
+        if self.node.is_none() || !planner::overlay::spans(net) {
+            return Ok(None);
+        }
+        let key = net.key();
+        let vni = planner::overlay::vni(&key).to_string();
+        if self.store.claim(CLAIM_VNI, &vni, &key)? {
+            return Ok(Some(vni));
+        }
+        // A claim of this very network left by a deletion that stopped
+        // half-way is its own.
+        let held = self.store.claims(CLAIM_VNI)?;
+        match held.iter().find(|c| c.value == vni) {
+            Some(c) if c.owner == key => Ok(Some(vni)),
+            Some(c) => Err(EngineError::Conflict(format!(
+                "network {key:?} would share VXLAN id {vni} with network {:?}; choose another name",
+                c.owner
+            ))),
+            // Released in between: one more try.
+            None if self.store.claim(CLAIM_VNI, &vni, &key)? => Ok(Some(vni)),
+            None => Err(EngineError::Conflict(format!("VXLAN id {vni} of network {key:?} is being claimed elsewhere"))),
+        }
+    }
+
+    /// Gives back a network's VNI claim; a failure leaves an orphan claim,
+    /// which only keeps a name that meets the same VNI from being created.
+    fn release_vni(&self, vni: Option<&str>, key: &str) {
+        let Some(vni) = vni else { return };
+        if let Err(e) = self.store.release_claim(CLAIM_VNI, vni, key) {
+            tracing::warn!(net = key, vni, "cannot release the VXLAN id claim: {e}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Links, addresses and routes: what the kernel reports ([`Observed`]) and
 //! the operations that change it ([`Op`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
@@ -162,6 +162,10 @@ pub struct Observed {
     pub routes: Vec<Route>,
     /// net.ipv4.ip_forward.
     pub ip_forward: bool,
+    /// Forwarding entries with a remote tunnel endpoint (MAC, remote) of
+    /// lanyard's VXLAN devices, by device name. Read only when lanyard
+    /// owns a VXLAN device; empty elsewhere.
+    pub fdb: BTreeMap<String, BTreeSet<(Mac, Ipv4Addr)>>,
 }
 
 /// How to create a TAP device.

@@ -69,8 +69,14 @@ pub(super) fn move_config(from: &ObservedLink, to: &str, observed: &Observed) ->
 /// The link operations that bring `observed` to `networks` + `ports`.
 /// Ports of networks that are not active are left detached from any bridge
 /// (their TAPs persist so VMs keep their file descriptors). Deletions come
-/// last, so nothing after them can fail.
-pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> Vec<Op> {
+/// last, so nothing after them can fail. With an `overlay` (a cluster
+/// member) every spanning network also gets its VXLAN device and entries.
+pub fn plan_links(
+    networks: &[Network],
+    ports: &[Port],
+    observed: &Observed,
+    overlay: Option<&super::overlay::Overlay<'_>>,
+) -> Vec<Op> {
     let mut ops = Vec::new();
     let active: BTreeMap<std::borrow::Cow<'_, str>, &Network> =
         networks.iter().filter(|n| n.state == NetState::Active).map(|n| (n.key(), n)).collect();
@@ -99,6 +105,15 @@ pub fn plan_links(networks: &[Network], ports: &[Port], observed: &Observed) -> 
         ops.extend(port_ops(port, net, &trunk, &observed.links));
     }
     wanted.extend(trunk_names.iter().map(String::as_str));
+    // After the bridges (a VXLAN device is enslaved to one), before the
+    // deletions.
+    let vxlans = overlay.map(|_| super::overlay::devices(active.values().copied())).unwrap_or_default();
+    wanted.extend(vxlans.iter().map(String::as_str));
+    if let Some(overlay) = overlay {
+        for net in active.values() {
+            ops.extend(super::overlay::network_ops(net, overlay, observed));
+        }
+    }
     if active.values().any(|n| n.mode.forwards()) && !observed.ip_forward {
         ops.push(Op::SetForwarding { on: true });
     }

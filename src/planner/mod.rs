@@ -11,12 +11,15 @@
 //! - [`filtering`]: the `filtering` VLAN backend's shared bridges and their
 //!   VLAN tables;
 //! - [`firewall`]: lanyard's nftables table as a typed [`Table`];
-//! - [`floating`]: floating IPs: live associations, the pools' addresses.
+//! - [`floating`]: floating IPs: live associations, the pools' addresses;
+//! - [`overlay`]: a cluster member's VXLAN devices and their forwarding
+//!   entries towards the other hosts.
 
 pub mod filtering;
 pub mod firewall;
 pub mod floating;
 pub mod links;
+pub mod overlay;
 
 pub use firewall::{bridge_table_id, table_id, table_ids, NFT_TABLE};
 pub use floating::ProjectPolicy;
@@ -35,11 +38,24 @@ pub fn plan(
     observed: &Observed,
     current: &Tables,
 ) -> Plan {
+    plan_with(networks, ports, policy, observed, current, None)
+}
+
+/// [`plan`] for a cluster member: `overlay` adds the VXLAN devices and
+/// forwarding entries (None: a single host, which has none).
+pub fn plan_with(
+    networks: &[Network],
+    ports: &[Port],
+    policy: ProjectPolicy<'_>,
+    observed: &Observed,
+    current: &Tables,
+    overlay: Option<&overlay::Overlay<'_>>,
+) -> Plan {
     // The pools' addresses first: they are on interfaces that are not
     // lanyard's, and never depend on its links.
     let live = floating::associations(networks, ports, policy);
     let mut ops = floating::address_ops(&live, policy, observed);
-    ops.extend(links::plan_links(networks, ports, observed));
+    ops.extend(links::plan_links(networks, ports, observed, overlay));
     Plan { ops, firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports, policy)) }
 }
 

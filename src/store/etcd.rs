@@ -389,6 +389,30 @@ fn error(endpoints: &str, e: etcd_client::Error) -> StoreError {
 use tonic::Code as tonic_code;
 
 impl Store for EtcdStore {
+    fn node_addresses(&self) -> Result<std::collections::BTreeMap<String, std::net::Ipv4Addr>, StoreError> {
+        /// The part of a node's registration (`daemon::cluster::NodeRecord`)
+        /// the overlay needs.
+        #[derive(serde::Deserialize)]
+        struct NodeAddress {
+            name: String,
+            underlay_ip: Option<std::net::Ipv4Addr>,
+        }
+        let (kvs, _) = self.list(self.dir(&["nodes"]))?;
+        let mut out = std::collections::BTreeMap::new();
+        for kv in kvs {
+            // One node's unreadable record must not keep every other
+            // node's tunnels down: it is skipped, and said.
+            match serde_json::from_slice::<NodeAddress>(kv.value()) {
+                Ok(NodeAddress { name, underlay_ip: Some(ip) }) => {
+                    out.insert(name, ip);
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(key = %String::from_utf8_lossy(kv.key()), "unreadable node record: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
     fn documents(&self, kind: &str) -> Result<Vec<(String, String)>, StoreError> {
         let prefix = self.dir(&["documents", &segment(kind)]);
         let (kvs, _) = self.list(prefix.clone())?;

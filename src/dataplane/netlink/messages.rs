@@ -87,6 +87,14 @@ pub fn dump_bridge_vlans() -> RouteNetlinkMessage {
     RouteNetlinkMessage::GetLink(msg)
 }
 
+/// RTM_GETNEIGH dump of family AF_BRIDGE: every bridge port's and VXLAN
+/// device's forwarding entries (`bridge fdb show`).
+pub fn dump_fdb() -> RouteNetlinkMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Bridge;
+    RouteNetlinkMessage::GetNeighbour(msg)
+}
+
 /// RTM_GETADDR dump of IPv4 addresses: of every link, or (the kernel
 /// filters with strict checking on) of link `index`.
 pub fn dump_addresses(index: Option<u32>) -> RouteNetlinkMessage {

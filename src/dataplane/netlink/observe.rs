@@ -3,7 +3,7 @@
 //! at a cost that does not grow with the number of links on the host), and
 //! the translation of rtnetlink messages into lanyard's types.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 
 use ipnet::Ipv4Net;
@@ -13,6 +13,7 @@ use netlink_packet_route::link::{
     AfSpecBridge, BridgeVlanInfoFlags, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkHeader, LinkInfo,
     LinkMessage,
 };
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -330,6 +331,45 @@ fn dump_bridge_vlans(socket: &mut RouteSocket) -> Result<HashMap<u32, Vec<Bridge
     .map_err(observe_error("bridge vlans (RTM_GETLINK, AF_BRIDGE)"))
 }
 
+/// The remote forwarding entries (MAC, tunnel endpoint) of the links
+/// `wanted` (indexes), by index: the VXLAN devices lanyard owns. The
+/// kernel dumps every port's entries; the rest are skipped.
+fn dump_fdb(
+    socket: &mut RouteSocket,
+    wanted: &BTreeSet<u32>,
+) -> Result<HashMap<u32, BTreeSet<(Mac, Ipv4Addr)>>, KernelError> {
+    type Fdb = HashMap<u32, BTreeSet<(Mac, Ipv4Addr)>>;
+    dump_consistent(socket, messages::dump_fdb, |fdb: &mut Fdb, raw| {
+        if let RouteNetlinkMessage::NewNeighbour(m) = raw.parse()? {
+            if let Some((index, entry)) = fdb_entry(&m).filter(|(i, _)| wanted.contains(i)) {
+                fdb.entry(index).or_default().insert(entry);
+            }
+        }
+        Ok(())
+    })
+    .map_err(observe_error("forwarding entries (RTM_GETNEIGH, AF_BRIDGE)"))
+}
+
+/// A forwarding entry with a remote IPv4 tunnel endpoint, with its link's
+/// index; None for local entries and anything else. The crate reads the
+/// destination of an AF_BRIDGE message as raw bytes (it knows the address
+/// family only from the header): four of them are an IPv4 address.
+pub fn fdb_entry(m: &NeighbourMessage) -> Option<(u32, (Mac, Ipv4Addr))> {
+    let mut mac = None;
+    let mut dst = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => dst = Some(*d),
+            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                dst = <[u8; 4]>::try_from(b.as_slice()).ok().map(Ipv4Addr::from);
+            }
+            _ => {}
+        }
+    }
+    Some((m.header.ifindex, (mac?, dst?)))
+}
+
 /// Whether a link is a bridge that filters by VLAN.
 fn filters_vlans(link: &ObservedLink) -> bool {
     link.bridge.as_ref().is_some_and(|b| b.vlan_filtering)
@@ -397,12 +437,25 @@ impl NetlinkDriver {
                 }
             }
         }
+        // Forwarding entries matter only on lanyard's VXLAN devices: one
+        // more dump only when there is one.
+        let vxlans: BTreeSet<u32> =
+            by_index.values().filter(|l| l.kind == LinkKind::Vxlan && l.owned()).map(|l| l.index).collect();
+        let mut fdb = BTreeMap::new();
+        if !vxlans.is_empty() {
+            for (index, entries) in dump_fdb(&mut socket, &vxlans)? {
+                if let Some(link) = by_index.get(&index) {
+                    fdb.insert(link.name.clone(), entries);
+                }
+            }
+        }
         let routes = dump_routes(&mut socket, &names)?;
         drop(socket);
         Ok(Observed {
             links: by_index.into_values().map(|l| (l.name.clone(), l)).collect(),
             routes,
             ip_forward: sysctl::ip_forward()?,
+            fdb,
         })
     }
 
@@ -669,5 +722,18 @@ mod tests {
         assert_eq!(address_label(&msg), Some("br0"));
         msg.header.family = AddressFamily::Inet6;
         assert_eq!(address_from_message(&msg), None);
+    }
+
+    #[test]
+    fn a_vxlan_entry_reads_as_its_mac_and_remote() {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Bridge;
+        m.header.ifindex = 7;
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        assert_eq!(fdb_entry(&m), None, "a local entry has no remote");
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Other(vec![10, 213, 2, 2])));
+        assert_eq!(fdb_entry(&m), Some((7, (Mac([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 213, 2, 2)))));
+        m.attributes[1] = NeighbourAttribute::Destination(NeighbourAddress::Other(vec![0; 16]));
+        assert_eq!(fdb_entry(&m), None, "an IPv6 remote is not lanyard's");
     }
 }
