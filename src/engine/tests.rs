@@ -19,6 +19,9 @@ use crate::store::LeaseChange;
 struct FlakyStore {
     inner: SqliteStore,
     broken: AtomicBool,
+    /// The cluster's node registrations (underlay addresses), as etcd
+    /// would hold them.
+    nodes: std::sync::Mutex<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
 }
 
 impl FlakyStore {
@@ -93,6 +96,9 @@ impl Store for FlakyStore {
         self.check()?;
         self.inner.release_claim(kind, value, owner)
     }
+    fn node_addresses(&self) -> Result<std::collections::BTreeMap<String, std::net::Ipv4Addr>, StoreError> {
+        Ok(self.nodes.lock().unwrap().clone())
+    }
     fn claims(&self, kind: &str) -> Result<Vec<crate::store::Claim>, StoreError> {
         self.inner.claims(kind)
     }
@@ -141,6 +147,7 @@ fn rig() -> Rig {
     let store = Arc::new(FlakyStore {
         inner: SqliteStore::in_memory().expect("in-memory store"),
         broken: AtomicBool::new(false),
+        nodes: Default::default(),
     });
     let host = FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000, booted: None };
     let engine = Engine::start(Parts {
@@ -1628,6 +1635,7 @@ fn cluster_members_make_devices_only_for_their_own_ports() {
     let store = Arc::new(FlakyStore {
         inner: SqliteStore::in_memory().expect("in-memory store"),
         broken: AtomicBool::new(false),
+        nodes: Default::default(),
     });
     let member = |node: &str, kernel: &Arc<FakeKernel>| {
         Engine::start(Parts {
@@ -1914,4 +1922,85 @@ fn a_process_namespace_is_named_by_pid_and_never_reused_after_it_went() {
     assert!(!links.contains_key(&by_pid.ifname) && !links.contains_key(&by_path.ifname), "nothing into a reused PID");
     assert!(links.contains_key(&by_name.ifname), "the named namespace's port is re-created");
     assert_eq!(e.ports(None, None).len(), 3, "the records stay until deleted");
+}
+
+/// Cluster members with underlay addresses span their networks over
+/// VXLAN: each has the network's device on the bridge (claimed VNI, MTU of
+/// the underlay − 50), and entries towards the other node for its ports,
+/// following port creates and deletes; a network whose VNI another holds
+/// is refused; a deleted network takes its device and claim. A single
+/// host gets no VXLAN device.
+#[test]
+fn cluster_members_span_networks_over_vxlan() {
+    use crate::kernel::{LinkKind, ObservedLink};
+    use crate::planner::overlay;
+    use crate::store::Change;
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+        nodes: Default::default(),
+    });
+    let (ua, ub): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
+        ("10.213.1.2".parse().unwrap(), "10.213.2.2".parse().unwrap());
+    *store.nodes.lock().unwrap() = [("a".to_string(), ua), ("b".to_string(), ub)].into();
+    let member = |node: &str, ip: std::net::Ipv4Addr| {
+        let kernel = Arc::new(FakeKernel::default());
+        kernel.tamper(|s| {
+            let nic = ObservedLink {
+                name: "u0".into(),
+                up: true,
+                mtu: 1500,
+                addrs: vec![ipnet::Ipv4Net::new(ip, 24).unwrap()],
+                ..Default::default()
+            };
+            s.observed.links.insert("u0".into(), nic);
+        });
+        let e = Engine::start(Parts {
+            store: store.clone(),
+            kernel: kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+            node: Some(node.into()),
+        })
+        .unwrap();
+        (e, kernel)
+    };
+    let (mut a, ka) = member("a", ua);
+    let net = a.create_network(spec("n1", "isolated", "10.1.0.0/24")).unwrap();
+    let vx = overlay::vxlan_ifname(&net);
+    let vni = overlay::vni("n1").to_string();
+    let link = ka.snapshot().observed.links.get(&vx).cloned().expect("A has the network's VXLAN device");
+    assert_eq!((link.kind, link.master.as_deref(), link.up), (LinkKind::Vxlan, Some(net.bridge.as_str()), true));
+    assert_eq!(link.mtu, 1450);
+    assert_eq!(ka.snapshot().observed.links[&net.bridge].mtu, 1450);
+    assert!(store.claims(super::networks::CLAIM_VNI).unwrap().iter().any(|c| c.value == vni && c.owner == "n1"));
+    let (mut b, kb) = member("b", ub);
+    assert!(kb.snapshot().observed.links.contains_key(&vx), "B has no VXLAN device for the network");
+
+    let fdb = |k: &FakeKernel| k.snapshot().observed.fdb.get(&vx).cloned().unwrap_or_default();
+    let pb = b.create_port(port("n1")).unwrap();
+    assert!(a.follow(&[Change::Port(pb.id.clone(), Some(pb.clone()))], false).unwrap());
+    assert_eq!(fdb(&ka), [(overlay::FLOOD, ub), (pb.mac, ub)].into(), "A's entries towards B");
+    assert!(fdb(&kb).is_empty(), "B has entries for nobody's remote port");
+    b.delete_port(&pb.id).unwrap();
+    assert!(a.follow(&[Change::Port(pb.id.clone(), None)], false).unwrap());
+    assert!(fdb(&ka).is_empty(), "A kept B's deleted port's entries");
+
+    // A VNI held by another network refuses the network, leaving nothing.
+    assert!(store.claim(super::networks::CLAIM_VNI, &overlay::vni("n2").to_string(), "elsewhere").unwrap());
+    let err = a.create_network(spec("n2", "isolated", "10.2.0.0/24")).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("VXLAN id")), "{err}");
+    assert_eq!(a.networks().len(), 1);
+
+    a.delete_network("n1").unwrap();
+    assert!(!ka.snapshot().observed.links.contains_key(&vx), "the VXLAN device outlived its network");
+    assert!(
+        !store.claims(super::networks::CLAIM_VNI).unwrap().iter().any(|c| c.owner == "n1"),
+        "the VNI claim outlived its network"
+    );
+
+    // A single host: no VXLAN device.
+    let mut r = rig();
+    r.engine.create_network(spec("n1", "isolated", "10.1.0.0/24")).unwrap();
+    assert!(!r.kernel.snapshot().observed.links.values().any(|l| l.kind == LinkKind::Vxlan));
 }
