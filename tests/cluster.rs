@@ -216,7 +216,8 @@ fn ports_belong_to_the_host_they_were_created_through() {
 /// A network spans hosts over VXLAN: each host has the network's VXLAN
 /// device (learning off, its underlay address as local end, MTU of the
 /// underlay − 50) on the bridge, and an entry towards the other host for
-/// each of its ports; a VM on A pings a VM on B across the underlay; the
+/// each of its ports; a VM on A pings a VM on B across the underlay; A's
+/// entries towards B go when B's node dies and come back with it; the
 /// entry goes when B's port is deleted.
 #[test]
 fn vms_on_two_hosts_reach_each_other_over_vxlan() {
@@ -298,6 +299,21 @@ fn vms_on_two_hosts_reach_each_other_over_vxlan() {
     assert!(p.all_replied(), "VM A cannot reach VM B across hosts: {}", p.output);
     // The replies came over the tunnel: A's VXLAN device sent the requests.
     assert!(vxlan_tx_packets(&ha, &vxlan) >= tx_before + 3, "the pings did not go through {vxlan}");
+
+    // B's daemon killed: its registration lapses within the TTL, and A's
+    // entries towards it go with it; B back, they come back.
+    let mut b = b;
+    assert!(signal(b.pid(), "KILL"), "cannot kill daemon B");
+    assert!(b.exited(Duration::from_secs(10)).is_some(), "daemon B survived SIGKILL");
+    let dead =
+        poll(NODE_GONE_WITHIN, Duration::from_millis(200), || (!fdb_a().contains("dst 10.213.2.2")).then_some(()));
+    assert!(dead.is_some(), "A kept entries towards a dead node: {}\n{}", fdb_a(), a.log());
+    b.start_again();
+    let back = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+        fdb_a().contains(&format!("{mac_b} dst 10.213.2.2")).then_some(())
+    });
+    assert!(back.is_some(), "A did not take B back: {}\n{}", fdb_a(), a.log());
+    assert!(ping(&vm_a, &ip_b, 2, 10).all_replied(), "VM A cannot reach VM B after B's restart");
 
     // B's port deleted: A drops its entries (B has no port left there).
     b.cli_ok(&["port", "delete", pb["id"].as_str().unwrap()]);

@@ -73,6 +73,9 @@ impl Engine {
                 }
             }
             Change::Other => false,
+            // Held while the tunnels already end where the registrations
+            // say (read again here: the event does not carry them all).
+            Change::Nodes => !self.overlay_moved(),
         }
     }
 
@@ -103,6 +106,7 @@ impl Engine {
             && d.pools == self.pools
             && d.floating_ips == self.floating_ips
             && d.grants == self.grants
+            && !self.overlay_moved()
         {
             return Ok(false);
         }

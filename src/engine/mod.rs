@@ -279,6 +279,10 @@ pub struct Engine {
     /// so a registration that lapses for a moment does not take the
     /// overlay down with it.
     underlay: Option<std::net::Ipv4Addr>,
+    /// The other nodes' addresses the kernel's tunnels were last planned
+    /// with: a registration change that differs needs a new plan. None:
+    /// unknown (a plan that failed), so the next follow plans again.
+    planned_remotes: Option<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
 }
 
 /// This node's tunnel address and the others' underlay addresses by name.
@@ -338,6 +342,7 @@ impl Engine {
             coexistence: Coexistence::default(),
             node,
             underlay: None,
+            planned_remotes: Default::default(),
         };
         engine.ensure_default_project()?;
         for net in &engine.networks {
@@ -530,7 +535,7 @@ impl Engine {
             overlay.as_ref().map(OverlayInputs::view).as_ref(),
         );
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
-        plan.apply(self.kernel.as_ref(), &self.firewall)?;
+        plan.apply(self.kernel.as_ref(), &self.firewall).inspect_err(|_| self.planned_remotes = None)?;
         self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
         self.known_generation = self.generation_after(read_at, &plan);
         for net in self.networks.clone() {
@@ -549,7 +554,25 @@ impl Engine {
         if let Some(local) = remotes.remove(&node) {
             self.underlay = Some(local);
         }
+        if self.underlay.is_some() {
+            self.planned_remotes = Some(remotes.clone());
+        }
         Ok(self.underlay.map(|local| (local, remotes)))
+    }
+
+    /// Whether the node registrations differ from what the overlay was
+    /// last planned with (this node's address appeared, another node came,
+    /// went or moved). A store that cannot be read says yes: the re-plan
+    /// that follows reports the error and is retried.
+    fn overlay_moved(&self) -> bool {
+        let Some(node) = &self.node else { return false };
+        let Ok(mut remotes) = self.store.node_addresses() else { return true };
+        match (self.underlay, remotes.remove(node)) {
+            // No overlay here (no --underlay), nor any to make.
+            (None, None) => false,
+            (None, Some(_)) => true,
+            (Some(_), _) => self.planned_remotes.as_ref() != Some(&remotes),
+        }
     }
 
     /// [`Engine::overlay_nodes`] with the other nodes' ports of `ports`.

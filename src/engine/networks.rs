@@ -57,7 +57,8 @@ impl Engine {
         );
         plan.ops.splice(0..0, release);
         let tables = planner::firewall::tables(networks, &self.local(ports), self.policy());
-        self.commit(&plan, |t| *t = tables, persist, restore)
+        // A refused plan leaves the tunnels unknown: the next follow plans.
+        self.commit(&plan, |t| *t = tables, persist, restore).inspect_err(|_| self.planned_remotes = None)
     }
 
     /// Defines and starts a network.

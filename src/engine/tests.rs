@@ -1982,6 +1982,15 @@ fn cluster_members_span_networks_over_vxlan() {
     assert!(a.follow(&[Change::Port(pb.id.clone(), Some(pb.clone()))], false).unwrap());
     assert_eq!(fdb(&ka), [(overlay::FLOOD, ub), (pb.mac, ub)].into(), "A's entries towards B");
     assert!(fdb(&kb).is_empty(), "B has entries for nobody's remote port");
+    assert!(!a.follow(&[Change::Nodes], false).unwrap(), "nothing moved, nothing to do");
+    // B's registration lapses (a dead node): A's tunnels to it go; it
+    // registers again: they come back.
+    store.nodes.lock().unwrap().remove("b");
+    assert!(a.follow(&[Change::Nodes], false).unwrap());
+    assert!(fdb(&ka).is_empty(), "A kept entries towards a node that left");
+    store.nodes.lock().unwrap().insert("b".into(), ub);
+    assert!(a.follow(&[Change::Nodes], false).unwrap());
+    assert_eq!(fdb(&ka).len(), 2, "A did not take B back");
     b.delete_port(&pb.id).unwrap();
     assert!(a.follow(&[Change::Port(pb.id.clone(), None)], false).unwrap());
     assert!(fdb(&ka).is_empty(), "A kept B's deleted port's entries");

@@ -725,8 +725,10 @@ impl Store for EtcdStore {
 
 /// What a watched key's new value (None: deleted) means to the mirror;
 /// None for the keys it does not follow: leases (each host's DHCP writes
-/// them, and serves its own ports), claims (they come with their ports),
-/// nodes and tokens (never held in memory). `root` is the store's root.
+/// them, and serves its own ports), claims (they come with their ports)
+/// and tokens (never held in memory). A node's registration is followed
+/// as [`Change::Nodes`] (the overlay's tunnels end at the nodes). `root`
+/// is the store's root.
 pub fn change_of(root: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change> {
     let key = std::str::from_utf8(key).ok()?.strip_prefix(root)?.strip_prefix('/')?;
     let (dir, rest) = key.split_once('/')?;
@@ -761,6 +763,7 @@ pub fn change_of(root: &str, key: &[u8], value: Option<&[u8]>) -> Option<Change>
             Some(Change::Document { kind: unsegment(kind), key: unsegment(key), body })
         }
         "settings" => Some(Change::Other),
+        "nodes" => Some(Change::Nodes),
         _ => None,
     }
 }
@@ -844,7 +847,8 @@ mod tests {
         assert_eq!(change("/lanyard/v1/documents/grants/a>b%2Fc>all", Some(b"{}")), Some(grant));
         assert_eq!(change(net_key, Some(b"not json")), Some(Change::Other));
         assert_eq!(change("/lanyard/v1/settings/vlan", Some(b"{}")), Some(Change::Other));
-        for ignored in ["leases/web/10.1.0.5", "claims/mac/52:54:00:00:00:01", "nodes/h1", "tokens/t1"] {
+        assert_eq!(change("/lanyard/v1/nodes/h1", None), Some(Change::Nodes));
+        for ignored in ["leases/web/10.1.0.5", "claims/mac/52:54:00:00:00:01", "tokens/t1"] {
             assert_eq!(change(&format!("/lanyard/v1/{ignored}"), Some(b"{}")), None, "{ignored}");
         }
         assert_eq!(change("/other/networks/web", Some(&n)), None);

@@ -202,6 +202,9 @@ pub enum Change {
     /// Some other record of desired state (a setting, a record that does
     /// not decode) changed: only a read of the store tells what it means.
     Other,
+    /// A node registered, changed its registration or left: the overlay's
+    /// tunnels ([`Store::node_addresses`]) may end elsewhere now.
+    Nodes,
 }
 
 /// The documents of `kind`, decoded.
