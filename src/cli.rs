@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use crate::model::DEFAULT_PROJECT;
 
 pub mod fip;
+pub mod hosts;
 
 /// `lanyard --version`: the release and the git commit it was built from
 /// ("unknown" when built outside git).
@@ -325,6 +326,10 @@ pub enum NetCommand {
     /// (the rest of a network cannot change: its bridge, addresses and
     /// guests depend on it).
     Edit(NetEdit),
+    /// Static DHCP hosts: MACs that are not ports, with a fixed address
+    /// and a DNS name.
+    #[command(subcommand)]
+    Host(hosts::HostCommand),
     /// Start a stopped network.
     Start {
         /// Network name.
@@ -1900,6 +1905,7 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             print(out.output, &v, status_detail)?;
         }
         Command::Fip(cmd) => fip::run(&c, cmd)?,
+        Command::Net(NetCommand::Host(cmd)) => hosts::run(&c, cmd)?,
     }
     Ok(())
 }

@@ -477,6 +477,7 @@ impl Engine {
         self.ports = ports;
         self.forget_ports_floating_ips(&unbound);
         self.books.remove(name);
+        self.forget_hosts(name);
         tracing::info!(net = name, "network deleted");
         Ok(())
     }
