@@ -14,6 +14,7 @@ use crate::model::DEFAULT_PROJECT;
 
 pub mod fip;
 pub mod hosts;
+pub mod import;
 
 /// `lanyard --version`: the release and the git commit it was built from
 /// ("unknown" when built outside git).
@@ -121,6 +122,9 @@ pub enum Command {
     /// Floating IPs: outside addresses that lead to a port and move between ports.
     #[command(subcommand)]
     Fip(fip::FipCommand),
+    /// Bring over networks defined elsewhere (libvirt).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// The hosts of the cluster (a single-host daemon: itself).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -1905,6 +1909,7 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             print(out.output, &v, status_detail)?;
         }
         Command::Fip(cmd) => fip::run(&c, cmd)?,
+        Command::Import(cmd) => import::run(&c, cmd)?,
         Command::Net(NetCommand::Host(cmd)) => hosts::run(&c, cmd)?,
     }
     Ok(())
