@@ -58,11 +58,18 @@ struct Notes {
 }
 
 impl Notes {
+    /// Each reason once, however many elements give it.
     fn refuse(&mut self, what: impl Into<String>) {
-        self.refused.push(what.into());
+        let what = what.into();
+        if !self.refused.contains(&what) {
+            self.refused.push(what);
+        }
     }
     fn warn(&mut self, what: impl Into<String>) {
-        self.warnings.push(what.into());
+        let what = what.into();
+        if !self.warnings.contains(&what) {
+            self.warnings.push(what);
+        }
     }
     /// Attributes of `n` not in `known`: refused (an attribute lanyard does
     /// not know may change what the element means).
@@ -223,7 +230,13 @@ fn mode(forward: Option<Node>, spec: &mut NetworkSpec, notes: &mut Notes) -> Str
             }
             interfaces.dedup();
             match interfaces.as_slice() {
-                [one] => spec.uplink = Some(one.clone()),
+                [one] => {
+                    spec.uplink = Some(one.clone());
+                    // libvirt attaches guests to the NIC by macvtap there;
+                    // lanyard's bridge on it puts them on the same LAN and
+                    // lets them reach the host too.
+                    notes.warn(format!("macvtap on {one} (lanyard makes a bridge on {one}: the guests reach the host too)"));
+                }
                 [] => notes.refuse(
                     "<forward mode='bridge'> without <interface dev=>: a host bridge made elsewhere (lanyard's bridge mode makes its bridge on a NIC: --uplink)",
                 ),
@@ -355,7 +368,10 @@ fn dns(d: Node, notes: &mut Notes) {
         }
     }
     for c in elements(d) {
-        notes.refuse(format!("<dns><{}> (lanyard's DNS has no records of its own)", c.tag_name().name()));
+        notes.refuse(match c.tag_name().name() {
+            "forwarder" => "<dns><forwarder> (lanyard forwards to the host's own resolvers)".to_string(),
+            other => format!("<dns><{other}> (lanyard's DNS has no records of its own)"),
+        });
     }
 }
 
