@@ -899,6 +899,15 @@ fn wrong_input_is_refused_without_side_effects() {
             &[HOST_MAC, "static"],
         ),
         case(
+            "port whose VM is a static host's name",
+            argv(&[
+                "port", "create", "--net", NET, "--vm", "Printer", "--type", "veth", "--netns", &spare_ns, "--ifname",
+                "eth0",
+            ]),
+            CONFLICT,
+            &["Printer", "static host"],
+        ),
+        case(
             "port on a static host's IP",
             port_create(NET, &spare_ns, "eth0", &["--ip", HOST_IP]),
             CONFLICT,

@@ -150,4 +150,10 @@ impl Engine {
     pub(super) fn is_host_mac(&self, mac: &Mac) -> bool {
         self.hosts.iter().any(|h| h.mac == *mac)
     }
+
+    /// Whether a static host of network `net` has the DNS name `name`
+    /// (a port's VM of that name would make DNS answer for one of them).
+    pub(super) fn host_named(&self, net: &str, name: &str) -> bool {
+        self.hosts.iter().any(|h| h.net == net && h.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+    }
 }

@@ -288,6 +288,12 @@ impl Engine {
         if batch.vms.contains_key(&vm) {
             return Err(EngineError::Conflict(format!("vm {:?} is given twice on network {:?}", spec.vm, net.name)));
         }
+        if self.host_named(&key, &spec.vm) {
+            return Err(EngineError::Conflict(format!(
+                "{:?} is a static host's DNS name on network {:?} (see `lanyard net host list`); give this port another --vm",
+                spec.vm, net.name
+            )));
+        }
         if let Some((ns, ifname)) = &checked.peer {
             if !self.host.netns_exists(ns) {
                 return Err(EngineError::NotFound(if crate::model::netns_is_process(ns) {
