@@ -36,9 +36,9 @@ pub enum ImportCommand {
     },
 }
 
-/// The file's text, at most [`MAX_XML_BYTES`] of it (one byte more tells
+/// A file's text (XML, a config), at most [`MAX_XML_BYTES`] of it (one byte more tells
 /// the parser it is too large).
-fn read_xml(file: &PathBuf) -> Result<String, CliError> {
+pub fn read_text(file: &PathBuf) -> Result<String, CliError> {
     let path = file.display().to_string();
     let shown = printable(&path);
     let mut bytes = Vec::new();
@@ -55,7 +55,7 @@ fn read_xml(file: &PathBuf) -> Result<String, CliError> {
 /// Runs an `import` command.
 pub fn run(c: &Client, cmd: ImportCommand) -> Result<(), CliError> {
     let ImportCommand::Libvirt { file, name, project, autostart, out } = cmd;
-    let xml = read_xml(&file)?;
+    let xml = read_text(&file)?;
     let mut imported = parse_network(&xml).map_err(|e| CliError::Usage(e.to_string()))?;
     if let Some(n) = name {
         imported.network.name = n;
