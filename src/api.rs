@@ -630,6 +630,36 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                 }),
             )
             .route(
+                "/v1/networks/{name}/hosts",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.hosts(&key)).await.map(Json)
+                })
+                .post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     uri: Uri,
+                     JsonBody(spec): JsonBody<crate::model::hosts::StaticHostSpec>| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.add_host(&key, spec))
+                            .await
+                            .map(|h| (StatusCode::CREATED, Json(h)))
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}/hosts/{mac}",
+                axum::routing::delete(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path((name, mac)): Path<(String, String)>,
+                     uri: Uri| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.delete_host(&key, &mac))
+                            .await
+                            .map(|_| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
                 "/v1/networks/{name}/leases/{lease}",
                 axum::routing::delete(
                     |State(s): State<Shared>,

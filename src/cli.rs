@@ -12,7 +12,10 @@ use serde_json::{json, Value};
 
 use crate::model::DEFAULT_PROJECT;
 
+pub mod declare;
 pub mod fip;
+pub mod hosts;
+pub mod import;
 
 /// `lanyard --version`: the release and the git commit it was built from
 /// ("unknown" when built outside git).
@@ -120,6 +123,27 @@ pub enum Command {
     /// Floating IPs: outside addresses that lead to a port and move between ports.
     #[command(subcommand)]
     Fip(fip::FipCommand),
+    /// Print projects, networks and static hosts as a file `lanyard apply` reads.
+    Export {
+        /// The file's format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t)]
+        output: declare::Format,
+    },
+    /// Create the projects, networks and static hosts a file (YAML or JSON,
+    /// as `lanyard export` writes) declares and the daemon lacks; what
+    /// exists is never changed (a difference is a warning), so applying
+    /// twice changes nothing.
+    Apply {
+        /// The file ('-': standard input).
+        #[arg(short = 'f', long = "file")]
+        file: std::path::PathBuf,
+        /// Print the plan; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Bring over networks defined elsewhere (libvirt).
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// The hosts of the cluster (a single-host daemon: itself).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -325,6 +349,10 @@ pub enum NetCommand {
     /// (the rest of a network cannot change: its bridge, addresses and
     /// guests depend on it).
     Edit(NetEdit),
+    /// Static DHCP hosts: MACs that are not ports, with a fixed address
+    /// and a DNS name.
+    #[command(subcommand)]
+    Host(hosts::HostCommand),
     /// Start a stopped network.
     Start {
         /// Network name.
@@ -1900,6 +1928,10 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             print(out.output, &v, status_detail)?;
         }
         Command::Fip(cmd) => fip::run(&c, cmd)?,
+        Command::Import(cmd) => import::run(&c, cmd)?,
+        Command::Export { output } => declare::export(&c, output)?,
+        Command::Apply { file, dry_run } => declare::apply(&c, &import::read_text(&file)?, dry_run)?,
+        Command::Net(NetCommand::Host(cmd)) => hosts::run(&c, cmd)?,
     }
     Ok(())
 }

@@ -126,7 +126,7 @@ impl AddressBook {
             return Some("the gateway".into());
         }
         if let Some(m) = self.static_owner.get(&ip) {
-            return Some(format!("port with MAC {m}"));
+            return Some(format!("the fixed address of MAC {m} (a port or a static host)"));
         }
         if let Some(m) = self.lease_owner.get(&ip) {
             if let Some(l) = self.leases.get(m).filter(|l| l.expiry > now) {

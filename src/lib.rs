@@ -33,6 +33,7 @@ pub mod engine;
 pub mod fault;
 pub mod ipam;
 pub mod kernel;
+pub mod libvirt;
 pub mod metrics;
 pub mod model;
 pub mod planner;

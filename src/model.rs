@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 pub mod floating;
 pub mod grants;
+pub mod hosts;
 
 /// A request that can never succeed as written; the message says what to change.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -17,6 +17,9 @@ const SUBNET: &str = "192.168.122.0/24";
 /// The valid port's fixed MAC and IP, for the duplicate cases.
 const MAC: &str = "52:54:00:aa:bb:01";
 const IP: &str = "192.168.122.10";
+/// The static DHCP host's MAC and IP.
+const HOST_MAC: &str = "52:54:00:aa:bb:02";
+const HOST_IP: &str = "192.168.122.20";
 /// A link in the host namespace that lanyard does not own.
 const TAKEN: &str = "taken0";
 /// A project that owns the network `mine`.
@@ -27,6 +30,7 @@ const OWNER: &str = "owner";
 struct Snapshot {
     projects: Value,
     fips: Value,
+    hosts: Value,
     nets: Value,
     ports: Value,
     leases: Value,
@@ -50,6 +54,7 @@ fn snapshot(host: &Host) -> Snapshot {
     Snapshot {
         projects: host.cli_json(&["project", "list"]),
         fips: host.cli_json(&["fip", "list"]),
+        hosts: host.cli_json(&["net", "host", "list", NET]),
         nets: host.cli_json(&["net", "list", "--all"]),
         ports: host.cli_json(&["port", "list"]),
         leases: host.cli_json(&["lease", "list", NET]),
@@ -157,6 +162,8 @@ fn wrong_input_is_refused_without_side_effects() {
     // A floating IP pool on the foreign link, with one address held.
     host.cli_ok(&["fip", "pool", "create", "pub", "--range", "198.51.100.10-198.51.100.12", "--interface", TAKEN]);
     host.cli_ok(&["fip", "create", "--ip", "198.51.100.10"]);
+    // A static DHCP host (a MAC that is not a port), for the host cases.
+    host.cli_ok(&["net", "host", "add", NET, "--mac", HOST_MAC, "--ip", HOST_IP, "--name", "printer"]);
     let spare_ns = spare.name().to_string();
     let never_state = spare.dir().join("never").display().to_string();
     let missing_ns = unique("miss"); // never created
@@ -812,6 +819,111 @@ fn wrong_input_is_refused_without_side_effects() {
             argv(&["fip", "create", "--ip", "198.51.100.10"]),
             CONFLICT,
             &["already held"],
+        ),
+        case(
+            "static host outside the subnet",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "10.0.0.5"]),
+            INVALID,
+            &["10.0.0.5", "subnet"],
+        ),
+        case(
+            "static host on the gateway",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122.1"]),
+            INVALID,
+            &["192.168.122.1", "gateway"],
+        ),
+        case(
+            "static host on the broadcast address",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122.255"]),
+            INVALID,
+            &["192.168.122.255"],
+        ),
+        case(
+            "static host on a port's IP",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", IP]),
+            CONFLICT,
+            &[IP],
+        ),
+        case(
+            "static host on another host's IP",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", HOST_IP]),
+            CONFLICT,
+            &[HOST_IP, HOST_MAC],
+        ),
+        case(
+            "static host with a port's MAC",
+            argv(&["net", "host", "add", NET, "--mac", MAC, "--ip", "192.168.122.30"]),
+            CONFLICT,
+            &[MAC, "port"],
+        ),
+        case(
+            "static host MAC given twice",
+            argv(&["net", "host", "add", NET, "--mac", HOST_MAC, "--ip", "192.168.122.30"]),
+            CONFLICT,
+            &[HOST_MAC],
+        ),
+        case(
+            "static host with a taken name",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122.30", "--name", "vm1"]),
+            CONFLICT,
+            &["vm1"],
+        ),
+        case(
+            "static host with a bad name",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122.30", "--name", "a b"]),
+            INVALID,
+            &["name"],
+        ),
+        case(
+            "static host with a malformed MAC",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:zz:00:03", "--ip", "192.168.122.30"]),
+            INVALID,
+            &["mac"],
+        ),
+        case(
+            "static host with a malformed IP",
+            argv(&["net", "host", "add", NET, "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122"]),
+            INVALID,
+            &["ip"],
+        ),
+        case(
+            "static host on a missing network",
+            argv(&["net", "host", "add", "nosuch", "--mac", "52:54:00:aa:bb:03", "--ip", "192.168.122.30"]),
+            NOT_FOUND,
+            &["nosuch"],
+        ),
+        case(
+            "port with a static host's MAC",
+            port_create(NET, &spare_ns, "eth0", &["--mac", HOST_MAC]),
+            CONFLICT,
+            &[HOST_MAC, "static"],
+        ),
+        case(
+            "port whose VM is a static host's name",
+            argv(&[
+                "port", "create", "--net", NET, "--vm", "Printer", "--type", "veth", "--netns", &spare_ns, "--ifname",
+                "eth0",
+            ]),
+            CONFLICT,
+            &["Printer", "static host"],
+        ),
+        case(
+            "port on a static host's IP",
+            port_create(NET, &spare_ns, "eth0", &["--ip", HOST_IP]),
+            CONFLICT,
+            &[HOST_IP],
+        ),
+        case(
+            "deleting a missing static host",
+            argv(&["net", "host", "delete", NET, "--mac", "52:54:00:aa:bb:09"]),
+            NOT_FOUND,
+            &["52:54:00:aa:bb:09"],
+        ),
+        case(
+            "another project's network's static hosts from a project token",
+            as_owner(&["net", "host", "list", NET]),
+            NOT_FOUND,
+            &[NET],
         ),
         case("floating IP from a missing pool", argv(&["fip", "create", "--pool", "nosuch"]), NOT_FOUND, &["nosuch"]),
         case("malformed floating IP", argv(&["fip", "associate", "banana", "vm1"]), INVALID, &["banana"]),

@@ -35,6 +35,7 @@ pub mod floating;
 pub mod grants;
 pub mod heal;
 pub mod host;
+pub mod hosts;
 pub mod leases;
 pub mod managers;
 pub mod mirror;
@@ -255,6 +256,8 @@ pub struct Engine {
     floating_ips: Vec<FloatingIp>,
     /// Grants between projects, ordered.
     grants: Vec<crate::model::grants::Grant>,
+    /// Static DHCP hosts, by network key and MAC.
+    hosts: Vec<crate::model::hosts::StaticHost>,
     networks: Vec<Network>,
     ports: Vec<Port>,
     index: PortIndex,
@@ -323,8 +326,13 @@ impl Engine {
         floating_ips.sort_by_key(|f| f.ip);
         let mut grants: Vec<crate::model::grants::Grant> = crate::store::load(store.as_ref(), crate::store::GRANTS)?;
         grants.sort();
+        let mut hosts: Vec<crate::model::hosts::StaticHost> = crate::store::load(store.as_ref(), crate::store::HOSTS)?;
+        // Hosts of a network deleted while its hosts' delete failed go.
+        hosts.retain(|h| networks.iter().any(|n| n.key() == h.net));
+        hosts.sort_by(|a, b| (&a.net, a.mac).cmp(&(&b.net, b.mac)));
         let mut engine = Engine {
             grants,
+            hosts,
             pools,
             floating_ips,
             store,
@@ -356,6 +364,9 @@ impl Engine {
                 }
                 b.set_name(p.mac, &p.vm);
             }
+        }
+        for net in engine.networks.iter().map(|n| n.key().into_owned()).collect::<Vec<_>>() {
+            engine.book_hosts(&net);
         }
         for l in leases {
             if let Some(b) = engine.books.get(&l.net) {

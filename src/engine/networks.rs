@@ -497,6 +497,7 @@ impl Engine {
         if self.node.is_some() && planner::overlay::spans(&old) {
             self.release_vni(Some(&planner::overlay::vni(name).to_string()), name);
         }
+        self.forget_hosts(name);
         tracing::info!(net = name, "network deleted");
         Ok(())
     }

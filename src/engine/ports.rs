@@ -260,7 +260,7 @@ impl Engine {
     /// a chosen IP is a random free one, not the lowest (after another
     /// host's port took the lowest).
     fn prepare_port(&self, spec: &PortSpec, batch: &mut PortIndex, scatter: bool) -> Result<Port, EngineError> {
-        let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m);
+        let taken_mac = |m: &Mac| self.index.macs.contains(m) || batch.macs.contains(m) || self.is_host_mac(m);
         let taken_ifname = |n: &str| self.index.has_ifname(n) || batch.has_ifname(n);
         let taken_id = |i: &str| self.index.ids.contains(i) || batch.ids.contains(i);
         let checked = spec.check()?;
@@ -287,6 +287,12 @@ impl Engine {
         }
         if batch.vms.contains_key(&vm) {
             return Err(EngineError::Conflict(format!("vm {:?} is given twice on network {:?}", spec.vm, net.name)));
+        }
+        if self.host_named(&key, &spec.vm) {
+            return Err(EngineError::Conflict(format!(
+                "{:?} is a static host's DNS name on network {:?} (see `lanyard net host list`); give this port another --vm",
+                spec.vm, net.name
+            )));
         }
         if let Some((ns, ifname)) = &checked.peer {
             if !self.host.netns_exists(ns) {
@@ -326,6 +332,9 @@ impl Engine {
                     let holder = self.ports.iter().find(|p| p.mac == mac);
                     return Err(EngineError::Conflict(match holder {
                         Some(p) => format!("MAC {mac} is in use by port {} (vm {})", p.id, p.vm),
+                        None if self.is_host_mac(&mac) => {
+                            format!("MAC {mac} is a static DHCP host's (see `lanyard net host list`)")
+                        }
                         None => format!("MAC {mac} is given twice"),
                     }));
                 }

@@ -147,6 +147,8 @@ pub const FIP_POOLS: &str = "fip-pools";
 pub const FLOATING_IPS: &str = "floating-ips";
 /// Documents: inter-project grants, by `FROM>TO>WHAT`.
 pub const GRANTS: &str = "grants";
+/// Documents: static DHCP hosts (MACs that are not ports), by `NET/MAC`.
+pub const HOSTS: &str = "hosts";
 
 /// Claims: a port's fixed IP, as `NET/IP` (unique per network).
 pub const CLAIM_IP: &str = "ip";
