@@ -183,18 +183,8 @@ fn failed_floating_ip_mutations_leave_no_trace() {
 fn no_floating_ip_is_ever_associated_twice_or_held_by_two_projects() {
     use std::collections::{BTreeSet, HashMap};
 
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self, n: u64) -> u64 {
-            self.0 ^= self.0 >> 12;
-            self.0 ^= self.0 << 25;
-            self.0 ^= self.0 >> 27;
-            (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
-        }
-    }
-
     for seed in 1..=10u64 {
-        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut rng = Rng::seeded(seed);
         let mut r = rig_with_pool();
         r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
         r.engine
