@@ -115,6 +115,23 @@ ge() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "") print "x"; else p
 lt() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "") print "x"; else print (a + 0 < b + 0) ? 1 : 0 }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ if (a == "" || b == "" || b + 0 == 0) print ""; else printf "%.2f", a / b }'; }
 
+# median [FMT] < numbers (one per word): the median; FMT (default %.3f)
+# formats the mean of the two middle ones of an even count.
+median() {
+    tr ' ' '\n' | grep -v '^$' | sort -g |
+        awk -v f="${1:-%.3f}" '{a[NR]=$1} END{ if (NR == 0) print ""; else if (NR % 2) print a[(NR+1)/2]; else printf f "\n", (a[NR/2]+a[NR/2+1])/2 }'
+}
+
+# outside HOSTNS OUTNS HOST_CIDR OUT_CIDR: a namespace standing for the
+# world beyond the host, joined by a veth: up0 in HOSTNS, eth0 in OUTNS.
+outside() {
+    ip -n "$1" link add name up0 type veth peer name eth0 netns "$2"
+    ip -n "$1" addr add "$3" dev up0
+    ip -n "$1" link set dev up0 up
+    ip -n "$2" addr add "$4" dev eth0
+    ip -n "$2" link set dev eth0 up
+}
+
 # --- lanyard ----------------------------------------------------------------
 
 # start_lanyard NS SOCK STATE LOG: runs the daemon in NS; prints its pid once

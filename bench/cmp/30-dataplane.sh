@@ -22,20 +22,13 @@ TESTS=${DP_TESTS:-tcp udp64 nat}
 OUT="$BENCH_RUN/dataplane"
 mkdir -p "$OUT"
 
-outside() { # HOSTNS OUTNS
-    ip -n "$1" link add name up0 type veth peer name eth0 netns "$2"
-    ip -n "$1" addr add 203.0.113.1/24 dev up0
-    ip -n "$1" link set dev up0 up
-    ip -n "$2" addr add 203.0.113.2/24 dev eth0
-    ip -n "$2" link set dev eth0 up
-}
 
 # --- lanyard ---------------------------------------------------------------------
 LH=$(mkns dlh); LV1=$(mkns dlv1); LV2=$(mkns dlv2); LO=$(mkns dlo)
 LY_SOCK="$OUT/ly.sock"
 export LY_SOCK
 start_lanyard "$LH" "$LY_SOCK" "$OUT/state" "$OUT/daemon.log" >/dev/null
-outside "$LH" "$LO"
+outside "$LH" "$LO" 203.0.113.1/24 203.0.113.2/24
 ly net create dp --mode nat --subnet 10.30.0.0/24 >/dev/null
 for v in 1 2; do
     ns=$LV1; [ $v = 2 ] && ns=$LV2
@@ -58,7 +51,7 @@ done
 vm_static "$HV1" "$L1_IP/24" 10.30.0.1
 vm_static "$HV2" "$L2_IP/24" 10.30.0.1
 note "bridge-nf-call-iptables: lanyard host $(ip netns exec "$LH" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo absent), hand-built host $(ip netns exec "$HH" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo absent)"
-outside "$HH" "$HO"
+outside "$HH" "$HO" 203.0.113.1/24 203.0.113.2/24
 ip netns exec "$HH" sysctl -qw net.ipv4.ip_forward=1
 ip netns exec "$HH" nft -f - <<'EOF'
 table ip handnat {
@@ -102,7 +95,6 @@ measure() {
     esac
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{ if (NR == 0) print ""; else if (NR % 2) print a[(NR+1)/2]; else printf "%.3f\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 say "data plane: iperf3 ${SECS} s x $REPEAT, lanyard vs hand-built"
 declare -A RES

@@ -34,13 +34,6 @@ OUT="$BENCH_RUN/floating"
 mkdir -p "$OUT"
 for t in iptables hping3 conntrack; do command -v "$t" >/dev/null || die "needs $t"; done
 
-outside() { # HOSTNS OUTNS
-    ip -n "$1" link add name up0 type veth peer name eth0 netns "$2"
-    ip -n "$1" addr add 100.64.0.1/16 dev up0
-    ip -n "$1" link set dev up0 up
-    ip -n "$2" addr add 100.64.0.2/16 dev eth0
-    ip -n "$2" link set dev eth0 up
-}
 
 # rate HOSTNS OUTNS VMNS DST -> new connections/s the VM received
 rate() {
@@ -53,14 +46,13 @@ rate() {
     echo $(((after - before) / SECS))
 }
 
-median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{ if (NR == 0) print ""; else if (NR % 2) print a[(NR+1)/2]; else printf "%d\n", (a[NR/2]+a[NR/2+1])/2 }'; }
 
 # --- lanyard ---------------------------------------------------------------------
 LH=$(mkns flh); LV=$(mkns flv); LO=$(mkns flo)
 LY_SOCK="$OUT/ly.sock"
 export LY_SOCK
 DPID=$(start_lanyard "$LH" "$LY_SOCK" "$OUT/state" "$OUT/daemon.log")
-outside "$LH" "$LO"
+outside "$LH" "$LO" 100.64.0.1/16 100.64.0.2/16
 for ((i = 0; i < NETS; i++)); do
     ly net create "$(printf 'n%03d' "$i")" --mode nat --subnet "10.60.$((4 * i)).0/22" >/dev/null
 done
@@ -100,7 +92,7 @@ ip -n "$BH" link add name bv0 type veth peer name eth0 netns "$BV"
 ip -n "$BH" link set dev bv0 master br0
 ip -n "$BH" link set dev bv0 up
 vm_static "$BV" "$VM_IP/22" 10.60.0.1
-outside "$BH" "$BO"
+outside "$BH" "$BO" 100.64.0.1/16 100.64.0.2/16
 ip netns exec "$BH" sysctl -qw net.ipv4.ip_forward=1
 ip -n "$BH" addr add "$FIP/32" dev up0
 # rules COUNT: the nat table with COUNT floating IPs, the measured one last.
@@ -143,8 +135,8 @@ b_many=""
 for ((r = 0; r < REPEAT; r++)); do b_many+=" $(rate "$BH" "$BO" "$BV" "$FIP")"; done
 
 # --- rows ---------------------------------------------------------------------------
-LF=$(echo "$l_few" | median); LM=$(echo "$l_many" | median)
-BF=$(echo "$b_few" | median); BM=$(echo "$b_many" | median)
+LF=$(echo "$l_few" | median %d); LM=$(echo "$l_many" | median %d)
+BF=$(echo "$b_few" | median %d); BM=$(echo "$b_many" | median %d)
 note "new connections/s: lanyard $FEW [$l_few ] $MANY [$l_many ]; iptables $FEW [$b_few ] $MANY [$b_many ]"
 LR=$(ratio "$LM" "$LF"); BR=$(ratio "$BM" "$BF")
 row "floating IPs" "new connections/s through DNAT, $MANY floating IPs / $FEW: lanyard vs iptables" \

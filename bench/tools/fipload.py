@@ -12,22 +12,12 @@ Nth floating IP, measured more than once).
     fipload.py SOCKET [--deadline S] [--again N]
 """
 import argparse
-import http.client
 import json
-import socket
 import time
 
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout=120):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        s.connect(self.path)
-        self.sock = s
+# The same unix-socket connection the other load tool uses (this file's
+# directory is on the import path when it is run as a script).
+from restload import UnixConnection
 
 
 def call(conn, method, path, body=None):

@@ -3,12 +3,14 @@
 //! nova's `clean_conntrack` and Neutron do with `conntrack -D`).
 //!
 //! One dump of the IPv4 table, then one delete per matching entry, naming
-//! it by the original tuple exactly as the dump gave it (its bytes are
-//! sent back unparsed, so every protocol's tuple works the same way).
+//! it by the original tuple exactly as the dump gave it (its payload is
+//! sent back unparsed, so every protocol's tuple works the same way). The
+//! framing is nfnetlink's, read with [`super::nft::messages`].
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use super::nft::messages::{messages, nested};
 use super::nft::socket::NfSocket;
 use crate::kernel::KernelError;
 
@@ -22,7 +24,7 @@ const NLMSG_ERROR: u16 = 2;
 const NLMSG_DONE: u16 = 3;
 const NLMSG_HDRLEN: usize = 16;
 const NFGENMSG_LEN: usize = 4;
-const NLA_TYPE_MASK: u16 = 0x3fff;
+const NLA_F_NESTED: u16 = 0x8000;
 const CTA_TUPLE_ORIG: u16 = 1;
 const CTA_TUPLE_REPLY: u16 = 2;
 const CTA_ZONE: u16 = 18;
@@ -54,62 +56,47 @@ fn message(kind: u16, flags: u16, seq: u32, attributes: &[u8]) -> Vec<u8> {
     m
 }
 
-/// The attributes of a message body: (type without flags, whole attribute
-/// bytes including the header, payload).
-fn attributes(mut body: &[u8]) -> Vec<(u16, &[u8], &[u8])> {
-    let mut out = Vec::new();
-    while body.len() >= 4 {
-        let len = usize::from(u16::from_ne_bytes([body[0], body[1]]));
-        let kind = u16::from_ne_bytes([body[2], body[3]]) & NLA_TYPE_MASK;
-        if len < 4 || len > body.len() {
-            break;
-        }
-        out.push((kind, &body[..len], &body[4..len]));
-        body = &body[align4(len).min(body.len())..];
-    }
-    out
+/// One attribute: header (length, `kind`) and payload, padded to 4 bytes.
+fn attribute(kind: u16, payload: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(align4(4 + payload.len()));
+    a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
+    a.extend_from_slice(&kind.to_ne_bytes());
+    a.extend_from_slice(payload);
+    a.resize(align4(a.len()), 0);
+    a
 }
 
 /// The destination address of a tuple attribute's payload.
 fn tuple_dst(tuple: &[u8]) -> Option<Ipv4Addr> {
-    let (_, _, ip) = attributes(tuple).into_iter().find(|(k, _, _)| *k == CTA_TUPLE_IP)?;
-    let (_, _, dst) = attributes(ip).into_iter().find(|(k, _, _)| *k == CTA_IP_V4_DST)?;
+    let (_, ip) = nested(tuple).find(|(k, _)| *k == CTA_TUPLE_IP)?;
+    let (_, dst) = nested(ip).find(|(k, _)| *k == CTA_IP_V4_DST)?;
     Some(Ipv4Addr::from(<[u8; 4]>::try_from(dst).ok()?))
 }
 
-/// The netlink messages of one datagram: (type, flags, seq, body after the
-/// header).
-fn messages(mut datagram: &[u8]) -> Vec<(u16, u32, &[u8])> {
-    let mut out = Vec::new();
-    while datagram.len() >= NLMSG_HDRLEN {
-        let len = u32::from_ne_bytes(datagram[0..4].try_into().expect("4 bytes")) as usize;
-        if len < NLMSG_HDRLEN || len > datagram.len() {
-            break;
-        }
-        let kind = u16::from_ne_bytes([datagram[4], datagram[5]]);
-        let seq = u32::from_ne_bytes(datagram[8..12].try_into().expect("4 bytes"));
-        out.push((kind, seq, &datagram[NLMSG_HDRLEN..len]));
-        datagram = &datagram[align4(len).min(datagram.len())..];
-    }
-    out
-}
-
-/// What to send back to delete one dumped entry: its original tuple and
-/// zone, verbatim.
+/// What to send back to delete one dumped entry (a message body, nfgenmsg
+/// first): its original tuple and zone, unparsed.
 fn delete_attributes(body: &[u8], ip: Ipv4Addr) -> Option<Vec<u8>> {
-    let attrs = attributes(body.get(NFGENMSG_LEN..)?);
-    let dst = |kind| attrs.iter().find(|(k, _, _)| *k == kind).and_then(|(_, _, p)| tuple_dst(p));
+    let attrs: Vec<(u16, &[u8])> = nested(body.get(NFGENMSG_LEN..)?).collect();
+    let dst = |kind| attrs.iter().find(|(k, _)| *k == kind).and_then(|(_, p)| tuple_dst(p));
     // The original destination is the floating IP for flows into it; the
     // reply's destination is it for a port's own flows out, SNATed to it.
     if dst(CTA_TUPLE_ORIG) != Some(ip) && dst(CTA_TUPLE_REPLY) != Some(ip) {
         return None;
     }
     let mut out = Vec::new();
-    for (_, whole, _) in attrs.iter().filter(|(k, _, _)| *k == CTA_TUPLE_ORIG || *k == CTA_ZONE) {
-        out.extend_from_slice(whole);
-        out.resize(align4(out.len()), 0);
+    for (kind, payload) in &attrs {
+        match *kind {
+            CTA_TUPLE_ORIG => out.extend(attribute(CTA_TUPLE_ORIG | NLA_F_NESTED, payload)),
+            CTA_ZONE => out.extend(attribute(CTA_ZONE, payload)),
+            _ => {}
+        }
     }
     Some(out)
+}
+
+/// The errno of an NLMSG_ERROR body (0: an acknowledgement).
+fn errno(body: &[u8]) -> i32 {
+    body.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")))
 }
 
 /// Removes every IPv4 conntrack entry whose original destination or reply
@@ -129,17 +116,14 @@ pub fn forget_flows(ip: Ipv4Addr) -> Result<usize, KernelError> {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => continue,
             Err(e) => return Err(error(e)),
         };
-        for (kind, seq, body) in messages(&buffer[..n]) {
-            match kind {
-                _ if seq != 1 => {}
+        for m in messages(&buffer[..n]).filter(|m| m.seq == 1) {
+            match m.kind {
                 NLMSG_DONE => break 'dump,
-                NLMSG_ERROR => {
-                    let errno = body.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
-                    if errno != 0 {
-                        return Err(error(std::io::Error::from_raw_os_error(-errno)));
-                    }
+                NLMSG_ERROR if errno(m.body) != 0 => {
+                    return Err(error(std::io::Error::from_raw_os_error(-errno(m.body))));
                 }
-                _ => doomed.extend(delete_attributes(body, ip)),
+                NLMSG_ERROR => {}
+                _ => doomed.extend(delete_attributes(m.body, ip)),
             }
         }
     }
@@ -157,10 +141,8 @@ pub fn forget_flows(ip: Ipv4Addr) -> Result<usize, KernelError> {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EINTR)) => continue,
                 Err(e) => return Err(error(e)),
             };
-            let ack = messages(&buffer[..n]).into_iter().find(|(k, s, _)| *k == NLMSG_ERROR && *s == seq);
-            let Some((_, _, body)) = ack else { continue };
-            let errno = body.get(0..4).map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
-            match -errno {
+            let Some(ack) = messages(&buffer[..n]).find(|m| m.kind == NLMSG_ERROR && m.seq == seq) else { continue };
+            match -errno(ack.body) {
                 0 => removed += 1,
                 libc::ENOENT => {}
                 e => return Err(error(std::io::Error::from_raw_os_error(e))),
@@ -175,18 +157,9 @@ pub fn forget_flows(ip: Ipv4Addr) -> Result<usize, KernelError> {
 mod tests {
     use super::*;
 
-    fn attr(kind: u16, payload: &[u8]) -> Vec<u8> {
-        let mut a = Vec::new();
-        a.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-        a.extend_from_slice(&kind.to_ne_bytes());
-        a.extend_from_slice(payload);
-        a.resize(align4(a.len()), 0);
-        a
-    }
-
     fn tuple(kind: u16, src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
-        let ip = attr(CTA_TUPLE_IP | 0x8000, &[attr(1, &src), attr(CTA_IP_V4_DST, &dst)].concat());
-        attr(kind | 0x8000, &ip)
+        let ip = attribute(CTA_TUPLE_IP | NLA_F_NESTED, &[attribute(1, &src), attribute(CTA_IP_V4_DST, &dst)].concat());
+        attribute(kind | NLA_F_NESTED, &ip)
     }
 
     #[test]

@@ -364,7 +364,7 @@ impl Kernel for FakeKernel {
             }
         }
         drop(s);
-        if *change != FirewallChange::None {
+        if change.is_transaction() {
             self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         self.record(line);

@@ -92,10 +92,10 @@ impl Engine {
                 spec.range, other.name, other.first, other.last
             )));
         }
-        let first_net = |n: &&crate::model::Network| {
+        let overlaps = |n: &&crate::model::Network| {
             n.subnet.contains(&pool.first) || n.subnet.contains(&pool.last) || pool.contains(n.subnet.network())
         };
-        if let Some(n) = self.networks.iter().find(first_net) {
+        if let Some(n) = self.networks.iter().find(overlaps) {
             return Err(EngineError::Conflict(format!(
                 "range {} overlaps subnet {} of network {:?}: floating IPs are outside addresses",
                 spec.range,
@@ -285,14 +285,9 @@ impl Engine {
         self.pools.iter().find(|p| p.name == name).map(|p| p.interface.clone())
     }
 
-    /// The live association of `fip` (as the planner sees it), if any.
-    pub(super) fn live_association(&self, fip: &FloatingIp) -> Option<Association> {
-        self.live(fip)
-    }
-
     /// The live association of `fip` (as the planner sees it), if any: one
     /// look at its port and network, whatever else exists.
-    fn live(&self, fip: &FloatingIp) -> Option<Association> {
+    pub(super) fn live(&self, fip: &FloatingIp) -> Option<Association> {
         let port = self.index.by_id.get(fip.port.as_deref()?)?;
         // Another node's port's floating IP is NATed on that node.
         if !self.is_local(port) {
@@ -415,20 +410,13 @@ impl Engine {
         Ok(())
     }
 
-    /// The records of the floating IPs associated with `ports` once those
-    /// ports are gone: disassociated. The caller persists them with the
-    /// ports' deletion and then calls [`Engine::forget_ports_floating_ips`].
-    pub(super) fn unbound_floating_ips(&self, ports: &[Port]) -> Vec<FloatingIp> {
+    /// The floating IPs associated with `ports`, as they are.
+    pub(super) fn bound_floating_ips(&self, ports: &[Port]) -> Vec<FloatingIp> {
         let ids: HashSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();
-        self.floating_ips
-            .iter()
-            .filter(|f| f.port.as_deref().is_some_and(|p| ids.contains(p)))
-            .map(|f| FloatingIp { port: None, ..f.clone() })
-            .collect()
+        self.floating_ips.iter().filter(|f| f.port.as_deref().is_some_and(|p| ids.contains(p))).cloned().collect()
     }
 
-    /// Puts `unbound` (from [`Engine::unbound_floating_ips`]) in memory,
-    /// and forgets their flows.
+    /// Puts `unbound` (from [`unbound`]) in memory, and forgets their flows.
     pub(super) fn forget_ports_floating_ips(&mut self, unbound: &[FloatingIp]) {
         for u in unbound {
             if let Some(f) = self.floating_ips.iter_mut().find(|f| f.ip == u.ip) {
@@ -445,6 +433,13 @@ impl Engine {
     pub(super) fn floating_ips_held(&self, project: &str) -> usize {
         self.floating_ips.iter().filter(|f| f.project == project).count()
     }
+}
+
+/// `bound` once their ports are gone: disassociated (the project keeps
+/// them). The caller persists them with the ports' deletion and then calls
+/// [`Engine::forget_ports_floating_ips`].
+pub(super) fn unbound(bound: &[FloatingIp]) -> Vec<FloatingIp> {
+    bound.iter().map(|f| FloatingIp { port: None, ..f.clone() }).collect()
 }
 
 /// The document writes that persist `records` (floating IPs unbound from

@@ -247,8 +247,7 @@ impl Engine {
             if scope.pool_interfaces.contains(link) {
                 continue;
             }
-            let wanted =
-                self.floating_ips.iter().find(|f| f.ip == *ip).and_then(|f| self.live_association(f)).is_some();
+            let wanted = self.floating_ips.iter().find(|f| f.ip == *ip).and_then(|f| self.live(f)).is_some();
             let addr = planner::floating::host_address(*ip);
             match (wanted, present) {
                 (true, false) => ops.push(Op::AddAddress { link: link.clone(), addr }),

@@ -715,15 +715,7 @@ impl Engine {
     /// own transactions (one per non-empty firewall change) came between;
     /// None when that cannot be told.
     fn generation_after(&self, before: Option<u32>, plan: &Plan) -> Option<u32> {
-        let own = plan
-            .firewall
-            .iter()
-            .filter(|c| match c {
-                crate::kernel::FirewallChange::None => false,
-                crate::kernel::FirewallChange::Elements(v) => !v.is_empty(),
-                _ => true,
-            })
-            .count();
+        let own = plan.firewall.iter().filter(|c| c.is_transaction()).count();
         let after = self.generation()?;
         (before?.wrapping_add(u32::try_from(own).ok()?) == after).then_some(after)
     }

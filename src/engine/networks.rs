@@ -471,9 +471,8 @@ impl Engine {
         let old_ports: Vec<Port> = self.ports.iter().filter(|p| p.net == name).cloned().collect();
         let old_leases: Vec<LeaseChange> = self.leases(name)?.into_iter().map(LeaseChange::Upsert).collect();
         // Their floating IPs stay the project's, associated with nothing.
-        let unbound = self.unbound_floating_ips(&old_ports);
-        let bound: Vec<_> =
-            self.floating_ips.iter().filter(|f| unbound.iter().any(|u| u.ip == f.ip)).cloned().collect();
+        let bound = self.bound_floating_ips(&old_ports);
+        let unbound = super::floating::unbound(&bound);
         let restore = |s: &dyn Store| {
             s.put_network(&old)?;
             s.put_ports(&old_ports)?;

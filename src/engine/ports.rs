@@ -446,11 +446,11 @@ impl Engine {
             Vec::new()
         };
         // Its floating IP stays the project's, associated with nothing.
-        let unbound = self.unbound_floating_ips(std::slice::from_ref(&port));
+        let bound = self.bound_floating_ips(std::slice::from_ref(&port));
+        let unbound = super::floating::unbound(&bound);
         let mut ops = ops;
-        let bound: Vec<_> = self.floating_ips.iter().filter(|f| f.port.as_deref() == Some(id)).cloned().collect();
         for f in bound.iter().filter(|_| local) {
-            if let Some(a) = self.live_association(f) {
+            if let Some(a) = self.live(f) {
                 changes.extend(planner::firewall::association_changes(&[a], false));
                 if let Some(link) = self.pool_interface(&f.pool) {
                     ops.insert(0, Op::DelAddress { link, addr: planner::floating::host_address(f.ip) });

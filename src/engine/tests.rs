@@ -1691,26 +1691,12 @@ fn cluster_members_make_devices_only_for_their_own_ports() {
 /// not hold is not.
 #[test]
 fn an_engine_recognises_its_own_writes_on_the_watch() {
-    use crate::model::floating::{FipPoolSpec, FipSpec};
+    use crate::model::floating::FipSpec;
     use crate::model::ProjectSpec;
     use crate::store::{Change, FIP_POOLS, FLOATING_IPS, GRANTS};
-    let mut r = rig();
-    let nic = crate::kernel::ObservedLink {
-        name: "eth0".into(),
-        up: true,
-        mtu: 1500,
-        addrs: vec!["198.51.100.1/24".parse().unwrap()],
-        mac: Some("02:00:00:00:00:e0".parse().unwrap()),
-        ..Default::default()
-    };
-    r.kernel.tamper(|s| {
-        s.observed.links.insert("eth0".into(), nic);
-    });
+    // A nat network `a` and a pool on eth0.
+    let mut r = floating::rig_with_pool();
     r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
-    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
-    let pool =
-        FipPoolSpec { name: "public".into(), range: "198.51.100.10-198.51.100.19".into(), interface: "eth0".into() };
-    r.engine.create_fip_pool(pool).unwrap();
     let p = r.engine.create_port(port("a")).unwrap();
     let f = r.engine.create_floating_ip(FipSpec::default()).unwrap();
     r.engine.associate_floating_ip(&f.ip.to_string(), &p.id, None).unwrap();

@@ -833,6 +833,16 @@ impl FirewallChange {
             .collect()
     }
 
+    /// Whether applying it is an nftables transaction (nothing to do and
+    /// no element changes are none): what moves the ruleset's generation.
+    pub fn is_transaction(&self) -> bool {
+        match self {
+            FirewallChange::None => false,
+            FirewallChange::Elements(v) => !v.is_empty(),
+            _ => true,
+        }
+    }
+
     /// The table this change is to.
     pub fn table(&self) -> Option<&TableId> {
         match self {

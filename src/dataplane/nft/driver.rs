@@ -70,11 +70,13 @@ impl NftDriver {
     /// Applies `change` in one nftables transaction: all of it or, when
     /// nftables refuses any part, none of it.
     pub fn apply(&self, change: &FirewallChange) -> Result<(), KernelError> {
+        if !change.is_transaction() {
+            return Ok(());
+        }
         let commands = match change {
             FirewallChange::None => return Ok(()),
             FirewallChange::Replace(table) => script::replace(table),
             FirewallChange::Delete(id) => script::delete(id),
-            FirewallChange::Elements(changes) if changes.is_empty() => return Ok(()),
             FirewallChange::Elements(changes) => script::elements(changes),
         };
         self.run(&commands, Output::Text)

@@ -78,15 +78,18 @@ fn align(len: usize) -> Option<usize> {
 }
 
 /// One netlink message: its type, sequence number and body.
-struct Message<'a> {
-    kind: u16,
-    seq: u32,
-    body: &'a [u8],
+pub(crate) struct Message<'a> {
+    /// Subsystem << 8 | message type.
+    pub(crate) kind: u16,
+    /// The request it answers.
+    pub(crate) seq: u32,
+    /// What follows the netlink header (the nfgenmsg, then attributes).
+    pub(crate) body: &'a [u8],
 }
 
 /// The messages of a datagram, in order. A malformed message ends the
 /// sequence: what follows it cannot be framed.
-fn messages(datagram: &[u8]) -> impl Iterator<Item = Message<'_>> {
+pub(crate) fn messages(datagram: &[u8]) -> impl Iterator<Item = Message<'_>> {
     let mut at = 0usize;
     std::iter::from_fn(move || {
         let len = usize::try_from(u32_at(datagram, at)?).ok()?;
@@ -104,7 +107,14 @@ fn messages(datagram: &[u8]) -> impl Iterator<Item = Message<'_>> {
 /// The attributes after a body's nfgenmsg: (type without flags, payload).
 /// A malformed attribute ends the sequence.
 fn attributes(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = body.get(NFGENMSG_LEN..).unwrap_or_default();
+    nested(body.get(NFGENMSG_LEN..).unwrap_or_default())
+}
+
+/// The attributes in `bytes` (a nested attribute's payload, or a body after
+/// its nfgenmsg): type (flags masked off) and payload. A malformed one ends
+/// the sequence.
+pub(crate) fn nested(bytes: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = bytes;
     std::iter::from_fn(move || {
         let len = usize::from(u16_at(rest, 0)?);
         let kind = u16_at(rest, 2)? & NLA_TYPE_MASK;

@@ -19,7 +19,7 @@ pub mod coexist;
 mod driver;
 mod elements;
 pub mod ffi;
-mod messages;
+pub(crate) mod messages;
 mod monitor;
 mod script;
 pub(crate) mod socket;

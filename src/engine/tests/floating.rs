@@ -11,7 +11,7 @@ const FIP: &str = "198.51.100.10";
 
 /// A rig with a nat network `a`, the host's `eth0` (198.51.100.1/24) and a
 /// pool `public` of 198.51.100.10-19 on it.
-fn rig_with_pool() -> Rig {
+pub(super) fn rig_with_pool() -> Rig {
     let mut r = rig();
     let nic = crate::kernel::ObservedLink {
         name: "eth0".into(),
