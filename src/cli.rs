@@ -543,15 +543,9 @@ pub enum ProjectCommand {
     Allow {
         /// The project whose guests connect.
         name: String,
-        /// The project whose guests are reached.
-        #[arg(long)]
-        to: String,
-        /// tcp, udp or icmp (default: all traffic).
-        #[arg(long)]
-        proto: Option<String>,
-        /// A TCP or UDP destination port (with --proto).
-        #[arg(long)]
-        port: Option<u16>,
+        /// What they may reach.
+        #[command(flatten)]
+        grant: GrantArgs,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -560,15 +554,9 @@ pub enum ProjectCommand {
     Deny {
         /// The project whose guests connected.
         name: String,
-        /// The project whose guests were reached.
-        #[arg(long)]
-        to: String,
-        /// tcp, udp or icmp.
-        #[arg(long)]
-        proto: Option<String>,
-        /// The port.
-        #[arg(long)]
-        port: Option<u16>,
+        /// The grant, as it was given.
+        #[command(flatten)]
+        grant: GrantArgs,
         /// Output format.
         #[command(flatten)]
         out: OutputArg,
@@ -582,6 +570,26 @@ pub enum ProjectCommand {
     /// A project's access tokens (admin only).
     #[command(subcommand)]
     Token(TokenCommand),
+}
+
+/// What a grant between projects lets through (`project allow|deny`).
+#[derive(Debug, Args)]
+pub struct GrantArgs {
+    /// The project whose guests are reached.
+    #[arg(long)]
+    to: String,
+    /// tcp, udp or icmp (default: all traffic).
+    #[arg(long)]
+    proto: Option<String>,
+    /// A TCP or UDP destination port (with --proto).
+    #[arg(long)]
+    port: Option<u16>,
+}
+
+impl GrantArgs {
+    fn body(&self) -> Value {
+        json!({ "to": self.to, "proto": self.proto, "port": self.port })
+    }
 }
 
 /// `lanyard project token ...`
@@ -1721,14 +1729,12 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
             let v = c.call("POST", &format!("/v1/projects/{}/egress", pct(&name)), Some(&body))?;
             print(out.output, &v, project_detail)?;
         }
-        Command::Project(ProjectCommand::Allow { name, to, proto, port, out }) => {
-            let body = json!({ "to": to, "proto": proto, "port": port });
-            let v = c.call("POST", &format!("/v1/projects/{}/allow", pct(&name)), Some(&body))?;
+        Command::Project(ProjectCommand::Allow { name, grant, out }) => {
+            let v = c.call("POST", &format!("/v1/projects/{}/allow", pct(&name)), Some(&grant.body()))?;
             print(out.output, &v, project_detail)?;
         }
-        Command::Project(ProjectCommand::Deny { name, to, proto, port, out }) => {
-            let body = json!({ "to": to, "proto": proto, "port": port });
-            let v = c.call("POST", &format!("/v1/projects/{}/deny", pct(&name)), Some(&body))?;
+        Command::Project(ProjectCommand::Deny { name, grant, out }) => {
+            let v = c.call("POST", &format!("/v1/projects/{}/deny", pct(&name)), Some(&grant.body()))?;
             print(out.output, &v, project_detail)?;
         }
         Command::Project(ProjectCommand::Delete { name }) => {
