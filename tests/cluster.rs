@@ -9,7 +9,9 @@
 //! the lease's TTL, a cleanly stopped one at once; with etcd gone a change
 //! is refused in one line and leaves nothing behind; ports belong to the
 //! host they were created through; two hosts racing port creates on one
-//! network never share an IP or MAC. Needs root and etcd;
+//! network never share an IP or MAC; three hosts each serve their own
+//! VMs as their gateway (DHCP, ARP, NAT), and survive one host's death
+//! and etcd's absence. Needs root and etcd;
 //! see `common::privileged`.
 
 mod common;
@@ -439,4 +441,199 @@ fn cluster_flags_are_checked() {
         );
         assert!(!dir.path().join("state").exists(), "{args:?} created the state directory");
     }
+}
+
+/// The three hosts: one network created through A spans A, B and
+/// C over VXLAN with a gateway on every host (the same address and MAC on
+/// each bridge). Each VM gets its fixed address from its own host's DHCP
+/// (with the tunnel's MTU), and neither DHCP nor ARP for or from the
+/// gateway crosses the underlay, where VXLAN carries the VMs' own traffic;
+/// each VM reaches the outside through its own host's NAT. A's daemon
+/// SIGKILLed and its underlay cut: B's and C's VMs keep talking to each
+/// other and to the outside without a loss, A's entries leave B and C
+/// within the TTL, and A comes back. etcd gone: the VMs keep their leases
+/// and reach each other, a port create is refused in one line; etcd back:
+/// the next create works and every host follows it.
+#[test]
+fn three_hosts_each_the_gateway_of_its_own_vms() {
+    if !privileged(
+        "three_hosts_each_the_gateway_of_its_own_vms",
+        &["ip", "etcd", "busybox", "kill", "ping", "bridge", "tcpdump", "udhcpc"],
+    ) {
+        return;
+    }
+    const OUTSIDE: &str = "10.213.99.1";
+    let store = Netns::new("stor");
+    let hosts: Vec<Netns> = (1..=3).map(|n| joined(&store, n)).collect();
+    // The underlay routes through the store namespace, which is also the
+    // outside the VMs reach.
+    store.set_ip_forward(true);
+    store.ip_ok(&["addr", "add", &format!("{OUTSIDE}/32"), "dev", "lo"]);
+    let default_route = |i: usize| {
+        hosts[i].ip_ok(&["route", "replace", "default", "via", &format!("10.213.{}.1", i + 1)]);
+    };
+    (0..3).for_each(default_route);
+    let underlay = |i: usize| format!("10.213.{}.2", i + 1);
+    let mut etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1", "10.213.3.1"]);
+    let mut daemons: Vec<Daemon> = (0..3)
+        .map(|i| {
+            let node = unique(&format!("nd{i}"));
+            Daemon::start_with(&hosts[i], &["--etcd", &etcd.urls[i], "--node", &node, "--underlay", "u0"])
+        })
+        .collect();
+
+    let net = daemons[0].cli_json(&["net", "create", "span", "--mode", "nat", "--subnet", "10.84.0.0/24"]);
+    let bridge = net["bridge"].as_str().expect("a bridge name").to_string();
+    let vxlan_of = |h: &Netns| {
+        h.links().into_iter().find(|l| l["linkinfo"]["info_kind"] == "vxlan" && l["master"] == bridge.as_str())
+    };
+    let vxlan = (0..3)
+        .map(|i| poll(FOLLOWS_WITHIN, Duration::from_millis(50), || vxlan_of(&hosts[i])))
+        .map(|v| v.expect("a host has no VXLAN device on the network's bridge")["ifname"].as_str().unwrap().to_string())
+        .collect::<Vec<_>>();
+    assert!(vxlan.iter().all(|v| *v == vxlan[0]), "{vxlan:?}");
+    let vxlan = vxlan[0].clone();
+    // The anycast gateway: one address and one MAC, on every host.
+    let gateway_mac = hosts[0].mac(&bridge);
+    for h in &hosts {
+        assert_eq!(h.mac(&bridge), gateway_mac, "the hosts' bridges have different MACs");
+        assert!(h.ipv4_addrs(&bridge).contains(&"10.84.0.1/24".to_string()), "{:?}", h.ipv4_addrs(&bridge));
+    }
+
+    let underlay_cap = Capture::start(&store, "underlay", "any", "udp port 4789");
+    // A VM on each host, through that host's daemon.
+    let vm = |d: &Daemon, name: &str| {
+        let ns = Netns::new(name);
+        let args = [
+            "port",
+            "create",
+            "--net",
+            "span",
+            "--vm",
+            name,
+            "--type",
+            "veth",
+            "--netns",
+            ns.name(),
+            "--ifname",
+            "eth0",
+        ];
+        let p = d.cli_json(&args);
+        (ns, p)
+    };
+    let vms: Vec<(Netns, Value)> = (0..3).map(|i| vm(&daemons[i], &format!("vm{i}"))).collect();
+    let ip = |i: usize| vms[i].1["ip"].as_str().expect("a fixed address").to_string();
+    let mac = |i: usize| vms[i].1["mac"].as_str().expect("a MAC").to_string();
+    let fdb = |i: usize| hosts[i].exec_ok("bridge", &["fdb", "show", "dev", &vxlan]);
+    // Every host floods to the two others (each has a port now), so a
+    // broadcast that were let through would reach them.
+    for (i, d) in daemons.iter().enumerate() {
+        let others: Vec<String> = (0..3).filter(|j| *j != i).map(underlay).collect();
+        let flooding = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+            let f = fdb(i);
+            others.iter().all(|u| f.contains(&format!("00:00:00:00:00:00 dst {u}"))).then_some(())
+        });
+        assert!(flooding.is_some(), "host {i} does not flood to the others: {}\n{}", fdb(i), d.log());
+    }
+    for (i, (ns, _)) in vms.iter().enumerate() {
+        let lease = udhcpc(ns, "eth0", None).unwrap_or_else(|e| panic!("VM {i}: {e}"));
+        assert_eq!(lease.ip.to_string(), ip(i), "VM {i} did not get its port's address");
+        assert_eq!(lease.routers, ["10.84.0.1".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert_eq!(lease.vars.get("mtu").map(String::as_str), Some("1450"), "VM {i} was not told the tunnel's MTU");
+    }
+    for (i, (ns, _)) in vms.iter().enumerate() {
+        for j in (0..3).filter(|j| *j != i) {
+            let p = ping(ns, &ip(j), 2, 10);
+            assert!(p.all_replied(), "VM {i} cannot reach VM {j} across hosts: {}", p.output);
+        }
+    }
+    let seen = underlay_cap.stop();
+    assert!(seen.contains("VXLAN"), "no VXLAN on the underlay: {seen}");
+    for never in ["BOOTP", "who-has 10.84.0.1 ", "tell 10.84.0.1", "10.84.0.1 is-at"] {
+        assert!(!seen.contains(never), "{never:?} crossed the underlay:\n{seen}");
+    }
+
+    // Each VM leaves through its own host's NAT.
+    let outside_cap = Capture::start(&store, "outside", "any", &format!("icmp and dst host {OUTSIDE}"));
+    for (i, (ns, _)) in vms.iter().enumerate() {
+        assert!(ping(ns, OUTSIDE, 2, 10).all_replied(), "VM {i} cannot reach the outside");
+        let neigh = ns.ip_ok(&["neigh", "show", "10.84.0.1"]);
+        assert!(neigh.contains(&gateway_mac), "VM {i}'s gateway is not the anycast MAC: {neigh}");
+    }
+    let seen = outside_cap.stop();
+    for i in 0..3 {
+        assert!(
+            seen.contains(&format!("{} > {OUTSIDE}", underlay(i))),
+            "VM {i} did not leave through host {i}: {seen}"
+        );
+    }
+    assert!(!seen.contains("10.84.0."), "a VM's own address reached the outside: {seen}");
+
+    // A dies (SIGKILL) and loses its underlay: B's and C's VMs go on.
+    let b_to_c = PingJob::start(&vms[1].0, &ip(2), &["-i", "0.2", "-c", "100", "-W", "1"]);
+    let c_out = PingJob::start(&vms[2].0, OUTSIDE, &["-i", "0.2", "-c", "100", "-W", "1"]);
+    assert!(signal(daemons[0].pid(), "KILL"), "cannot kill daemon A");
+    assert!(daemons[0].exited(Duration::from_secs(10)).is_some(), "daemon A survived SIGKILL");
+    hosts[0].ip_ok(&["link", "set", "u0", "down"]);
+    let gone = poll(NODE_GONE_WITHIN, Duration::from_millis(200), || {
+        (1..3).all(|i| !fdb(i).contains(&format!("dst {}", underlay(0)))).then_some(())
+    });
+    assert!(gone.is_some(), "B or C kept entries towards dead A: {}\n{}", fdb(1), fdb(2));
+    for (what, job) in [("VM B to VM C", b_to_c), ("VM C to the outside", c_out)] {
+        let p = job.wait(Duration::from_secs(40));
+        assert!(p.all_replied(), "{what} lost packets while A died: {}", p.output);
+    }
+    // A back: B and C take it back, its VM reaches theirs again.
+    hosts[0].ip_ok(&["link", "set", "u0", "up"]);
+    default_route(0);
+    daemons[0].start_again();
+    let back = poll(Duration::from_secs(15), Duration::from_millis(100), || {
+        (1..3).all(|i| fdb(i).contains(&format!("{} dst {}", mac(0), underlay(0)))).then_some(())
+    });
+    assert!(back.is_some(), "B or C did not take A back: {}\n{}", fdb(1), fdb(2));
+    for j in 1..3 {
+        assert!(ping(&vms[0].0, &ip(j), 2, 10).all_replied(), "VM A cannot reach VM {j} after A's return");
+    }
+
+    // etcd gone: leases and connectivity stay; a change is refused.
+    etcd.kill();
+    let again = udhcpc(&vms[1].0, "eth0", None).expect("VM B gets no lease while etcd is down");
+    assert_eq!(again.ip.to_string(), ip(1));
+    assert!(ping(&vms[1].0, &ip(2), 2, 10).all_replied(), "VM B cannot reach VM C while etcd is down");
+    assert!(ping(&vms[0].0, &ip(1), 2, 10).all_replied(), "VM A cannot reach VM B while etcd is down");
+    let late = Netns::new("vm3");
+    let late_args = [
+        "port",
+        "create",
+        "--net",
+        "span",
+        "--vm",
+        "vm3",
+        "--type",
+        "veth",
+        "--netns",
+        late.name(),
+        "--ifname",
+        "eth0",
+        "-o",
+        "json",
+    ];
+    let o = daemons[2].cli(&late_args);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.trim_end().lines().count() == 1 && err.contains("unreachable"), "{err}");
+    assert!(late.link("eth0").is_none(), "the refused port left its veth");
+    // etcd back: the next create works and every host follows it.
+    etcd.start_again(&store);
+    let created = poll(Duration::from_secs(20), Duration::from_millis(500), || {
+        let o = daemons[2].cli(&late_args);
+        o.status.success().then(|| serde_json::from_slice::<Value>(&o.stdout).expect("port JSON"))
+    });
+    let Some(p) = created else { panic!("no port create after etcd came back: {}", daemons[2].log()) };
+    let late_mac = p["mac"].as_str().unwrap().to_string();
+    let followed = poll(Duration::from_secs(20), Duration::from_millis(100), || {
+        (0..2).all(|i| fdb(i).contains(&format!("{late_mac} dst {}", underlay(2)))).then_some(())
+    });
+    assert!(followed.is_some(), "A or B did not follow C's new port: {}\n{}", fdb(0), fdb(1));
+    drop(daemons);
 }

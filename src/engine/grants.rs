@@ -59,7 +59,7 @@ impl Engine {
         write: DocumentChange,
         undo: DocumentChange,
     ) -> Result<(), EngineError> {
-        let policy = planner::ProjectPolicy { grants: &grants, ..self.policy() };
+        let policy = planner::PlanContext { grants: &grants, ..self.plan_context() };
         let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), policy);
         let firewall = FirewallChange::all_between(&self.firewall, &wanted);
         self.commit(

@@ -240,8 +240,8 @@ impl Engine {
         if !scope.pool_interfaces.is_empty() {
             let names: Vec<&str> = scope.pool_interfaces.iter().map(String::as_str).collect();
             let observed = Observed { links: self.kernel.observe_links(&names)?, ..Default::default() };
-            let live = planner::floating::associations(&self.networks, &self.local(&self.ports), self.policy());
-            ops.extend(planner::floating::address_ops(&live, self.policy(), &observed));
+            let live = planner::floating::associations(&self.networks, &self.local(&self.ports), self.plan_context());
+            ops.extend(planner::floating::address_ops(&live, self.plan_context(), &observed));
         }
         for (ip, (link, present)) in &scope.pool_addresses {
             if scope.pool_interfaces.contains(link) {
@@ -302,7 +302,7 @@ impl Engine {
     /// The firewall changes that restore lanyard's tables, and the tables
     /// the kernel will then hold.
     fn firewall_repair(&self) -> Result<(Vec<FirewallChange>, Option<Tables>), EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.plan_context());
         let current = self.kernel_firewall()?;
         Ok((FirewallChange::all_between(&current, &wanted), Some(wanted)))
     }

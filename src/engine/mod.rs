@@ -286,6 +286,10 @@ pub struct Engine {
     /// with: a registration change that differs needs a new plan. None:
     /// unknown (a plan that failed), so the next follow plans again.
     planned_remotes: Option<std::collections::BTreeMap<String, std::net::Ipv4Addr>>,
+    /// The MTU of networks spanning the hosts (underlay − 50), once a plan
+    /// found the underlay: DHCP tells guests (option 26) on networks that
+    /// name no MTU of their own.
+    overlay_mtu: Option<u32>,
 }
 
 /// This node's tunnel address and the others' underlay addresses by name.
@@ -351,6 +355,7 @@ impl Engine {
             node,
             underlay: None,
             planned_remotes: Default::default(),
+            overlay_mtu: None,
         };
         engine.ensure_default_project()?;
         for net in &engine.networks {
@@ -417,7 +422,7 @@ impl Engine {
     /// kernel's elements (so reconcile changes only elements); otherwise an
     /// unknown table, which reconcile replaces whole.
     fn kernel_firewall(&self) -> Result<Tables, EngineError> {
-        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
+        let wanted = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.plan_context());
         let mut out = Tables::new();
         for id in planner::table_ids() {
             if let Some(t) = self.kernel_table(&id, wanted.get(&id))? {
@@ -531,28 +536,46 @@ impl Engine {
 
     /// Brings the kernel to the stored state and starts missing servers.
     fn reconcile_with(&mut self, observed: &Observed, read_at: Option<u32>) -> Result<(), EngineError> {
-        let ports = self.plannable(&self.ports, observed);
         let overlay = self.overlay_nodes()?.map(|(local, remotes)| OverlayInputs {
             local,
             remotes,
             remote_ports: self.ports.iter().filter(|p| !self.is_local(p)).cloned().collect(),
         });
-        let plan = planner::plan_with(
-            &self.networks,
-            &ports,
-            self.policy(),
-            observed,
-            &self.firewall,
-            overlay.as_ref().map(OverlayInputs::view).as_ref(),
-        );
+        self.note_overlay_mtu(overlay.as_ref(), observed);
+        let (plan, tables) = self.plan_for(&self.networks, &self.ports, observed, overlay.as_ref());
         tracing::info!(ops = plan.ops.len(), firewall = %firewall_kind(&plan), "reconciling");
         plan.apply(self.kernel.as_ref(), &self.firewall).inspect_err(|_| self.planned_remotes = None)?;
-        self.firewall = planner::firewall::tables(&self.networks, &self.local(&self.ports), self.policy());
+        self.firewall = tables;
         self.known_generation = self.generation_after(read_at, &plan);
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
         Ok(())
+    }
+
+    /// The plan that brings the kernel to `networks` and `ports`, and the
+    /// tables it leaves: devices for the ports that can have them here
+    /// ([`Engine::plannable`]), firewall elements for every port of this
+    /// host, so a port left detached keeps its elements with its record
+    /// (its delete removes them) and what the engine believes the kernel
+    /// holds is what the plan makes.
+    fn plan_for(
+        &self,
+        networks: &[Network],
+        ports: &[Port],
+        observed: &Observed,
+        overlay: Option<&OverlayInputs>,
+    ) -> (Plan, Tables) {
+        let ctx = self.plan_context();
+        let tables = planner::firewall::tables(networks, &self.local(ports), ctx);
+        let ops = planner::kernel_ops(
+            networks,
+            &self.plannable(ports, observed),
+            ctx,
+            observed,
+            overlay.map(OverlayInputs::view).as_ref(),
+        );
+        (Plan { ops, firewall: crate::kernel::FirewallChange::all_between(&self.firewall, &tables) }, tables)
     }
 
     /// This node's tunnel address and the other nodes' underlay addresses
@@ -593,9 +616,15 @@ impl Engine {
         Ok(Some(OverlayInputs { local, remotes, remote_ports }))
     }
 
-    /// What the projects add to networks and ports: floating IPs.
-    fn policy(&self) -> planner::ProjectPolicy<'_> {
-        planner::ProjectPolicy { pools: &self.pools, floating_ips: &self.floating_ips, grants: &self.grants }
+    /// What plans need beyond the networks and ports: the projects'
+    /// floating IPs and grants, and whether this host is a cluster member.
+    fn plan_context(&self) -> planner::PlanContext<'_> {
+        planner::PlanContext {
+            pools: &self.pools,
+            floating_ips: &self.floating_ips,
+            grants: &self.grants,
+            cluster: self.node.is_some(),
+        }
     }
 
     /// Whether `port` is this host's: created through it, or a record
@@ -645,7 +674,27 @@ impl Engine {
         }
         let Some(book) = self.books.get(net.key().as_ref()).cloned() else { return };
         let resolv = self.host.resolv_conf();
-        self.services.start(net, book, &resolv);
+        let served = self.served(net);
+        self.services.start(&served, book, &resolv);
+    }
+
+    /// Remembers the overlay's MTU from a plan's view of the kernel.
+    pub(crate) fn note_overlay_mtu(&mut self, overlay: Option<&OverlayInputs>, observed: &Observed) {
+        if let Some(m) = overlay.and_then(|o| planner::overlay::mtu(o.local, observed)) {
+            self.overlay_mtu = Some(m);
+        }
+    }
+
+    /// `net` as its servers see it: a network spanning the hosts that
+    /// names no MTU has the overlay's, which DHCP tells its guests (their
+    /// frames must fit in the tunnel).
+    fn served<'a>(&self, net: &'a Network) -> std::borrow::Cow<'a, Network> {
+        match self.overlay_mtu {
+            Some(m) if net.mtu.is_none() && planner::overlay::spans(net) => {
+                std::borrow::Cow::Owned(Network { mtu: Some(m), ..net.clone() })
+            }
+            _ => std::borrow::Cow::Borrowed(net),
+        }
     }
 
     /// The kernel as the planner needs it, read now.

@@ -47,16 +47,9 @@ impl Engine {
             }
         }
         let overlay = self.overlay_inputs(ports)?;
-        let mut plan = planner::plan_with(
-            networks,
-            &self.plannable(ports, observed),
-            self.policy(),
-            &after_release,
-            &self.firewall,
-            overlay.as_ref().map(super::OverlayInputs::view).as_ref(),
-        );
+        self.note_overlay_mtu(overlay.as_ref(), &after_release);
+        let (mut plan, tables) = self.plan_for(networks, ports, &after_release, overlay.as_ref());
         plan.ops.splice(0..0, release);
-        let tables = planner::firewall::tables(networks, &self.local(ports), self.policy());
         // A refused plan leaves the tunnels unknown: the next follow plans.
         self.commit(&plan, |t| *t = tables, persist, restore).inspect_err(|_| self.planned_remotes = None)
     }

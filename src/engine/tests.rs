@@ -1967,6 +1967,10 @@ fn cluster_members_span_networks_over_vxlan() {
     assert_eq!((link.kind, link.master.as_deref(), link.up), (LinkKind::Vxlan, Some(net.bridge.as_str()), true));
     assert_eq!(link.mtu, 1450);
     assert_eq!(ka.snapshot().observed.links[&net.bridge].mtu, 1450);
+    // DHCP tells the guests the tunnel's MTU, unless the network names
+    // its own.
+    assert_eq!(a.served(&net).mtu, Some(1450));
+    assert_eq!(a.served(&Network { mtu: Some(1400), ..net.clone() }).mtu, Some(1400));
     assert!(store.claims(super::networks::CLAIM_VNI).unwrap().iter().any(|c| c.value == vni && c.owner == "n1"));
     let (mut b, kb) = member("b", ub);
     assert!(kb.snapshot().observed.links.contains_key(&vx), "B has no VXLAN device for the network");
@@ -2004,6 +2008,46 @@ fn cluster_members_span_networks_over_vxlan() {
 
     // A single host: no VXLAN device.
     let mut r = rig();
-    r.engine.create_network(spec("n1", "isolated", "10.1.0.0/24")).unwrap();
+    let single = r.engine.create_network(spec("n1", "isolated", "10.1.0.0/24")).unwrap();
     assert!(!r.kernel.snapshot().observed.links.values().any(|l| l.kind == LinkKind::Vxlan));
+    assert_eq!(r.engine.served(&single).mtu, None, "a single host's DHCP tells no MTU it was not given");
+}
+
+/// A veth port whose namespace went is left out of the plan's devices,
+/// but its firewall elements stay with its record: plans after it (here
+/// two network creates) and its own delete work, and the kernel's tables
+/// are what the engine believes they are. (Before, the plan removed the
+/// elements while memory kept them, so the next plan deleted them again,
+/// which nftables refuses: every later change failed.)
+#[test]
+fn a_port_whose_namespace_went_does_not_block_later_changes() {
+    let kernel = Arc::new(FakeKernel::default());
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+        nodes: Default::default(),
+    });
+    let host = Arc::new(FakeHost { netns: std::sync::Mutex::new(vec!["vmns".into()]), time: 1000, booted: None });
+    let mut e = Engine::start(Parts {
+        store,
+        kernel: kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: host.clone(),
+        node: None,
+    })
+    .unwrap();
+    e.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let veth = PortSpec {
+        port_type: Some("veth".into()),
+        ifname: Some("eth0".into()),
+        netns: Some("vmns".into()),
+        ..port("a")
+    };
+    let p = e.create_port(veth).unwrap();
+    host.netns.lock().unwrap().clear();
+    e.create_network(spec("b", "nat", "10.2.0.0/24")).unwrap();
+    e.create_network(spec("c", "nat", "10.3.0.0/24")).unwrap();
+    assert_eq!(kernel.snapshot().tables, e.firewall, "the kernel's tables are not what the engine believes");
+    e.delete_port(&p.id).unwrap();
+    assert_eq!(kernel.snapshot().tables, e.firewall);
 }

@@ -374,6 +374,8 @@ pub enum Field {
     ArpSaddrEther,
     /// ARP: the sender's IPv4 address.
     ArpSaddrIp,
+    /// ARP: the target's IPv4 address (the one asked about).
+    ArpDaddrIp,
     /// ICMPv6 message type.
     Icmpv6Type,
     /// Conntrack state.
@@ -407,6 +409,7 @@ impl Field {
             Field::EtherType => "ether type",
             Field::ArpSaddrEther => "arp saddr ether",
             Field::ArpSaddrIp => "arp saddr ip",
+            Field::ArpDaddrIp => "arp daddr ip",
             Field::Icmpv6Type => "icmpv6 type",
             Field::CtState => "ct state",
             Field::CtStatus => "ct status",

@@ -10,7 +10,8 @@
 //!   DHCP server, and anti-spoofing, so a guest sends only from its own
 //!   MAC and IP (docs/anti-spoofing.md).
 
-use super::floating::{associations, Association, ProjectPolicy};
+use super::floating::{associations, Association};
+use super::PlanContext;
 use crate::kernel::firewall::{
     Action, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Rule, Set, Table,
     TableId, Tables, Value,
@@ -54,11 +55,11 @@ pub const DHCP_PORT_BURST: u32 = 40;
 
 /// The tables for the active networks, their ports and the projects'
 /// floating IPs (only those some network needs).
-pub fn tables(networks: &[Network], ports: &[Port], policy: ProjectPolicy<'_>) -> Tables {
+pub fn tables(networks: &[Network], ports: &[Port], policy: PlanContext<'_>) -> Tables {
     let live = associations(networks, ports, policy);
     table(networks, &live, policy.grants)
         .into_iter()
-        .chain(bridge_table(networks, ports))
+        .chain(bridge_table(networks, ports, policy.cluster))
         .map(|t| (t.id.clone(), t))
         .collect()
 }
@@ -130,7 +131,13 @@ fn port_elements(port: &Port, net: &Network) -> Vec<(&'static str, Element)> {
 /// a port adds elements (see [`port_changes`]).
 /// (The ports are named one by one: this kernel family has no
 /// `meta ibrname` everywhere, see docs/reliability.md.)
-pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
+///
+/// On a cluster member (`cluster`) the table also keeps each host's
+/// gateway to itself (the anycast gateway, docs/multi-host.md): every
+/// host's bridge has the same gateway address and MAC, so ARP for or
+/// from the gateway and DHCP never cross a network's VXLAN port, in or
+/// out; each guest's first hop, DHCP and DNS are its own host's.
+pub fn bridge_table(networks: &[Network], ports: &[Port], cluster: bool) -> Option<Table> {
     // Every network in dhcp_limited is in guards too: the table exists
     // whenever a port of either kind may come, so a port's elements
     // always have their sets.
@@ -151,6 +158,25 @@ pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
         Set::new("port_ip", &[Ifname, Ipv4Addr], false),
     ];
     sets[1].dynamic_timeout = Some(60);
+    let mut chains = Vec::new();
+    if cluster {
+        let mut vxlan_ports = Set::new("overlay_ports", &[Ifname], false);
+        let mut gateways = Set::new("overlay_gw", &[Ifname, Ipv4Addr], false);
+        for net in nets.values().filter(|n| super::overlay::spans(n)) {
+            let vxlan = Value::Ifname(super::overlay::vxlan_ifname(net));
+            vxlan_ports.elements.insert(Element::key(vec![vxlan.clone()]));
+            if net.has_host_address() {
+                gateways.elements.insert(Element::key(vec![vxlan, Value::Ip(net.gateway)]));
+            }
+        }
+        sets.extend([vxlan_ports, gateways]);
+        // Out through a VXLAN port: before the device encapsulates it.
+        chains.push(Chain {
+            name: "postrouting".into(),
+            base: base(ChainType::Filter, Hook::Postrouting, 0),
+            rules: overlay_rules(Field::Oifname),
+        });
+    }
     for p in ports {
         let Some(net) = nets.get(p.net.as_str()) else { continue };
         for (set, element) in port_elements(p, net) {
@@ -162,8 +188,30 @@ pub fn bridge_table(networks: &[Network], ports: &[Port]) -> Option<Table> {
     // Prerouting: an excess DHCP broadcast or a forged frame is dropped
     // before the bridge floods it to every other port, not only before
     // the host sees it.
-    let input = Chain { name: "prerouting".into(), base: base(ChainType::Filter, Hook::Prerouting, 0), rules: rules() };
-    Some(Table { id: bridge_table_id(), sets, chains: vec![input] })
+    let mut input_rules = if cluster { overlay_rules(Field::Iifname) } else { Vec::new() };
+    input_rules.extend(rules());
+    let input =
+        Chain { name: "prerouting".into(), base: base(ChainType::Filter, Hook::Prerouting, 0), rules: input_rules };
+    chains.insert(0, input);
+    Some(Table { id: bridge_table_id(), sets, chains })
+}
+
+/// What never crosses a VXLAN port (`port` is the field naming it:
+/// in or out): DHCP (each host serves its own guests), and ARP asking
+/// for or coming from the gateway (every host answers for the same
+/// gateway address and MAC, so the asking guest's own host answers; a
+/// guest on another host that answered a host's ARP would send its reply
+/// to its own host's gateway, which has the same MAC).
+fn overlay_rules(port: Field) -> Vec<Rule> {
+    use Field::{ArpDaddrIp, ArpSaddrIp, UdpDport};
+    vec![
+        Rule::new(
+            vec![Match::in_set(&[port], "overlay_ports"), Match::any_of(UdpDport, ports_of(&[67, 68]))],
+            Action::Drop,
+        ),
+        Rule::new(vec![Match::in_set(&[port, ArpDaddrIp], "overlay_gw")], Action::Drop),
+        Rule::new(vec![Match::in_set(&[port, ArpSaddrIp], "overlay_gw")], Action::Drop),
+    ]
 }
 
 /// The bridge table's fixed rules: the DHCP rate, then anti-spoofing.

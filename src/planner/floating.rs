@@ -11,21 +11,10 @@ use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
 
+use super::PlanContext;
 use crate::kernel::{Observed, Op};
 use crate::model::floating::{FipPool, FloatingIp};
 use crate::model::{Mode, NetState, Network, Port};
-
-/// What projects add to networks and ports: floating IPs and their pools,
-/// and the grants between projects.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProjectPolicy<'a> {
-    /// Floating IP pools.
-    pub pools: &'a [FipPool],
-    /// Floating IPs, associated or not.
-    pub floating_ips: &'a [FloatingIp],
-    /// Inter-project grants.
-    pub grants: &'a [crate::model::grants::Grant],
-}
 
 /// Whether a floating IP may point at a guest on `net`: lanyard routes
 /// and NATs for it (nat and route networks; not host-only or isolated,
@@ -45,7 +34,7 @@ pub struct Association {
 }
 
 /// The live associations (see the module's doc), by floating IP.
-pub fn associations(networks: &[Network], ports: &[Port], policy: ProjectPolicy<'_>) -> Vec<Association> {
+pub fn associations(networks: &[Network], ports: &[Port], policy: PlanContext<'_>) -> Vec<Association> {
     if policy.floating_ips.iter().all(|f| f.port.is_none()) {
         return Vec::new();
     }
@@ -88,7 +77,7 @@ pub fn host_address(fip: Ipv4Addr) -> Ipv4Net {
 /// /32 added where missing; a /32 inside a pool's range that no live
 /// association wants removed (lanyard owns the pools' addresses). An
 /// interface that is absent gets nothing until it appears.
-pub fn address_ops(associations: &[Association], policy: ProjectPolicy<'_>, observed: &Observed) -> Vec<Op> {
+pub fn address_ops(associations: &[Association], policy: PlanContext<'_>, observed: &Observed) -> Vec<Op> {
     let mut ops = Vec::new();
     let wanted: BTreeSet<Ipv4Addr> = associations.iter().map(|a| a.fip).collect();
     let interfaces: BTreeSet<&str> = policy.pools.iter().map(|p| p.interface.as_str()).collect();
@@ -142,7 +131,7 @@ mod tests {
         let ports = [port("aa", "192.168.122.5"), port("bb", "192.168.122.6")];
         let fips = [fip("203.0.113.10", Some("aa")), fip("203.0.113.11", None), fip("203.0.113.12", Some("gone"))];
         let pools = [pool()];
-        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips, ..Default::default() };
+        let policy = PlanContext { pools: &pools, floating_ips: &fips, ..Default::default() };
         let live = associations(std::slice::from_ref(&nat), &ports, policy);
         assert_eq!(live, [Association { fip: fips[0].ip, fixed: "192.168.122.5".parse().unwrap() }]);
         for (mode, state) in [(Mode::Isolated, NetState::Active), (Mode::Nat, NetState::Inactive)] {
@@ -155,7 +144,7 @@ mod tests {
     fn the_pool_interface_carries_exactly_the_live_addresses() {
         let pools = [pool()];
         let fips = [fip("203.0.113.10", Some("aa"))];
-        let policy = ProjectPolicy { pools: &pools, floating_ips: &fips, ..Default::default() };
+        let policy = PlanContext { pools: &pools, floating_ips: &fips, ..Default::default() };
         let live = [Association { fip: fips[0].ip, fixed: "192.168.122.5".parse().unwrap() }];
         let mut o = Observed::default();
         let eth0 = ObservedLink {

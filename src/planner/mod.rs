@@ -22,11 +22,27 @@ pub mod links;
 pub mod overlay;
 
 pub use firewall::{bridge_table_id, table_id, table_ids, NFT_TABLE};
-pub use floating::ProjectPolicy;
 pub use links::{alias_uplink, bridge_alias, port_alias, port_ops};
 
 use crate::kernel::{FirewallChange, Observed, Plan, Tables};
 use crate::model::{Network, Port};
+
+/// What a plan needs beyond the networks and ports: what the projects add
+/// (floating IPs and their pools, grants between projects) and whether
+/// this host is a cluster member, whose networks span the hosts
+/// ([`overlay`]) and whose bridge table keeps each host's gateway and DHCP
+/// to itself.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PlanContext<'a> {
+    /// Floating IP pools.
+    pub pools: &'a [crate::model::floating::FipPool],
+    /// Floating IPs, associated or not.
+    pub floating_ips: &'a [crate::model::floating::FloatingIp],
+    /// Inter-project grants.
+    pub grants: &'a [crate::model::grants::Grant],
+    /// This host is a cluster member (`--etcd`).
+    pub cluster: bool,
+}
 
 /// Plans the changes that bring the kernel (`observed`, and the firewall
 /// tables `current` that it is known to hold) to `networks` + `ports` +
@@ -34,7 +50,7 @@ use crate::model::{Network, Port};
 pub fn plan(
     networks: &[Network],
     ports: &[Port],
-    policy: ProjectPolicy<'_>,
+    policy: PlanContext<'_>,
     observed: &Observed,
     current: &Tables,
 ) -> Plan {
@@ -46,17 +62,33 @@ pub fn plan(
 pub fn plan_with(
     networks: &[Network],
     ports: &[Port],
-    policy: ProjectPolicy<'_>,
+    policy: PlanContext<'_>,
     observed: &Observed,
     current: &Tables,
     overlay: Option<&overlay::Overlay<'_>>,
 ) -> Plan {
+    Plan {
+        ops: kernel_ops(networks, ports, policy, observed, overlay),
+        firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports, policy)),
+    }
+}
+
+/// The link and address operations of [`plan_with`], without the
+/// firewall: for a caller whose tables cover ports that get no devices
+/// here (a veth whose namespace went keeps its record and its elements).
+pub fn kernel_ops(
+    networks: &[Network],
+    ports: &[Port],
+    policy: PlanContext<'_>,
+    observed: &Observed,
+    overlay: Option<&overlay::Overlay<'_>>,
+) -> Vec<crate::kernel::Op> {
     // The pools' addresses first: they are on interfaces that are not
     // lanyard's, and never depend on its links.
     let live = floating::associations(networks, ports, policy);
     let mut ops = floating::address_ops(&live, policy, observed);
     ops.extend(links::plan_links(networks, ports, observed, overlay));
-    Plan { ops, firewall: FirewallChange::all_between(current, &firewall::tables(networks, ports, policy)) }
+    ops
 }
 
 #[cfg(test)]
@@ -299,7 +331,8 @@ mod tests {
     #[test]
     fn bridge_firewall_golden() {
         let n = net("default", "192.168.122.0/24", "lybr0");
-        let t = firewall::bridge_table(std::slice::from_ref(&n), &[port("aa", "default", PortType::Tap)]).unwrap();
+        let t =
+            firewall::bridge_table(std::slice::from_ref(&n), &[port("aa", "default", PortType::Tap)], false).unwrap();
         let expected = "table bridge lanyard {
 \tcomment \"FP\"
 \tset dhcp_ports { type ifname; elements = { \"lyaa\" }; }
@@ -355,7 +388,7 @@ mod tests {
         let mut unruled = port("ee", "o", PortType::Tap);
         unruled.ip = Some("10.8.0.2".parse().unwrap());
         let ports = [plain.clone(), router.clone(), trunk.clone(), no_ip.clone(), unruled.clone()];
-        let t = firewall::bridge_table(&nets, &ports).unwrap();
+        let t = firewall::bridge_table(&nets, &ports, false).unwrap();
         let strings = |v: &[&str]| v.iter().map(ToString::to_string).collect::<Vec<_>>();
         assert_eq!(
             guard_sets(&t),
@@ -370,7 +403,7 @@ mod tests {
         );
         // A port's create and delete are exactly its elements, and a
         // table rebuilt from the store (a restart) has the same.
-        let empty = firewall::bridge_table(&nets, &[]).unwrap();
+        let empty = firewall::bridge_table(&nets, &[], false).unwrap();
         assert_eq!(empty.fingerprint(), t.fingerprint(), "ports add elements, never rules");
         let added = firewall::port_changes(&ports, &nets, true);
         assert_eq!(
@@ -389,13 +422,54 @@ mod tests {
     }
 
     #[test]
+    fn a_cluster_members_bridge_table_keeps_gateway_arp_and_dhcp_off_the_tunnels() {
+        let spanning = net("default", "192.168.122.0/24", "lybr0");
+        let mut on_uplink = net("up", "10.9.0.0/24", "lybr1");
+        on_uplink.uplink = Some("eth0".into());
+        let nets = [spanning.clone(), on_uplink];
+        let vxlan = format!("\"{}\"", overlay::vxlan_ifname(&spanning));
+        let member = firewall::bridge_table(&nets, &[], true).unwrap();
+        let elements =
+            |set: &str| -> Vec<String> { member.set(set).unwrap().elements.iter().map(ToString::to_string).collect() };
+        // Only the network that spans over VXLAN (the uplink's is on the
+        // physical network, where lanyard has no tunnel port).
+        assert_eq!(elements("overlay_ports"), std::slice::from_ref(&vxlan));
+        assert_eq!(elements("overlay_gw"), [format!("{vxlan} . 192.168.122.1")]);
+        let rules = |chain: &str| -> Vec<String> {
+            member.chains.iter().find(|c| c.name == chain).unwrap().rules.iter().map(ToString::to_string).collect()
+        };
+        for (chain, port) in [("prerouting", "iifname"), ("postrouting", "oifname")] {
+            assert_eq!(
+                rules(chain)[..3],
+                [
+                    format!("{port} @overlay_ports udp dport {{ 67, 68 }} drop"),
+                    format!("{port} . arp daddr ip @overlay_gw drop"),
+                    format!("{port} . arp saddr ip @overlay_gw drop"),
+                ],
+                "{chain}"
+            );
+        }
+        assert_eq!(rules("postrouting").len(), 3, "nothing else on the way out");
+        // A single host has none of it; a member's structure does not
+        // depend on which networks span (they are elements).
+        let single = firewall::bridge_table(&nets, &[], false).unwrap();
+        assert!(!single.render().contains("overlay"), "{}", single.render());
+        let fewer = firewall::bridge_table(&nets[1..], &[], true).unwrap();
+        assert_eq!(fewer.fingerprint(), member.fingerprint());
+        assert!(fewer.set("overlay_ports").unwrap().elements.is_empty());
+    }
+
+    #[test]
     fn the_bridge_table_exists_for_any_network_whose_ports_are_guarded() {
         let mut lan = net("lan", "10.9.0.0/24", "lybr1");
         lan.mode = Mode::Bridge;
         let mut open = net("o", "10.8.0.0/24", "lybr2");
         open.mode = Mode::Open;
-        assert!(firewall::bridge_table(std::slice::from_ref(&lan), &[]).is_some(), "bridge mode: a port may come");
-        assert!(firewall::bridge_table(std::slice::from_ref(&open), &[]).is_none(), "open: no rules at all");
+        assert!(
+            firewall::bridge_table(std::slice::from_ref(&lan), &[], false).is_some(),
+            "bridge mode: a port may come"
+        );
+        assert!(firewall::bridge_table(std::slice::from_ref(&open), &[], false).is_none(), "open: no rules at all");
     }
 
     #[test]

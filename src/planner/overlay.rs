@@ -79,6 +79,17 @@ pub fn devices<'a>(networks: impl Iterator<Item = &'a Network>) -> Vec<String> {
     networks.filter(|n| spans(n)).map(vxlan_ifname).collect()
 }
 
+/// The link that holds this node's tunnel address `local`: the underlay.
+fn underlay_link(local: Ipv4Addr, observed: &Observed) -> Option<&crate::kernel::ObservedLink> {
+    observed.links.values().find(|l| l.addrs.iter().any(|a| a.addr() == local))
+}
+
+/// The MTU of the networks that span the hosts: the underlay's less what
+/// VXLAN adds. None while no link holds the tunnel address.
+pub fn mtu(local: Ipv4Addr, observed: &Observed) -> Option<u32> {
+    underlay_link(local, observed).map(|l| l.mtu.saturating_sub(VXLAN_OVERHEAD))
+}
+
 /// The operations that bring an active network's VXLAN device and its
 /// forwarding entries to `overlay`: created (MTU = underlay MTU − 50, the
 /// underlay being the link that holds the local address), enslaved, up;
@@ -91,8 +102,8 @@ pub fn network_ops(net: &Network, overlay: &Overlay<'_>, observed: &Observed) ->
     }
     let name = vxlan_ifname(net);
     let key = net.key();
-    let underlay = observed.links.values().find(|l| l.addrs.iter().any(|a| a.addr() == overlay.local));
-    let mtu = underlay.map(|l| l.mtu.saturating_sub(VXLAN_OVERHEAD));
+    let underlay = underlay_link(overlay.local, observed);
+    let mtu = mtu(overlay.local, observed);
     match observed.links.get(&name) {
         None => {
             ops.push(Op::CreateVxlan(VxlanSpec {

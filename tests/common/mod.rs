@@ -21,6 +21,7 @@
 //! | `netns.rs` | [`Netns`], the namespace guard, and what `ip`/`nft`/sysctl show in it |
 //! | `daemon.rs` | [`Daemon`]: start, stop, restart, the CLI |
 //! | `etcd.rs` | [`Etcd`]: an etcd in a test namespace, for cluster tests |
+//! | `capture.rs` | [`Capture`]: tcpdump in a test namespace |
 //! | `topology.rs` | [`Host`], [`Vm`], outsides, hand-made bridge ports, and [`Topology`], the one builder of host + outsides + networks + VMs |
 //! | `dhcp_clients.rs` | [`udhcpc`], [`dhclient`], [`DhcpLease`] |
 //! | `probes.rs` | [`ping`], [`PingJob`], [`dig`], [`Dnsmasq`], parsing helpers |
@@ -29,6 +30,7 @@
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+mod capture;
 mod daemon;
 mod dhcp_clients;
 mod etcd;
@@ -40,4 +42,4 @@ mod topology;
 
 // A test binary that uses nothing from one of them would warn here.
 #[allow(unused_imports)]
-pub use {daemon::*, dhcp_clients::*, etcd::*, netns::*, privilege::*, probes::*, process::*, topology::*};
+pub use {capture::*, daemon::*, dhcp_clients::*, etcd::*, netns::*, privilege::*, probes::*, process::*, topology::*};
