@@ -301,6 +301,15 @@ fn vms_on_two_hosts_reach_each_other_over_vxlan() {
     assert!(p.all_replied(), "VM A cannot reach VM B across hosts: {}", p.output);
     // The replies came over the tunnel: A's VXLAN device sent the requests.
     assert!(vxlan_tx_packets(&ha, &vxlan) >= tx_before + 3, "the pings did not go through {vxlan}");
+    // Deleted by hand, the device comes back (the healer), on the bridge,
+    // with its entries.
+    ha.ip_ok(&["link", "del", &vxlan]);
+    let healed = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        let f = stdout(&ha.exec("bridge", &["fdb", "show", "dev", &vxlan]));
+        (f.contains(&format!("{mac_b} dst 10.213.2.2")) && vxlan_of(&ha).is_some()).then_some(())
+    });
+    assert!(healed.is_some(), "A's VXLAN device did not come back: {}", a.log());
+    assert!(ping(&vm_a, &ip_b, 2, 10).all_replied(), "VM A cannot reach VM B after the device came back");
 
     // B's daemon killed: its registration lapses within the TTL, and A's
     // entries towards it go with it; B back, they come back.

@@ -52,6 +52,9 @@ struct Scope {
     /// each: lanyard's own association costs this one look, not a read of
     /// an interface that may carry thousands of addresses.
     pool_addresses: BTreeMap<std::net::Ipv4Addr, (String, bool)>,
+    /// Networks whose VXLAN device changed (a cluster member's): the
+    /// device and its forwarding entries are checked.
+    overlay: BTreeSet<String>,
 }
 
 impl Engine {
@@ -67,6 +70,7 @@ impl Engine {
             && !scope.firewall
             && scope.pool_interfaces.is_empty()
             && scope.pool_addresses.is_empty()
+            && scope.overlay.is_empty()
         {
             return Ok(0);
         }
@@ -119,6 +123,14 @@ impl Engine {
                     }
                     if let Some(id) = self.index.ifnames.get(name) {
                         scope.ports.insert(id.clone());
+                    }
+                    // Only a member with tunnels has VXLAN devices to heal.
+                    if self.underlay.is_some() && name.starts_with(planner::overlay::VXLAN_PREFIX) {
+                        for net in active().filter(|n| planner::overlay::spans(n)) {
+                            if planner::overlay::vxlan_ifname(net) == *name {
+                                scope.overlay.insert(net.key().into_owned());
+                            }
+                        }
                     }
                 }
                 KernelEvent::Firewall { table } if planner::table_ids().contains(table) => scope.firewall = true,
@@ -214,6 +226,7 @@ impl Engine {
             }
             ops.extend(group_ops);
         }
+        ops.extend(self.overlay_repair(scope, &rebuilt, &nets)?);
         // Ports: those the events named, and every port of a bridge that is
         // re-created (the kernel released them all when it went).
         let ports: Vec<Port> = self
@@ -291,6 +304,41 @@ impl Engine {
         self.repair_stats.last = Some(words);
         self.repair_stats.last_at = Some(self.host.now());
         Ok(n)
+    }
+
+    /// The operations that bring back the VXLAN devices of the networks
+    /// in `scope.overlay` and of those among `nets` whose bridge is
+    /// `rebuilt` (which released the device): the device, its place on
+    /// the bridge and its forwarding entries. Planned with the cluster as
+    /// last seen (this node's address, the other nodes' of the last plan,
+    /// the ports in memory), so a device deleted by hand comes back while
+    /// etcd is unreachable too. Reads the whole kernel: rare, and the
+    /// device's underlay link is found by its address.
+    fn overlay_repair(
+        &self,
+        scope: &Scope,
+        rebuilt: &BTreeSet<String>,
+        nets: &[Network],
+    ) -> Result<Vec<Op>, EngineError> {
+        let Some(local) = self.underlay else { return Ok(Vec::new()) };
+        let spanning: Vec<&Network> = self
+            .networks
+            .iter()
+            .filter(|n| n.state == NetState::Active && planner::overlay::spans(n))
+            .filter(|n| {
+                let key = n.key();
+                scope.overlay.contains(key.as_ref())
+                    || (rebuilt.contains(key.as_ref()) && nets.iter().any(|x| x.key() == key))
+            })
+            .collect();
+        if spanning.is_empty() {
+            return Ok(Vec::new());
+        }
+        let observed = self.kernel.observe()?;
+        let remotes = self.planned_remotes.clone().unwrap_or_default();
+        let remote_ports: Vec<Port> = self.ports.iter().filter(|p| !self.is_local(p)).cloned().collect();
+        let overlay = planner::overlay::Overlay { local, remotes: &remotes, remote_ports: &remote_ports };
+        Ok(spanning.into_iter().flat_map(|n| planner::overlay::network_ops(n, &overlay, &observed)).collect())
     }
 
     /// Routes matter only to bridge-mode networks (the host's routes moved

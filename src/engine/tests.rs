@@ -1980,6 +1980,20 @@ fn cluster_members_span_networks_over_vxlan() {
     assert!(a.follow(&[Change::Port(pb.id.clone(), Some(pb.clone()))], false).unwrap());
     assert_eq!(fdb(&ka), [(overlay::FLOOD, ub), (pb.mac, ub)].into(), "A's entries towards B");
     assert!(fdb(&kb).is_empty(), "B has entries for nobody's remote port");
+    // The device deleted by hand: healing brings it back whole, from the
+    // cluster as last seen (no store read: etcd may be what is gone).
+    ka.apply_op(&crate::kernel::Op::DeleteLink { name: vx.clone() }).unwrap();
+    store.broken.store(true, Ordering::SeqCst);
+    assert!(a.heal(&[crate::kernel::KernelEvent::Link { name: vx.clone(), gone: true }]).unwrap() > 0);
+    store.broken.store(false, Ordering::SeqCst);
+    let healed = ka.snapshot().observed.links.get(&vx).cloned().expect("healing did not bring the device back");
+    assert_eq!((healed.master.as_deref(), healed.up, healed.mtu), (Some(net.bridge.as_str()), true, 1450));
+    assert_eq!(fdb(&ka), [(overlay::FLOOD, ub), (pb.mac, ub)].into(), "the healed device lacks its entries");
+    assert_eq!(a.heal(&[crate::kernel::KernelEvent::Link { name: vx.clone(), gone: false }]).unwrap(), 0);
+    // The bridge deleted: the device is released, and comes back on it.
+    ka.apply_op(&crate::kernel::Op::DeleteLink { name: net.bridge.clone() }).unwrap();
+    a.heal(&[crate::kernel::KernelEvent::Link { name: net.bridge.clone(), gone: true }]).unwrap();
+    assert_eq!(ka.snapshot().observed.links[&vx].master.as_deref(), Some(net.bridge.as_str()));
     assert!(!a.follow(&[Change::Nodes], false).unwrap(), "nothing moved, nothing to do");
     // B's registration lapses (a dead node): A's tunnels to it go; it
     // registers again: they come back.

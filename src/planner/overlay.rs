@@ -57,9 +57,12 @@ pub fn vni(net_key: &str) -> u32 {
     }
 }
 
+/// What the names of lanyard's VXLAN devices start with.
+pub const VXLAN_PREFIX: &str = "lyvx";
+
 /// The VXLAN device of a network: `lyvx` and its VNI in hex (10 bytes).
 pub fn vxlan_ifname(net: &Network) -> String {
-    format!("lyvx{:06x}", vni(&net.key()))
+    format!("{VXLAN_PREFIX}{:06x}", vni(&net.key()))
 }
 
 /// Ownership mark of a network's VXLAN device.
