@@ -154,6 +154,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
             for name in names {
                 if links.remove(name).is_some() {
                     s.observed.fdb.remove(name);
+                    s.observed.neighbours.remove(name);
                     for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                         l.master = None;
                         l.vlans.clear();
@@ -165,6 +166,7 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
         Op::DeleteLink { name } => {
             links.remove(name).ok_or_else(missing)?;
             s.observed.fdb.remove(name);
+            s.observed.neighbours.remove(name);
             for l in links.values_mut().filter(|l| l.master.as_deref() == Some(name.as_str())) {
                 l.master = None;
                 l.vlans.clear();
@@ -259,6 +261,26 @@ fn perform(s: &mut FakeState, op: &Op) -> Result<(), KernelError> {
             }
             if let (Some(dst), Some(entries)) = (dst, s.observed.fdb.get_mut(link)) {
                 entries.remove(&(*mac, *dst));
+            }
+        }
+        Op::AddNeighbour { link, ip, mac } => {
+            if !exists(links, link) {
+                return Err(missing());
+            }
+            let entries = s.observed.neighbours.entry(link.clone()).or_default();
+            entries.retain(|(i, _)| i != ip);
+            entries.insert((*ip, *mac));
+        }
+        Op::DelNeighbour { link, ip, .. } => {
+            let entries = s.observed.neighbours.get_mut(link);
+            let before = entries.as_ref().map_or(0, |e| e.len());
+            if let Some(e) = entries {
+                e.retain(|(i, _)| i != ip);
+                if e.len() == before {
+                    return Err(refuse(op, 2, "No such file or directory"));
+                }
+            } else {
+                return Err(refuse(op, 2, "No such file or directory"));
             }
         }
         Op::SetForwarding { on } => s.observed.ip_forward = *on,

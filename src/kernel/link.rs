@@ -166,6 +166,10 @@ pub struct Observed {
     /// lanyard's VXLAN devices, by device name. Read only when lanyard
     /// owns a VXLAN device; empty elsewhere.
     pub fdb: BTreeMap<String, BTreeSet<(Mac, Ipv4Addr)>>,
+    /// Permanent IPv4 neighbour entries (address, MAC) of lanyard's VXLAN
+    /// devices, by device name: what the device answers ARP with itself
+    /// (proxy). Read with [`Observed::fdb`].
+    pub neighbours: BTreeMap<String, BTreeSet<(Ipv4Addr, Mac)>>,
 }
 
 /// How to create a TAP device.
@@ -380,6 +384,26 @@ pub enum Op {
         /// Remote tunnel endpoint.
         dst: Option<Ipv4Addr>,
     },
+    /// Add (or replace) a permanent neighbour entry: `ip neigh replace IP
+    /// lladdr MAC dev LINK nud permanent` (on a VXLAN device with proxy
+    /// on, the device answers ARP for IP itself).
+    AddNeighbour {
+        /// VXLAN device.
+        link: String,
+        /// IPv4 address.
+        ip: Ipv4Addr,
+        /// Its MAC.
+        mac: Mac,
+    },
+    /// Remove a neighbour entry.
+    DelNeighbour {
+        /// VXLAN device.
+        link: String,
+        /// IPv4 address.
+        ip: Ipv4Addr,
+        /// Its MAC (to undo the removal).
+        mac: Mac,
+    },
     /// Turn net.ipv4.ip_forward in this namespace on or off.
     SetForwarding {
         /// On or off.
@@ -423,6 +447,8 @@ impl Op {
                 self_: *self_,
             },
             Op::AddFdb { link, mac, dst } => Op::DelFdb { link: link.clone(), mac: *mac, dst: *dst },
+            Op::AddNeighbour { link, ip, mac } => Op::DelNeighbour { link: link.clone(), ip: *ip, mac: *mac },
+            Op::DelNeighbour { link, ip, mac } => Op::AddNeighbour { link: link.clone(), ip: *ip, mac: *mac },
             Op::SetForwarding { on } => Op::SetForwarding { on: !on },
             Op::DelFdb { .. } | Op::DeleteLink { .. } | Op::DeleteLinks { .. } => return None,
         })
@@ -487,6 +513,8 @@ impl fmt::Display for Op {
             }
             Op::AddFdb { link, mac, dst } => write!(f, "add fdb {mac} dst {} on {link}", opt(dst)),
             Op::DelFdb { link, mac, dst } => write!(f, "remove fdb {mac} dst {} on {link}", opt(dst)),
+            Op::AddNeighbour { link, ip, mac } => write!(f, "add neighbour {ip} lladdr {mac} on {link}"),
+            Op::DelNeighbour { link, ip, .. } => write!(f, "remove neighbour {ip} from {link}"),
             Op::SetForwarding { on } => write!(f, "set net.ipv4.ip_forward to {}", u8::from(*on)),
         }
     }

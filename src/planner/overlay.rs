@@ -153,7 +153,29 @@ pub fn network_ops(net: &Network, overlay: &Overlay<'_>, observed: &Observed) ->
     for (mac, dst) in want.difference(&have) {
         ops.push(Op::AddFdb { link: name.clone(), mac: *mac, dst: Some(*dst) });
     }
+    let want = wanted_neighbours(&key, overlay);
+    let have = observed.neighbours.get(&name).cloned().unwrap_or_default();
+    for (ip, mac) in have.difference(&want) {
+        ops.push(Op::DelNeighbour { link: name.clone(), ip: *ip, mac: *mac });
+    }
+    for (ip, mac) in want.difference(&have) {
+        ops.push(Op::AddNeighbour { link: name.clone(), ip: *ip, mac: *mac });
+    }
     ops
+}
+
+/// The neighbour entries network `key`'s VXLAN device wants: each remote
+/// port's fixed address and MAC, so the device answers a guest's ARP for
+/// a guest on another host itself (proxy) instead of flooding it to every
+/// host (ARP suppression).
+pub fn wanted_neighbours(key: &str, overlay: &Overlay<'_>) -> BTreeSet<(Ipv4Addr, Mac)> {
+    overlay
+        .remote_ports
+        .iter()
+        .filter(|p| p.net == key)
+        .filter(|p| p.node.as_ref().and_then(|n| overlay.remotes.get(n)).is_some_and(|dst| *dst != overlay.local))
+        .filter_map(|p| p.ip.map(|ip| (ip, p.mac)))
+        .collect()
 }
 
 /// The remote entries network `key`'s VXLAN device wants: a flood entry
@@ -181,7 +203,8 @@ mod tests {
     use crate::model::test_network;
 
     fn remote_port(id: &str, net: &str, node: &str, mac: [u8; 6]) -> Port {
-        Port { node: Some(node.into()), mac: Mac(mac), ..crate::model::test_port(id, net) }
+        let ip = Some(Ipv4Addr::new(192, 168, 122, mac[5].max(2)));
+        Port { node: Some(node.into()), mac: Mac(mac), ip, ..crate::model::test_port(id, net) }
     }
 
     fn underlay() -> Observed {
@@ -233,6 +256,10 @@ mod tests {
                 &Op::AddFdb { link: name.clone(), mac: Mac([2, 0, 0, 0, 0, 1]), dst: Some(B) },
             ]
         );
+        // ARP suppression: the remote port's address answered by the device.
+        let neighbours: Vec<&Op> = ops.iter().filter(|o| matches!(o, Op::AddNeighbour { .. })).collect();
+        let p1 = (Ipv4Addr::new(192, 168, 122, 2), Mac([2, 0, 0, 0, 0, 1]));
+        assert_eq!(neighbours, [&Op::AddNeighbour { link: name.clone(), ip: p1.0, mac: p1.1 }]);
     }
 
     #[test]
@@ -260,6 +287,7 @@ mod tests {
             },
         );
         o.fdb.insert(name.clone(), wanted_fdb("default", &overlay));
+        o.neighbours.insert(name.clone(), wanted_neighbours("default", &overlay));
         assert_eq!(network_ops(&n, &overlay, &o), []);
 
         let none = Overlay { local: A, remotes: &remotes, remote_ports: &[] };
@@ -268,8 +296,23 @@ mod tests {
             [
                 Op::DelFdb { link: name.clone(), mac: FLOOD, dst: Some(B) },
                 Op::DelFdb { link: name.clone(), mac: Mac([2, 0, 0, 0, 0, 1]), dst: Some(B) },
+                Op::DelNeighbour {
+                    link: name.clone(),
+                    ip: Ipv4Addr::new(192, 168, 122, 2),
+                    mac: Mac([2, 0, 0, 0, 0, 1])
+                },
             ]
         );
+        // The address taken by another port (deleted and made again
+        // elsewhere): the entry is replaced.
+        let moved = [Port { mac: Mac([2, 0, 0, 0, 0, 9]), ..ports[0].clone() }];
+        let other = Overlay { local: A, remotes: &remotes, remote_ports: &moved };
+        let ops = network_ops(&n, &other, &o);
+        let ip = Ipv4Addr::new(192, 168, 122, 2);
+        assert!(ops.ends_with(&[
+            Op::DelNeighbour { link: name.clone(), ip, mac: Mac([2, 0, 0, 0, 0, 1]) },
+            Op::AddNeighbour { link: name.clone(), ip, mac: Mac([2, 0, 0, 0, 0, 9]) },
+        ]));
         // A node that is not registered has no destination.
         let nobody = BTreeMap::new();
         let unknown = Overlay { local: A, remotes: &nobody, remote_ports: &ports };

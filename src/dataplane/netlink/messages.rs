@@ -165,6 +165,9 @@ pub fn create_vxlan(spec: &VxlanSpec, dev: Option<u32>) -> Request {
     data.extend(dev.map(InfoVxlan::Link));
     data.push(InfoVxlan::Port(spec.port));
     data.push(InfoVxlan::Learning(false));
+    // Answers ARP for remote guests from its neighbour entries instead of
+    // flooding the request to every host.
+    data.push(InfoVxlan::Proxy(true));
     msg.attributes.push(link_info(InfoKind::Vxlan, Some(InfoData::Vxlan(data))));
     request(RouteNetlinkMessage::NewLink(msg), CREATE)
 }
@@ -289,6 +292,31 @@ pub fn fdb(index: u32, mac: Mac, dst: Option<Ipv4Addr>, add: bool) -> Request {
     msg.attributes.extend(dst.map(|d| NeighbourAttribute::Destination(NeighbourAddress::Inet(d))));
     if add {
         request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_APPEND)
+    } else {
+        request(RouteNetlinkMessage::DelNeighbour(msg), 0)
+    }
+}
+
+/// RTM_GETNEIGH dump of family AF_INET: every link's IPv4 neighbours
+/// (`ip neigh show`).
+pub fn dump_neighbours() -> RouteNetlinkMessage {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    RouteNetlinkMessage::GetNeighbour(msg)
+}
+
+/// A permanent IPv4 neighbour entry of link `index`, as `ip neigh replace
+/// IP lladdr MAC dev LINK nud permanent` (add) or `ip neigh del IP dev
+/// LINK` sends it.
+pub fn neighbour(index: u32, ip: Ipv4Addr, mac: Mac, add: bool) -> Request {
+    let mut msg = NeighbourMessage::default();
+    msg.header.family = AddressFamily::Inet;
+    msg.header.ifindex = index;
+    msg.header.state = NeighbourState::Permanent;
+    msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+    if add {
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        request(RouteNetlinkMessage::NewNeighbour(msg), NLM_F_CREATE | NLM_F_REPLACE)
     } else {
         request(RouteNetlinkMessage::DelNeighbour(msg), 0)
     }
@@ -463,6 +491,21 @@ mod tests {
             .attributes
             .contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(192, 0, 2, 1)))));
         assert!(matches!(fdb(3, mac(), None, false).message, RouteNetlinkMessage::DelNeighbour(_)));
+    }
+
+    #[test]
+    fn a_neighbour_entry_is_permanent_and_replaces() {
+        let ip = Ipv4Addr::new(10, 83, 0, 5);
+        let req = neighbour(3, ip, mac(), true);
+        assert_eq!(req.flags, NLM_F_CREATE | NLM_F_REPLACE);
+        let RouteNetlinkMessage::NewNeighbour(m) = &req.message else { panic!() };
+        assert_eq!(
+            (m.header.family, m.header.ifindex, m.header.state),
+            (AddressFamily::Inet, 3, NeighbourState::Permanent)
+        );
+        assert!(m.attributes.contains(&NeighbourAttribute::Destination(NeighbourAddress::Inet(ip))));
+        assert!(m.attributes.contains(&NeighbourAttribute::LinkLayerAddress(mac().0.to_vec())));
+        assert!(matches!(neighbour(3, ip, mac(), false).message, RouteNetlinkMessage::DelNeighbour(_)));
     }
 
     #[test]

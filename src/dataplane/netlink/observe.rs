@@ -13,7 +13,7 @@ use netlink_packet_route::link::{
     AfSpecBridge, BridgeVlanInfoFlags, InfoBridge, InfoData, LinkAttribute, LinkFlags, LinkHeader, LinkInfo,
     LinkMessage,
 };
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage, NeighbourState};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 
@@ -350,6 +350,42 @@ fn dump_fdb(
     .map_err(observe_error("forwarding entries (RTM_GETNEIGH, AF_BRIDGE)"))
 }
 
+/// The permanent IPv4 neighbour entries (address, MAC) of the links
+/// `wanted` (indexes), by index.
+fn dump_neighbours(
+    socket: &mut RouteSocket,
+    wanted: &BTreeSet<u32>,
+) -> Result<HashMap<u32, BTreeSet<(Ipv4Addr, Mac)>>, KernelError> {
+    type Neighbours = HashMap<u32, BTreeSet<(Ipv4Addr, Mac)>>;
+    dump_consistent(socket, messages::dump_neighbours, |found: &mut Neighbours, raw| {
+        if let RouteNetlinkMessage::NewNeighbour(m) = raw.parse()? {
+            if let Some((index, entry)) = neighbour_entry(&m).filter(|(i, _)| wanted.contains(i)) {
+                found.entry(index).or_default().insert(entry);
+            }
+        }
+        Ok(())
+    })
+    .map_err(observe_error("neighbours (RTM_GETNEIGH, AF_INET)"))
+}
+
+/// A permanent IPv4 neighbour entry with its link's index; None for
+/// learned entries (they come and go) and anything else.
+pub fn neighbour_entry(m: &NeighbourMessage) -> Option<(u32, (Ipv4Addr, Mac))> {
+    if m.header.state != NeighbourState::Permanent {
+        return None;
+    }
+    let mut mac = None;
+    let mut ip = None;
+    for a in &m.attributes {
+        match a {
+            NeighbourAttribute::LinkLayerAddress(l) => mac = <[u8; 6]>::try_from(l.as_slice()).ok().map(Mac),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(d)) => ip = Some(*d),
+            _ => {}
+        }
+    }
+    Some((m.header.ifindex, (ip?, mac?)))
+}
+
 /// A forwarding entry with a remote IPv4 tunnel endpoint, with its link's
 /// index; None for local entries and anything else. The crate reads the
 /// destination of an AF_BRIDGE message as raw bytes (it knows the address
@@ -442,10 +478,16 @@ impl NetlinkDriver {
         let vxlans: BTreeSet<u32> =
             by_index.values().filter(|l| l.kind == LinkKind::Vxlan && l.owned()).map(|l| l.index).collect();
         let mut fdb = BTreeMap::new();
+        let mut neighbours = BTreeMap::new();
         if !vxlans.is_empty() {
             for (index, entries) in dump_fdb(&mut socket, &vxlans)? {
                 if let Some(link) = by_index.get(&index) {
                     fdb.insert(link.name.clone(), entries);
+                }
+            }
+            for (index, entries) in dump_neighbours(&mut socket, &vxlans)? {
+                if let Some(link) = by_index.get(&index) {
+                    neighbours.insert(link.name.clone(), entries);
                 }
             }
         }
@@ -456,6 +498,7 @@ impl NetlinkDriver {
             routes,
             ip_forward: sysctl::ip_forward()?,
             fdb,
+            neighbours,
         })
     }
 
@@ -735,5 +778,19 @@ mod tests {
         assert_eq!(fdb_entry(&m), Some((7, (Mac([2, 0, 0, 0, 0, 1]), Ipv4Addr::new(10, 213, 2, 2)))));
         m.attributes[1] = NeighbourAttribute::Destination(NeighbourAddress::Other(vec![0; 16]));
         assert_eq!(fdb_entry(&m), None, "an IPv6 remote is not lanyard's");
+    }
+
+    #[test]
+    fn only_permanent_neighbours_are_read() {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = 7;
+        m.header.state = NeighbourState::Permanent;
+        m.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::new(10, 83, 0, 5))));
+        assert_eq!(neighbour_entry(&m), None, "no MAC");
+        m.attributes.push(NeighbourAttribute::LinkLayerAddress(vec![2, 0, 0, 0, 0, 1]));
+        assert_eq!(neighbour_entry(&m), Some((7, (Ipv4Addr::new(10, 83, 0, 5), Mac([2, 0, 0, 0, 0, 1])))));
+        m.header.state = NeighbourState::Reachable;
+        assert_eq!(neighbour_entry(&m), None, "a learned entry is not lanyard's");
     }
 }

@@ -162,6 +162,10 @@ fn perform(socket: &mut RouteSocket, op: &Op) -> Result<(), NlError> {
             let index = link_index(socket, link)?;
             send(socket, messages::fdb(index, *mac, *dst, matches!(op, Op::AddFdb { .. })))
         }
+        Op::AddNeighbour { link, ip, mac } | Op::DelNeighbour { link, ip, mac } => {
+            let index = link_index(socket, link)?;
+            send(socket, messages::neighbour(index, *ip, *mac, matches!(op, Op::AddNeighbour { .. })))
+        }
         Op::SetForwarding { on } => sysctl::set_ip_forward(*on).map_err(|e| NlError::io(&e)),
     }
 }
