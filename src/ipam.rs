@@ -69,6 +69,10 @@ pub struct AddressBook {
     /// Where the next search for a free pool address starts, so allocation
     /// stays O(1) amortised instead of rescanning from the bottom each time.
     cursor: u32,
+    /// The blocks of the DHCP range this host may lease dynamically from
+    /// (first, last; a cluster member's, claimed in the store so no two
+    /// hosts lease one address); None: the whole range (a single host).
+    blocks: Option<Vec<(Ipv4Addr, Ipv4Addr)>>,
 }
 
 impl AddressBook {
@@ -87,7 +91,42 @@ impl AddressBook {
             declined: HashMap::new(),
             elsewhere: HashMap::new(),
             cursor,
+            blocks: None,
         }
+    }
+
+    /// Leases dynamic addresses only from `blocks` (None: from the whole
+    /// DHCP range). Leases already given stay until they end; a renewal
+    /// outside the blocks is refused (NAK), so its client asks again.
+    pub fn set_blocks(&mut self, blocks: Option<Vec<(Ipv4Addr, Ipv4Addr)>>) {
+        self.blocks = blocks;
+    }
+
+    /// The blocks dynamic leases come from (None: the whole range).
+    pub fn blocks(&self) -> Option<&[(Ipv4Addr, Ipv4Addr)]> {
+        self.blocks.as_deref()
+    }
+
+    /// Whether a dynamic lease of `ip` may be given here: in the DHCP range
+    /// and, on a cluster member, in one of this host's blocks.
+    fn in_pool(&self, ip: Ipv4Addr) -> bool {
+        self.net.dhcp_range.contains(ip)
+            && self.blocks.as_ref().is_none_or(|b| b.iter().any(|(first, last)| (*first..=*last).contains(&ip)))
+    }
+
+    /// How many addresses of this host's blocks nobody holds (None on a
+    /// single host, which leases from the whole range).
+    pub fn free_in_blocks(&self, now: u64) -> Option<usize> {
+        let nobody = Mac([0; 6]);
+        let blocks = self.blocks.as_ref()?;
+        Some(
+            blocks
+                .iter()
+                .flat_map(|(first, last)| u32::from(*first)..=u32::from(*last))
+                .map(Ipv4Addr::from)
+                .filter(|ip| self.in_pool(*ip) && self.free_for(*ip, nobody, now))
+                .count(),
+        )
     }
 
     /// The network this table serves.
@@ -319,8 +358,7 @@ impl AddressBook {
         if let Some(ip) = self.static_ip(mac) {
             return Ok(ip);
         }
-        let range = self.net.dhcp_range;
-        let pool_ok = |s: &Self, ip: Ipv4Addr| range.contains(ip) && s.free_for(ip, mac, now);
+        let pool_ok = |s: &Self, ip: Ipv4Addr| s.in_pool(ip) && s.free_for(ip, mac, now);
         let candidate = [
             self.offers.get(&mac).filter(|o| o.until > now).map(|o| o.ip),
             self.leases.get(&mac).map(|l| l.ip),
@@ -340,6 +378,20 @@ impl AddressBook {
     }
 
     fn next_free_in_pool(&mut self, mac: Mac, now: u64) -> Result<Ipv4Addr, IpamError> {
+        if let Some(blocks) = &self.blocks {
+            // A host's blocks are a few dozen addresses: a scan is cheap.
+            let found = blocks
+                .iter()
+                .flat_map(|(first, last)| u32::from(*first)..=u32::from(*last))
+                .map(Ipv4Addr::from)
+                .find(|ip| self.in_pool(*ip) && self.free_for(*ip, mac, now));
+            return found.ok_or_else(|| {
+                IpamError::Exhausted(format!(
+                    "this host's DHCP blocks of {}-{} (more are claimed as they fill)",
+                    self.net.dhcp_range.first, self.net.dhcp_range.last
+                ))
+            });
+        }
         let first = u32::from(self.net.dhcp_range.first);
         let last = u32::from(self.net.dhcp_range.last);
         let size = last - first + 1;
@@ -374,6 +426,9 @@ impl AddressBook {
             None => {
                 if !self.net.dhcp_range.contains(ip) {
                     return Err(IpamError::OutsideSubnet { ip, subnet: self.net.subnet.to_string() });
+                }
+                if !self.in_pool(ip) {
+                    return Err(IpamError::InUse { ip, holder: "another host's DHCP block".into() });
                 }
                 if !self.free_for(ip, mac, now) {
                     let holder = self.holder(ip, now).unwrap_or_else(|| "another client".into());

@@ -657,3 +657,40 @@ fn three_hosts_each_the_gateway_of_its_own_vms() {
     assert!(followed.is_some(), "A or B did not follow C's new port: {}\n{}", fdb(0), fdb(1));
     drop(daemons);
 }
+
+/// Clients that are no port (a hand-made interface on the bridge) get
+/// dynamic leases from their own host's DHCP block: two hosts never
+/// lease one address (without blocks both would lease the first free
+/// address of the range), and a host's second client comes from its
+/// block too.
+#[test]
+fn dynamic_clients_on_two_hosts_lease_from_their_hosts_blocks() {
+    if !privileged("dynamic_clients_on_two_hosts_lease_from_their_hosts_blocks", &["ip", "etcd", "busybox", "udhcpc"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let (ha, hb) = (joined(&store, 1), joined(&store, 2));
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1"]);
+    let a = Daemon::start_with(&ha, &["--etcd", &etcd.urls[0], "--node", &unique("nda")]);
+    let _b = Daemon::start_with(&hb, &["--etcd", &etcd.urls[1], "--node", &unique("ndb")]);
+    let net = a.cli_json(&["net", "create", "dyn", "--mode", "isolated", "--subnet", "10.86.0.0/24"]);
+    let bridge = net["bridge"].as_str().unwrap().to_string();
+    let first: std::net::Ipv4Addr = net["dhcp_range"]["first"].as_str().expect("a DHCP range").parse().unwrap();
+    assert!(poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge)).is_some());
+    let by_hand = |h: &Netns, role: &str, host_if: &str| {
+        let ns = Netns::new(role);
+        h.ip_ok(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+        h.ip_ok(&["link", "set", "dev", host_if, "master", &bridge]);
+        h.ip_ok(&["link", "set", "dev", host_if, "up"]);
+        ns.ip_ok(&["link", "set", "dev", "eth0", "up"]);
+        ns
+    };
+    let block = |ip: std::net::Ipv4Addr| (u32::from(ip) - u32::from(first)) / 16;
+    let lease = |ns: &Netns| udhcpc(ns, "eth0", None).unwrap_or_else(|e| panic!("no dynamic lease: {e}")).ip;
+    let (ca, cb, ca2) = (by_hand(&ha, "cla", "hca"), by_hand(&hb, "clb", "hcb"), by_hand(&ha, "cla2", "hca2"));
+    let (ip_a, ip_b, ip_a2) = (lease(&ca), lease(&cb), lease(&ca2));
+    assert_ne!(ip_a, ip_b, "two hosts leased one address");
+    assert_ne!(block(ip_a), block(ip_b), "{ip_a} and {ip_b} are in one block");
+    assert_eq!(block(ip_a2), block(ip_a), "A's second client is not in A's block: {ip_a2} ({ip_a})");
+    assert!(u32::from(ip_a) >= u32::from(first) && u32::from(ip_b) >= u32::from(first));
+}

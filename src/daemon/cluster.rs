@@ -209,6 +209,40 @@ pub fn interface_exists(ifname: &str) -> bool {
     std::path::Path::new("/sys/class/net").join(ifname).exists()
 }
 
+/// How often a cluster member looks at its DHCP blocks.
+const BLOCKS_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps this member's DHCP blocks topped up ([`crate::engine::blocks`])
+/// until aborted: a look every second, a store read only when a network
+/// has no block or runs low. A failure (etcd away) is logged when it
+/// starts and when it ends, not every second; the blocks held keep
+/// serving.
+pub fn keep_dhcp_blocks(
+    shared: std::sync::Arc<std::sync::Mutex<crate::engine::Engine>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(BLOCKS_EVERY).await;
+            let engine = shared.clone();
+            let result = tokio::task::spawn_blocking(move || crate::engine::blocks::top_up(&engine)).await;
+            match result {
+                Ok(Ok(())) if failing => {
+                    failing = false;
+                    tracing::info!("DHCP blocks can be claimed again");
+                }
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if !failing => {
+                    failing = true;
+                    tracing::warn!("cannot claim DHCP blocks (the blocks held keep serving): {e}");
+                }
+                Ok(Err(_)) => {}
+                Err(e) => tracing::error!("the DHCP block task failed: {e}"),
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -333,9 +333,13 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     boot.remember(state_dir);
     let shared = Arc::new(Mutex::new(engine));
     let healer = healer::Healer::start(shared.clone(), monitors);
-    let (registration, mirror) = match membership {
-        Some((reg, etcd, from)) => (Some(reg), Some(mirror::Mirror::start(&etcd, from, shared.clone()))),
-        None => (None, None),
+    let (registration, mirror, blocks) = match membership {
+        Some((reg, etcd, from)) => (
+            Some(reg),
+            Some(mirror::Mirror::start(&etcd, from, shared.clone())),
+            Some(cluster::keep_dhcp_blocks(shared.clone())),
+        ),
+        None => (None, None, None),
     };
     crate::fault::arm();
     let listener = UnixListener::bind(socket).map_err(io_err("cannot listen on", socket))?;
@@ -384,7 +388,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         })
         .await
         .map_err(io_err("serving API on", socket))?;
-    for task in [remote, metrics].into_iter().flatten() {
+    for task in [remote, metrics, blocks].into_iter().flatten() {
         task.abort();
     }
     drop(mirror);

@@ -13,7 +13,6 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use super::{lock, Engine, EngineError, PortIndex};
-use crate::ipam::AddressBook;
 use crate::model::floating::{FipPool, FloatingIp};
 use crate::model::grants::Grant;
 use crate::model::{NetState, Network, Port, Project};
@@ -185,7 +184,7 @@ impl Engine {
             let leases = self.store.leases()?;
             for net in new {
                 let key = net.key().into_owned();
-                let mut book = AddressBook::new(net.clone());
+                let mut book = self.new_book(net);
                 for p in ports.iter().filter(|p| p.net == key) {
                     if let Some(ip) = p.ip {
                         book.add_static(p.mac, ip);

@@ -30,6 +30,7 @@
 //! - [`mirror`]: following changes other hosts made to the store.
 
 pub mod access;
+pub mod blocks;
 pub mod config;
 pub mod floating;
 pub mod grants;
@@ -358,8 +359,9 @@ impl Engine {
             overlay_mtu: None,
         };
         engine.ensure_default_project()?;
-        for net in &engine.networks {
-            engine.books.insert(net.key().into_owned(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        for net in engine.networks.clone() {
+            let book = engine.new_book(&net);
+            engine.books.insert(net.key().into_owned(), Arc::new(Mutex::new(book)));
         }
         for p in &engine.ports {
             if let Some(b) = engine.books.get(&p.net) {
@@ -676,6 +678,16 @@ impl Engine {
         let resolv = self.host.resolv_conf();
         let served = self.served(net);
         self.services.start(&served, book, &resolv);
+    }
+
+    /// A network's new address book: a cluster member's leases dynamic
+    /// addresses from no block until it has claimed one ([`blocks`]).
+    pub(crate) fn new_book(&self, net: &Network) -> AddressBook {
+        let mut book = AddressBook::new(net.clone());
+        if self.node.is_some() {
+            book.set_blocks(Some(Vec::new()));
+        }
+        book
     }
 
     /// Remembers the overlay's MTU from a plan's view of the kernel.

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
 use super::{Engine, EngineError};
-use crate::ipam::AddressBook;
 use crate::kernel::{LinkKind, Observed};
 use crate::model::{
     network_key, Manager, Mode, ModelError, NetState, Network, NetworkSpec, Port, VlanBackend, DEFAULT_PROJECT,
@@ -116,7 +115,7 @@ impl Engine {
         }
 
         self.networks = networks;
-        self.books.insert(key.clone(), Arc::new(Mutex::new(AddressBook::new(net.clone()))));
+        self.books.insert(key.clone(), Arc::new(Mutex::new(self.new_book(&net))));
         self.ensure_services(&net);
         tracing::info!(net = key, subnet = %net.subnet, bridge = net.bridge, "network created");
         Ok(net)
@@ -489,6 +488,7 @@ impl Engine {
         if self.node.is_some() && planner::overlay::spans(&old) {
             self.release_vni(Some(&planner::overlay::vni(name).to_string()), name);
         }
+        self.release_blocks(name);
         self.forget_hosts(name);
         tracing::info!(net = name, "network deleted");
         Ok(())

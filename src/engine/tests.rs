@@ -2065,3 +2065,81 @@ fn a_port_whose_namespace_went_does_not_block_later_changes() {
     e.delete_port(&p.id).unwrap();
     assert_eq!(kernel.snapshot().tables, e.firewall);
 }
+
+/// Cluster members lease dynamic addresses from DHCP blocks each claims
+/// in the store: none before a block is claimed, disjoint blocks on two
+/// hosts, another block once one runs low, a restart takes back what it
+/// held, and a deleted network gives its blocks back. A single host
+/// leases from the whole range.
+#[test]
+fn cluster_members_lease_dynamic_addresses_from_their_own_blocks() {
+    use super::blocks::{claim_blocks, BLOCK_SIZE, CLAIM_BLOCK};
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+        nodes: Default::default(),
+    });
+    let member = |node: &str| {
+        Engine::start(Parts {
+            store: store.clone(),
+            kernel: Arc::new(FakeKernel::default()),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+            node: Some(node.into()),
+        })
+        .unwrap()
+    };
+    let top_up = |e: &mut Engine| {
+        let (store, node, needs) = e.block_needs(1000).expect("a member has needs");
+        let held = claim_blocks(store.as_ref(), &node, &needs).unwrap();
+        e.set_blocks(held);
+    };
+    let (mut a, mut b) = (member("a"), member("b"));
+    a.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    assert!(b.follow(&[crate::store::Change::Network("n1".into(), Some(a.networks()[0].clone()))], false).unwrap());
+    let offer = |e: &Engine, i: u8| {
+        let mut book = lock(&e.books["n1"]);
+        let mac = Mac([2, 0xd0, 0, 0, e.node.as_deref().unwrap().as_bytes()[0], i]);
+        let ip = book.offer(mac, None, 1000)?;
+        book.ack(mac, ip, 1000, 3600, None, None)
+    };
+    assert!(offer(&a, 0).is_err(), "a member leased before it held a block");
+    top_up(&mut a);
+    top_up(&mut b);
+    let blocks = |e: &Engine| lock(&e.books["n1"]).blocks().unwrap().to_vec();
+    let (ba, bb) = (blocks(&a), blocks(&b));
+    assert_eq!((ba.len(), bb.len()), (1, 1), "{ba:?} {bb:?}");
+    assert_ne!(ba, bb, "two hosts hold one block");
+    let mut leased_a = Vec::new();
+    for i in 0..40 {
+        if lock(&a.books["n1"]).free_in_blocks(1000).unwrap() < super::blocks::LOW_WATER {
+            top_up(&mut a);
+        }
+        leased_a.push(offer(&a, i).unwrap().ip);
+    }
+    let leased_b: Vec<Ipv4Addr> = (0..5).map(|i| offer(&b, i).unwrap().ip).collect();
+    let inside = |ip: &Ipv4Addr, blocks: &[(Ipv4Addr, Ipv4Addr)]| blocks.iter().any(|(f, l)| (*f..=*l).contains(ip));
+    let (ba, bb) = (blocks(&a), blocks(&b));
+    assert_eq!(ba.len(), 3, "A claimed more blocks as they filled: {ba:?}");
+    assert!(leased_a.iter().all(|ip| inside(ip, &ba) && !inside(ip, &bb)), "{leased_a:?} {ba:?} {bb:?}");
+    assert!(leased_b.iter().all(|ip| inside(ip, &bb)));
+    assert_eq!(ba.iter().map(|(f, l)| u32::from(*l) - u32::from(*f) + 1).sum::<u32>(), 3 * BLOCK_SIZE);
+    // Another host's address renewed here is refused (its client asks
+    // again and gets one of this host's).
+    let stranger = Mac([2, 0xd0, 0, 0, 0, 0xff]);
+    assert!(lock(&a.books["n1"]).ack(stranger, leased_b[0], 1000, 3600, None, None).is_err());
+    // A restart takes back the blocks it held, and claims nothing more.
+    drop(a);
+    let mut a = member("a");
+    top_up(&mut a);
+    assert_eq!(blocks(&a), ba, "a restart lost the host's blocks");
+    // The network deleted: every host's blocks go with it.
+    a.delete_network("n1").unwrap();
+    assert!(store.claims(CLAIM_BLOCK).unwrap().is_empty(), "{:?}", store.claims(CLAIM_BLOCK));
+
+    // A single host: the whole range, no claims.
+    let mut r = rig();
+    r.engine.create_network(spec("n1", "nat", "10.1.0.0/24")).unwrap();
+    assert!(r.engine.block_needs(1000).is_none());
+    assert_eq!(lock(&r.engine.books["n1"]).blocks(), None);
+}
