@@ -410,6 +410,37 @@ impl Engine {
         Ok(())
     }
 
+    /// The floating IPs this host NATs now, by address.
+    pub(super) fn live_associations(&self) -> std::collections::BTreeMap<std::net::Ipv4Addr, Association> {
+        self.floating_ips.iter().filter_map(|f| self.live(f).map(|a| (f.ip, a))).collect()
+    }
+
+    /// After a change made through another host (`before`: what this host
+    /// NATed until then): the flows of a floating IP that left this host
+    /// or moved on it are forgotten, and one that came or moved is
+    /// announced from here, as an association made through this host is.
+    pub(super) fn settle_followed_floating_ips(
+        &self,
+        before: &std::collections::BTreeMap<std::net::Ipv4Addr, Association>,
+    ) {
+        let after = self.live_associations();
+        for ip in before.keys().filter(|ip| before.get(*ip) != after.get(*ip)) {
+            if let Err(e) = self.kernel.forget_flows(*ip) {
+                tracing::warn!(fip = %ip, "cannot remove the old flows: {e}");
+            }
+        }
+        for ip in after.keys().filter(|ip| before.get(*ip) != after.get(*ip)) {
+            let Some(f) = self.floating_ips.iter().find(|f| f.ip == *ip) else { continue };
+            let Some(pool) = self.pools.iter().find(|p| p.name == f.pool) else { continue };
+            match self.kernel.announce(&pool.interface, *ip) {
+                Ok(()) => {
+                    tracing::info!(fip = %ip, port = f.port.as_deref().unwrap_or(""), "floating IP taken over here")
+                }
+                Err(e) => tracing::warn!(fip = %ip, "cannot announce the floating IP: {e}"),
+            }
+        }
+    }
+
     /// The floating IPs associated with `ports`, as they are.
     pub(super) fn bound_floating_ips(&self, ports: &[Port]) -> Vec<FloatingIp> {
         let ids: HashSet<&str> = ports.iter().map(|p| p.id.as_str()).collect();

@@ -110,6 +110,7 @@ impl Engine {
             return Ok(false);
         }
         let observed = self.observe()?;
+        let nated = self.live_associations();
         // As at start: a network whose bridge name another tool's
         // interface has stays down on this host (in memory only).
         for n in &mut d.networks {
@@ -170,6 +171,7 @@ impl Engine {
         for net in self.networks.clone() {
             self.ensure_services(&net);
         }
+        self.settle_followed_floating_ips(&nated);
         Ok(true)
     }
 

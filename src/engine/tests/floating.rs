@@ -289,3 +289,67 @@ fn a_floating_ip_address_removed_under_lanyard_comes_back_and_a_stray_one_goes()
     let event = KernelEvent::Address { link: "eth0".into(), addr: own, gone: true };
     assert_eq!(r.engine.heal(&[event]).unwrap(), 0);
 }
+
+/// In a cluster a floating IP is NATed on its port's host: associated
+/// through A with a port of B, A's kernel gets nothing; B, following the
+/// change, adds the elements and the address and announces it; moved to a
+/// port of A, B forgets its flows and drops it, and A (whose own
+/// association this is) takes it over and announces it.
+#[test]
+fn a_floating_ip_lives_and_is_announced_on_its_ports_host() {
+    use crate::store::Change;
+    let store = Arc::new(FlakyStore {
+        inner: SqliteStore::in_memory().expect("in-memory store"),
+        broken: AtomicBool::new(false),
+        nodes: Default::default(),
+    });
+    let member = |node: &str| {
+        let kernel = Arc::new(FakeKernel::default());
+        let nic = crate::kernel::ObservedLink {
+            name: "eth0".into(),
+            up: true,
+            mtu: 1500,
+            addrs: vec!["198.51.100.1/24".parse().unwrap()],
+            ..Default::default()
+        };
+        kernel.tamper(|s| {
+            s.observed.links.insert("eth0".into(), nic);
+        });
+        let e = Engine::start(Parts {
+            store: store.clone(),
+            kernel: kernel.clone(),
+            services: Box::<FakeServices>::default(),
+            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+            node: Some(node.into()),
+        })
+        .unwrap();
+        (e, kernel)
+    };
+    let (mut a, ka) = member("a");
+    let (mut b, kb) = member("b");
+    a.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    a.create_fip_pool(pool("public", "198.51.100.10-198.51.100.19")).unwrap();
+    assert!(b.resync().unwrap());
+    let on_b = b.create_port(port("a")).unwrap();
+    assert!(a.resync().unwrap());
+    a.create_floating_ip(FipSpec::default()).unwrap();
+    ka.clear_log();
+    a.associate_floating_ip(FIP, &on_b.id, None).unwrap();
+    assert_eq!(ka.log(), Vec::<String>::new(), "A NATs a floating IP of B's port");
+    kb.clear_log();
+    assert!(b.follow(&[Change::Other], false).unwrap());
+    let has =
+        |k: &FakeKernel| k.snapshot().observed.links["eth0"].addrs.iter().any(|a| a.to_string() == format!("{FIP}/32"));
+    assert!(has(&kb), "B did not take the floating IP of its port");
+    assert!(kb.log().contains(&format!("announce {FIP} on eth0")), "B did not announce it: {:?}", kb.log());
+    // Moved to a port of A, through A: A takes it over; B lets it go.
+    let on_a = a.create_port(PortSpec { vm: "vm2".into(), ..port("a") }).unwrap();
+    ka.clear_log();
+    a.associate_floating_ip(FIP, &on_a.id, None).unwrap();
+    assert!(has(&ka) && ka.log().contains(&format!("announce {FIP} on eth0")), "{:?}", ka.log());
+    kb.clear_log();
+    assert!(b.follow(&[Change::Other], false).unwrap());
+    assert!(!has(&kb), "B kept the floating IP that moved to A");
+    assert!(kb.log().contains(&format!("forget flows of {FIP}")), "B kept the old flows: {:?}", kb.log());
+    assert!(!kb.log().iter().any(|l| l.starts_with("announce")), "{:?}", kb.log());
+}
