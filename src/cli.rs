@@ -297,6 +297,10 @@ pub enum NetCommand {
         /// DHCP lease time in seconds (default 3600), 120 to 31536000.
         #[arg(long, value_name = "SECS")]
         lease_time: Option<u32>,
+        /// In a cluster: how the network spans the hosts, vxlan (the default for a
+        /// bridge of its own), vlan (its --vlan on the trunk) or none (each host alone).
+        #[arg(long, value_parser = ["vxlan", "vlan", "none"])]
+        overlay: Option<String>,
         /// Start the network at boot.
         #[arg(long)]
         autostart: bool,
@@ -1377,6 +1381,7 @@ fn network_detail(n: &Value) -> String {
         ("Uplink", s(&n["uplink"])),
         ("VLAN", s(&n["vlan"])),
         ("VLAN backend", s(&n["vlan_backend"])),
+        ("Overlay", s(&n["overlay"])),
         ("Manager", s(&n["manager"])),
         ("Bridge owner", if n["adopted"] == true { "given (adopted)".into() } else { "lanyard".into() }),
     ];
@@ -1591,6 +1596,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             mtu,
             domain,
             lease_time,
+            overlay,
             autostart,
             project,
             out: _,
@@ -1599,7 +1605,7 @@ fn body_of(cmd: &Command) -> Option<Value> {
             "subnet": subnet.clone().unwrap_or_default(), "uplink": uplink,
             "vlan": vlan, "vlan_backend": vlan_backend,
             "gateway": gateway, "dhcp_range": dhcp_range, "bridge": bridge, "mtu": mtu, "domain": domain,
-            "autostart": autostart, "project": project, "lease_time": lease_time,
+            "autostart": autostart, "project": project, "lease_time": lease_time, "overlay": overlay,
         })),
         Command::Project(ProjectCommand::Create { name, description, out: _ }) => {
             Some(json!({ "name": name, "description": description }))

@@ -192,6 +192,11 @@ pub struct NetworkSpec {
     /// DHCP lease time in seconds (default one hour).
     #[serde(default)]
     pub lease_time: Option<u32>,
+    /// How the network spans the hosts of a cluster: "vxlan", "vlan" or
+    /// "none" (default: vxlan for a network with a bridge of its own, the
+    /// physical network for one with --uplink or --vlan).
+    #[serde(default)]
+    pub overlay: Option<String>,
 }
 
 /// nova-network's network managers, as network kinds.
@@ -235,6 +240,40 @@ impl fmt::Display for Manager {
             Manager::Flat => "flat",
             Manager::FlatDhcp => "flatdhcp",
             Manager::Vlan => "vlan",
+        })
+    }
+}
+
+/// How a network spans the hosts of a cluster (`--overlay`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OverlayKind {
+    /// A VXLAN device per host on the network's bridge.
+    Vxlan,
+    /// Its VLAN on the physical trunk, which reaches every host: no tunnel.
+    Vlan,
+    /// Not at all: each host's bridge is its own segment.
+    None,
+}
+
+impl FromStr for OverlayKind {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "vxlan" => Ok(OverlayKind::Vxlan),
+            "vlan" => Ok(OverlayKind::Vlan),
+            "none" => Ok(OverlayKind::None),
+            _ => Err(invalid("overlay", s, "use vxlan, vlan or none")),
+        }
+    }
+}
+
+impl fmt::Display for OverlayKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OverlayKind::Vxlan => "vxlan",
+            OverlayKind::Vlan => "vlan",
+            OverlayKind::None => "none",
         })
     }
 }
@@ -408,6 +447,10 @@ pub struct Network {
     /// DHCP lease time in seconds; None: the default, one hour.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_time: Option<u32>,
+    /// How it spans the hosts of a cluster, as asked (`--overlay`); None:
+    /// the default for its kind (see `planner::overlay::spans`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overlay: Option<OverlayKind>,
 }
 
 impl Network {
@@ -857,6 +900,25 @@ impl NetworkSpec {
             }
             (None, None) => None,
         };
+        let overlay = self.overlay.as_deref().map(str::parse::<OverlayKind>).transpose()?;
+        match overlay {
+            Some(OverlayKind::Vlan) if self.vlan.is_none() => {
+                return Err(invalid(
+                    "overlay",
+                    "vlan",
+                    "--overlay vlan spans the hosts over the network's VLAN: add --vlan ID --uplink IF",
+                ))
+            }
+            Some(OverlayKind::Vxlan) if self.vlan.is_some() || self.uplink.is_some() => {
+                return Err(invalid(
+                    "overlay",
+                    "vxlan",
+                    "a network with --uplink or --vlan is on the physical network already: use --overlay vlan \
+                     (with --vlan) or none",
+                ))
+            }
+            _ => {}
+        }
         let uplink = match (&self.uplink, mode, self.vlan) {
             (Some(u), _, _) if manager.is_some() => {
                 validate_ifname("uplink", u)?;
@@ -905,6 +967,7 @@ impl NetworkSpec {
             adopted: false,
             egress_denied: false,
             lease_time,
+            overlay,
         })
     }
 }

@@ -63,7 +63,7 @@ fn network_spec(n: &Value) -> Map<String, Value> {
         m.insert("dhcp_range".into(), format!("{}-{}", text(&r["first"]), text(&r["last"])).into());
         m.insert("domain".into(), n["domain"].clone());
     }
-    for k in ["bridge", "mtu", "uplink", "vlan", "vlan_backend", "lease_time"] {
+    for k in ["bridge", "mtu", "uplink", "vlan", "vlan_backend", "lease_time", "overlay"] {
         if !n[k].is_null() {
             m.insert(k.into(), n[k].clone());
         }

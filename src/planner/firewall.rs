@@ -162,11 +162,12 @@ pub fn bridge_table(networks: &[Network], ports: &[Port], cluster: bool) -> Opti
     if cluster {
         let mut vxlan_ports = Set::new("overlay_ports", &[Ifname], false);
         let mut gateways = Set::new("overlay_gw", &[Ifname, Ipv4Addr], false);
-        for net in nets.values().filter(|n| super::overlay::spans(n)) {
-            let vxlan = Value::Ifname(super::overlay::vxlan_ifname(net));
-            vxlan_ports.elements.insert(Element::key(vec![vxlan.clone()]));
+        for net in nets.values() {
+            let Some(port) = super::overlay::crossing_port(net) else { continue };
+            let port = Value::Ifname(port);
+            vxlan_ports.elements.insert(Element::key(vec![port.clone()]));
             if net.has_host_address() {
-                gateways.elements.insert(Element::key(vec![vxlan, Value::Ip(net.gateway)]));
+                gateways.elements.insert(Element::key(vec![port, Value::Ip(net.gateway)]));
             }
         }
         sets.extend([vxlan_ports, gateways]);

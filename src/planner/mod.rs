@@ -457,6 +457,27 @@ mod tests {
         let fewer = firewall::bridge_table(&nets[1..], &[], true).unwrap();
         assert_eq!(fewer.fingerprint(), member.fingerprint());
         assert!(fewer.set("overlay_ports").unwrap().elements.is_empty());
+        // A VLAN network reaches the other hosts over its VLAN device on
+        // the trunk: the same holds there; `--overlay none` crosses nowhere.
+        let vlan = crate::model::NetworkSpec {
+            name: "v10".into(),
+            mode: "nat".into(),
+            subnet: "10.10.0.0/24".into(),
+            vlan: Some(10),
+            uplink: Some("eth0".into()),
+            ..Default::default()
+        };
+        let alone = crate::model::NetworkSpec {
+            name: "alone".into(),
+            subnet: "10.11.0.0/24".into(),
+            overlay: Some("none".into()),
+            ..vlan.clone()
+        };
+        let alone = crate::model::NetworkSpec { vlan: None, uplink: None, ..alone };
+        let nets = [vlan.validate(|| "brvlan10".into()).unwrap(), alone.validate(|| "lybr5".into()).unwrap()];
+        let t = firewall::bridge_table(&nets, &[], true).unwrap();
+        let gw: Vec<String> = t.set("overlay_gw").unwrap().elements.iter().map(ToString::to_string).collect();
+        assert_eq!(gw, ["\"eth0.10\" . 10.10.0.1"]);
     }
 
     #[test]

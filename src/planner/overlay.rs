@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use crate::kernel::link::{VxlanSpec, OWNER_ALIAS_PREFIX};
 use crate::kernel::{Observed, Op};
-use crate::model::{Mac, Network, Port};
+use crate::model::{Mac, Network, OverlayKind, Port};
 
 /// UDP port of the tunnels (IANA's VXLAN port).
 pub const VXLAN_PORT: u16 = 4789;
@@ -70,11 +70,32 @@ pub fn vxlan_alias(net: &str) -> String {
     format!("{OWNER_ALIAS_PREFIX}vxlan:{net}")
 }
 
-/// Whether a network spans the cluster over VXLAN: every network with a
-/// bridge of its own (an uplink or a VLAN puts it on the physical network
-/// instead, which already spans hosts).
+/// Whether a network spans the cluster over VXLAN: one that asks for it
+/// (`--overlay vxlan`), and by default every network with a bridge of its
+/// own (an uplink or a VLAN puts it on the physical network instead, which
+/// already spans hosts); not one that asks for `vlan` or `none`.
 pub fn spans(net: &Network) -> bool {
-    net.uplink.is_none() && net.vlan.is_none()
+    match net.overlay {
+        Some(OverlayKind::Vxlan) => true,
+        Some(OverlayKind::Vlan | OverlayKind::None) => false,
+        None => net.uplink.is_none() && net.vlan.is_none(),
+    }
+}
+
+/// The bridge port through which a cluster member's network reaches the
+/// other hosts, where the gateway's ARP and DHCP must not cross: its VXLAN
+/// device, or the VLAN device on the trunk of a VLAN network (`subif`
+/// backend; a VLAN-filtering bridge's trunk also carries the host's own
+/// untagged LAN, so nothing is dropped there). None for `--overlay none`
+/// and networks on a bridge-mode uplink.
+pub fn crossing_port(net: &Network) -> Option<String> {
+    if spans(net) {
+        return Some(vxlan_ifname(net));
+    }
+    match net.overlay {
+        Some(OverlayKind::None) => None,
+        _ => super::links::network_vlan_device(net),
+    }
 }
 
 /// The VXLAN devices the active `networks` want.
@@ -224,6 +245,37 @@ mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(10, 213, 1, 2);
     const B: Ipv4Addr = Ipv4Addr::new(10, 213, 2, 2);
+
+    #[test]
+    fn a_network_spans_as_it_asks_and_by_default_when_it_has_its_own_bridge() {
+        use crate::model::NetworkSpec;
+        let made = |overlay: Option<&str>, vlan: Option<u16>| {
+            NetworkSpec {
+                name: "n".into(),
+                mode: "nat".into(),
+                subnet: "10.9.0.0/24".into(),
+                overlay: overlay.map(String::from),
+                vlan,
+                uplink: vlan.map(|_| "eth0".into()),
+                ..Default::default()
+            }
+            .validate(|| "lybr1".into())
+        };
+        assert!(spans(&made(None, None).unwrap()), "its own bridge: VXLAN by default");
+        assert!(spans(&made(Some("vxlan"), None).unwrap()));
+        assert!(!spans(&made(Some("none"), None).unwrap()), "none: each host alone");
+        assert!(!spans(&made(None, Some(10)).unwrap()), "a VLAN is on the trunk");
+        assert!(!spans(&made(Some("vlan"), Some(10)).unwrap()));
+        assert!(!spans(&made(Some("none"), Some(10)).unwrap()));
+        for (overlay, vlan, why) in [
+            (Some("vlan"), None, "add --vlan ID --uplink IF"),
+            (Some("vxlan"), Some(10), "on the physical network already"),
+            (Some("geneve"), None, "use vxlan, vlan or none"),
+        ] {
+            let e = made(overlay, vlan).unwrap_err().to_string();
+            assert!(e.contains(why), "{overlay:?} {vlan:?}: {e}");
+        }
+    }
 
     #[test]
     fn vni_is_stable_nonzero_and_24_bits() {
