@@ -381,6 +381,7 @@ impl Engine {
             }
         }
         engine.sync_claims(held)?;
+        engine.backfill_vnis();
         let observed = engine.kernel.observe()?;
         engine.boot_states(&observed)?;
         let read_at = engine.generation();

@@ -523,6 +523,22 @@ impl Engine {
         }
     }
 
+    /// A cluster member's start: claims the VNIs of spanning networks
+    /// created before VNIs were claimed (or whose claim a failed deletion
+    /// took). Two such networks meeting on one VNI cannot both be claimed:
+    /// the second is named in an error (its traffic would join the
+    /// first's on every host; rename one of them).
+    pub(super) fn backfill_vnis(&self) {
+        if self.node.is_none() {
+            return;
+        }
+        for net in self.networks.iter().filter(|n| planner::overlay::spans(n)) {
+            if let Err(e) = self.claim_vni(net) {
+                tracing::error!(net = %net.key(), "cannot claim the network's VXLAN id: {e}");
+            }
+        }
+    }
+
     /// Gives back a network's VNI claim; a failure leaves an orphan claim,
     /// which only keeps a name that meets the same VNI from being created.
     fn release_vni(&self, vni: Option<&str>, key: &str) {

@@ -2012,6 +2012,11 @@ fn cluster_members_span_networks_over_vxlan() {
     let err = a.create_network(spec("n2", "isolated", "10.2.0.0/24")).unwrap_err();
     assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("VXLAN id")), "{err}");
     assert_eq!(a.networks().len(), 1);
+    // A network whose VNI nobody claimed (made before claims): a member's
+    // start claims it.
+    assert!(store.release_claim(super::networks::CLAIM_VNI, &vni, "n1").unwrap());
+    drop(member("c", "10.213.3.2".parse().unwrap()));
+    assert!(store.claims(super::networks::CLAIM_VNI).unwrap().iter().any(|c| c.value == vni && c.owner == "n1"));
 
     a.delete_network("n1").unwrap();
     assert!(!ka.snapshot().observed.links.contains_key(&vx), "the VXLAN device outlived its network");
