@@ -694,3 +694,54 @@ fn dynamic_clients_on_two_hosts_lease_from_their_hosts_blocks() {
     assert_eq!(block(ip_a2), block(ip_a), "A's second client is not in A's block: {ip_a2} ({ip_a})");
     assert!(u32::from(ip_a) >= u32::from(first) && u32::from(ip_b) >= u32::from(first));
 }
+
+/// The concurrency case through real daemons: three hosts each
+/// create 200 ports on one network at once, each through its own daemon:
+/// 600 ports, every IP and MAC once, no failure.
+#[test]
+fn three_hosts_creating_200_ports_each_at_once() {
+    if !privileged("three_hosts_creating_200_ports_each_at_once", &["ip", "etcd", "busybox"]) {
+        return;
+    }
+    let store = Netns::new("stor");
+    let hosts: Vec<Netns> = (1..=3).map(|n| joined(&store, n)).collect();
+    let etcd = Etcd::start_in(&store, &["10.213.1.1", "10.213.2.1", "10.213.3.1"]);
+    let daemons: Vec<Daemon> = (0..3)
+        .map(|i| Daemon::start_with(&hosts[i], &["--etcd", &etcd.urls[i], "--node", &unique(&format!("nd{i}"))]))
+        .collect();
+    daemons[0].cli_ok(&["net", "create", "many", "--mode", "isolated", "--subnet", "10.88.0.0/22"]);
+    for d in &daemons {
+        let follows = poll(FOLLOWS_WITHIN, Duration::from_millis(50), || {
+            (net_names(&d.cli_json(&["net", "list"])) == ["many"]).then_some(())
+        });
+        assert!(follows.is_some(), "a host did not follow the network: {}", d.log());
+    }
+    const PER_HOST: usize = 200;
+    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
+        let workers: Vec<_> = daemons
+            .iter()
+            .enumerate()
+            .map(|(h, d)| {
+                s.spawn(move || {
+                    (0..PER_HOST)
+                        .map(|i| {
+                            d.cli(&["port", "create", "--net", "many", "--vm", &format!("h{h}vm{i}"), "-o", "json"])
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
+    });
+    let failed: Vec<String> = outcomes.iter().filter(|o| !o.status.success()).map(stderr).collect();
+    assert!(failed.is_empty(), "{} creates failed, e.g. {:?}", failed.len(), failed.first());
+    let listed = poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        let v = daemons[2].cli_json(&["port", "list"]);
+        (v.as_array().map(Vec::len) == Some(3 * PER_HOST)).then_some(v)
+    });
+    let Some(listed) = listed else { panic!("host C does not list the 600 ports: {}", daemons[2].log()) };
+    let ports = listed.as_array().unwrap();
+    let ips: std::collections::BTreeSet<&str> = ports.iter().filter_map(|p| p["ip"].as_str()).collect();
+    let macs: std::collections::BTreeSet<&str> = ports.iter().filter_map(|p| p["mac"].as_str()).collect();
+    assert_eq!((ips.len(), macs.len()), (3 * PER_HOST, 3 * PER_HOST), "an IP or MAC was handed out twice");
+}
