@@ -16,6 +16,7 @@ pub mod declare;
 pub mod fip;
 pub mod hosts;
 pub mod import;
+pub mod topo;
 
 /// `lanyard --version`: the release and the git commit it was built from
 /// ("unknown" when built outside git).
@@ -154,6 +155,22 @@ pub enum Command {
     Bridges(OutputArg),
     /// The daemon in one screen: version, uptime, store, counts, self-healing.
     Status(OutputArg),
+    /// What is connected to what: uplinks, VLAN devices, bridges, ports,
+    /// VMs and their addresses, as a tree, Graphviz DOT, SVG or JSON.
+    Topo {
+        /// Only this network.
+        #[arg(long)]
+        net: Option<String>,
+        /// Only this project's networks (default: all the caller sees).
+        #[arg(long)]
+        project: Option<String>,
+        /// How to draw it.
+        #[arg(long, value_enum, default_value = "text")]
+        format: topo::TopoFormat,
+        /// `-o json` is `--format json`.
+        #[command(flatten)]
+        out: OutputArg,
+    },
     /// Print the shell completion script for bash, zsh or fish.
     ///
     /// bash: `lanyard completions bash > /etc/bash_completion.d/lanyard`;
@@ -1938,6 +1955,18 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         Command::Status(out) => {
             let v = c.call("GET", "/v1/status", None)?;
             print(out.output, &v, status_detail)?;
+        }
+        Command::Topo { net, project, format, out } => {
+            let t = topo::gather(&c, net.as_deref(), project.as_deref())?;
+            let format = if out.output == Output::Json { topo::TopoFormat::Json } else { format };
+            emit(&match format {
+                topo::TopoFormat::Text => topo::text(&t),
+                topo::TopoFormat::Dot => topo::dot(&t),
+                topo::TopoFormat::Svg => topo::svg(&t),
+                topo::TopoFormat::Json => {
+                    serde_json::to_string_pretty(&t).map_err(|e| CliError::Protocol(e.to_string()))? + "\n"
+                }
+            })?;
         }
         Command::Fip(cmd) => fip::run(&c, cmd)?,
         Command::Import(cmd) => import::run(&c, cmd)?,

@@ -254,3 +254,42 @@ fn metrics_count_a_lease_and_pass_promtool() {
     let out = ns.exec("busybox", &["wget", "-q", "-O", "-", "http://127.0.0.1:9477/v1/status"]);
     assert!(!out.status.success(), "only /metrics is served on --metrics-listen: {out:?}");
 }
+
+/// `lanyard topo` draws what the daemon has: the bridge with its gateway,
+/// a VM's port with its leased address, a DHCP client that is no port;
+/// as a tree, JSON, DOT and an SVG that parses as XML; `--net` picks one
+/// network, an unknown one is refused in one line.
+#[test]
+fn topo_draws_bridges_ports_and_clients() {
+    if !privileged("topo_draws_bridges_ports_and_clients", &["ip", "nft", "udhcpc"]) {
+        return;
+    }
+    let host = Host::start();
+    let net = host.cli_json(&["net", "create", "drawn", "--mode", "nat", "--subnet", "10.79.0.0/24"]);
+    host.cli_json(&["net", "create", "other", "--mode", "isolated", "--subnet", "10.80.0.0/24"]);
+    let bridge = net["bridge"].as_str().unwrap().to_string();
+    let vm = host.attach_vm("drawn", "painted", &[]);
+    let lease = udhcpc(&vm.ns, "eth0", None).unwrap_or_else(|e| panic!("no lease: {e}"));
+    let client = host.attach_by_hand(&bridge, "cl", "hcl");
+    let dynamic = udhcpc(&client, "eth0", Some("sketch")).unwrap_or_else(|e| panic!("no dynamic lease: {e}"));
+
+    let text = host.cli_ok(&["topo", "--net", "drawn"]);
+    assert!(
+        text.starts_with(&format!("{bridge}  nat 10.79.0.0/24  gateway 10.79.0.1  network drawn (active)")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("{}  painted  {}  {}", vm.host_ifname(), vm.mac(), lease.ip)), "{text}");
+    assert!(text.contains("(dhcp client)  sketch") && text.contains(&dynamic.ip.to_string()), "{text}");
+    assert!(!text.contains("other"), "--net drew another network: {text}");
+    let all = host.cli_json(&["topo", "--format", "json"]);
+    assert_eq!(all["networks"].as_array().map(Vec::len), Some(2), "{all}");
+    let dot = host.cli_ok(&["topo", "--format", "dot"]);
+    assert!(dot.starts_with("graph lanyard {") && dot.contains("painted"), "{dot}");
+    let svg = host.cli_ok(&["topo", "--format", "svg"]);
+    let doc = roxmltree::Document::parse(&svg).unwrap_or_else(|e| panic!("the SVG does not parse: {e}\n{svg}"));
+    assert_eq!(doc.root_element().tag_name().name(), "svg");
+    assert!(svg.contains("painted") && svg.contains(&lease.ip.to_string()), "{svg}");
+    let o = host.cli(&["topo", "--net", "nosuch"]);
+    assert!(!o.status.success() && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
+    assert!(stderr(&o).contains("no network named \"nosuch\""), "{}", stderr(&o));
+}
