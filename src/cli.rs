@@ -87,6 +87,10 @@ pub enum Command {
         /// on this TCP address, e.g. 127.0.0.1:9477.
         #[arg(long, env = "LANYARD_METRICS_LISTEN", value_name = "ADDR:PORT")]
         metrics_listen: Option<std::net::SocketAddr>,
+        /// Serve a read-only web page (topology, networks, ports, leases; every
+        /// project's, no token) on this TCP address, e.g. 127.0.0.1:9478.
+        #[arg(long, env = "LANYARD_WEB_LISTEN", value_name = "ADDR:PORT")]
+        web_listen: Option<std::net::SocketAddr>,
         /// The TLS certificate chain for --listen (PEM).
         #[arg(long, env = "LANYARD_TLS_CERT", value_name = "PEM")]
         tls_cert: Option<PathBuf>,

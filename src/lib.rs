@@ -39,3 +39,4 @@ pub mod model;
 pub mod planner;
 pub mod store;
 pub mod vlan_manager;
+pub mod web;

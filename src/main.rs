@@ -48,6 +48,7 @@ fn main() {
             socket_group,
             listen,
             metrics_listen,
+            web_listen,
             tls_cert,
             tls_key,
             log_level,
@@ -68,6 +69,7 @@ fn main() {
                 Ok(lanyard::daemon::Options {
                     cluster: lanyard::daemon::ClusterOptions::new(etcd, node, underlay)?,
                     metrics_listen,
+                    web_listen,
                     ..o
                 })
             });

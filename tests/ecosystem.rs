@@ -293,3 +293,65 @@ fn topo_draws_bridges_ports_and_clients() {
     assert!(!o.status.success() && stderr(&o).trim_end().lines().count() == 1, "{}", stderr(&o));
     assert!(stderr(&o).contains("no network named \"nosuch\""), "{}", stderr(&o));
 }
+
+/// The daemon's web page (`--web-listen`) in headless Chromium, inside
+/// the daemon's namespace: the rendered page shows the topology picture
+/// and the tables with the VM, its address and a DHCP client's name
+/// (escaping of what guests choose is a unit test of `web`: the DHCP
+/// server already refuses names that are no DNS labels). A screenshot is left in
+/// target/web-view.png for review.
+#[test]
+fn the_web_page_shows_the_vms_in_a_browser() {
+    if !privileged("the_web_page_shows_the_vms_in_a_browser", &["ip", "nft", "udhcpc", "chromium"]) {
+        return;
+    }
+    let ns = Netns::new("web");
+    let daemon = Daemon::start_with(&ns, &["--web-listen", "127.0.0.1:9478"]);
+    let net = daemon.cli_json(&["net", "create", "shown", "--mode", "nat", "--subnet", "10.81.0.0/24"]);
+    let bridge = net["bridge"].as_str().unwrap().to_string();
+    let vm_ns = Netns::new("vmw");
+    let port = daemon.cli_json(&[
+        "port",
+        "create",
+        "--net",
+        "shown",
+        "--vm",
+        "webvm",
+        "--type",
+        "veth",
+        "--netns",
+        vm_ns.name(),
+        "--ifname",
+        "eth0",
+    ]);
+    let lease = udhcpc(&vm_ns, "eth0", None).unwrap_or_else(|e| panic!("no lease: {e}"));
+    assert_eq!(Some(lease.ip.to_string().as_str()), port["ip"].as_str());
+    let client = Netns::new("clw");
+    ns.ip_ok(&["link", "add", "name", "hcw", "type", "veth", "peer", "name", "eth0", "netns", client.name()]);
+    ns.ip_ok(&["link", "set", "dev", "hcw", "master", &bridge]);
+    ns.ip_ok(&["link", "set", "dev", "hcw", "up"]);
+    client.ip_ok(&["link", "set", "dev", "eth0", "up"]);
+    udhcpc(&client, "eth0", Some("sketcher")).unwrap_or_else(|e| panic!("no dynamic lease: {e}"));
+
+    let profile = ns.dir().join("chromium-profile");
+    let screenshot = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/web-view.png");
+    let chromium = |extra: &[&str]| {
+        let mut args = vec!["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--window-size=1200,900"];
+        let dir = format!("--user-data-dir={}", profile.display());
+        args.push(&dir);
+        args.extend_from_slice(extra);
+        args.push("http://127.0.0.1:9478/");
+        let mut cmd = ns.command("chromium", &args);
+        cmd.env("HOME", ns.dir());
+        run(&mut cmd, Duration::from_secs(90))
+    };
+    let dom = chromium(&["--dump-dom"]);
+    let dom_text = stdout(&dom);
+    assert!(dom.status.success() && dom_text.contains("<svg"), "chromium saw no page: {}\n{}", dom_text, stderr(&dom));
+    for want in ["webvm", &lease.ip.to_string(), &bridge, "10.81.0.0/24", "sketcher"] {
+        assert!(dom_text.contains(want), "the page lacks {want:?}:\n{dom_text}");
+    }
+    let shot = format!("--screenshot={}", screenshot.display());
+    let o = chromium(&[&shot]);
+    assert!(o.status.success() && screenshot.exists(), "no screenshot: {}", stderr(&o));
+}

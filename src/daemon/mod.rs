@@ -68,6 +68,8 @@ pub struct Options {
     pub cluster: Option<ClusterOptions>,
     /// Where Prometheus scrapes `GET /metrics` over plain HTTP (`--metrics-listen`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Where the read-only web page is served (`--web-listen`).
+    pub web_listen: Option<std::net::SocketAddr>,
 }
 
 /// `--etcd URL[,URL...] --node NAME [--underlay IF]`.
@@ -147,7 +149,7 @@ impl Options {
                 return Err(DaemonError::Usage("--tls-cert and --tls-key are for --listen ADDR:PORT".into()))
             }
         };
-        Ok(Options { socket_group, listen, cluster: None, metrics_listen: None })
+        Ok(Options { socket_group, listen, cluster: None, metrics_listen: None, web_listen: None })
     }
 }
 
@@ -374,6 +376,23 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         }
         None => None,
     };
+    let web = match options.web_listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
+                what: "cannot listen for the web page on",
+                path: addr.to_string(),
+                source,
+            })?;
+            tracing::info!(%addr, "web page ready (read-only)");
+            let app = crate::web::router(shared.clone());
+            Some(tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app).await {
+                    tracing::error!(%addr, "web listener failed: {e}");
+                }
+            }))
+        }
+        None => None,
+    };
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
     let app = crate::api::router(shared.clone()).layer(axum::Extension(Arc::new(nodes)));
     axum::serve(listener, app)
@@ -388,7 +407,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         })
         .await
         .map_err(io_err("serving API on", socket))?;
-    for task in [remote, metrics, blocks].into_iter().flatten() {
+    for task in [remote, metrics, blocks, web].into_iter().flatten() {
         task.abort();
     }
     drop(mirror);
