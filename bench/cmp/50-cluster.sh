@@ -20,8 +20,10 @@
 #   2. iperf3 TCP VM a -> VM b over lanyard's VXLAN, against a VXLAN built
 #      by hand (`ip link add ... type vxlan id N local ... dstport 4789
 #      nolearning`, a bridge, static FDB entries) in fresh namespaces of the
-#      same shape, same addresses, MACs and MTUs; median of REPEAT runs,
-#      alternating.
+#      same shape, same interface names, addresses, MACs and MTUs; and
+#      against the same hand-built VXLAN carrying a copy of lanyard's
+#      nftables rulesets (which tells the firewall's cost from the
+#      tunnel's); median of REPEAT runs each, in rotating order.
 #   3. 1,000 TAP ports created on B in ONE `POST /v1/ports/batch` (so etcd
 #      runs with --max-txn-ops 4096: a port is three operations with its two
 #      claims, and the default 128 takes 42 ports per batch): on A, the FDB
@@ -226,24 +228,42 @@ joined "$HS" "$HA" 1
 joined "$HS" "$HB" 2
 ip netns exec "$HS" sysctl -qw net.ipv4.ip_forward=1
 VNI=$(ip -n "$A" -j -d link show dev "$VX" | jq -r '.[0].linkinfo.info_data.id')
-# hand_host HOST VM LOCAL REMOTE VM_IP VM_MAC REMOTE_MAC
+# The hand-built hosts use lanyard's interface names (bridge, VXLAN
+# device, the ports' host ends), so a copy of lanyard's nftables rulesets
+# matches there exactly as on lanyard's hosts (the third contender below).
+PORT_A=$(jq -r .ifname "$OUT/pa.json"); PORT_B=$(jq -r .ifname "$OUT/pb.json")
+# hand_host HOST VM LOCAL REMOTE VM_IP VM_MAC REMOTE_MAC PORT
 hand_host() {
-    ip -n "$1" link add name br0 type bridge stp_state 0
-    ip -n "$1" link add name vx0 type vxlan id "$VNI" local "$3" dev u0 dstport 4789 nolearning
-    ip -n "$1" link set dev vx0 mtu 1450 master br0 up
-    ip -n "$1" link add name hv type veth peer name eth0 netns "$2"
-    ip -n "$1" link set dev hv mtu "$VM_MTU" master br0 up
-    ip -n "$1" link set dev br0 mtu 1450 up
+    ip -n "$1" link add name "$BRIDGE" type bridge stp_state 0
+    ip -n "$1" link add name "$VX" type vxlan id "$VNI" local "$3" dev u0 dstport 4789 nolearning
+    ip -n "$1" link set dev "$VX" mtu 1450 master "$BRIDGE" up
+    ip -n "$1" link add name "$8" type veth peer name eth0 netns "$2"
+    ip -n "$1" link set dev "$8" mtu "$VM_MTU" master "$BRIDGE" up
+    ip -n "$1" link set dev "$BRIDGE" mtu 1450 up
     ip -n "$2" link set dev eth0 address "$6" mtu "$VM_MTU"
     vm_static "$2" "$5/21"
-    ip netns exec "$1" bridge fdb append 00:00:00:00:00:00 dev vx0 dst "$4" self permanent
-    ip netns exec "$1" bridge fdb append "$7" dev vx0 dst "$4" self permanent
+    ip netns exec "$1" bridge fdb append 00:00:00:00:00:00 dev "$VX" dst "$4" self permanent
+    ip netns exec "$1" bridge fdb append "$7" dev "$VX" dst "$4" self permanent
 }
-hand_host "$HA" "$HVA" 10.215.1.2 10.215.2.2 "$IP_A" "$MAC_A" "$MAC_B"
-hand_host "$HB" "$HVB" 10.215.2.2 10.215.1.2 "$IP_B" "$MAC_B" "$MAC_A"
+hand_host "$HA" "$HVA" 10.215.1.2 10.215.2.2 "$IP_A" "$MAC_A" "$MAC_B" "$PORT_A"
+hand_host "$HB" "$HVB" 10.215.2.2 10.215.1.2 "$IP_B" "$MAC_B" "$MAC_A" "$PORT_B"
 wait_ping "$HVA" "$IP_B" || die "by hand: VM a cannot reach VM b"
+ip netns exec "$A" nft list ruleset >"$OUT/ruleset-a.nft"
+ip netns exec "$B" nft list ruleset >"$OUT/ruleset-b.nft"
+# rules on|off: lanyard's rulesets copied into the hand-built hosts, or none
+rules() {
+    if [ "$1" = on ]; then
+        ip netns exec "$HA" nft -f "$OUT/ruleset-a.nft" && ip netns exec "$HB" nft -f "$OUT/ruleset-b.nft"
+    else
+        ip netns exec "$HA" nft flush ruleset && ip netns exec "$HB" nft flush ruleset
+    fi
+}
+rules on || die "cannot load lanyard's rulesets into the hand-built hosts"
+wait_ping "$HVA" "$IP_B" || die "by hand, with lanyard's rules: VM a cannot reach VM b"
+rules off
 note "lanyard's $VX: $(ip -n "$A" -d link show dev "$VX" | sed -n 3p | sed 's/^ *//' | cut -c1-160)"
-note "hand-built vx0: $(ip -n "$HA" -d link show dev vx0 | sed -n 3p | sed 's/^ *//' | cut -c1-160)"
+note "hand-built $VX: $(ip -n "$HA" -d link show dev "$VX" | sed -n 3p | sed 's/^ *//' | cut -c1-160)"
+note "bridge-nf-call-iptables: lanyard host $(ip netns exec "$A" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo absent), hand-built host $(ip netns exec "$HA" sysctl -n net.bridge.bridge-nf-call-iptables 2>/dev/null || echo absent)"
 IPERF=()
 for ns in "$VB" "$HVB"; do
     ip netns exec "$ns" iperf3 -s >"$OUT/iperf3-server-$ns.log" 2>&1 &
@@ -256,13 +276,25 @@ tcp() { # CLIENT_NS -> Gbit/s
     ip netns exec "$1" timeout $((SECS + 30)) iperf3 -c "$IP_B" -t "$SECS" -J >"$j" 2>&1 || true
     jq -r '.end.sum_received.bits_per_second / 1e9 | . * 1000 | round / 1000' "$j" 2>/dev/null || echo ""
 }
-say "cluster: iperf3 TCP VM a -> VM b across hosts, ${SECS} s x $REPEAT, lanyard vs hand-built VXLAN"
-l="" h=""
+# one WHO: one run of lanyard (l), hand-built (h), hand-built with lanyard's rules (r)
+one() {
+    case $1 in
+        l) l+=" $(tcp "$VA")" ;;
+        h) h+=" $(tcp "$HVA")" ;;
+        r) rules on || die "cannot load lanyard's rulesets"; hr+=" $(tcp "$HVA")"; rules off ;;
+    esac
+}
+say "cluster: iperf3 TCP VM a -> VM b across hosts, ${SECS} s x $REPEAT, lanyard vs hand-built VXLAN (without, with lanyard's rules)"
+l="" h="" hr=""
 for ((r = 0; r < REPEAT; r++)); do
-    if [ $((r % 2)) = 0 ]; then l+=" $(tcp "$VA")"; h+=" $(tcp "$HVA")"; else h+=" $(tcp "$HVA")"; l+=" $(tcp "$VA")"; fi
+    case $((r % 3)) in
+        0) one l; one h; one r ;;
+        1) one h; one r; one l ;;
+        2) one r; one l; one h ;;
+    esac
 done
-TCP_L=$(echo "$l" | median); TCP_H=$(echo "$h" | median)
-note "tcp across hosts (Gbit/s): lanyard [$l ] by hand [$h ]"
+TCP_L=$(echo "$l" | median); TCP_H=$(echo "$h" | median); TCP_HR=$(echo "$hr" | median)
+note "tcp across hosts (Gbit/s): lanyard [$l ] by hand [$h ] by hand with lanyard's rules [$hr ]"
 for pid in "${IPERF[@]}"; do stop_pid "$pid"; done
 for ns in "$HS" "$HA" "$HB" "$HVA" "$HVB"; do delns "$ns"; done
 
@@ -352,10 +384,12 @@ row "cluster" "port created through A -> its MAC in B's VXLAN FDB, p50 / p99 (ms
 row "cluster" "port create REST call, veth into a new namespace, etcd, p50 / p99 (ms)" "$CALL50 / $CALL99" "" "" "" "measured"
 row "cluster" "port create REST call, TAP: etcd (lanyard) vs single host SQLite (peer), p50 / p99 (ms)" "$TAPE50 / $TAPE99" "$TAPS50 / $TAPS99" "$(r=$(ratio "$TAPE50" "$TAPS50"); echo "${r:+${r}x}")" "" "measured"
 row "cluster" "TCP VM a -> VM b across hosts (Gbit/s), lanyard VXLAN vs hand-built VXLAN" "$TCP_L" "$TCP_H" "${R:+${R}x}" ">= 0.95x" "$(verdict "$(ge "$R" 0.95)")"
+R2=$(ratio "$TCP_L" "$TCP_HR")
+row "cluster" "TCP VM a -> VM b across hosts (Gbit/s), lanyard vs the hand-built VXLAN carrying a copy of lanyard's nftables rules" "$TCP_L" "$TCP_HR" "${R2:+${R2}x}" "" "measured"
 row "cluster" "$REMOTE ports on B: FDB entries towards B on A's $VX" "$ENTRIES" "" "" "$((BASE + REMOTE))" "$(verdict "$(ge "$ENTRIES" $((BASE + REMOTE)))")"
 row "cluster" "$REMOTE ports on B: A converged (all entries) after (s, from the POST; POST took $(fmt %.2f "$BATCH_TOOK") s)" "$(fmt %.2f "${CONV:-0}")" "" "" "" "$([ -n "$CONV" ] && echo measured || echo MISSED)"
 row "cluster" "$REMOTE ports on B: A's daemon VmRSS before -> after (MB), VmHWM after" "$(mb "$RSS_A0") -> $(mb "$RSS_A1"), $(mb "$HWM_A1")" "" "" "" "measured"
 row "cluster" "$REMOTE ports on B: A's daemon CPU spent following (s)" "$CPU_S" "" "" "" "measured"
 row "cluster" "with $REMOTE ports on B: a new port on B -> its MAC in A's FDB, median of $FOLLOW (ms)" "$FOL50" "" "" "" "measured"
 row "cluster" "$REMOTE more ports on B, second network, $BATCHES batches of <= 42 (written in $(fmt %.2f "$WROTE42") s): A converged after (s); entries on A (this device / both); A's VmRSS (MB); CPU (s)" "$(fmt %.2f "${CONV42:-0}") s; $ENTRIES2 / $TOTAL2; $(mb "$RSS_A2"); $CPU2_S" "" "" "$((BASE2 + REMOTE))" "$(verdict "$(ge "$ENTRIES2" $((BASE2 + REMOTE)))")"
-bench_note "cluster: etcd $(etcd --version 2>/dev/null | awk '/etcd Version/{print $3}') with --max-txn-ops $MAX_TXN_OPS (one batch of $REMOTE ports), data dir on $(df --output=fstype "$OUT" | tail -1); two hosts routed through the store namespace; network --mtu 1450; ping -i 0.002 from VM b right after the new VM's address is set; iperf3 ${SECS} s x $REPEAT alternating; the hand-built VXLAN copies VNI, MTUs, VM addresses and MACs."
+bench_note "cluster: etcd $(etcd --version 2>/dev/null | awk '/etcd Version/{print $3}') with --max-txn-ops $MAX_TXN_OPS (one batch of $REMOTE ports), data dir on $(df --output=fstype "$OUT" | tail -1); two hosts routed through the store namespace; network --mtu 1450; ping -i 0.002 from VM b right after the new VM's address is set; iperf3 ${SECS} s x $REPEAT, the three contenders in rotating order; the hand-built VXLAN copies VNI, MTUs, interface names, VM addresses and MACs, and runs without nftables rules (conntrack off) or with a copy of lanyard's rulesets."
