@@ -15,6 +15,8 @@
 #      address is set); and until B's VXLAN device holds the port's MAC (B
 #      following etcd: `bridge monitor fdb` in B, each line stamped as it
 #      arrives). SAMPLES samples, each port deleted again; p50/p99.
+#      The same on a network where A has no other port (B has no flood
+#      entry towards A until it follows, so the first packets wait for it).
 #      The REST call alone (curl's time_total, a TAP port) against etcd, and
 #      the same call on a single-host daemon (SQLite) in this run.
 #   2. iperf3 TCP VM a -> VM b over lanyard's VXLAN, against a VXLAN built
@@ -156,43 +158,68 @@ say "cluster: $SAMPLES ports created through A, each until VM b's first ping rep
 ip netns exec "$VB" sysctl -qw net.ipv4.neigh.eth0.retrans_time_ms=100
 fdb_monitor "$B" "$OUT/fdb-b.log"
 sleep 0.3
-REACH="" CALL="" TO_B="" MISSED=0
-declare -a T0S MACS
-for ((i = 0; i < SAMPLES; i++)); do
-    ns=$(mkns "cp$i")
-    ip -n "$VB" neigh flush dev eth0 2>/dev/null || true
-    t0=$EPOCHREALTIME
-    read -r code took < <(rest "$SOCK_A" POST /v1/ports "{\"net\":\"cl\",\"vm\":\"p$i\",\"type\":\"veth\",\"netns\":\"$ns\",\"ifname\":\"eth0\"}")
-    [ "$code" = 201 ] || [ "$code" = 200 ] || die "port create through A answered $code: $(head -c 300 "$OUT/resp.json")"
-    # (no jq here: on a loaded machine each process costs tens of ms)
-    field ip; field mac; field id
-    printf 'addr add %s/21 dev eth0\nlink set dev eth0 up\n' "$ip" | ip -n "$ns" -batch -
-    t2=$EPOCHREALTIME
-    read -r reply seq < <(ip netns exec "$VB" ping -n -D -c 1 -w 5 -i 0.002 "$ip" 2>/dev/null |
-        awk '/bytes from/{ s = $1; gsub(/[][]/, "", s); q = $0; sub(/.*icmp_seq=/, "", q); sub(/ .*/, "", q); print s, q; exit }') || true
-    if [ -n "$reply" ]; then REACH+=" $(calc "($reply - $t0) * 1000")"; else MISSED=$((MISSED + 1)); fi
-    CALL+=" $(calc "$took * 1000")"
-    T0S[i]=$t0 MACS[i]=$mac
-    # per sample: ms to the REST answer, to the address set, to the reply; the reply's icmp_seq
-    printf '%s\t%s\t%s\t%s\n' "$(calc "$took * 1000")" "$(calc "($t2 - $t0) * 1000")" \
-        "$([ -n "$reply" ] && calc "($reply - $t0) * 1000")" "${seq:-}" >>"$OUT/reach.tsv"
-    # Wait for B to follow (bounded) before the port goes, so every
-    # sample's entry is seen; then delete port and namespace.
-    for ((k = 0; k < 100; k++)); do [ -n "$(seen_at "$OUT/fdb-b.log" "$mac" 10.215.1.2)" ] && break; sleep 0.05; done
-    "$LANYARD" --socket "$SOCK_A" port delete "$id" >/dev/null
-    ip netns delete "$ns"
-done
-for ((i = 0; i < SAMPLES; i++)); do
-    t=$(seen_at "$OUT/fdb-b.log" "${MACS[i]}" 10.215.1.2)
-    [ -n "$t" ] && TO_B+=" $(calc "($t - ${T0S[i]}) * 1000")"
-done
+# reach_samples NET VMNS TAG: SAMPLES ports created through A on NET, each
+# pinged from VMNS on B; sets REACH, CALL, TO_B (ms, one per sample) and
+# MISSED; per-sample rows in $OUT/reach-TAG.tsv.
+reach_samples() {
+    local net=$1 vm=$2 tag=$3 i k ns t0 t2 t code took ip mac id reply seq
+    local -a t0s macs
+    REACH="" CALL="" TO_B="" MISSED=0
+    for ((i = 0; i < SAMPLES; i++)); do
+        ns=$(mkns "cp$tag$i")
+        ip -n "$vm" neigh flush dev eth0 2>/dev/null || true
+        t0=$EPOCHREALTIME
+        read -r code took < <(rest "$SOCK_A" POST /v1/ports "{\"net\":\"$net\",\"vm\":\"p$tag$i\",\"type\":\"veth\",\"netns\":\"$ns\",\"ifname\":\"eth0\"}")
+        [ "$code" = 201 ] || [ "$code" = 200 ] || die "port create through A answered $code: $(head -c 300 "$OUT/resp.json")"
+        # (no jq here: on a loaded machine each process costs tens of ms)
+        field ip; field mac; field id
+        printf 'addr add %s/21 dev eth0\nlink set dev eth0 up\n' "$ip" | ip -n "$ns" -batch -
+        t2=$EPOCHREALTIME
+        read -r reply seq < <(ip netns exec "$vm" ping -n -D -c 1 -w 5 -i 0.002 "$ip" 2>/dev/null |
+            awk '/bytes from/{ s = $1; gsub(/[][]/, "", s); q = $0; sub(/.*icmp_seq=/, "", q); sub(/ .*/, "", q); print s, q; exit }') || true
+        if [ -n "$reply" ]; then REACH+=" $(calc "($reply - $t0) * 1000")"; else MISSED=$((MISSED + 1)); fi
+        CALL+=" $(calc "$took * 1000")"
+        t0s[i]=$t0 macs[i]=$mac
+        # per sample: ms to the REST answer, to the address set, to the reply; the reply's icmp_seq
+        printf '%s\t%s\t%s\t%s\n' "$(calc "$took * 1000")" "$(calc "($t2 - $t0) * 1000")" \
+            "$([ -n "$reply" ] && calc "($reply - $t0) * 1000")" "${seq:-}" >>"$OUT/reach-$tag.tsv"
+        # Wait for B to follow (bounded) before the port goes, so every
+        # sample's entry is seen; then delete port and namespace.
+        for ((k = 0; k < 100; k++)); do [ -n "$(seen_at "$OUT/fdb-b.log" "$mac" 10.215.1.2)" ] && break; sleep 0.05; done
+        "$LANYARD" --socket "$SOCK_A" port delete "$id" >/dev/null
+        ip netns delete "$ns"
+    done
+    for ((i = 0; i < SAMPLES; i++)); do
+        t=$(seen_at "$OUT/fdb-b.log" "${macs[i]}" 10.215.1.2)
+        [ -n "$t" ] && TO_B+=" $(calc "($t - ${t0s[i]}) * 1000")"
+    done
+    note "[$net] reach (ms):$REACH"
+    note "[$net] per sample (REST ms, address set ms, reply ms, icmp_seq): $(awk -F'\t' '{printf " %.0f/%.0f/%.0f/%s", $1, $2, $3, $4}' "$OUT/reach-$tag.tsv")"
+    note "[$net] B's FDB entry (ms):$TO_B"
+    note "[$net] REST call (ms):$CALL"
+}
+reach_samples cl "$VB" a
 read -r REACH50 REACH99 <<<"$(pcts "$REACH")"
 read -r TOB50 TOB99 <<<"$(pcts "$TO_B")"
 read -r CALL50 CALL99 <<<"$(pcts "$CALL")"
-note "reach (ms):$REACH"
-note "per sample (REST ms, address set ms, reply ms, icmp_seq): $(awk -F'\t' '{printf " %.0f/%.0f/%.0f/%s", $1, $2, $3, $4}' "$OUT/reach.tsv")"
-note "B's FDB entry (ms):$TO_B"
-note "REST call (ms):$CALL"
+MISSED1=$MISSED
+
+# The same where A has no other port on the network: B has no flood entry
+# towards A then, so the first packets wait for B to follow etcd.
+say "cluster: $SAMPLES ports created through A on a network where A has no other port"
+lya net create cl3 --mode isolated --subnet 10.54.0.0/21 --mtu 1450 >/dev/null
+VB3=$(mkns clvb3)
+lyb port create --net cl3 --vm vmb3 --type veth --netns "$VB3" --ifname eth0 -o json >"$OUT/pb3.json"
+vm_static "$VB3" "$(jq -r .ip "$OUT/pb3.json")/21"
+ip netns exec "$VB3" sysctl -qw net.ipv4.neigh.eth0.retrans_time_ms=100
+sleep 0.5
+reach_samples cl3 "$VB3" f
+read -r FREACH50 FREACH99 <<<"$(pcts "$REACH")"
+read -r FTOB50 FTOB99 <<<"$(pcts "$TO_B")"
+MISSED3=$MISSED
+lyb port delete "$(jq -r .id "$OUT/pb3.json")" >/dev/null
+lya net delete cl3 --force >/dev/null
+delns "$VB3"
 
 # The REST call alone: TAP ports through A (etcd) and through a single-host
 # daemon (SQLite, state in $BENCH_RUN) of this run.
@@ -379,8 +406,9 @@ note "$BATCHES batches of <= 42 through B on cl2: written in $WROTE42 s; A had $
 
 # --- rows --------------------------------------------------------------------------
 R=$(ratio "$TCP_L" "$TCP_H")
-row "cluster" "port created through A -> first ping reply from VM b on B, p50 / p99 (ms), $SAMPLES samples" "$REACH50 / $REACH99" "" "" "" "$([ "$MISSED" = 0 ] && echo measured || echo "$MISSED unreached")"
+row "cluster" "port created through A -> first ping reply from VM b on B, p50 / p99 (ms), $SAMPLES samples" "$REACH50 / $REACH99" "" "" "" "$([ "$MISSED1" = 0 ] && echo measured || echo "$MISSED1 unreached")"
 row "cluster" "port created through A -> its MAC in B's VXLAN FDB, p50 / p99 (ms)" "$TOB50 / $TOB99" "" "" "" "measured"
+row "cluster" "A's only port on a network: created through A -> first ping reply from B / in B's FDB, p50 / p99 (ms)" "$FREACH50 / $FREACH99; $FTOB50 / $FTOB99" "" "" "" "$([ "$MISSED3" = 0 ] && echo measured || echo "$MISSED3 unreached")"
 row "cluster" "port create REST call, veth into a new namespace, etcd, p50 / p99 (ms)" "$CALL50 / $CALL99" "" "" "" "measured"
 row "cluster" "port create REST call, TAP: etcd (lanyard) vs single host SQLite (peer), p50 / p99 (ms)" "$TAPE50 / $TAPE99" "$TAPS50 / $TAPS99" "$(r=$(ratio "$TAPE50" "$TAPS50"); echo "${r:+${r}x}")" "" "measured"
 row "cluster" "TCP VM a -> VM b across hosts (Gbit/s), lanyard VXLAN vs hand-built VXLAN" "$TCP_L" "$TCP_H" "${R:+${R}x}" ">= 0.95x" "$(verdict "$(ge "$R" 0.95)")"
