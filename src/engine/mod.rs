@@ -182,9 +182,10 @@ struct PortIndex {
     by_id: HashMap<String, Port>,
     /// Host-side interface name -> port id (the monitor reports names).
     ifnames: HashMap<String, String>,
-    /// Ports per network: a Linux bridge takes at most
-    /// [`BRIDGE_MAX_PORTS`].
-    per_net: HashMap<String, usize>,
+    /// Ports per network and owning node (`Port.node`): a Linux bridge
+    /// takes at most [`BRIDGE_MAX_PORTS`], and in a cluster a host's
+    /// bridge holds only its own ports.
+    per_net: HashMap<String, HashMap<Option<String>, usize>>,
     /// (network key, VM name) -> port id: a VM name is a DNS name on its
     /// network, so one port per name and network.
     vms: HashMap<(String, String), String>,
@@ -206,7 +207,7 @@ impl PortIndex {
         self.ids.insert(p.id.clone());
         self.by_id.insert(p.id.clone(), p.clone());
         self.ifnames.insert(p.ifname.clone(), p.id.clone());
-        *self.per_net.entry(p.net.clone()).or_default() += 1;
+        *self.per_net.entry(p.net.clone()).or_default().entry(p.node.clone()).or_default() += 1;
         self.vms.insert((p.net.clone(), p.vm.clone()), p.id.clone());
     }
 
@@ -215,13 +216,24 @@ impl PortIndex {
         self.ids.remove(&p.id);
         self.by_id.remove(&p.id);
         self.ifnames.remove(&p.ifname);
-        if let Some(n) = self.per_net.get_mut(&p.net) {
+        if let Some(n) = self.per_net.get_mut(&p.net).and_then(|m| m.get_mut(&p.node)) {
             *n = n.saturating_sub(1);
         }
         let vm = (p.net.clone(), p.vm.clone());
         if self.vms.get(&vm) == Some(&p.id) {
             self.vms.remove(&vm);
         }
+    }
+
+    /// The ports of `net` on the bridge of `node` (the host's own ports,
+    /// and records that name no node; a single host, `None`: all).
+    fn on_bridge(&self, net: &str, node: Option<&str>) -> usize {
+        let Some(owners) = self.per_net.get(net) else { return 0 };
+        owners
+            .iter()
+            .filter(|(owner, _)| node.is_none() || owner.is_none() || owner.as_deref() == node)
+            .map(|(_, n)| n)
+            .sum()
     }
 
     fn has_ifname(&self, name: &str) -> bool {

@@ -267,14 +267,26 @@ impl Engine {
         let project = spec.project.as_deref().unwrap_or(DEFAULT_PROJECT);
         let key = self.network_key(project, &spec.net)?;
         let net = self.network(&key)?;
-        let on_bridge = |i: &PortIndex| i.per_net.get(&key).copied().unwrap_or(0);
-        // Bridge mode: the uplink is a port of the bridge too.
-        let room = BRIDGE_MAX_PORTS - usize::from(net.uplink.is_some());
+        // Only this host's ports are on its bridge: another host's ports
+        // of a network spanning hosts are on that host's bridge.
+        let on_bridge = |i: &PortIndex| i.on_bridge(&key, self.node.as_deref());
+        // Bridge mode: the uplink is a port of the bridge too; on a
+        // cluster member, so is the network's VXLAN device.
+        let vxlan = self.node.is_some() && planner::overlay::spans(&net);
+        let room = BRIDGE_MAX_PORTS - usize::from(net.uplink.is_some()) - usize::from(vxlan);
         if on_bridge(&self.index) + on_bridge(batch) >= room {
-            return Err(EngineError::Conflict(format!(
-                "network {:?} has {room} ports, the most a Linux bridge takes; put more VMs on another network",
-                net.name
-            )));
+            return Err(EngineError::Conflict(if vxlan {
+                format!(
+                    "network {:?} has {room} ports on this host, the most a Linux bridge takes beside the \
+                     network's VXLAN device; put more VMs on another host or network",
+                    net.name
+                )
+            } else {
+                format!(
+                    "network {:?} has {room} ports, the most a Linux bridge takes; put more VMs on another network",
+                    net.name
+                )
+            }));
         }
         // The VM's name is its DNS name on the network: two ports with one
         // name would make DNS answer for whichever came last.

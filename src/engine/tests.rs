@@ -1918,17 +1918,32 @@ fn a_process_namespace_is_named_by_pid_and_never_reused_after_it_went() {
     assert_eq!(e.ports(None, None).len(), 3, "the records stay until deleted");
 }
 
-/// Cluster members with underlay addresses span their networks over
-/// VXLAN: each has the network's device on the bridge (claimed VNI, MTU of
-/// the underlay − 50), and entries towards the other node for its ports,
-/// following port creates and deletes; a network whose VNI another holds
-/// is refused; a deleted network takes its device and claim. A single
-/// host gets no VXLAN device.
-#[test]
-fn cluster_members_span_networks_over_vxlan() {
-    use crate::kernel::{LinkKind, ObservedLink};
-    use crate::planner::overlay;
-    use crate::store::Change;
+/// A cluster member `node` on `store`, its underlay address `ip` on `u0`.
+fn cluster_member(store: &Arc<FlakyStore>, node: &str, ip: std::net::Ipv4Addr) -> (Engine, Arc<FakeKernel>) {
+    let kernel = Arc::new(FakeKernel::default());
+    kernel.tamper(|s| {
+        let nic = crate::kernel::ObservedLink {
+            name: "u0".into(),
+            up: true,
+            mtu: 1500,
+            addrs: vec![ipnet::Ipv4Net::new(ip, 24).unwrap()],
+            ..Default::default()
+        };
+        s.observed.links.insert("u0".into(), nic);
+    });
+    let e = Engine::start(Parts {
+        store: store.clone(),
+        kernel: kernel.clone(),
+        services: Box::<FakeServices>::default(),
+        host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
+        node: Some(node.into()),
+    })
+    .unwrap();
+    (e, kernel)
+}
+
+/// Two cluster members on one store with underlay addresses.
+fn cluster_store() -> (Arc<FlakyStore>, std::net::Ipv4Addr, std::net::Ipv4Addr) {
     let store = Arc::new(FlakyStore {
         inner: SqliteStore::in_memory().expect("in-memory store"),
         broken: AtomicBool::new(false),
@@ -1937,28 +1952,46 @@ fn cluster_members_span_networks_over_vxlan() {
     let (ua, ub): (std::net::Ipv4Addr, std::net::Ipv4Addr) =
         ("10.213.1.2".parse().unwrap(), "10.213.2.2".parse().unwrap());
     *store.nodes.lock().unwrap() = [("a".to_string(), ua), ("b".to_string(), ub)].into();
-    let member = |node: &str, ip: std::net::Ipv4Addr| {
-        let kernel = Arc::new(FakeKernel::default());
-        kernel.tamper(|s| {
-            let nic = ObservedLink {
-                name: "u0".into(),
-                up: true,
-                mtu: 1500,
-                addrs: vec![ipnet::Ipv4Net::new(ip, 24).unwrap()],
-                ..Default::default()
-            };
-            s.observed.links.insert("u0".into(), nic);
-        });
-        let e = Engine::start(Parts {
-            store: store.clone(),
-            kernel: kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
-            node: Some(node.into()),
-        })
-        .unwrap();
-        (e, kernel)
-    };
+    (store, ua, ub)
+}
+
+/// In a cluster a host's bridge holds its own ports and the network's
+/// VXLAN device, not the other hosts' ports: those do not count against
+/// the 1,023 ports a Linux bridge takes (they did, so a network spanning
+/// hosts took 1,023 ports in all), the VXLAN device does.
+#[test]
+fn a_cluster_members_bridge_limit_counts_its_own_ports_only() {
+    use crate::store::Change;
+    let (store, ua, ub) = cluster_store();
+    let (mut a, _ka) = cluster_member(&store, "a", ua);
+    a.create_network(spec("big", "isolated", "10.64.0.0/20")).unwrap();
+    a.create_port(port("big")).unwrap();
+    let (mut b, _kb) = cluster_member(&store, "b", ub);
+    let room = BRIDGE_MAX_PORTS - 1;
+    let made = b.create_ports((0..room).map(|_| port("big")).collect()).expect("B's bridge has room for its own ports");
+    assert_eq!(made.len(), room);
+    let err = b.create_port(port("big")).unwrap_err();
+    assert!(matches!(err, EngineError::Conflict(ref m) if m.contains("1022") && m.contains("VXLAN")), "{err}");
+    // A, knowing B's ports, still has room on its own bridge.
+    let changes: Vec<Change> = made.iter().map(|p| Change::Port(p.id.clone(), Some(p.clone()))).collect();
+    a.follow(&changes, false).unwrap();
+    assert_eq!(a.ports(None, None).len(), room + 1);
+    a.create_port(port("big")).expect("A's bridge holds A's two ports, not B's");
+}
+
+/// Cluster members with underlay addresses span their networks over
+/// VXLAN: each has the network's device on the bridge (claimed VNI, MTU of
+/// the underlay − 50), and entries towards the other node for its ports,
+/// following port creates and deletes; a network whose VNI another holds
+/// is refused; a deleted network takes its device and claim. A single
+/// host gets no VXLAN device.
+#[test]
+fn cluster_members_span_networks_over_vxlan() {
+    use crate::kernel::LinkKind;
+    use crate::planner::overlay;
+    use crate::store::Change;
+    let (store, ua, ub) = cluster_store();
+    let member = |node: &str, ip| cluster_member(&store, node, ip);
     let (mut a, ka) = member("a", ua);
     let net = a.create_network(spec("n1", "isolated", "10.1.0.0/24")).unwrap();
     let vx = overlay::vxlan_ifname(&net);
