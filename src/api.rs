@@ -40,7 +40,7 @@ pub type Shared = Arc<Mutex<Engine>>;
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The body of every error response.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// One line: what was wrong and what to do.
     pub error: String,
@@ -294,7 +294,7 @@ async fn with_engine<T: Send + 'static>(
 }
 
 /// The body of `POST /v1/networks/{name}/autostart`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Autostart {
     /// Start the network at boot.
@@ -302,7 +302,7 @@ pub struct Autostart {
 }
 
 /// The body of `POST /v1/fips/{ip}/associate`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Associate {
     /// A port id, or the name of a VM with one port.
@@ -310,7 +310,7 @@ pub struct Associate {
 }
 
 /// The body of `POST /v1/projects/{name}/egress`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
     /// "allow" or "deny".
@@ -896,6 +896,12 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                     .map_err(|e| engine_err(EngineError::Store(e)))
                 }),
             )
+            .route(
+                // The description of these routes (src/openapi.rs), for any
+                // caller the layer let in.
+                "/v1/openapi.json",
+                get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json()) }),
+            )
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state);
@@ -946,6 +952,31 @@ mod tests {
     /// Method, URI, content type, body; the status, kind and part of the message wanted.
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16, &'a str, &'a str);
     const NET: &str = r#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24"}"#;
+
+    /// The description is served as `lanyard openapi` prints it, and every
+    /// operation it describes is routed: a request reaches the route (no
+    /// 405, no "no API endpoint" 404), whatever the route then answers.
+    #[tokio::test]
+    async fn the_openapi_description_is_served_and_every_operation_is_routed() {
+        let app = app();
+        let (status, served, _) = send(&app, "GET", "/v1/openapi.json", None, b"").await;
+        assert_eq!(status, 200);
+        assert_eq!(served, serde_json::from_str::<Value>(&crate::openapi::document_json()).unwrap());
+        for r in crate::openapi::ROUTES {
+            let uri = r.path.replace(['{', '}'], "");
+            let req =
+                axum::http::Request::builder().method(r.method).uri(&uri).body(axum::body::Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                status != 405 && !text.contains("no API endpoint"),
+                "{} {uri} is described but not routed: {status} {text}",
+                r.method
+            );
+        }
+    }
 
     #[tokio::test]
     async fn metrics_are_the_text_exposition_of_every_network() {

@@ -52,7 +52,7 @@ fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>)
 }
 
 /// How a network reaches (or does not reach) the world beyond its bridge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Private subnet, masqueraded to the outside; outside cannot connect in.
@@ -114,11 +114,13 @@ impl FromStr for Mode {
 }
 
 /// The addresses a network's DHCP server hands to clients that are not ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DhcpRange {
     /// First address of the pool.
+    #[schema(value_type = String, format = Ipv4)]
     pub first: Ipv4Addr,
     /// Last address of the pool (inclusive).
+    #[schema(value_type = String, format = Ipv4)]
     pub last: Ipv4Addr,
 }
 
@@ -142,7 +144,7 @@ impl FromStr for DhcpRange {
 
 /// A network as the user asked for it; fields left out get defaults, and
 /// unknown fields are refused (a misspelt option must not be ignored).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain), unique within
@@ -195,7 +197,7 @@ pub struct NetworkSpec {
 }
 
 /// nova-network's network managers, as network kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Manager {
     /// FlatManager: the subnet is the pool, the bridge is given (adopted
@@ -240,7 +242,7 @@ impl fmt::Display for Manager {
 }
 
 /// How a VLAN network is realized in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VlanBackend {
     /// A VLAN device (`eth0.10`) per uplink and VLAN, in a bridge per VLAN
@@ -301,7 +303,7 @@ fn fnv1a(s: &str) -> u32 {
 pub const VLAN_MAX: u16 = 4094;
 
 /// Whether a network's kernel objects exist and its DHCP server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetState {
     /// Bridge, rules and DHCP are up.
@@ -314,7 +316,7 @@ pub enum NetState {
 /// edit`): only what changes nothing in the kernel and takes nothing from
 /// running guests. The other fields are listed so that asking to change
 /// them is answered with why not, rather than "unknown field".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkPatch {
     /// Start the network at boot.
@@ -350,7 +352,7 @@ pub struct NetworkPatch {
 }
 
 /// A validated network record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Network {
     /// Name, unique within its project.
     pub name: String,
@@ -361,8 +363,10 @@ pub struct Network {
     /// How the network reaches the world.
     pub mode: Mode,
     /// IPv4 subnet.
+    #[schema(value_type = String, example = "192.168.122.0/24")]
     pub subnet: Ipv4Net,
     /// Host's address on the bridge.
+    #[schema(value_type = String, format = Ipv4)]
     pub gateway: Ipv4Addr,
     /// Dynamic DHCP pool.
     pub dhcp_range: DhcpRange,
@@ -572,7 +576,7 @@ pub fn validate_project_name(name: &str) -> Result<(), ModelError> {
 pub const DESCRIPTION_MAX: usize = 256;
 
 /// A project as the user asked for it; unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProjectSpec {
     /// Project name (the rules of network names).
@@ -584,7 +588,7 @@ pub struct ProjectSpec {
 
 /// A tenant: networks and ports belong to exactly one project, and names
 /// are unique within it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Project {
     /// Unique name.
     pub name: String,
@@ -1002,6 +1006,19 @@ impl FromStr for Mac {
     }
 }
 
+/// A MAC as the API writes it (`52:54:00:12:34:56`); it reads any case.
+impl utoipa::PartialSchema for Mac {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"))
+            .examples(["52:54:00:12:34:56"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Mac {}
+
 impl Serialize for Mac {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -1016,7 +1033,7 @@ impl<'de> Deserialize<'de> for Mac {
 }
 
 /// What kind of device a port's host side is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortType {
     /// A persistent TAP that QEMU, Cloud Hypervisor or Firecracker opens.
@@ -1046,7 +1063,7 @@ impl FromStr for PortType {
 }
 
 /// A port as the user asked for it; unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PortSpec {
     /// Network to attach to (a name in `project`); empty: the project's
@@ -1185,7 +1202,7 @@ impl PortSpec {
 }
 
 /// A VM's attachment to a network, with its fixed address for life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Port {
     /// Short unique id (8 hex digits).
     pub id: String,
@@ -1206,6 +1223,7 @@ pub struct Port {
     pub mac: Mac,
     /// Fixed IP, served as a static DHCP lease; none on bridge-mode
     /// networks, where the LAN's DHCP server decides.
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     /// Veth only: namespace of the peer.
     pub netns: Option<String>,
@@ -1275,7 +1293,7 @@ impl Port {
 }
 
 /// One DHCP lease, in the shape of dnsmasq's lease file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     /// Network the lease belongs to, by key ([`network_key`]).
     pub net: String,
@@ -1284,6 +1302,7 @@ pub struct Lease {
     /// Client MAC.
     pub mac: Mac,
     /// Leased address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Host name the client sent, if any.
     pub hostname: Option<String>,
@@ -1294,7 +1313,7 @@ pub struct Lease {
 }
 
 /// Whether a lease holds a port's fixed IP or a pool address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseKind {
     /// A port's fixed IP.

@@ -95,7 +95,7 @@ impl From<IpamError> for EngineError {
 }
 
 /// A port as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PortView {
     /// The stored record.
     #[serde(flatten)]
@@ -116,7 +116,7 @@ impl From<Port> for PortView {
 }
 
 /// One bridge as `brctl show` prints it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BridgeView {
     /// The VLAN the bridge is (a VLAN network's bridge): every port of it
     /// is an access port of that VLAN.
@@ -140,7 +140,7 @@ pub struct BridgeView {
 }
 
 /// `lanyard status`: counts and the self-healing record.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     /// The daemon's version and git commit.
     pub version: String,

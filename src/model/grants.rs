@@ -11,7 +11,7 @@ pub use crate::kernel::firewall::Proto;
 
 /// A grant as the admin asks for it (the granting project is in the
 /// request's path).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GrantSpec {
     /// The project whose guests may be reached.

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::{invalid, validate_vm_name, Mac, ModelError};
 
 /// `POST /v1/networks/{name}/hosts` as the user wrote it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StaticHostSpec {
     /// The client's MAC.
@@ -25,13 +25,14 @@ pub struct StaticHostSpec {
 
 /// A static host as stored (document kind [`crate::store::HOSTS`], key
 /// [`StaticHost::doc_key`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StaticHost {
     /// The network's key.
     pub net: String,
     /// The client's MAC.
     pub mac: Mac,
     /// Its address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Its DNS name, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
