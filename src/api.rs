@@ -132,27 +132,78 @@ impl IntoResponse for Rejection {
 /// content type, 413 over [`BODY_LIMIT`], 400 for text that is not JSON
 /// (with line and column), 422 for JSON of the wrong shape (with the path
 /// of the field: wrong type, unknown or missing field).
+/// Every body but a batch's is one JSON object: serde would also read a
+/// struct from an array of its fields in order (`[null, null]` allocated a
+/// floating IP, found by schemathesis), which no client means.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Rejection;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
-        check_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let status = r.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!(
-                    "request body is larger than the API's limit of {} MiB; split a batch into several requests",
-                    BODY_LIMIT / (1024 * 1024)
-                )
-            } else {
-                format!("cannot read the request body: {}", r.body_text())
-            };
-            Rejection::new(status, message)
-        })?;
+        let bytes = body_bytes(req, state).await?;
+        check_shape(&bytes, Shape::Object)?;
         decode(&bytes).map(JsonBody)
     }
+}
+
+/// A batch body: a JSON array of objects (see [`JsonBody`]).
+pub struct JsonBatch<T>(pub Vec<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBatch<T> {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        check_shape(&bytes, Shape::ArrayOfObjects)?;
+        decode(&bytes).map(JsonBatch)
+    }
+}
+
+/// What the top of a request body must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Object,
+    ArrayOfObjects,
+}
+
+/// Refuses (422) a body that is JSON but not of `shape`; text that is not
+/// JSON is left to [`decode`], which says where it breaks.
+fn check_shape(bytes: &[u8], shape: Shape) -> Result<(), Rejection> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    let wrong =
+        |what: &str| Err(Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {what}")));
+    // Other mistakes (a number for an object) serde words well itself.
+    match (shape, &value) {
+        (Shape::Object, serde_json::Value::Array(_)) => wrong("expected a JSON object, not an array"),
+        (Shape::ArrayOfObjects, serde_json::Value::Array(items)) => {
+            match items.iter().position(serde_json::Value::is_array) {
+                Some(i) => wrong(&format!("[{i}]: expected a JSON object, not an array")),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The body of a request with the JSON content type, within [`BODY_LIMIT`].
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Rejection> {
+    check_content_type(req.headers())?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "request body is larger than the API's limit of {} MiB; split a batch into several requests",
+                BODY_LIMIT / (1024 * 1024)
+            )
+        } else {
+            format!("cannot read the request body: {}", r.body_text())
+        };
+        Rejection::new(status, message)
+    })?;
+    Ok(bytes)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
@@ -296,6 +347,7 @@ async fn with_engine<T: Send + 'static>(
 /// The body of `POST /v1/networks/{name}/autostart`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": true}))]
 pub struct Autostart {
     /// Start the network at boot.
     pub enabled: bool,
@@ -304,6 +356,7 @@ pub struct Autostart {
 /// The body of `POST /v1/fips/{ip}/associate`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"port": "web1"}))]
 pub struct Associate {
     /// A port id, or the name of a VM with one port.
     pub port: String,
@@ -312,6 +365,7 @@ pub struct Associate {
 /// The body of `POST /v1/projects/{name}/egress`.
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"egress": "deny"}))]
 pub struct Egress {
     /// "allow" or "deny".
     pub egress: String,
@@ -796,7 +850,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             .route(
                 "/v1/ports/batch",
                 post(
-                    |State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
+                    |State(s): State<Shared>, caller: Caller, JsonBatch(mut specs): JsonBatch<PortSpec>| async move {
                         for spec in &mut specs {
                             caller.check_port_spec(spec).map_err(IntoResponse::into_response)?;
                             spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
@@ -1011,6 +1065,35 @@ mod tests {
                 "invalid JSON at line 1 column 2: key must be a string",
             ),
             ("POST", "/v1/networks", JSON, b"", 400, "invalid", "empty request body"),
+            // Found by schemathesis: serde reads a struct from an array of
+            // its fields, so this allocated a floating IP.
+            (
+                "POST",
+                "/v1/fips",
+                JSON,
+                b"[null, null]",
+                422,
+                "invalid",
+                "invalid request body: expected a JSON object, not an array",
+            ),
+            (
+                "POST",
+                "/v1/ports/batch",
+                JSON,
+                br#"[["n1", null, "vm1"]]"#,
+                422,
+                "invalid",
+                "[0]: expected a JSON object, not an array",
+            ),
+            (
+                "POST",
+                "/v1/ports/batch",
+                JSON,
+                br#"{"vm":"vm1"}"#,
+                422,
+                "invalid",
+                "invalid type: map, expected a sequence",
+            ),
             (
                 "POST",
                 "/v1/networks",

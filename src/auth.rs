@@ -50,6 +50,7 @@ pub struct Token {
 /// `POST /v1/projects/{name}/tokens`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci"}))]
 pub struct TokenSpec {
     /// A label for people.
     #[serde(default)]

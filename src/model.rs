@@ -146,6 +146,7 @@ impl FromStr for DhcpRange {
 /// unknown fields are refused (a misspelt option must not be ignored).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "default", "mode": "nat", "subnet": "192.168.122.0/24"}))]
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain), unique within
     /// its project.
@@ -318,6 +319,7 @@ pub enum NetState {
 /// them is answered with why not, rather than "unknown field".
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"domain": "lab.example", "lease_time": 7200}))]
 pub struct NetworkPatch {
     /// Start the network at boot.
     #[serde(default)]
@@ -578,6 +580,7 @@ pub const DESCRIPTION_MAX: usize = 256;
 /// A project as the user asked for it; unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "blue", "description": "the blue team"}))]
 pub struct ProjectSpec {
     /// Project name (the rules of network names).
     pub name: String,
@@ -1065,6 +1068,7 @@ impl FromStr for PortType {
 /// A port as the user asked for it; unknown fields are refused.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"net": "default", "vm": "web1"}))]
 pub struct PortSpec {
     /// Network to attach to (a name in `project`); empty: the project's
     /// VLAN-manager network, made on first use.

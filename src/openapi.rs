@@ -496,7 +496,8 @@ fn operation(r: &Route) -> Operation {
                 .name(name)
                 .parameter_in(ParameterIn::Path)
                 .required(Required::True)
-                .schema(Some(ObjectBuilder::new().schema_type(Type::String))),
+                .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+                .example(Some(path_example(name).into())),
         );
     }
     for q in r.query {
@@ -539,6 +540,18 @@ fn operation(r: &Route) -> Operation {
                 .content("application/json", Content::new(Some(Ref::from_schema_name(ErrorBody::name())))),
         )
         .build()
+}
+
+/// An example of a path parameter, for readers and for fuzzers (which
+/// then reach existing objects, not only 404s).
+fn path_example(name: &str) -> &'static str {
+    match name {
+        "mac" => "52:54:00:aa:bb:cc",
+        "ip" => "203.0.113.10",
+        "lease" => "192.168.122.10",
+        "id" => "1a2b3c4d",
+        _ => "default",
+    }
 }
 
 /// The names of `{...}` segments of a path.

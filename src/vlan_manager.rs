@@ -22,6 +22,7 @@ pub const SETTING_KEY: &str = "vlan_manager";
 /// `lanyard manager vlan set` as the API receives it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"uplink": "eth0", "vlans": "100-199", "supernet": "10.100.0.0/16", "prefix": 24}))]
 pub struct VlanManagerSpec {
     /// The trunk every project's VLAN rides on.
     pub uplink: String,

@@ -22,6 +22,7 @@ pub const POOL_MAX: u32 = 65_536;
 /// A pool as the admin asked for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "public", "range": "203.0.113.10-203.0.113.20", "interface": "eth0"}))]
 pub struct FipPoolSpec {
     /// Pool name (the rules of network names).
     pub name: String,
@@ -92,6 +93,7 @@ impl FipPoolSpec {
 /// A request to allocate a floating IP.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"pool": "public"}))]
 pub struct FipSpec {
     /// The pool (default: the only one).
     #[serde(default)]

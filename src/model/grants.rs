@@ -13,6 +13,7 @@ pub use crate::kernel::firewall::Proto;
 /// request's path).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"to": "blue", "proto": "tcp", "port": 22}))]
 pub struct GrantSpec {
     /// The project whose guests may be reached.
     pub to: String,

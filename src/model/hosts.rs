@@ -13,6 +13,7 @@ use super::{invalid, validate_vm_name, Mac, ModelError};
 /// `POST /v1/networks/{name}/hosts` as the user wrote it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"mac": "52:54:00:aa:bb:cc", "ip": "192.168.122.10", "name": "printer"}))]
 pub struct StaticHostSpec {
     /// The client's MAC.
     pub mac: String,
