@@ -296,6 +296,37 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
     )
 }
 
+/// Reads every request's whole body (up to [`BODY_LIMIT`]) before any route
+/// or check sees the request. A refusal that comes before a route reads
+/// the body (405, 415, 401) otherwise leaves it unread, and hyper then
+/// closes the keep-alive connection after the response without saying so:
+/// the client's next request on it fails with "connection closed" (found
+/// by schemathesis). Too large a body is refused here, with `Connection:
+/// close`, since the rest of it is not read.
+pub async fn read_whole_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => {
+            let too_large = e.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let mut response = if too_large {
+                error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid",
+                    &format!(
+                        "request body is larger than the API's limit of {} MiB; split a batch into several requests",
+                        BODY_LIMIT / (1024 * 1024)
+                    ),
+                )
+            } else {
+                error_response(StatusCode::BAD_REQUEST, "invalid", "cannot read the request body")
+            };
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
 /// Turns every error response that is not already an [`ErrorBody`] (axum's
 /// own: 405 for a wrong method, a path segment that is not UTF-8, a query
 /// it cannot parse...) into one, keeping its status and `Allow` header.
@@ -966,6 +997,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
         .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(auth_state, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(read_whole_body))
 }
 
 #[cfg(test)]
@@ -1030,6 +1062,46 @@ mod tests {
                 r.method
             );
         }
+    }
+
+    /// A request refused before its body is read (405, 415) leaves the
+    /// keep-alive connection usable: the next request on it is answered.
+    /// Found by schemathesis: hyper closed such a connection silently.
+    #[tokio::test]
+    async fn a_refused_request_with_a_large_body_keeps_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("lanyard-keepalive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app()).await });
+        let body = "x".repeat(300_000);
+        for (method, ctype) in [("QUERY", "application/json"), ("POST", "text/plain")] {
+            let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+            let head = format!(
+                "{method} /v1/networks HTTP/1.1\r\nHost: lanyard\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.write_all(body.as_bytes()).await.unwrap();
+            c.write_all(b"GET /v1/projects HTTP/1.1\r\nHost: lanyard\r\n\r\n").await.unwrap();
+            let mut answers = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !String::from_utf8_lossy(&answers).contains("HTTP/1.1 200") && tokio::time::Instant::now() < deadline
+            {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), c.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => answers.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&answers);
+            assert!(text.starts_with("HTTP/1.1 4") && text.contains("HTTP/1.1 200 OK"), "{method}: {text}");
+        }
+        server.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

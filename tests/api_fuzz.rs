@@ -174,7 +174,7 @@ fn schemathesis_finds_no_server_error_and_no_mismatch_with_the_description() {
     // out there.
     let vlans =
         ns.ip(&["link", "add", "link", "eth0", "name", "eth0.4000", "type", "vlan", "id", "4000"]).status.success();
-    let mut exclude = Vec::new();
+    let mut exclude: Vec<&str> = Vec::new();
     if vlans {
         ns.ip_ok(&["link", "del", "eth0.4000"]);
     } else {
@@ -183,59 +183,80 @@ fn schemathesis_finds_no_server_error_and_no_mismatch_with_the_description() {
     }
     let spec = description_to_fuzz(&daemon, ns.dir());
     let _forwarder = Forwarder::start(&ns, daemon.socket());
-    let seed = std::env::var("LANYARD_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
-    let examples = std::env::var("LANYARD_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "15".into());
-    let report = ns.dir().join("report");
-    let out = run(
-        ns.command(
-            st.to_str().unwrap(),
-            &[
-                "run",
-                spec.to_str().unwrap(),
-                "--url",
-                &format!("http://{LISTEN}"),
-                "--checks",
-                "all",
-                // Schema-valid values the daemon refuses by rules the
-                // description does not spell out (a subnet's prefix, a name
-                // that exists): a 4xx there is right, not a defect.
-                "--exclude-checks",
-                "positive_data_acceptance,use_after_free,ensure_resource_availability",
-                "--phases",
-                "examples,coverage,fuzzing",
-                "--max-examples",
-                &examples,
-                "--seed",
-                &seed,
-                "--workers",
-                "1",
-                "--request-timeout",
-                "20",
-                "--suppress-health-check",
-                "all",
-                "--report",
-                "junit",
-                "--report-dir",
-                report.to_str().unwrap(),
-            ]
-            .into_iter()
-            .chain(exclude)
-            .collect::<Vec<_>>(),
-        )
-        .env("SCHEMATHESIS_HOOKS", "")
-        .env("NO_COLOR", "1"),
-        Duration::from_secs(900),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let alive = daemon.cli(&["status"]).status.success();
-    assert!(
-        out.status.success() && alive,
-        "schemathesis found failures (seed {seed}; the daemon {}):\n{stdout}\n{}\n--- daemon log (tail) ---\n{}",
-        if alive { "still answers" } else { "no longer answers" },
-        String::from_utf8_lossy(&out.stderr),
-        tail(&daemon.log(), 60)
-    );
-    eprintln!("{}", tail(&stdout, 30));
+    let fuzz = Fuzz { st: &st, ns: &ns, daemon: &daemon, spec: &spec, exclude: &exclude };
+    // As the admin (no token on the socket): every operation is open.
+    fuzz.run("admin", &[]);
+    // As a project's token: the same requests through the checks of
+    // src/auth.rs (403 for admin-only operations, only its own project).
+    let token = daemon.cli_json(&["project", "token", "create", "tenant"]);
+    let bearer = format!("Authorization: Bearer {}", token["token"].as_str().expect("a token"));
+    fuzz.run("a project's token", &["--header", &bearer]);
+}
+
+/// One schemathesis run against the daemon.
+struct Fuzz<'a> {
+    st: &'a Path,
+    ns: &'a Netns,
+    daemon: &'a Daemon,
+    spec: &'a Path,
+    exclude: &'a [&'a str],
+}
+
+impl Fuzz<'_> {
+    /// Runs schemathesis with `extra` arguments (as `who`); panics with its
+    /// report on a failure or when the daemon no longer answers.
+    fn run(&self, who: &str, extra: &[&str]) {
+        let seed = std::env::var("LANYARD_SCHEMATHESIS_SEED").unwrap_or_else(|_| "1".into());
+        let examples = std::env::var("LANYARD_SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "15".into());
+        let report = self.ns.dir().join("report");
+        let url = format!("http://{LISTEN}");
+        let mut args = vec![
+            "run",
+            self.spec.to_str().unwrap(),
+            "--url",
+            &url,
+            "--checks",
+            "all",
+            // Schema-valid values the daemon refuses by rules the
+            // description does not spell out (a subnet's prefix, a name
+            // that exists): a 4xx there is right, not a defect.
+            "--exclude-checks",
+            "positive_data_acceptance,use_after_free,ensure_resource_availability",
+            "--phases",
+            "examples,coverage,fuzzing",
+            "--max-examples",
+            &examples,
+            "--seed",
+            &seed,
+            "--workers",
+            "1",
+            "--request-timeout",
+            "20",
+            "--suppress-health-check",
+            "all",
+            "--report",
+            "junit",
+            "--report-dir",
+            report.to_str().unwrap(),
+        ];
+        args.extend(self.exclude);
+        args.extend(extra);
+        // In the namespace's scratch directory: schemathesis keeps a cache
+        // (.schemathesis/) where it runs, not in the repository.
+        let mut cmd = self.ns.command(self.st.to_str().unwrap(), &args);
+        cmd.env("NO_COLOR", "1").current_dir(self.ns.dir());
+        let out = run(&mut cmd, Duration::from_secs(900));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let alive = self.daemon.cli(&["status"]).status.success();
+        assert!(
+            out.status.success() && alive,
+            "schemathesis as {who} found failures (seed {seed}; the daemon {}):\n{stdout}\n{}\n--- daemon log (tail) ---\n{}",
+            if alive { "still answers" } else { "no longer answers" },
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.daemon.log(), 60)
+        );
+        eprintln!("schemathesis as {who}:\n{}", tail(&stdout, 12));
+    }
 }
 
 fn tail(text: &str, lines: usize) -> String {
