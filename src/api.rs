@@ -399,6 +399,7 @@ pub struct Associate {
 #[schema(example = json!({"egress": "deny"}))]
 pub struct Egress {
     /// "allow" or "deny".
+    #[schema(pattern = r"^(allow|deny)$")]
     pub egress: String,
 }
 

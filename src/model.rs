@@ -150,6 +150,7 @@ impl FromStr for DhcpRange {
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain), unique within
     /// its project.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// Mode name, e.g. "nat".
     pub mode: String,
@@ -185,6 +186,7 @@ pub struct NetworkSpec {
     /// VLAN in a bridge per VLAN) or "filtering" (one VLAN-aware bridge per
     /// uplink).
     #[serde(default)]
+    #[schema(pattern = r"^(subif|filtering)$")]
     pub vlan_backend: Option<String>,
     /// The project the network belongs to (default [`DEFAULT_PROJECT`]).
     #[serde(default)]
@@ -583,6 +585,7 @@ pub const DESCRIPTION_MAX: usize = 256;
 #[schema(example = json!({"name": "blue", "description": "the blue team"}))]
 pub struct ProjectSpec {
     /// Project name (the rules of network names).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// Free text for people.
     #[serde(default)]
@@ -1082,6 +1085,7 @@ pub struct PortSpec {
     pub vm: String,
     /// "tap" (default) or "veth".
     #[serde(default, rename = "type")]
+    #[schema(pattern = r"^(tap|veth)$")]
     pub port_type: Option<String>,
     /// For veth: namespace the peer moves into.
     #[serde(default)]

@@ -188,7 +188,10 @@ fn schemathesis_finds_no_server_error_and_no_mismatch_with_the_description() {
     fuzz.run("admin", &[]);
     // As a project's token: the same requests through the checks of
     // src/auth.rs (403 for admin-only operations, only its own project).
-    let token = daemon.cli_json(&["project", "token", "create", "tenant"]);
+    // A project of its own: the admin's run may have deleted "tenant".
+    daemon.cli_ok(&["project", "create", "fuzzed"]);
+    daemon.cli_ok(&["net", "create", "fz", "--project", "fuzzed", "--mode", "isolated", "--subnet", "10.89.0.0/24"]);
+    let token = daemon.cli_json(&["project", "token", "create", "fuzzed"]);
     let bearer = format!("Authorization: Bearer {}", token["token"].as_str().expect("a token"));
     fuzz.run("a project's token", &["--header", &bearer]);
 }

@@ -25,6 +25,7 @@ pub const POOL_MAX: u32 = 65_536;
 #[schema(example = json!({"name": "public", "range": "203.0.113.10-203.0.113.20", "interface": "eth0"}))]
 pub struct FipPoolSpec {
     /// Pool name (the rules of network names).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// `FIRST-LAST`, inclusive.
     pub range: String,

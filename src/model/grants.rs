@@ -19,6 +19,7 @@ pub struct GrantSpec {
     pub to: String,
     /// tcp, udp or icmp (default: every protocol).
     #[serde(default)]
+    #[schema(pattern = r"^(tcp|udp|icmp)$")]
     pub proto: Option<String>,
     /// A TCP or UDP destination port (needs `proto` tcp or udp).
     #[serde(default)]
