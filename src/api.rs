@@ -40,7 +40,7 @@ pub type Shared = Arc<Mutex<Engine>>;
 pub const BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 /// The body of every error response.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// One line: what was wrong and what to do.
     pub error: String,
@@ -132,27 +132,78 @@ impl IntoResponse for Rejection {
 /// content type, 413 over [`BODY_LIMIT`], 400 for text that is not JSON
 /// (with line and column), 422 for JSON of the wrong shape (with the path
 /// of the field: wrong type, unknown or missing field).
+/// Every body but a batch's is one JSON object: serde would also read a
+/// struct from an array of its fields in order (`[null, null]` allocated a
+/// floating IP, found by schemathesis), which no client means.
 pub struct JsonBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = Rejection;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
-        check_content_type(req.headers())?;
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let status = r.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!(
-                    "request body is larger than the API's limit of {} MiB; split a batch into several requests",
-                    BODY_LIMIT / (1024 * 1024)
-                )
-            } else {
-                format!("cannot read the request body: {}", r.body_text())
-            };
-            Rejection::new(status, message)
-        })?;
+        let bytes = body_bytes(req, state).await?;
+        check_shape(&bytes, Shape::Object)?;
         decode(&bytes).map(JsonBody)
     }
+}
+
+/// A batch body: a JSON array of objects (see [`JsonBody`]).
+pub struct JsonBatch<T>(pub Vec<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBatch<T> {
+    type Rejection = Rejection;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Rejection> {
+        let bytes = body_bytes(req, state).await?;
+        check_shape(&bytes, Shape::ArrayOfObjects)?;
+        decode(&bytes).map(JsonBatch)
+    }
+}
+
+/// What the top of a request body must be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Object,
+    ArrayOfObjects,
+}
+
+/// Refuses (422) a body that is JSON but not of `shape`; text that is not
+/// JSON is left to [`decode`], which says where it breaks.
+fn check_shape(bytes: &[u8], shape: Shape) -> Result<(), Rejection> {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) else {
+        return Ok(());
+    };
+    let wrong =
+        |what: &str| Err(Rejection::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid request body: {what}")));
+    // Other mistakes (a number for an object) serde words well itself.
+    match (shape, &value) {
+        (Shape::Object, serde_json::Value::Array(_)) => wrong("expected a JSON object, not an array"),
+        (Shape::ArrayOfObjects, serde_json::Value::Array(items)) => {
+            match items.iter().position(serde_json::Value::is_array) {
+                Some(i) => wrong(&format!("[{i}]: expected a JSON object, not an array")),
+                None => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The body of a request with the JSON content type, within [`BODY_LIMIT`].
+async fn body_bytes<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Rejection> {
+    check_content_type(req.headers())?;
+    let bytes = Bytes::from_request(req, state).await.map_err(|r| {
+        let status = r.status();
+        let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            format!(
+                "request body is larger than the API's limit of {} MiB; split a batch into several requests",
+                BODY_LIMIT / (1024 * 1024)
+            )
+        } else {
+            format!("cannot read the request body: {}", r.body_text())
+        };
+        Rejection::new(status, message)
+    })?;
+    Ok(bytes)
 }
 
 fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
@@ -245,6 +296,37 @@ pub async fn not_found(method: Method, uri: Uri) -> Response {
     )
 }
 
+/// Reads every request's whole body (up to [`BODY_LIMIT`]) before any route
+/// or check sees the request. A refusal that comes before a route reads
+/// the body (405, 415, 401) otherwise leaves it unread, and hyper then
+/// closes the keep-alive connection after the response without saying so:
+/// the client's next request on it fails with "connection closed" (found
+/// by schemathesis). Too large a body is refused here, with `Connection:
+/// close`, since the rest of it is not read.
+pub async fn read_whole_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, BODY_LIMIT).await {
+        Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+        Err(e) => {
+            let too_large = e.into_inner().downcast_ref::<http_body_util::LengthLimitError>().is_some();
+            let mut response = if too_large {
+                error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "invalid",
+                    &format!(
+                        "request body is larger than the API's limit of {} MiB; split a batch into several requests",
+                        BODY_LIMIT / (1024 * 1024)
+                    ),
+                )
+            } else {
+                error_response(StatusCode::BAD_REQUEST, "invalid", "cannot read the request body")
+            };
+            response.headers_mut().insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+            response
+        }
+    }
+}
+
 /// Turns every error response that is not already an [`ErrorBody`] (axum's
 /// own: 405 for a wrong method, a path segment that is not UTF-8, a query
 /// it cannot parse...) into one, keeping its status and `Allow` header.
@@ -294,26 +376,30 @@ async fn with_engine<T: Send + 'static>(
 }
 
 /// The body of `POST /v1/networks/{name}/autostart`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"enabled": true}))]
 pub struct Autostart {
     /// Start the network at boot.
     pub enabled: bool,
 }
 
 /// The body of `POST /v1/fips/{ip}/associate`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"port": "web1"}))]
 pub struct Associate {
     /// A port id, or the name of a VM with one port.
     pub port: String,
 }
 
 /// The body of `POST /v1/projects/{name}/egress`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"egress": "deny"}))]
 pub struct Egress {
     /// "allow" or "deny".
+    #[schema(pattern = r"^(allow|deny)$")]
     pub egress: String,
 }
 
@@ -796,7 +882,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
             .route(
                 "/v1/ports/batch",
                 post(
-                    |State(s): State<Shared>, caller: Caller, JsonBody(mut specs): JsonBody<Vec<PortSpec>>| async move {
+                    |State(s): State<Shared>, caller: Caller, JsonBatch(mut specs): JsonBatch<PortSpec>| async move {
                         for spec in &mut specs {
                             caller.check_port_spec(spec).map_err(IntoResponse::into_response)?;
                             spec.project = Some(caller.project(spec.project.as_deref()).map_err(engine_err)?);
@@ -896,6 +982,12 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                     .map_err(|e| engine_err(EngineError::Store(e)))
                 }),
             )
+            .route(
+                // The description of these routes (src/openapi.rs), for any
+                // caller the layer let in.
+                "/v1/openapi.json",
+                get(|| async { ([(header::CONTENT_TYPE, "application/json")], crate::openapi::document_json()) }),
+            )
             .fallback(not_found)
             .layer(DefaultBodyLimit::max(BODY_LIMIT))
             .with_state(state);
@@ -906,6 +998,7 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
         .fallback_service(routes)
         .layer(axum::middleware::from_fn_with_state(auth_state, crate::auth::authenticate))
         .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(read_whole_body))
 }
 
 #[cfg(test)]
@@ -947,6 +1040,71 @@ mod tests {
     type Case<'a> = (&'a str, &'a str, Option<&'a str>, &'a [u8], u16, &'a str, &'a str);
     const NET: &str = r#"{"name":"n1","mode":"nat","subnet":"10.9.0.0/24"}"#;
 
+    /// The description is served as `lanyard openapi` prints it, and every
+    /// operation it describes is routed: a request reaches the route (no
+    /// 405, no "no API endpoint" 404), whatever the route then answers.
+    #[tokio::test]
+    async fn the_openapi_description_is_served_and_every_operation_is_routed() {
+        let app = app();
+        let (status, served, _) = send(&app, "GET", "/v1/openapi.json", None, b"").await;
+        assert_eq!(status, 200);
+        assert_eq!(served, serde_json::from_str::<Value>(&crate::openapi::document_json()).unwrap());
+        for r in crate::openapi::ROUTES {
+            let uri = r.path.replace(['{', '}'], "");
+            let req =
+                axum::http::Request::builder().method(r.method).uri(&uri).body(axum::body::Body::empty()).unwrap();
+            let resp = app.clone().oneshot(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+            let text = String::from_utf8_lossy(&bytes);
+            assert!(
+                status != 405 && !text.contains("no API endpoint"),
+                "{} {uri} is described but not routed: {status} {text}",
+                r.method
+            );
+        }
+    }
+
+    /// A request refused before its body is read (405, 415) leaves the
+    /// keep-alive connection usable: the next request on it is answered.
+    /// Found by schemathesis: hyper closed such a connection silently.
+    #[tokio::test]
+    async fn a_refused_request_with_a_large_body_keeps_the_connection() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let dir = std::env::temp_dir().join(format!("lanyard-keepalive-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("api.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move { axum::serve(listener, app()).await });
+        let body = "x".repeat(300_000);
+        for (method, ctype) in [("QUERY", "application/json"), ("POST", "text/plain")] {
+            let mut c = tokio::net::UnixStream::connect(&path).await.unwrap();
+            let head = format!(
+                "{method} /v1/networks HTTP/1.1\r\nHost: lanyard\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            c.write_all(head.as_bytes()).await.unwrap();
+            c.write_all(body.as_bytes()).await.unwrap();
+            c.write_all(b"GET /v1/projects HTTP/1.1\r\nHost: lanyard\r\n\r\n").await.unwrap();
+            let mut answers = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while !String::from_utf8_lossy(&answers).contains("HTTP/1.1 200") && tokio::time::Instant::now() < deadline
+            {
+                match tokio::time::timeout(std::time::Duration::from_secs(1), c.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => break,
+                    Ok(Ok(n)) => answers.extend_from_slice(&buf[..n]),
+                    Err(_) => {}
+                }
+            }
+            let text = String::from_utf8_lossy(&answers);
+            assert!(text.starts_with("HTTP/1.1 4") && text.contains("HTTP/1.1 200 OK"), "{method}: {text}");
+        }
+        server.abort();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[tokio::test]
     async fn metrics_are_the_text_exposition_of_every_network() {
         let app = app();
@@ -980,6 +1138,35 @@ mod tests {
                 "invalid JSON at line 1 column 2: key must be a string",
             ),
             ("POST", "/v1/networks", JSON, b"", 400, "invalid", "empty request body"),
+            // Found by schemathesis: serde reads a struct from an array of
+            // its fields, so this allocated a floating IP.
+            (
+                "POST",
+                "/v1/fips",
+                JSON,
+                b"[null, null]",
+                422,
+                "invalid",
+                "invalid request body: expected a JSON object, not an array",
+            ),
+            (
+                "POST",
+                "/v1/ports/batch",
+                JSON,
+                br#"[["n1", null, "vm1"]]"#,
+                422,
+                "invalid",
+                "[0]: expected a JSON object, not an array",
+            ),
+            (
+                "POST",
+                "/v1/ports/batch",
+                JSON,
+                br#"{"vm":"vm1"}"#,
+                422,
+                "invalid",
+                "invalid type: map, expected a sequence",
+            ),
             (
                 "POST",
                 "/v1/networks",

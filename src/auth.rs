@@ -32,7 +32,7 @@ use crate::model::{Mode, NetworkSpec, PortSpec, DEFAULT_PROJECT};
 pub const TOKEN_PREFIX: &str = "lyt_";
 
 /// A project's access token as stored: never the secret, only its hash.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Token {
     /// Short random id, to list and delete it by.
     pub id: String,
@@ -48,8 +48,9 @@ pub struct Token {
 }
 
 /// `POST /v1/projects/{name}/tokens`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "ci"}))]
 pub struct TokenSpec {
     /// A label for people.
     #[serde(default)]
@@ -57,7 +58,7 @@ pub struct TokenSpec {
 }
 
 /// A token just made: the only answer that ever holds its secret.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewToken {
     /// The stored record.
     #[serde(flatten)]

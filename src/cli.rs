@@ -192,6 +192,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Print the OpenAPI 3.1 description of the daemon's REST API (docs/openapi.json).
+    Openapi,
     /// QEMU `script=`: attach the TAP QEMU just created to a network and
     /// register it as a port (also run as `lanyard-ifup` through a symlink).
     QemuIfup {
@@ -1728,13 +1730,14 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
     match &cmd {
         Command::Completions { shell } => return completions(*shell),
         Command::Man { dir } => return man(dir.as_deref()),
+        Command::Openapi => return emit(&crate::openapi::document_json()),
         _ => {}
     }
     let c = Client::of(endpoint)?;
     let body = body_of(&cmd);
     match cmd {
         Command::Daemon { .. } => unreachable!("handled by main"),
-        Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
+        Command::Completions { .. } | Command::Man { .. } | Command::Openapi => unreachable!("handled above"),
         Command::Net(NetCommand::Create { out, .. }) => {
             let v = c.call("POST", "/v1/networks", body.as_ref())?;
             print(out.output, &v, network_detail)?;

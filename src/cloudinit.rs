@@ -52,7 +52,7 @@ impl FromStr for Format {
 }
 
 /// A port's NoCloud seed: the three files cloud-init reads, as text.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Seed {
     /// `network-config`: network config version 2.

@@ -36,6 +36,7 @@ pub mod kernel;
 pub mod libvirt;
 pub mod metrics;
 pub mod model;
+pub mod openapi;
 pub mod planner;
 pub mod store;
 pub mod vlan_manager;

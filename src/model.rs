@@ -52,7 +52,7 @@ fn invalid(what: &'static str, value: impl fmt::Display, why: impl Into<String>)
 }
 
 /// How a network reaches (or does not reach) the world beyond its bridge.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Private subnet, masqueraded to the outside; outside cannot connect in.
@@ -114,11 +114,13 @@ impl FromStr for Mode {
 }
 
 /// The addresses a network's DHCP server hands to clients that are not ports.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DhcpRange {
     /// First address of the pool.
+    #[schema(value_type = String, format = Ipv4)]
     pub first: Ipv4Addr,
     /// Last address of the pool (inclusive).
+    #[schema(value_type = String, format = Ipv4)]
     pub last: Ipv4Addr,
 }
 
@@ -142,11 +144,13 @@ impl FromStr for DhcpRange {
 
 /// A network as the user asked for it; fields left out get defaults, and
 /// unknown fields are refused (a misspelt option must not be ignored).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "default", "mode": "nat", "subnet": "192.168.122.0/24"}))]
 pub struct NetworkSpec {
     /// Network name (also used as the default DNS domain), unique within
     /// its project.
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// Mode name, e.g. "nat".
     pub mode: String,
@@ -182,6 +186,7 @@ pub struct NetworkSpec {
     /// VLAN in a bridge per VLAN) or "filtering" (one VLAN-aware bridge per
     /// uplink).
     #[serde(default)]
+    #[schema(pattern = r"^(subif|filtering)$")]
     pub vlan_backend: Option<String>,
     /// The project the network belongs to (default [`DEFAULT_PROJECT`]).
     #[serde(default)]
@@ -196,11 +201,12 @@ pub struct NetworkSpec {
     /// "none" (default: vxlan for a network with a bridge of its own, the
     /// physical network for one with --uplink or --vlan).
     #[serde(default)]
+    #[schema(pattern = r"^(vxlan|vlan|none)$")]
     pub overlay: Option<String>,
 }
 
 /// nova-network's network managers, as network kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Manager {
     /// FlatManager: the subnet is the pool, the bridge is given (adopted
@@ -245,7 +251,7 @@ impl fmt::Display for Manager {
 }
 
 /// How a network spans the hosts of a cluster (`--overlay`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum OverlayKind {
     /// A VXLAN device per host on the network's bridge.
@@ -279,7 +285,7 @@ impl fmt::Display for OverlayKind {
 }
 
 /// How a VLAN network is realized in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VlanBackend {
     /// A VLAN device (`eth0.10`) per uplink and VLAN, in a bridge per VLAN
@@ -340,7 +346,7 @@ fn fnv1a(s: &str) -> u32 {
 pub const VLAN_MAX: u16 = 4094;
 
 /// Whether a network's kernel objects exist and its DHCP server runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum NetState {
     /// Bridge, rules and DHCP are up.
@@ -353,8 +359,9 @@ pub enum NetState {
 /// edit`): only what changes nothing in the kernel and takes nothing from
 /// running guests. The other fields are listed so that asking to change
 /// them is answered with why not, rather than "unknown field".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"domain": "lab.example", "lease_time": 7200}))]
 pub struct NetworkPatch {
     /// Start the network at boot.
     #[serde(default)]
@@ -389,7 +396,7 @@ pub struct NetworkPatch {
 }
 
 /// A validated network record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Network {
     /// Name, unique within its project.
     pub name: String,
@@ -400,8 +407,10 @@ pub struct Network {
     /// How the network reaches the world.
     pub mode: Mode,
     /// IPv4 subnet.
+    #[schema(value_type = String, example = "192.168.122.0/24")]
     pub subnet: Ipv4Net,
     /// Host's address on the bridge.
+    #[schema(value_type = String, format = Ipv4)]
     pub gateway: Ipv4Addr,
     /// Dynamic DHCP pool.
     pub dhcp_range: DhcpRange,
@@ -615,10 +624,12 @@ pub fn validate_project_name(name: &str) -> Result<(), ModelError> {
 pub const DESCRIPTION_MAX: usize = 256;
 
 /// A project as the user asked for it; unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "blue", "description": "the blue team"}))]
 pub struct ProjectSpec {
     /// Project name (the rules of network names).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// Free text for people.
     #[serde(default)]
@@ -627,7 +638,7 @@ pub struct ProjectSpec {
 
 /// A tenant: networks and ports belong to exactly one project, and names
 /// are unique within it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Project {
     /// Unique name.
     pub name: String,
@@ -1065,6 +1076,19 @@ impl FromStr for Mac {
     }
 }
 
+/// A MAC as the API writes it (`52:54:00:12:34:56`); it reads any case.
+impl utoipa::PartialSchema for Mac {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .pattern(Some("^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"))
+            .examples(["52:54:00:12:34:56"])
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Mac {}
+
 impl Serialize for Mac {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
@@ -1079,7 +1103,7 @@ impl<'de> Deserialize<'de> for Mac {
 }
 
 /// What kind of device a port's host side is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum PortType {
     /// A persistent TAP that QEMU, Cloud Hypervisor or Firecracker opens.
@@ -1109,8 +1133,9 @@ impl FromStr for PortType {
 }
 
 /// A port as the user asked for it; unknown fields are refused.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"net": "default", "vm": "web1"}))]
 pub struct PortSpec {
     /// Network to attach to (a name in `project`); empty: the project's
     /// VLAN-manager network, made on first use.
@@ -1124,6 +1149,7 @@ pub struct PortSpec {
     pub vm: String,
     /// "tap" (default) or "veth".
     #[serde(default, rename = "type")]
+    #[schema(pattern = r"^(tap|veth)$")]
     pub port_type: Option<String>,
     /// For veth: namespace the peer moves into.
     #[serde(default)]
@@ -1248,7 +1274,7 @@ impl PortSpec {
 }
 
 /// A VM's attachment to a network, with its fixed address for life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Port {
     /// Short unique id (8 hex digits).
     pub id: String,
@@ -1269,6 +1295,7 @@ pub struct Port {
     pub mac: Mac,
     /// Fixed IP, served as a static DHCP lease; none on bridge-mode
     /// networks, where the LAN's DHCP server decides.
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub ip: Option<Ipv4Addr>,
     /// Veth only: namespace of the peer.
     pub netns: Option<String>,
@@ -1338,7 +1365,7 @@ impl Port {
 }
 
 /// One DHCP lease, in the shape of dnsmasq's lease file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Lease {
     /// Network the lease belongs to, by key ([`network_key`]).
     pub net: String,
@@ -1347,6 +1374,7 @@ pub struct Lease {
     /// Client MAC.
     pub mac: Mac,
     /// Leased address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Host name the client sent, if any.
     pub hostname: Option<String>,
@@ -1357,7 +1385,7 @@ pub struct Lease {
 }
 
 /// Whether a lease holds a port's fixed IP or a pool address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LeaseKind {
     /// A port's fixed IP.

@@ -20,8 +20,9 @@ use crate::model::{validate_ifname, Mode, ModelError, Network, VlanBackend, VLAN
 pub const SETTING_KEY: &str = "vlan_manager";
 
 /// `lanyard manager vlan set` as the API receives it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"uplink": "eth0", "vlans": "100-199", "supernet": "10.100.0.0/16", "prefix": 24}))]
 pub struct VlanManagerSpec {
     /// The trunk every project's VLAN rides on.
     pub uplink: String,
@@ -40,7 +41,7 @@ pub struct VlanManagerSpec {
 }
 
 /// A validated VLAN-manager configuration.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VlanManager {
     /// The trunk.
     pub uplink: String,
@@ -49,6 +50,7 @@ pub struct VlanManager {
     /// Last VLAN id handed out.
     pub last_vlan: u16,
     /// Where subnets come from.
+    #[schema(value_type = String, example = "192.168.122.0/24")]
     pub supernet: Ipv4Net,
     /// Each subnet's prefix length.
     pub prefix: u8,

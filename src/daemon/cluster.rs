@@ -22,11 +22,12 @@ use crate::store::StoreError;
 pub const NODE_TTL: i64 = 10;
 
 /// What a node publishes about itself.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeRecord {
     /// `--node NAME`.
     pub name: String,
     /// The first IPv4 address of `--underlay IF` (where VTEPs will meet).
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub underlay_ip: Option<Ipv4Addr>,
     /// Unix time this daemon started.
     pub started: u64,
@@ -35,7 +36,7 @@ pub struct NodeRecord {
 }
 
 /// A node as `node list` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeView {
     /// Its registration.
     #[serde(flatten)]

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod healer;
 pub mod mirror;
+pub mod notify;
 pub mod tls;
 
 use std::os::unix::fs::PermissionsExt;
@@ -394,6 +395,18 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
         None => None,
     };
     tracing::info!(socket = %socket.display(), "lanyard daemon ready");
+    // The kernel is reconciled and the socket listens: units ordered after
+    // lanyard.service (Type=notify) may start now.
+    let ready = {
+        let status = shared.lock().unwrap_or_else(|p| p.into_inner()).status();
+        notify::ready_message(status.networks, status.active_networks)
+    };
+    match notify::notify(&ready) {
+        Ok(true) => tracing::info!("told systemd the daemon is ready"),
+        Ok(false) => {}
+        // systemd then times the start out, which says more than failing here.
+        Err(e) => tracing::warn!("{e}"),
+    }
     let app = crate::api::router(shared.clone()).layer(axum::Extension(Arc::new(nodes)));
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
@@ -404,6 +417,9 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
                 _ = tokio::signal::ctrl_c() => {},
             }
             tracing::info!("shutting down; kernel state is left in place");
+            if let Err(e) = notify::notify("STOPPING=1\n") {
+                tracing::warn!("{e}");
+            }
         })
         .await
         .map_err(io_err("serving API on", socket))?;

@@ -21,7 +21,7 @@ use crate::planner::floating::{association, host_address, takes_floating_ips, As
 use crate::store::{DocumentChange, FIP_POOLS, FLOATING_IPS};
 
 /// A pool as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FipPoolView {
     /// The stored record.
     #[serde(flatten)]
@@ -36,9 +36,10 @@ pub struct FipPoolView {
 
 /// A floating IP as the API shows it: with its port's VM, fixed IP and
 /// network.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct FipView {
     /// The address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Its pool.
     pub pool: String,
@@ -49,6 +50,7 @@ pub struct FipView {
     /// The associated port's VM.
     pub vm: Option<String>,
     /// The associated port's fixed IP.
+    #[schema(value_type = Option<String>, format = Ipv4)]
     pub fixed_ip: Option<Ipv4Addr>,
     /// The associated port's network (its name in the project).
     pub net: Option<String>,

@@ -17,7 +17,7 @@ use crate::model::{NetState, Network, Port, PortType};
 use crate::planner;
 
 /// What healing has done since the daemon started.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct RepairStats {
     /// Kernel changes made to restore lanyard's state.
     pub repairs: u64,

@@ -96,7 +96,7 @@ impl From<IpamError> for EngineError {
 }
 
 /// A port as the API shows it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct PortView {
     /// The stored record.
     #[serde(flatten)]
@@ -117,7 +117,7 @@ impl From<Port> for PortView {
 }
 
 /// One bridge as `brctl show` prints it.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct BridgeView {
     /// The VLAN the bridge is (a VLAN network's bridge): every port of it
     /// is an access port of that VLAN.
@@ -141,7 +141,7 @@ pub struct BridgeView {
 }
 
 /// `lanyard status`: counts and the self-healing record.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StatusView {
     /// The daemon's version and git commit.
     pub version: String,

@@ -250,6 +250,7 @@ impl Engine {
     /// Checks a NIC that is to join a network's bridge; `given` is a bridge
     /// of someone else's it may already be a port of.
     fn check_uplink(&self, uplink: &str, given: Option<&str>, observed: &Observed) -> Result<(), EngineError> {
+        not_loopback(uplink)?;
         let Some(link) = observed.links.get(uplink) else {
             return Err(EngineError::NotFound(format!("no interface named {uplink} to use as uplink (see `ip link`)")));
         };
@@ -275,6 +276,7 @@ impl Engine {
         backend: VlanBackend,
         observed: &Observed,
     ) -> Result<(), EngineError> {
+        not_loopback(uplink)?;
         let Some(link) = observed.links.get(uplink) else {
             return Err(EngineError::NotFound(format!(
                 "no interface named {uplink} to carry VLAN {vid} (see `ip link`)"
@@ -547,4 +549,18 @@ impl Engine {
             tracing::warn!(net = key, vni, "cannot release the VXLAN id claim: {e}");
         }
     }
+}
+
+/// Refuses the loopback interface as an uplink or trunk: it carries no
+/// Ethernet frames, and the kernel refuses a VLAN on it or a bridge port of
+/// it only when the change is applied (found by schemathesis as a 500).
+fn not_loopback(uplink: &str) -> Result<(), EngineError> {
+    if uplink == "lo" {
+        return Err(EngineError::Invalid(crate::model::ModelError::Invalid {
+            what: "uplink",
+            value: uplink.to_string(),
+            why: "the loopback interface carries no Ethernet frames; name a NIC".into(),
+        }));
+    }
+    Ok(())
 }

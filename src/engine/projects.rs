@@ -6,7 +6,7 @@ use super::{Engine, EngineError};
 use crate::model::{network_key, ModelError, Network, Project, ProjectSpec, DEFAULT_PROJECT};
 
 /// A project as the API shows it: the record and what it owns.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct ProjectView {
     /// The stored record.
     #[serde(flatten)]

@@ -852,6 +852,7 @@ mod vlans {
             (vspec("a", "nat", "10.20.0.0/24", "eth0", 10), "VLAN 10 on eth0 is network \"v10\"'s already"),
             (vspec("a", "nat", "10.20.0.0/24", "eth9", 11), "no interface named eth9"),
             (vspec("a", "nat", "10.20.0.0/24", "brvlan10", 11), "is a bridge or a lanyard port"),
+            (vspec("a", "nat", "10.20.0.0/24", "lo", 11), "the loopback interface carries no Ethernet frames"),
             (vspec("a", "nat", "10.10.0.0/24", "eth0", 11), "overlaps"),
         ];
         let mut no_uplink = vspec("a", "nat", "10.20.0.0/24", "eth0", 11);

@@ -66,7 +66,7 @@ impl KernelError {
 
 /// What other tools' firewalls do that affects lanyard's networks
 /// (docs/coexistence.md).
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
 pub struct Coexistence {
     /// Other tables' forward chains whose policy is drop, as
     /// `family table chain`.

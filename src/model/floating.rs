@@ -20,10 +20,12 @@ use super::{invalid, validate_ifname, validate_name, ModelError, IFNAME_MAX};
 pub const POOL_MAX: u32 = 65_536;
 
 /// A pool as the admin asked for it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"name": "public", "range": "203.0.113.10-203.0.113.20", "interface": "eth0"}))]
 pub struct FipPoolSpec {
     /// Pool name (the rules of network names).
+    #[schema(pattern = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,14}$")]
     pub name: String,
     /// `FIRST-LAST`, inclusive.
     pub range: String,
@@ -32,13 +34,15 @@ pub struct FipPoolSpec {
 }
 
 /// A pool of floating IPs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FipPool {
     /// Unique name.
     pub name: String,
     /// First address.
+    #[schema(value_type = String, format = Ipv4)]
     pub first: Ipv4Addr,
     /// Last address (inclusive).
+    #[schema(value_type = String, format = Ipv4)]
     pub last: Ipv4Addr,
     /// The host interface the addresses are announced on.
     pub interface: String,
@@ -88,8 +92,9 @@ impl FipPoolSpec {
 }
 
 /// A request to allocate a floating IP.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"pool": "public"}))]
 pub struct FipSpec {
     /// The pool (default: the only one).
     #[serde(default)]

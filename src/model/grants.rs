@@ -11,13 +11,15 @@ pub use crate::kernel::firewall::Proto;
 
 /// A grant as the admin asks for it (the granting project is in the
 /// request's path).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"to": "blue", "proto": "tcp", "port": 22}))]
 pub struct GrantSpec {
     /// The project whose guests may be reached.
     pub to: String,
     /// tcp, udp or icmp (default: every protocol).
     #[serde(default)]
+    #[schema(pattern = r"^(tcp|udp|icmp)$")]
     pub proto: Option<String>,
     /// A TCP or UDP destination port (needs `proto` tcp or udp).
     #[serde(default)]

@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 use super::{invalid, validate_vm_name, Mac, ModelError};
 
 /// `POST /v1/networks/{name}/hosts` as the user wrote it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"mac": "52:54:00:aa:bb:cc", "ip": "192.168.122.10", "name": "printer"}))]
 pub struct StaticHostSpec {
     /// The client's MAC.
     pub mac: String,
@@ -25,13 +26,14 @@ pub struct StaticHostSpec {
 
 /// A static host as stored (document kind [`crate::store::HOSTS`], key
 /// [`StaticHost::doc_key`]).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StaticHost {
     /// The network's key.
     pub net: String,
     /// The client's MAC.
     pub mac: Mac,
     /// Its address.
+    #[schema(value_type = String, format = Ipv4)]
     pub ip: Ipv4Addr,
     /// Its DNS name, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -73,6 +73,28 @@ impl Daemon {
         d
     }
 
+    /// Starts the daemon in `ns` under `wrapper` (a command and its
+    /// arguments between `ip netns exec NS` and lanyard, kept for
+    /// restarts), with extra `lanyard daemon` arguments.
+    pub fn start_wrapped(ns: &Netns, wrapper: &[&str], args: &[&str]) -> Daemon {
+        let tmp = TempDir::new("daemon");
+        let mut d = Daemon {
+            netns: ns.name().to_string(),
+            child: None,
+            socket: tmp.path().join("l.sock"),
+            state_dir: tmp.path().join("state"),
+            log: tmp.path().join("daemon.log"),
+            starts: 0,
+            env: Vec::new(),
+            wrapper: wrapper.iter().map(|a| a.to_string()).collect(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            holder: None,
+            tmp,
+        };
+        d.spawn();
+        d
+    }
+
     /// Starts the daemon in `ns` with its state directory on a private
     /// tmpfs of `size` (e.g. "1m"), in a mount namespace of its own that a
     /// small holder process keeps (so restarts find the same state). The
