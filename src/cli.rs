@@ -72,9 +72,14 @@ pub struct OutputArg {
 pub enum Command {
     /// Run the daemon in the current network namespace.
     Daemon {
-        /// Where the state database lives.
-        #[arg(long, default_value = DEFAULT_STATE_DIR)]
-        state_dir: PathBuf,
+        /// A TOML file of these options (keys as the flags: `log-level`,
+        /// `metrics-listen`, `etcd`, ...); a flag wins over it. Read again on
+        /// SIGHUP (the log level applies at once).
+        #[arg(long, env = "LANYARD_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Where the state database lives [default: /var/lib/lanyard].
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
         /// Give the API socket to this group (name or number): its members
         /// are admins, like root.
         #[arg(long)]
@@ -110,8 +115,9 @@ pub enum Command {
         underlay: Option<String>,
         /// What to log: error, warn, info, debug or trace, or a `tracing`
         /// filter such as `lanyard::dhcp=debug,info`.
-        #[arg(long, env = "LANYARD_LOG", value_name = "FILTER", default_value = "info")]
-        log_level: String,
+        /// [default: info]
+        #[arg(long, env = "LANYARD_LOG", value_name = "FILTER")]
+        log_level: Option<String>,
     },
     /// Projects: the owners of networks and ports.
     #[command(subcommand)]

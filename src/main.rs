@@ -44,6 +44,7 @@ fn main() {
     };
     match cli.command {
         Command::Daemon {
+            config,
             state_dir,
             socket_group,
             listen,
@@ -56,6 +57,20 @@ fn main() {
             node,
             underlay,
         } => {
+            // The configuration file under the flags: a flag (or its
+            // environment variable) wins.
+            let file = match config.as_deref().map(lanyard::daemon::config::load).transpose() {
+                Ok(f) => f.unwrap_or_default(),
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    std::process::exit(2);
+                }
+            };
+            let from_flag = log_level.is_some();
+            let state_dir =
+                state_dir.or_else(|| file.state_dir.clone()).unwrap_or_else(|| lanyard::cli::DEFAULT_STATE_DIR.into());
+            let log_level = log_level.or_else(|| file.log_level.clone()).unwrap_or_else(|| "info".into());
+            let etcd = if etcd.is_empty() { file.etcd.clone().unwrap_or_default() } else { etcd };
             // Checked before anything starts: a wrong option changes nothing.
             let filter = match tracing_subscriber::EnvFilter::try_new(&log_level) {
                 Ok(f) => f,
@@ -65,11 +80,21 @@ fn main() {
                     std::process::exit(2);
                 }
             };
-            let options = lanyard::daemon::Options::new(socket_group, listen, tls_cert, tls_key).and_then(|o| {
+            let options = lanyard::daemon::Options::new(
+                socket_group.or_else(|| file.socket_group.clone()),
+                listen.or(file.listen),
+                tls_cert.or_else(|| file.tls_cert.clone()),
+                tls_key.or_else(|| file.tls_key.clone()),
+            )
+            .and_then(|o| {
                 Ok(lanyard::daemon::Options {
-                    cluster: lanyard::daemon::ClusterOptions::new(etcd, node, underlay)?,
-                    metrics_listen,
-                    web_listen,
+                    cluster: lanyard::daemon::ClusterOptions::new(
+                        etcd,
+                        node.or_else(|| file.node.clone()),
+                        underlay.or_else(|| file.underlay.clone()),
+                    )?,
+                    metrics_listen: metrics_listen.or(file.metrics_listen),
+                    web_listen: web_listen.or(file.web_listen),
                     ..o
                 })
             });
@@ -80,13 +105,32 @@ fn main() {
                     std::process::exit(2);
                 }
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            use tracing_subscriber::layer::SubscriberExt;
+            use tracing_subscriber::util::SubscriberInitExt;
+            let (filter, log_filter) = tracing_subscriber::reload::Layer::new(filter);
+            tracing_subscriber::registry()
+                .with(filter)
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_writer(std::io::stderr)
+                        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())),
+                )
                 .init();
             let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
-            if let Err(e) = rt.block_on(lanyard::daemon::run(&cli.socket, &state_dir, &options)) {
+            let result = rt.block_on(async {
+                // A flag's log level stays; the file's follows reloads.
+                let apply = move |level: &str| {
+                    if from_flag {
+                        return Ok(false);
+                    }
+                    let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+                    log_filter.reload(f).map_err(|e| e.to_string())?;
+                    Ok(true)
+                };
+                tokio::spawn(lanyard::daemon::config::reload_on_hangup(config, file, apply));
+                lanyard::daemon::run(&cli.socket, &state_dir, &options).await
+            });
+            if let Err(e) = result {
                 eprintln!("error: {e}");
                 std::process::exit(1);
             }

@@ -355,3 +355,54 @@ fn the_web_page_shows_the_vms_in_a_browser() {
     let o = chromium(&[&shot]);
     assert!(o.status.success() && screenshot.exists(), "no screenshot: {}", stderr(&o));
 }
+
+/// `lanyard daemon --config FILE`: the file's options apply (its metrics
+/// listener answers), a flag wins over the file, an unknown key refuses the
+/// start in one line; SIGHUP reads the file again without ending the
+/// daemon, names what waits for a restart, and refuses a broken file
+/// changing nothing.
+#[test]
+fn a_config_file_sets_the_daemon_and_sighup_reads_it_again() {
+    if !privileged("a_config_file_sets_the_daemon_and_sighup_reads_it_again", &["ip", "nft", "busybox", "kill"]) {
+        return;
+    }
+    let ns = Netns::new("cfg");
+    let file = ns.dir().join("lanyard.toml");
+    let path = file.display().to_string();
+    std::fs::write(&file, "metrics-listen = \"127.0.0.1:9481\"\nweb-listen = \"127.0.0.1:9482\"\n").unwrap();
+    let daemon = Daemon::start_with(&ns, &["--config", &path, "--web-listen", "127.0.0.1:9483"]);
+    let get = |port: u16, what: &str| {
+        let o = ns.exec("busybox", &["wget", "-q", "-O", "-", &format!("http://127.0.0.1:{port}/{what}")]);
+        o.status.success().then(|| stdout(&o))
+    };
+    assert!(get(9481, "metrics").is_some_and(|m| m.contains("lanyard_")), "the file's metrics listener is not there");
+    assert!(get(9483, "").is_some(), "the flag's web listener is not there");
+    assert!(get(9482, "").is_none(), "the file's web-listen won over the flag");
+
+    // SIGHUP: read again; the daemon stays; a change is named.
+    std::fs::write(&file, "metrics-listen = \"127.0.0.1:9484\"\n").unwrap();
+    assert!(signal(daemon.pid(), "HUP"));
+    let named = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        daemon.log().contains("metrics-listen, web-listen: takes effect at the next start").then_some(())
+    });
+    assert!(named.is_some(), "{}", daemon.log());
+    assert!(daemon.log().contains("configuration reloaded"), "{}", daemon.log());
+    std::fs::write(&file, "metrics-listen = [\n").unwrap();
+    assert!(signal(daemon.pid(), "HUP"));
+    let refused = poll(Duration::from_secs(5), Duration::from_millis(50), || {
+        daemon.log().contains("reload refused, nothing changed").then_some(())
+    });
+    assert!(refused.is_some(), "{}", daemon.log());
+    assert!(get(9481, "metrics").is_some(), "a reload took the running listener away");
+    daemon.cli_ok(&["net", "list"]);
+
+    // An unknown key: no start, one line naming it.
+    std::fs::write(&file, "metrics-listn = \"127.0.0.1:9485\"\n").unwrap();
+    let o = ns.exec(
+        env!("CARGO_BIN_EXE_lanyard"),
+        &["daemon", "--config", &path, "--state-dir", &ns.dir().join("s").display().to_string()],
+    );
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(err.trim_end().lines().count() == 1 && err.contains("unknown field `metrics-listn`"), "{err}");
+}

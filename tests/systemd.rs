@@ -75,6 +75,7 @@ const INSTALLED: &[&str] = &[
     "./usr/bin/lanyard",
     "./usr/lib/systemd/system/lanyard.service",
     "./usr/lib/tmpfiles.d/lanyard.conf",
+    "./etc/lanyard/lanyard.toml",
     "./usr/share/bash-completion/completions/lanyard",
     "./usr/share/zsh/vendor-completions/_lanyard",
     "./usr/share/fish/vendor_completions.d/lanyard.fish",
@@ -147,7 +148,15 @@ fn the_debian_package_installs_binary_unit_man_pages_completions_and_ifup_links(
     let version = run(Command::new(&bin).arg("--version"), Duration::from_secs(30));
     assert!(stdout(&version).contains(env!("CARGO_PKG_VERSION")), "{}", describe("lanyard --version", &version));
     let unit_text = std::fs::read_to_string(dir.path().join("usr/lib/systemd/system/lanyard.service")).unwrap();
-    for must in ["Type=notify", "CAP_NET_ADMIN", "CAP_NET_RAW", "StateDirectory=lanyard", "RuntimeDirectory=lanyard"] {
+    for must in [
+        "Type=notify",
+        "CAP_NET_ADMIN",
+        "CAP_NET_RAW",
+        "StateDirectory=lanyard",
+        "RuntimeDirectory=lanyard",
+        "--config /etc/lanyard/lanyard.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+    ] {
         assert!(unit_text.contains(must), "the unit lacks {must}");
     }
     let units = TempDir::new("unit");

@@ -5,6 +5,7 @@
 //! while the daemon restarts.
 
 pub mod cluster;
+pub mod config;
 pub mod healer;
 pub mod mirror;
 pub mod notify;
