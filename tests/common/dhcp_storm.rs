@@ -1,5 +1,7 @@
 //! [`Storm`]: many DHCP clients at once from one namespace, as after a
-//! power cut, recording exactly which addresses the server ACKed.
+//! power cut, recording exactly which addresses the server ACKed; and a
+//! [`Bystander`], a guest that only listens on port 68 and counts the
+//! server replies it overhears.
 //!
 //! Real clients (udhcpc, dhclient) run one per namespace and report only
 //! their own lease; a boot storm needs thousands of MACs, and a test that
@@ -170,14 +172,8 @@ enum Phase {
 /// How long a client waits for an answer before it sends again.
 const RETRY: Duration = Duration::from_millis(500);
 
-fn run_clients(
-    ifname: &str,
-    macs: Vec<MacAddr>,
-    window: usize,
-    limit: Duration,
-    stop: &AtomicBool,
-    acks: &AtomicUsize,
-) -> Result<StormResult, String> {
+/// A socket on port 68, on `ifname` only, that may broadcast.
+fn client_socket(ifname: &str) -> Result<UdpSocket, String> {
     let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68)).map_err(|e| format!("bind :68: {e}"))?;
     sock.set_broadcast(true).map_err(|e| e.to_string())?;
     // Limited broadcast has no route of its own: it leaves by the device
@@ -197,6 +193,18 @@ fn run_clients(
         return Err(format!("SO_BINDTODEVICE {ifname}: {}", std::io::Error::last_os_error()));
     }
     sock.set_read_timeout(Some(Duration::from_millis(20))).map_err(|e| e.to_string())?;
+    Ok(sock)
+}
+
+fn run_clients(
+    ifname: &str,
+    macs: Vec<MacAddr>,
+    window: usize,
+    limit: Duration,
+    stop: &AtomicBool,
+    acks: &AtomicUsize,
+) -> Result<StormResult, String> {
+    let sock = client_socket(ifname)?;
     let to = SocketAddrV4::new(Ipv4Addr::BROADCAST, 67);
     let mut phase = vec![Phase::Waiting; macs.len()];
     let mut last_sent = vec![Instant::now(); macs.len()];
@@ -263,4 +271,54 @@ fn run_clients(
         }
     }
     Ok(out)
+}
+
+/// A guest that asks for nothing and counts the DHCP replies it hears on
+/// port 68: with unicast replies it hears none of the other clients'.
+pub struct Bystander {
+    stop: Arc<AtomicBool>,
+    heard: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl Bystander {
+    /// Starts listening in `ns` on `ifname`; returns once the socket is bound.
+    pub fn start(ns: &Netns, ifname: &str) -> Bystander {
+        let (stop, heard) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let (stop2, heard2) = (stop.clone(), heard.clone());
+        let (path, ifname) = (format!("/var/run/netns/{}", ns.name()), ifname.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let sock = enter_netns(&path).and_then(|()| client_socket(&ifname));
+            let _ = ready_tx.send(sock.as_ref().err().cloned());
+            let sock = sock?;
+            let mut buf = [0u8; 1500];
+            while !stop2.load(Ordering::Relaxed) {
+                if let Ok(n) = sock.recv(&mut buf) {
+                    if reply(&buf[..n]).is_some() {
+                        heard2.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            Ok(())
+        });
+        if let Ok(Some(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
+            panic!("bystander: {e}");
+        }
+        Bystander { stop, heard, thread: Some(thread) }
+    }
+
+    /// Server replies heard so far.
+    pub fn heard(&self) -> usize {
+        self.heard.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
