@@ -197,6 +197,11 @@ knee() {
 say "DHCP: perfdhcp, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
 : >"$OUT/steps.tsv"
 declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE K_CPU K_GEN O2_X O4_X O4_GEN
+# Every server has an (empty) entry, also when BENCH_DHCP_SERVERS runs fewer.
+for server in lanyard kea dnsmasq; do
+    K_X[$server]="" K_D[$server]="" K_P50[$server]="" K_P99[$server]="" K_PEAK[$server]="" K_RATE[$server]=""
+    K_CPU[$server]="" K_GEN[$server]="" O2_X[$server]="" O4_X[$server]="" O4_GEN[$server]=""
+done
 for server in ${BENCH_DHCP_SERVERS:-lanyard kea dnsmasq}; do
     knee "$server"
     if [ -n "$KNEE" ]; then
