@@ -68,9 +68,12 @@ pub const MAC_BURST: f64 = 16.0;
 const MAX_TRACKED_MACS: usize = 65_536;
 /// How often expired leases are pruned and drops summarised.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
-/// Lease changes the writer may be behind before new clients are shed:
-/// about one large commit's worth, i.e. tens of milliseconds of ACK delay.
-pub const SHED_BACKLOG: usize = 2048;
+/// Lease changes the writer may be behind before new clients are shed.
+/// Group commit writes a large backlog in one transaction with one fsync,
+/// so a backlog alone is no overload (shedding at 2,048 while an fsync
+/// stalled emptied the pipeline and cut completed exchanges by half); only
+/// a backlog of several full commits, seconds of ACK delay, is.
+pub const SHED_BACKLOG: usize = 4 * super::writer::MAX_BATCH;
 /// The receive buffer the server asks for (as root it gets it regardless
 /// of net.core.rmem_max): room for a burst of about two thousand requests.
 const RECV_BUFFER: usize = 2 << 20;

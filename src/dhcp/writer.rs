@@ -34,7 +34,7 @@ struct Job {
 }
 
 /// Most changes written in one transaction.
-const MAX_BATCH: usize = 4096;
+pub const MAX_BATCH: usize = 4096;
 
 /// Handle to the lease writer thread; cheap to clone.
 #[derive(Clone)]
