@@ -204,7 +204,7 @@ pub fn render(g: &Gauges) -> String {
         &mut out,
         "lanyard_dhcp_dropped_total",
         "counter",
-        "DHCP datagrams not served, by reason (malformed, rate_limited, no_address, store_failure).",
+        "DHCP datagrams not served, by reason (malformed, rate_limited, no_address, store_failure, overload).",
     );
     for (net, s) in &dhcp {
         for (reason, c) in [
@@ -212,6 +212,7 @@ pub fn render(g: &Gauges) -> String {
             ("rate_limited", &s.rate_limited),
             ("no_address", &s.no_address),
             ("store_failure", &s.store_failures),
+            ("overload", &s.shed),
         ] {
             let n = c.load(Ordering::Relaxed);
             let _ = writeln!(out, "lanyard_dhcp_dropped_total{{network=\"{}\",reason=\"{reason}\"}} {n}", label(net));

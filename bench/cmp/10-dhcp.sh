@@ -16,7 +16,13 @@
 #   perfdhcp -4 -l c0 -B -r RATE -p PERIOD -R CLIENTS -x t
 # and tears everything down. The knee is the highest rate whose exchanges
 # complete (drops <= DROP_OK of the DISCOVERs sent, achieved >= 90% of the
-# asked rate); rates double until a step fails, then bisect.
+# asked rate); rates double until a step fails, then bisect. Then each
+# server gets 2x and 4x its own knee (overload: completed exchanges should
+# stay at the peak, not collapse).
+#
+# CPU: the server's utime+stime (/proc/PID/stat) over the perfdhcp run, per
+# 1,000 completed exchanges; perfdhcp's own CPU (as % of one core over the
+# run) is reported too, so a saturated load generator shows.
 set -euo pipefail
 source "$BENCH_DIR/lib.sh"
 trap bench_cleanup EXIT
@@ -99,7 +105,10 @@ EOF
     LEASES() { echo $(($(wc -l <"$d/leases4.csv" 2>/dev/null || echo 1) - 1)); }
 }
 
-# step SERVER RATE -> prints "rate achieved drop p50 p99 p99do p99ra leases"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+CLK_TCK=$(getconf CLK_TCK)
+
+# step SERVER RATE -> prints "rate achieved drop p50 p99 p99do p99ra leases cpu_ms_per_1000 perfdhcp_cpu_pct"
 step() {
     local server=$1 rate=$2 d i
     STEP=$((STEP + 1))
@@ -117,8 +126,13 @@ step() {
         alive "$SRV_PID" || { cat "$d"/*.out "$d"/*.log 2>/dev/null | tail -20 >&2; die "$server exited"; }
         sleep 0.5
     done
-    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
-        perfdhcp -4 -l c0 -B -r "$rate" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
+    local c0 c1 t0 t1
+    c0=$(cpu_ticks "$SRV_PID"); t0=$(now_s)
+    # The shell reports perfdhcp's CPU (its reaped child's cutime+cstime).
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) sh -c \
+        'perfdhcp -4 -l c0 -B -r "$1" -p "$2" -R "$3" -x t >"$4" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat >"$5"' \
+        sh "$rate" "$PERIOD" "$CLIENTS" "$d/perfdhcp.out" "$d/perfdhcp.cpu" || true
+    c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
     local s
     s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out")
     sleep 0.3
@@ -129,13 +143,15 @@ step() {
     # shellcheck disable=SC2086
     set -- $s
     local sent_do=${1:-0} recv_ra=${4:-0}
-    local achieved drop
+    local achieved drop cpu_k gen_pct
     achieved=$(awk -v r="$recv_ra" -v p="$PERIOD" 'BEGIN{printf "%.0f", r / p}')
     drop=$(awk -v s="$sent_do" -v r="$recv_ra" 'BEGIN{ if (s == 0) print 1; else printf "%.4f", 1 - r / s }')
-    echo "$rate $achieved $drop ${5:-} ${6:-} ${7:-} ${8:-} $leases"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" >>"$OUT/steps.tsv"
-    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s' \
-        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases")"
+    cpu_k=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" -v n="$recv_ra" 'BEGIN{ if (n == 0) print "-"; else printf "%.1f", (b - a) * 1000 / t / n * 1000 }')
+    gen_pct=$(awk -v c="$(cat "$d/perfdhcp.cpu" 2>/dev/null || echo 0)" -v t="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.0f", c / t / (b - a) * 100 }')
+    echo "$rate $achieved $drop ${5:--} ${6:--} ${7:--} ${8:--} $leases $cpu_k $gen_pct"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" "$cpu_k" "$gen_pct" >>"$OUT/steps.tsv"
+    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s  CPU %s ms/1000  perfdhcp CPU %s%%' \
+        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases" "$cpu_k" "$gen_pct")"
 }
 
 ok() { # "rate achieved drop ..." -> 1 if the step kept up
@@ -180,18 +196,30 @@ knee() {
 
 say "DHCP: perfdhcp, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
 : >"$OUT/steps.tsv"
-declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE
+declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE K_CPU K_GEN O2_X O4_X O4_GEN
+# Every server has an (empty) entry, also when BENCH_DHCP_SERVERS runs fewer.
+for server in lanyard kea dnsmasq; do
+    K_X[$server]="" K_D[$server]="" K_P50[$server]="" K_P99[$server]="" K_PEAK[$server]="" K_RATE[$server]=""
+    K_CPU[$server]="" K_GEN[$server]="" O2_X[$server]="" O4_X[$server]="" O4_GEN[$server]=""
+done
 for server in ${BENCH_DHCP_SERVERS:-lanyard kea dnsmasq}; do
     knee "$server"
     if [ -n "$KNEE" ]; then
         # shellcheck disable=SC2086
         set -- $KNEE
-        K_RATE[$server]=$1 K_X[$server]=$2 K_D[$server]=$3 K_P50[$server]=$4 K_P99[$server]=$5
+        K_RATE[$server]=$1 K_X[$server]=$2 K_D[$server]=$3 K_P50[$server]=$4 K_P99[$server]=$5 K_CPU[$server]=${9:-} K_GEN[$server]=${10:-}
+        # Overload: 2x and 4x the knee's rate.
+        set -- $(step "$server" $((K_RATE[$server] * 2)))
+        O2_X[$server]=$2
+        set -- $(step "$server" $((K_RATE[$server] * 4)))
+        O4_X[$server]=$2 O4_GEN[$server]=${10:-}
     else
-        K_RATE[$server]="" K_X[$server]="" K_D[$server]="" K_P50[$server]="" K_P99[$server]=""
+        K_RATE[$server]="" K_X[$server]="" K_D[$server]="" K_P50[$server]="" K_P99[$server]="" K_CPU[$server]="" K_GEN[$server]=""
+        O2_X[$server]="" O4_X[$server]="" O4_GEN[$server]=""
     fi
+    for x in "${O2_X[$server]}" "${O4_X[$server]}"; do [ -n "$x" ] && [ "$x" -gt "$PEAK" ] && PEAK=$x; done
     K_PEAK[$server]=$PEAK
-    note "$server: knee at -r ${K_RATE[$server]:-none} (${K_X[$server]:-?} exchanges/s), peak ${PEAK} exchanges/s"
+    note "$server: knee at -r ${K_RATE[$server]:-none} (${K_X[$server]:-?} exchanges/s, ${K_CPU[$server]:-?} ms CPU per 1,000), peak ${PEAK} exchanges/s; at 2x the knee ${O2_X[$server]:-?}/s, at 4x ${O4_X[$server]:-?}/s"
 done
 
 pct() { [ -n "$1" ] && calc "$1*100" | awk '{printf "%.2f %%", $1}'; }
@@ -204,7 +232,17 @@ row "DHCP" "p99 reply delay at the knee (ms): lanyard / Kea" "${K_P99[lanyard]}"
 row "DHCP" "p99 reply delay at the knee (ms): lanyard / dnsmasq" "${K_P99[lanyard]}" "${K_P99[dnsmasq]}" "" "" ""
 row "DHCP" "p50 reply delay at the knee (ms): lanyard / Kea / dnsmasq" "${K_P50[lanyard]}" "${K_P50[kea]} / ${K_P50[dnsmasq]}" "" "" ""
 row "DHCP" "drop ratio at the knee: lanyard / Kea / dnsmasq" "$(pct "${K_D[lanyard]}")" "$(pct "${K_D[kea]}") / $(pct "${K_D[dnsmasq]}")" "" "" ""
+rc=$(ratio "${K_CPU[lanyard]}" "${K_CPU[kea]}")
+row "DHCP" "server CPU ms per 1,000 exchanges at the knee: lanyard vs Kea" "${K_CPU[lanyard]}" "${K_CPU[kea]}" "${rc:+${rc}x}" "<= 0.25x" "$(verdict "$(lt "$rc" 0.2501)")"
+row "DHCP" "server CPU ms per 1,000 exchanges at the knee: lanyard / dnsmasq" "${K_CPU[lanyard]}" "${K_CPU[dnsmasq]}" "" "" ""
+r2=$(ratio "${O2_X[lanyard]}" "${O2_X[kea]}")
+row "DHCP" "completed exchanges/s at 2x each server's knee: lanyard vs Kea" "${O2_X[lanyard]}" "${O2_X[kea]}" "${r2:+${r2}x}" ">= 3x" "$(verdict "$(ge "$r2" 3)")"
+row "DHCP" "completed exchanges/s at 2x the knee, share of the knee: lanyard / Kea" "$(ratio "${O2_X[lanyard]}" "${K_X[lanyard]}")" "$(ratio "${O2_X[kea]}" "${K_X[kea]}")" "" "no collapse (~1)" ""
+r4=$(ratio "${O4_X[lanyard]}" "${O4_X[kea]}")
+row "DHCP" "completed exchanges/s at 4x each server's knee: lanyard vs Kea / dnsmasq" "${O4_X[lanyard]}" "${O4_X[kea]} / ${O4_X[dnsmasq]}" "${r4:+${r4}x Kea}" "" ""
+row "DHCP" "completed exchanges/s at 4x the knee, share of the knee: lanyard / Kea" "$(ratio "${O4_X[lanyard]}" "${K_X[lanyard]}")" "$(ratio "${O4_X[kea]}" "${K_X[kea]}")" "" "no collapse (~1)" ""
+row "DHCP" "perfdhcp CPU (% of a core) at the knee / at 4x: lanyard run" "${K_GEN[lanyard]} / ${O4_GEN[lanyard]}" "Kea run: ${K_GEN[kea]} / ${O4_GEN[kea]}" "" "< 100 (not saturated)" ""
 rpk=$(ratio "${K_PEAK[lanyard]}" "${K_PEAK[kea]}")
 row "DHCP" "peak completed exchanges/s (any drops): lanyard / Kea / dnsmasq" "${K_PEAK[lanyard]}" "${K_PEAK[kea]} / ${K_PEAK[dnsmasq]}" "${rpk:+${rpk}x Kea}" "" ""
-bench_note "DHCP: knee = highest perfdhcp -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled. Steps: bench/results/dhcp-steps.tsv."
+bench_note "DHCP: knee = highest perfdhcp -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled; server CPU from /proc/PID/stat over the perfdhcp run; perfdhcp and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, perfdhcp CPU %)."
 cp "$OUT/steps.tsv" "$BENCH_DIR/results/dhcp-steps.tsv" 2>/dev/null || true

@@ -2,6 +2,20 @@
 //! only (SO_BINDTODEVICE), so servers of several networks share the port and
 //! a request is answered by the network it arrived on.
 //!
+//! The hot path, per batch of up to [`BATCH`] datagrams: one `recvmmsg`,
+//! one lock of the address book, each packet parsed and answered into one
+//! reused send buffer, one `sendmmsg` for the replies that need no commit
+//! (OFFERs, NAKs), and one hand-off to the lease writer of the batch's
+//! lease changes with their ACKs, which the writer thread sends once the
+//! changes are durable. The receive loop never waits for the store.
+//!
+//! Overload: when the socket's receive queue is more than half full or the
+//! lease writer is far behind, DISCOVERs from clients the network does not
+//! know (no port, no lease) are shed right after parsing, before any work
+//! on the address book or the store, and counted (`overload`): exchanges
+//! already under way and registered ports are served first, so completed
+//! exchanges stay at the peak instead of collapsing.
+//!
 //! Defences, because every byte comes from guests: a packet is parsed by
 //! [`super::wire`] (nothing panics on wire data, and a panic anyway costs
 //! one packet, counted), each client MAC has a rate ([`MacLimiter`]),
@@ -11,20 +25,23 @@
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dhcproto::{Encodable, Encoder};
+use dhcproto::v4::MessageType;
 use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::batch::{RecvBatch, SendBatch, BATCH};
 use super::wire::Request;
-use super::writer::LeaseWriter;
-use super::{handle, Decision, Destination, DhcpConfig, Outcome};
+use super::writer::{Committed, LeaseWriter};
+use super::{handle, neighbour, Decision, Destination, DhcpConfig, Outcome};
 use crate::ipam::AddressBook;
-use crate::model::Mac;
+use crate::model::{Lease, Mac};
 use crate::store::LeaseChange;
 
 /// Seconds since the epoch.
@@ -51,6 +68,15 @@ pub const MAC_BURST: f64 = 16.0;
 const MAX_TRACKED_MACS: usize = 65_536;
 /// How often expired leases are pruned and drops summarised.
 const HOUSEKEEPING: Duration = Duration::from_secs(60);
+/// Lease changes the writer may be behind before new clients are shed.
+/// Group commit writes a large backlog in one transaction with one fsync,
+/// so a backlog alone is no overload (shedding at 2,048 while an fsync
+/// stalled emptied the pipeline and cut completed exchanges by half); only
+/// a backlog of several full commits, seconds of ACK delay, is.
+pub const SHED_BACKLOG: usize = 4 * super::writer::MAX_BATCH;
+/// The receive buffer the server asks for (as root it gets it regardless
+/// of net.core.rmem_max): room for a burst of about two thousand requests.
+const RECV_BUFFER: usize = 2 << 20;
 
 /// A token bucket per client MAC.
 #[derive(Debug, Default)]
@@ -98,6 +124,8 @@ pub struct ServerStats {
     pub nakked: AtomicU64,
     /// Lease writes that failed (disk full?); the reply was withheld.
     pub store_failures: AtomicU64,
+    /// DISCOVERs of unknown clients shed because the server was overloaded.
+    pub shed: AtomicU64,
     /// Client messages parsed, by option 53 value ([`crate::metrics::DHCP_TYPES`]).
     pub received_by_type: [AtomicU64; 9],
     /// Replies sent, by option 53 value.
@@ -109,8 +137,8 @@ impl ServerStats {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 5] {
-        [&self.malformed, &self.rate_limited, &self.no_address, &self.nakked, &self.store_failures]
+    fn snapshot(&self) -> [u64; 6] {
+        [&self.malformed, &self.rate_limited, &self.no_address, &self.nakked, &self.store_failures, &self.shed]
             .map(|c| c.load(Ordering::Relaxed))
     }
 }
@@ -120,24 +148,29 @@ impl ServerStats {
 pub struct ServerState {
     limiter: MacLimiter,
     last_housekeeping: u64,
+    /// Whether the server is behind (receive queue or lease writer): new
+    /// clients' DISCOVERs are shed while it is.
+    pub overloaded: bool,
 }
 
 impl ServerState {
     /// A fresh state at time `t`.
     pub fn new(t: u64) -> Self {
-        ServerState { limiter: MacLimiter::default(), last_housekeeping: t }
+        ServerState { limiter: MacLimiter::default(), last_housekeeping: t, overloaded: false }
     }
 }
 
-/// Parses and answers one packet. `None` when it is not served (malformed or
-/// over its client's rate: counted in `stats`).
+/// Parses and answers one packet; the reply, if any, is appended to `out`.
+/// `None` when it is not served (malformed, over its client's rate, or
+/// shed: counted in `stats`).
 pub fn process(
     buf: &[u8],
-    book: &Mutex<AddressBook>,
+    book: &mut AddressBook,
     cfg: &DhcpConfig,
     t: u64,
     state: &mut ServerState,
     stats: &ServerStats,
+    out: &mut Vec<u8>,
 ) -> Option<Decision> {
     let req = match Request::parse(buf) {
         Ok(r) => r,
@@ -147,12 +180,19 @@ pub fn process(
         }
     };
     ServerStats::bump(&stats.received_by_type[crate::metrics::dhcp_type_index(u8::from(req.kind))]);
+    if state.overloaded
+        && req.kind == MessageType::Discover
+        && book.static_ip(req.mac).is_none()
+        && book.lease_of(req.mac).is_none()
+    {
+        ServerStats::bump(&stats.shed);
+        return None;
+    }
     if !state.limiter.allow(req.mac, Instant::now()) {
         ServerStats::bump(&stats.rate_limited);
         return None;
     }
-    let mut book = book.lock().unwrap_or_else(|p| p.into_inner());
-    let d = handle(&mut book, cfg, &req, t);
+    let d = handle(book, cfg, &req, t, out);
     match d.outcome {
         Outcome::NoAddress => ServerStats::bump(&stats.no_address),
         Outcome::Nakked => ServerStats::bump(&stats.nakked),
@@ -168,115 +208,226 @@ pub fn bind(bridge: &str) -> std::io::Result<UdpSocket> {
     s.set_broadcast(true)?;
     s.bind_device(Some(bridge.as_bytes()))?;
     s.set_nonblocking(true)?;
+    force_recv_buffer(s.as_raw_fd(), RECV_BUFFER);
     s.bind(&SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 67)).into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// `SO_RCVBUFFORCE` from asm-generic/socket.h (not in every libc crate
+/// target): a buffer size beyond net.core.rmem_max, for CAP_NET_ADMIN.
+const SO_RCVBUFFORCE: libc::c_int = 33;
+/// `SO_MEMINFO` from asm-generic/socket.h.
+const SO_MEMINFO: libc::c_int = 55;
+
+/// Asks for `bytes` of receive buffer; without the privilege to exceed
+/// the system's maximum, takes what the system allows.
+fn force_recv_buffer(fd: RawFd, bytes: usize) {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    for opt in [SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt reads one c_int, which lives for the call.
+        let rc = unsafe { libc::setsockopt(fd, libc::SOL_SOCKET, opt, (&v as *const libc::c_int).cast(), len) };
+        if rc == 0 {
+            return;
+        }
+    }
+}
+
+/// Whether more than half of the socket's receive buffer is in use: the
+/// kernel is about to drop datagrams at random, requests and discovers
+/// alike, unless the server sheds the cheap-to-refuse ones first.
+fn receive_queue_deep(fd: RawFd) -> bool {
+    let mut info = [0u32; 16];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: SO_MEMINFO writes at most `len` bytes into `info`.
+    let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
+    if rc != 0 {
+        return false;
+    }
+    let (alloc, limit) = (info[libc::SK_MEMINFO_RMEM_ALLOC as usize], info[libc::SK_MEMINFO_RCVBUF as usize]);
+    alloc > limit / 2
 }
 
 /// Everything one network's server works with.
 struct Server {
     net: String,
-    socket: Arc<UdpSocket>,
+    /// The interface the socket is bound to, for neighbour entries.
+    ifname: String,
+    socket: UdpSocket,
     book: Arc<Mutex<AddressBook>>,
-    writer: LeaseWriter,
     stats: Arc<ServerStats>,
 }
 
-/// Serves DHCP on `socket` until the task is aborted.
-///
-/// A reply that depends on a lease change is sent by its own task once the
-/// lease writer has committed, while this loop goes on receiving: requests
-/// that arrive during one commit share the next one (group commit), instead
-/// of each waiting for a commit of its own.
+impl Server {
+    fn fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+
+    /// Where the datagram for `dest` goes. A unicast to a client without an
+    /// address needs its neighbour entry first; if that cannot be made the
+    /// reply is broadcast, which always arrives.
+    fn address(&self, dest: Destination) -> SocketAddrV4 {
+        match dest {
+            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
+            Destination::Client(ip) => SocketAddrV4::new(ip, 68),
+            Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
+            Destination::Unicast { ip, mac } => match neighbour::plant(self.fd(), &self.ifname, ip, mac) {
+                Ok(()) => SocketAddrV4::new(ip, 68),
+                Err(e) => {
+                    tracing::debug!(net = self.net, %ip, "no neighbour entry for a unicast reply, broadcasting: {e}");
+                    SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+                }
+            },
+        }
+    }
+
+    /// Sends the batch; counts what went out by message type.
+    fn flush(&self, out: &mut SendBatch) {
+        let stats = &self.stats;
+        let failed = out.flush(self.fd(), |kind| {
+            ServerStats::bump(&stats.sent_by_type[crate::metrics::dhcp_type_index(kind)]);
+        });
+        if failed > 0 {
+            tracing::debug!(net = self.net, failed, "dhcp replies not sent");
+        }
+    }
+}
+
+/// A batch's lease changes and the replies that wait for them; the lease
+/// writer calls [`Committed::committed`] on it after the commit.
+struct AfterCommit {
+    server: Arc<Server>,
+    /// ACKs to send once the changes are durable.
+    replies: SendBatch,
+    /// Per change, the client's lease before it: restored if the commit fails.
+    previous: Vec<Option<Lease>>,
+}
+
+impl Committed for AfterCommit {
+    fn committed(mut self: Box<Self>, result: &Result<(), String>, changes: &[LeaseChange]) {
+        match result {
+            Ok(()) => self.server.flush(&mut self.replies),
+            Err(e) => {
+                // No ACK for a lease that is not durable; the client
+                // retries. Memory goes back to what the store holds.
+                let k = changes.len() as u64;
+                let before = self.server.stats.store_failures.fetch_add(k, Ordering::Relaxed);
+                // One line each time the count passes a power of two.
+                if before == 0 || (before + k).ilog2() > before.ilog2() {
+                    tracing::error!(net = self.server.net, failures = before + k, "lease not saved (disk full?): {e}");
+                }
+                let mut book = self.server.book.lock().unwrap_or_else(|p| p.into_inner());
+                for (change, previous) in changes.iter().zip(self.previous.drain(..)) {
+                    book.revert(change, previous);
+                }
+            }
+        }
+    }
+}
+
+/// Serves DHCP on `socket` (bound to `ifname`) until the task is aborted.
 pub async fn serve(
     net: String,
     socket: UdpSocket,
+    ifname: String,
     book: Arc<Mutex<AddressBook>>,
     cfg: DhcpConfig,
     writer: LeaseWriter,
 ) {
     // The network's counters outlive this server: a restart goes on counting.
     let stats = crate::metrics::dhcp_stats(&net);
-    let server = Arc::new(Server { net, socket: Arc::new(socket), book, writer, stats });
-    let mut buf = vec![0u8; 1500];
+    let server = Arc::new(Server { net, ifname, socket, book, stats });
+    let fd = server.fd();
+    let mut batch = RecvBatch::default();
+    let mut now_out = SendBatch::with_capacity(BATCH);
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
     loop {
-        let (len, peer) = match server.socket.recv_from(&mut buf).await {
-            Ok(x) => x,
+        let n = match server.socket.async_io(Interest::READABLE, || batch.recv(fd)).await {
+            Ok(n) => n,
             Err(e) => {
                 tracing::debug!(net = server.net, "dhcp receive failed: {e}");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        ServerStats::bump(&server.stats.received);
+        server.stats.received.fetch_add(n as u64, Ordering::Relaxed);
         let t = now();
         if t >= state.last_housekeeping + HOUSEKEEPING.as_secs() {
             state.last_housekeeping = t;
-            housekeeping(&server, t, &mut reported).await;
+            housekeeping(&server, &writer, t, &mut reported);
         }
-        let outcome =
-            catch_unwind(AssertUnwindSafe(|| process(&buf[..len], &server.book, &cfg, t, &mut state, &server.stats)));
-        let decision = match outcome {
-            Ok(Some(d)) => d,
-            Ok(None) => continue,
-            Err(_) => {
-                let n = HANDLER_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
-                tracing::error!(net = server.net, %peer, panics = n, "a DHCP packet made the handler panic; packet dropped, server goes on");
-                continue;
-            }
-        };
-        answer(&server, decision).await;
-    }
-}
-
-/// Sends the reply and persists the lease change in the order the decision
-/// asks for.
-async fn answer(server: &Arc<Server>, d: Decision) {
-    if d.persist.is_empty() {
-        if let Some((reply, dest)) = d.reply {
-            send(server, &reply, dest).await;
-        }
-        return;
-    }
-    if !d.wait_for_commit {
-        // A port's fixed lease: answer now, write in the background.
-        if let Some((reply, dest)) = &d.reply {
-            send(server, reply, *dest).await;
-        }
-    }
-    let server = server.clone();
-    tokio::spawn(async move {
-        match server.writer.commit(d.persist.clone()).await {
-            Ok(()) => {
-                if let (true, Some((reply, dest))) = (d.wait_for_commit, d.reply) {
-                    send(&server, &reply, dest).await;
+        // A full batch means more is queued: check how much.
+        state.overloaded = writer.backlog() > SHED_BACKLOG || (n == BATCH && receive_queue_deep(fd));
+        let mut changes: Vec<LeaseChange> = Vec::new();
+        let mut after: Option<Box<AfterCommit>> = None;
+        {
+            let mut book = server.book.lock().unwrap_or_else(|p| p.into_inner());
+            for i in 0..n {
+                let (packet, peer) = batch.packet(i);
+                let start = now_out.mark();
+                let outcome = catch_unwind(AssertUnwindSafe(|| {
+                    process(packet, &mut book, &cfg, t, &mut state, &server.stats, now_out.buffer())
+                }));
+                let d = match outcome {
+                    Ok(Some(d)) => d,
+                    Ok(None) => {
+                        now_out.discard(start);
+                        continue;
+                    }
+                    Err(_) => {
+                        now_out.discard(start);
+                        let n = HANDLER_PANICS.fetch_add(1, Ordering::Relaxed) + 1;
+                        tracing::error!(net = server.net, %peer, panics = n, "a DHCP packet made the handler panic; packet dropped, server goes on");
+                        continue;
+                    }
+                };
+                let Some(change) = d.persist else {
+                    match d.reply {
+                        Some((kind, dest)) => now_out.push(start, server.address(dest), u8::from(kind)),
+                        None => now_out.discard(start),
+                    }
+                    continue;
+                };
+                let after = after.get_or_insert_with(|| {
+                    Box::new(AfterCommit {
+                        server: server.clone(),
+                        replies: SendBatch::with_capacity(8),
+                        previous: Vec::new(),
+                    })
+                });
+                changes.push(change);
+                after.previous.push(d.previous);
+                match (d.reply, d.wait_for_commit) {
+                    (Some((kind, dest)), false) => now_out.push(start, server.address(dest), u8::from(kind)),
+                    (Some((kind, dest)), true) => {
+                        // The ACK moves to the batch sent after the commit.
+                        let to = server.address(dest);
+                        let bytes = &now_out.buffer()[start..];
+                        let at = after.replies.mark();
+                        after.replies.buffer().extend_from_slice(bytes);
+                        after.replies.push(at, to, u8::from(kind));
+                        now_out.discard(start);
+                    }
+                    (None, _) => now_out.discard(start),
                 }
             }
-            Err(e) => {
-                // No ACK for a lease that is not durable; the client
-                // retries. Memory goes back to what the store holds.
-                let n = server.stats.store_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if n.is_power_of_two() {
-                    tracing::error!(net = server.net, failures = n, "lease not saved (disk full?): {e}");
-                }
-                let mut book = server.book.lock().unwrap_or_else(|p| p.into_inner());
-                for change in &d.persist {
-                    book.revert(change, d.previous.clone());
-                }
-            }
         }
-    });
+        server.flush(&mut now_out);
+        if let Some(after) = after {
+            writer.submit(changes, after);
+        }
+    }
 }
 
 /// Prunes expired leases (memory and store) and logs one line about what
 /// was dropped since the last time, if anything was.
-async fn housekeeping(server: &Arc<Server>, t: u64, reported: &mut [u64; 5]) {
+fn housekeeping(server: &Arc<Server>, writer: &LeaseWriter, t: u64, reported: &mut [u64; 6]) {
     let pruned = server.book.lock().unwrap_or_else(|p| p.into_inner()).expire(t);
     if !pruned.is_empty() {
         let changes: Vec<LeaseChange> =
             pruned.iter().map(|l| LeaseChange::Remove { net: l.net.clone(), ip: l.ip }).collect();
-        let writer = server.writer.clone();
+        let writer = writer.clone();
         tokio::spawn(async move {
             // A failed prune is retried naturally: the rows stay expired.
             let _ = writer.commit(changes).await;
@@ -292,37 +443,10 @@ async fn housekeeping(server: &Arc<Server>, t: u64, reported: &mut [u64; 5]) {
             no_address = d[2],
             nakked = d[3],
             store_failures = d[4],
+            shed_overload = d[5],
             "dhcp: packets not served in the last minute"
         );
         *reported = now;
-    }
-}
-
-async fn send(server: &Server, reply: &dhcproto::v4::Message, dest: Destination) {
-    let mut out = Vec::with_capacity(400);
-    match catch_unwind(AssertUnwindSafe(|| reply.encode(&mut Encoder::new(&mut out)))) {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::error!(net = server.net, "cannot encode reply: {e}");
-            return;
-        }
-        Err(_) => {
-            HANDLER_PANICS.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(net = server.net, "encoding a DHCP reply panicked; reply dropped");
-            return;
-        }
-    }
-    let to = match dest {
-        Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-        Destination::Client(ip) => SocketAddrV4::new(ip, 68),
-        Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
-    };
-    match server.socket.send_to(&out, to).await {
-        Ok(_) => {
-            let kind = reply.opts().msg_type().map_or(0, |k| crate::metrics::dhcp_type_index(u8::from(k)));
-            ServerStats::bump(&server.stats.sent_by_type[kind]);
-        }
-        Err(e) => tracing::debug!(net = server.net, %to, "dhcp send failed: {e}"),
     }
 }
 
@@ -350,5 +474,44 @@ mod tests {
             assert!(l.allow(Mac([0x52, 0x54, 0, a, b, c]), t));
         }
         assert!(l.buckets.len() <= MAX_TRACKED_MACS);
+    }
+
+    fn discover(mac: [u8; 6]) -> Vec<u8> {
+        let mut b = vec![0u8; 236];
+        b[0] = 1;
+        b[1] = 1;
+        b[2] = 6;
+        b[28..34].copy_from_slice(&mac);
+        b.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
+        b
+    }
+
+    #[test]
+    fn overload_sheds_new_clients_before_any_work_and_serves_ports_and_leases() {
+        let net = crate::model::test_network("default", "192.168.122.0/24", "lybr0");
+        let cfg = DhcpConfig::for_network(&net, None);
+        let mut book = AddressBook::new(net);
+        let port = Mac([0x52, 0x54, 0, 0, 0, 1]);
+        book.reserve_fixed(port, None, 0).unwrap();
+        let leased = Mac([0x52, 0x54, 0, 0, 0, 2]);
+        let ip = book.offer(leased, None, 0).unwrap();
+        book.ack(leased, ip, 0, 3600, None, None).unwrap();
+        let stats = ServerStats::default();
+        let mut state = ServerState::new(0);
+        state.overloaded = true;
+        let mut out = Vec::new();
+        let newcomer = [0x52, 0x54, 0, 0, 0, 3];
+        assert!(process(&discover(newcomer), &mut book, &cfg, 1, &mut state, &stats, &mut out).is_none());
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        assert!(out.is_empty(), "nothing written for a shed packet");
+        assert!(book.lease_of(Mac(newcomer)).is_none());
+        for known in [port, leased] {
+            let d = process(&discover(known.0), &mut book, &cfg, 1, &mut state, &stats, &mut out).unwrap();
+            assert_eq!(d.outcome, Outcome::Offered, "{known} is served under overload");
+        }
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 1);
+        state.overloaded = false;
+        let d = process(&discover(newcomer), &mut book, &cfg, 1, &mut state, &stats, &mut out).unwrap();
+        assert_eq!(d.outcome, Outcome::Offered, "served again once the overload is over");
     }
 }

@@ -68,7 +68,14 @@ impl Services for NetworkServices {
             match dhcp::server::bind(&ifname) {
                 Ok(socket) => {
                     let cfg = DhcpConfig::for_network(net, dns_addr);
-                    let serve = dhcp::server::serve(net.key().into_owned(), socket, book, cfg, self.writer.clone());
+                    let serve = dhcp::server::serve(
+                        net.key().into_owned(),
+                        socket,
+                        ifname.clone(),
+                        book,
+                        cfg,
+                        self.writer.clone(),
+                    );
                     tasks.push(self.rt.spawn(serve));
                 }
                 Err(e) => tracing::error!(net = %net.key(), "cannot open the DHCP socket on {ifname}: {e}"),

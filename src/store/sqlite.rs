@@ -535,22 +535,24 @@ impl Store for SqliteStore {
         let mut c = self.conn();
         let tx = c.transaction()?;
         {
-            // Two statements, not one with OR: each uses an index (the
-            // primary key, leases_by_mac), where `ip = ? OR mac = ?` scans
-            // the table once per lease.
-            let mut del_ip = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND ip = ?2")?;
-            let mut del_mac = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND mac = ?2")?;
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            // A client's other rows go first (by leases_by_mac; `ip = ? OR
+            // mac = ?` would scan the table once per lease), then the
+            // lease is written over whatever held its address, in place
+            // when a row is there (a renewal, the common case under load:
+            // one index probe instead of a delete and an insert).
+            let mut del_mac = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND mac = ?2 AND ip <> ?3")?;
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT (net, ip) DO UPDATE SET mac = excluded.mac, expiry = excluded.expiry,
+                 hostname = excluded.hostname, client_id = excluded.client_id, kind = excluded.kind",
             )?;
             let mut rm = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND ip = ?2")?;
             for ch in changes {
                 match ch {
                     LeaseChange::Upsert(l) => {
                         let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
-                        del_ip.execute(params![l.net, ip])?;
-                        del_mac.execute(params![l.net, mac])?;
-                        ins.execute(params![
+                        del_mac.execute(params![l.net, mac, ip])?;
+                        upsert.execute(params![
                             l.net,
                             ip,
                             mac,

@@ -24,15 +24,17 @@
 //! | `capture.rs` | [`Capture`]: tcpdump in a test namespace |
 //! | `topology.rs` | [`Host`], [`Vm`], outsides, hand-made bridge ports, and [`Topology`], the one builder of host + outsides + networks + VMs |
 //! | `dhcp_clients.rs` | [`udhcpc`], [`dhclient`], [`DhcpLease`] |
+//! | `dhcp_storm.rs` | [`Storm`]: thousands of DHCP clients from one namespace, every ACK recorded |
 //! | `probes.rs` | [`ping`], [`PingJob`], [`dig`], [`Dnsmasq`], parsing helpers |
 //!
-//! Only std and serde_json are used.
+//! Only std, serde_json and libc (setns, for the storm's one thread) are used.
 
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
 mod capture;
 mod daemon;
 mod dhcp_clients;
+mod dhcp_storm;
 mod etcd;
 mod netns;
 mod privilege;
@@ -42,4 +44,7 @@ mod topology;
 
 // A test binary that uses nothing from one of them would warn here.
 #[allow(unused_imports)]
-pub use {capture::*, daemon::*, dhcp_clients::*, etcd::*, netns::*, privilege::*, probes::*, process::*, topology::*};
+pub use {
+    capture::*, daemon::*, dhcp_clients::*, dhcp_storm::*, etcd::*, netns::*, privilege::*, probes::*, process::*,
+    topology::*,
+};
