@@ -54,31 +54,16 @@ fn topology_of(engine: &Engine) -> topo::Topology {
     topo::build(&networks, &ports, &leases)
 }
 
-/// Text for HTML.
-fn html(x: &str) -> String {
-    x.chars()
-        .map(|c| match c {
-            '&' => "&amp;".to_string(),
-            '<' => "&lt;".to_string(),
-            '>' => "&gt;".to_string(),
-            '"' => "&quot;".to_string(),
-            '\'' => "&#39;".to_string(),
-            c if c.is_control() => " ".to_string(),
-            c => c.to_string(),
-        })
-        .collect()
-}
-
 fn table(head: &[&str], rows: &[Vec<String>]) -> String {
     let mut o = String::from("<table><tr>");
     for h in head {
-        o.push_str(&format!("<th>{}</th>", html(h)));
+        o.push_str(&format!("<th>{}</th>", topo::xml(h)));
     }
     o.push_str("</tr>");
     for r in rows {
         o.push_str("<tr>");
         for c in r {
-            o.push_str(&format!("<td>{}</td>", html(c)));
+            o.push_str(&format!("<td>{}</td>", topo::xml(c)));
         }
         o.push_str("</tr>");
     }

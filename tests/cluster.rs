@@ -344,6 +344,26 @@ fn vms_on_two_hosts_reach_each_other_over_vxlan() {
     assert!(cleared.is_some(), "a VXLAN device outlived its network");
 }
 
+/// `per_host` port creates on network `net` through each of `daemons`,
+/// all at once (a client thread per daemon); every CLI outcome. VM names
+/// are DNS names on the network: each host's are its own (`hHvmI`).
+fn create_at_once(daemons: &[&Daemon], net: &str, per_host: usize) -> Vec<std::process::Output> {
+    std::thread::scope(|s| {
+        let workers: Vec<_> = daemons
+            .iter()
+            .enumerate()
+            .map(|(h, d)| {
+                s.spawn(move || {
+                    (0..per_host)
+                        .map(|i| d.cli(&["port", "create", "--net", net, "--vm", &format!("h{h}vm{i}"), "-o", "json"]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
+    })
+}
+
 /// Packets a link has sent (`ip -s link`).
 fn vxlan_tx_packets(ns: &Netns, ifname: &str) -> u64 {
     let v = ns.ip_json(&["-s", "link", "show", "dev", ifname]);
@@ -370,22 +390,7 @@ fn two_hosts_creating_ports_at_once_never_share_an_ip_or_mac() {
     });
     assert!(on_b.is_some(), "B did not follow the network: {}", b.log());
     const PER_HOST: usize = 40;
-    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
-        // VM names are DNS names on the network: each host's its own.
-        let workers: Vec<_> = [(&a, "a"), (&b, "b")]
-            .into_iter()
-            .map(|(d, host)| {
-                s.spawn(move || {
-                    (0..PER_HOST)
-                        .map(|i| {
-                            d.cli(&["port", "create", "--net", "race", "--vm", &format!("{host}{i}"), "-o", "json"])
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
-    });
+    let outcomes = create_at_once(&[&a, &b], "race", PER_HOST);
     let (made, refused): (Vec<_>, Vec<_>) = outcomes.into_iter().partition(|o| o.status.success());
     for o in &refused {
         assert!(stderr(o).contains("no free address"), "a failure that is not exhaustion: {}", stderr(o));
@@ -677,14 +682,7 @@ fn dynamic_clients_on_two_hosts_lease_from_their_hosts_blocks() {
     let bridge = net["bridge"].as_str().unwrap().to_string();
     let first: std::net::Ipv4Addr = net["dhcp_range"]["first"].as_str().expect("a DHCP range").parse().unwrap();
     assert!(poll(FOLLOWS_WITHIN, Duration::from_millis(50), || hb.link(&bridge)).is_some());
-    let by_hand = |h: &Netns, role: &str, host_if: &str| {
-        let ns = Netns::new(role);
-        h.ip_ok(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
-        h.ip_ok(&["link", "set", "dev", host_if, "master", &bridge]);
-        h.ip_ok(&["link", "set", "dev", host_if, "up"]);
-        ns.ip_ok(&["link", "set", "dev", "eth0", "up"]);
-        ns
-    };
+    let by_hand = |h: &Netns, role: &str, host_if: &str| plug_by_hand(h, &bridge, role, host_if);
     let block = |ip: std::net::Ipv4Addr| (u32::from(ip) - u32::from(first)) / 16;
     let lease = |ns: &Netns| udhcpc(ns, "eth0", None).unwrap_or_else(|e| panic!("no dynamic lease: {e}")).ip;
     let (ca, cb, ca2) = (by_hand(&ha, "cla", "hca"), by_hand(&hb, "clb", "hcb"), by_hand(&ha, "cla2", "hca2"));
@@ -717,22 +715,7 @@ fn three_hosts_creating_200_ports_each_at_once() {
         assert!(follows.is_some(), "a host did not follow the network: {}", d.log());
     }
     const PER_HOST: usize = 200;
-    let outcomes: Vec<std::process::Output> = std::thread::scope(|s| {
-        let workers: Vec<_> = daemons
-            .iter()
-            .enumerate()
-            .map(|(h, d)| {
-                s.spawn(move || {
-                    (0..PER_HOST)
-                        .map(|i| {
-                            d.cli(&["port", "create", "--net", "many", "--vm", &format!("h{h}vm{i}"), "-o", "json"])
-                        })
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        workers.into_iter().flat_map(|w| w.join().expect("a client thread panicked")).collect()
-    });
+    let outcomes = create_at_once(&daemons.iter().collect::<Vec<_>>(), "many", PER_HOST);
     let failed: Vec<String> = outcomes.iter().filter(|o| !o.status.success()).map(stderr).collect();
     assert!(failed.is_empty(), "{} creates failed, e.g. {:?}", failed.len(), failed.first());
     let listed = poll(Duration::from_secs(10), Duration::from_millis(200), || {

@@ -326,11 +326,7 @@ fn the_web_page_shows_the_vms_in_a_browser() {
     ]);
     let lease = udhcpc(&vm_ns, "eth0", None).unwrap_or_else(|e| panic!("no lease: {e}"));
     assert_eq!(Some(lease.ip.to_string().as_str()), port["ip"].as_str());
-    let client = Netns::new("clw");
-    ns.ip_ok(&["link", "add", "name", "hcw", "type", "veth", "peer", "name", "eth0", "netns", client.name()]);
-    ns.ip_ok(&["link", "set", "dev", "hcw", "master", &bridge]);
-    ns.ip_ok(&["link", "set", "dev", "hcw", "up"]);
-    client.ip_ok(&["link", "set", "dev", "eth0", "up"]);
+    let client = plug_by_hand(&ns, &bridge, "clw", "hcw");
     udhcpc(&client, "eth0", Some("sketcher")).unwrap_or_else(|e| panic!("no dynamic lease: {e}"));
 
     let profile = ns.dir().join("chromium-profile");

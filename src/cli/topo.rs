@@ -283,9 +283,9 @@ pub fn dot(t: &Topology) -> String {
     out
 }
 
-/// Text for XML (SVG): the five characters that matter escaped, control
-/// characters dropped.
-fn xml(x: &str) -> String {
+/// Text for XML (SVG) and HTML (the web page): the five characters that
+/// matter escaped, control characters dropped.
+pub fn xml(x: &str) -> String {
     x.chars()
         .filter(|c| !c.is_control())
         .map(|c| match c {

@@ -2118,16 +2118,7 @@ fn cluster_members_lease_dynamic_addresses_from_their_own_blocks() {
         broken: AtomicBool::new(false),
         nodes: Default::default(),
     });
-    let member = |node: &str| {
-        Engine::start(Parts {
-            store: store.clone(),
-            kernel: Arc::new(FakeKernel::default()),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
-            node: Some(node.into()),
-        })
-        .unwrap()
-    };
+    let member = |node: &str| cluster_member(&store, node, Ipv4Addr::new(10, 213, 9, 1)).0;
     let top_up = |e: &mut Engine| {
         let (store, node, needs) = e.block_needs(1000).expect("a member has needs");
         let held = claim_blocks(store.as_ref(), &node, &needs).unwrap();

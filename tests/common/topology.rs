@@ -95,16 +95,21 @@ impl Host {
         self.cli_json(&args)
     }
 
-    /// A namespace plugged into `bridge` by hand (a veth lanyard knows
-    /// nothing about): `HOST_IF` in the host, `eth0` inside, both up.
+    /// See [`plug_by_hand`].
     pub fn attach_by_hand(&self, bridge: &str, role: &str, host_if: &str) -> Netns {
-        let ns = Netns::new(role);
-        self.ns.ip_ok(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
-        self.ns.ip_ok(&["link", "set", "dev", host_if, "master", bridge]);
-        self.ns.ip_ok(&["link", "set", "dev", host_if, "up"]);
-        ns.ip_ok(&["link", "set", "dev", "eth0", "up"]);
-        ns
+        plug_by_hand(&self.ns, bridge, role, host_if)
     }
+}
+
+/// A namespace plugged into `bridge` of `host` by hand (a veth lanyard
+/// knows nothing about): `HOST_IF` in the host, `eth0` inside, both up.
+pub fn plug_by_hand(host: &Netns, bridge: &str, role: &str, host_if: &str) -> Netns {
+    let ns = Netns::new(role);
+    host.ip_ok(&["link", "add", "name", host_if, "type", "veth", "peer", "name", "eth0", "netns", ns.name()]);
+    host.ip_ok(&["link", "set", "dev", host_if, "master", bridge]);
+    host.ip_ok(&["link", "set", "dev", host_if, "up"]);
+    ns.ip_ok(&["link", "set", "dev", "eth0", "up"]);
+    ns
 }
 
 /// A VM: a namespace with a lanyard veth port in it.

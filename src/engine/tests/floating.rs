@@ -303,32 +303,14 @@ fn a_floating_ip_lives_and_is_announced_on_its_ports_host() {
         broken: AtomicBool::new(false),
         nodes: Default::default(),
     });
-    let member = |node: &str| {
-        let kernel = Arc::new(FakeKernel::default());
-        let nic = crate::kernel::ObservedLink {
-            name: "eth0".into(),
-            up: true,
-            mtu: 1500,
-            addrs: vec!["198.51.100.1/24".parse().unwrap()],
-            ..Default::default()
-        };
-        kernel.tamper(|s| {
-            s.observed.links.insert("eth0".into(), nic);
-        });
-        let e = Engine::start(Parts {
-            store: store.clone(),
-            kernel: kernel.clone(),
-            services: Box::<FakeServices>::default(),
-            host: Arc::new(FakeHost { netns: std::sync::Mutex::new(vec![]), time: 1000, booted: None }),
-            node: Some(node.into()),
-        })
-        .unwrap();
-        (e, kernel)
-    };
+    // The pool's interface is each member's `u0` (its address, the pool's
+    // subnet, registered as no node's underlay: no tunnels here).
+    let member = |node: &str| super::cluster_member(&store, node, Ipv4Addr::new(198, 51, 100, 1));
     let (mut a, ka) = member("a");
     let (mut b, kb) = member("b");
     a.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
-    a.create_fip_pool(pool("public", "198.51.100.10-198.51.100.19")).unwrap();
+    let public = FipPoolSpec { interface: "u0".into(), ..pool("public", "198.51.100.10-198.51.100.19") };
+    a.create_fip_pool(public).unwrap();
     assert!(b.resync().unwrap());
     let on_b = b.create_port(port("a")).unwrap();
     assert!(a.resync().unwrap());
@@ -339,14 +321,14 @@ fn a_floating_ip_lives_and_is_announced_on_its_ports_host() {
     kb.clear_log();
     assert!(b.follow(&[Change::Other], false).unwrap());
     let has =
-        |k: &FakeKernel| k.snapshot().observed.links["eth0"].addrs.iter().any(|a| a.to_string() == format!("{FIP}/32"));
+        |k: &FakeKernel| k.snapshot().observed.links["u0"].addrs.iter().any(|a| a.to_string() == format!("{FIP}/32"));
     assert!(has(&kb), "B did not take the floating IP of its port");
-    assert!(kb.log().contains(&format!("announce {FIP} on eth0")), "B did not announce it: {:?}", kb.log());
+    assert!(kb.log().contains(&format!("announce {FIP} on u0")), "B did not announce it: {:?}", kb.log());
     // Moved to a port of A, through A: A takes it over; B lets it go.
     let on_a = a.create_port(PortSpec { vm: "vm2".into(), ..port("a") }).unwrap();
     ka.clear_log();
     a.associate_floating_ip(FIP, &on_a.id, None).unwrap();
-    assert!(has(&ka) && ka.log().contains(&format!("announce {FIP} on eth0")), "{:?}", ka.log());
+    assert!(has(&ka) && ka.log().contains(&format!("announce {FIP} on u0")), "{:?}", ka.log());
     kb.clear_log();
     assert!(b.follow(&[Change::Other], false).unwrap());
     assert!(!has(&kb), "B kept the floating IP that moved to A");
