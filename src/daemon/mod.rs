@@ -362,36 +362,15 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     };
     let metrics = match options.metrics_listen {
         Some(addr) => {
-            let what = "cannot listen for metrics on";
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
-                what,
-                path: addr.to_string(),
-                source,
-            })?;
-            tracing::info!(%addr, "metrics listener ready (GET /metrics only)");
             let app = crate::api::metrics_router(shared.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(%addr, "metrics listener failed: {e}");
-                }
-            }))
+            Some(serve_tcp(addr, "metrics (GET /metrics only)", "cannot listen for metrics on", app).await?)
         }
         None => None,
     };
     let web = match options.web_listen {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
-                what: "cannot listen for the web page on",
-                path: addr.to_string(),
-                source,
-            })?;
-            tracing::info!(%addr, "web page ready (read-only)");
             let app = crate::web::router(shared.clone());
-            Some(tokio::spawn(async move {
-                if let Err(e) = axum::serve(listener, app).await {
-                    tracing::error!(%addr, "web listener failed: {e}");
-                }
-            }))
+            Some(serve_tcp(addr, "web page", "cannot listen for the web page on", app).await?)
         }
         None => None,
     };
@@ -445,6 +424,28 @@ fn host_name() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// Serves `app` over plain HTTP on `addr` (the metrics and web listeners:
+/// read-only, no token) until aborted; `what` names it in the log,
+/// `refusal` in the error when the address cannot be taken.
+async fn serve_tcp(
+    addr: std::net::SocketAddr,
+    what: &'static str,
+    refusal: &'static str,
+    app: axum::Router,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|source| DaemonError::Io {
+        what: refusal,
+        path: addr.to_string(),
+        source,
+    })?;
+    tracing::info!(%addr, "{what} listener ready (read-only)");
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(%addr, "{what} listener failed: {e}");
+        }
+    }))
 }
 
 #[cfg(test)]

@@ -534,9 +534,18 @@ impl Engine {
         if self.node.is_none() {
             return;
         }
+        // One read of the claims; a claim call only for what is missing.
+        let held = match self.store.claims(CLAIM_VNI) {
+            Ok(h) => h,
+            Err(e) => return tracing::error!("cannot read the VXLAN id claims: {e}"),
+        };
         for net in self.networks.iter().filter(|n| planner::overlay::spans(n)) {
+            let (key, vni) = (net.key(), planner::overlay::vni(&net.key()).to_string());
+            if held.iter().any(|c| c.value == vni && c.owner == key) {
+                continue;
+            }
             if let Err(e) = self.claim_vni(net) {
-                tracing::error!(net = %net.key(), "cannot claim the network's VXLAN id: {e}");
+                tracing::error!(net = %key, "cannot claim the network's VXLAN id: {e}");
             }
         }
     }
