@@ -331,41 +331,45 @@ fn dump_bridge_vlans(socket: &mut RouteSocket) -> Result<HashMap<u32, Vec<Bridge
     .map_err(observe_error("bridge vlans (RTM_GETLINK, AF_BRIDGE)"))
 }
 
-/// The remote forwarding entries (MAC, tunnel endpoint) of the links
-/// `wanted` (indexes), by index: the VXLAN devices lanyard owns. The
-/// kernel dumps every port's entries; the rest are skipped.
-fn dump_fdb(
+/// The entries of one RTM_GETNEIGH dump (`request`) that `parse` reads
+/// (with their link's index) on the links `wanted` (indexes), by index:
+/// the kernel dumps every link's; the rest are skipped.
+fn dump_neighbour_entries<E: Ord>(
     socket: &mut RouteSocket,
+    request: fn() -> RouteNetlinkMessage,
+    parse: fn(&NeighbourMessage) -> Option<(u32, E)>,
     wanted: &BTreeSet<u32>,
-) -> Result<HashMap<u32, BTreeSet<(Mac, Ipv4Addr)>>, KernelError> {
-    type Fdb = HashMap<u32, BTreeSet<(Mac, Ipv4Addr)>>;
-    dump_consistent(socket, messages::dump_fdb, |fdb: &mut Fdb, raw| {
+    what: &'static str,
+) -> Result<HashMap<u32, BTreeSet<E>>, KernelError> {
+    dump_consistent(socket, request, |found: &mut HashMap<u32, BTreeSet<E>>, raw| {
         if let RouteNetlinkMessage::NewNeighbour(m) = raw.parse()? {
-            if let Some((index, entry)) = fdb_entry(&m).filter(|(i, _)| wanted.contains(i)) {
-                fdb.entry(index).or_default().insert(entry);
-            }
-        }
-        Ok(())
-    })
-    .map_err(observe_error("forwarding entries (RTM_GETNEIGH, AF_BRIDGE)"))
-}
-
-/// The permanent IPv4 neighbour entries (address, MAC) of the links
-/// `wanted` (indexes), by index.
-fn dump_neighbours(
-    socket: &mut RouteSocket,
-    wanted: &BTreeSet<u32>,
-) -> Result<HashMap<u32, BTreeSet<(Ipv4Addr, Mac)>>, KernelError> {
-    type Neighbours = HashMap<u32, BTreeSet<(Ipv4Addr, Mac)>>;
-    dump_consistent(socket, messages::dump_neighbours, |found: &mut Neighbours, raw| {
-        if let RouteNetlinkMessage::NewNeighbour(m) = raw.parse()? {
-            if let Some((index, entry)) = neighbour_entry(&m).filter(|(i, _)| wanted.contains(i)) {
+            if let Some((index, entry)) = parse(&m).filter(|(i, _)| wanted.contains(i)) {
                 found.entry(index).or_default().insert(entry);
             }
         }
         Ok(())
     })
-    .map_err(observe_error("neighbours (RTM_GETNEIGH, AF_INET)"))
+    .map_err(observe_error(what))
+}
+
+/// The remote forwarding entries (MAC, tunnel endpoint) of the links
+/// `wanted`: the VXLAN devices lanyard owns.
+fn dump_fdb(
+    socket: &mut RouteSocket,
+    wanted: &BTreeSet<u32>,
+) -> Result<HashMap<u32, BTreeSet<(Mac, Ipv4Addr)>>, KernelError> {
+    let what = "forwarding entries (RTM_GETNEIGH, AF_BRIDGE)";
+    dump_neighbour_entries(socket, messages::dump_fdb, fdb_entry, wanted, what)
+}
+
+/// The permanent IPv4 neighbour entries (address, MAC) of the links
+/// `wanted`.
+fn dump_neighbours(
+    socket: &mut RouteSocket,
+    wanted: &BTreeSet<u32>,
+) -> Result<HashMap<u32, BTreeSet<(Ipv4Addr, Mac)>>, KernelError> {
+    let what = "neighbours (RTM_GETNEIGH, AF_INET)";
+    dump_neighbour_entries(socket, messages::dump_neighbours, neighbour_entry, wanted, what)
 }
 
 /// A permanent IPv4 neighbour entry with its link's index; None for
