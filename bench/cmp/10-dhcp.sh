@@ -4,9 +4,10 @@
 #
 # Every server gets the same subnet (10.20.0.0/16, server 10.20.0.1), the
 # same pool (10.20.0.2-10.20.255.253), one-hour leases, and durable leases:
-#   lanyard  SQLite WAL, synchronous=FULL (fsync before the ACK; group commit)
+#   lanyard  SQLite WAL, group commit written to the OS before the ACK
+#            (synchronous=NORMAL; fsync'd by a checkpoint within 500 ms)
 #   dnsmasq  --dhcp-leasefile (rewritten and fsync'd after changes)
-#   Kea      memfile, persist: true (CSV appended before the ACK)
+#   Kea      memfile, persist: true (CSV appended before the ACK, never fsync'd)
 # Topology per step, all in namespaces of this run:
 #   [cli: c0 10.20.255.254/16] --veth-- [srv: bridge 10.20.0.1/16 + server]
 # lanyard makes its own bridge (`net create`); the client veth is put into
