@@ -19,7 +19,7 @@ export BENCH_DIR BENCH_RUN BENCH_SUF LANYARD
 : >"$BENCH_RUN/namespaces"; : >"$BENCH_RUN/pids"
 # shellcheck source=bench/lib.sh
 source "$BENCH_DIR/lib.sh"
-trap 'bench_cleanup; rm -rf "$BENCH_RUN"' EXIT
+trap 'bench_cleanup; [ -n "${KEEP_PERF:-}" ] && cp "$BENCH_RUN/perf.data" "$KEEP_PERF" 2>/dev/null; rm -rf "$BENCH_RUN"' EXIT
 trap 'exit 130' INT TERM
 
 SRV=$(mkns s); CLI=$(mkns c)
@@ -43,7 +43,7 @@ tck=$(getconf CLK_TCK)
 c0=$(cpu "$PID")
 PERF_PID=
 if command -v perf >/dev/null 2>&1; then
-    perf record -F 999 -g -p "$PID" -o "$d/perf.data" -- sleep "$PERIOD" >/dev/null 2>&1 &
+    perf record -F 1999 -g -p "$PID" -o "$d/perf.data" -- sleep "$PERIOD" >/dev/null 2>&1 &
     PERF_PID=$!
 fi
 ip netns exec "$CLI" timeout $((PERIOD + 60)) \
@@ -62,5 +62,8 @@ read -r _ _ _ recv_ra p50 p99 _ < <(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk"
         echo
         echo "# per thread"
         perf report -i "$d/perf.data" --no-children --sort comm --stdio 2>/dev/null | grep -E '^ +[0-9]' || true
+        echo
+        echo "# per thread and object (kernel = system calls and the packets' way through bridge and veth)"
+        perf report -i "$d/perf.data" --no-children --sort comm,dso --stdio 2>/dev/null | grep -E '^ +[0-9]' | head -12 || true
     fi
 } | tee ${OUTFILE:+"$OUTFILE"}

@@ -8,6 +8,7 @@
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod etcd;
+pub mod lease_journal;
 pub mod sqlite;
 
 use std::net::Ipv4Addr;
@@ -37,6 +38,9 @@ pub enum StoreError {
     /// A query or commit failed.
     #[error("state database: {0}")]
     Db(rusqlite::Error),
+    /// The DHCP lease journal could not be written or read.
+    #[error("the lease journal in the state directory: {0}")]
+    Journal(std::io::Error),
     /// The disk holding the state database is full: nothing was written.
     #[error("the state database's disk is full, so nothing was changed: free space in the state directory and retry")]
     DiskFull,
@@ -94,7 +98,7 @@ impl From<rusqlite::Error> for StoreError {
 }
 
 /// One change to the lease table.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum LeaseChange {
     /// Insert or replace the lease for its address (and drop any other row of the same client).
     Upsert(Lease),
@@ -280,8 +284,9 @@ pub trait Store: Send + Sync {
     }
     /// All leases of all networks.
     fn leases(&self) -> Result<Vec<Lease>, StoreError>;
-    /// Applies a batch of lease changes in one durable transaction
-    /// (the DHCP server's group commit).
+    /// Applies a batch of lease changes (the DHCP server's group commit):
+    /// all or none, and when it returns they survive a crash of the daemon
+    /// (SQLite: in its lease journal, on disk within a fold interval).
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError>;
     /// Claims `value` of `kind` (a fixed IP as `NET/IP`, a MAC, a VNI, a
     /// floating IP) for `owner` unless someone else holds it; whether

@@ -8,12 +8,13 @@
 
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rusqlite::{params, Connection};
 use serde::de::DeserializeOwned;
 
+use super::lease_journal::{LeaseJournal, FOLDING, FOLD_EVERY, JOURNAL};
 use super::{port_claims, Claim, DocumentChange, LeaseChange, Store, StoreError, CLAIM_IP, CLAIM_MAC};
 use crate::auth::Token;
 use crate::model::{Lease, LeaseKind, Network, Port, Project};
@@ -21,59 +22,100 @@ use crate::model::{Lease, LeaseKind, Network, Port, Project};
 /// SQLite-backed [`Store`].
 pub struct SqliteStore {
     conn: Mutex<Connection>,
-    /// The DHCP lease writer's own connection (None in memory, where there
-    /// is only one database per connection): its commits are written to
-    /// the OS before the ACK that depends on them and fsync'd by
-    /// [`Checkpointer`] within [`LEASE_SYNC_EVERY`], see [`SqliteStore::open`].
-    leases: Option<Mutex<Connection>>,
-    /// The checkpointer thread, which ends when this is dropped.
-    _lease_sync: Option<Checkpointer>,
-    /// Lease commits so far, for the checkpointer to see whether there is
-    /// anything to sync.
-    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Where DHCP leases go first (None in memory, where leases go straight
+    /// into the table): see [`super::lease_journal`].
+    leases: Option<Arc<LeaseLog>>,
+    /// The `lease-sync` thread, which ends when this is dropped.
+    _lease_sync: Option<std::sync::mpsc::Sender<()>>,
 }
 
-/// How long a lease written by the DHCP server may wait for its fsync.
-pub const LEASE_SYNC_EVERY: Duration = Duration::from_millis(500);
-
-/// A thread that checkpoints the WAL (and with it fsyncs what the lease
-/// connection wrote) every [`LEASE_SYNC_EVERY`] while there was something
-/// new, off the DHCP path: the lease writer never waits for the disk.
-struct Checkpointer {
-    /// Dropped with the store: the thread sees the channel close and ends.
-    _stop: std::sync::mpsc::Sender<()>,
+/// The lease journal and the connection that folds it into the table.
+struct LeaseLog {
+    journal: LeaseJournal,
+    /// `synchronous=FULL`: a fold is on disk when it returns.
+    conn: Mutex<Connection>,
 }
 
-impl Checkpointer {
-    fn start(path: &Path, written: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Result<Self, rusqlite::Error> {
-        use std::sync::atomic::Ordering;
-        let conn = Connection::open(path)?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        std::thread::Builder::new()
-            .name("lease-sync".into())
-            .spawn(move || {
-                let mut seen = 0;
-                // Ends when the store is dropped (the sender goes).
-                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(LEASE_SYNC_EVERY) {
-                    let now = written.load(Ordering::Relaxed);
-                    if now == seen {
-                        continue;
-                    }
-                    // PASSIVE never blocks the writer: it copies what it can
-                    // and fsyncs the WAL first, so every lease committed
-                    // before it is on disk after it. A failure is retried
-                    // on the next round (the WAL keeps everything).
-                    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-                        Ok(()) => seen = now,
-                        Err(e) => tracing::warn!("lease checkpoint failed, retried: {e}"),
-                    }
-                }
-            })
-            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
-        Ok(Checkpointer { _stop: stop })
+fn journal_err(e: std::io::Error) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        StoreError::DiskFull
+    } else {
+        StoreError::Journal(e)
     }
+}
+
+impl LeaseLog {
+    /// Commits what the journal holds to the leases table (fsync'd), then
+    /// empties the journal of it; appends go on meanwhile.
+    fn fold(&self) -> Result<(), StoreError> {
+        let folding = self.journal.begin_fold().map_err(journal_err)?;
+        if folding.is_empty() {
+            return Ok(());
+        }
+        let mut c = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = c.transaction()?;
+        apply_lease_changes(&tx, &folding)?;
+        tx.commit()?;
+        self.journal.end_fold(folding).map_err(journal_err)
+    }
+
+    /// Folds every [`FOLD_EVERY`] until `stop`'s sender is dropped.
+    fn keep_folding(self: Arc<Self>, stop: std::sync::mpsc::Receiver<()>) {
+        let mut failing = false;
+        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(FOLD_EVERY) {
+            match self.fold() {
+                Ok(()) if failing => {
+                    failing = false;
+                    tracing::info!("DHCP leases are folded into the state database again");
+                }
+                Ok(()) => {}
+                // The journal keeps everything; one line, not one per round.
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!("DHCP leases stay in the journal, retried every {FOLD_EVERY:?}: {e}");
+                }
+                Err(_) => {}
+            }
+        }
+        // A last fold, so a clean stop leaves an empty journal.
+        let _ = self.fold();
+    }
+}
+
+/// Writes lease changes in order: a client's other rows go first (by
+/// leases_by_mac; `ip = ? OR mac = ?` would scan the table once per lease),
+/// then the lease is written over whatever held its address, in place when
+/// a row is there (a renewal: one index probe instead of a delete and an
+/// insert).
+fn apply_lease_changes(tx: &rusqlite::Transaction<'_>, changes: &[LeaseChange]) -> Result<(), StoreError> {
+    let mut del_mac = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND mac = ?2 AND ip <> ?3")?;
+    let mut upsert = tx.prepare_cached(
+        "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (net, ip) DO UPDATE SET mac = excluded.mac, expiry = excluded.expiry,
+         hostname = excluded.hostname, client_id = excluded.client_id, kind = excluded.kind",
+    )?;
+    let mut rm = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND ip = ?2")?;
+    for ch in changes {
+        match ch {
+            LeaseChange::Upsert(l) => {
+                let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
+                del_mac.execute(params![l.net, mac, ip])?;
+                upsert.execute(params![
+                    l.net,
+                    ip,
+                    mac,
+                    i64::try_from(l.expiry).unwrap_or(i64::MAX),
+                    l.hostname,
+                    l.client_id,
+                    kind_str(l.kind)
+                ])?;
+            }
+            LeaseChange::Remove { net, ip } => {
+                rm.execute(params![net, ip.to_string()])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The schema as lanyard wrote it before projects (version 0): a fresh
@@ -199,8 +241,8 @@ pub fn restrict_mode(path: &Path, allowed: u32) -> std::io::Result<bool> {
 }
 
 /// The database and SQLite's companion files (WAL, shared memory, rollback journal).
-fn db_files(dir: &Path) -> [PathBuf; 4] {
-    ["lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "lanyard.db-journal"].map(|f| dir.join(f))
+fn db_files(dir: &Path) -> [PathBuf; 6] {
+    ["lanyard.db", "lanyard.db-wal", "lanyard.db-shm", "lanyard.db-journal", JOURNAL, FOLDING].map(|f| dir.join(f))
 }
 
 /// Creates the database file 0600 if it is missing (SQLite then gives its
@@ -243,35 +285,45 @@ impl SqliteStore {
             StoreError::Db(source) => open_err(source),
             other => other,
         })?;
-        // The lease writer's connection: synchronous=NORMAL, so a commit
-        // is in the OS (it survives any crash of the daemon, the case the
-        // DHCP clients outlive) when the ACK goes, without waiting for the
-        // disk; the checkpointer fsyncs it within LEASE_SYNC_EVERY. A power
-        // loss, which takes the guests down with their server, may cost
-        // the last leases: the guests ask again (docs/reliability.md).
-        // No checkpoint runs inside its commits (they fsync).
-        let leases = Connection::open(&path).map_err(open_err)?;
-        leases.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
-        leases.pragma_update(None, "wal_autocheckpoint", 0).map_err(open_err)?;
-        leases.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
-        let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-        let checkpointer = Checkpointer::start(&path, written.clone()).map_err(open_err)?;
-        // The WAL and shared-memory files exist now; SQLite made them with
-        // the database's mode, which this checks.
+        // DHCP leases go to the journal, and from it into the table: see
+        // store::lease_journal. What a previous run left there is
+        // committed first.
+        let (journal, left) = LeaseJournal::open(dir).map_err(journal_err)?;
+        let fold_conn = Connection::open(&path).map_err(open_err)?;
+        fold_conn.pragma_update(None, "synchronous", "FULL").map_err(open_err)?;
+        fold_conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+        if !left.is_empty() {
+            let tx = conn.transaction()?;
+            apply_lease_changes(&tx, &left)?;
+            tx.commit()?;
+            tracing::info!("{} lease changes from the journal committed to the state database", left.len());
+        }
+        journal.recovered().map_err(journal_err)?;
+        let log = Arc::new(LeaseLog { journal, conn: Mutex::new(fold_conn) });
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let folder = log.clone();
+        std::thread::Builder::new()
+            .name("lease-sync".into())
+            .spawn(move || folder.keep_folding(stopped))
+            .map_err(journal_err)?;
+        // The WAL, shared-memory and journal files exist now; SQLite made
+        // its files with the database's mode, which this checks.
         make_private(dir)?;
-        Ok(SqliteStore {
-            conn: Mutex::new(conn),
-            leases: Some(Mutex::new(leases)),
-            _lease_sync: Some(checkpointer),
-            written,
-        })
+        Ok(SqliteStore { conn: Mutex::new(conn), leases: Some(log), _lease_sync: Some(stop) })
     }
 
     /// An in-memory store for tests.
     pub fn in_memory() -> Result<Self, StoreError> {
         let mut conn = Connection::open_in_memory()?;
         migrate(&mut conn)?;
-        Ok(SqliteStore { conn: Mutex::new(conn), leases: None, _lease_sync: None, written: Default::default() })
+        Ok(SqliteStore { conn: Mutex::new(conn), leases: None, _lease_sync: None })
+    }
+
+    /// Brings the leases table up to date with the journal, before the
+    /// table is read or rewritten outside it (so an older journal record
+    /// is never replayed over a newer write).
+    fn fold_leases(&self) -> Result<(), StoreError> {
+        self.leases.as_ref().map_or(Ok(()), |l| l.fold())
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
@@ -432,6 +484,7 @@ impl Store for SqliteStore {
     }
 
     fn delete_network(&self, key: &str) -> Result<(), StoreError> {
+        self.fold_leases()?;
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute("DELETE FROM leases WHERE net = ?1", [key])?;
@@ -484,6 +537,7 @@ impl Store for SqliteStore {
     }
 
     fn release_port(&self, port: &Port, hold: Option<&Lease>) -> Result<(), StoreError> {
+        self.fold_leases()?;
         let mut c = self.conn();
         let tx = c.transaction()?;
         tx.execute("DELETE FROM leases WHERE net = ?1 AND mac = ?2", params![port.net, port.mac.to_string()])?;
@@ -513,6 +567,7 @@ impl Store for SqliteStore {
     }
 
     fn leases(&self) -> Result<Vec<Lease>, StoreError> {
+        self.fold_leases()?;
         let c = self.conn();
         let mut st =
             c.prepare("SELECT net, ip, mac, expiry, hostname, client_id, kind FROM leases ORDER BY net, ip")?;
@@ -598,47 +653,13 @@ impl Store for SqliteStore {
     }
 
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
-        let mut c = match &self.leases {
-            Some(l) => l.lock().unwrap_or_else(|p| p.into_inner()),
-            None => self.conn(),
-        };
-        let tx = c.transaction()?;
-        {
-            // A client's other rows go first (by leases_by_mac; `ip = ? OR
-            // mac = ?` would scan the table once per lease), then the
-            // lease is written over whatever held its address, in place
-            // when a row is there (a renewal, the common case under load:
-            // one index probe instead of a delete and an insert).
-            let mut del_mac = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND mac = ?2 AND ip <> ?3")?;
-            let mut upsert = tx.prepare_cached(
-                "INSERT INTO leases (net, ip, mac, expiry, hostname, client_id, kind) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                 ON CONFLICT (net, ip) DO UPDATE SET mac = excluded.mac, expiry = excluded.expiry,
-                 hostname = excluded.hostname, client_id = excluded.client_id, kind = excluded.kind",
-            )?;
-            let mut rm = tx.prepare_cached("DELETE FROM leases WHERE net = ?1 AND ip = ?2")?;
-            for ch in changes {
-                match ch {
-                    LeaseChange::Upsert(l) => {
-                        let (ip, mac) = (l.ip.to_string(), l.mac.to_string());
-                        del_mac.execute(params![l.net, mac, ip])?;
-                        upsert.execute(params![
-                            l.net,
-                            ip,
-                            mac,
-                            i64::try_from(l.expiry).unwrap_or(i64::MAX),
-                            l.hostname,
-                            l.client_id,
-                            kind_str(l.kind)
-                        ])?;
-                    }
-                    LeaseChange::Remove { net, ip } => {
-                        rm.execute(params![net, ip.to_string()])?;
-                    }
-                }
-            }
+        if let Some(log) = &self.leases {
+            return log.journal.append(changes).map_err(journal_err);
         }
+        let mut c = self.conn();
+        let tx = c.transaction()?;
+        apply_lease_changes(&tx, changes)?;
         tx.commit()?;
-        self.written.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
@@ -669,8 +690,8 @@ mod tests {
     }
 
     #[test]
-    fn dhcp_leases_reach_the_database_file_within_the_sync_interval() {
-        let dir = std::env::temp_dir().join(format!("lanyard-store-sync-{}", std::process::id()));
+    fn dhcp_leases_are_folded_into_the_database_within_the_fold_interval() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-fold-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let store = SqliteStore::open(&dir).unwrap();
@@ -678,22 +699,42 @@ mod tests {
             .map(|i| LeaseChange::Upsert(lease(&format!("192.168.122.{i}"), &format!("52:54:00:00:00:{i:02x}"))))
             .collect();
         store.write_leases(&changes).unwrap();
-        // Seen at once through the main connection (WAL readers).
-        assert_eq!(store.leases().unwrap().len(), 20);
-        // The lease connection never checkpoints itself; the checkpointer
-        // must have copied (and fsync'd) the leases into the database file:
-        // a copy of that file alone, without the WAL, holds them.
-        std::thread::sleep(LEASE_SYNC_EVERY * 3);
+        assert!(std::fs::metadata(dir.join(JOURNAL)).unwrap().len() > 0, "in the journal at once");
+        // The lease-sync thread must have committed them to the database
+        // (WAL and database file, without the journal) and emptied the
+        // journal.
+        std::thread::sleep(FOLD_EVERY * 3);
+        assert_eq!(std::fs::metadata(dir.join(JOURNAL)).unwrap().len(), 0, "the journal is folded");
         let copy = dir.join("copy");
         std::fs::create_dir_all(&copy).unwrap();
-        std::fs::copy(dir.join("lanyard.db"), copy.join("lanyard.db")).unwrap();
+        for f in ["lanyard.db", "lanyard.db-wal"] {
+            std::fs::copy(dir.join(f), copy.join(f)).unwrap();
+        }
         let alone = Connection::open(copy.join("lanyard.db")).unwrap();
         let n: i64 = alone.query_row("SELECT count(*) FROM leases", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 20, "leases in the database file itself");
+        assert_eq!(n, 20, "leases in the database itself");
         drop(store);
         let store = SqliteStore::open(&dir).unwrap();
         assert_eq!(store.leases().unwrap().len(), 20, "and after reopening");
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn leases_left_in_the_journal_are_there_after_a_restart_and_reads_see_them_at_once() {
+        let dir = std::env::temp_dir().join(format!("lanyard-store-journal-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(&dir).unwrap();
+        store.write_leases(&[LeaseChange::Upsert(lease("192.168.122.7", "52:54:00:00:00:07"))]).unwrap();
+        assert_eq!(store.leases().unwrap().len(), 1, "a read folds first");
+        store.write_leases(&[LeaseChange::Upsert(lease("192.168.122.8", "52:54:00:00:00:08"))]).unwrap();
+        // As if the daemon died before the next fold: the thread's last
+        // fold is skipped by leaking the store.
+        std::mem::forget(store);
+        let again = SqliteStore::open(&dir).unwrap();
+        let ips: Vec<String> = again.leases().unwrap().iter().map(|l| l.ip.to_string()).collect();
+        assert_eq!(ips, vec!["192.168.122.7", "192.168.122.8"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
