@@ -42,7 +42,7 @@ cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 c0=$(cpu "$PID")
 PERF_PID=
-if command -v perf >/dev/null 2>&1; then
+if [ -z "${NO_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
     perf record -F 1999 -g -p "$PID" -o "$d/perf.data" -- sleep "$PERIOD" >/dev/null 2>&1 &
     PERF_PID=$!
 fi

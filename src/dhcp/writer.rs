@@ -2,9 +2,10 @@
 //!
 //! Every DHCP server hands its lease changes to one writer thread. The
 //! thread takes whatever has queued up while the previous commit ran and
-//! writes it all in one transaction, so under load one fsync covers many
-//! ACKs, and at idle a lease is durable in one commit's time. SQLite stays
-//! off the async runtime, and a server's receive loop never waits for it:
+//! writes it all at once (with the SQLite store: one append to the lease
+//! journal), so under load one commit covers many ACKs, and at idle a lease
+//! is durable in one commit's time. The store stays off the async
+//! runtime, and a server's receive loop never waits for it:
 //! it [`submit`](LeaseWriter::submit)s a batch with what to do once the
 //! batch is durable (send the ACKs), and goes on receiving.
 
