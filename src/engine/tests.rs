@@ -1061,6 +1061,8 @@ mod vlans {
 
 mod floating;
 
+mod forwards;
+
 mod projects {
     use super::*;
     use crate::model::ProjectSpec;
