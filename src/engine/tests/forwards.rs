@@ -121,3 +121,33 @@ fn refusals_and_failures_change_nothing() {
     assert!(forwards(&r).0.iter().all(|f| f.net != "a") && forwards(&r).1.iter().all(|f| f.net != "a"));
     assert_eq!(set(&r, "port_fwd").len(), 1, "the route network's UDP forward stays");
 }
+
+/// A forward written through another host (a cluster member) is followed:
+/// the watch's change makes this engine read the forwards again and put
+/// the elements in its kernel; its deletion takes them out.
+#[test]
+fn a_forward_made_through_another_host_is_followed() {
+    use crate::store::{Change, DocumentChange, FORWARDS};
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let web = r.engine.create_port(PortSpec { vm: "web1".into(), ..port("a") }).unwrap();
+    let f = PortForward {
+        net: "a".into(),
+        proto: crate::model::forwards::Proto::Tcp,
+        host_port: 8080,
+        address: None,
+        to_port: web.id.clone(),
+        to_port_number: 80,
+    };
+    let body = serde_json::to_string(&f).unwrap();
+    r.store.write_documents(&[DocumentChange::put(FORWARDS, f.doc_key(), &f)]).unwrap();
+    let change = Change::Document { kind: FORWARDS.into(), key: f.doc_key(), body: Some(body) };
+    assert!(!r.engine.holds(&change));
+    assert!(r.engine.follow(std::slice::from_ref(&change), false).unwrap());
+    assert!(r.engine.holds(&change));
+    assert_eq!(set(&r, "port_fwd"), [format!("0.0.0.0/0 . tcp . 8080 : {} . 80", web.ip.unwrap())]);
+    r.store.write_documents(&[DocumentChange::delete(FORWARDS, f.doc_key())]).unwrap();
+    let gone = Change::Document { kind: FORWARDS.into(), key: f.doc_key(), body: None };
+    assert!(r.engine.follow(&[gone], false).unwrap());
+    assert!(set(&r, "port_fwd").is_empty() && r.engine.forwards("a").unwrap().is_empty());
+}
