@@ -176,11 +176,18 @@ impl Engine {
         }
         forward.to_port.clone_from(&port.id);
         if let Some(other) = self.forwards.iter().find(|f| f.overlaps(&forward)) {
-            let on = self.networks.iter().find(|n| n.key() == other.net).map_or(other.net.as_str(), |n| &n.name);
+            // Host ports are shared by every project; another project's
+            // forward is named only as that, not by its network or port.
+            let theirs = self.networks.iter().find(|n| n.key() == other.net);
+            let whose = match theirs {
+                Some(n) if n.project == network.project => {
+                    format!("to port {} on network {:?}", other.to_port, n.name)
+                }
+                _ => "by another project".into(),
+            };
             return Err(EngineError::Conflict(format!(
-                "host port {} is already forwarded (to port {} on network {on:?}): delete that forward first",
-                other.label(),
-                other.to_port
+                "host port {} is already forwarded ({whose}): delete that forward first",
+                other.label()
             )));
         }
         let gateway = |a: Ipv4Addr| self.networks.iter().any(|n| n.has_host_address() && n.gateway == a);

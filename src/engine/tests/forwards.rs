@@ -151,3 +151,25 @@ fn a_forward_made_through_another_host_is_followed() {
     assert!(r.engine.follow(&[gone], false).unwrap());
     assert!(set(&r, "port_fwd").is_empty() && r.engine.forwards("a").unwrap().is_empty());
 }
+
+/// Host ports are shared by every project: another project's forward of
+/// the same port refuses a new one without naming its network or port.
+#[test]
+fn another_projects_forward_is_not_named() {
+    use crate::model::ProjectSpec;
+    let mut r = rig();
+    r.engine.create_network(spec("a", "nat", "10.1.0.0/24")).unwrap();
+    let web = r.engine.create_port(PortSpec { vm: "web1".into(), ..port("a") }).unwrap();
+    r.engine.add_forward("a", forward("tcp", 8080, "web1", None)).unwrap();
+    r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
+    r.engine.create_network(NetworkSpec { project: Some("red".into()), ..spec("b", "nat", "10.2.0.0/24") }).unwrap();
+    let key = r.engine.network_key("red", "b").unwrap();
+    r.engine.create_port(PortSpec { vm: "db".into(), project: Some("red".into()), ..port("b") }).unwrap();
+    let e = r.engine.add_forward(&key, forward("tcp", 8080, "db", None)).unwrap_err();
+    let text = e.to_string();
+    assert!(matches!(e, EngineError::Conflict(_)) && text.contains("by another project"), "{text}");
+    assert!(!text.contains(&web.id) && !text.contains("\"a\""), "{text}");
+    // Within one project the message names the forward's port.
+    let e = r.engine.add_forward("a", forward("tcp", 8080, "web1", Some(81))).unwrap_err();
+    assert!(e.to_string().contains(&web.id), "{e}");
+}
