@@ -6,7 +6,8 @@
 //! a second VM of the same network reaches the forward through the host's
 //! address and is answered (hairpin: masqueraded to the gateway); a VM of
 //! another network reaches it too; a forward on one address is only
-//! there; a restart keeps the forwards (the map exactly); after a delete,
+//! there; a restart keeps the forwards (the map exactly), and so does a
+//! flushed ruleset (self-healing); after a delete,
 //! and after the port's deletion, nothing answers. Needs root; see
 //! `common::privileged`.
 
@@ -199,6 +200,17 @@ fn a_forward_publishes_a_vms_port_on_the_hosts_addresses() {
     assert_eq!(map(&host), before, "a restart changed the map");
     assert_eq!(ask(&out, "tcp", HOST_UP, 8080), format!("web1 {OUT}"), "the forward lost across a restart");
     assert_eq!(ask(&out, "udp", HOST_UP, 5353), format!("web1 {OUT}"), "the UDP forward lost across a restart");
+
+    // A flushed ruleset (in the host namespace) gets them back: self-healing.
+    host.ns.exec_ok("nft", &["flush", "ruleset"]);
+    let healed = (0..50).any(|_| {
+        map(&host) == before || {
+            std::thread::sleep(Duration::from_millis(100));
+            false
+        }
+    });
+    assert!(healed, "the map did not come back after a flush: {}", map(&host));
+    assert_eq!(ask(&out, "tcp", HOST_UP, 8080), format!("web1 {OUT}"), "the forward lost to a flush");
 
     // Deleted: nothing answers (the other forwards stay).
     host.cli_ok(&["net", "forward", "delete", NET, "--proto", "tcp", "--host-port", "8080"]);
