@@ -6,10 +6,10 @@
 //! a second VM of the same network reaches the forward through the host's
 //! address and is answered (hairpin: masqueraded to the gateway); a VM of
 //! another network reaches it too; a forward on one address is only
-//! there; a restart keeps the forwards (the map exactly), and so does a
-//! flushed ruleset (self-healing); after a delete,
-//! and after the port's deletion, nothing answers. Needs root; see
-//! `common::privileged`.
+//! there; a guest's own connection to that port elsewhere is untouched; a
+//! restart keeps the forwards (the map exactly), and so does a flushed
+//! ruleset (self-healing); after a delete, and after the port's deletion,
+//! nothing answers. Needs root; see `common::privileged`.
 
 mod common;
 
