@@ -429,6 +429,15 @@ struct DeleteNetwork {
     force: Option<bool>,
 }
 
+/// The query of `DELETE /v1/networks/{name}/forwards/{proto}/{host_port}`:
+/// `?address=A` names the forward on one address when there are several.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DeleteForward {
+    project: Option<String>,
+    address: Option<String>,
+}
+
 /// Parses a route's query string as `T`; a refusal says what was wrong.
 fn query<T: DeserializeOwned>(uri: &Uri) -> Result<T, Rejection> {
     Query::<T>::try_from_uri(uri).map(|Query(q)| q).map_err(|e| {
@@ -742,6 +751,41 @@ pub fn router_for(state: Shared, transport: Transport) -> Router {
                         on_network(s, caller, &uri, name, move |e, key| e.delete_host(&key, &mac))
                             .await
                             .map(|_| StatusCode::NO_CONTENT)
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}/forwards",
+                get(|State(s): State<Shared>, caller: Caller, Path(name): Path<String>, uri: Uri| async move {
+                    on_network(s, caller, &uri, name, |e, key| e.forwards(&key)).await.map(Json)
+                })
+                .post(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path(name): Path<String>,
+                     uri: Uri,
+                     JsonBody(spec): JsonBody<crate::model::forwards::PortForwardSpec>| async move {
+                        on_network(s, caller, &uri, name, move |e, key| e.add_forward(&key, spec))
+                            .await
+                            .map(|f| (StatusCode::CREATED, Json(f)))
+                    },
+                ),
+            )
+            .route(
+                "/v1/networks/{name}/forwards/{proto}/{host_port}",
+                axum::routing::delete(
+                    |State(s): State<Shared>,
+                     caller: Caller,
+                     Path((name, proto, host_port)): Path<(String, String, String)>,
+                     uri: Uri| async move {
+                        let q: DeleteForward = query(&uri).map_err(IntoResponse::into_response)?;
+                        with_engine(s, move |e| {
+                            let key = e.network_key(&caller.project(q.project.as_deref())?, &name)?;
+                            e.delete_forward(&key, &proto, &host_port, q.address.as_deref())
+                        })
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                        .map_err(IntoResponse::into_response)
                     },
                 ),
             )

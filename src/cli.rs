@@ -14,6 +14,7 @@ use crate::model::DEFAULT_PROJECT;
 
 pub mod declare;
 pub mod fip;
+pub mod forwards;
 pub mod hosts;
 pub mod import;
 pub mod topo;
@@ -386,6 +387,9 @@ pub enum NetCommand {
     /// and a DNS name.
     #[command(subcommand)]
     Host(hosts::HostCommand),
+    /// Port forwards: a host port (TCP or UDP) to a port of a guest.
+    #[command(subcommand)]
+    Forward(forwards::ForwardCommand),
     /// Start a stopped network.
     Start {
         /// Network name.
@@ -1986,6 +1990,7 @@ pub fn run_client(endpoint: Endpoint, cmd: Command) -> Result<(), CliError> {
         Command::Export { output } => declare::export(&c, output)?,
         Command::Apply { file, dry_run } => declare::apply(&c, &import::read_text(&file)?, dry_run)?,
         Command::Net(NetCommand::Host(cmd)) => hosts::run(&c, cmd)?,
+        Command::Net(NetCommand::Forward(cmd)) => forwards::run(&c, cmd)?,
     }
     Ok(())
 }

@@ -14,6 +14,7 @@ use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
 pub mod floating;
+pub mod forwards;
 pub mod grants;
 pub mod hosts;
 

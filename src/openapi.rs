@@ -27,9 +27,11 @@ use crate::auth::{NewToken, Token, TokenSpec};
 use crate::cloudinit::Seed;
 use crate::daemon::cluster::NodeView;
 use crate::engine::floating::{FipPoolView, FipView};
+use crate::engine::forwards::ForwardView;
 use crate::engine::projects::ProjectView;
 use crate::engine::{BridgeView, PortView, StatusView};
 use crate::model::floating::{FipPoolSpec, FipSpec};
+use crate::model::forwards::PortForwardSpec;
 use crate::model::grants::GrantSpec;
 use crate::model::hosts::{StaticHost, StaticHostSpec};
 use crate::model::{Lease, Network, NetworkPatch, NetworkSpec, PortSpec, ProjectSpec};
@@ -108,6 +110,13 @@ const PROJECT: Param = Param {
 const PROJECT_FILTER: Param = Param {
     name: "project",
     doc: "Only this project's (default: every project the caller sees).",
+    kind: ParamKind::Text,
+    required: false,
+};
+
+const ADDRESS: Param = Param {
+    name: "address",
+    doc: "The host address of the forward, when the network has the port forwarded on several.",
     kind: ParamKind::Text,
     required: false,
 };
@@ -291,6 +300,33 @@ pub const ROUTES: &[Route] = &[
         One(StaticHost::name),
     ),
     route("DELETE", "/v1/networks/{name}/hosts/{mac}", "Delete a static DHCP host.", &[PROJECT], None, 204, Empty),
+    route(
+        "GET",
+        "/v1/networks/{name}/forwards",
+        "List the port forwards into the network.",
+        &[PROJECT],
+        None,
+        200,
+        List(ForwardView::name),
+    ),
+    route(
+        "POST",
+        "/v1/networks/{name}/forwards",
+        "Forward a host port (TCP or UDP) to a port of one of the network's guests.",
+        &[PROJECT],
+        Some(One(PortForwardSpec::name)),
+        201,
+        One(ForwardView::name),
+    ),
+    route(
+        "DELETE",
+        "/v1/networks/{name}/forwards/{proto}/{host_port}",
+        "Delete a port forward.",
+        &[PROJECT, ADDRESS],
+        None,
+        204,
+        Empty,
+    ),
     route("GET", "/v1/ports", "List ports.", &[VM, NET, PROJECT_FILTER], None, 200, List(PortView::name)),
     route(
         "POST",
@@ -393,6 +429,8 @@ pub const ROUTES: &[Route] = &[
     Lease,
     StaticHost,
     StaticHostSpec,
+    ForwardView,
+    PortForwardSpec,
     PortView,
     PortSpec,
     Seed,
@@ -550,6 +588,8 @@ fn path_example(name: &str) -> &'static str {
         "ip" => "203.0.113.10",
         "lease" => "192.168.122.10",
         "id" => "1a2b3c4d",
+        "proto" => "tcp",
+        "host_port" => "8080",
         _ => "default",
     }
 }

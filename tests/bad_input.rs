@@ -31,6 +31,7 @@ struct Snapshot {
     projects: Value,
     fips: Value,
     hosts: Value,
+    forwards: Value,
     nets: Value,
     ports: Value,
     leases: Value,
@@ -55,6 +56,7 @@ fn snapshot(host: &Host) -> Snapshot {
         projects: host.cli_json(&["project", "list"]),
         fips: host.cli_json(&["fip", "list"]),
         hosts: host.cli_json(&["net", "host", "list", NET]),
+        forwards: host.cli_json(&["net", "forward", "list", NET]),
         nets: host.cli_json(&["net", "list", "--all"]),
         ports: host.cli_json(&["port", "list"]),
         leases: host.cli_json(&["lease", "list", NET]),
@@ -89,6 +91,7 @@ fn diff(before: &Snapshot, after: &Snapshot) -> String {
     };
     part("project list", items(&before.projects), items(&after.projects));
     part("fip list", items(&before.fips), items(&after.fips));
+    part("net forward list", items(&before.forwards), items(&after.forwards));
     part("net list", items(&before.nets), items(&after.nets));
     part("port list", items(&before.ports), items(&after.ports));
     part("lease list", items(&before.leases), items(&after.leases));
@@ -164,6 +167,9 @@ fn wrong_input_is_refused_without_side_effects() {
     host.cli_ok(&["fip", "create", "--ip", "198.51.100.10"]);
     // A static DHCP host (a MAC that is not a port), for the host cases.
     host.cli_ok(&["net", "host", "add", NET, "--mac", HOST_MAC, "--ip", HOST_IP, "--name", "printer"]);
+    // A port forward, for the duplicate case.
+    host.cli_ok(&["net", "forward", "add", NET, "--proto", "tcp", "--host-port", "8080", "--to", "vm1:80"]);
+    let forward = |extra: &[&str]| -> Vec<String> { argv(&[&["net", "forward", "add", NET], extra].concat()) };
     let spare_ns = spare.name().to_string();
     let never_state = spare.dir().join("never").display().to_string();
     let missing_ns = unique("miss"); // never created
@@ -819,6 +825,79 @@ fn wrong_input_is_refused_without_side_effects() {
             argv(&["fip", "create", "--ip", "198.51.100.10"]),
             CONFLICT,
             &["already held"],
+        ),
+        // Port forwards.
+        case(
+            "forward of a host port already forwarded",
+            forward(&["--proto", "tcp", "--host-port", "8080", "--to", "vm1:81"]),
+            CONFLICT,
+            &["tcp/8080", "already forwarded"],
+        ),
+        case(
+            "forward of a port forwarded on every address, on one",
+            forward(&["--proto", "tcp", "--host-port", "8080", "--to", "vm1", "--address", "198.51.100.1"]),
+            CONFLICT,
+            &["already forwarded"],
+        ),
+        case(
+            "forward to an unknown port",
+            forward(&["--proto", "tcp", "--host-port", "8081", "--to", "nobody:80"]),
+            NOT_FOUND,
+            &["nobody"],
+        ),
+        case(
+            "forward of host port 0",
+            forward(&["--proto", "tcp", "--host-port", "0", "--to", "vm1:80"]),
+            INVALID,
+            &["host port", "1 to 65535"],
+        ),
+        case(
+            "forward to guest port 0",
+            forward(&["--proto", "tcp", "--host-port", "8081", "--to", "vm1:0"]),
+            INVALID,
+            &["1 to 65535"],
+        ),
+        case(
+            "forward of host port 65536",
+            forward(&["--proto", "tcp", "--host-port", "65536", "--to", "vm1:80"]),
+            INVALID,
+            &["65536"],
+        ),
+        case(
+            "forward of ICMP",
+            forward(&["--proto", "icmp", "--host-port", "8081", "--to", "vm1:80"]),
+            INVALID,
+            &["icmp", "tcp or udp"],
+        ),
+        case(
+            "forward to a guest port that is not a number",
+            forward(&["--proto", "tcp", "--host-port", "8081", "--to", "vm1:http"]),
+            INVALID,
+            &["vm1:http"],
+        ),
+        case(
+            "forward on a loopback address",
+            forward(&["--proto", "tcp", "--host-port", "8081", "--to", "vm1", "--address", "127.0.0.1"]),
+            INVALID,
+            &["loopback"],
+        ),
+        case(
+            "forward of DNS on every address",
+            forward(&["--proto", "udp", "--host-port", "53", "--to", "vm1"]),
+            CONFLICT,
+            &["DNS"],
+        ),
+        case(
+            "forward into another project's network",
+            as_owner(&["net", "forward", "add", NET, "--proto", "tcp", "--host-port", "8081", "--to", "vm1"]),
+            NOT_FOUND,
+            &[NET],
+        ),
+        case(
+            "deleting a forward that is not there",
+            argv(&["net", "forward", "delete", NET, "--proto", "tcp", "--host-port", "8081"]),
+            NOT_FOUND,
+            &["tcp/8081"],
         ),
         case(
             "static host outside the subnet",

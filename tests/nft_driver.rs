@@ -26,6 +26,7 @@ use lanyard::model::grants::{Grant, Proto};
 use lanyard::model::{NetState, Network, NetworkSpec};
 use lanyard::planner::firewall::{table, table_id};
 use lanyard::planner::floating::Association;
+use lanyard::planner::forwards::LiveForward;
 use serde_json::Value as Json;
 
 // ---------------------------------------------------------------------------
@@ -132,7 +133,18 @@ fn every_mode_table() -> Table {
     // Grants of every kind, so that their sets have elements too.
     let grant = |proto, port| Grant { from: "default".into(), to: "other".into(), proto, port };
     let grants = [grant(None, None), grant(Some(Proto::Icmp), None), grant(Some(Proto::Tcp), Some(22))];
-    table(&every_mode(), &[fip], &grants).expect("networks that need rules")
+    // Port forwards on every address and on one, TCP and UDP, so that
+    // the interval map's keys of both shapes are read back too.
+    let forward = |address: Option<&str>, proto, host_port, to_port| LiveForward {
+        address: address.map(|a| a.parse().unwrap()),
+        proto,
+        host_port,
+        target: "192.168.122.5".parse().unwrap(),
+        to_port,
+        subnet: "192.168.122.0/24".parse().unwrap(),
+    };
+    let forwards = [forward(None, Proto::Tcp, 8080, 80), forward(Some("198.51.100.7"), Proto::Udp, 5353, 53)];
+    table(&every_mode(), &[fip], &forwards, &grants).expect("networks that need rules")
 }
 
 fn replace(driver: &NftDriver, t: &Table) {
@@ -222,7 +234,7 @@ fn replace_swaps_any_table_for_another_structure_atomically() {
         replace(&driver, &first);
         assert!(!nft(&["list", "table", "inet", "lanyard"]).contains("junk"));
 
-        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")], &[], &[]).unwrap();
+        let second = table(&[network("iso", "isolated", "10.40.0.0/24", "lybr4")], &[], &[], &[]).unwrap();
         let mut other = second.clone();
         other.chains.retain(|c| c.name != "postrouting");
         assert_ne!(other.fingerprint(), first.fingerprint());
@@ -327,7 +339,7 @@ fn elements_round_trip_every_set_of_the_planned_table() {
             assert_eq!(driver.elements(&table_id(), set).unwrap(), set.elements, "set {}", set.name);
         }
         // The table for fewer networks, reached with element changes only.
-        let fewer = table(&every_mode()[..3], &[], &[]).unwrap();
+        let fewer = table(&every_mode()[..3], &[], &[], &[]).unwrap();
         let changes = t.element_changes(&fewer).expect("same structure");
         driver.apply(&FirewallChange::Elements(changes)).unwrap();
         for set in &fewer.sets {
@@ -547,8 +559,8 @@ fn measure() {
         let driver = NftDriver::new().expect("driver");
         let mut ctx = Context::new().unwrap();
         let id = table_id();
-        let small = table(&every_mode(), &[], &[]).unwrap();
-        let big = table(&many_networks(10_000), &[], &[]).unwrap();
+        let small = table(&every_mode(), &[], &[], &[]).unwrap();
+        let big = table(&many_networks(10_000), &[], &[], &[]).unwrap();
         let big_elements: usize = big.sets.iter().map(|s| s.elements.len()).sum();
         println!("\n== nftables driver ({})", nft(&["--version"]).trim());
         replace(&driver, &small);

@@ -1,5 +1,5 @@
-//! `lanyard export` and `lanyard apply -f FILE`: projects, networks and
-//! static hosts as one declarative file (YAML or JSON), the way netplan or
+//! `lanyard export` and `lanyard apply -f FILE`: projects, networks,
+//! static hosts and port forwards as one declarative file (YAML or JSON), the way netplan or
 //! an Incus preseed declares them. `apply` creates what is missing and
 //! never changes or deletes what exists (a differing network is reported,
 //! not rebuilt under its guests), so applying a file twice changes nothing.
@@ -33,6 +33,12 @@ pub struct Declared {
     /// Static DHCP hosts: `net`, `project` (default `default`), `mac`, `ip`, `name`.
     #[serde(default)]
     pub hosts: Vec<Map<String, Value>>,
+    /// Port forwards: `net`, `project` (default `default`), and the fields
+    /// of `POST /v1/networks/{net}/forwards`, `to_port` naming the VM (its
+    /// port id is another on every daemon). Left out when there are none,
+    /// so a file without forwards reads as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwards: Vec<Map<String, Value>>,
 }
 
 fn text(v: &Value) -> String {
@@ -106,6 +112,27 @@ pub fn current(c: &Client) -> Result<Declared, CliError> {
             }
             d.hosts.push(m);
         }
+        if !matches!(n["mode"].as_str(), Some("nat" | "route")) {
+            // Only these take forwards: no need to ask.
+            d.networks.push(spec);
+            continue;
+        }
+        let path = with_project(&format!("/v1/networks/{}/forwards", pct(&text(&n["name"]))), Some(&project));
+        for f in c.call("GET", &path, None)?.as_array().into_iter().flatten() {
+            let mut m = Map::new();
+            m.insert("net".into(), n["name"].clone());
+            if project != DEFAULT_PROJECT {
+                m.insert("project".into(), project.clone().into());
+            }
+            for k in ["proto", "host_port", "address"] {
+                if !f[k].is_null() {
+                    m.insert(k.into(), f[k].clone());
+                }
+            }
+            m.insert("to_port".into(), f["vm"].clone());
+            m.insert("to_port_number".into(), f["to_port_number"].clone());
+            d.forwards.push(m);
+        }
         d.networks.push(spec);
     }
     Ok(d)
@@ -142,6 +169,8 @@ pub enum Step {
     Network(Map<String, Value>),
     /// Add a static host.
     Host(Map<String, Value>),
+    /// Add a port forward.
+    Forward(Map<String, Value>),
 }
 
 impl Step {
@@ -162,7 +191,34 @@ impl Step {
                 printable(&text(&h["net"])),
                 in_project(h)
             ),
+            Step::Forward(f) => format!(
+                "+ forward {} to {}:{} on network {}{}",
+                forward_label(f),
+                printable(&text(&f["to_port"])),
+                printable(&s_or(&f["to_port_number"], &f["host_port"])),
+                printable(&text(&f["net"])),
+                in_project(f)
+            ),
         }
+    }
+}
+
+/// A JSON scalar as text (`-` for none), else `or`'s.
+fn s_or(v: &Value, or: &Value) -> String {
+    match (v, or) {
+        (Value::Null, Value::Null) => "-".into(),
+        (Value::Null, o) => super::s(o),
+        (v, _) => super::s(v),
+    }
+}
+
+/// `tcp/8080` or `tcp/192.0.2.1:8080`, as the daemon names a forward.
+fn forward_label(f: &Map<String, Value>) -> String {
+    let proto = text(f.get("proto").unwrap_or(&Value::Null));
+    let port = super::s(f.get("host_port").unwrap_or(&Value::Null));
+    match f.get("address").and_then(Value::as_str) {
+        Some(a) => format!("{}/{}:{}", printable(&proto), printable(a), printable(&port)),
+        None => format!("{}/{}", printable(&proto), printable(&port)),
     }
 }
 
@@ -216,6 +272,21 @@ pub fn plan(want: &Declared, have: &Declared) -> (Vec<Step>, Vec<String>) {
             Some(_) => {}
         }
     }
+    // A forward is one protocol and port (on one address) of one network.
+    let fkey = |f: &Map<String, Value>| (project_of(f), text(&f["net"]), forward_label(f));
+    let target = |f: &Map<String, Value>| (text(&f["to_port"]), s_or(&f["to_port_number"], &f["host_port"]));
+    for f in &want.forwards {
+        match have.forwards.iter().find(|x| fkey(x) == fkey(f)) {
+            None => steps.push(Step::Forward(f.clone())),
+            Some(x) if target(x) != target(f) => differ.push(format!(
+                "forward {} on network {}{} exists to another VM or port: not changed",
+                forward_label(f),
+                printable(&text(&f["net"])),
+                in_project(f)
+            )),
+            Some(_) => {}
+        }
+    }
     (steps, differ)
 }
 
@@ -231,9 +302,35 @@ pub fn apply(c: &Client, text_in: &str, dry_run: bool) -> Result<(), CliError> {
         return emit("Nothing to change\n");
     }
     let mut out = String::new();
+    let mut skipped = 0;
     for s in &steps {
         if !dry_run {
             match s {
+                Step::Forward(f) => {
+                    let project = project_of(f);
+                    let path =
+                        with_project(&format!("/v1/networks/{}/forwards", pct(&text(&f["net"]))), Some(&project));
+                    let mut body = f.clone();
+                    body.remove("net");
+                    body.remove("project");
+                    match c.call("POST", &path, Some(&Value::Object(body))) {
+                        Ok(v) => v,
+                        // Ports are not in the file: a forward to a VM that
+                        // has no port here yet waits for the next apply.
+                        Err(CliError::Refused { kind, message }) if kind == "not_found" => {
+                            eprintln!(
+                                "warning: forward {} on network {}{} not created: {message}; apply again once the \
+                                 VM has its port",
+                                forward_label(f),
+                                printable(&text(&f["net"])),
+                                in_project(f)
+                            );
+                            skipped += 1;
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
                 Step::Project(p) => c.call("POST", "/v1/projects", Some(&Value::Object(p.clone())))?,
                 Step::Network(n) => c.call("POST", "/v1/networks", Some(&Value::Object(n.clone())))?,
                 Step::Host(h) => {
@@ -249,6 +346,8 @@ pub fn apply(c: &Client, text_in: &str, dry_run: bool) -> Result<(), CliError> {
     }
     if dry_run {
         out.push_str(&format!("Plan: {} to create (--dry-run: nothing changed)\n", steps.len()));
+    } else if skipped > 0 {
+        out.push_str(&format!("Applied: {} created, {skipped} waiting for their VMs' ports\n", steps.len() - skipped));
     } else {
         out.push_str(&format!("Applied: {} created\n", steps.len()));
     }
@@ -272,9 +371,13 @@ mod tests {
                 obj(json!({"name": "n2", "mode": "route", "subnet": "10.0.1.0/24", "project": "a"})),
             ],
             hosts: vec![obj(json!({"net": "n1", "mac": "52:54:00:00:00:01", "ip": "10.0.0.5"}))],
+            forwards: vec![obj(
+                json!({"net": "n1", "proto": "tcp", "host_port": 8080, "to_port": "web1", "to_port_number": 80}),
+            )],
         };
         let (steps, differ) = plan(&want, &Declared::default());
-        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        assert_eq!(steps[4].describe(), "+ forward tcp/8080 to web1:80 on network n1");
         assert!(differ.is_empty());
         // The same state again: nothing to do.
         let (steps, differ) = plan(&want, &want);
@@ -285,6 +388,12 @@ mod tests {
         let (steps, differ) = plan(&want, &have);
         assert!(steps.is_empty(), "{steps:?}");
         assert!(differ[0].contains("subnet"), "{differ:?}");
+        // A forward of the same port to another VM: reported, not changed.
+        let mut have = want.clone();
+        have.forwards[0].insert("to_port".into(), "web2".into());
+        let (steps, differ) = plan(&want, &have);
+        assert!(steps.is_empty(), "{steps:?}");
+        assert!(differ[0].contains("forward tcp/8080"), "{differ:?}");
     }
 
     #[test]

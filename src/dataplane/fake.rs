@@ -438,7 +438,8 @@ mod tests {
     fn firewall_failure_undoes_links() {
         let k = FakeKernel::default();
         let table =
-            crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")], &[], &[]).unwrap();
+            crate::planner::firewall::table(&[crate::model::test_network("a", "10.0.0.0/24", "b")], &[], &[], &[])
+                .unwrap();
         k.fail_on("firewall replace inet lanyard");
         let plan = Plan { ops: vec![bridge("b")], firewall: vec![FirewallChange::Replace(Box::new(table.clone()))] };
         assert!(plan.apply(&k, &Default::default()).is_err());

@@ -41,6 +41,7 @@ struct Desired {
     pools: Vec<FipPool>,
     floating_ips: Vec<FloatingIp>,
     grants: Vec<Grant>,
+    forwards: Vec<crate::model::forwards::PortForward>,
 }
 
 impl Engine {
@@ -68,6 +69,7 @@ impl Engine {
                         holds_document(&self.floating_ips, |f| f.ip.to_string() == *key, body)
                     }
                     crate::store::GRANTS => holds_document(&self.grants, |g| g.key() == *key, body),
+                    crate::store::FORWARDS => holds_document(&self.forwards, |f| f.doc_key() == *key, body),
                     _ => false,
                 }
             }
@@ -84,7 +86,10 @@ impl Engine {
         floating_ips.sort_by_key(|f| f.ip);
         let mut grants: Vec<Grant> = crate::store::load(store, crate::store::GRANTS)?;
         grants.sort();
+        let mut forwards: Vec<crate::model::forwards::PortForward> = crate::store::load(store, crate::store::FORWARDS)?;
+        forwards.sort();
         Ok(Desired {
+            forwards,
             projects: store.projects()?,
             networks: store.networks()?,
             ports: store.ports()?,
@@ -105,6 +110,7 @@ impl Engine {
             && d.pools == self.pools
             && d.floating_ips == self.floating_ips
             && d.grants == self.grants
+            && d.forwards == self.forwards
             && !self.overlay_moved()
         {
             return Ok(false);
@@ -131,9 +137,10 @@ impl Engine {
             std::mem::replace(&mut self.pools, d.pools),
             std::mem::replace(&mut self.floating_ips, d.floating_ips),
             std::mem::replace(&mut self.grants, d.grants),
+            std::mem::replace(&mut self.forwards, d.forwards),
         );
         if let Err(e) = self.commit_state(&d.networks, &d.ports, &observed, |_| Ok(()), |_| Ok(())) {
-            (self.pools, self.floating_ips, self.grants) = old_policy;
+            (self.pools, self.floating_ips, self.grants, self.forwards) = old_policy;
             for n in &stopping {
                 self.ensure_services(n);
             }

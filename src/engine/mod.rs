@@ -26,6 +26,7 @@
 //! - [`config`]: what a port's guest is told outside DHCP (cloud-init);
 //! - [`managers`]: nova's VLAN manager configuration;
 //! - [`floating`]: floating IP pools and floating IPs;
+//! - [`forwards`]: port forwards (host port to a guest's port);
 //! - [`grants`]: grants between projects;
 //! - [`mirror`]: following changes other hosts made to the store.
 
@@ -33,6 +34,7 @@ pub mod access;
 pub mod blocks;
 pub mod config;
 pub mod floating;
+pub mod forwards;
 pub mod grants;
 pub mod heal;
 pub mod host;
@@ -271,6 +273,8 @@ pub struct Engine {
     grants: Vec<crate::model::grants::Grant>,
     /// Static DHCP hosts, by network key and MAC.
     hosts: Vec<crate::model::hosts::StaticHost>,
+    /// Port forwards, ordered (by network key, protocol, port, address).
+    forwards: Vec<crate::model::forwards::PortForward>,
     networks: Vec<Network>,
     ports: Vec<Port>,
     index: PortIndex,
@@ -347,9 +351,16 @@ impl Engine {
         // Hosts of a network deleted while its hosts' delete failed go.
         hosts.retain(|h| networks.iter().any(|n| n.key() == h.net));
         hosts.sort_by(|a, b| (&a.net, a.mac).cmp(&(&b.net, b.mac)));
+        let mut forwards: Vec<crate::model::forwards::PortForward> =
+            crate::store::load(store.as_ref(), crate::store::FORWARDS)?;
+        // Forwards whose network or port went while their delete failed go
+        // (their documents stay until the next change to them: harmless).
+        forwards.retain(|f| networks.iter().any(|n| n.key() == f.net) && ports.iter().any(|p| p.id == f.to_port));
+        forwards.sort();
         let mut engine = Engine {
             grants,
             hosts,
+            forwards,
             pools,
             floating_ips,
             store,
@@ -638,6 +649,7 @@ impl Engine {
             pools: &self.pools,
             floating_ips: &self.floating_ips,
             grants: &self.grants,
+            forwards: &self.forwards,
             cluster: self.node.is_some(),
         }
     }

@@ -467,14 +467,20 @@ impl Engine {
         // Their floating IPs stay the project's, associated with nothing.
         let bound = self.bound_floating_ips(&old_ports);
         let unbound = super::floating::unbound(&bound);
+        // Its forwards go with it (their elements with its table's).
+        let forwards: Vec<_> = self.forwards.iter().filter(|f| f.net == name).cloned().collect();
         let restore = |s: &dyn Store| {
             s.put_network(&old)?;
             s.put_ports(&old_ports)?;
-            s.write_documents(&super::floating::unbind_writes(&bound))?;
+            let mut documents = super::floating::unbind_writes(&bound);
+            documents.extend(Engine::forward_writes(&forwards, true));
+            s.write_documents(&documents)?;
             s.write_leases(&old_leases)
         };
         let persist = |s: &dyn Store| {
-            s.write_documents(&super::floating::unbind_writes(&unbound))?;
+            let mut documents = super::floating::unbind_writes(&unbound);
+            documents.extend(Engine::forward_writes(&forwards, false));
+            s.write_documents(&documents)?;
             s.delete_network(name)
         };
         self.services.stop(name);
@@ -486,6 +492,7 @@ impl Engine {
         self.index = super::PortIndex::of(&ports);
         self.ports = ports;
         self.forget_ports_floating_ips(&unbound);
+        self.forwards.retain(|f| f.net != name);
         self.books.remove(name);
         if self.node.is_some() && planner::overlay::spans(&old) {
             self.release_vni(Some(&planner::overlay::vni(name).to_string()), name);

@@ -469,6 +469,10 @@ impl Engine {
                 }
             }
         }
+        // Its forwards go with it: they would lead nowhere, and a new port
+        // should not inherit them by taking its VM's name.
+        let forwards = self.forwards_to(&port.id);
+        changes.extend(self.forward_removals(&forwards));
         let firewall = per_table(&changes);
         let plan = Plan { ops, firewall };
         let lease = self.books.get(&port.net).and_then(|b| lock(b).leases().find(|l| l.mac == port.mac).cloned());
@@ -484,11 +488,15 @@ impl Engine {
             &plan,
             |t| apply_elements(t, &changes),
             |s| {
-                s.write_documents(&super::floating::unbind_writes(&unbound))?;
+                let mut documents = super::floating::unbind_writes(&unbound);
+                documents.extend(Engine::forward_writes(&forwards, false));
+                s.write_documents(&documents)?;
                 s.release_port(&port, hold.as_ref())
             },
             |s| {
-                s.write_documents(&super::floating::unbind_writes(&bound))?;
+                let mut documents = super::floating::unbind_writes(&bound);
+                documents.extend(Engine::forward_writes(&forwards, true));
+                s.write_documents(&documents)?;
                 s.put_ports(std::slice::from_ref(&port))?;
                 match &lease {
                     Some(l) => s.write_leases(&[crate::store::LeaseChange::Upsert(l.clone())]),
@@ -499,6 +507,7 @@ impl Engine {
         self.ports.retain(|p| p.id != id);
         self.index.remove(&port);
         self.forget_ports_floating_ips(&unbound);
+        self.forget_forwards(&forwards);
         if let Some(book) = self.books.get(&port.net) {
             match hold {
                 Some(_) => drop(lock(book).release_static(port.mac, now)),

@@ -1061,6 +1061,8 @@ mod vlans {
 
 mod floating;
 
+mod forwards;
+
 mod projects {
     use super::*;
     use crate::model::ProjectSpec;
@@ -1694,26 +1696,33 @@ fn cluster_members_make_devices_only_for_their_own_ports() {
 fn an_engine_recognises_its_own_writes_on_the_watch() {
     use crate::model::floating::FipSpec;
     use crate::model::ProjectSpec;
-    use crate::store::{Change, FIP_POOLS, FLOATING_IPS, GRANTS};
+    use crate::store::{Change, FIP_POOLS, FLOATING_IPS, FORWARDS, GRANTS};
     // A nat network `a` and a pool on eth0.
     let mut r = floating::rig_with_pool();
     r.engine.create_project(ProjectSpec { name: "red".into(), description: None }).unwrap();
     let p = r.engine.create_port(port("a")).unwrap();
     let f = r.engine.create_floating_ip(FipSpec::default()).unwrap();
     r.engine.associate_floating_ip(&f.ip.to_string(), &p.id, None).unwrap();
+    let forward = crate::model::forwards::PortForwardSpec {
+        proto: "tcp".into(),
+        host_port: 8080,
+        to_port: p.id.clone(),
+        ..Default::default()
+    };
+    r.engine.add_forward("a", forward).unwrap();
     let s = &r.store;
     let mut changes: Vec<Change> = Vec::new();
     changes.extend(s.projects().unwrap().into_iter().map(|p| Change::Project(p.name.clone(), Some(p))));
     changes.extend(s.networks().unwrap().into_iter().map(|n| Change::Network(n.key().into_owned(), Some(n))));
     changes.extend(s.ports().unwrap().into_iter().map(|p| Change::Port(p.id.clone(), Some(p))));
-    for kind in [FIP_POOLS, FLOATING_IPS, GRANTS] {
+    for kind in [FIP_POOLS, FLOATING_IPS, GRANTS, FORWARDS] {
         changes.extend(s.documents(kind).unwrap().into_iter().map(|(key, body)| Change::Document {
             kind: kind.into(),
             key,
             body: Some(body),
         }));
     }
-    assert!(changes.len() >= 6, "{changes:?}");
+    assert!(changes.len() >= 7, "{changes:?}");
     for c in &changes {
         assert!(r.engine.holds(c), "not recognised: {c:?}");
     }

@@ -110,6 +110,15 @@ pub enum Value {
     Icmpv6Type(Icmpv6Type),
     /// A transport protocol.
     Proto(Proto),
+    /// A kind of address as the routing table sees it (`fib ... type`).
+    AddrType(AddrType),
+}
+
+/// Kinds of address the routing table tells apart (`fib daddr type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AddrType {
+    /// An address of the host itself (any interface's, the local table).
+    Local,
 }
 
 /// The transport protocols a rule or an element names.
@@ -184,6 +193,9 @@ impl fmt::Display for Value {
                 Icmpv6Type::NdRouterAdvert => "nd-router-advert",
             }),
             Value::Proto(p) => f.write_str(p.as_str()),
+            Value::AddrType(t) => f.write_str(match t {
+                AddrType::Local => "local",
+            }),
         }
     }
 }
@@ -388,6 +400,12 @@ pub enum Field {
     L4Proto,
     /// The transport header's destination port (TCP or UDP).
     ThDport,
+    /// The transport header's source port (TCP or UDP).
+    ThSport,
+    /// The kind of the destination address by a routing lookup
+    /// (`fib daddr type`): whether the packet is for the host itself,
+    /// on whichever of its addresses, without naming them.
+    FibDaddrType,
     /// Conntrack: the source of the connection's first packet.
     CtOriginalIpSaddr,
     /// Conntrack: the destination of the connection's first packet.
@@ -416,6 +434,8 @@ impl Field {
             Field::Ibrname => "meta ibrname",
             Field::L4Proto => "meta l4proto",
             Field::ThDport => "th dport",
+            Field::ThSport => "th sport",
+            Field::FibDaddrType => "fib daddr type",
             Field::CtOriginalIpSaddr => "ct original ip saddr",
             Field::CtOriginalIpDaddr => "ct original ip daddr",
         }
@@ -901,6 +921,22 @@ mod tests {
         let range = Value::Range("10.1.0.1".parse().unwrap(), "10.1.0.9".parse().unwrap());
         let e = Element::key(vec![Value::Ifname("lybr0".into()), range]);
         assert_eq!(e.to_string(), "\"lybr0\" . 10.1.0.1-10.1.0.9");
+    }
+
+    #[test]
+    fn a_local_destination_renders_as_a_fib_lookup() {
+        let m = Match::any_of(Field::FibDaddrType, vec![Value::AddrType(AddrType::Local)]);
+        assert_eq!(m.to_string(), "fib daddr type local");
+        let r = Rule::new(
+            vec![m, Match::any_of(Field::L4Proto, vec![Value::Proto(Proto::Tcp), Value::Proto(Proto::Udp)])],
+            Action::DnatMap { fields: vec![Field::IpDaddr, Field::L4Proto, Field::ThDport], map: "port_fwd".into() },
+        );
+        assert_eq!(
+            r.to_string(),
+            "fib daddr type local meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport map @port_fwd"
+        );
+        let back = Match::in_set(&[Field::IpSaddr, Field::L4Proto, Field::ThSport], "fwd_targets");
+        assert_eq!(back.to_string(), "ip saddr . meta l4proto . th sport @fwd_targets");
     }
 
     #[test]

@@ -5,20 +5,25 @@
 //! - `inet lanyard`: each mode's policy (forward, NAT, isolation) and the
 //!   floating IPs: one DNAT map and one SNAT map, so a floating IP costs
 //!   two map elements and every packet one lookup, however many there are;
+//!   and the port forwards, likewise: one DNAT map keyed by the host's
+//!   address, protocol and port, and two sets;
 //! - `bridge lanyard`: what must be decided per bridge port, before the IP
 //!   layer: a DHCP rate per port, so one guest cannot drown its network's
 //!   DHCP server, and anti-spoofing, so a guest sends only from its own
 //!   MAC and IP (docs/anti-spoofing.md).
 
 use super::floating::{associations, Association};
+use super::forwards::{live_forwards, LiveForward};
 use super::PlanContext;
 use crate::kernel::firewall::{
-    Action, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Rule, Set, Table,
-    TableId, Tables, Value,
+    Action, AddrType, BaseChain, Chain, ChainType, DataType, Element, Family, Field, Hook, Match, Policy, Proto, Rule,
+    Set, Table, TableId, Tables, Value,
 };
 use crate::kernel::ElementChange;
 use crate::model::grants::Grant;
 use crate::model::{Mode, NetState, Network, Port};
+use ipnet::Ipv4Net;
+use std::collections::BTreeSet;
 
 /// Name of lanyard's nftables table (family inet).
 pub const NFT_TABLE: &str = "lanyard";
@@ -57,7 +62,8 @@ pub const DHCP_PORT_BURST: u32 = 40;
 /// floating IPs (only those some network needs).
 pub fn tables(networks: &[Network], ports: &[Port], policy: PlanContext<'_>) -> Tables {
     let live = associations(networks, ports, policy);
-    table(networks, &live, policy.grants)
+    let forwards = live_forwards(networks, ports, policy.forwards);
+    table(networks, &live, &forwards, policy.grants)
         .into_iter()
         .chain(bridge_table(networks, ports, policy.cluster))
         .map(|t| (t.id.clone(), t))
@@ -83,6 +89,51 @@ pub fn association_changes(changed: &[Association], add: bool) -> Vec<ElementCha
         .flat_map(association_elements)
         .map(|(set, element)| ElementChange { table: table_id(), set: set.into(), add, element })
         .collect()
+}
+
+/// The elements one live port forward puts in the `inet` table: the
+/// DNAT from the host's address (every address: 0.0.0.0/0, the map is
+/// an interval map), protocol and port to the guest's address and port;
+/// the guest's address, protocol and port as one that DNATed flows may
+/// reach; and its network's subnet with the guest's address, whose
+/// flows through the host are masqueraded (hairpin). Two forwards to one
+/// guest port share the last two: see [`forward_changes`].
+fn forward_elements(f: &LiveForward) -> [(&'static str, Element); 3] {
+    let any = Ipv4Net::default();
+    let address = f.address.map_or(any, Ipv4Net::from);
+    let host32 = Ipv4Net::from(f.target);
+    [
+        (
+            "port_fwd",
+            Element {
+                key: vec![Value::Net(address), Value::Proto(f.proto), Value::Port(f.host_port)],
+                data: vec![Value::Ip(f.target), Value::Port(f.to_port)],
+            },
+        ),
+        ("fwd_targets", Element::key(vec![Value::Ip(f.target), Value::Proto(f.proto), Value::Port(f.to_port)])),
+        ("fwd_hairpin", Element::key(vec![Value::Net(f.subnet), Value::Net(host32)])),
+    ]
+}
+
+/// Every element the live forwards `live` put in the `inet` table, once
+/// each.
+fn forward_element_set(live: &[LiveForward]) -> BTreeSet<(&'static str, Element)> {
+    live.iter().flat_map(forward_elements).collect()
+}
+
+/// The element changes that take the table from the live forwards
+/// `before` to `after`: the difference of their elements, so that an
+/// element two forwards share (one guest port behind two host ports)
+/// stays while either does. Elements only, never a rule.
+pub fn forward_changes(before: &[LiveForward], after: &[LiveForward]) -> Vec<ElementChange> {
+    let (old, new) = (forward_element_set(before), forward_element_set(after));
+    let change = |add: bool, (set, element): &(&'static str, Element)| ElementChange {
+        table: table_id(),
+        set: (*set).into(),
+        add,
+        element: element.clone(),
+    };
+    old.difference(&new).map(|e| change(false, e)).chain(new.difference(&old).map(|e| change(true, e))).collect()
 }
 
 /// Whether lanyard limits DHCP per port on `net`: an active network it
@@ -306,10 +357,10 @@ fn grant_elements(nets: &[&Network], grants: &[Grant]) -> Vec<(&'static str, Ele
     out
 }
 
-/// The table for the active networks, the live floating IPs and the
-/// grants between projects, None when no network needs rules (then
-/// lanyard has no table at all).
-pub fn table(networks: &[Network], live: &[Association], grants: &[Grant]) -> Option<Table> {
+/// The table for the active networks, the live floating IPs, the live
+/// port forwards and the grants between projects, None when no network
+/// needs rules (then lanyard has no table at all).
+pub fn table(networks: &[Network], live: &[Association], forwards: &[LiveForward], grants: &[Grant]) -> Option<Table> {
     // Open networks ask for no rules; bridge-mode bridges are the physical
     // LAN (the host's own uplink), not a private network to wall off.
     let nets: Vec<&Network> = networks
@@ -386,11 +437,21 @@ pub fn table(networks: &[Network], live: &[Association], grants: &[Grant]) -> Op
         Set::new("grants_proto", &[Ifname, Ipv4Addr, Ipv4Addr, InetProto], true),
         Set::new("grants_port", &[Ifname, Ipv4Addr, Ipv4Addr, InetProto, InetService], true),
         Set::new("grant_pairs", &[Ipv4Addr, Ipv4Addr], true),
+        // Port forwards: the host's address (0.0.0.0/0 for every one),
+        // protocol and port to a guest's address and port...
+        Set::map("port_fwd", &[Ipv4Addr, InetProto, InetService], &[Ipv4Addr, InetService], true),
+        // ... the guests' addresses, protocols and ports that DNATed
+        // flows may reach...
+        Set::new("fwd_targets", &[Ipv4Addr, InetProto, InetService], false),
+        // ... and (subnet, guest) pairs: a guest reaching a forward to
+        // its own network through the host's address is masqueraded.
+        Set::new("fwd_hairpin", &[Ipv4Addr, Ipv4Addr], true),
     ];
     let mut table = Table { id: table_id(), sets, chains: chains() };
     let grant_elements = grant_elements(&nets, grants);
     let live_elements = live.iter().flat_map(association_elements);
-    for (set, element) in live_elements.chain(grant_elements) {
+    let forward_elements = forward_element_set(forwards);
+    for (set, element) in live_elements.chain(grant_elements).chain(forward_elements) {
         if let Some(s) = table.sets.iter_mut().find(|s| s.name == set) {
             s.elements.insert(element);
         }
@@ -420,17 +481,38 @@ fn chains() -> Vec<Chain> {
     let from_floating = || Action::SnatMap { fields: vec![IpSaddr], map: "fip_snat".into() };
     // A flow a guest started to another guest's floating IP.
     let hairpin = || vec![dnat(), set(&[IpSaddr], "outbound_subnets"), set(&[IpDaddr], "fip_fixed")];
+    // Port forwards: only what is addressed to the host itself (on any of
+    // its addresses, which the routing table knows: no list of them to
+    // keep up to date), TCP or UDP (the map's key needs a transport
+    // header), is looked up.
+    let for_the_host = || Match::any_of(FibDaddrType, vec![Value::AddrType(AddrType::Local)]);
+    let tcp_or_udp = || Match::any_of(L4Proto, vec![Value::Proto(Proto::Tcp), Value::Proto(Proto::Udp)]);
+    let to_forward = || Action::DnatMap { fields: vec![IpDaddr, L4Proto, ThDport], map: "port_fwd".into() };
+    // After DNAT: a flow to a guest port some forward leads to.
+    let forwarded = || set(&[IpDaddr, L4Proto, ThDport], "fwd_targets");
+    // A floating IP's DNAT comes first: the whole address is the guest's.
     vec![
         Chain {
             name: "prerouting".into(),
             base: base(ChainType::Nat, Hook::Prerouting, -100),
-            rules: vec![rule(vec![], to_floating())],
+            rules: vec![rule(vec![], to_floating()), rule(vec![for_the_host(), tcp_or_udp()], to_forward())],
         },
-        // The host itself reaches floating IPs too.
+        // The host itself reaches floating IPs and forwards too (not on
+        // loopback: a packet from 127.0.0.1 cannot be sent to a guest).
         Chain {
             name: "nat_output".into(),
             base: base(ChainType::Nat, Hook::Output, -100),
-            rules: vec![rule(vec![], to_floating())],
+            rules: vec![
+                rule(vec![], to_floating()),
+                rule(
+                    vec![
+                        Match::none_of(IpDaddr, vec![Value::Net("127.0.0.0/8".parse().expect("literal"))]),
+                        for_the_host(),
+                        tcp_or_udp(),
+                    ],
+                    to_forward(),
+                ),
+            ],
         },
         Chain {
             name: "input".into(),
@@ -481,6 +563,20 @@ fn chains() -> Vec<Chain> {
                     vec![dnat(), Match::ct_state(&[Established, Related]), set(&[IpSaddr], "fip_fixed")],
                     accept.clone(),
                 ),
+                // Port forwards, likewise: new flows from outside, from
+                // a guest that may go out (another network's; one on the
+                // target's own bridge is same_bridge's), and the answers
+                // of those that cross bridges.
+                rule(vec![dnat(), Match::not_in_set(&[Iifname], "bridges"), forwarded()], accept.clone()),
+                rule(vec![dnat(), set(&[Iifname, IpSaddr], "outbound"), forwarded()], accept.clone()),
+                rule(
+                    vec![
+                        dnat(),
+                        Match::ct_state(&[Established, Related]),
+                        set(&[IpSaddr, L4Proto, ThSport], "fwd_targets"),
+                    ],
+                    accept.clone(),
+                ),
                 rule(vec![set(&[Iifname], "bridges"), set(&[Oifname], "bridges")], Action::Reject),
                 rule(
                     vec![Match::ct_state(&[Established, Related]), set(&[Oifname, IpDaddr], "nat_nets")],
@@ -503,6 +599,11 @@ fn chains() -> Vec<Chain> {
                 // that, any other the gateway's address.
                 rule(hairpin(), from_floating()),
                 rule(hairpin(), Action::Masquerade),
+                // A guest reaching a forward to its own network through
+                // the host: the guest behind it would answer it directly
+                // over the bridge, from the wrong address, unless it sees
+                // the gateway as the source.
+                rule(vec![dnat(), set(&[IpSaddr, IpDaddr], "fwd_hairpin")], Action::Masquerade),
                 // Nothing is translated onto a lanyard network's bridge
                 // (its own guests, or a grant's peers, see each other's
                 // addresses); a port's own traffic out leaves from its

@@ -12,12 +12,14 @@
 //!   VLAN tables;
 //! - [`firewall`]: lanyard's nftables table as a typed [`Table`];
 //! - [`floating`]: floating IPs: live associations, the pools' addresses;
+//! - [`forwards`]: port forwards: which are live;
 //! - [`overlay`]: a cluster member's VXLAN devices and their forwarding
 //!   entries towards the other hosts.
 
 pub mod filtering;
 pub mod firewall;
 pub mod floating;
+pub mod forwards;
 pub mod links;
 pub mod overlay;
 
@@ -40,6 +42,8 @@ pub struct PlanContext<'a> {
     pub floating_ips: &'a [crate::model::floating::FloatingIp],
     /// Inter-project grants.
     pub grants: &'a [crate::model::grants::Grant],
+    /// Port forwards, live or not.
+    pub forwards: &'a [crate::model::forwards::PortForward],
     /// This host is a cluster member (`--etcd`).
     pub cluster: bool,
 }
@@ -258,7 +262,15 @@ mod tests {
         let n = net("default", "192.168.122.0/24", "lybr0");
         let fip =
             floating::Association { fip: "203.0.113.10".parse().unwrap(), fixed: "192.168.122.5".parse().unwrap() };
-        let t = firewall::table(std::slice::from_ref(&n), &[fip], &[]).unwrap();
+        let fwd = forwards::LiveForward {
+            address: None,
+            proto: crate::kernel::firewall::Proto::Tcp,
+            host_port: 8080,
+            target: "192.168.122.5".parse().unwrap(),
+            to_port: 80,
+            subnet: n.subnet,
+        };
+        let t = firewall::table(std::slice::from_ref(&n), &[fip], &[fwd], &[]).unwrap();
         let expected = "table inet lanyard {
 \tcomment \"FP\"
 \tset bridges { type ifname; elements = { \"lybr0\" }; }
@@ -277,13 +289,18 @@ mod tests {
 \tset grants_proto { type ifname . ipv4_addr . ipv4_addr . inet_proto; flags interval; }
 \tset grants_port { type ifname . ipv4_addr . ipv4_addr . inet_proto . inet_service; flags interval; }
 \tset grant_pairs { type ipv4_addr . ipv4_addr; flags interval; }
+\tmap port_fwd { type ipv4_addr . inet_proto . inet_service : ipv4_addr . inet_service; flags interval; elements = { 0.0.0.0/0 . tcp . 8080 : 192.168.122.5 . 80 }; }
+\tset fwd_targets { type ipv4_addr . inet_proto . inet_service; elements = { 192.168.122.5 . tcp . 80 }; }
+\tset fwd_hairpin { type ipv4_addr . ipv4_addr; flags interval; elements = { 192.168.122.0/24 . 192.168.122.5/32 }; }
 \tchain prerouting {
 \t\ttype nat hook prerouting priority -100; policy accept;
 \t\tdnat ip to ip daddr map @fip_dnat
+\t\tfib daddr type local meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport map @port_fwd
 \t}
 \tchain nat_output {
 \t\ttype nat hook output priority -100; policy accept;
 \t\tdnat ip to ip daddr map @fip_dnat
+\t\tip daddr != 127.0.0.0/8 fib daddr type local meta l4proto { tcp, udp } dnat ip to ip daddr . meta l4proto . th dport map @port_fwd
 \t}
 \tchain input {
 \t\ttype filter hook input priority 0; policy accept;
@@ -308,6 +325,9 @@ mod tests {
 \t\tct status dnat iifname != @bridges ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
 \t\tct status dnat iifname . ip saddr @outbound ip daddr @fip_fixed meta mark set meta mark | 0x20000000 accept
 \t\tct status dnat ct state established,related ip saddr @fip_fixed meta mark set meta mark | 0x20000000 accept
+\t\tct status dnat iifname != @bridges ip daddr . meta l4proto . th dport @fwd_targets meta mark set meta mark | 0x20000000 accept
+\t\tct status dnat iifname . ip saddr @outbound ip daddr . meta l4proto . th dport @fwd_targets meta mark set meta mark | 0x20000000 accept
+\t\tct status dnat ct state established,related ip saddr . meta l4proto . th sport @fwd_targets meta mark set meta mark | 0x20000000 accept
 \t\tiifname @bridges oifname @bridges reject with icmpx admin-prohibited
 \t\tct state established,related oifname . ip daddr @nat_nets meta mark set meta mark | 0x20000000 accept
 \t\toifname . ip daddr @routed_nets meta mark set meta mark | 0x20000000 accept
@@ -319,6 +339,7 @@ mod tests {
 \t\ttype nat hook postrouting priority 100; policy accept;
 \t\tct status dnat ip saddr @outbound_subnets ip daddr @fip_fixed snat ip to ip saddr map @fip_snat
 \t\tct status dnat ip saddr @outbound_subnets ip daddr @fip_fixed masquerade
+\t\tct status dnat ip saddr . ip daddr @fwd_hairpin masquerade
 \t\toifname @bridges return
 \t\tsnat ip to ip saddr map @fip_snat
 \t\tip saddr @masq_nets ip daddr != { 224.0.0.0/24, 255.255.255.255 } masquerade
@@ -503,9 +524,10 @@ mod tests {
         host.mode = Mode::HostOnly;
         let mut routed = net("r", "10.10.0.0/24", "lybr4");
         routed.mode = Mode::Route;
-        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")], &[], &[]).unwrap();
+        let one = firewall::table(&[net("default", "192.168.122.0/24", "lybr0")], &[], &[], &[]).unwrap();
         let all =
-            firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed], &[], &[]).unwrap();
+            firewall::table(&[net("default", "192.168.122.0/24", "lybr0"), iso, open, host, routed], &[], &[], &[])
+                .unwrap();
         let fw = all.render();
         for line in [
             "set bridges { type ifname; elements = { \"lybr0\", \"lybr1\", \"lybr3\", \"lybr4\" }; }",
@@ -526,6 +548,63 @@ mod tests {
             3 * 2 + 1 + 1 + 1 + 1,
             "bridges and same_bridge 3 each, isolated, routed, outbound, outbound_subnets"
         );
+    }
+
+    #[test]
+    fn port_forwards_are_map_elements_and_their_rules_appear_once() {
+        use crate::model::forwards::{PortForward, Proto};
+        let n = net("default", "192.168.122.0/24", "lybr0");
+        let web = Port { ip: Some("192.168.122.5".parse().unwrap()), ..crate::model::test_port("aa", "default") };
+        let fwd = |proto: Proto, host_port: u16, address: Option<&str>, to: u16| PortForward {
+            net: "default".into(),
+            proto,
+            host_port,
+            address: address.map(|a| a.parse().unwrap()),
+            to_port: "aa".into(),
+            to_port_number: to,
+        };
+        // Two host ports to the web server's port 80, and one UDP port on one address.
+        let forwards = [
+            fwd(Proto::Tcp, 8080, None, 80),
+            fwd(Proto::Tcp, 8081, None, 80),
+            fwd(Proto::Udp, 5353, Some("198.51.100.7"), 53),
+        ];
+        let tables = |forwards: &[PortForward]| {
+            let policy = PlanContext { forwards, ..Default::default() };
+            firewall::tables(std::slice::from_ref(&n), std::slice::from_ref(&web), policy).remove(&table_id()).unwrap()
+        };
+        let none = tables(&[]);
+        let t = tables(&forwards);
+        let elements =
+            |set: &str| -> Vec<String> { t.set(set).unwrap().elements.iter().map(ToString::to_string).collect() };
+        assert_eq!(
+            elements("port_fwd"),
+            [
+                "0.0.0.0/0 . tcp . 8080 : 192.168.122.5 . 80",
+                "0.0.0.0/0 . tcp . 8081 : 192.168.122.5 . 80",
+                "198.51.100.7/32 . udp . 5353 : 192.168.122.5 . 53",
+            ]
+        );
+        assert_eq!(elements("fwd_targets"), ["192.168.122.5 . tcp . 80", "192.168.122.5 . udp . 53"]);
+        assert_eq!(elements("fwd_hairpin"), ["192.168.122.0/24 . 192.168.122.5/32"]);
+        assert_eq!(none.fingerprint(), t.fingerprint(), "forwards add elements, never rules");
+        let text = t.render();
+        for (rule, times) in [("map @port_fwd", 2), ("@fwd_targets", 3), ("@fwd_hairpin masquerade", 1)] {
+            assert_eq!(text.matches(rule).count(), times, "{rule} in\n{text}");
+        }
+        // One of the two host ports going takes only its own map element:
+        // the guest port the other still leads to stays.
+        let live = |f: &[PortForward]| forwards::live_forwards(std::slice::from_ref(&n), std::slice::from_ref(&web), f);
+        let changes = firewall::forward_changes(&live(&forwards), &live(&forwards[1..]));
+        let text: Vec<String> = changes.iter().map(ToString::to_string).collect();
+        assert_eq!(text, ["delete element { 0.0.0.0/0 . tcp . 8080 : 192.168.122.5 . 80 } in @port_fwd"]);
+        // All of them going takes everything they added.
+        let gone = firewall::forward_changes(&live(&forwards), &[]);
+        assert_eq!(gone.len(), 3 + 2 + 1);
+        assert!(gone.iter().all(|c| !c.add));
+        // A stopped network keeps its forwards out of the table.
+        let stopped = Network { state: crate::model::NetState::Inactive, ..n.clone() };
+        assert!(forwards::live_forwards(&[stopped], std::slice::from_ref(&web), &forwards).is_empty());
     }
 
     #[test]

@@ -330,6 +330,22 @@ fn contract(s: &dyn Store) {
         .unwrap();
     assert_eq!(s.documents("grants").unwrap().len(), 1);
     assert!(s.documents("fip-pools").unwrap().is_empty() && s.documents("nosuch").unwrap().is_empty());
+    // A port forward's key: a network key with its '/', and '*' for every
+    // address; the record decodes as it was written.
+    let f = crate::model::forwards::PortForward {
+        net: "team/web".into(),
+        proto: crate::model::forwards::Proto::Udp,
+        host_port: 5353,
+        address: None,
+        to_port: "1a2b3c4d".into(),
+        to_port_number: 53,
+    };
+    s.write_documents(&[DocumentChange::put(super::FORWARDS, f.doc_key(), &f)]).unwrap();
+    assert_eq!(s.documents(super::FORWARDS).unwrap()[0].0, "team/web/udp/*/5353");
+    let back: Vec<crate::model::forwards::PortForward> = super::load(s, super::FORWARDS).unwrap();
+    assert_eq!(back, std::slice::from_ref(&f));
+    s.write_documents(&[DocumentChange::delete(super::FORWARDS, f.doc_key())]).unwrap();
+    assert!(s.documents(super::FORWARDS).unwrap().is_empty());
 }
 
 /// A DHCP group commit beyond one etcd transaction's default limit (128

@@ -12,7 +12,8 @@
 //! /lanyard/v1/ports/<net>/<id>          Port
 //! /lanyard/v1/leases/<net>/<ip>         Lease
 //! /lanyard/v1/claims/<kind>/<value>     the owner of an allocated value
-//! /lanyard/v1/documents/<kind>/<key>    a document (floating IP pools, floating IPs, grants)
+//! /lanyard/v1/documents/<kind>/<key>    a document (floating IP pools, floating IPs, grants, static hosts,
+//!                                       port forwards)
 //! /lanyard/v1/nodes/<name>              a daemon's registration (lease-bound)
 //! ```
 //!

@@ -153,6 +153,9 @@ pub const FLOATING_IPS: &str = "floating-ips";
 pub const GRANTS: &str = "grants";
 /// Documents: static DHCP hosts (MACs that are not ports), by `NET/MAC`.
 pub const HOSTS: &str = "hosts";
+/// Documents: port forwards, by `NET/PROTO/ADDRESS/PORT`
+/// ([`crate::model::forwards::PortForward::doc_key`]).
+pub const FORWARDS: &str = "port-forwards";
 
 /// Claims: a port's fixed IP, as `NET/IP` (unique per network).
 pub const CLAIM_IP: &str = "ip";
