@@ -116,6 +116,9 @@ fn open_socket(iface: &str) -> io::Result<libc::c_int> {
     let one: libc::c_int = 1;
     setopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
     setopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
+    // No local copy of our own broadcasts (nothing here listens on 67).
+    let zero: libc::c_int = 0;
+    let _ = setopt(fd, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &zero);
     let big: libc::c_int = 8 << 20;
     if setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &big).is_err() {
         setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &big)?;
