@@ -12,6 +12,7 @@
 #   BENCH_ROWS    TSV file the comparisons append result rows to
 #   BENCH_QUICK   1 for --quick
 #   LANYARD       the release binary
+#   DHCPLOAD      the DHCP load generator (target/release/examples/dhcpload)
 
 set -o pipefail
 

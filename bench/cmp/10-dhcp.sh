@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
 # Comparison 1: DHCPv4 throughput and latency: lanyard's built-in server vs
-# dnsmasq vs Kea, measured with perfdhcp (Kea's load generator).
+# dnsmasq vs Kea, with a DHCP load generator as the client: dhcpload
+# (bench/tools/dhcpload.rs, a cargo example built by bench/run) or perfdhcp
+# (Kea's load generator). BENCH_DHCP_GEN=dhcpload|perfdhcp chooses; the
+# default is dhcpload when $DHCPLOAD is there. perfdhcp uses 50-86% of a core
+# at 6-13k offered exchanges/s on 2 CPUs, too little to find lanyard's knee;
+# dhcpload does the same exchanges (same options, broadcast flag, one new
+# client per exchange up to -R) for much less CPU.
 #
 # Every server gets the same subnet (10.20.0.0/16, server 10.20.0.1), the
 # same pool (10.20.0.2-10.20.255.253), one-hour leases, and durable leases:
@@ -14,16 +20,22 @@
 # it by hand. dnsmasq and Kea get a plain bridge made with `ip link`.
 #
 # Each step starts a fresh server (empty lease store), runs
+#   dhcpload -l c0 -r RATE -p PERIOD -R CLIENTS            or
 #   perfdhcp -4 -l c0 -B -r RATE -p PERIOD -R CLIENTS -x t
-# and tears everything down. The knee is the highest rate whose exchanges
+# and tears everything down. Both print (dhcpload directly, perfdhcp through
+# tools/perfdhcp-parse.awk) the same line of counts and delay percentiles.
+#
+# Generator check (first, full and --quick runs): both generators against a
+# fresh lanyard and a fresh Kea at -r 2000 for 5 s (best of 2), a rate both reach;
+# completed exchanges/s and p50/p99 per generator show that they agree. The knee is the highest rate whose exchanges
 # complete (drops <= DROP_OK of the DISCOVERs sent, achieved >= 90% of the
 # asked rate); rates double until a step fails, then bisect. Then each
 # server gets 2x and 4x its own knee (overload: completed exchanges should
 # stay at the peak, not collapse).
 #
-# CPU: the server's utime+stime (/proc/PID/stat) over the perfdhcp run, per
-# 1,000 completed exchanges; perfdhcp's own CPU (as % of one core over the
-# run) is reported too, so a saturated load generator shows.
+# CPU: the server's utime+stime (/proc/PID/stat) over the generator's run,
+# per 1,000 completed exchanges; the load generator's own CPU (as % of one
+# core over the run) is reported too, so a saturated load generator shows.
 set -euo pipefail
 source "$BENCH_DIR/lib.sh"
 trap bench_cleanup EXIT
@@ -37,6 +49,15 @@ fi
 DROP_OK=0.01
 START_RATE=200
 MAX_RATE=64000
+GEN=${BENCH_DHCP_GEN:-}
+if [ -z "$GEN" ]; then
+    if [ -x "${DHCPLOAD:-}" ]; then GEN=dhcpload; else GEN=perfdhcp; fi
+fi
+case $GEN in
+    dhcpload) [ -x "${DHCPLOAD:-}" ] || die "BENCH_DHCP_GEN=dhcpload but no DHCPLOAD binary (${DHCPLOAD:-unset})" ;;
+    perfdhcp) ;;
+    *) die "BENCH_DHCP_GEN must be dhcpload or perfdhcp, not $GEN" ;;
+esac
 OUT="$BENCH_RUN/dhcp"
 mkdir -p "$OUT"
 STEP=0
@@ -109,11 +130,12 @@ EOF
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
 CLK_TCK=$(getconf CLK_TCK)
 
-# step SERVER RATE -> prints "rate achieved drop p50 p99 p99do p99ra leases cpu_ms_per_1000 perfdhcp_cpu_pct"
+# step SERVER RATE [GENERATOR [PERIOD]]
+#   -> prints "rate achieved drop p50 p99 p99do p99ra leases cpu_ms_per_1000 generator_cpu_pct"
 step() {
-    local server=$1 rate=$2 d i
+    local server=$1 rate=$2 gen=${3:-$GEN} period=${4:-$PERIOD} d i
     STEP=$((STEP + 1))
-    d="$OUT/$server-$rate"
+    d="$OUT/$server-$rate-$gen-$STEP"
     rm -rf "$d"; mkdir -p "$d"
     SRV=$(mkns "d${STEP}s"); CLI=$(mkns "d${STEP}c")
     case $server in
@@ -129,13 +151,22 @@ step() {
     done
     local c0 c1 t0 t1
     c0=$(cpu_ticks "$SRV_PID"); t0=$(now_s)
-    # The shell reports perfdhcp's CPU (its reaped child's cutime+cstime).
-    ip netns exec "$CLI" timeout $((PERIOD + 60)) sh -c \
-        'perfdhcp -4 -l c0 -B -r "$1" -p "$2" -R "$3" -x t >"$4" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat >"$5"' \
-        sh "$rate" "$PERIOD" "$CLIENTS" "$d/perfdhcp.out" "$d/perfdhcp.cpu" || true
-    c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
+    # The shell reports the generator's CPU (its reaped child's cutime+cstime).
     local s
-    s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out")
+    case $gen in
+        perfdhcp)
+            ip netns exec "$CLI" timeout $((period + 60)) sh -c \
+                'perfdhcp -4 -l c0 -B -r "$1" -p "$2" -R "$3" -x t >"$4" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat >"$5"' \
+                sh "$rate" "$period" "$CLIENTS" "$d/perfdhcp.out" "$d/gen.cpu" || true
+            c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
+            s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out") ;;
+        dhcpload)
+            ip netns exec "$CLI" timeout $((period + 60)) sh -c \
+                '"$1" -l c0 -r "$2" -p "$3" -R "$4" >"$5" 2>"$6"; awk "{print \$16 + \$17}" /proc/$$/stat >"$7"' \
+                sh "$DHCPLOAD" "$rate" "$period" "$CLIENTS" "$d/dhcpload.out" "$d/dhcpload.err" "$d/gen.cpu" || true
+            c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
+            s=$(head -1 "$d/dhcpload.out" 2>/dev/null || true) ;;
+    esac
     sleep 0.3
     local leases
     leases=$(LEASES)
@@ -145,14 +176,14 @@ step() {
     set -- $s
     local sent_do=${1:-0} recv_ra=${4:-0}
     local achieved drop cpu_k gen_pct
-    achieved=$(awk -v r="$recv_ra" -v p="$PERIOD" 'BEGIN{printf "%.0f", r / p}')
+    achieved=$(awk -v r="$recv_ra" -v p="$period" 'BEGIN{printf "%.0f", r / p}')
     drop=$(awk -v s="$sent_do" -v r="$recv_ra" 'BEGIN{ if (s == 0) print 1; else printf "%.4f", 1 - r / s }')
     cpu_k=$(awk -v a="$c0" -v b="$c1" -v t="$CLK_TCK" -v n="$recv_ra" 'BEGIN{ if (n == 0) print "-"; else printf "%.1f", (b - a) * 1000 / t / n * 1000 }')
-    gen_pct=$(awk -v c="$(cat "$d/perfdhcp.cpu" 2>/dev/null || echo 0)" -v t="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.0f", c / t / (b - a) * 100 }')
+    gen_pct=$(awk -v c="$(cat "$d/gen.cpu" 2>/dev/null || echo 0)" -v t="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.0f", c / t / (b - a) * 100 }')
     echo "$rate $achieved $drop ${5:--} ${6:--} ${7:--} ${8:--} $leases $cpu_k $gen_pct"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" "$cpu_k" "$gen_pct" >>"$OUT/steps.tsv"
-    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s  CPU %s ms/1000  perfdhcp CPU %s%%' \
-        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases" "$cpu_k" "$gen_pct")"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" "$cpu_k" "$gen_pct" "$gen" >>"$OUT/steps.tsv"
+    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s  CPU %s ms/1000  %s CPU %s%%' \
+        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases" "$cpu_k" "$gen" "$gen_pct")"
 }
 
 ok() { # "rate achieved drop ..." -> 1 if the step kept up
@@ -195,8 +226,39 @@ knee() {
     PEAK=$best
 }
 
-say "DHCP: perfdhcp, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
 : >"$OUT/steps.tsv"
+
+# --- generator check: dhcpload and perfdhcp at a rate both reach -------------
+# Two runs per generator, interleaved; the better (more completed) counts: a
+# server's transient stall (its disk, the shared machine) is not the
+# generator's doing, and perfdhcp counts replies later than 1 s as drops.
+CHECK_RATE=2000 CHECK_PERIOD=5 CHECK_RUNS=2
+if [ -x "${DHCPLOAD:-}" ]; then
+    say "DHCP: generator check, dhcpload vs perfdhcp at -r $CHECK_RATE for $CHECK_PERIOD s, best of $CHECK_RUNS, fresh server each"
+    for server in lanyard kea; do
+        declare -A C_X C_P
+        C_X[dhcpload]="" C_X[perfdhcp]=""
+        for ((run = 0; run < CHECK_RUNS; run++)); do
+            for gen in dhcpload perfdhcp; do
+                # shellcheck disable=SC2046
+                set -- $(step "$server" "$CHECK_RATE" "$gen" "$CHECK_PERIOD")
+                if [ -z "${C_X[$gen]}" ] || [ "${2:-0}" -gt "${C_X[$gen]}" ]; then
+                    C_X[$gen]=${2:-0} C_P[$gen]="${4:--} / ${5:--}"
+                fi
+            done
+        done
+        rx=$(ratio "${C_X[dhcpload]}" "${C_X[perfdhcp]}")
+        agree=$(awk -v r="$rx" 'BEGIN{ if (r == "") print "x"; else print (r >= 0.95 && r <= 1.05) ? 1 : 0 }')
+        row "DHCP" "generator check, $server at -r $CHECK_RATE: completed exchanges/s, dhcpload vs perfdhcp" "${C_X[dhcpload]}" "${C_X[perfdhcp]}" "${rx:+${rx}x}" "agree within 5%" "$(verdict "$agree")"
+        row "DHCP" "generator check, $server at -r $CHECK_RATE: p50 / p99 delay (ms), dhcpload vs perfdhcp" "${C_P[dhcpload]}" "${C_P[perfdhcp]}" "" "" ""
+        unset C_X C_P
+    done
+    bench_note "DHCP generator check: dhcpload and perfdhcp each against a fresh lanyard and a fresh Kea at -r $CHECK_RATE for $CHECK_PERIOD s, $CLIENTS clients, the better of $CHECK_RUNS interleaved runs each (every run is in the step log); \"lanyard\" column = dhcpload, \"peer\" column = perfdhcp. Delays are each generator's own request->reply times (perfdhcp's include its own processing)."
+else
+    warn "no dhcpload binary (DHCPLOAD); the generator check is skipped"
+fi
+
+say "DHCP: $GEN, ${CLIENTS} clients, ${PERIOD} s per step, fresh server per step"
 declare -A K_X K_D K_P50 K_P99 K_PEAK K_RATE K_CPU K_GEN O2_X O4_X O4_GEN
 # Every server has an (empty) entry, also when BENCH_DHCP_SERVERS runs fewer.
 for server in lanyard kea dnsmasq; do
@@ -242,8 +304,8 @@ row "DHCP" "completed exchanges/s at 2x the knee, share of the knee: lanyard / K
 r4=$(ratio "${O4_X[lanyard]}" "${O4_X[kea]}")
 row "DHCP" "completed exchanges/s at 4x each server's knee: lanyard vs Kea / dnsmasq" "${O4_X[lanyard]}" "${O4_X[kea]} / ${O4_X[dnsmasq]}" "${r4:+${r4}x Kea}" "" ""
 row "DHCP" "completed exchanges/s at 4x the knee, share of the knee: lanyard / Kea" "$(ratio "${O4_X[lanyard]}" "${K_X[lanyard]}")" "$(ratio "${O4_X[kea]}" "${K_X[kea]}")" "" "no collapse (~1)" ""
-row "DHCP" "perfdhcp CPU (% of a core) at the knee / at 4x: lanyard run" "${K_GEN[lanyard]} / ${O4_GEN[lanyard]}" "Kea run: ${K_GEN[kea]} / ${O4_GEN[kea]}" "" "< 100 (not saturated)" ""
+row "DHCP" "load generator ($GEN) CPU (% of a core) at the knee / at 4x: lanyard run" "${K_GEN[lanyard]} / ${O4_GEN[lanyard]}" "Kea run: ${K_GEN[kea]} / ${O4_GEN[kea]}" "" "< 100 (not saturated)" ""
 rpk=$(ratio "${K_PEAK[lanyard]}" "${K_PEAK[kea]}")
 row "DHCP" "peak completed exchanges/s (any drops): lanyard / Kea / dnsmasq" "${K_PEAK[lanyard]}" "${K_PEAK[kea]} / ${K_PEAK[dnsmasq]}" "${rpk:+${rpk}x Kea}" "" ""
-bench_note "DHCP: knee = highest perfdhcp -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled; server CPU from /proc/PID/stat over the perfdhcp run; perfdhcp and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, perfdhcp CPU %)."
+bench_note "DHCP: load generator $GEN (BENCH_DHCP_GEN=dhcpload|perfdhcp); knee = highest $GEN -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled; server CPU from /proc/PID/stat over the generator's run; the generator and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, generator CPU %, generator)."
 cp "$OUT/steps.tsv" "$BENCH_DIR/results/dhcp-steps.tsv" 2>/dev/null || true
