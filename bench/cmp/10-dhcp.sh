@@ -89,7 +89,9 @@ start_lanyard_dhcp() {
     local br
     br=$(ly net show bench -o json | jq -r .bridge)
     topology "$br"
-    LEASES() { sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
+    # Leases reach the table within a fold (500 ms) of their journal
+    # append: wait for one, then count the table.
+    LEASES() { sleep 0.6; sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
 }
 
 start_dnsmasq() {

@@ -28,7 +28,8 @@ use std::io;
 use std::mem;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: dhcpload [-4] [-B] -l IFACE -r RATE -p SECONDS [-R CLIENTS] [-W WAIT_SECONDS]";
+const USAGE: &str =
+    "usage: dhcpload [-4] [-B] -l IFACE -r RATE -p SECONDS [-R CLIENTS] [-W WAIT_SECONDS] [-d DROP_MS]";
 
 const PKT_LEN: usize = 300;
 const BATCH: usize = 64;
@@ -49,11 +50,16 @@ struct Args {
     seconds: u64,
     clients: u64,
     wait: u64,
+    /// A reply later than this after its request is lost (perfdhcp's
+    /// `-d`, 1 s by default): a server that stalls loses those exchanges
+    /// here as under perfdhcp.
+    drop_ms: u64,
 }
 
 fn parse_args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut iface, mut rate, mut seconds, mut clients, mut wait) = (None, None, None, None, 2u64);
+    let mut drop_ms = 1000u64;
     while let Some(a) = it.next() {
         let mut val = |name: &str| it.next().ok_or_else(|| format!("{name} needs a value"));
         let num = |name: &str, v: String| v.parse::<u64>().map_err(|_| format!("{name}: not a number: {v}"));
@@ -64,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
             "-p" => seconds = Some(num("-p", val("-p")?)?),
             "-R" => clients = Some(num("-R", val("-R")?)?),
             "-W" => wait = num("-W", val("-W")?)?,
+            "-d" => drop_ms = num("-d", val("-d")?)?,
             "-h" | "--help" => return Err(String::new()),
             _ => return Err(format!("unknown argument {a}")),
         }
@@ -85,7 +92,10 @@ fn parse_args() -> Result<Args, String> {
     if clients == 0 || wait > 600 {
         return Err("-R must be > 0 and -W <= 600".into());
     }
-    Ok(Args { iface, rate, seconds, clients, wait })
+    if drop_ms == 0 {
+        return Err("-d must be > 0".into());
+    }
+    Ok(Args { iface, rate, seconds, clients, wait, drop_ms })
 }
 
 fn now_ns() -> u64 {
@@ -228,6 +238,9 @@ struct Gen {
     sent_ra: u64,
     recv_ra: u64,
     naks: u64,
+    /// Replies that came after the drop time: ignored, the exchange lost.
+    late: u64,
+    drop_ns: u64,
     send_errs: u64,
     last_err: Option<io::Error>,
 }
@@ -324,6 +337,14 @@ impl Gen {
             o = v + len;
         }
         match (kind, self.state[i]) {
+            (2, S_DISCOVER) if t.saturating_sub(self.t_do[i]) > self.drop_ns => {
+                self.late += 1;
+                self.state[i] = S_NAK; // lost: nothing more counts
+            }
+            (5 | 6, S_REQUEST) if self.t_ra[i] != 0 && t.saturating_sub(self.t_ra[i]) > self.drop_ns => {
+                self.late += 1;
+                self.state[i] = S_NAK;
+            }
             (2, S_DISCOVER) => {
                 // OFFER: answer with a REQUEST for the offered address.
                 let Some(server) = server else { return };
@@ -398,6 +419,8 @@ fn run(a: &Args) -> io::Result<()> {
         sent_ra: 0,
         recv_ra: 0,
         naks: 0,
+        late: 0,
+        drop_ns: a.drop_ms * 1_000_000,
         send_errs: 0,
         last_err: None,
     };
@@ -497,7 +520,7 @@ fn run(a: &Args) -> io::Result<()> {
     );
     let secs = (now_ns() - start) as f64 / 1e9;
     eprintln!(
-        "dhcpload: -r {} -p {}: {} DISCOVERs sent ({} asked), {} OFFERs, {} REQUESTs, {} ACKs ({:.0}/s over {} s), {} NAKs, {} send errors{}; ran {:.2} s",
+        "dhcpload: -r {} -p {}: {} DISCOVERs sent ({} asked), {} OFFERs, {} REQUESTs, {} ACKs ({:.0}/s over {} s), {} NAKs, {} replies after {} ms (lost), {} send errors{}; ran {:.2} s",
         a.rate,
         a.seconds,
         g.sent_do,
@@ -508,6 +531,8 @@ fn run(a: &Args) -> io::Result<()> {
         g.recv_ra as f64 / a.seconds as f64,
         a.seconds,
         g.naks,
+        g.late,
+        a.drop_ms,
         g.send_errs,
         g.last_err.as_ref().map(|e| format!(" (last: {e})")).unwrap_or_default(),
         secs
@@ -519,7 +544,7 @@ fn run(a: &Args) -> io::Result<()> {
 
 /// Exchanges started and neither completed nor refused.
 fn outstanding(g: &Gen) -> u64 {
-    g.sent_do - g.recv_ra - g.naks
+    g.sent_do.saturating_sub(g.recv_ra + g.naks + g.late)
 }
 
 fn main() -> ExitCode {
