@@ -4,6 +4,8 @@
 # daemon's CPU per 1,000 exchanges and a `perf report` of where it went.
 #
 # Usage: sudo LANYARD=target/release/lanyard bench/tools/profile-dhcp.sh RATE [SECONDS] [CLIENTS] [OUT]
+# (DHCPLOAD=target/release/examples/dhcpload: our generator instead of
+# perfdhcp; NO_PERF=1: CPU only; KEEP_PERF=FILE keeps perf.data.)
 # Build with symbols first:
 #   CARGO_PROFILE_RELEASE_STRIP=none cargo build --release
 # Without `perf` on PATH it only measures CPU.
@@ -46,11 +48,21 @@ if [ -z "${NO_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
     perf record -F 1999 -g -p "$PID" -o "$d/perf.data" -- sleep "$PERIOD" >/dev/null 2>&1 &
     PERF_PID=$!
 fi
-ip netns exec "$CLI" timeout $((PERIOD + 60)) \
-    perfdhcp -4 -l c0 -B -r "$RATE" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
+# DHCPLOAD=target/release/examples/dhcpload uses our generator instead.
+if [ -n "${DHCPLOAD:-}" ]; then
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
+        "$(realpath "$DHCPLOAD")" -l c0 -r "$RATE" -p "$PERIOD" -R "$CLIENTS" >"$d/gen.line" 2>"$d/gen.err" || true
+else
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
+        perfdhcp -4 -l c0 -B -r "$RATE" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
+fi
 [ -n "$PERF_PID" ] && wait "$PERF_PID" || true
 c1=$(cpu "$PID")
-read -r _ _ _ recv_ra p50 p99 _ < <(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out")
+if [ -n "${DHCPLOAD:-}" ]; then
+    read -r _ _ _ recv_ra p50 p99 _ <"$d/gen.line"
+else
+    read -r _ _ _ recv_ra p50 p99 _ < <(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out")
+fi
 {
     echo "# lanyard $(git -C "$BENCH_DIR/.." rev-parse --short HEAD) under perfdhcp -r $RATE -p $PERIOD -R $CLIENTS ($(date -u '+%F %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "# completed exchanges: $recv_ra ($((recv_ra / PERIOD))/s), p50 $p50 ms, p99 $p99 ms"
