@@ -28,8 +28,7 @@ use std::io;
 use std::mem;
 use std::process::ExitCode;
 
-const USAGE: &str =
-    "usage: dhcpload [-4] [-B] -l IFACE -r RATE -p SECONDS [-R CLIENTS] [-W WAIT_SECONDS] [-d DROP_MS]";
+const USAGE: &str = "usage: dhcpload [-4] [-B] -l IFACE -r RATE -p SECONDS [-R CLIENTS] [-W WAIT_SECONDS] [-d DROP_MS]";
 
 const PKT_LEN: usize = 300;
 const BATCH: usize = 64;
@@ -109,7 +108,8 @@ fn now_ns() -> u64 {
 
 fn setopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: v points to a live T of the length passed.
-    let r = unsafe { libc::setsockopt(fd, level, name, (v as *const T).cast(), mem::size_of::<T>() as libc::socklen_t) };
+    let r =
+        unsafe { libc::setsockopt(fd, level, name, (v as *const T).cast(), mem::size_of::<T>() as libc::socklen_t) };
     if r < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -140,7 +140,13 @@ fn open_socket(iface: &str) -> io::Result<libc::c_int> {
     let bytes = name.as_bytes_with_nul();
     // SAFETY: bytes is a NUL-terminated buffer of the length passed.
     let r = unsafe {
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, bytes.as_ptr().cast(), bytes.len() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            bytes.as_ptr().cast(),
+            bytes.len() as libc::socklen_t,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -148,7 +154,11 @@ fn open_socket(iface: &str) -> io::Result<libc::c_int> {
     let addr = sockaddr(0, 68);
     // SAFETY: addr is a valid sockaddr_in of the length passed.
     let r = unsafe {
-        libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), mem::size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
     };
     if r < 0 {
         return Err(io::Error::last_os_error());
@@ -205,7 +215,13 @@ struct SendBatch {
 impl SendBatch {
     fn new(kind: u8, dest: *const libc::sockaddr_in) -> Box<SendBatch> {
         let t = template(kind);
-        let mut b = Box::new(SendBatch { bufs: vec![t; BATCH], iov: Vec::with_capacity(BATCH), msgs: Vec::with_capacity(BATCH), idx: [0; BATCH], n: 0 });
+        let mut b = Box::new(SendBatch {
+            bufs: vec![t; BATCH],
+            iov: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(BATCH),
+            idx: [0; BATCH],
+            n: 0,
+        });
         for i in 0..BATCH {
             let base = b.bufs[i].as_mut_ptr();
             b.iov.push(libc::iovec { iov_base: base.cast(), iov_len: PKT_LEN });
@@ -429,7 +445,8 @@ fn run(a: &Args) -> io::Result<()> {
     let mut req = SendBatch::new(3, &*dest);
 
     let mut rbufs = vec![[0u8; RECV_BUF]; BATCH];
-    let mut riov: Vec<libc::iovec> = rbufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: RECV_BUF }).collect();
+    let mut riov: Vec<libc::iovec> =
+        rbufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: RECV_BUF }).collect();
     let mut rmsgs: Vec<libc::mmsghdr> = riov
         .iter_mut()
         .map(|v| {
@@ -459,7 +476,10 @@ fn run(a: &Args) -> io::Result<()> {
         }
         let wake = if next < total { next_slice } else { end.min(now + 10 * SLICE_NS) };
         let wait = wake.saturating_sub(now);
-        let ts = libc::timespec { tv_sec: (wait / 1_000_000_000) as libc::time_t, tv_nsec: (wait % 1_000_000_000) as libc::c_long };
+        let ts = libc::timespec {
+            tv_sec: (wait / 1_000_000_000) as libc::time_t,
+            tv_nsec: (wait % 1_000_000_000) as libc::c_long,
+        };
         let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
         // SAFETY: one pollfd, a valid timespec, no signal mask.
         let r = unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
@@ -480,7 +500,9 @@ fn run(a: &Args) -> io::Result<()> {
                 m.msg_hdr.msg_flags = 0;
             }
             // SAFETY: rmsgs are initialised mmsghdrs pointing at rbufs through riov, all alive.
-            let n = unsafe { libc::recvmmsg(fd, rmsgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut()) };
+            let n = unsafe {
+                libc::recvmmsg(fd, rmsgs.as_mut_ptr(), BATCH as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            };
             if n <= 0 {
                 break;
             }
