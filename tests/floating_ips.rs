@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -30,45 +30,6 @@ const HOST_UP: &str = "198.51.100.1";
 const OUT: &str = "198.51.100.2";
 const FIP: &str = "198.51.100.10";
 const PORT: u16 = 7000;
-
-/// The listener: UDP and TCP on PORT, answering `NAME PEER-ADDRESS`.
-const SERVER: &str = r#"
-import socket, sys, threading
-name, port = sys.argv[1], int(sys.argv[2])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-u.bind(("0.0.0.0", port))
-t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", port))
-t.listen(16)
-def tcp():
-    while True:
-        c, a = t.accept()
-        c.sendall(("%s %s\n" % (name, a[0])).encode())
-        c.close()
-threading.Thread(target=tcp, daemon=True).start()
-while True:
-    d, a = u.recvfrom(2048)
-    u.sendto(("%s %s" % (name, a[0])).encode(), a)
-"#;
-
-/// One question: `udp|tcp HOST PORT`, prints the answer or `-`.
-const ASK: &str = r#"
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if proto == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(1.0)
-        s.sendto(b"?", (host, port))
-        print(s.recvfrom(2048)[0].decode())
-    else:
-        s = socket.create_connection((host, port), timeout=2.0)
-        print(s.recv(2048).decode().strip())
-except Exception:
-    print("-")
-"#;
 
 /// A UDP stream from one source port: a packet every 50 ms for `secs`
 /// seconds; prints `MILLISECONDS NAME` per answer.
@@ -110,44 +71,13 @@ while time.time() < end:
 "#;
 
 /// A process the test started, killed and reaped on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn serve(ns: &Netns, name: &str) -> EchoServer {
+    echo_server(ns, name, PORT)
 }
 
-fn serve(ns: &Netns, name: &str) -> Running {
-    serve_on(ns, name, PORT)
-}
-
-fn serve_on(ns: &Netns, name: &str, port: u16) -> Running {
-    let mut cmd = ns.command("python3", &["-c", SERVER, name, &port.to_string()]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let child = cmd.spawn().expect("the listener starts");
-    // Until it answers on its own address.
-    let running = Running(child);
-    let ok = (0..50).any(|_| {
-        let a = ask_on(ns, "udp", "127.0.0.1", port);
-        a.starts_with(name) || {
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        }
-    });
-    assert!(ok, "{name}'s listener never answered");
-    running
-}
-
-/// The answer to one question from `ns`: `NAME PEER` or `-`.
+/// The answer to one question from `ns` on [`PORT`]: `NAME PEER` or `-`.
 fn ask(ns: &Netns, proto: &str, host: &str) -> String {
-    ask_on(ns, proto, host, PORT)
-}
-
-fn ask_on(ns: &Netns, proto: &str, host: &str, port: u16) -> String {
-    let out = ns.exec("python3", &["-c", ASK, proto, host, &port.to_string()]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+    common::ask(ns, proto, host, PORT)
 }
 
 fn fip_json(host: &Host, args: &[&str]) -> serde_json::Value {
@@ -298,8 +228,8 @@ fn two_projects_floating_ips_egress_and_a_grant() {
         serve(&red.ns, "red"),
         serve(&blue.ns, "blue"),
         serve(&out, "out"),
-        serve_on(&red.ns, "red-ssh", 22),
-        serve_on(&blue.ns, "blue-ssh", 22),
+        echo_server(&red.ns, "red-ssh", 22),
+        echo_server(&blue.ns, "blue-ssh", 22),
     ];
     let listed = fip_json(&host, &["list", "--project", "red"]);
     assert_eq!(listed.as_array().map(Vec::len), Some(1), "red sees only its own: {listed}");
@@ -320,19 +250,23 @@ fn two_projects_floating_ips_egress_and_a_grant() {
 
     // Between the projects: nothing, until a grant opens red -> blue:22/tcp.
     let (red_ip, blue_ip) = (red.ip().to_string(), blue.ip().to_string());
-    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), "-", "red reaches blue without a grant");
+    assert_eq!(common::ask(&red.ns, "tcp", &blue_ip, 22), "-", "red reaches blue without a grant");
     let shown = host.cli_json(&["project", "allow", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
     assert_eq!(shown["allows"], serde_json::json!(["blue tcp/22"]), "{shown}");
     let bad = host.cli(&["project", "allow", "red", "--to", "blue", "--port", "22"]);
     assert_eq!(bad.status.code(), Some(2), "a port without a protocol is bad input");
     host.daemon.restart();
-    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), format!("blue-ssh {red_ip}"), "the grant does not let red in");
-    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, PORT), "-", "the grant opens more than port 22");
-    assert_eq!(ask_on(&red.ns, "udp", &blue_ip, 22), "-", "the grant opens UDP too");
-    assert_eq!(ask_on(&blue.ns, "tcp", &red_ip, 22), "-", "the grant opens the other direction");
+    assert_eq!(
+        common::ask(&red.ns, "tcp", &blue_ip, 22),
+        format!("blue-ssh {red_ip}"),
+        "the grant does not let red in"
+    );
+    assert_eq!(common::ask(&red.ns, "tcp", &blue_ip, PORT), "-", "the grant opens more than port 22");
+    assert_eq!(common::ask(&red.ns, "udp", &blue_ip, 22), "-", "the grant opens UDP too");
+    assert_eq!(common::ask(&blue.ns, "tcp", &red_ip, 22), "-", "the grant opens the other direction");
     assert_eq!(ask(&red.ns, "udp", OUT), "-", "the grant lifted red's egress denial");
     host.cli_ok(&["project", "deny", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
-    assert_eq!(ask_on(&red.ns, "tcp", &blue_ip, 22), "-", "deny did not take the grant back");
+    assert_eq!(common::ask(&red.ns, "tcp", &blue_ip, 22), "-", "deny did not take the grant back");
     let again = host.cli(&["project", "deny", "red", "--to", "blue", "--proto", "tcp", "--port", "22"]);
     assert_eq!(again.status.code(), Some(3), "taking back a grant that is not there (not found): {again:?}");
 }

@@ -14,7 +14,6 @@
 
 mod common;
 
-use std::process::{Child, Stdio};
 use std::time::Duration;
 
 use common::*;
@@ -29,78 +28,8 @@ const OUT: &str = "198.51.100.2";
 /// The guest's service port.
 const PORT: u16 = 7000;
 
-/// The listener: UDP and TCP on a port, answering `NAME PEER-ADDRESS`.
-const SERVER: &str = r#"
-import socket, sys, threading
-name, port = sys.argv[1], int(sys.argv[2])
-u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-u.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-u.bind(("0.0.0.0", port))
-t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-t.bind(("0.0.0.0", port))
-t.listen(16)
-def tcp():
-    while True:
-        c, a = t.accept()
-        c.sendall(("%s %s\n" % (name, a[0])).encode())
-        c.close()
-threading.Thread(target=tcp, daemon=True).start()
-while True:
-    d, a = u.recvfrom(2048)
-    u.sendto(("%s %s" % (name, a[0])).encode(), a)
-"#;
-
-/// One question: `udp|tcp HOST PORT`, prints the answer or `-` (refused
-/// or no answer within its time).
-const ASK: &str = r#"
-import socket, sys
-proto, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-try:
-    if proto == "udp":
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        s.settimeout(1.0)
-        s.sendto(b"?", (host, port))
-        print(s.recvfrom(2048)[0].decode())
-    else:
-        s = socket.create_connection((host, port), timeout=2.0)
-        print(s.recv(2048).decode().strip())
-except Exception:
-    print("-")
-"#;
-
-/// A process the test started, killed and reaped on drop.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn serve(ns: &Netns, name: &str) -> Running {
-    serve_on(ns, name, PORT)
-}
-
-fn serve_on(ns: &Netns, name: &str, port: u16) -> Running {
-    let mut cmd = ns.command("python3", &["-c", SERVER, name, &port.to_string()]);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
-    let running = Running(cmd.spawn().expect("the listener starts"));
-    let ok = (0..50).any(|_| {
-        ask(ns, "udp", "127.0.0.1", port).starts_with(name) || {
-            std::thread::sleep(Duration::from_millis(100));
-            false
-        }
-    });
-    assert!(ok, "{name}'s listener never answered");
-    running
-}
-
-/// The answer to one question from `ns`: `NAME PEER` or `-`.
-fn ask(ns: &Netns, proto: &str, host: &str, port: u16) -> String {
-    let out = ns.exec("python3", &["-c", ASK, proto, host, &port.to_string()]);
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
+fn serve(ns: &Netns, name: &str) -> EchoServer {
+    echo_server(ns, name, PORT)
 }
 
 /// The elements of the `port_fwd` map, sorted (nft lists an interval
@@ -132,7 +61,7 @@ fn a_forward_publishes_a_vms_port_on_the_hosts_addresses() {
     peer.configure_static(24, GATEWAY);
     far.configure_static(24, OTHER_GATEWAY);
     let _servers =
-        [serve(&web.ns, "web1"), serve(&peer.ns, "peer"), serve(&out, "out"), serve_on(&out, "out8080", 8080)];
+        [serve(&web.ns, "web1"), serve(&peer.ns, "peer"), serve(&out, "out"), echo_server(&out, "out8080", 8080)];
     let web_ip = web.ip().to_string();
     assert_eq!(ask(&host.ns, "tcp", HOST_UP, 8080), "-", "something answers on 8080 before any forward");
 

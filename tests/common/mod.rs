@@ -26,6 +26,7 @@
 //! | `dhcp_clients.rs` | [`udhcpc`], [`dhclient`], [`DhcpLease`] |
 //! | `dhcp_storm.rs` | [`Storm`]: thousands of DHCP clients from one namespace, every ACK recorded |
 //! | `probes.rs` | [`ping`], [`PingJob`], [`dig`], [`Dnsmasq`], parsing helpers |
+//! | `echo.rs` | [`EchoServer`] and [`ask`]: who answers, and whom it saw |
 //!
 //! Only std, serde_json and libc (setns, for the storm's one thread) are used.
 
@@ -35,6 +36,7 @@ mod capture;
 mod daemon;
 mod dhcp_clients;
 mod dhcp_storm;
+mod echo;
 mod etcd;
 mod netns;
 mod privilege;
@@ -45,6 +47,6 @@ mod topology;
 // A test binary that uses nothing from one of them would warn here.
 #[allow(unused_imports)]
 pub use {
-    capture::*, daemon::*, dhcp_clients::*, dhcp_storm::*, etcd::*, netns::*, privilege::*, probes::*, process::*,
-    topology::*,
+    capture::*, daemon::*, dhcp_clients::*, dhcp_storm::*, echo::*, etcd::*, netns::*, privilege::*, probes::*,
+    process::*, topology::*,
 };
