@@ -92,6 +92,13 @@ start_lanyard_dhcp() {
     # Leases reach the table within a fold (500 ms) of their journal
     # append: wait for one, then count the table.
     LEASES() { sleep 0.6; sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
+    # What the server itself answered (its counters): under overload the
+    # generator may lose replies the server sent.
+    SERVED() {
+        curl -s --unix-socket "$LY_SOCK" http://lanyard/metrics 2>/dev/null |
+            awk '/^lanyard_dhcp_sent_total/ && /type="(offer|ack)"/ { t = $1; sub(/.*type="/, "", t); sub(/".*/, "", t); n[t] += $2 }
+                 END { if (n["offer"] + n["ack"] > 0) printf "  server sent %d OFFERs, %d ACKs", n["offer"], n["ack"] }'
+    }
 }
 
 start_dnsmasq() {
@@ -106,6 +113,7 @@ start_dnsmasq() {
     SRV_PID=$!
     track "$SRV_PID"
     LEASES() { wc -l <"$d/dnsmasq.leases" 2>/dev/null || echo "?"; }
+    SERVED() { :; }
 }
 
 start_kea() {
@@ -127,6 +135,7 @@ EOF
     SRV_PID=$!
     track "$SRV_PID"
     LEASES() { echo $(($(wc -l <"$d/leases4.csv" 2>/dev/null || echo 1) - 1)); }
+    SERVED() { :; }
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
@@ -170,8 +179,9 @@ step() {
             s=$(head -1 "$d/dhcpload.out" 2>/dev/null || true) ;;
     esac
     sleep 0.3
-    local leases
+    local leases served
     leases=$(LEASES)
+    served=$(SERVED)
     stop_pid "$SRV_PID" 10
     delns "$CLI"; delns "$SRV"
     # shellcheck disable=SC2086
@@ -184,8 +194,8 @@ step() {
     gen_pct=$(awk -v c="$(cat "$d/gen.cpu" 2>/dev/null || echo 0)" -v t="$CLK_TCK" -v a="$t0" -v b="$t1" 'BEGIN{ printf "%.0f", c / t / (b - a) * 100 }')
     echo "$rate $achieved $drop ${5:--} ${6:--} ${7:--} ${8:--} $leases $cpu_k $gen_pct"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$server" "$rate" "$achieved" "$drop" "${5:-}" "${6:-}" "${7:-}" "${8:-}" "$leases" "$cpu_k" "$gen_pct" "$gen" >>"$OUT/steps.tsv"
-    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s  CPU %s ms/1000  %s CPU %s%%' \
-        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases" "$cpu_k" "$gen" "$gen_pct")"
+    note "$(printf '%-8s -r %-6s -> %6s exch/s  drops %6.2f%%  p50 %7s ms  p99 %8s ms  leases on disk %s  CPU %s ms/1000  %s CPU %s%%%s' \
+        "$server" "$rate" "$achieved" "$(calc "$drop*100")" "${5:--}" "${6:--}" "$leases" "$cpu_k" "$gen" "$gen_pct" "$served")"
 }
 
 ok() { # "rate achieved drop ..." -> 1 if the step kept up

@@ -66,6 +66,7 @@ fi
 {
     echo "# lanyard $(git -C "$BENCH_DIR/.." rev-parse --short HEAD) under perfdhcp -r $RATE -p $PERIOD -R $CLIENTS ($(date -u '+%F %H:%M UTC'), load $(cut -d' ' -f1-3 /proc/loadavg))"
     echo "# completed exchanges: $recv_ra ($((recv_ra / PERIOD))/s), p50 $p50 ms, p99 $p99 ms"
+    echo "# server counters (lanyard_dhcp_received_total / sent_total): $(curl -s --unix-socket "$LY_SOCK" http://lanyard/metrics | awk '/^lanyard_dhcp_(received|sent)_total/ && $2 > 0 {sub(/network="[^"]*",/, "", $1); printf "%s %s  ", $1, $2}')"
     echo "# not served (lanyard_dhcp_dropped_total): $(curl -s --unix-socket "$LY_SOCK" http://lanyard/metrics | awk '/^lanyard_dhcp_dropped_total/ && $2 > 0 {sub(/.*reason="/, "", $1); sub(/".*/, "", $1); printf "%s %s  ", $1, $2}')"
     echo "# daemon CPU: $(awk -v a="$c0" -v b="$c1" -v t="$tck" -v n="$recv_ra" 'BEGIN{ printf "%.0f ms, %.1f ms per 1,000 exchanges", (b-a)*1000/t, n ? (b-a)*1000/t/n*1000 : 0 }')"
     if [ -n "$PERF_PID" ] && [ -s "$d/perf.data" ]; then
