@@ -10,8 +10,8 @@
 #
 # Every server gets the same subnet (10.20.0.0/16, server 10.20.0.1), the
 # same pool (10.20.0.2-10.20.255.253), one-hour leases, and durable leases:
-#   lanyard  SQLite WAL, group commit written to the OS before the ACK
-#            (synchronous=NORMAL; fsync'd by a checkpoint within 500 ms)
+#   lanyard  group commit appended to the lease journal (in the OS) before
+#            the ACK; folded into SQLite, fsync'd, within 500 ms
 #   dnsmasq  --dhcp-leasefile (rewritten and fsync'd after changes)
 #   Kea      memfile, persist: true (CSV appended before the ACK, never fsync'd)
 # Topology per step, all in namespaces of this run:

@@ -261,25 +261,16 @@ impl Engine {
     /// The port `port` names among `project`'s: a port id, or the name of
     /// a VM with exactly one port.
     fn port_named(&self, port: &str, project: &str) -> Result<Port, EngineError> {
-        if let Some(p) = self.index.by_id.get(port).filter(|p| p.project == project) {
-            return Ok(p.clone());
-        }
-        let own = || self.ports.iter().filter(|p| p.project == project);
-        let of_vm: Vec<&Port> = own().filter(|p| p.vm == port).collect();
-        match of_vm.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(EngineError::NotFound(format!(
+        self.port_by_id_or_vm(port, |p| p.project == project).map_err(|ids| match ids.as_slice() {
+            [] => EngineError::NotFound(format!(
                 "no port or VM named {port:?} in project {project:?} (see `lanyard port list`)"
-            ))),
-            many => {
-                let ids: Vec<&str> = many.iter().map(|p| p.id.as_str()).collect();
-                Err(EngineError::Conflict(format!(
-                    "VM {port:?} has {} ports ({}): name one by its id",
-                    many.len(),
-                    ids.join(", ")
-                )))
-            }
-        }
+            )),
+            many => EngineError::Conflict(format!(
+                "VM {port:?} has {} ports ({}): name one by its id",
+                many.len(),
+                many.join(", ")
+            )),
+        })
     }
 
     /// The interface of pool `name`.

@@ -82,24 +82,16 @@ impl Engine {
     /// The port `to` names on network `net`: a port id, or the VM of
     /// exactly one port there.
     fn forward_target(&self, net: &str, to: &str) -> Result<Port, EngineError> {
-        if let Some(p) = self.index.by_id.get(to).filter(|p| p.net == net) {
-            return Ok(p.clone());
-        }
-        let of_vm: Vec<&Port> = self.ports.iter().filter(|p| p.net == net && p.vm == to).collect();
-        match of_vm.as_slice() {
-            [one] => Ok((*one).clone()),
-            [] => Err(EngineError::NotFound(format!(
+        self.port_by_id_or_vm(to, |p| p.net == net).map_err(|ids| match ids.as_slice() {
+            [] => EngineError::NotFound(format!(
                 "network {net:?} has no port or VM named {to:?} (see `lanyard port list --net {net}`)"
-            ))),
-            many => {
-                let ids: Vec<&str> = many.iter().map(|p| p.id.as_str()).collect();
-                Err(EngineError::Conflict(format!(
-                    "VM {to:?} has {} ports on network {net:?} ({}): name one by its id",
-                    many.len(),
-                    ids.join(", ")
-                )))
-            }
-        }
+            )),
+            many => EngineError::Conflict(format!(
+                "VM {to:?} has {} ports on network {net:?} ({}): name one by its id",
+                many.len(),
+                many.join(", ")
+            )),
+        })
     }
 
     /// The live forwards (as the firewall holds them) of `forwards`: those

@@ -62,6 +62,22 @@ fn claimed(kind: &str, value: &str, holder: &str, named: bool) -> EngineError {
 }
 
 impl Engine {
+    /// The port `name` names among the ports `keep` selects: one with that
+    /// id, else the one port of the VM of that name. `Err` with the ids of
+    /// the VM's ports when it has none (empty) or several there; the
+    /// caller says which, in its own words.
+    pub(super) fn port_by_id_or_vm(&self, name: &str, keep: impl Fn(&Port) -> bool) -> Result<Port, Vec<String>> {
+        if let Some(p) = self.index.by_id.get(name).filter(|p| keep(p)) {
+            return Ok(p.clone());
+        }
+        let mut of_vm = self.ports.iter().filter(|p| p.vm == name && keep(p));
+        match (of_vm.next(), of_vm.next()) {
+            (Some(one), None) => Ok(one.clone()),
+            (None, _) => Err(Vec::new()),
+            (Some(a), Some(b)) => Err([a, b].into_iter().chain(of_vm).map(|p| p.id.clone()).collect()),
+        }
+    }
+
     /// Creates a port: its device, bridge membership and fixed IP.
     pub fn create_port(&mut self, spec: PortSpec) -> Result<Port, EngineError> {
         Ok(self.create_ports(vec![spec])?.remove(0))
