@@ -1,8 +1,9 @@
 //! Replies to a client without an address go to that client alone: the
-//! server plants a neighbour entry (the offered address at the client's
-//! MAC) on the network's bridge and sends OFFER and ACK there, so in a boot
-//! storm no guest receives every other guest's replies. A client that sets
-//! the broadcast flag still gets broadcasts.
+//! server sends OFFER and ACK as frames to the client's MAC (headers of its
+//! own, through a packet socket on the bridge), so in a boot storm no guest
+//! receives every other guest's replies. udhcpc reads them with a raw
+//! socket and checks the IPv4 and UDP checksums. A client that sets the
+//! broadcast flag still gets broadcasts.
 
 mod common;
 
@@ -28,14 +29,7 @@ fn replies_to_a_client_without_an_address_are_unicast_unless_it_asks_for_broadca
 
     // udhcpc does not set the broadcast flag (no -B).
     let lease = udhcpc(&client, "eth0", None).unwrap_or_else(|e| panic!("no lease: {e}"));
-    let mac = client.mac("eth0");
-    let neigh = host.ns.ip_json(&["-4", "neigh", "show", "dev", &bridge]);
-    let entry = neigh.as_array().into_iter().flatten().find(|n| n["dst"] == lease.ip.to_string());
-    assert_eq!(
-        entry.and_then(|e| e["lladdr"].as_str()),
-        Some(mac.as_str()),
-        "the leased address resolves to the client's MAC on {bridge}: {neigh}"
-    );
+    assert!(lease.ip.to_string().starts_with("10.62.0."), "{lease:?}");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(bystander.heard(), 0, "the bystander overheard the client's OFFER/ACK");
 

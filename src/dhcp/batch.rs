@@ -11,6 +11,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::ops::Range;
 use std::os::fd::RawFd;
 
+use super::link::{LinkSocket, HEADERS};
+use crate::model::Mac;
+
 /// Most datagrams taken or sent in one system call.
 pub const BATCH: usize = 64;
 /// Bytes kept of one client message: an Ethernet MTU's payload. A longer
@@ -92,12 +95,27 @@ impl RecvBatch {
     }
 }
 
-/// Replies waiting to be sent together: their bytes back to back in one
+/// Where one reply of a [`SendBatch`] goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A datagram through the server's UDP socket, to this address.
+    Udp(SocketAddrV4),
+    /// A frame through the network's [`LinkSocket`], to this MAC, with
+    /// this destination address in its IPv4 header (port 68).
+    Frame {
+        /// The frame's destination.
+        mac: Mac,
+        /// The packet's destination.
+        ip: Ipv4Addr,
+    },
+}
+
+/// Replies waiting to be sent: their encoded bytes back to back in one
 /// buffer, each with its destination.
 #[derive(Debug, Default)]
 pub struct SendBatch {
     bytes: Vec<u8>,
-    items: Vec<(Range<usize>, SocketAddrV4, u8)>,
+    items: Vec<(Range<usize>, Via, u8)>,
 }
 
 impl SendBatch {
@@ -119,7 +137,7 @@ impl SendBatch {
 
     /// Takes the bytes from `start` on as one reply to `to`; `tag` is the
     /// caller's (the message type, for counters).
-    pub fn push(&mut self, start: usize, to: SocketAddrV4, tag: u8) {
+    pub fn push(&mut self, start: usize, to: Via, tag: u8) {
         self.items.push((start..self.bytes.len(), to, tag));
     }
 
@@ -139,14 +157,9 @@ impl SendBatch {
     }
 
     /// Reply `i`: its bytes, destination and tag.
-    pub fn get(&self, i: usize) -> (&[u8], SocketAddrV4, u8) {
+    pub fn get(&self, i: usize) -> (&[u8], Via, u8) {
         let (r, to, tag) = &self.items[i];
         (&self.bytes[r.clone()], *to, *tag)
-    }
-
-    /// Changes where reply `i` goes.
-    pub fn redirect(&mut self, i: usize, to: SocketAddrV4) {
-        self.items[i].1 = to;
     }
 
     /// Empties the batch, keeping its buffers.
@@ -155,49 +168,121 @@ impl SendBatch {
         self.items.clear();
     }
 
-    /// Sends every reply on `fd` (without waiting for room: a reply that
-    /// does not fit the socket's buffer is lost, as on the wire, and the
-    /// client retries) and calls `sent(tag)` for each that went out.
-    /// Returns how many could not be sent. The batch is emptied.
-    pub fn flush(&mut self, fd: RawFd, mut sent: impl FnMut(u8)) -> usize {
+    /// Sends every reply, datagrams on `udp` and frames on `link` (without
+    /// waiting for room: a reply that does not fit the socket's buffer is
+    /// lost, as on the wire, and the client retries), and calls `sent(tag)`
+    /// for each that went out. Returns how many could not be sent (frames
+    /// without a link socket among them). The batch is emptied.
+    pub fn flush(&mut self, udp: RawFd, link: Option<&LinkSocket>, mut sent: impl FnMut(u8)) -> usize {
         let mut failed = 0;
-        let mut at = 0;
-        while at < self.items.len() {
-            let chunk = &self.items[at..self.items.len().min(at + BATCH)];
-            let mut addrs: [libc::sockaddr_in; BATCH] = std::array::from_fn(|i| {
-                chunk.get(i).map_or_else(|| sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)), |c| sockaddr(c.1))
-            });
-            let mut iov: [libc::iovec; BATCH] = std::array::from_fn(|i| match chunk.get(i) {
-                Some((r, _, _)) => {
-                    libc::iovec { iov_base: self.bytes[r.clone()].as_ptr() as *mut libc::c_void, iov_len: r.len() }
+        // Each kind in chunks of its own, through its own socket: the
+        // replies are to different clients, their order does not matter.
+        let mut picks = [0usize; BATCH];
+        for frames in [false, true] {
+            let mut next = 0;
+            loop {
+                let mut n = 0;
+                while next < self.items.len() && n < BATCH {
+                    if matches!(self.items[next].1, Via::Frame { .. }) == frames {
+                        picks[n] = next;
+                        n += 1;
+                    }
+                    next += 1;
                 }
-                None => libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 },
-            });
-            // SAFETY: mmsghdr is plain old data; zeroed is valid.
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
-            for (i, m) in msgs.iter_mut().enumerate().take(chunk.len()) {
-                m.msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_in).cast();
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-                m.msg_hdr.msg_iov = &mut iov[i];
-                m.msg_hdr.msg_iovlen = 1;
+                if n == 0 {
+                    break;
+                }
+                let picks = &picks[..n];
+                failed += match (frames, link) {
+                    (false, _) => self.send_datagrams(udp, picks, &mut sent),
+                    (true, Some(link)) => self.send_frames(link, picks, &mut sent),
+                    (true, None) => n,
+                };
             }
-            // SAFETY: the pointers in `msgs` point into `addrs`, `iov` and
-            // `self.bytes`, all alive and unchanged during the call.
-            let rc = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), chunk.len() as libc::c_uint, libc::MSG_DONTWAIT) };
-            if rc <= 0 {
-                // The first message of the chunk failed: skip it, go on.
-                failed += 1;
-                at += 1;
-                continue;
-            }
-            for (_, _, tag) in &chunk[..rc as usize] {
-                sent(*tag);
-            }
-            at += rc as usize;
         }
         self.clear();
         failed
     }
+
+    /// Sends replies `picks` (all [`Via::Udp`]) on `fd`.
+    fn send_datagrams(&self, fd: RawFd, picks: &[usize], sent: &mut impl FnMut(u8)) -> usize {
+        // SAFETY: sockaddr_in is plain old data; zeroed is valid.
+        let mut addrs: [libc::sockaddr_in; BATCH] = unsafe { std::mem::zeroed() };
+        let mut iov: [libc::iovec; BATCH] =
+            std::array::from_fn(|_| libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 });
+        for (k, &i) in picks.iter().enumerate() {
+            let (r, via, _) = &self.items[i];
+            if let Via::Udp(to) = via {
+                addrs[k] = sockaddr(*to);
+            }
+            iov[k] = libc::iovec { iov_base: self.bytes[r.clone()].as_ptr() as *mut libc::c_void, iov_len: r.len() };
+        }
+        // SAFETY: mmsghdr is plain old data; zeroed is valid.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (k, m) in msgs.iter_mut().enumerate().take(picks.len()) {
+            m.msg_hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_in).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = &mut iov[k];
+            m.msg_hdr.msg_iovlen = 1;
+        }
+        send_all(fd, &mut msgs[..picks.len()], |k| sent(self.items[picks[k]].2))
+    }
+
+    /// Sends replies `picks` (all [`Via::Frame`]) on `link`, each behind
+    /// the IPv4 and UDP headers written here.
+    fn send_frames(&self, link: &LinkSocket, picks: &[usize], sent: &mut impl FnMut(u8)) -> usize {
+        let mut headers = [[0u8; HEADERS]; BATCH];
+        // SAFETY: sockaddr_ll is plain old data; zeroed is valid.
+        let mut addrs: [libc::sockaddr_ll; BATCH] = unsafe { std::mem::zeroed() };
+        for (k, &i) in picks.iter().enumerate() {
+            let (r, via, _) = &self.items[i];
+            if let Via::Frame { mac, ip } = via {
+                headers[k] = link.headers(*ip, &self.bytes[r.clone()]);
+                addrs[k] = link.address(*mac);
+            }
+        }
+        let empty = libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 };
+        let mut iov = [[empty; 2]; BATCH];
+        for (k, &i) in picks.iter().enumerate() {
+            let r = &self.items[i].0;
+            iov[k] = [
+                libc::iovec { iov_base: headers[k].as_mut_ptr().cast(), iov_len: HEADERS },
+                libc::iovec { iov_base: self.bytes[r.clone()].as_ptr() as *mut libc::c_void, iov_len: r.len() },
+            ];
+        }
+        // SAFETY: mmsghdr is plain old data; zeroed is valid.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (k, m) in msgs.iter_mut().enumerate().take(picks.len()) {
+            m.msg_hdr.msg_name = (&mut addrs[k] as *mut libc::sockaddr_ll).cast();
+            m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            m.msg_hdr.msg_iov = iov[k].as_mut_ptr();
+            m.msg_hdr.msg_iovlen = 2;
+        }
+        send_all(link.fd(), &mut msgs[..picks.len()], |k| sent(self.items[picks[k]].2))
+    }
+}
+
+/// `sendmmsg` until every message went out or failed; `sent(k)` for each
+/// that went. A message that fails is skipped. Returns how many failed.
+fn send_all(fd: RawFd, msgs: &mut [libc::mmsghdr], mut sent: impl FnMut(usize)) -> usize {
+    let (mut failed, mut at) = (0, 0);
+    while at < msgs.len() {
+        let rest = &mut msgs[at..];
+        // SAFETY: the caller's messages point at buffers alive and
+        // unchanged for the call.
+        let rc = unsafe { libc::sendmmsg(fd, rest.as_mut_ptr(), rest.len() as libc::c_uint, libc::MSG_DONTWAIT) };
+        if rc <= 0 {
+            // The first message failed: skip it, go on.
+            failed += 1;
+            at += 1;
+            continue;
+        }
+        for k in at..at + rc as usize {
+            sent(k);
+        }
+        at += rc as usize;
+    }
+    failed
 }
 
 #[cfg(test)]
@@ -218,10 +303,10 @@ mod tests {
         for i in 0..100u8 {
             let start = out.mark();
             out.buffer().extend_from_slice(&[i; 10]);
-            out.push(start, to, i);
+            out.push(start, Via::Udp(to), i);
         }
         let mut tags = Vec::new();
-        assert_eq!(out.flush(tx.as_raw_fd(), |t| tags.push(t)), 0);
+        assert_eq!(out.flush(tx.as_raw_fd(), None, |t| tags.push(t)), 0);
         assert_eq!(tags, (0..100).collect::<Vec<u8>>());
         assert!(out.is_empty());
         let mut batch = RecvBatch::default();

@@ -10,6 +10,7 @@
 //! clients without an address possible.
 
 pub mod batch;
+pub mod link;
 pub mod neighbour;
 pub mod reply;
 pub mod server;

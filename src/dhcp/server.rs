@@ -36,7 +36,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::batch::{RecvBatch, SendBatch, BATCH};
+use super::batch::{RecvBatch, SendBatch, Via, BATCH};
+use super::link::{LinkSocket, BROADCAST_MAC};
 use super::wire::Request;
 use super::writer::{Committed, LeaseWriter};
 use super::{handle, neighbour, Decision, Destination, DhcpConfig, Outcome};
@@ -265,6 +266,9 @@ struct Server {
     /// The interface the socket is bound to, for neighbour entries.
     ifname: String,
     socket: UdpSocket,
+    /// Where replies to clients without an address go out, as frames;
+    /// `None` without the privilege for a packet socket.
+    link: Option<LinkSocket>,
     book: Arc<Mutex<AddressBook>>,
     stats: Arc<ServerStats>,
 }
@@ -274,19 +278,22 @@ impl Server {
         self.socket.as_raw_fd()
     }
 
-    /// Where the datagram for `dest` goes. A unicast to a client without an
-    /// address needs its neighbour entry first; if that cannot be made the
-    /// reply is broadcast, which always arrives.
-    fn address(&self, dest: Destination) -> SocketAddrV4 {
-        match dest {
-            Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, 68),
-            Destination::Client(ip) => SocketAddrV4::new(ip, 68),
-            Destination::Relay(ip) => SocketAddrV4::new(ip, 67),
-            Destination::Unicast { ip, mac } => match neighbour::plant(self.fd(), &self.ifname, ip, mac) {
-                Ok(()) => SocketAddrV4::new(ip, 68),
+    /// How the reply for `dest` goes. A client without an address gets a
+    /// frame ([`super::link`]); without a link socket, a unicast to it
+    /// needs its neighbour entry planted first, and if that cannot be made
+    /// the reply is broadcast, which always arrives.
+    fn address(&self, dest: Destination) -> Via {
+        match (dest, &self.link) {
+            (Destination::Broadcast, Some(_)) => Via::Frame { mac: BROADCAST_MAC, ip: Ipv4Addr::BROADCAST },
+            (Destination::Unicast { ip, mac }, Some(_)) => Via::Frame { mac, ip },
+            (Destination::Broadcast, None) => Via::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)),
+            (Destination::Client(ip), _) => Via::Udp(SocketAddrV4::new(ip, 68)),
+            (Destination::Relay(ip), _) => Via::Udp(SocketAddrV4::new(ip, 67)),
+            (Destination::Unicast { ip, mac }, None) => match neighbour::plant(self.fd(), &self.ifname, ip, mac) {
+                Ok(()) => Via::Udp(SocketAddrV4::new(ip, 68)),
                 Err(e) => {
                     tracing::debug!(net = self.net, %ip, "no neighbour entry for a unicast reply, broadcasting: {e}");
-                    SocketAddrV4::new(Ipv4Addr::BROADCAST, 68)
+                    Via::Udp(SocketAddrV4::new(Ipv4Addr::BROADCAST, 68))
                 }
             },
         }
@@ -295,7 +302,7 @@ impl Server {
     /// Sends the batch; counts what went out by message type.
     fn flush(&self, out: &mut SendBatch) {
         let stats = &self.stats;
-        let failed = out.flush(self.fd(), |kind| {
+        let failed = out.flush(self.fd(), self.link.as_ref(), |kind| {
             ServerStats::bump(&stats.sent_by_type[crate::metrics::dhcp_type_index(kind)]);
         });
         if failed > 0 {
@@ -347,7 +354,17 @@ pub async fn serve(
 ) {
     // The network's counters outlive this server: a restart goes on counting.
     let stats = crate::metrics::dhcp_stats(&net);
-    let server = Arc::new(Server { net, ifname, socket, book, stats });
+    let link = match LinkSocket::open(&ifname, cfg.server_ip) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(
+                net,
+                "no packet socket on {ifname} ({e}): replies to clients without an address go through the IP stack"
+            );
+            None
+        }
+    };
+    let server = Arc::new(Server { net, ifname, socket, link, book, stats });
     let fd = server.fd();
     let mut batch = RecvBatch::default();
     let mut now_out = SendBatch::with_capacity(BATCH);
