@@ -11,7 +11,8 @@
 # Every server gets the same subnet (10.20.0.0/16, server 10.20.0.1), the
 # same pool (10.20.0.2-10.20.255.253), one-hour leases, and durable leases:
 #   lanyard  group commit appended to the lease journal (in the OS) before
-#            the ACK; folded into SQLite, fsync'd, within 500 ms
+#            the ACK; the journal fdatasync'd within 500 ms, folded into
+#            SQLite (fsync'd) once the server is quiet
 #   dnsmasq  --dhcp-leasefile (rewritten and fsync'd after changes)
 #   Kea      memfile, persist: true (CSV appended before the ACK, never fsync'd)
 # Topology per step, all in namespaces of this run:
@@ -33,8 +34,9 @@
 # server gets 2x and 4x its own knee (overload: completed exchanges should
 # stay at the peak, not collapse).
 #
-# CPU: the server's utime+stime (/proc/PID/stat) over the generator's run,
-# per 1,000 completed exchanges; the load generator's own CPU (as % of one
+# CPU: the server's utime+stime (/proc/PID/stat) from the generator's start
+# until the server has finished the run's work (lanyard folds its lease
+# journal once the load stops), per 1,000 completed exchanges; the load generator's own CPU (as % of one
 # core over the run) is reported too, so a saturated load generator shows.
 set -euo pipefail
 source "$BENCH_DIR/lib.sh"
@@ -89,9 +91,18 @@ start_lanyard_dhcp() {
     local br
     br=$(ly net show bench -o json | jq -r .bridge)
     topology "$br"
-    # Leases reach the table within a fold (500 ms) of their journal
-    # append: wait for one, then count the table.
-    LEASES() { sleep 0.6; sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
+    # The lease journal is folded into the table once the server is quiet
+    # (and that fold is the server's work for this step: its CPU counts):
+    # wait until both journal files are empty (at most 30 s).
+    SETTLE() {
+        local i
+        for ((i = 0; i < 300; i++)); do
+            [ ! -s "$d/state/leases.journal" ] && [ ! -e "$d/state/leases.journal.folding" ] && return 0
+            sleep 0.1
+        done
+        warn "lanyard: the lease journal was not folded within 30 s"
+    }
+    LEASES() { sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
     # What the server itself answered (its counters): under overload the
     # generator may lose replies the server sent.
     SERVED() {
@@ -112,6 +123,7 @@ start_dnsmasq() {
         --pid-file="$d/dnsmasq.pid" --log-facility="$d/dnsmasq.log" >"$d/dnsmasq.out" 2>&1 &
     SRV_PID=$!
     track "$SRV_PID"
+    SETTLE() { :; }
     LEASES() { wc -l <"$d/dnsmasq.leases" 2>/dev/null || echo "?"; }
     SERVED() { :; }
 }
@@ -134,6 +146,7 @@ EOF
     KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
     SRV_PID=$!
     track "$SRV_PID"
+    SETTLE() { :; }
     LEASES() { echo $(($(wc -l <"$d/leases4.csv" 2>/dev/null || echo 1) - 1)); }
     SERVED() { :; }
 }
@@ -169,15 +182,19 @@ step() {
             ip netns exec "$CLI" timeout $((period + 60)) sh -c \
                 'perfdhcp -4 -l c0 -B -r "$1" -p "$2" -R "$3" -x t >"$4" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat >"$5"' \
                 sh "$rate" "$period" "$CLIENTS" "$d/perfdhcp.out" "$d/gen.cpu" || true
-            c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
+            t1=$(now_s)
             s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out") ;;
         dhcpload)
             ip netns exec "$CLI" timeout $((period + 60)) sh -c \
                 '"$1" -l c0 -r "$2" -p "$3" -R "$4" >"$5" 2>"$6"; awk "{print \$16 + \$17}" /proc/$$/stat >"$7"' \
                 sh "$DHCPLOAD" "$rate" "$period" "$CLIENTS" "$d/dhcpload.out" "$d/dhcpload.err" "$d/gen.cpu" || true
-            c1=$(cpu_ticks "$SRV_PID"); t1=$(now_s)
+            t1=$(now_s)
             s=$(head -1 "$d/dhcpload.out" 2>/dev/null || true) ;;
     esac
+    # Work the server leaves for after the load (lanyard's lease fold)
+    # is work for these exchanges: the CPU is read once it is done.
+    SETTLE
+    c1=$(cpu_ticks "$SRV_PID")
     sleep 0.3
     local leases served
     leases=$(LEASES)

@@ -5,7 +5,9 @@
 #
 # Usage: sudo LANYARD=target/release/lanyard bench/tools/profile-dhcp.sh RATE [SECONDS] [CLIENTS] [OUT]
 # (DHCPLOAD=target/release/examples/dhcpload: our generator instead of
-# perfdhcp; NO_PERF=1: CPU only; KEEP_PERF=FILE keeps perf.data.)
+# perfdhcp; NO_PERF=1: CPU only; KEEP_PERF=FILE keeps perf.data;
+# SRV_CPUS=1 GEN_CPUS=0: pin the daemon's threads and the generator to
+# those CPUs, as taskset -c takes them.)
 # Build with symbols first:
 #   CARGO_PROFILE_RELEASE_STRIP=none cargo build --release
 # Without `perf` on PATH it only measures CPU.
@@ -40,6 +42,9 @@ for ((i = 0; i < 20; i++)); do
     sleep 0.5
 done
 
+if [ -n "${SRV_CPUS:-}" ]; then taskset -a -p -c "$SRV_CPUS" "$PID" >/dev/null; fi
+PIN=()
+if [ -n "${GEN_CPUS:-}" ]; then PIN=(taskset -c "$GEN_CPUS"); fi
 cpu() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 tck=$(getconf CLK_TCK)
 c0=$(cpu "$PID")
@@ -50,13 +55,18 @@ if [ -z "${NO_PERF:-}" ] && command -v perf >/dev/null 2>&1; then
 fi
 # DHCPLOAD=target/release/examples/dhcpload uses our generator instead.
 if [ -n "${DHCPLOAD:-}" ]; then
-    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) "${PIN[@]}" \
         "$(realpath "$DHCPLOAD")" -l c0 -r "$RATE" -p "$PERIOD" -R "$CLIENTS" >"$d/gen.line" 2>"$d/gen.err" || true
 else
-    ip netns exec "$CLI" timeout $((PERIOD + 60)) \
+    ip netns exec "$CLI" timeout $((PERIOD + 60)) "${PIN[@]}" \
         perfdhcp -4 -l c0 -B -r "$RATE" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
 fi
 [ -n "$PERF_PID" ] && wait "$PERF_PID" || true
+# The lease fold runs once the load stops; its CPU is this run's too.
+for ((i = 0; i < 300; i++)); do
+    [ ! -s "$d/state/leases.journal" ] && [ ! -e "$d/state/leases.journal.folding" ] && break
+    sleep 0.1
+done
 c1=$(cpu "$PID")
 if [ -n "${DHCPLOAD:-}" ]; then
     read -r _ _ _ recv_ra p50 p99 _ <"$d/gen.line"
