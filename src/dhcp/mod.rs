@@ -9,6 +9,7 @@
 //! replies, [`wire`] reads requests, [`neighbour`] makes unicast replies to
 //! clients without an address possible.
 
+pub mod admission;
 pub mod batch;
 pub mod link;
 pub mod neighbour;

@@ -9,12 +9,14 @@
 //! lease changes with their ACKs, which the writer thread sends once the
 //! changes are durable. The receive loop never waits for the store.
 //!
-//! Overload: when the socket's receive queue is more than half full or the
-//! lease writer is far behind, DISCOVERs from clients the network does not
-//! know (no port, no lease) are shed right after parsing, before any work
-//! on the address book or the store, and counted (`overload`): exchanges
-//! already under way and registered ports are served first, so completed
-//! exchanges stay at the peak instead of collapsing.
+//! Overload: DISCOVERs are shed right after parsing, before any work on
+//! the address book or the store, and counted (`overload`), when the
+//! server has more than it can finish ([`super::admission`]): its clients
+//! leave too many OFFERs unanswered, or (for clients the network does not
+//! know) the socket's receive queue is more than half full or the lease
+//! writer is far behind. Exchanges already under way and registered ports
+//! are served first, so completed exchanges stay near the peak instead of
+//! collapsing.
 //!
 //! Defences, because every byte comes from guests: a packet is parsed by
 //! [`super::wire`] (nothing panics on wire data, and a panic anyway costs
@@ -36,6 +38,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use super::admission::{Client, OfferWindow};
 use super::batch::{RecvBatch, SendBatch, Via, BATCH};
 use super::link::{LinkSocket, BROADCAST_MAC};
 use super::wire::Request;
@@ -136,7 +139,8 @@ pub struct ServerStats {
     pub nakked: AtomicU64,
     /// Lease writes that failed (disk full?); the reply was withheld.
     pub store_failures: AtomicU64,
-    /// DISCOVERs of unknown clients shed because the server was overloaded.
+    /// DISCOVERs shed because the server had more than it could finish
+    /// ([`super::admission`]).
     pub shed: AtomicU64,
     /// Client messages parsed, by option 53 value ([`crate::metrics::DHCP_TYPES`]).
     pub received_by_type: [AtomicU64; 9],
@@ -163,12 +167,23 @@ pub struct ServerState {
     /// Whether the server is behind (receive queue or lease writer): new
     /// clients' DISCOVERs are shed while it is.
     pub overloaded: bool,
+    /// OFFERs made and answered lately: whether new exchanges are taken on.
+    pub window: OfferWindow,
+    /// The time of the batch being handled.
+    pub clock: Instant,
 }
 
 impl ServerState {
     /// A fresh state at time `t`.
     pub fn new(t: u64) -> Self {
-        ServerState { limiter: MacLimiter::default(), last_housekeeping: t, overloaded: false }
+        let clock = Instant::now();
+        ServerState {
+            limiter: MacLimiter::default(),
+            last_housekeeping: t,
+            overloaded: false,
+            window: OfferWindow::new(clock),
+            clock,
+        }
     }
 }
 
@@ -192,13 +207,18 @@ pub fn process(
         }
     };
     ServerStats::bump(&stats.received_by_type[crate::metrics::dhcp_type_index(u8::from(req.kind))]);
-    if state.overloaded
-        && req.kind == MessageType::Discover
-        && book.static_ip(req.mac).is_none()
-        && book.lease_of(req.mac).is_none()
-    {
-        ServerStats::bump(&stats.shed);
-        return None;
+    if req.kind == MessageType::Discover {
+        let client = if book.static_ip(req.mac).is_some() {
+            Client::Port
+        } else if book.lease_of(req.mac).is_some() {
+            Client::Leased
+        } else {
+            Client::Unknown
+        };
+        if !state.window.admits(client, state.overloaded, state.clock) {
+            ServerStats::bump(&stats.shed);
+            return None;
+        }
     }
     if !state.limiter.allow(req.mac, Instant::now()) {
         ServerStats::bump(&stats.rate_limited);
@@ -206,6 +226,8 @@ pub fn process(
     }
     let d = handle(book, cfg, &req, t, out);
     match d.outcome {
+        Outcome::Offered => state.window.offered(state.clock),
+        Outcome::Acked => state.window.acked(state.clock),
         Outcome::NoAddress => ServerStats::bump(&stats.no_address),
         Outcome::Nakked => ServerStats::bump(&stats.nakked),
         _ => {}
@@ -385,6 +407,7 @@ pub async fn serve(
             state.last_housekeeping = t;
             housekeeping(&server, &writer, t, &mut reported);
         }
+        state.clock = Instant::now();
         // A full batch means more is queued: check how much.
         state.overloaded = writer.backlog() > SHED_BACKLOG || (n == BATCH && receive_queue_deep(fd));
         let mut changes: Vec<LeaseChange> = Vec::new();
@@ -546,5 +569,18 @@ mod tests {
         state.overloaded = false;
         let d = process(&discover(newcomer), &mut book, &cfg, 1, &mut state, &stats, &mut out).unwrap();
         assert_eq!(d.outcome, Outcome::Offered, "served again once the overload is over");
+
+        // Clients that leave OFFERs unanswered: no new exchange is taken
+        // on, also with a short queue, then none of a leased client; a
+        // port's always is.
+        for _ in 0..=2 * crate::dhcp::admission::UNANSWERED {
+            state.window.offered(state.clock);
+        }
+        let other = [0x52, 0x54, 0, 0, 0, 4];
+        assert!(process(&discover(other), &mut book, &cfg, 1, &mut state, &stats, &mut out).is_none());
+        assert!(process(&discover(leased.0), &mut book, &cfg, 1, &mut state, &stats, &mut out).is_none());
+        let d = process(&discover(port.0), &mut book, &cfg, 1, &mut state, &stats, &mut out).unwrap();
+        assert_eq!(d.outcome, Outcome::Offered, "a port is served whatever its neighbours do");
+        assert_eq!(stats.shed.load(Ordering::Relaxed), 3);
     }
 }
