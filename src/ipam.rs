@@ -351,6 +351,11 @@ impl AddressBook {
         self.statics.get(&mac).copied()
     }
 
+    /// The MACs with a fixed IP (ports and static hosts).
+    pub fn static_macs(&self) -> Vec<Mac> {
+        self.statics.keys().copied().collect()
+    }
+
     /// Chooses the address to OFFER to `mac`: its fixed IP; else its current
     /// lease; else `requested` if free in the pool; else the next free pool
     /// address. The choice is held for [`OFFER_HOLD_SECS`].

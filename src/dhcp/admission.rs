@@ -19,14 +19,28 @@
 //! at most [`UNANSWERED`] a second, and completed exchanges stay near the
 //! peak. The shed DISCOVERs are counted (`overload`), never logged one by
 //! one, and their clients retry (RFC 2131: after about 4 s).
+//!
+//! Beyond twice the limit, when every DISCOVER but a port's is shed anyway,
+//! the server also has the kernel shed them ([`discover_filter`], classic
+//! BPF on its socket): they are then dropped before they are queued, so
+//! the REQUESTs of exchanges under way do not wait behind them and the
+//! server spends nothing on them. The kernel cannot count them; the
+//! `overload` counter holds what the server itself shed.
 
 use std::time::{Duration, Instant};
+
+use crate::model::Mac;
 
 /// Unanswered OFFERs of the last second beyond which new clients are shed
 /// (twice as many: clients with a lease too). At the knee a client's
 /// REQUEST comes back within a few milliseconds, so a second holds a few
 /// hundred unanswered OFFERs; a drowning client leaves tens of thousands.
 pub const UNANSWERED: u32 = 4096;
+
+/// The most ports [`discover_filter`] lets through by MAC (five
+/// instructions each; the kernel takes 4,096). A network with more gets no
+/// kernel filter, only the server's own shedding.
+pub const FILTER_PORTS: usize = 512;
 
 /// Slots of the window, each [`SLOT`] long: one second in all.
 const SLOTS: usize = 10;
@@ -106,9 +120,146 @@ impl OfferWindow {
     }
 }
 
+/// Where the filter looks, from the UDP header (where a UDP socket's
+/// filter starts): the first option's code and value, and the client MAC.
+const FIRST_OPTION: u32 = 8 + 240;
+const FIRST_VALUE: u32 = FIRST_OPTION + 2;
+const CHADDR: u32 = 8 + 28;
+/// What a filter returns to keep a whole datagram, and to drop it.
+const KEEP: u32 = 0xffff;
+const DROP: u32 = 0;
+
+fn stmt(code: u32, k: u32) -> libc::sock_filter {
+    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+}
+
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+    libc::sock_filter { code: code as u16, jt, jf, k }
+}
+
+/// A classic BPF program for a DHCP server's socket that drops DISCOVERs
+/// in the kernel except those from `ports`; anything else passes, as does
+/// a DISCOVER whose first option is not the message type (every common
+/// client puts it first; the server sheds the rest itself). `None` with
+/// more than [`FILTER_PORTS`] ports.
+pub fn discover_filter(ports: &[Mac]) -> Option<Vec<libc::sock_filter>> {
+    use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+    if ports.len() > FILTER_PORTS {
+        return None;
+    }
+    let mut p = vec![
+        stmt(BPF_LD | BPF_B | BPF_ABS, FIRST_OPTION),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 53, 1, 0),
+        stmt(BPF_RET | BPF_K, KEEP),
+        stmt(BPF_LD | BPF_B | BPF_ABS, FIRST_VALUE),
+        jump(BPF_JMP | BPF_JEQ | BPF_K, 1, 1, 0),
+        stmt(BPF_RET | BPF_K, KEEP),
+    ];
+    for mac in ports {
+        let m = mac.0;
+        p.extend([
+            stmt(BPF_LD | BPF_W | BPF_ABS, CHADDR),
+            jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from_be_bytes([m[0], m[1], m[2], m[3]]), 0, 3),
+            stmt(BPF_LD | BPF_H | BPF_ABS, CHADDR + 4),
+            jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(u16::from_be_bytes([m[4], m[5]])), 0, 1),
+            stmt(BPF_RET | BPF_K, KEEP),
+        ]);
+    }
+    p.push(stmt(BPF_RET | BPF_K, DROP));
+    Some(p)
+}
+
+/// Attaches `program` to `fd` (replacing any filter there), or with
+/// `None` detaches it.
+pub fn set_filter(fd: std::os::fd::RawFd, program: Option<&[libc::sock_filter]>) -> std::io::Result<()> {
+    let rc = match program {
+        Some(p) => {
+            let prog = libc::sock_fprog { len: p.len() as u16, filter: p.as_ptr().cast_mut() };
+            // SAFETY: prog points at `p`, alive for the call; the kernel copies it.
+            unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_ATTACH_FILTER,
+                    (&prog as *const libc::sock_fprog).cast(),
+                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+                )
+            }
+        }
+        None => {
+            let zero: libc::c_int = 0;
+            // SAFETY: reads one c_int that lives for the call.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_DETACH_FILTER,
+                    (&zero as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            // No filter attached is not an error here.
+            if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
+                0
+            } else {
+                rc
+            }
+        }
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn message(kind: u8, mac: [u8; 6], type_first: bool) -> Vec<u8> {
+        let mut b = vec![0u8; 236];
+        b[0] = 1;
+        b[28..34].copy_from_slice(&mac);
+        b.extend_from_slice(&[99, 130, 83, 99]);
+        if !type_first {
+            b.extend_from_slice(&[12, 2, b'v', b'm']);
+        }
+        b.extend_from_slice(&[53, 1, kind, 255]);
+        b
+    }
+
+    #[test]
+    fn the_kernel_filter_drops_discovers_but_a_ports_and_lets_everything_else_through() {
+        use std::net::UdpSocket;
+        use std::os::fd::AsRawFd;
+        let port = [0x52, 0x54, 0, 0xab, 0xcd, 0xef];
+        let other = [0x52, 0x54, 0, 0xab, 0xcd, 0xee];
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let prog = discover_filter(&[Mac([1, 2, 3, 4, 5, 6]), Mac(port)]).unwrap();
+        set_filter(rx.as_raw_fd(), Some(&prog)).unwrap();
+        let cases = [
+            (message(1, other, true), false, "another client's DISCOVER"),
+            (message(1, port, true), true, "the port's DISCOVER"),
+            (message(3, other, true), true, "a REQUEST"),
+            (message(1, other, false), true, "a DISCOVER with its type further on (the server decides)"),
+        ];
+        let mut buf = [0u8; 600];
+        for (msg, passes, what) in &cases {
+            tx.send_to(msg, rx.local_addr().unwrap()).unwrap();
+            let got = rx.recv(&mut buf).is_ok();
+            assert_eq!(got, *passes, "{what}");
+        }
+        set_filter(rx.as_raw_fd(), None).unwrap();
+        tx.send_to(&cases[0].0, rx.local_addr().unwrap()).unwrap();
+        assert!(rx.recv(&mut buf).is_ok(), "detached: everything passes");
+        set_filter(rx.as_raw_fd(), None).unwrap();
+        let many: Vec<Mac> = (0..=FILTER_PORTS as u32).map(|i| Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8])).collect();
+        assert!(discover_filter(&many).is_none());
+        assert!(discover_filter(&many[..FILTER_PORTS]).unwrap().len() <= 4096);
+    }
 
     #[test]
     fn unanswered_offers_shed_new_clients_then_leased_ones_but_never_ports() {

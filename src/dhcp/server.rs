@@ -38,7 +38,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
-use super::admission::{Client, OfferWindow};
+use super::admission::{discover_filter, set_filter, Client, OfferWindow, UNANSWERED};
 use super::batch::{RecvBatch, SendBatch, Via, BATCH};
 use super::link::{LinkSocket, BROADCAST_MAC};
 use super::wire::Request;
@@ -392,6 +392,8 @@ pub async fn serve(
     let mut now_out = SendBatch::with_capacity(BATCH);
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
+    // Whether the kernel sheds DISCOVERs for us (admission::discover_filter).
+    let mut filtering = false;
     loop {
         let n = match server.socket.async_io(Interest::READABLE, || batch.recv(fd)).await {
             Ok(n) => n,
@@ -467,6 +469,26 @@ pub async fn serve(
         server.flush(&mut now_out);
         if let Some(after) = after {
             writer.submit(changes, after);
+        }
+        // Beyond twice the admission limit every DISCOVER but a port's is
+        // shed: the kernel does it then, before they are queued.
+        let shed_all = state.window.unanswered(state.clock) > 2 * UNANSWERED;
+        if shed_all != filtering {
+            let program = if shed_all {
+                let ports = server.book.lock().unwrap_or_else(|p| p.into_inner()).static_macs();
+                discover_filter(&ports)
+            } else {
+                None
+            };
+            if shed_all && program.is_none() {
+                // Too many ports to list: the server sheds on its own.
+                filtering = true;
+            } else {
+                match set_filter(fd, program.as_deref()) {
+                    Ok(()) => filtering = shed_all,
+                    Err(e) => tracing::debug!(net = server.net, "dhcp: kernel filter not changed: {e}"),
+                }
+            }
         }
         // Under load, let a millisecond's requests gather before the next
         // receive (a full batch means more is queued: no pause then).
