@@ -392,10 +392,22 @@ pub async fn serve(
     let mut now_out = SendBatch::with_capacity(BATCH);
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
-    // Whether the kernel sheds DISCOVERs for us (admission::discover_filter).
-    let mut filtering = false;
+    let mut kernel_shed = KernelShed { on: false, set_at: state.clock };
     loop {
-        let n = match server.socket.async_io(Interest::READABLE, || batch.recv(fd)).await {
+        let recv = server.socket.async_io(Interest::READABLE, || batch.recv(fd));
+        let received = if kernel_shed.on {
+            // No DISCOVER reaches the loop while the kernel sheds them, so
+            // nothing else would wake it to see that the overload is over.
+            tokio::time::timeout(KERNEL_SHED_RECHECK, recv).await.ok()
+        } else {
+            Some(recv.await)
+        };
+        let Some(received) = received else {
+            state.clock = Instant::now();
+            kernel_shed.update(&server, &mut state);
+            continue;
+        };
+        let n = match received {
             Ok(n) => n,
             Err(e) => {
                 tracing::debug!(net = server.net, "dhcp receive failed: {e}");
@@ -470,30 +482,50 @@ pub async fn serve(
         if let Some(after) = after {
             writer.submit(changes, after);
         }
-        // Beyond twice the admission limit every DISCOVER but a port's is
-        // shed: the kernel does it then, before they are queued.
-        let shed_all = state.window.unanswered(state.clock) > 2 * UNANSWERED;
-        if shed_all != filtering {
-            let program = if shed_all {
-                let ports = server.book.lock().unwrap_or_else(|p| p.into_inner()).static_macs();
-                discover_filter(&ports)
-            } else {
-                None
-            };
-            if shed_all && program.is_none() {
-                // Too many ports to list: the server sheds on its own.
-                filtering = true;
-            } else {
-                match set_filter(fd, program.as_deref()) {
-                    Ok(()) => filtering = shed_all,
-                    Err(e) => tracing::debug!(net = server.net, "dhcp: kernel filter not changed: {e}"),
-                }
-            }
-        }
+        kernel_shed.update(&server, &mut state);
         // Under load, let a millisecond's requests gather before the next
         // receive (a full batch means more is queued: no pause then).
         if (PACE_FROM..BATCH).contains(&n) {
             tokio::time::sleep(PACE).await;
+        }
+    }
+}
+
+/// While the kernel sheds DISCOVERs: how often the receive loop wakes up
+/// to see whether that is still needed, and refreshes the filter's list of
+/// ports (a port made meanwhile is let through within this time).
+const KERNEL_SHED_RECHECK: Duration = Duration::from_millis(100);
+
+/// Whether the kernel sheds DISCOVERs for the server
+/// ([`discover_filter`]): beyond twice the admission limit, when every
+/// DISCOVER but a port's is shed anyway.
+struct KernelShed {
+    on: bool,
+    /// When the filter was last attached.
+    set_at: Instant,
+}
+
+impl KernelShed {
+    /// Attaches, refreshes or detaches the filter as the window says.
+    fn update(&mut self, server: &Server, state: &mut ServerState) {
+        let wanted = state.window.unanswered(state.clock) > 2 * UNANSWERED;
+        let refresh = wanted && self.on && state.clock.duration_since(self.set_at) >= KERNEL_SHED_RECHECK;
+        if wanted == self.on && !refresh {
+            return;
+        }
+        let program = if wanted {
+            discover_filter(&server.book.lock().unwrap_or_else(|p| p.into_inner()).static_macs())
+        } else {
+            None
+        };
+        // Too many ports to list: no filter, the server sheds on its own
+        // (and still rechecks, to attach one if ports go away).
+        match set_filter(server.fd(), program.as_deref()) {
+            Ok(()) => {
+                self.on = wanted;
+                self.set_at = state.clock;
+            }
+            Err(e) => tracing::debug!(net = server.net, "dhcp: kernel filter not changed: {e}"),
         }
     }
 }
@@ -562,6 +594,98 @@ mod tests {
         b[28..34].copy_from_slice(&mac);
         b.extend_from_slice(&[99, 130, 83, 99, 53, 1, 1, 255]);
         b
+    }
+
+    /// Runs `f` on a thread of its own, in a network namespace of its own
+    /// with only its loopback up; `None` without the privilege for one.
+    fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+        std::thread::spawn(move || {
+            // SAFETY: unshare changes only this thread's network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+            // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+            let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+            for (d, b) in ifr.ifr_name.iter_mut().zip(b"lo") {
+                *d = *b as libc::c_char;
+            }
+            ifr.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_LOOPBACK | libc::IFF_RUNNING) as libc::c_short;
+            // SAFETY: SIOCSIFFLAGS reads the ifreq, alive for the call.
+            if unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) } != 0 {
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .expect("the namespace's thread")
+    }
+
+    #[test]
+    fn the_kernel_filter_comes_off_once_the_overload_is_over_though_nothing_passes_it() {
+        let ran = in_private_netns(|| {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let name = format!("kshed-{}", std::process::id());
+                let net = crate::model::test_network(&name, "10.77.0.0/16", "lo");
+                let cfg = DhcpConfig::for_network(&net, None);
+                let mut book = AddressBook::new(net);
+                // Clients with a lease: served until twice the limit of
+                // unanswered OFFERs, then shed, by the kernel.
+                let n = 2 * crate::dhcp::admission::UNANSWERED + 300;
+                let macs: Vec<[u8; 6]> = (0..n).map(|i| [2, 0, 0, (i >> 16) as u8, (i >> 8) as u8, i as u8]).collect();
+                for m in &macs {
+                    let ip = book.offer(Mac(*m), None, 0).unwrap();
+                    book.ack(Mac(*m), ip, 0, 3600, None, None).unwrap();
+                }
+                let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                std_socket.set_nonblocking(true).unwrap();
+                force_recv_buffer(std_socket.as_raw_fd(), RECV_BUFFER);
+                let to = std_socket.local_addr().unwrap();
+                let socket = UdpSocket::from_std(std_socket).unwrap();
+                let store: Arc<dyn crate::store::Store> =
+                    Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
+                let book = Arc::new(Mutex::new(book));
+                let server =
+                    tokio::spawn(serve(name.clone(), socket, "lo".into(), book, cfg, LeaseWriter::start(store)));
+                let stats = crate::metrics::dhcp_stats(&name);
+                let discovers = || stats.received_by_type[1].load(Ordering::Relaxed);
+                let settled = || async {
+                    let mut last = discovers();
+                    loop {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        let now = discovers();
+                        if now == last {
+                            return now;
+                        }
+                        last = now;
+                    }
+                };
+                let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                for (i, m) in macs.iter().enumerate() {
+                    client.send_to(&discover(*m), to).unwrap();
+                    if i % 256 == 255 {
+                        // Within the socket's buffer, and within a second.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+                let seen = settled().await;
+                assert!(seen <= n as u64, "{seen}");
+                // The filter is on: one more DISCOVER never reaches the server.
+                client.send_to(&discover([2, 0xee, 0, 0, 0, 1]), to).unwrap();
+                assert_eq!(settled().await, seen, "the kernel sheds DISCOVERs beyond twice the limit");
+                // The overload leaves the window; nothing else arrives, and
+                // a newcomer's DISCOVER must still reach the server.
+                tokio::time::sleep(Duration::from_millis(1_300)).await;
+                client.send_to(&discover([2, 0xee, 0, 0, 0, 2]), to).unwrap();
+                assert_eq!(settled().await, seen + 1, "the filter stayed on with the overload over");
+                server.abort();
+            })
+        });
+        if ran.is_none() {
+            let require = std::env::var("LANYARD_REQUIRE_PRIVILEGED").map(|v| v == "1").unwrap_or(false);
+            assert!(!require, "this test needs a network namespace of its own (root)");
+        }
     }
 
     #[test]
