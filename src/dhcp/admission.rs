@@ -29,12 +29,15 @@
 
 use std::time::{Duration, Instant};
 
+use socket2::SockFilter;
+
 use crate::model::Mac;
 
 /// Unanswered OFFERs of the last second beyond which new clients are shed
-/// (twice as many: clients with a lease too). At the knee a client's
-/// REQUEST comes back within a few milliseconds, so a second holds a few
-/// hundred unanswered OFFERs; a drowning client leaves tens of thousands.
+/// (twice as many: clients with a lease too). An estimate from run 12: at
+/// the knee (51,200/s) an OFFER is answered 2-10 ms later, so a second
+/// holds some 100-500 unanswered OFFERs; drowning clients left 69,000 a
+/// second in run 10 (447,190 OFFERs, 102,869 REQUESTs in 5 s).
 pub const UNANSWERED: u32 = 4096;
 
 /// The most ports [`discover_filter`] lets through by MAC (five
@@ -110,12 +113,18 @@ impl OfferWindow {
 
     /// Whether a DISCOVER from `client` is taken on at `at`; `overloaded`
     /// says the server is behind anyway (its receive queue or its lease
-    /// writer), which sheds unknown clients by itself.
-    pub fn admits(&mut self, client: Client, overloaded: bool, at: Instant) -> bool {
-        match client {
+    /// writer), which sheds unknown clients by itself. `client` is asked
+    /// only when something is being shed: while nothing is, a DISCOVER
+    /// costs no look-up.
+    pub fn admits(&mut self, client: impl FnOnce() -> Client, overloaded: bool, at: Instant) -> bool {
+        let unanswered = self.unanswered(at);
+        if !overloaded && unanswered <= UNANSWERED {
+            return true;
+        }
+        match client() {
             Client::Port => true,
-            Client::Leased => self.unanswered(at) <= 2 * UNANSWERED,
-            Client::Unknown => !overloaded && self.unanswered(at) <= UNANSWERED,
+            Client::Leased => unanswered <= 2 * UNANSWERED,
+            Client::Unknown => false,
         }
     }
 }
@@ -129,12 +138,12 @@ const CHADDR: u32 = 8 + 28;
 const KEEP: u32 = 0xffff;
 const DROP: u32 = 0;
 
-fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt: 0, jf: 0, k }
+fn stmt(code: u32, k: u32) -> SockFilter {
+    SockFilter::new(code as u16, 0, 0, k)
 }
 
-fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter { code: code as u16, jt, jf, k }
+fn jump(code: u32, k: u32, jt: u8, jf: u8) -> SockFilter {
+    SockFilter::new(code as u16, jt, jf, k)
 }
 
 /// A classic BPF program for a DHCP server's socket that drops DISCOVERs
@@ -142,7 +151,7 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// a DISCOVER whose first option is not the message type (every common
 /// client puts it first; the server sheds the rest itself). `None` with
 /// more than [`FILTER_PORTS`] ports.
-pub fn discover_filter(ports: &[Mac]) -> Option<Vec<libc::sock_filter>> {
+pub fn discover_filter(ports: &[Mac]) -> Option<Vec<SockFilter>> {
     use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     if ports.len() > FILTER_PORTS {
         return None;
@@ -169,47 +178,17 @@ pub fn discover_filter(ports: &[Mac]) -> Option<Vec<libc::sock_filter>> {
     Some(p)
 }
 
-/// Attaches `program` to `fd` (replacing any filter there), or with
+/// Attaches `program` to `socket` (replacing any filter there), or with
 /// `None` detaches it.
-pub fn set_filter(fd: std::os::fd::RawFd, program: Option<&[libc::sock_filter]>) -> std::io::Result<()> {
-    let rc = match program {
-        Some(p) => {
-            let prog = libc::sock_fprog { len: p.len() as u16, filter: p.as_ptr().cast_mut() };
-            // SAFETY: prog points at `p`, alive for the call; the kernel copies it.
-            unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_ATTACH_FILTER,
-                    (&prog as *const libc::sock_fprog).cast(),
-                    std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
-                )
-            }
-        }
-        None => {
-            let zero: libc::c_int = 0;
-            // SAFETY: reads one c_int that lives for the call.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_DETACH_FILTER,
-                    (&zero as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            // No filter attached is not an error here.
-            if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOENT) {
-                0
-            } else {
-                rc
-            }
-        }
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
+pub fn set_filter(socket: &impl std::os::fd::AsFd, program: Option<&[SockFilter]>) -> std::io::Result<()> {
+    let socket = socket2::SockRef::from(socket);
+    match program {
+        Some(p) => socket.attach_filter(p),
+        // No filter attached is not an error here.
+        None => match socket.detach_filter() {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        },
     }
 }
 
@@ -232,14 +211,13 @@ mod tests {
     #[test]
     fn the_kernel_filter_drops_discovers_but_a_ports_and_lets_everything_else_through() {
         use std::net::UdpSocket;
-        use std::os::fd::AsRawFd;
         let port = [0x52, 0x54, 0, 0xab, 0xcd, 0xef];
         let other = [0x52, 0x54, 0, 0xab, 0xcd, 0xee];
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
         let prog = discover_filter(&[Mac([1, 2, 3, 4, 5, 6]), Mac(port)]).unwrap();
-        set_filter(rx.as_raw_fd(), Some(&prog)).unwrap();
+        set_filter(&rx, Some(&prog)).unwrap();
         let cases = [
             (message(1, other, true), false, "another client's DISCOVER"),
             (message(1, port, true), true, "the port's DISCOVER"),
@@ -252,10 +230,10 @@ mod tests {
             let got = rx.recv(&mut buf).is_ok();
             assert_eq!(got, *passes, "{what}");
         }
-        set_filter(rx.as_raw_fd(), None).unwrap();
+        set_filter(&rx, None).unwrap();
         tx.send_to(&cases[0].0, rx.local_addr().unwrap()).unwrap();
         assert!(rx.recv(&mut buf).is_ok(), "detached: everything passes");
-        set_filter(rx.as_raw_fd(), None).unwrap();
+        set_filter(&rx, None).unwrap();
         let many: Vec<Mac> = (0..=FILTER_PORTS as u32).map(|i| Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8])).collect();
         assert!(discover_filter(&many).is_none());
         assert!(discover_filter(&many[..FILTER_PORTS]).unwrap().len() <= 4096);
@@ -268,21 +246,21 @@ mod tests {
         for _ in 0..UNANSWERED {
             w.offered(t);
         }
-        assert!(w.admits(Client::Unknown, false, t), "up to the limit");
+        assert!(w.admits(|| Client::Unknown, false, t), "up to the limit");
         w.offered(t);
-        assert!(!w.admits(Client::Unknown, false, t), "beyond it, new clients wait");
-        assert!(w.admits(Client::Leased, false, t), "clients with a lease are served longer");
+        assert!(!w.admits(|| Client::Unknown, false, t), "beyond it, new clients wait");
+        assert!(w.admits(|| Client::Leased, false, t), "clients with a lease are served longer");
         for _ in 0..UNANSWERED {
             w.offered(t);
         }
-        assert!(!w.admits(Client::Leased, false, t), "and shed beyond twice the limit");
-        assert!(w.admits(Client::Port, false, t), "a port always");
+        assert!(!w.admits(|| Client::Leased, false, t), "and shed beyond twice the limit");
+        assert!(w.admits(|| Client::Port, false, t), "a port always");
         // REQUESTs come back: new clients are taken on again.
         for _ in 0..UNANSWERED + 2 {
             w.acked(t + Duration::from_millis(50));
         }
-        assert!(w.admits(Client::Unknown, false, t + Duration::from_millis(60)));
-        assert!(!w.admits(Client::Unknown, true, t + Duration::from_millis(60)), "a deep queue sheds them anyway");
+        assert!(w.admits(|| Client::Unknown, false, t + Duration::from_millis(60)));
+        assert!(!w.admits(|| Client::Unknown, true, t + Duration::from_millis(60)), "a deep queue sheds them anyway");
     }
 
     #[test]
@@ -293,9 +271,9 @@ mod tests {
             w.offered(t + Duration::from_micros(u64::from(i)));
         }
         assert_eq!(w.unanswered(t + Duration::from_millis(500)), 3 * UNANSWERED);
-        assert!(!w.admits(Client::Leased, false, t + Duration::from_millis(500)));
+        assert!(!w.admits(|| Client::Leased, false, t + Duration::from_millis(500)));
         assert_eq!(w.unanswered(t + Duration::from_millis(1_050)), 0, "the slot of those offers has left");
-        assert!(w.admits(Client::Unknown, false, t + Duration::from_millis(1_050)));
+        assert!(w.admits(|| Client::Unknown, false, t + Duration::from_millis(1_050)));
         // A long silence empties everything at once.
         w.offered(t + Duration::from_secs(5));
         assert_eq!(w.unanswered(t + Duration::from_secs(60)), 0);

@@ -156,12 +156,6 @@ impl SendBatch {
         self.items.is_empty()
     }
 
-    /// Reply `i`: its bytes, destination and tag.
-    pub fn get(&self, i: usize) -> (&[u8], Via, u8) {
-        let (r, to, tag) = &self.items[i];
-        (&self.bytes[r.clone()], *to, *tag)
-    }
-
     /// Empties the batch, keeping its buffers.
     pub fn clear(&mut self) {
         self.bytes.clear();
