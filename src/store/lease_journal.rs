@@ -179,14 +179,15 @@ impl LeaseJournal {
             let mut a = lock(&self.appending);
             (a.file.try_clone()?, std::mem::take(&mut a.fresh))
         };
-        if let Err(e) = file.sync_data() {
+        let synced = file.sync_data().and_then(|()| match fresh {
+            true => File::open(&self.dir).and_then(|d| d.sync_all()),
+            false => Ok(()),
+        });
+        if synced.is_err() {
+            // The next sync tries the directory again too.
             lock(&self.appending).fresh |= fresh;
-            return Err(e);
         }
-        if fresh {
-            File::open(&self.dir)?.sync_all()?;
-        }
-        Ok(())
+        synced
     }
 
     /// Starts a fold: returns the guard of the changes to commit (those a
