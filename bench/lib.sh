@@ -49,6 +49,18 @@ mkns() {
 # track PID: remember a process this run started, for bench_cleanup.
 track() { echo "$1 $(proc_start "$1")" >>"$(PID_LIST)"; }
 
+# wait_lease_fold STATE_DIR: waits (at most 30 s) until a lanyard daemon
+# has folded its lease journal into the database, which it does once the
+# DHCP load stops: that fold is work for the load, so its CPU counts.
+wait_lease_fold() {
+    local i
+    for ((i = 0; i < 300; i++)); do
+        [ ! -s "$1/leases.journal" ] && [ ! -e "$1/leases.journal.folding" ] && return 0
+        sleep 0.1
+    done
+    warn "lanyard: the lease journal in $1 was not folded within 30 s"
+}
+
 # alive PID: true while PID is the very process we started.
 alive() {
     local pid=$1 want

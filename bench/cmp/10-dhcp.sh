@@ -91,17 +91,7 @@ start_lanyard_dhcp() {
     local br
     br=$(ly net show bench -o json | jq -r .bridge)
     topology "$br"
-    # The lease journal is folded into the table once the server is quiet
-    # (and that fold is the server's work for this step: its CPU counts):
-    # wait until both journal files are empty (at most 30 s).
-    SETTLE() {
-        local i
-        for ((i = 0; i < 300; i++)); do
-            [ ! -s "$d/state/leases.journal" ] && [ ! -e "$d/state/leases.journal.folding" ] && return 0
-            sleep 0.1
-        done
-        warn "lanyard: the lease journal was not folded within 30 s"
-    }
+    SETTLE() { wait_lease_fold "$d/state"; }
     LEASES() { sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
     # What the server itself answered (its counters): under overload the
     # generator may lose replies the server sent.
@@ -336,5 +326,5 @@ row "DHCP" "completed exchanges/s at 4x the knee, share of the knee: lanyard / K
 row "DHCP" "load generator ($GEN) CPU (% of a core) at the knee / at 4x: lanyard run" "${K_GEN[lanyard]} / ${O4_GEN[lanyard]}" "Kea run: ${K_GEN[kea]} / ${O4_GEN[kea]}" "" "< 100 (not saturated)" ""
 rpk=$(ratio "${K_PEAK[lanyard]}" "${K_PEAK[kea]}")
 row "DHCP" "peak completed exchanges/s (any drops): lanyard / Kea / dnsmasq" "${K_PEAK[lanyard]}" "${K_PEAK[kea]} / ${K_PEAK[dnsmasq]}" "${rpk:+${rpk}x Kea}" "" ""
-bench_note "DHCP: load generator $GEN (BENCH_DHCP_GEN=dhcpload|perfdhcp); knee = highest $GEN -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled; server CPU from /proc/PID/stat over the generator's run; the generator and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, generator CPU %, generator)."
+bench_note "DHCP: load generator $GEN (BENCH_DHCP_GEN=dhcpload|perfdhcp); knee = highest $GEN -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled; server CPU from /proc/PID/stat from the generator's start until the server's work is done (lanyard's lease fold); the generator and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, generator CPU %, generator)."
 cp "$OUT/steps.tsv" "$BENCH_DIR/results/dhcp-steps.tsv" 2>/dev/null || true

@@ -62,11 +62,7 @@ else
         perfdhcp -4 -l c0 -B -r "$RATE" -p "$PERIOD" -R "$CLIENTS" -x t >"$d/perfdhcp.out" 2>&1 || true
 fi
 [ -n "$PERF_PID" ] && wait "$PERF_PID" || true
-# The lease fold runs once the load stops; its CPU is this run's too.
-for ((i = 0; i < 300; i++)); do
-    [ ! -s "$d/state/leases.journal" ] && [ ! -e "$d/state/leases.journal.folding" ] && break
-    sleep 0.1
-done
+wait_lease_fold "$d/state"
 c1=$(cpu "$PID")
 if [ -n "${DHCPLOAD:-}" ]; then
     read -r _ _ _ recv_ra p50 p99 _ <"$d/gen.line"
