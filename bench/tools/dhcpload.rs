@@ -9,13 +9,19 @@
 //! at once with a REQUEST (50 = offered address, 54 = the OFFER's server id);
 //! an ACK completes the exchange; NAKs are counted; anything else is ignored.
 //! After SECONDS it waits up to WAIT (default 2) s for outstanding replies and
-//! prints one line on stdout in the format of bench/tools/perfdhcp-parse.awk:
+//! prints one line on stdout in the format of bench/tools/perfdhcp-parse.awk,
+//! with one field more at the end:
 //!
-//!   sent_do recv_do sent_ra recv_ra p50_ms p99_ms p99_do_ms p99_ra_ms max_ms n_samples
+//!   sent_do recv_do sent_ra recv_ra p50_ms p99_ms p99_do_ms p99_ra_ms max_ms n_samples p99_read_ms
 //!
-//! Delays are reply time minus request time (CLOCK_MONOTONIC, taken once per
-//! sendmmsg/recvmmsg batch), DISCOVER->OFFER and REQUEST->ACK pooled for
-//! p50/p99/max. Its own CPU (utime+stime) goes to stderr as
+//! Delays are reply time minus request time, DISCOVER->OFFER and
+//! REQUEST->ACK pooled for p50/p99/max. The request time is taken once per
+//! sendmmsg batch; the reply time is when the reply reached the generator's
+//! namespace (the kernel's `SO_TIMESTAMPNS`), not when the generator read
+//! it: on a machine where the generator and the server share the CPUs, the
+//! generator's own wait for a CPU is not the server's delay. The last field
+//! is the p99 as the generator read the replies, so that wait shows. Both
+//! clocks are CLOCK_REALTIME, the clock of the kernel's stamps. Its own CPU (utime+stime) goes to stderr as
 //! `dhcpload: cpu_ms=N`. All per-exchange state is allocated before the run
 //! (indexed by exchange number, xid = base + index): nothing is allocated per
 //! packet.
@@ -42,6 +48,8 @@ const HDR: usize = 28;
 const FRAME_LEN: usize = HDR + PKT_LEN;
 const BATCH: usize = 64;
 const RECV_BUF: usize = 2048;
+/// A message's control buffer, in u64s: one cmsghdr and a timespec.
+const CTRL_WORDS: usize = 8;
 const SLICE_NS: u64 = 1_000_000;
 const MAGIC: [u8; 4] = [99, 130, 83, 99];
 
@@ -115,6 +123,37 @@ fn now_ns() -> u64 {
     }
 }
 
+/// The clock of request and reply times: CLOCK_REALTIME, because the
+/// kernel's receive timestamps (`SO_TIMESTAMPNS`) are on it. A step of the
+/// wall clock during a run would show as one odd delay; NTP's slewing is
+/// far below the microseconds measured here.
+fn stamp_ns() -> u64 {
+    // SAFETY: clock_gettime writes a timespec into the local; CLOCK_REALTIME always exists.
+    unsafe {
+        let mut ts: libc::timespec = mem::zeroed();
+        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+}
+
+/// The kernel's receive time of a message read by `recvmmsg`: the
+/// `SCM_TIMESTAMPNS` control message, if there is one.
+fn arrival_ns(m: &libc::msghdr) -> Option<u64> {
+    // SAFETY: the CMSG macros walk the control buffer that `m` points to
+    // within the length the kernel set; each header they return lies in it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    None
+}
+
 fn setopt<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, v: &T) -> io::Result<()> {
     // SAFETY: v points to a live T of the length passed.
     let r =
@@ -135,6 +174,10 @@ fn open_socket(iface: &str) -> io::Result<libc::c_int> {
     let one: libc::c_int = 1;
     setopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one)?;
     setopt(fd, libc::SOL_SOCKET, libc::SO_BROADCAST, &one)?;
+    // Replies are timed when they reach this namespace, not when this
+    // process gets round to reading them: on a machine whose CPUs the
+    // generator shares with the server, its own lateness is no server's.
+    setopt(fd, libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, &one)?;
     let big: libc::c_int = 8 << 20;
     if setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &big).is_err() {
         setopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &big)?;
@@ -330,6 +373,9 @@ struct Gen {
     t_ra: Vec<u64>, // REQUEST sent
     d_do: Vec<u64>, // DISCOVER->OFFER delays, ns
     d_ra: Vec<u64>, // REQUEST->ACK delays, ns
+    /// Both kinds of delay as this process read the replies (later than
+    /// they arrived when it is busy or waits for a CPU).
+    d_read: Vec<u64>,
     sent_do: u64,
     recv_do: u64,
     sent_ra: u64,
@@ -347,7 +393,7 @@ impl Gen {
     fn flush(&mut self, b: &mut SendBatch, request: bool) {
         let mut off = 0;
         while off < b.n {
-            let t = now_ns();
+            let t = stamp_ns();
             // SAFETY: msgs[off..n] are initialised mmsghdrs whose pointers
             // (buffers, iovecs, destination) live as long as `b`.
             let r = unsafe { libc::sendmmsg(self.tx, b.msgs.as_mut_ptr().add(off), (b.n - off) as libc::c_uint, 0) };
@@ -398,8 +444,9 @@ impl Gen {
         self.flush(b, false);
     }
 
-    /// One received packet at time `t`; an OFFER queues a REQUEST in `rq`.
-    fn reply(&mut self, p: &[u8], t: u64, rq: &mut SendBatch) {
+    /// One received packet, arrived at `t` and read at `read`; an OFFER
+    /// queues a REQUEST in `rq`.
+    fn reply(&mut self, p: &[u8], t: u64, read: u64, rq: &mut SendBatch) {
         if p.len() < 240 || p[0] != 2 || p[236..240] != MAGIC {
             return;
         }
@@ -448,6 +495,7 @@ impl Gen {
                 let Some(server) = server else { return };
                 self.recv_do += 1;
                 self.d_do.push(t.saturating_sub(self.t_do[i]));
+                self.d_read.push(read.saturating_sub(self.t_do[i]));
                 self.state[i] = S_REQUEST; // until the REQUEST is sent: no second OFFER counts
                 let k = rq.n;
                 let b = &mut rq.bufs[k];
@@ -464,6 +512,7 @@ impl Gen {
             (5, S_REQUEST) if self.t_ra[i] != 0 => {
                 self.recv_ra += 1;
                 self.d_ra.push(t.saturating_sub(self.t_ra[i]));
+                self.d_read.push(read.saturating_sub(self.t_ra[i]));
                 self.state[i] = S_DONE;
             }
             (6, S_REQUEST) if self.t_ra[i] != 0 => {
@@ -514,6 +563,7 @@ fn run(a: &Args) -> io::Result<()> {
         t_ra: vec![0; total],
         d_do: Vec::with_capacity(total),
         d_ra: Vec::with_capacity(total),
+        d_read: Vec::with_capacity(2 * total),
         sent_do: 0,
         recv_do: 0,
         sent_ra: 0,
@@ -529,6 +579,8 @@ fn run(a: &Args) -> io::Result<()> {
     let mut req = SendBatch::new(3, &*dest);
 
     let mut rbufs = vec![[0u8; RECV_BUF]; BATCH];
+    // Room for one SCM_TIMESTAMPNS per message (u64s: cmsghdr's alignment).
+    let mut ctrl = vec![[0u64; CTRL_WORDS]; BATCH];
     let mut riov: Vec<libc::iovec> =
         rbufs.iter_mut().map(|b| libc::iovec { iov_base: b.as_mut_ptr().cast(), iov_len: RECV_BUF }).collect();
     let mut rmsgs: Vec<libc::mmsghdr> = riov
@@ -579,9 +631,11 @@ fn run(a: &Args) -> io::Result<()> {
         }
         // Read what is there (bounded, so the sends keep their pace).
         for _ in 0..32 {
-            for m in rmsgs.iter_mut() {
+            for (m, c) in rmsgs.iter_mut().zip(ctrl.iter_mut()) {
                 m.msg_len = 0;
                 m.msg_hdr.msg_flags = 0;
+                m.msg_hdr.msg_control = c.as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = mem::size_of_val(c) as _;
             }
             // SAFETY: rmsgs are initialised mmsghdrs pointing at rbufs through riov, all alive.
             let n = unsafe {
@@ -590,10 +644,11 @@ fn run(a: &Args) -> io::Result<()> {
             if n <= 0 {
                 break;
             }
-            let t = now_ns();
+            let read = stamp_ns();
             for k in 0..n as usize {
                 let len = (rmsgs[k].msg_len as usize).min(RECV_BUF);
-                g.reply(&rbufs[k][..len], t, &mut req);
+                let t = arrival_ns(&rmsgs[k].msg_hdr).unwrap_or(read);
+                g.reply(&rbufs[k][..len], t, read, &mut req);
             }
             g.flush(&mut req, true);
             if (n as usize) < BATCH {
@@ -607,7 +662,8 @@ fn run(a: &Args) -> io::Result<()> {
         libc::close(tx);
     }
 
-    let (mut d_do, mut d_ra) = (mem::take(&mut g.d_do), mem::take(&mut g.d_ra));
+    let (mut d_do, mut d_ra, mut d_read) = (mem::take(&mut g.d_do), mem::take(&mut g.d_ra), mem::take(&mut g.d_read));
+    d_read.sort_unstable();
     let mut all = Vec::with_capacity(d_do.len() + d_ra.len());
     all.extend_from_slice(&d_do);
     all.extend_from_slice(&d_ra);
@@ -615,7 +671,7 @@ fn run(a: &Args) -> io::Result<()> {
     d_ra.sort_unstable();
     all.sort_unstable();
     println!(
-        "{} {} {} {} {} {} {} {} {} {}",
+        "{} {} {} {} {} {} {} {} {} {} {}",
         g.sent_do,
         g.recv_do,
         g.sent_ra,
@@ -625,7 +681,8 @@ fn run(a: &Args) -> io::Result<()> {
         ms(pct(&d_do, 0.99)),
         ms(pct(&d_ra, 0.99)),
         ms(all.last().copied()),
-        all.len()
+        all.len(),
+        ms(pct(&d_read, 0.99)),
     );
     let secs = (now_ns() - start) as f64 / 1e9;
     eprintln!(
