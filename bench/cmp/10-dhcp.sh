@@ -250,7 +250,7 @@ knee() {
 # own step and fresh ones); the delays reported at the knee are those of
 # the run with the median p99. At the knee the CPUs are full, and one 5 s
 # run's p99 varies by a factor of two or more from run to run (the same
-# binary at 51,200/s: 4.5-25 ms); the median of three is a figure, one run
+# binary at 51,200/s: 4.7-15.8 ms over 21 runs); the median of three is a figure, one run
 # is a draw. Sets K_P50, K_P99, K_P99R (as read by the generator) and
 # K_P99S (every run's p99, sorted).
 knee_delays() {
