@@ -249,9 +249,9 @@ knee() {
 # knee_delays SERVER: the knee's rate KNEE_RUNS times in all (the knee's
 # own step and fresh ones); the delays reported at the knee are those of
 # the run with the median p99. At the knee the CPUs are full, and one 5 s
-# run's p99 varies by a factor of two or more from run to run (the same
-# binary at 51,200/s: 4.7-15.8 ms over 21 runs); the median of three is a figure, one run
-# is a draw. Sets K_P50, K_P99, K_P99R (as read by the generator) and
+# run's p99 varies by a factor of two or more from run to run (lanyard's
+# same server code at 51,200/s: 4.7-15.8 ms over 21 runs); the median of
+# three is a figure, one run is a draw. Sets K_P50, K_P99, K_P99R (as read by the generator) and
 # K_P99S (every run's p99, sorted).
 knee_delays() {
     local server=$1 runs=("$KNEE") i line
@@ -311,8 +311,8 @@ for server in ${BENCH_DHCP_SERVERS:-lanyard kea dnsmasq}; do
     if [ -n "$KNEE" ]; then
         # shellcheck disable=SC2086
         set -- $KNEE
-        K_RATE[$server]=$1 K_X[$server]=$2 K_D[$server]=$3 K_P50[$server]=$4 K_P99[$server]=$5 K_CPU[$server]=${9:-} K_GEN[$server]=${10:-}
-        knee_delays "$server"
+        K_RATE[$server]=$1 K_X[$server]=$2 K_D[$server]=$3 K_CPU[$server]=${9:-} K_GEN[$server]=${10:-}
+        knee_delays "$server"  # K_P50, K_P99: the median run's
         # Overload: 2x and 4x the knee's rate.
         set -- $(step "$server" $((K_RATE[$server] * 2)))
         O2_X[$server]=$2

@@ -114,13 +114,21 @@ fn parse_args() -> Result<Args, String> {
     Ok(Args { iface, rate, seconds, clients, wait, drop_ms })
 }
 
+fn timespec_ns(ts: libc::timespec) -> u64 {
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    // SAFETY: zeroed is a valid timespec; clock_gettime writes it.
+    let mut ts: libc::timespec = unsafe { mem::zeroed() };
+    // SAFETY: `ts` is a live timespec; both clocks used here always exist.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    timespec_ns(ts)
+}
+
+/// The clock of the pacing: CLOCK_MONOTONIC.
 fn now_ns() -> u64 {
-    // SAFETY: clock_gettime writes a timespec into the local; CLOCK_MONOTONIC always exists.
-    unsafe {
-        let mut ts: libc::timespec = mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
+    clock_ns(libc::CLOCK_MONOTONIC)
 }
 
 /// The clock of request and reply times: CLOCK_REALTIME, because the
@@ -128,12 +136,7 @@ fn now_ns() -> u64 {
 /// wall clock during a run would show as one odd delay; NTP's slewing is
 /// far below the microseconds measured here.
 fn stamp_ns() -> u64 {
-    // SAFETY: clock_gettime writes a timespec into the local; CLOCK_REALTIME always exists.
-    unsafe {
-        let mut ts: libc::timespec = mem::zeroed();
-        libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts);
-        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-    }
+    clock_ns(libc::CLOCK_REALTIME)
 }
 
 /// The kernel's receive time of a message read by `recvmmsg`: the
@@ -145,8 +148,7 @@ fn arrival_ns(m: &libc::msghdr) -> Option<u64> {
         let mut c = libc::CMSG_FIRSTHDR(m);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
-                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                return Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+                return Some(timespec_ns(std::ptr::read_unaligned(libc::CMSG_DATA(c).cast())));
             }
             c = libc::CMSG_NXTHDR(m, c);
         }
