@@ -148,11 +148,13 @@ outside() {
 # --- lanyard ----------------------------------------------------------------
 
 # start_lanyard NS SOCK STATE LOG [DAEMON ARGS...]: runs the daemon in NS;
-# prints its pid once the API answers (or fails after 60 s).
+# prints its pid once the API answers (or fails after 60 s). A comparison
+# may set BENCH_SERVER_PIN (e.g. `taskset -c 1`) to place the daemon.
+BENCH_SERVER_PIN=()
 start_lanyard() {
     local ns=$1 sock=$2 state=$3 log=$4 pid i
     shift 4
-    ip netns exec "$ns" "$LANYARD" daemon --socket "$sock" --state-dir "$state" "$@" >>"$log" 2>&1 &
+    "${BENCH_SERVER_PIN[@]}" ip netns exec "$ns" "$LANYARD" daemon --socket "$sock" --state-dir "$state" "$@" >>"$log" 2>&1 &
     pid=$!
     track "$pid"
     for ((i = 0; i < 1200; i++)); do

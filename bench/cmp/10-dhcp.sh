@@ -34,6 +34,13 @@
 # server gets 2x and 4x its own knee (overload: completed exchanges should
 # stay at the peak, not collapse).
 #
+# CPU placement (BENCH_DHCP_PIN=0 turns it off): the load generator runs on
+# CPU 0 and the server under test on the others, the same for every server.
+# Left to the scheduler, the generator and the server's busiest thread now
+# and then share a CPU for a whole step; such a step's p99 was 2-3x that of
+# a step where they did not (same build, run 14 in docs/performance.md), so
+# unpinned delays measured the scheduler's placement as much as the server.
+#
 # CPU: the server's utime+stime (/proc/PID/stat) from the generator's start
 # until the server has finished the run's work (lanyard folds its lease
 # journal once the load stops), per 1,000 completed exchanges; the load generator's own CPU (as % of one
@@ -46,11 +53,17 @@ trap 'exit 130' INT TERM
 if [ "$BENCH_QUICK" = 1 ]; then
     PERIOD=3; CLIENTS=10000; BISECT=1; MAX_STEPS=9; KNEE_RUNS=1
 else
-    PERIOD=5; CLIENTS=50000; BISECT=3; MAX_STEPS=12; KNEE_RUNS=3
+    PERIOD=5; CLIENTS=50000; BISECT=3; MAX_STEPS=15; KNEE_RUNS=3
 fi
 DROP_OK=0.01
 START_RATE=200
-MAX_RATE=64000
+MAX_RATE=409600
+GEN_PIN=() SRV_PIN=()
+if [ "${BENCH_DHCP_PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
+    GEN_PIN=(taskset -c 0) SRV_PIN=(taskset -c "1-$(($(nproc) - 1))")
+fi
+# start_lanyard (lib.sh) starts the daemon through this.
+BENCH_SERVER_PIN=("${SRV_PIN[@]}")
 GEN=${BENCH_DHCP_GEN:-}
 if [ -z "$GEN" ]; then
     if [ -x "${DHCPLOAD:-}" ]; then GEN=dhcpload; else GEN=perfdhcp; fi
@@ -106,7 +119,7 @@ start_dnsmasq() {
     local d=$1
     plain_bridge
     topology br0
-    ip netns exec "$SRV" dnsmasq --keep-in-foreground --port=0 --no-resolv --no-hosts \
+    "${SRV_PIN[@]}" ip netns exec "$SRV" dnsmasq --keep-in-foreground --port=0 --no-resolv --no-hosts \
         --bind-interfaces --interface=br0 --except-interface=lo \
         --dhcp-range=10.20.0.2,10.20.255.253,255.255.0.0,1h --dhcp-lease-max=70000 \
         --dhcp-leasefile="$d/dnsmasq.leases" --no-ping --dhcp-authoritative --quiet-dhcp \
@@ -133,7 +146,7 @@ start_kea() {
   "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "$d/kea.log"}], "severity": "WARN"}]
 }}
 EOF
-    KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
+    KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" "${SRV_PIN[@]}" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
     SRV_PID=$!
     track "$SRV_PID"
     SETTLE() { :; }
@@ -170,13 +183,13 @@ step() {
     local s
     case $gen in
         perfdhcp)
-            ip netns exec "$CLI" timeout $((period + 60)) sh -c \
+            "${GEN_PIN[@]}" ip netns exec "$CLI" timeout $((period + 60)) sh -c \
                 'perfdhcp -4 -l c0 -B -r "$1" -p "$2" -R "$3" -x t >"$4" 2>&1; awk "{print \$16 + \$17}" /proc/$$/stat >"$5"' \
                 sh "$rate" "$period" "$CLIENTS" "$d/perfdhcp.out" "$d/gen.cpu" || true
             t1=$(now_s)
             s=$(awk -f "$BENCH_DIR/tools/perfdhcp-parse.awk" "$d/perfdhcp.out") ;;
         dhcpload)
-            ip netns exec "$CLI" timeout $((period + 60)) sh -c \
+            "${GEN_PIN[@]}" ip netns exec "$CLI" timeout $((period + 60)) sh -c \
                 '"$1" -l c0 -r "$2" -p "$3" -R "$4" >"$5" 2>"$6"; awk "{print \$16 + \$17}" /proc/$$/stat >"$7"' \
                 sh "$DHCPLOAD" "$rate" "$period" "$CLIENTS" "$d/dhcpload.out" "$d/dhcpload.err" "$d/gen.cpu" || true
             t1=$(now_s)
