@@ -58,9 +58,12 @@ fi
 DROP_OK=0.01
 START_RATE=200
 MAX_RATE=409600
-GEN_PIN=() SRV_PIN=()
 if [ "${BENCH_DHCP_PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
     GEN_PIN=(taskset -c 0) SRV_PIN=(taskset -c "1-$(($(nproc) - 1))")
+    PLACEMENT="the generator runs on CPU 0 and each server on CPUs 1-$(($(nproc) - 1)) (taskset; BENCH_DHCP_PIN=0 leaves it to the scheduler)"
+else
+    GEN_PIN=() SRV_PIN=()
+    PLACEMENT="the generator and all servers share the machine's $(nproc) CPUs, placed by the scheduler"
 fi
 # start_lanyard (lib.sh) starts the daemon through this.
 BENCH_SERVER_PIN=("${SRV_PIN[@]}")
@@ -364,5 +367,5 @@ row "DHCP" "completed exchanges/s at 4x the knee, share of the knee: lanyard / K
 row "DHCP" "load generator ($GEN) CPU (% of a core) at the knee / at 4x: lanyard run" "${K_GEN[lanyard]} / ${O4_GEN[lanyard]}" "Kea run: ${K_GEN[kea]} / ${O4_GEN[kea]}" "" "< 100 (not saturated)" ""
 rpk=$(ratio "${K_PEAK[lanyard]}" "${K_PEAK[kea]}")
 row "DHCP" "peak completed exchanges/s (any drops): lanyard / Kea / dnsmasq" "${K_PEAK[lanyard]}" "${K_PEAK[kea]} / ${K_PEAK[dnsmasq]}" "${rpk:+${rpk}x Kea}" "" ""
-bench_note "DHCP: load generator $GEN (BENCH_DHCP_GEN=dhcpload|perfdhcp); knee = highest $GEN -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled, the reply's time taken when it reached the generator's namespace (dhcpload: SO_TIMESTAMPNS; perfdhcp: when it read it), and at the knee those of the median (by p99) of $KNEE_RUNS runs at the knee's rate; server CPU from /proc/PID/stat from the generator's start until the server's work is done (lanyard's lease fold); the generator and all servers share the machine's $(nproc) CPUs. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, generator CPU %, generator, p99 as the generator read the replies)."
+bench_note "DHCP: load generator $GEN (BENCH_DHCP_GEN=dhcpload|perfdhcp); knee = highest $GEN -r whose exchanges completed with <= 1% drops; $CLIENTS clients (-R), ${PERIOD} s per step, a fresh server and empty lease store per step; delays are request->reply of DISCOVER/OFFER and REQUEST/ACK pooled, the reply's time taken when it reached the generator's namespace (dhcpload: SO_TIMESTAMPNS; perfdhcp: when it read it), and at the knee those of the median (by p99) of $KNEE_RUNS runs at the knee's rate; server CPU from /proc/PID/stat from the generator's start until the server's work is done (lanyard's lease fold); $PLACEMENT. Steps: bench/results/dhcp-steps.tsv (server, rate, achieved, drop, p50, p99, p99 DO, p99 RA, leases, CPU ms/1000, generator CPU %, generator, p99 as the generator read the replies)."
 cp "$OUT/steps.tsv" "$BENCH_DIR/results/dhcp-steps.tsv" 2>/dev/null || true
