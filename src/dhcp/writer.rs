@@ -37,13 +37,12 @@ struct Job {
 /// Most changes written in one transaction.
 pub const MAX_BATCH: usize = 4096;
 
-/// The least time from one commit's start to the next's. A commit has a
-/// fixed cost (locks, the WAL's header, system calls, a wake-up of this
-/// thread) whatever it carries; under load, waiting this long lets one
-/// commit carry every change of the interval instead of a few each. At
-/// idle the first change is written at once (the wait counts from the
-/// previous commit).
-pub const COMMIT_SPACING: std::time::Duration = std::time::Duration::from_micros(1000);
+// No wait between commits: under load a commit carries whatever queued
+// while the previous one ran, which is already a batch. A deliberate 1 ms
+// spacing (sessions 7-9) saved no CPU at the knee and added up to 1 ms to
+// every ACK. Without it, eight runs at 128,000 exchanges/s alternated with
+// eight with it: median p99 4.2 against 5.4 ms, the same CPU per exchange;
+// at 3,200/s 5-10% more CPU (docs/performance.md, session 10).
 
 /// Handle to the lease writer thread; cheap to clone.
 #[derive(Clone)]
@@ -63,13 +62,7 @@ impl LeaseWriter {
             .spawn(move || {
                 let mut all: Vec<LeaseChange> = Vec::new();
                 let mut jobs: Vec<(usize, Then)> = Vec::new();
-                let mut last_commit = std::time::Instant::now() - COMMIT_SPACING;
                 while let Ok(first) = rx.recv() {
-                    let since = last_commit.elapsed();
-                    if since < COMMIT_SPACING {
-                        std::thread::sleep(COMMIT_SPACING - since);
-                    }
-                    last_commit = std::time::Instant::now();
                     // The batch's changes back to back; each job keeps the
                     // range that is its own, to hand back after the commit.
                     let take = |job: Job, all: &mut Vec<LeaseChange>, jobs: &mut Vec<(usize, Then)>| {
