@@ -58,15 +58,18 @@ fi
 DROP_OK=0.01
 START_RATE=200
 MAX_RATE=409600
-if [ "${BENCH_DHCP_PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ]; then
-    GEN_PIN=(taskset -c 0) SRV_PIN=(taskset -c "1-$(($(nproc) - 1))")
-    PLACEMENT="the generator runs on CPU 0 and each server on CPUs 1-$(($(nproc) - 1)) (taskset; BENCH_DHCP_PIN=0 leaves it to the scheduler)"
+# BENCH_SERVER_PIN (lib.sh) places every server: start_lanyard uses it, and
+# so do start_dnsmasq and start_kea below.
+CPUS=$(nproc)
+if [ "${BENCH_DHCP_PIN:-1}" = 1 ] && [ "$CPUS" -ge 2 ]; then
+    SERVER_CPUS=1
+    [ "$CPUS" -gt 2 ] && SERVER_CPUS="1-$((CPUS - 1))"
+    GEN_PIN=(taskset -c 0) BENCH_SERVER_PIN=(taskset -c "$SERVER_CPUS")
+    PLACEMENT="the generator runs on CPU 0 and each server on CPU $SERVER_CPUS (taskset; BENCH_DHCP_PIN=0 leaves it to the scheduler)"
 else
-    GEN_PIN=() SRV_PIN=()
-    PLACEMENT="the generator and all servers share the machine's $(nproc) CPUs, placed by the scheduler"
+    GEN_PIN=()
+    PLACEMENT="the generator and all servers share the machine's $CPUS CPUs, placed by the scheduler"
 fi
-# start_lanyard (lib.sh) starts the daemon through this.
-BENCH_SERVER_PIN=("${SRV_PIN[@]}")
 GEN=${BENCH_DHCP_GEN:-}
 if [ -z "$GEN" ]; then
     if [ -x "${DHCPLOAD:-}" ]; then GEN=dhcpload; else GEN=perfdhcp; fi
@@ -122,7 +125,7 @@ start_dnsmasq() {
     local d=$1
     plain_bridge
     topology br0
-    "${SRV_PIN[@]}" ip netns exec "$SRV" dnsmasq --keep-in-foreground --port=0 --no-resolv --no-hosts \
+    "${BENCH_SERVER_PIN[@]}" ip netns exec "$SRV" dnsmasq --keep-in-foreground --port=0 --no-resolv --no-hosts \
         --bind-interfaces --interface=br0 --except-interface=lo \
         --dhcp-range=10.20.0.2,10.20.255.253,255.255.0.0,1h --dhcp-lease-max=70000 \
         --dhcp-leasefile="$d/dnsmasq.leases" --no-ping --dhcp-authoritative --quiet-dhcp \
@@ -149,7 +152,7 @@ start_kea() {
   "loggers": [{"name": "kea-dhcp4", "output_options": [{"output": "$d/kea.log"}], "severity": "WARN"}]
 }}
 EOF
-    KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" "${SRV_PIN[@]}" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
+    KEA_LOCKFILE_DIR="$d" KEA_PIDFILE_DIR="$d" "${BENCH_SERVER_PIN[@]}" ip netns exec "$SRV" kea-dhcp4 -c "$d/kea.json" >"$d/kea.out" 2>&1 &
     SRV_PID=$!
     track "$SRV_PID"
     SETTLE() { :; }
