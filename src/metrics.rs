@@ -218,26 +218,6 @@ pub fn render(g: &Gauges) -> String {
             let _ = writeln!(out, "lanyard_dhcp_dropped_total{{network=\"{}\",reason=\"{reason}\"}} {n}", label(net));
         }
     }
-    family(
-        &mut out,
-        "lanyard_dhcp_discover_limit",
-        "gauge",
-        "DISCOVERs a second the kernel lets through to the network's DHCP server under overload; 0: no limit.",
-    );
-    for (net, s) in &dhcp {
-        let n = s.kernel_limit.load(Ordering::Relaxed);
-        let _ = writeln!(out, "lanyard_dhcp_discover_limit{{network=\"{}\"}} {n}", label(net));
-    }
-    family(
-        &mut out,
-        "lanyard_dhcp_discover_limits_total",
-        "counter",
-        "Times the network's DHCP server had the kernel limit DISCOVERs where nothing did.",
-    );
-    for (net, s) in &dhcp {
-        let n = s.kernel_limits_set.load(Ordering::Relaxed);
-        let _ = writeln!(out, "lanyard_dhcp_discover_limits_total{{network=\"{}\"}} {n}", label(net));
-    }
     family(&mut out, "lanyard_dhcp_handler_panics_total", "counter", "DHCP packets whose handling panicked.");
     let _ = writeln!(out, "lanyard_dhcp_handler_panics_total {}", crate::dhcp::server::handler_panics());
 

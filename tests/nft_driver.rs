@@ -374,52 +374,6 @@ fn a_refused_element_transaction_changes_nothing() {
 }
 
 #[test]
-fn a_servers_runtime_elements_expire_unless_refreshed_and_go_when_taken_out() {
-    if !may_run("a_servers_runtime_elements_expire_unless_refreshed_and_go_when_taken_out") {
-        return;
-    }
-    use lanyard::kernel::firewall::{RuntimeElements, RuntimeFirewall};
-    in_private_netns(|| {
-        let driver = NftDriver::new().expect("driver");
-        let t = every_mode_table();
-        replace(&driver, &t);
-        let limited = lanyard::planner::firewall::DISCOVER_LIMITED;
-        let rung = lanyard::planner::firewall::discover_limit_set(4096);
-        let named = |set: &str, name: &str| listed_elements(set).iter().any(|e| e.to_string().contains(name));
-        let ttl = Duration::from_secs(2);
-        let keep = |names: &[&str]| RuntimeElements {
-            table: table_id(),
-            remove: Vec::new(),
-            add: names.iter().flat_map(|n| [(limited.to_string(), ifname(n)), (rung.clone(), ifname(n))]).collect(),
-            ttl,
-        };
-        driver.apply_runtime(&keep(&["lybr0", "lybr1"])).expect("put in");
-        assert!(named(limited, "lybr0") && named(&rung, "lybr0") && named(limited, "lybr1"));
-        // Refreshed before the TTL: there past the first TTL; lybr1, not
-        // refreshed, is gone by then.
-        std::thread::sleep(Duration::from_millis(1200));
-        driver.apply_runtime(&keep(&["lybr0"])).expect("refresh");
-        std::thread::sleep(Duration::from_millis(1200));
-        assert!(named(limited, "lybr0") && named(&rung, "lybr0"), "a refreshed element expired");
-        assert!(!named(limited, "lybr1"), "an element outlived its timeout");
-        // Taken out, present or not: both work and leave nothing.
-        let out = RuntimeElements {
-            table: table_id(),
-            remove: vec![(limited.to_string(), ifname("lybr0")), (limited.to_string(), ifname("lybr1"))],
-            add: Vec::new(),
-            ttl,
-        };
-        driver.apply_runtime(&out).expect("take out");
-        assert!(!named(limited, "lybr0"));
-        assert!(named(&rung, "lybr0"), "only what was named is taken out");
-        // The planned table does not hold them: reconcile leaves them be.
-        let kernel_view = t.element_changes(&t).expect("same structure");
-        assert!(kernel_view.is_empty());
-        assert!(!t.set(limited).expect("the set is planned").planned());
-    });
-}
-
-#[test]
 fn delete_removes_only_lanyards_table() {
     if !may_run("delete_removes_only_lanyards_table") {
         return;

@@ -322,18 +322,7 @@ pub async fn run(socket: &Path, state_dir: &Path, options: &Options) -> Result<(
     };
     crate::metrics::daemon_started(crate::metrics::DaemonFacts { started_at: started, store: store_text });
     let rt = tokio::runtime::Handle::current();
-    // The DHCP servers' DISCOVER limits go through a libnftables context
-    // of their own: they change elements of lanyard's table while the
-    // engine may be reconciling it (src/dhcp/kernel_limit.rs).
-    let runtime_firewall: Option<Arc<dyn crate::kernel::firewall::RuntimeFirewall>> =
-        match crate::dataplane::nft::NftDriver::new() {
-            Ok(d) => Some(Arc::new(d)),
-            Err(e) => {
-                tracing::warn!("DHCP servers will shed overload themselves only (no nftables context: {e})");
-                None
-            }
-        };
-    let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone()), runtime_firewall));
+    let services = Box::new(NetworkServices::new(rt, LeaseWriter::start(store.clone())));
     let kernel = Arc::new(LinuxKernel::new().map_err(EngineError::Kernel)?);
     // Monitors first: what changes while the engine reconciles is seen.
     let monitors = LinuxKernel::monitors().map_err(EngineError::Kernel)?;

@@ -111,16 +111,6 @@ impl OfferWindow {
         u32::try_from(o.saturating_sub(a)).unwrap_or(u32::MAX)
     }
 
-    /// OFFERs made and REQUESTs ACKed in the newest `slots` slots (of 100
-    /// ms; the newest is the one `at` falls in).
-    pub fn recent(&mut self, at: Instant, slots: usize) -> (u32, u32) {
-        self.advance(at);
-        (0..slots.min(SLOTS) as u64)
-            .filter_map(|back| self.newest.checked_sub(back))
-            .map(|s| self.slots[(s % SLOTS as u64) as usize])
-            .fold((0u32, 0u32), |(o, a), s| (o.saturating_add(s.0), a.saturating_add(s.1)))
-    }
-
     /// Whether a DISCOVER from `client` is taken on at `at`; `overloaded`
     /// says the server is behind anyway (its receive queue or its lease
     /// writer), which sheds unknown clients by itself. `client` is asked

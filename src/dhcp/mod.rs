@@ -11,7 +11,6 @@
 
 pub mod admission;
 pub mod batch;
-pub mod kernel_limit;
 pub mod link;
 pub mod neighbour;
 pub mod reply;

@@ -40,13 +40,11 @@ use tokio::net::UdpSocket;
 
 use super::admission::{discover_filter, set_filter, Client, OfferWindow, UNANSWERED};
 use super::batch::{RecvBatch, SendBatch, Via, BATCH};
-use super::kernel_limit::{self, Change, DiscoverLimit};
 use super::link::{LinkSocket, BROADCAST_MAC};
 use super::wire::Request;
 use super::writer::{Committed, LeaseWriter};
 use super::{handle, neighbour, Decision, Destination, DhcpConfig, Outcome};
 use crate::ipam::AddressBook;
-use crate::kernel::firewall::{Element, RuntimeElements, RuntimeFirewall, Value};
 use crate::model::{Lease, Mac};
 use crate::store::LeaseChange;
 
@@ -151,11 +149,6 @@ pub struct ServerStats {
     /// DISCOVERs shed because the server had more than it could finish
     /// ([`super::admission`]).
     pub shed: AtomicU64,
-    /// The DISCOVERs a second the kernel holds the server to, 0 for no
-    /// limit ([`super::kernel_limit`]).
-    pub kernel_limit: AtomicU64,
-    /// How many times a kernel limit was set where there was none.
-    pub kernel_limits_set: AtomicU64,
     /// Client messages parsed, by option 53 value ([`crate::metrics::DHCP_TYPES`]).
     pub received_by_type: [AtomicU64; 9],
     /// Replies sent, by option 53 value.
@@ -183,11 +176,6 @@ pub struct ServerState {
     pub overloaded: bool,
     /// OFFERs made and answered lately: whether new exchanges are taken on.
     pub window: OfferWindow,
-    /// Whether the kernel holds the server's DISCOVERs to a rate
-    /// ([`super::kernel_limit`]). Those it lets through are the ones to
-    /// serve: the window sheds none of them then, and only the server's
-    /// own overload sheds clients the network does not know.
-    pub kernel_limited: bool,
     /// The time of the batch being handled.
     pub clock: Instant,
 }
@@ -201,7 +189,6 @@ impl ServerState {
             last_housekeeping: t,
             overloaded: false,
             window: OfferWindow::new(clock),
-            kernel_limited: false,
             clock,
         }
     }
@@ -237,12 +224,7 @@ pub fn process(
                 Client::Unknown
             }
         };
-        let admitted = if state.kernel_limited {
-            !state.overloaded || client() != Client::Unknown
-        } else {
-            state.window.admits(client, state.overloaded, state.clock)
-        };
-        if !admitted {
+        if !state.window.admits(client, state.overloaded, state.clock) {
             ServerStats::bump(&stats.shed);
             return None;
         }
@@ -400,7 +382,6 @@ pub async fn serve(
     book: Arc<Mutex<AddressBook>>,
     cfg: DhcpConfig,
     writer: LeaseWriter,
-    firewall: Option<Arc<dyn RuntimeFirewall>>,
 ) {
     // The network's counters outlive this server: a restart goes on counting.
     let stats = crate::metrics::dhcp_stats(&net);
@@ -421,14 +402,9 @@ pub async fn serve(
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
     let mut kernel_shed = KernelShed { on: false, set_at: state.clock };
-    let mut kernel_limit = firewall.map(|firewall| KernelLimit {
-        firewall,
-        limit: DiscoverLimit::new(crate::planner::firewall::discover_limits(), state.clock),
-    });
     loop {
         let recv = server.socket.async_io(Interest::READABLE, || batch.recv(fd));
-        let limited = kernel_limit.as_ref().is_some_and(|k| k.limit.rate().is_some());
-        let received = if kernel_shed.on || limited {
+        let received = if kernel_shed.on {
             // No DISCOVER reaches the loop while the kernel sheds them, so
             // nothing else would wake it to see that the overload is over.
             tokio::time::timeout(KERNEL_SHED_RECHECK, recv).await.ok()
@@ -437,9 +413,6 @@ pub async fn serve(
         };
         let Some(received) = received else {
             state.clock = Instant::now();
-            if let Some(k) = kernel_limit.as_mut() {
-                k.update(&server, &mut state);
-            }
             kernel_shed.update(&server, &mut state);
             continue;
         };
@@ -518,9 +491,6 @@ pub async fn serve(
         if let Some(after) = after {
             writer.submit(changes, after);
         }
-        if let Some(k) = kernel_limit.as_mut() {
-            k.update(&server, &mut state);
-        }
         kernel_shed.update(&server, &mut state);
         // Under load, let a millisecond's requests gather before the next
         // receive (a full batch means more is queued: no pause then).
@@ -547,9 +517,7 @@ struct KernelShed {
 impl KernelShed {
     /// Attaches, refreshes or detaches the filter as the window says.
     fn update(&mut self, server: &Server, state: &mut ServerState) {
-        // The kernel's DISCOVER limit, when in force, does this job
-        // earlier and lets through what is to be served.
-        let wanted = !state.kernel_limited && state.window.unanswered(state.clock) > 2 * UNANSWERED;
+        let wanted = state.window.unanswered(state.clock) > 2 * UNANSWERED;
         let refresh = wanted && self.on && state.clock.duration_since(self.set_at) >= KERNEL_SHED_RECHECK;
         if wanted == self.on && !refresh {
             return;
@@ -567,59 +535,6 @@ impl KernelShed {
                 self.set_at = state.clock;
             }
             Err(e) => tracing::debug!(net = server.net, "dhcp: kernel filter not changed: {e}"),
-        }
-    }
-}
-
-/// The server's DISCOVER limit in the kernel ([`super::kernel_limit`]):
-/// what it decides, applied to lanyard's `inet` table.
-struct KernelLimit {
-    firewall: Arc<dyn RuntimeFirewall>,
-    limit: DiscoverLimit,
-}
-
-impl KernelLimit {
-    fn update(&mut self, server: &Server, state: &mut ServerState) {
-        self.decide(server, state);
-        state.kernel_limited = self.limit.rate().is_some();
-        server.stats.kernel_limit.store(u64::from(self.limit.rate().unwrap_or(0)), Ordering::Relaxed);
-    }
-
-    fn decide(&mut self, server: &Server, state: &mut ServerState) {
-        let trouble = state.window.unanswered(state.clock) > 2 * UNANSWERED;
-        let (offers, acks) = state.window.recent(state.clock, kernel_limit::RECENT);
-        let Some(change) = self.limit.update(trouble, offers, acks, state.clock) else { return };
-        use crate::planner::firewall::{discover_limit_set, DISCOVER_LIMITED};
-        let me = || Element::key(vec![Value::Ifname(server.ifname.clone())]);
-        let limited = || (DISCOVER_LIMITED.to_string(), me());
-        let rung = |rate| (discover_limit_set(rate), me());
-        let (remove, add) = match change {
-            Change::Set { from, to } => {
-                (from.filter(|f| *f != to).map(rung).into_iter().collect(), vec![limited(), rung(to)])
-            }
-            Change::Refresh(rate) => (Vec::new(), vec![limited(), rung(rate)]),
-            Change::Lift(rate) => (vec![limited(), rung(rate)], Vec::new()),
-        };
-        let elements = RuntimeElements { table: crate::planner::table_id(), remove, add, ttl: kernel_limit::TTL };
-        match self.firewall.apply_runtime(&elements) {
-            Ok(()) => match change {
-                Change::Set { from: None, to } => {
-                    server.stats.kernel_limits_set.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(
-                        net = server.net,
-                        "dhcp: more DISCOVERs than the server can finish; the kernel lets {to} a second through"
-                    );
-                }
-                Change::Lift(_) => tracing::info!(net = server.net, "dhcp: DISCOVER limit lifted"),
-                Change::Set { from: Some(from), to } => {
-                    tracing::debug!(net = server.net, from, to, offers, acks, "dhcp: DISCOVER limit changed")
-                }
-                Change::Refresh(_) => {}
-            },
-            Err(e) => {
-                self.limit.failed();
-                tracing::debug!(net = server.net, "dhcp: DISCOVER limit not changed: {e}");
-            }
         }
     }
 }
@@ -741,7 +656,7 @@ mod tests {
                     Arc::new(crate::store::sqlite::SqliteStore::in_memory().unwrap());
                 let book = Arc::new(Mutex::new(book));
                 let server =
-                    tokio::spawn(serve(name.clone(), socket, "lo".into(), book, cfg, LeaseWriter::start(store), None));
+                    tokio::spawn(serve(name.clone(), socket, "lo".into(), book, cfg, LeaseWriter::start(store)));
                 let stats = crate::metrics::dhcp_stats(&name);
                 let discovers = || stats.received_by_type[1].load(Ordering::Relaxed);
                 let settled = || async {

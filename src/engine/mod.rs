@@ -470,7 +470,7 @@ impl Engine {
             return Ok(Some(unknown));
         }
         let mut current = wanted.clone();
-        for set in current.sets.iter_mut().filter(|s| s.planned()) {
+        for set in current.sets.iter_mut().filter(|s| s.dynamic_timeout.is_none()) {
             set.elements = self.kernel.firewall_elements(id, set)?;
         }
         Ok(Some(current))

@@ -12,7 +12,6 @@ use crate::dhcp::writer::LeaseWriter;
 use crate::dhcp::{self, DhcpConfig};
 use crate::dns;
 use crate::ipam::AddressBook;
-use crate::kernel::firewall::RuntimeFirewall;
 use crate::model::{Mode, Network};
 
 /// Starts and stops the servers of networks.
@@ -33,16 +32,13 @@ pub trait Services: Send {
 pub struct NetworkServices {
     rt: Handle,
     writer: LeaseWriter,
-    /// Where DHCP servers set their DISCOVER limits; None: they do not.
-    firewall: Option<Arc<dyn RuntimeFirewall>>,
     tasks: HashMap<String, Vec<JoinHandle<()>>>,
 }
 
 impl NetworkServices {
-    /// Services that spawn on `rt`, commit leases through `writer` and
-    /// have the kernel limit DISCOVERs through `firewall`.
-    pub fn new(rt: Handle, writer: LeaseWriter, firewall: Option<Arc<dyn RuntimeFirewall>>) -> Self {
-        NetworkServices { rt, writer, firewall, tasks: HashMap::new() }
+    /// Services that spawn on `rt` and commit leases through `writer`.
+    pub fn new(rt: Handle, writer: LeaseWriter) -> Self {
+        NetworkServices { rt, writer, tasks: HashMap::new() }
     }
 }
 
@@ -79,8 +75,6 @@ impl Services for NetworkServices {
                         book,
                         cfg,
                         self.writer.clone(),
-                        // Only a bridge in lanyard's inet table can be limited.
-                        self.firewall.clone().filter(|_| crate::planner::firewall::limits_discovers(net)),
                     );
                     tasks.push(self.rt.spawn(serve));
                 }

@@ -252,11 +252,6 @@ pub struct Set {
     /// this many seconds: per-key state such as a rate meter. lanyard never
     /// writes or reads such a set's elements.
     pub dynamic_timeout: Option<u32>,
-    /// Elements are put in at run time by a server (the DHCP server's
-    /// kernel limit), each with its own timeout, so that one left behind by
-    /// a daemon that died goes by itself: plans never hold them, and
-    /// reconcile neither reads nor writes them ([`RuntimeElements`]).
-    pub runtime: bool,
     /// Elements, kept sorted so that equal sets compare equal.
     pub elements: BTreeSet<Element>,
 }
@@ -270,21 +265,8 @@ impl Set {
             data: Vec::new(),
             interval,
             dynamic_timeout: None,
-            runtime: false,
             elements: BTreeSet::new(),
         }
-    }
-
-    /// An empty set whose elements a server puts in at run time (see
-    /// [`Set::runtime`]).
-    pub fn runtime(name: &str, key: &[DataType]) -> Set {
-        Set { runtime: true, ..Set::new(name, key, false) }
-    }
-
-    /// Whether lanyard's plans and reconcile own this set's elements:
-    /// not a meter's, not a server's.
-    pub fn planned(&self) -> bool {
-        self.dynamic_timeout.is_none() && !self.runtime
     }
 
     /// An empty map from `key` to `data`.
@@ -300,7 +282,6 @@ impl Set {
             write!(f, "\tmap {} {{ type {} : {};", self.name, ty(&self.key), ty(&self.data))?;
         }
         match (self.interval, self.dynamic_timeout) {
-            (false, None) if self.runtime => f.write_str(" flags timeout;")?,
             (true, None) => f.write_str(" flags interval;")?,
             (false, Some(t)) => write!(f, " flags dynamic,timeout; timeout {t}s;")?,
             (true, Some(t)) => write!(f, " flags interval,dynamic,timeout; timeout {t}s;")?,
@@ -429,20 +410,7 @@ pub enum Field {
     CtOriginalIpSaddr,
     /// Conntrack: the destination of the connection's first packet.
     CtOriginalIpDaddr,
-    /// The first three bytes of a BOOTP message's options, as one number:
-    /// 0x35 0x01 0x0N when the client put option 53 (message type N)
-    /// first, as every common client does (dhclient, udhcpc,
-    /// systemd-networkd, Windows, perfdhcp). Byte 240 of the UDP payload.
-    DhcpFirstOption,
-    /// The packet mark with only [`PORT_DHCP_MARK`] kept.
-    PortDhcpMark,
 }
-
-/// The packet mark bit the bridge table sets on DHCP to the server that
-/// came in through a lanyard port, so that the `inet` table's DISCOVER
-/// limit (which sees only the bridge) lets ports through. The bit is set
-/// on nothing else. docs/coexistence.md lists lanyard's mark bits.
-pub const PORT_DHCP_MARK: u32 = 0x1000_0000;
 
 impl Field {
     fn as_str(self) -> &'static str {
@@ -470,9 +438,6 @@ impl Field {
             Field::FibDaddrType => "fib daddr type",
             Field::CtOriginalIpSaddr => "ct original ip saddr",
             Field::CtOriginalIpDaddr => "ct original ip daddr",
-            // 8 bytes of UDP header and 240 of BOOTP before the options.
-            Field::DhcpFirstOption => "@th,1984,24",
-            Field::PortDhcpMark => "meta mark & 0x10000000",
         }
     }
 }
@@ -614,8 +579,6 @@ pub enum Action {
     Return,
     /// Continue in another chain.
     Jump(String),
-    /// Set these bits in the packet mark and go on with the next rule.
-    SetMark(u32),
     /// Source NAT to the outgoing interface's address.
     Masquerade,
     /// Destination NAT to the value `fields` map to in a named map.
@@ -656,7 +619,6 @@ impl fmt::Display for Action {
             Action::Reject => f.write_str("reject with icmpx admin-prohibited"),
             Action::Return => f.write_str("return"),
             Action::Jump(c) => write!(f, "jump {c}"),
-            Action::SetMark(bits) => write!(f, "meta mark set meta mark | {bits:#010x}"),
             Action::Masquerade => f.write_str("masquerade"),
             Action::DnatMap { fields: k, map } => write!(f, "dnat ip to {} map @{map}", fields(k)),
             Action::SnatMap { fields: k, map } => write!(f, "snat ip to {} map @{map}", fields(k)),
@@ -741,9 +703,8 @@ impl Table {
             return None;
         }
         let mut out = Vec::new();
-        // A dynamic set's elements are the kernel's own state (meters), a
-        // runtime set's a server's.
-        for (old, new) in self.sets.iter().zip(&to.sets).filter(|(o, _)| o.planned()) {
+        // A dynamic set's elements are the kernel's own state (meters).
+        for (old, new) in self.sets.iter().zip(&to.sets).filter(|(o, _)| o.dynamic_timeout.is_none()) {
             for e in old.elements.difference(&new.elements) {
                 out.push(ElementChange {
                     table: self.id.clone(),
@@ -836,28 +797,6 @@ impl fmt::Display for ElementChange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} element {{ {} }} in @{}", if self.add { "add" } else { "delete" }, self.element, self.set)
     }
-}
-
-/// A server's change to [`Set::runtime`] sets, as one transaction: each
-/// element in `remove` taken out if it is there (it may have timed out),
-/// then each in `add` put in, or its timeout restarted, to expire after
-/// `ttl` unless put in again.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuntimeElements {
-    /// The table the sets are in.
-    pub table: TableId,
-    /// (set, element) to take out.
-    pub remove: Vec<(String, Element)>,
-    /// (set, element) to put in or keep.
-    pub add: Vec<(String, Element)>,
-    /// How long an added element lives unless added again.
-    pub ttl: std::time::Duration,
-}
-
-/// What changes [`Set::runtime`] sets: the nftables driver, or a fake.
-pub trait RuntimeFirewall: Send + Sync {
-    /// Applies `change`: all of it or nothing.
-    fn apply_runtime(&self, change: &RuntimeElements) -> Result<(), super::KernelError>;
 }
 
 /// lanyard's tables by identity (`inet lanyard`, `bridge lanyard`).

@@ -286,12 +286,6 @@ fn rules() -> Vec<Rule> {
                 burst: DHCP_PORT_BURST,
             },
         ),
-        // What is left of a port's DHCP passes the inet table's DISCOVER
-        // limit (which sees only the bridge): ports are served first.
-        Rule::new(
-            vec![set(&[Iifname], "dhcp_ports"), Match::any_of(UdpDport, ports_of(&[67]))],
-            Action::SetMark(crate::kernel::firewall::PORT_DHCP_MARK),
-        ),
         // Nothing but IPv4, ARP and IPv6 (no VLAN tags, no STP, no LLDP).
         Rule::new(vec![guarded(), Match::none_of(EtherType, ether_types)], Action::Drop),
         // Only the port's own MAC.
@@ -453,11 +447,7 @@ pub fn table(networks: &[Network], live: &[Association], forwards: &[LiveForward
         // its own network through the host's address is masqueraded.
         Set::new("fwd_hairpin", &[Ipv4Addr, Ipv4Addr], true),
     ];
-    let mut sets = sets;
-    sets.extend(discover_limit_sets());
-    let mut chains = discover_limit_chains();
-    chains.extend(self::chains());
-    let mut table = Table { id: table_id(), sets, chains };
+    let mut table = Table { id: table_id(), sets, chains: chains() };
     let grant_elements = grant_elements(&nets, grants);
     let live_elements = live.iter().flat_map(association_elements);
     let forward_elements = forward_element_set(forwards);
@@ -467,85 +457,6 @@ pub fn table(networks: &[Network], live: &[Association], forwards: &[LiveForward
         }
     }
     Some(table)
-}
-
-/// The set of bridges whose DHCP server has the kernel limit DISCOVERs
-/// (elements put in by the server, [`Set::runtime`]).
-pub const DISCOVER_LIMITED: &str = "dhcp_limited";
-
-/// The rates, in DISCOVERs a second, the DHCP server can have the kernel
-/// hold a bridge to: 2^(k/4) for k = 48..=80, 4,096 to 1,048,576, each
-/// 1.19x the one before. Ascending.
-pub fn discover_limits() -> Vec<u32> {
-    (48..=80).map(|k| 2f64.powf(f64::from(k) / 4.0).round() as u32).collect()
-}
-
-/// The runtime set a bridge is put in to be held to `rate` DISCOVERs a
-/// second (one of [`discover_limits`]).
-pub fn discover_limit_set(rate: u32) -> String {
-    format!("dhcp_at_{rate}")
-}
-
-/// Whether `net`'s DHCP server can have the kernel limit DISCOVERs: its
-/// bridge is in the `inet` table ([`table`]).
-pub fn limits_discovers(net: &Network) -> bool {
-    net.state == NetState::Active && net.mode.serves_dhcp() && !matches!(net.mode, Mode::Open | Mode::Bridge)
-}
-
-/// The sets of the DISCOVER limit: which bridges are limited, to which
-/// rate, and a meter per bridge and rate.
-fn discover_limit_sets() -> Vec<Set> {
-    let mut sets = vec![Set::runtime(DISCOVER_LIMITED, &[DataType::Ifname])];
-    for rate in discover_limits() {
-        sets.push(Set::runtime(&discover_limit_set(rate), &[DataType::Ifname]));
-        let mut meter = Set::new(&format!("dhcp_meter_{rate}"), &[DataType::Ifname], false);
-        meter.dynamic_timeout = Some(60);
-        sets.push(meter);
-    }
-    sets
-}
-
-/// The DISCOVER limit (src/dhcp/kernel_limit.rs decides it). A DHCP
-/// server that has more DISCOVERs than it can finish puts its bridge in
-/// [`DISCOVER_LIMITED`] and in one rate's set; the excess is then dropped
-/// here, at priority -300 (before conntrack, routing, the UDP layer and
-/// the server's socket), where it costs the host least. Only DISCOVERs
-/// (option 53 first) are limited: a REQUEST finishes an exchange already
-/// paid for. A lanyard port's DHCP is marked by the bridge table and
-/// passes: ports are served first, and each already has its own rate.
-/// A packet that is not UDP to port 67 costs one rule.
-fn discover_limit_chains() -> Vec<Chain> {
-    use Field::*;
-    let discover = Value::Num(0x35_01_01);
-    let mut limit = vec![Rule::new(vec![Match::none_of(PortDhcpMark, vec![Value::Num(0)])], Action::Return)];
-    for rate in discover_limits() {
-        limit.push(Rule::new(
-            vec![Match::in_set(&[Iifname], &discover_limit_set(rate))],
-            Action::DropOverRate {
-                fields: vec![Iifname],
-                set: format!("dhcp_meter_{rate}"),
-                per_second: rate,
-                // 2 ms of the rate: a larger burst fills the server's
-                // socket at once, which the server takes for overload.
-                burst: (rate / 500).max(64),
-            },
-        ));
-    }
-    vec![
-        Chain { name: "dhcp_limit".into(), base: None, rules: limit },
-        Chain {
-            name: "dhcp_admit".into(),
-            base: base(ChainType::Filter, Hook::Prerouting, -300),
-            rules: vec![Rule::new(
-                vec![
-                    Match::any_of(UdpDport, ports_of(&[67])),
-                    Match::in_set(&[Iifname], DISCOVER_LIMITED),
-                    Match::any_of(DhcpFirstOption, vec![discover]),
-                ],
-                Action::Jump("dhcp_limit".into()),
-            )],
-        },
-    ]
 }
 
 fn base(kind: ChainType, hook: Hook, priority: i32) -> Option<BaseChain> {

@@ -85,19 +85,6 @@ impl NftDriver {
     }
 }
 
-impl crate::kernel::firewall::RuntimeFirewall for NftDriver {
-    fn apply_runtime(&self, change: &crate::kernel::firewall::RuntimeElements) -> Result<(), KernelError> {
-        self.run(&script::runtime(change), Output::Text).map(drop).map_err(|e| KernelError::Firewall {
-            what: format!(
-                "{} runtime element changes in table {}",
-                change.remove.len() + change.add.len(),
-                change.table
-            ),
-            message: one_line(&e.message),
-        })
-    }
-}
-
 impl NftDriver {
     fn chains(&self) -> Result<String, KernelError> {
         self.run("list chains", Output::Json).map_err(|e| observe_error("chains", &e))

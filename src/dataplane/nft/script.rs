@@ -3,7 +3,7 @@
 //! lanyard's table explicitly, so nothing else in the ruleset can be
 //! touched.
 
-use crate::kernel::firewall::{RuntimeElements, TableId};
+use crate::kernel::firewall::TableId;
 use crate::kernel::{ElementChange, FirewallChange, Table};
 
 /// Replaces `table` whole, or creates it: declaring it empty first makes
@@ -37,25 +37,6 @@ pub fn elements(changes: &[ElementChange]) -> String {
             out.push_str(&c.element.to_string());
         }
         out.push_str(" }\n");
-    }
-    out
-}
-
-/// The commands of a server's change to runtime sets. An element to take
-/// out may have timed out already, and deleting an absent element fails
-/// the whole transaction (nft 1.0.6 has no `destroy element`), so each is
-/// first put in with a one-second timeout, then deleted. An element to
-/// keep is added with `expires`, which restarts its timeout when it is
-/// there already (a plain `add` would leave the old one running).
-pub fn runtime(change: &RuntimeElements) -> String {
-    let ttl = change.ttl.as_millis().max(1);
-    let mut out = String::new();
-    for (set, e) in &change.remove {
-        out.push_str(&format!("add element {} {set} {{ {e} timeout 1s }}\n", change.table));
-        out.push_str(&format!("delete element {} {set} {{ {e} }}\n", change.table));
-    }
-    for (set, e) in &change.add {
-        out.push_str(&format!("add element {} {set} {{ {e} timeout {ttl}ms expires {ttl}ms }}\n", change.table));
     }
     out
 }
