@@ -151,7 +151,8 @@ fn every_acked_lease_survives_sigkill_during_a_storm() {
 
 #[test]
 fn every_acked_lease_survives_a_crash_at_each_commit_step_of_a_storm() {
-    if !privileged("every_acked_lease_survives_a_crash_at_each_commit_step_of_a_storm", &["ip", "nft", "kill"]) {
+    let test = "every_acked_lease_survives_a_crash_at_each_commit_step_of_a_storm";
+    if !privileged(test, &["ip", "nft", "kill"]) || !common::crash_points(test) {
         return;
     }
     for point in ["lease-commit", "lease-reply"] {

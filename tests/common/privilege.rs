@@ -70,3 +70,20 @@ pub fn privileged(test: &str, tools: &[&str]) -> bool {
     eprintln!("skipping {test}: {why} (set {REQUIRE_ENV}=1 to make this a failure)");
     false
 }
+
+/// Whether the daemon under test has crash points (`src/fault.rs`): they
+/// are compiled only into debug builds, so under `cargo test --release`
+/// a test that arms one would wait for a crash that never comes. Prints
+/// why not and returns false then; panics instead when
+/// `LANYARD_REQUIRE_PRIVILEGED=1`, which asks for every test to run.
+pub fn crash_points(test: &str) -> bool {
+    if cfg!(debug_assertions) {
+        return true;
+    }
+    let why = "needs crash points, which only debug builds have (run it without --release)";
+    if require_privileged() {
+        panic!("{test} {why}, and {REQUIRE_ENV}=1 forbids skipping it");
+    }
+    eprintln!("skipping {test}: {why}");
+    false
+}
