@@ -91,7 +91,8 @@ const PACE: Duration = Duration::from_millis(1);
 const PACE_FROM: usize = 4;
 /// The receive buffer the server asks for (as root it gets it regardless
 /// of net.core.rmem_max). The kernel doubles it, and a queued request
-/// costs about 1.3 KB of it, so 1 MiB holds some 1,600 requests: a burst
+/// costs about 1.3 KB of it (1,638 datagrams of 300 bytes filled 1 MiB
+/// asked, on a loopback socket), so 1 MiB holds some 1,600 requests: a burst
 /// of that many clients at once, or about 5 ms of the server's work at
 /// its peak (some 300,000 requests a second on the bench machine). A
 /// deeper queue adds no throughput when the CPU is full, only delay to

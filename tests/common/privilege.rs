@@ -63,7 +63,12 @@ pub fn privileged(test: &str, tools: &[&str]) -> bool {
     if why.is_empty() {
         return true;
     }
-    let why = why.join("; ");
+    skip_unless_required(test, &why.join("; "))
+}
+
+/// Skips `test` for the reason `why` (prints it, returns false), or
+/// panics when `LANYARD_REQUIRE_PRIVILEGED=1` asks for every test to run.
+fn skip_unless_required(test: &str, why: &str) -> bool {
     if require_privileged() {
         panic!("{test} {why}, and {REQUIRE_ENV}=1 forbids skipping it");
     }
@@ -80,10 +85,5 @@ pub fn crash_points(test: &str) -> bool {
     if cfg!(debug_assertions) {
         return true;
     }
-    let why = "needs crash points, which only debug builds have (run it without --release)";
-    if require_privileged() {
-        panic!("{test} {why}, and {REQUIRE_ENV}=1 forbids skipping it");
-    }
-    eprintln!("skipping {test}: {why}");
-    false
+    skip_unless_required(test, "needs crash points, which only debug builds have (run it without --release)")
 }
