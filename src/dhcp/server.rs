@@ -6,8 +6,10 @@
 //! one lock of the address book, each packet parsed and answered into one
 //! reused send buffer, one `sendmmsg` for the replies that need no commit
 //! (OFFERs, NAKs), and one hand-off to the lease writer of the batch's
-//! lease changes with their ACKs, which the writer thread sends once the
-//! changes are durable. The receive loop never waits for the store.
+//! lease changes with their ACKs, sent once the changes are durable: with
+//! the SQLite store right here, after one append to its lease journal,
+//! with etcd by the writer thread ([`super::writer`]). The receive loop
+//! never waits for a disk or a network.
 //!
 //! Overload: DISCOVERs are shed right after parsing, before any work on
 //! the address book or the store, and counted (`overload`), when the
@@ -344,7 +346,7 @@ impl Server {
 }
 
 /// A batch's lease changes and the replies that wait for them; the lease
-/// writer calls [`Committed::committed`] on it after the commit.
+/// writer calls [`Committed::committed`] on it after the write.
 struct AfterCommit {
     server: Arc<Server>,
     /// ACKs to send once the changes are durable.

@@ -1,13 +1,23 @@
 //! Group commit of lease changes.
 //!
-//! Every DHCP server hands its lease changes to one writer thread. The
-//! thread takes whatever has queued up while the previous commit ran and
-//! writes it all at once (with the SQLite store: one append to the lease
-//! journal), so under load one commit covers many ACKs, and at idle a lease
-//! is durable in one commit's time. The store stays off the async
-//! runtime, and a server's receive loop never waits for it:
-//! it [`submit`](LeaseWriter::submit)s a batch with what to do once the
-//! batch is durable (send the ACKs), and goes on receiving.
+//! A DHCP server hands the lease changes of each received batch, with the
+//! ACKs that wait for them, to a [`LeaseWriter`]. The receive loop never
+//! waits for the store, and one write covers every lease of a batch. How
+//! the write happens depends on the store:
+//!
+//! - A store whose lease write is one append to a local file
+//!   ([`Store::lease_writes_are_appends`], the SQLite store's lease
+//!   journal) is written on the submitting thread, and the ACKs go out
+//!   at once. The append takes a few microseconds; a hand-off to another
+//!   thread costs more (a wake-up, two context switches) and, with the
+//!   server's CPU full, made every ACK wait until the writer thread got
+//!   the CPU: the REQUEST->ACK delays were the tail of the replies at the
+//!   knee (docs/performance.md, session 12).
+//! - Any other store (etcd: a network round trip per write) gets a writer
+//!   thread, shared by all servers. It takes whatever has queued up while
+//!   the previous commit ran and writes it all at once, so under load one
+//!   commit covers many ACKs, and at idle a lease is durable in one
+//!   commit's time; the store stays off the async runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
@@ -44,16 +54,35 @@ pub const MAX_BATCH: usize = 4096;
 // eight with it: median p99 4.2 against 5.4 ms, the same CPU per exchange;
 // at 3,200/s 5-10% more CPU (docs/performance.md, session 10).
 
-/// Handle to the lease writer thread; cheap to clone.
+/// Where a server's lease changes are written; cheap to clone.
 #[derive(Clone)]
-pub struct LeaseWriter {
-    tx: mpsc::Sender<Job>,
-    backlog: Arc<AtomicUsize>,
+pub struct LeaseWriter(Mode);
+
+#[derive(Clone)]
+enum Mode {
+    /// On the submitting thread (a store whose writes are appends).
+    Inline(Arc<dyn Store>),
+    /// By the writer thread.
+    Thread { tx: mpsc::Sender<Job>, backlog: Arc<AtomicUsize> },
+}
+
+/// Writes `changes` and says how it went, with the fault points the crash
+/// tests stop the daemon at (before the write, and after it but before any
+/// ACK for it is sent).
+fn write(store: &dyn Store, changes: &[LeaseChange]) -> Result<(), String> {
+    crate::fault::point("lease-commit");
+    let result = store.write_leases(changes).map_err(|e| e.to_string());
+    crate::fault::point("lease-reply");
+    result
 }
 
 impl LeaseWriter {
-    /// Starts the writer thread over `store`.
+    /// A writer over `store`: inline if its lease writes are appends,
+    /// otherwise a thread of its own.
     pub fn start(store: Arc<dyn Store>) -> Self {
+        if store.lease_writes_are_appends() {
+            return LeaseWriter(Mode::Inline(store));
+        }
         let (tx, rx) = mpsc::channel::<Job>();
         let backlog = Arc::new(AtomicUsize::new(0));
         let pending = backlog.clone();
@@ -76,9 +105,7 @@ impl LeaseWriter {
                             Err(_) => break,
                         }
                     }
-                    crate::fault::point("lease-commit");
-                    let result = store.write_leases(&all).map_err(|e| e.to_string());
-                    crate::fault::point("lease-reply");
+                    let result = write(&*store, &all);
                     pending.fetch_sub(all.len(), Ordering::Relaxed);
                     let mut from = 0;
                     for (end, then) in jobs.drain(..) {
@@ -95,28 +122,39 @@ impl LeaseWriter {
                 }
             })
             .expect("spawning a thread at start-up");
-        LeaseWriter { tx, backlog }
+        LeaseWriter(Mode::Thread { tx, backlog })
     }
 
-    /// Changes submitted and not written yet: how far the store is behind.
+    /// Changes submitted and not written yet: how far the store is behind
+    /// (never anything for an inline writer).
     pub fn backlog(&self) -> usize {
-        self.backlog.load(Ordering::Relaxed)
+        match &self.0 {
+            Mode::Inline(_) => 0,
+            Mode::Thread { backlog, .. } => backlog.load(Ordering::Relaxed),
+        }
     }
 
-    fn send(&self, job: Job) -> Result<(), Job> {
+    /// Queues `job` for the writer thread.
+    fn send(tx: &mpsc::Sender<Job>, backlog: &AtomicUsize, job: Job) -> Result<(), Job> {
         let n = job.changes.len();
-        self.backlog.fetch_add(n, Ordering::Relaxed);
-        self.tx.send(job).map_err(|e| {
-            self.backlog.fetch_sub(n, Ordering::Relaxed);
+        backlog.fetch_add(n, Ordering::Relaxed);
+        tx.send(job).map_err(|e| {
+            backlog.fetch_sub(n, Ordering::Relaxed);
             e.0
         })
     }
 
-    /// Queues `changes`; `then` runs on the writer thread once they are
-    /// written (or failed). Never waits. If the writer is gone, `then`
-    /// runs at once with the error.
+    /// Writes `changes`, then runs `then`: inline, before this returns;
+    /// with a writer thread, there, and this never waits (if the thread is
+    /// gone, `then` runs at once with the error).
     pub fn submit(&self, changes: Vec<LeaseChange>, then: Box<dyn Committed>) {
-        if let Err(Job { changes, then: Then::Call(c) }) = self.send(Job { changes, then: Then::Call(then) }) {
+        let (tx, backlog) = match &self.0 {
+            Mode::Inline(store) => return then.committed(&write(&**store, &changes), &changes),
+            Mode::Thread { tx, backlog } => (tx, backlog),
+        };
+        if let Err(Job { changes, then: Then::Call(c) }) =
+            Self::send(tx, backlog, Job { changes, then: Then::Call(then) })
+        {
             c.committed(&Err("lease writer stopped".to_string()), &changes);
         }
     }
@@ -126,8 +164,12 @@ impl LeaseWriter {
         if changes.is_empty() {
             return Ok(());
         }
+        let (tx, backlog) = match &self.0 {
+            Mode::Inline(store) => return write(&**store, &changes),
+            Mode::Thread { tx, backlog } => (tx, backlog),
+        };
         let (done_tx, done_rx) = oneshot::channel();
-        if self.send(Job { changes, then: Then::Notify(done_tx) }).is_err() {
+        if Self::send(tx, backlog, Job { changes, then: Then::Notify(done_tx) }).is_err() {
             return Err("lease writer stopped".to_string());
         }
         done_rx.await.map_err(|_| "lease writer stopped".to_string())?
@@ -141,11 +183,13 @@ mod tests {
     use crate::store::sqlite::SqliteStore;
     use std::time::Duration;
 
-    struct Report(mpsc::Sender<(bool, usize)>);
+    /// Says how a batch went, its size, and the thread that wrote it.
+    struct Report(mpsc::Sender<(bool, usize, Option<String>)>);
 
     impl Committed for Report {
         fn committed(self: Box<Self>, result: &Result<(), String>, changes: &[LeaseChange]) {
-            let _ = self.0.send((result.is_ok(), changes.len()));
+            let thread = std::thread::current().name().map(str::to_string);
+            let _ = self.0.send((result.is_ok(), changes.len(), thread));
         }
     }
 
@@ -161,23 +205,47 @@ mod tests {
         })
     }
 
+    /// Submits batches of 1, 3 and 2 changes from a thread named "server";
+    /// returns what each batch's report said, in the order they came.
+    fn submit_three(store: Arc<dyn Store>) -> Vec<(bool, usize, Option<String>)> {
+        let writer = LeaseWriter::start(store.clone());
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("server".into())
+            .spawn(move || {
+                for (n, first) in [(1usize, 1u8), (3, 10), (2, 20)] {
+                    let changes = (0..n as u8).map(|i| lease(first + i)).collect();
+                    writer.submit(changes, Box::new(Report(tx.clone())));
+                }
+                writer
+            })
+            .unwrap()
+            .join()
+            .map(|writer| {
+                let got: Vec<_> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
+                assert_eq!(writer.backlog(), 0, "nothing left behind");
+                assert_eq!(store.leases().unwrap().len(), 6, "every change written");
+                got
+            })
+            .unwrap()
+    }
+
     #[test]
-    fn submitted_batches_are_written_and_each_gets_its_own_changes_back() {
+    fn a_journal_is_appended_to_by_the_server_itself_and_each_batch_gets_its_own_changes_back() {
         let dir = std::env::temp_dir().join(format!("lanyard-writer-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&dir).unwrap());
-        let writer = LeaseWriter::start(store.clone());
-        let (tx, rx) = mpsc::channel();
-        for (n, first) in [(1usize, 1u8), (3, 10), (2, 20)] {
-            let changes = (0..n as u8).map(|i| lease(first + i)).collect();
-            writer.submit(changes, Box::new(Report(tx.clone())));
-        }
-        let mut got: Vec<(bool, usize)> = (0..3).map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap()).collect();
-        got.sort();
-        assert_eq!(got, vec![(true, 1), (true, 2), (true, 3)]);
-        assert_eq!(store.leases().unwrap().len(), 6);
-        assert_eq!(writer.backlog(), 0, "nothing left behind");
+        let got = submit_three(Arc::new(SqliteStore::open(&dir).unwrap()));
+        let server = Some("server".to_string());
+        assert_eq!(got, vec![(true, 1, server.clone()), (true, 3, server.clone()), (true, 2, server)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_store_without_a_journal_is_written_by_the_writer_thread() {
+        let mut got = submit_three(Arc::new(SqliteStore::in_memory().unwrap()));
+        got.sort();
+        let writer = Some("lease-writer".to_string());
+        assert_eq!(got, vec![(true, 1, writer.clone()), (true, 2, writer.clone()), (true, 3, writer)]);
     }
 }

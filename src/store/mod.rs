@@ -291,6 +291,14 @@ pub trait Store: Send + Sync {
     /// all or none, and when it returns they survive a crash of the daemon
     /// (SQLite: in its lease journal, on disk within a fold interval).
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError>;
+    /// Whether [`write_leases`](Store::write_leases) is one `write` to a
+    /// local file: no disk flush and no network round trip to wait for, a
+    /// few microseconds. Then the DHCP server writes its leases on its own
+    /// thread, where a hand-off to the lease writer thread would cost more
+    /// than the write (see [`crate::dhcp::writer`]).
+    fn lease_writes_are_appends(&self) -> bool {
+        false
+    }
     /// Claims `value` of `kind` (a fixed IP as `NET/IP`, a MAC, a VNI, a
     /// floating IP) for `owner` unless someone else holds it; whether
     /// `owner` holds it now. Create-if-absent: of any number of concurrent

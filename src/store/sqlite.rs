@@ -680,6 +680,10 @@ impl Store for SqliteStore {
         Ok(taken)
     }
 
+    fn lease_writes_are_appends(&self) -> bool {
+        self.leases.is_some()
+    }
+
     fn write_leases(&self, changes: &[LeaseChange]) -> Result<(), StoreError> {
         if let Some(log) = &self.leases {
             return log.journal.append(changes).map_err(journal_err);
