@@ -22,7 +22,8 @@
 //! generator's own wait for a CPU is not the server's delay. The last field
 //! is the p99 as the generator read the replies, so that wait shows. Both
 //! clocks are CLOCK_REALTIME, the clock of the kernel's stamps. Its own CPU (utime+stime) goes to stderr as
-//! `dhcpload: cpu_ms=N`. All per-exchange state is allocated before the run
+//! `dhcpload: cpu_ms=N`, and its share of a core over the sending seconds
+//! as `dhcpload: sending_cpu_pct=N`. All per-exchange state is allocated before the run
 //! (indexed by exchange number, xid = base + index): nothing is allocated per
 //! packet.
 //!
@@ -601,8 +602,16 @@ fn run(a: &Args) -> io::Result<()> {
     let end = send_end + a.wait * 1_000_000_000;
     let mut next = 0usize;
     let mut next_slice = start;
+    // This process's CPU over the sending seconds: the WAIT after them is
+    // nearly idle, so a share of the whole run would hide a generator that
+    // was saturated while it sent.
+    let mut sending_cpu_ms: Option<u64> = None;
     loop {
         let now = now_ns();
+        if sending_cpu_ms.is_none() && now >= send_end {
+            let (user, sys) = cpu_ms();
+            sending_cpu_ms = Some(user + sys);
+        }
         if now >= next_slice && next < total {
             let due = (((now - start) as u128 * a.rate as u128 / 1_000_000_000) as usize + 1).min(total);
             g.discover(&mut disc, &mut next, due);
@@ -707,6 +716,9 @@ fn run(a: &Args) -> io::Result<()> {
     );
     let (user, sys) = cpu_ms();
     eprintln!("dhcpload: cpu_ms={} (user {user}, system {sys})", user + sys);
+    let sending_ms = (send_end - start) / 1_000_000;
+    let sending_cpu_ms = sending_cpu_ms.unwrap_or(user + sys);
+    eprintln!("dhcpload: sending_cpu_pct={}", sending_cpu_ms * 100 / sending_ms.max(1));
     Ok(())
 }
 
