@@ -20,12 +20,14 @@
 //! peak. The shed DISCOVERs are counted (`overload`), never logged one by
 //! one, and their clients retry (RFC 2131: after about 4 s).
 //!
-//! Beyond twice the limit, when every DISCOVER but a port's is shed anyway,
-//! the server also has the kernel shed them ([`discover_filter`], classic
-//! BPF on its socket): they are then dropped before they are queued, so
-//! the REQUESTs of exchanges under way do not wait behind them and the
-//! server spends nothing on them. The kernel cannot count them; the
-//! `overload` counter holds what the server itself shed.
+//! Beyond twice the limit the server also has the kernel shed them
+//! ([`discover_filter`], classic BPF on its socket), all but a random
+//! share that follows what the server completes (`server::KernelShed`):
+//! the rest are dropped before they are queued, so the REQUESTs of
+//! exchanges under way do not wait behind them (or get lost in a full
+//! queue), and the server spends nothing on them. A port's DISCOVERs
+//! always pass. The kernel counts what it drops only as the socket's
+//! drops; the `overload` counter holds what the server itself shed.
 
 use std::time::{Duration, Instant};
 
@@ -111,6 +113,12 @@ impl OfferWindow {
         u32::try_from(o.saturating_sub(a)).unwrap_or(u32::MAX)
     }
 
+    /// REQUESTs ACKed over the last second.
+    pub fn acked_last_second(&mut self, at: Instant) -> u32 {
+        self.advance(at);
+        self.slots.iter().fold(0u32, |n, s| n.saturating_add(s.1))
+    }
+
     /// Whether a DISCOVER from `client` is taken on at `at`; `overloaded`
     /// says the server is behind anyway (its receive queue or its lease
     /// writer), which sheds unknown clients by itself. `client` is asked
@@ -146,13 +154,14 @@ fn jump(code: u32, k: u32, jt: u8, jf: u8) -> SockFilter {
     SockFilter::new(code as u16, jt, jf, k)
 }
 
-/// A classic BPF program for a DHCP server's socket that drops DISCOVERs
-/// in the kernel except those from `ports`; anything else passes, as does
-/// a DISCOVER whose first option is not the message type (every common
-/// client puts it first; the server sheds the rest itself). `None` with
-/// more than [`FILTER_PORTS`] ports.
-pub fn discover_filter(ports: &[Mac]) -> Option<Vec<SockFilter>> {
-    use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
+/// A classic BPF program for a DHCP server's socket that lets through
+/// every DISCOVER from `ports` and, of the others, a random `keep` in
+/// 2^32 (0: none), dropping the rest in the kernel. Anything else passes,
+/// as does a DISCOVER whose first option is not the message type (every
+/// common client puts it first; the server sheds the rest itself). `None`
+/// with more than [`FILTER_PORTS`] ports.
+pub fn discover_filter(ports: &[Mac], keep: u32) -> Option<Vec<SockFilter>> {
+    use libc::{BPF_ABS, BPF_B, BPF_H, BPF_JEQ, BPF_JGE, BPF_JMP, BPF_K, BPF_LD, BPF_RET, BPF_W};
     if ports.len() > FILTER_PORTS {
         return None;
     }
@@ -171,6 +180,15 @@ pub fn discover_filter(ports: &[Mac]) -> Option<Vec<SockFilter>> {
             jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from_be_bytes([m[0], m[1], m[2], m[3]]), 0, 3),
             stmt(BPF_LD | BPF_H | BPF_ABS, CHADDR + 4),
             jump(BPF_JMP | BPF_JEQ | BPF_K, u32::from(u16::from_be_bytes([m[4], m[5]])), 0, 1),
+            stmt(BPF_RET | BPF_K, KEEP),
+        ]);
+    }
+    if keep > 0 {
+        // The kernel's random number (an ancillary load): below `keep`
+        // the DISCOVER passes.
+        p.extend([
+            stmt(BPF_LD | BPF_W | BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32),
+            jump(BPF_JMP | BPF_JGE | BPF_K, keep, 1, 0),
             stmt(BPF_RET | BPF_K, KEEP),
         ]);
     }
@@ -216,7 +234,7 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
         let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let prog = discover_filter(&[Mac([1, 2, 3, 4, 5, 6]), Mac(port)]).unwrap();
+        let prog = discover_filter(&[Mac([1, 2, 3, 4, 5, 6]), Mac(port)], 0).unwrap();
         set_filter(&rx, Some(&prog)).unwrap();
         let cases = [
             (message(1, other, true), false, "another client's DISCOVER"),
@@ -235,8 +253,34 @@ mod tests {
         assert!(rx.recv(&mut buf).is_ok(), "detached: everything passes");
         set_filter(&rx, None).unwrap();
         let many: Vec<Mac> = (0..=FILTER_PORTS as u32).map(|i| Mac([2, 0, 0, 0, (i >> 8) as u8, i as u8])).collect();
-        assert!(discover_filter(&many).is_none());
-        assert!(discover_filter(&many[..FILTER_PORTS]).unwrap().len() <= 4096);
+        assert!(discover_filter(&many, 0).is_none());
+        assert!(discover_filter(&many[..FILTER_PORTS], u32::MAX / 2).unwrap().len() <= 4096);
+    }
+
+    #[test]
+    fn the_kernel_filter_lets_through_its_share_of_other_clients_discovers() {
+        use std::net::UdpSocket;
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut buf = [0u8; 600];
+        // A quarter, then all of them: 400 DISCOVERs each time, fewer than
+        // the socket's queue holds, read after each 100.
+        for (keep, low, high) in [(u32::MAX / 4, 60, 140), (u32::MAX, 400, 400)] {
+            set_filter(&rx, Some(&discover_filter(&[], keep).unwrap())).unwrap();
+            let mut got = 0;
+            for round in 0..4u8 {
+                for i in 0..100u8 {
+                    tx.send_to(&message(1, [2, 0, 0, 0, round, i], true), rx.local_addr().unwrap()).unwrap();
+                }
+                while rx.recv(&mut buf).is_ok() {
+                    got += 1;
+                }
+            }
+            assert!((low..=high).contains(&got), "keep {keep}: {got} of 400 passed");
+            tx.send_to(&message(3, [2, 0, 0, 0, 9, 9], true), rx.local_addr().unwrap()).unwrap();
+            assert!(rx.recv(&mut buf).is_ok(), "a REQUEST always passes");
+        }
     }
 
     #[test]

@@ -283,15 +283,26 @@ fn force_recv_buffer(fd: RawFd, bytes: usize) {
 /// kernel is about to drop datagrams at random, requests and discovers
 /// alike, unless the server sheds the cheap-to-refuse ones first.
 fn receive_queue_deep(fd: RawFd) -> bool {
+    let Some(info) = memory_info(fd) else {
+        return false;
+    };
+    let (alloc, limit) = (info[libc::SK_MEMINFO_RMEM_ALLOC as usize], info[libc::SK_MEMINFO_RCVBUF as usize]);
+    alloc > limit / 2
+}
+
+/// Datagrams the socket has dropped since it was made (a full receive
+/// queue, or its filter), as the kernel counts them; 0 if it cannot say.
+fn socket_drops(fd: RawFd) -> u64 {
+    memory_info(fd).map(|info| u64::from(info[libc::SK_MEMINFO_DROPS as usize])).unwrap_or(0)
+}
+
+/// The socket's `SO_MEMINFO` (indexed by `SK_MEMINFO_*`).
+fn memory_info(fd: RawFd) -> Option<[u32; 16]> {
     let mut info = [0u32; 16];
     let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
     // SAFETY: SO_MEMINFO writes at most `len` bytes into `info`.
     let rc = unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, SO_MEMINFO, info.as_mut_ptr().cast(), &mut len) };
-    if rc != 0 {
-        return false;
-    }
-    let (alloc, limit) = (info[libc::SK_MEMINFO_RMEM_ALLOC as usize], info[libc::SK_MEMINFO_RCVBUF as usize]);
-    alloc > limit / 2
+    (rc == 0).then_some(info)
 }
 
 /// Everything one network's server works with.
@@ -404,7 +415,7 @@ pub async fn serve(
     let mut now_out = SendBatch::with_capacity(BATCH);
     let mut state = ServerState::new(now());
     let mut reported = server.stats.snapshot();
-    let mut kernel_shed = KernelShed { on: false, set_at: state.clock };
+    let mut kernel_shed = KernelShed::new(&server, state.clock);
     loop {
         let recv = server.socket.async_io(Interest::READABLE, || batch.recv(fd));
         let received = if kernel_shed.on {
@@ -504,42 +515,104 @@ pub async fn serve(
 }
 
 /// While the kernel sheds DISCOVERs: how often the receive loop wakes up
-/// to see whether that is still needed, and refreshes the filter's list of
-/// ports (a port made meanwhile is let through within this time).
+/// to see whether that is still needed, measures what arrives, and
+/// refreshes the filter's share and list of ports (a port made meanwhile
+/// is let through within this time).
 const KERNEL_SHED_RECHECK: Duration = Duration::from_millis(100);
+/// The shortest time over which arrivals are measured to decide whether
+/// the kernel starts shedding.
+const KERNEL_SHED_FIRST_LOOK: Duration = Duration::from_millis(10);
 
-/// Whether the kernel sheds DISCOVERs for the server
-/// ([`discover_filter`]): beyond twice the admission limit, when every
-/// DISCOVER but a port's is shed anyway.
+/// While the kernel sheds, the DISCOVERs it lets through, as a multiple
+/// of the exchanges the server's clients completed in the last second.
+/// Above 1, so the server never idles for want of DISCOVERs and what it
+/// completes can grow (by up to this factor a second); the excess it sheds
+/// itself, cheaply, while its receive queue is deep.
+const KERNEL_SHED_HEADROOM: f64 = 1.25;
+
+/// Whether and how much the kernel sheds DISCOVERs for the server
+/// ([`discover_filter`]). Beyond twice the admission limit of unanswered
+/// OFFERs, it lets through only the DISCOVERs the server can turn into
+/// exchanges: [`KERNEL_SHED_HEADROOM`] times what its clients completed in
+/// the last second, as a random share of those arriving. All or nothing
+/// (the filter before) left the server idle while it dropped everything,
+/// and let the queue fill with DISCOVERs, where REQUESTs of exchanges
+/// under way were lost, while it dropped nothing: at 2x the knee it
+/// completed less than half of the knee (docs/performance.md, run 18).
 struct KernelShed {
     on: bool,
-    /// When the filter was last attached.
-    set_at: Instant,
+    /// When arrivals were last measured, with the DISCOVERs read and the
+    /// datagrams the socket had dropped by then.
+    sampled: (Instant, u64, u64),
+    /// DISCOVERs arriving per second over the last measurement: read by
+    /// the server, or dropped by its socket (the filter, or a full queue).
+    arriving: f64,
 }
 
 impl KernelShed {
-    /// Attaches, refreshes or detaches the filter as the window says.
+    fn new(server: &Server, at: Instant) -> Self {
+        KernelShed { on: false, sampled: (at, discovers_read(server), socket_drops(server.fd())), arriving: 0.0 }
+    }
+
+    /// Measures arrivals every [`KERNEL_SHED_RECHECK`], and attaches,
+    /// refreshes or detaches the filter as the window and they say.
     fn update(&mut self, server: &Server, state: &mut ServerState) {
-        let wanted = state.window.unanswered(state.clock) > 2 * UNANSWERED;
-        let refresh = wanted && self.on && state.clock.duration_since(self.set_at) >= KERNEL_SHED_RECHECK;
-        if wanted == self.on && !refresh {
+        let now = state.clock;
+        let since = now.saturating_duration_since(self.sampled.0);
+        let overloaded = state.window.unanswered(now) > 2 * UNANSWERED;
+        // On, the share is set anew every recheck; off, as soon as the
+        // window says overload, from the arrivals since the last sample.
+        let look = match (self.on, overloaded) {
+            (true, _) => since >= KERNEL_SHED_RECHECK,
+            (false, true) => since >= KERNEL_SHED_FIRST_LOOK,
+            (false, false) => false,
+        };
+        if look || since >= KERNEL_SHED_RECHECK {
+            let read = discovers_read(server);
+            let dropped = socket_drops(server.fd());
+            let new = read.saturating_sub(self.sampled.1) + dropped.saturating_sub(self.sampled.2);
+            self.arriving = new as f64 / since.as_secs_f64();
+            self.sampled = (now, read, dropped);
+        }
+        if !look {
+            return;
+        }
+        // A share of 1: no more DISCOVERs arrive than the server can take
+        // on (the knee's own bursts), and it sheds what it must by itself.
+        let share = if self.arriving > 0.0 {
+            let can = KERNEL_SHED_HEADROOM * f64::from(state.window.acked_last_second(now));
+            (can / self.arriving).min(1.0)
+        } else if self.on && !overloaded {
+            1.0
+        } else {
+            // Nothing arrived to measure a share by: the filter stays as
+            // it is while the overload lasts.
+            return;
+        };
+        let wanted = share < 1.0;
+        if !wanted && !self.on {
             return;
         }
         let program = if wanted {
-            discover_filter(&server.book.lock().unwrap_or_else(|p| p.into_inner()).static_macs())
+            let keep = (share * f64::from(u32::MAX)) as u32;
+            discover_filter(&server.book.lock().unwrap_or_else(|p| p.into_inner()).static_macs(), keep)
         } else {
             None
         };
         // Too many ports to list: no filter, the server sheds on its own
         // (and still rechecks, to attach one if ports go away).
         match set_filter(&server.socket, program.as_deref()) {
-            Ok(()) => {
-                self.on = wanted;
-                self.set_at = state.clock;
-            }
+            Ok(()) => self.on = wanted,
             Err(e) => tracing::debug!(net = server.net, "dhcp: kernel filter not changed: {e}"),
         }
     }
+}
+
+/// DISCOVERs the server has read (the network's count, which outlives a
+/// server).
+fn discovers_read(server: &Server) -> u64 {
+    let discover = crate::metrics::dhcp_type_index(u8::from(MessageType::Discover));
+    server.stats.received_by_type[discover].load(Ordering::Relaxed)
 }
 
 /// Prunes expired leases (memory and store) and logs one line about what
