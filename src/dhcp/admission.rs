@@ -22,7 +22,7 @@
 //!
 //! Beyond twice the limit the server also has the kernel shed them
 //! ([`discover_filter`], classic BPF on its socket), all but a random
-//! share that follows what the server completes (`server::KernelShed`):
+//! share that follows the ACKs the server sends (`server::KernelShed`):
 //! the rest are dropped before they are queued, so the REQUESTs of
 //! exchanges under way do not wait behind them (or get lost in a full
 //! queue), and the server spends nothing on them. A port's DISCOVERs
@@ -111,12 +111,6 @@ impl OfferWindow {
         self.advance(at);
         let (o, a) = self.slots.iter().fold((0u64, 0u64), |(o, a), s| (o + u64::from(s.0), a + u64::from(s.1)));
         u32::try_from(o.saturating_sub(a)).unwrap_or(u32::MAX)
-    }
-
-    /// REQUESTs ACKed over the last second.
-    pub fn acked_last_second(&mut self, at: Instant) -> u32 {
-        self.advance(at);
-        self.slots.iter().fold(0u32, |n, s| n.saturating_add(s.1))
     }
 
     /// Whether a DISCOVER from `client` is taken on at `at`; `overloaded`

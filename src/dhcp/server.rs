@@ -524,34 +524,45 @@ const KERNEL_SHED_RECHECK: Duration = Duration::from_millis(100);
 const KERNEL_SHED_FIRST_LOOK: Duration = Duration::from_millis(10);
 
 /// While the kernel sheds, the DISCOVERs it lets through, as a multiple
-/// of the exchanges the server's clients completed in the last second.
-/// Above 1, so the server never idles for want of DISCOVERs and what it
-/// completes can grow (by up to this factor a second); the excess it sheds
+/// of the ACKs the server sent over the same time. Above 1, so the server
+/// never idles for want of DISCOVERs and what it completes can grow (by
+/// up to this factor every [`KERNEL_SHED_RECHECK`]); the excess it sheds
 /// itself, cheaply, while its receive queue is deep.
 const KERNEL_SHED_HEADROOM: f64 = 1.25;
 
 /// Whether and how much the kernel sheds DISCOVERs for the server
 /// ([`discover_filter`]). Beyond twice the admission limit of unanswered
 /// OFFERs, it lets through only the DISCOVERs the server can turn into
-/// exchanges: [`KERNEL_SHED_HEADROOM`] times what its clients completed in
-/// the last second, as a random share of those arriving. All or nothing
+/// exchanges: [`KERNEL_SHED_HEADROOM`] times the ACKs it sends, as a
+/// random share of the DISCOVERs arriving, both measured over the last
+/// [`KERNEL_SHED_RECHECK`]. (ACKs over the window's whole second made it
+/// climb from a cold start by a quarter a second: in run 19, 2x completed
+/// 70,266 a second with hardly a REQUEST lost.) All or nothing
 /// (the filter before) left the server idle while it dropped everything,
 /// and let the queue fill with DISCOVERs, where REQUESTs of exchanges
 /// under way were lost, while it dropped nothing: at 2x the knee it
 /// completed less than half of the knee (docs/performance.md, run 18).
 struct KernelShed {
     on: bool,
-    /// When arrivals were last measured, with the DISCOVERs read and the
-    /// datagrams the socket had dropped by then.
-    sampled: (Instant, u64, u64),
+    /// When arrivals were last measured, with the DISCOVERs read, the
+    /// datagrams the socket had dropped and the ACKs sent by then.
+    sampled: (Instant, u64, u64, u64),
     /// DISCOVERs arriving per second over the last measurement: read by
     /// the server, or dropped by its socket (the filter, or a full queue).
     arriving: f64,
+    /// ACKs sent per second over the last measurement.
+    acking: f64,
 }
 
 impl KernelShed {
     fn new(server: &Server, at: Instant) -> Self {
-        KernelShed { on: false, sampled: (at, discovers_read(server), socket_drops(server.fd())), arriving: 0.0 }
+        let sampled = (
+            at,
+            counted(server, MessageType::Discover, false),
+            socket_drops(server.fd()),
+            counted(server, MessageType::Ack, true),
+        );
+        KernelShed { on: false, sampled, arriving: 0.0, acking: 0.0 }
     }
 
     /// Measures arrivals every [`KERNEL_SHED_RECHECK`], and attaches,
@@ -568,11 +579,13 @@ impl KernelShed {
             (false, false) => false,
         };
         if look || since >= KERNEL_SHED_RECHECK {
-            let read = discovers_read(server);
+            let read = counted(server, MessageType::Discover, false);
             let dropped = socket_drops(server.fd());
+            let acked = counted(server, MessageType::Ack, true);
             let new = read.saturating_sub(self.sampled.1) + dropped.saturating_sub(self.sampled.2);
             self.arriving = new as f64 / since.as_secs_f64();
-            self.sampled = (now, read, dropped);
+            self.acking = acked.saturating_sub(self.sampled.3) as f64 / since.as_secs_f64();
+            self.sampled = (now, read, dropped, acked);
         }
         if !look {
             return;
@@ -580,8 +593,7 @@ impl KernelShed {
         // A share of 1: no more DISCOVERs arrive than the server can take
         // on (the knee's own bursts), and it sheds what it must by itself.
         let share = if self.arriving > 0.0 {
-            let can = KERNEL_SHED_HEADROOM * f64::from(state.window.acked_last_second(now));
-            (can / self.arriving).min(1.0)
+            (KERNEL_SHED_HEADROOM * self.acking / self.arriving).min(1.0)
         } else if self.on && !overloaded {
             1.0
         } else {
@@ -608,11 +620,12 @@ impl KernelShed {
     }
 }
 
-/// DISCOVERs the server has read (the network's count, which outlives a
-/// server).
-fn discovers_read(server: &Server) -> u64 {
-    let discover = crate::metrics::dhcp_type_index(u8::from(MessageType::Discover));
-    server.stats.received_by_type[discover].load(Ordering::Relaxed)
+/// Messages of `kind` the server has read, or sent (the network's counts,
+/// which outlive a server).
+fn counted(server: &Server, kind: MessageType, sent: bool) -> u64 {
+    let i = crate::metrics::dhcp_type_index(u8::from(kind));
+    let counts = if sent { &server.stats.sent_by_type } else { &server.stats.received_by_type };
+    counts[i].load(Ordering::Relaxed)
 }
 
 /// Prunes expired leases (memory and store) and logs one line about what
