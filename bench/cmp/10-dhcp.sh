@@ -112,11 +112,10 @@ start_lanyard_dhcp() {
     topology "$br"
     SETTLE() { wait_lease_fold "$d/state"; }
     LEASES() { sqlite3 "$d/state/lanyard.db" 'select count(*) from leases' 2>/dev/null || echo "?"; }
-    # What the server itself answered (its counters): under overload the
-    # generator may lose replies the server sent.
-    # What the server sent, what it shed itself, and what its socket
-    # dropped (a full receive queue, or the socket filter while it sheds:
-    # /proc/net/udp's last column, for port 67 = 0x0043).
+    # What the server itself sent (its counters: under overload the
+    # generator may lose replies the server sent), what it shed, and what
+    # its socket dropped (a full receive queue, or the socket filter while
+    # it sheds: /proc/net/udp's last column, for port 67 = 0x0043).
     SERVED() {
         {
             curl -s --unix-socket "$LY_SOCK" http://lanyard/metrics 2>/dev/null

@@ -716,9 +716,8 @@ fn run(a: &Args) -> io::Result<()> {
     );
     let (user, sys) = cpu_ms();
     eprintln!("dhcpload: cpu_ms={} (user {user}, system {sys})", user + sys);
-    let sending_ms = (send_end - start) / 1_000_000;
     let sending_cpu_ms = sending_cpu_ms.unwrap_or(user + sys);
-    eprintln!("dhcpload: sending_cpu_pct={}", sending_cpu_ms * 100 / sending_ms.max(1));
+    eprintln!("dhcpload: sending_cpu_pct={}", sending_cpu_ms * 100 / (a.seconds * 1000).max(1));
     Ok(())
 }
 

@@ -578,6 +578,8 @@ impl KernelShed {
             (false, true) => since >= KERNEL_SHED_FIRST_LOOK,
             (false, false) => false,
         };
+        // Sampled while off too, so that the first look measures the
+        // last few milliseconds, not everything since the loop last shed.
         if look || since >= KERNEL_SHED_RECHECK {
             let read = counted(server, MessageType::Discover, false);
             let dropped = socket_drops(server.fd());
